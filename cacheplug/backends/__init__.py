@@ -1,0 +1,1 @@
+"""Built-in backends, each a plugin module registering its URL schemes."""

@@ -1,0 +1,331 @@
+"""``SimpleCache``: the in-memory reference backend (schemes ``simple`` and ``memory``)."""
+
+from __future__ import annotations
+
+import heapq
+import marshal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cacheplug.core.base import (
+    BaseCache,
+    check_delta,
+    check_key,
+    checked_counter,
+    normalize_timeout,
+)
+from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.serializer import SerializerLike
+from cacheplug.serializers.pickle import PickleSerializer
+
+if TYPE_CHECKING:
+    from cacheplug.core.hookspecs import RegisterFn
+
+__all__ = ["SimpleCache"]
+
+# With the default pickle serializer, values made only of these immutable types are kept as
+# they are (or as a shallow copy of their container): nobody can observe the skipped pickling.
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_MARSHALLABLE = frozenset({dict, list, tuple, set, frozenset})
+_NEVER = 0.0
+# How an entry's payload turns back into the value.
+_RAW = 0  # the value itself, immutable
+_SHALLOW = 1  # a private container of immutables; readers get a copy
+_MARSHAL = 2  # builtin containers, marshalled: exact and faster than pickle
+_SERIALIZED = 3  # the serializer's (possibly signed) bytes
+
+_Entry = tuple[float, int, Any]
+
+
+class SimpleCache(BaseCache):
+    """A thread-safe in-memory cache for one process.
+
+    At most ``threshold`` entries: when a new key arrives in a full cache, expired entries go
+    first, then the least recently used one. Values are stored serialized, so mutating an
+    object after ``set`` does not change the cached copy. Every operation is O(1) amortized.
+
+    :param threshold: the most entries the cache holds.
+    :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
+    :param clock: the time source for expiry (seconds, monotonic); tests inject a fake one.
+    """
+
+    url_options: ClassVar[Mapping[str, type]] = {"threshold": int}
+
+    def __init__(
+        self,
+        threshold: int = 500,
+        default_timeout: float = 300,
+        serializer: str | SerializerLike | None = None,
+        key_prefix: str = "",
+        *,
+        secret: str | bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
+        )
+        if type(threshold) is not int or threshold < 1:
+            raise ConfigurationError(f"threshold must be an int >= 1, got {threshold!r}")
+        self.threshold = threshold
+        self._clock = clock
+        self._lock = threading.RLock()
+        # key -> (absolute expiry or _NEVER, codec, payload)
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        # (expiry, key) of entries that expire; stale records are dropped lazily.
+        self._expiries: list[tuple[float, str]] = []
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def _pack(self, value: Any) -> tuple[int, Any]:
+        """``(codec, payload)`` for storing ``value``."""
+        kind = type(value)
+        if type(self.serializer) is PickleSerializer:
+            if kind in _SCALARS:
+                return _RAW, value
+            if kind in _MARSHALLABLE:
+                if kind is dict:
+                    if _SCALARS.issuperset(map(type, value.values())) and _SCALARS.issuperset(
+                        map(type, value)
+                    ):
+                        return _SHALLOW, value.copy()
+                elif _SCALARS.issuperset(map(type, value)):
+                    if kind is tuple or kind is frozenset:
+                        return _RAW, value
+                    return _SHALLOW, value.copy()
+                try:
+                    return _MARSHAL, marshal.dumps(value)
+                except ValueError:
+                    pass  # holds something marshal cannot write: let the serializer try
+        return _SERIALIZED, self._encode(value)
+
+    def _unpack(self, key: str, codec: int, payload: Any) -> Any:
+        if codec == _SHALLOW:
+            return payload.copy()
+        if codec == _RAW:
+            return payload
+        if codec == _MARSHAL:
+            return marshal.loads(payload)
+        return self._decode_or_miss(key, payload)
+
+    def _expiry(self, timeout: float | None) -> float | None:
+        """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
+        if timeout is None:
+            timeout = self.default_timeout
+        elif type(timeout) is not int and type(timeout) is not float:
+            timeout = normalize_timeout(timeout, self.default_timeout)
+        if timeout > 0:
+            return self._clock() + timeout
+        return _NEVER if timeout == 0 else None
+
+    # -- storage, under the lock --------------------------------------------------------------
+
+    def _put(self, key: str, entry: _Entry) -> None:
+        cache = self._cache
+        old = cache.get(key)
+        if old is None:
+            self._insert(key, entry)
+            return
+        cache[key] = entry
+        cache.move_to_end(key)
+        # The old heap record still bounds the expiry from below unless there was none or the
+        # new expiry is earlier; _make_room re-queues a record that fires too early.
+        if entry[0] and (not old[0] or entry[0] < old[0]):
+            self._push_expiry(entry[0], key)
+        self._sets += 1
+
+    def _insert(self, key: str, entry: _Entry) -> None:
+        cache = self._cache
+        if len(cache) >= self.threshold:
+            self._make_room()
+        cache[key] = entry
+        if entry[0]:
+            self._push_expiry(entry[0], key)
+        self._sets += 1
+
+    def _push_expiry(self, expires: float, key: str) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, (expires, key))
+        if len(heap) > 2 * len(self._cache) + 64:
+            self._expiries = [(e[0], k) for k, e in self._cache.items() if e[0]]
+            heapq.heapify(self._expiries)
+
+    def _make_room(self) -> None:
+        cache, heap = self._cache, self._expiries
+        if heap and heap[0][0] <= self._clock():
+            now = self._clock()
+            while heap and heap[0][0] <= now and len(cache) >= self.threshold:
+                _, key = heapq.heappop(heap)
+                entry = cache.get(key)
+                if entry is None or not entry[0]:
+                    continue  # deleted, or now never expires
+                if entry[0] <= now:
+                    del cache[key]
+                    self._evictions += 1
+                else:
+                    heapq.heappush(heap, (entry[0], key))
+        while len(cache) >= self.threshold:
+            cache.popitem(last=False)
+            self._evictions += 1
+
+    def _live(self, key: str) -> _Entry | None:
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] and entry[0] <= self._clock():
+            del self._cache[key]
+            return None
+        return entry
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        if type(key) is not str:
+            check_key(key)
+        # acquire/release: measurably cheaper than a with-block on this hot path
+        self._lock.acquire()
+        try:
+            entry = self._cache.get(key)
+            if entry is None:
+                self._misses += 1
+                return None
+            if entry[0] and entry[0] <= self._clock():
+                del self._cache[key]
+                self._misses += 1
+                return None
+            self._cache.move_to_end(key)
+            self._hits += 1
+        finally:
+            self._lock.release()
+        codec = entry[1]
+        if codec == _SHALLOW:
+            return entry[2].copy()
+        if codec == _RAW:
+            return entry[2]
+        return self._unpack(key, codec, entry[2])
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        if timeout is None and self.default_timeout:
+            expires: float | None = self._clock() + self.default_timeout
+        else:
+            expires = self._expiry(timeout)
+        codec, payload = self._pack(value)
+        self._lock.acquire()
+        try:
+            if expires is None:
+                self._cache.pop(key, None)
+                self._sets += 1
+                return True
+            cache = self._cache
+            old = cache.get(key)
+            if old is None:
+                self._insert(key, (expires, codec, payload))
+                return True
+            # Overwrite, inlined: the hot path of a warm cache.
+            cache[key] = (expires, codec, payload)
+            cache.move_to_end(key)
+            if expires and (not old[0] or expires < old[0]):
+                self._push_expiry(expires, key)
+            self._sets += 1
+        finally:
+            self._lock.release()
+        return True
+
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        expires = self._expiry(timeout)
+        codec, payload = self._pack(value)
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            if expires is None:
+                self._sets += 1
+            else:
+                self._put(key, (expires, codec, payload))
+        return True
+
+    def delete(self, key: str) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        with self._lock:
+            existed = self._live(key) is not None
+            if existed:
+                del self._cache[key]
+                self._deletes += 1
+        return existed
+
+    def has(self, key: str) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        with self._lock:
+            return self._live(key) is not None
+
+    def clear(self) -> bool:
+        with self._lock:
+            self._cache.clear()
+            self._expiries.clear()
+        return True
+
+    def get_many(self, *keys: str) -> list[Any]:
+        with self._lock:
+            return [self.get(key) for key in keys]
+
+    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+        items = list(mapping.items())
+        for key, _ in items:
+            if type(key) is not str:
+                check_key(key)
+        expires = self._expiry(timeout)
+        packed = [(key, self._pack(value)) for key, value in items]
+        with self._lock:
+            for key, (codec, payload) in packed:
+                if expires is None:
+                    if self._cache.pop(key, None) is not None:
+                        self._sets += 1
+                else:
+                    self._put(key, (expires, codec, payload))
+        return [key for key, _ in packed]
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        if type(key) is not str:
+            check_key(key)
+        check_delta(delta)
+        with self._lock:
+            entry = self._live(key)
+            if entry is None:
+                value = delta
+                expires = self._expiry(None)
+                assert expires is not None  # default_timeout is never negative
+            else:
+                expires = entry[0]
+                if entry[1] == _SERIALIZED:
+                    current = self._decode_or_miss(key, entry[2])
+                    if current is None:
+                        raise TypeError(f"cannot increment {key!r}: its stored value is unreadable")
+                else:
+                    current = self._unpack(key, entry[1], entry[2])
+                value = checked_counter(key, current) + delta
+            self._put(key, (expires, _RAW, value))
+        return value
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._cache)
+
+    def stats(self) -> dict[str, int]:
+        stats = super().stats()
+        stats["size"] = len(self._cache)
+        return stats
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, threshold={self.threshold})"
+
+
+@hookimpl
+def cacheplug_register_backends(register: RegisterFn) -> None:
+    register("simple", SimpleCache)
+    register("memory", SimpleCache)

@@ -1,0 +1,1 @@
+"""The contract, the error tree, the plugin machinery and URL configuration."""

@@ -1,0 +1,440 @@
+"""``BaseCache``: the contract every backend honours."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import wraps
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Self, TypeVar
+
+from cacheplug.core.errors import ConfigurationError, SerializationError
+from cacheplug.core.serializer import SerializerLike, resolve_serializer, serializer_name
+from cacheplug.serializers.pickle import PickleSerializer
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from cacheplug.core.url import CacheURL
+
+__all__ = ["BaseCache", "Memoized", "normalize_timeout"]
+
+logger = logging.getLogger("cacheplug")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SECRET_ENV = "CACHEPLUG_SECRET"
+SIGNATURE_SIZE = 32  # HMAC-SHA256 digest length
+_LOG_INTERVAL = 60.0  # seconds between two log lines of one kind from one cache
+
+
+def normalize_timeout(timeout: object, default: float) -> float:
+    """Seconds until expiry: ``None`` → ``default``, ``0`` → never, negative → already expired.
+
+    :raises TypeError: ``timeout`` is not ``None``, an int or a float.
+    """
+    if timeout is None:
+        return default
+    if type(timeout) is int or type(timeout) is float:
+        return timeout
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return float(timeout)
+    raise TypeError(
+        f"timeout must be None, 0 (never expires) or a number of seconds, "
+        f"got {type(timeout).__name__} {timeout!r}"
+    )
+
+
+def check_key(key: object) -> None:
+    """Raise :class:`TypeError` unless ``key`` is a ``str``."""
+    if type(key) is not str and not isinstance(key, str):
+        raise TypeError(f"cache key must be str, got {type(key).__name__} {key!r}")
+
+
+class BaseCache(ABC):
+    """The contract of a cacheplug cache, with cachelib-compatible semantics.
+
+    Subclasses implement ``get``, ``set``, ``add``, ``delete``, ``has`` and ``clear``; the
+    ``*_many`` calls, ``inc``/``dec``, ``get_or_set``, ``memoize`` and ``stats`` have defaults
+    that engines override where they can do better::
+
+        from cacheplug import SimpleCache
+
+        with SimpleCache(threshold=1000, default_timeout=60) as cache:
+            cache.set("user:1", {"name": "Ada"})
+            cache.get("user:1")              # {'name': 'Ada'}
+            cache.inc("visits")              # 1
+
+            @cache.memoize(timeout=30)
+            def slow_square(n: int) -> int:
+                return n * n
+
+    :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
+    :param key_prefix: prepended to every key in a shared store; ``clear`` stays under it.
+    :param serializer: a registered name (``"pickle"``, ``"json"``, ``"msgpack"``) or any
+        object with ``dumps``/``loads``; default: the class attribute ``serializer`` (pickle).
+    :param secret: sign every stored payload with HMAC-SHA256; unsigned or tampered entries read
+        as misses. Defaults to the ``CACHEPLUG_SECRET`` environment variable.
+    """
+
+    #: Serializer used when none is given; reassign on an instance or a subclass to change it.
+    serializer: SerializerLike = PickleSerializer()
+    #: Options this backend accepts in a URL query, beyond the shared ones, with their types.
+    url_options: ClassVar[Mapping[str, type]] = {}
+
+    def __init__(
+        self,
+        default_timeout: float = 300,
+        *,
+        key_prefix: str = "",
+        serializer: str | SerializerLike | None = None,
+        secret: str | bytes | None = None,
+    ) -> None:
+        self.default_timeout = normalize_timeout(default_timeout, 300)
+        if self.default_timeout < 0:
+            raise ConfigurationError(
+                f"default_timeout must be 0 (never expires) or a positive number of seconds, "
+                f"got {default_timeout!r}"
+            )
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be str, got {type(key_prefix).__name__}")
+        self.key_prefix = key_prefix
+        if serializer is not None:
+            self.serializer = resolve_serializer(serializer)
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV) or None
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise ConfigurationError("secret must be a non-empty str or bytes")
+        self._secret: bytes | None = secret
+        self._hits = self._misses = self._sets = self._deletes = 0
+        self._errors = self._evictions = 0
+        self._flights: dict[str, list[Any]] = {}
+        self._flights_lock = threading.Lock()
+        self._last_logged: dict[str, float] = {}
+
+    # -- the contract -----------------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, key: str) -> Any:
+        """The value stored under ``key``, or ``None`` when missing, expired or unreadable."""
+
+    @abstractmethod
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        """Store ``value``; ``False`` when the backend could not.
+
+        :raises SerializationError: the serializer cannot encode ``value``.
+        """
+
+    @abstractmethod
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; ``False`` when it exists."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it existed and was deleted."""
+
+    @abstractmethod
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is present and unexpired, without reading the value."""
+
+    @abstractmethod
+    def clear(self) -> bool:
+        """Remove every entry of this cache (only those under ``key_prefix`` when set)."""
+
+    def get_many(self, *keys: str) -> list[Any]:
+        """The values of ``keys`` in order, ``None`` for each miss."""
+        return [self.get(key) for key in keys]
+
+    def get_dict(self, *keys: str) -> dict[str, Any]:
+        """``{key: value}`` for ``keys``, ``None`` for each miss."""
+        return dict(zip(keys, self.get_many(*keys), strict=True))
+
+    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+        """Store every item; the keys that were stored."""
+        return [key for key, value in mapping.items() if self.set(key, value, timeout)]
+
+    def delete_many(self, *keys: str) -> list[str]:
+        """Delete ``keys``; the keys that existed and were deleted."""
+        return [key for key in keys if self.delete(key)]
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        """Add ``delta`` to the integer under ``key`` (a missing key counts as 0).
+
+        The new value, or ``None`` on a backend error. This default is atomic within one
+        process only; engines override it with the engine's own atomic increment.
+
+        :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
+        """
+        check_delta(delta)
+        with self._single_flight(key):
+            current = self.get(key)
+            if current is None:
+                value = delta
+                ok = self.set(key, value)
+            else:
+                value = checked_counter(key, current) + delta
+                ok = self.set(key, value)
+        return value if ok else None
+
+    def dec(self, key: str, delta: int = 1) -> int | None:
+        """Subtract ``delta``; see :meth:`inc`."""
+        check_delta(delta)
+        return self.inc(key, -delta)
+
+    def close(self) -> None:
+        """Release connections and other resources; the default holds none."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- beyond cachelib -----------------------------------------------------------------------
+
+    def get_or_set(self, key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
+        """The cached value, or ``factory()`` stored and returned on a miss.
+
+        Threads of this process missing the same key wait for one ``factory`` call. A
+        ``None`` result is returned but not told apart from a miss next time.
+        """
+        value = self.get(key)
+        if value is not None:
+            return value
+        with self._single_flight(key):
+            value = self.get(key)
+            if value is None:
+                value = factory()
+                if value is not None:
+                    self.set(key, value, timeout)
+        return value
+
+    def memoize(
+        self, timeout: float | None = None, *, key_prefix: str | None = None
+    ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+        """Decorate a function so its results are cached per argument list.
+
+        The key is built from the function's module, qualified name and arguments bound to its
+        signature (so ``f(1, b=2)`` and ``f(1, 2)`` share an entry). The wrapper has
+        ``invalidate(*args, **kwargs)``, ``cache_key(*args, **kwargs)`` and ``uncached``.
+        Arguments should have a stable ``repr`` (methods: give the class one).
+        """
+        normalize_timeout(timeout, self.default_timeout)
+
+        def decorate(func: Callable[P, R]) -> Memoized[P, R]:
+            return Memoized(self, func, timeout, key_prefix)
+
+        return decorate
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation: hits, misses, sets, deletes, errors, evictions."""
+        return {
+            "hits": self._hits,
+            "misses": self._misses,
+            "sets": self._sets,
+            "deletes": self._deletes,
+            "errors": self._errors,
+            "evictions": self._evictions,
+        }
+
+    # -- for backend authors ---------------------------------------------------------------------
+
+    @classmethod
+    def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
+        """Build an instance from a parsed URL and its coerced options.
+
+        The default passes ``options`` as keyword arguments and accepts no host, path or
+        credentials; engines override this to map those onto their constructor.
+
+        :raises ConfigurationError: the URL has parts this backend does not take.
+        """
+        if url.hosts or url.path.strip("/") or url.username or url.password is not None:
+            raise ConfigurationError(
+                f"{url.scheme}:// takes no host, path or credentials, got {url.redacted()!r}; "
+                f"write {url.scheme}://?option=value"
+            )
+        return cls(**options)
+
+    def _encode(self, value: Any) -> bytes:
+        """Serialize (and sign, with a secret) a value for storage.
+
+        :raises SerializationError: the serializer cannot encode it.
+        """
+        try:
+            data = self.serializer.dumps(value)
+        except SerializationError:
+            raise
+        except Exception as err:  # a foreign serializer's own error
+            raise SerializationError(
+                f"{serializer_name(self.serializer)} cannot encode a value of type "
+                f"{type(value).__name__}: {err}"
+            ) from err
+        if self._secret is not None:
+            return hmac.digest(self._secret, data, hashlib.sha256) + data
+        return data
+
+    def _decode(self, payload: bytes) -> Any:
+        """Verify (with a secret) and deserialize a stored payload.
+
+        :raises SerializationError: bad signature or unreadable payload.
+        """
+        if self._secret is not None:
+            signature, data = payload[:SIGNATURE_SIZE], payload[SIGNATURE_SIZE:]
+            expected = hmac.digest(self._secret, data, hashlib.sha256)
+            if not hmac.compare_digest(signature, expected):
+                raise SerializationError("stored payload has no valid signature for this secret")
+            payload = data
+        try:
+            return self.serializer.loads(payload)
+        except SerializationError:
+            raise
+        except Exception as err:
+            raise SerializationError(
+                f"{serializer_name(self.serializer)} cannot decode the stored payload: {err}"
+            ) from err
+
+    def _decode_or_miss(self, key: str, payload: bytes) -> Any:
+        """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``."""
+        try:
+            return self._decode(payload)
+        except SerializationError as err:
+            self._errors += 1
+            self._log("decode", "unreadable entry %r read as a miss: %s", key, err)
+            return None
+
+    def _backend_error(self, operation: str, err: Exception) -> None:
+        """Count and log (rate-limited) an engine failure that the contract turns into a value."""
+        self._errors += 1
+        self._log(
+            f"backend:{operation}",
+            "%s.%s failed, answering as the contract says: %s: %s",
+            type(self).__name__,
+            operation,
+            type(err).__name__,
+            err,
+        )
+
+    def _log(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last_logged.get(kind)
+        if last is None or now - last >= _LOG_INTERVAL:
+            self._last_logged[kind] = now
+            logger.warning(message, *args)
+
+    @contextmanager
+    def _single_flight(self, key: str) -> Iterator[None]:
+        """Hold the per-key lock of this process for ``key``."""
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = [threading.Lock(), 0]
+            flight[1] += 1
+        try:
+            with flight[0]:
+                yield
+        finally:
+            with self._flights_lock:
+                flight[1] -= 1
+                if flight[1] == 0:
+                    del self._flights[key]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(default_timeout={self.default_timeout!r}, "
+            f"key_prefix={self.key_prefix!r}, serializer={serializer_name(self.serializer)!r}"
+            f"{', signed=True' if self._secret else ''})"
+        )
+
+
+def check_delta(delta: object) -> None:
+    """Raise :class:`TypeError` unless ``delta`` is an int."""
+    if type(delta) is not int:
+        raise TypeError(f"delta must be int, got {type(delta).__name__} {delta!r}")
+
+
+def checked_counter(key: str, value: object) -> int:
+    """``value`` as a counter, or :class:`TypeError` when it is not an integer."""
+    if type(value) is int:
+        return value
+    raise TypeError(f"cannot increment {key!r}: it holds a {type(value).__name__}, not an int")
+
+
+class Memoized(Generic[P, R]):
+    """A function whose results are cached; made by :meth:`BaseCache.memoize`."""
+
+    def __init__(
+        self,
+        cache: BaseCache,
+        func: Callable[P, R],
+        timeout: float | None,
+        key_prefix: str | None,
+    ) -> None:
+        self.cache = cache
+        self.uncached = func
+        self.timeout = timeout
+        self._signature = inspect.signature(func)
+        module = getattr(func, "__module__", None) or "?"
+        qualname = getattr(func, "__qualname__", None) or repr(func)
+        self._prefix = key_prefix if key_prefix is not None else f"memoize:{module}.{qualname}"
+        wraps(func)(self)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of one call."""
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            arguments: object = (args, sorted(kwargs.items()))
+        else:
+            bound.apply_defaults()
+            arguments = sorted(bound.arguments.items())
+        digest = hashlib.blake2b(repr(arguments).encode(), digest_size=16).hexdigest()
+        return f"{self._prefix}:{digest}"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        key = self.cache_key(*args, **kwargs)
+        result: R = self.cache.get_or_set(key, lambda: self.uncached(*args, **kwargs), self.timeout)
+        return result
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the cached result of one call; whether there was one."""
+        return self.cache.delete(self.cache_key(*args, **kwargs))
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundMemoized(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<memoized {self._prefix} on {self.cache!r}>"
+
+
+class _BoundMemoized:
+    """A memoized method bound to its instance."""
+
+    def __init__(self, memoized: Memoized[Any, Any], instance: object) -> None:
+        self._memoized = memoized
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._memoized(self._instance, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self._memoized.cache_key(self._instance, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return self._memoized.invalidate(self._instance, *args, **kwargs)

@@ -1,0 +1,78 @@
+"""The serializer contract and how a backend turns ``serializer=`` into an object."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from cacheplug.core.errors import ConfigurationError
+
+__all__ = ["Serializer", "SerializerLike", "resolve_serializer", "serializer_name"]
+
+
+@runtime_checkable
+class SerializerLike(Protocol):
+    """Anything with ``dumps`` and ``loads``: cacheplug's serializers, cachelib's, your own."""
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class Serializer:
+    """Base class of cacheplug's serializers.
+
+    A serializer turns a value into bytes and back. ``dumps`` raises
+    :class:`~cacheplug.SerializationError` for a value it cannot encode, ``loads`` raises it
+    for bytes it cannot decode (backends turn that into a cache miss)::
+
+        class UpperSerializer(Serializer):
+            name = "upper"
+
+            def dumps(self, value):
+                return value.upper().encode()
+
+            def loads(self, data):
+                return data.decode()
+    """
+
+    name: ClassVar[str] = ""
+
+    def dumps(self, value: Any) -> bytes:
+        """Encode ``value``.
+
+        :raises SerializationError: the value cannot be encoded by this serializer.
+        """
+        raise NotImplementedError
+
+    def loads(self, data: bytes) -> Any:
+        """Decode bytes written by :meth:`dumps`.
+
+        :raises SerializationError: the bytes are not a payload of this serializer.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def serializer_name(serializer: object) -> str:
+    """The registered name of a serializer, or its class name for a foreign one."""
+    name = getattr(serializer, "name", None)
+    return name if isinstance(name, str) and name else type(serializer).__name__
+
+
+def resolve_serializer(spec: str | SerializerLike) -> SerializerLike:
+    """Turn a serializer name or object into a serializer object.
+
+    :raises ConfigurationError: an unknown name, or an object without ``dumps``/``loads``.
+    """
+    if isinstance(spec, str):
+        from cacheplug.core.plugins import get_serializer
+
+        return get_serializer(spec)
+    if callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None)):
+        return spec
+    raise ConfigurationError(
+        f"serializer must be a registered name or an object with dumps() and loads(), "
+        f"got {type(spec).__name__}"
+    )

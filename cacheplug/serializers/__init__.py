@@ -1,0 +1,1 @@
+"""Built-in serializers, each a plugin module registering its name."""

@@ -1,0 +1,420 @@
+"""The contract suite: the tests every cacheplug backend passes.
+
+Subclass :class:`CacheContract` in your test module and provide a ``cache_factory`` fixture:
+a callable taking keyword arguments (``key_prefix``, ``serializer``, ``default_timeout``) and
+returning a new, empty cache on the same store each time::
+
+    import pytest
+    from cacheplug.testing import CacheContract
+    from mypackage import MyCache
+
+    class TestMyCache(CacheContract):
+        @pytest.fixture
+        def cache_factory(self):
+            caches = []
+
+            def make(**kwargs):
+                cache = MyCache(**kwargs)
+                caches.append(cache)
+                return cache
+
+            yield make
+            for cache in caches:
+                cache.clear()
+                cache.close()
+
+Optional: override ``advance`` (a fixture returning ``advance(seconds)``) when the backend takes
+an injectable clock, so expiry is tested without sleeping; set ``shared_store = True`` when two
+caches from the factory see the same data (prefix isolation is then tested too).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cacheplug.core.base import BaseCache
+from cacheplug.core.errors import SerializationError
+
+__all__ = ["CacheContract", "CacheFactory"]
+
+CacheFactory = Callable[..., BaseCache]
+
+#: Values every built-in serializer round-trips exactly.
+PORTABLE_VALUES: list[Any] = [
+    "text",
+    "",
+    "ünïcødé ✓",
+    0,
+    -17,
+    2**40,
+    3.25,
+    True,
+    False,
+    [1, "two", 3.0, [4]],
+    {"id": 7, "name": "Ada", "tags": ["x", "y"], "nested": {"ok": True}},
+]
+
+
+class _BrokenLoads:
+    """A serializer that writes fine and can never read back."""
+
+    name = "broken-loads"
+
+    def dumps(self, value: Any) -> bytes:
+        return b"not a payload anyone can read"
+
+    def loads(self, data: bytes) -> Any:
+        raise ValueError("unreadable on purpose")
+
+
+class CacheContract:
+    """The behaviour every backend owes its users; subclass it and provide ``cache_factory``."""
+
+    #: Two caches from ``cache_factory`` share one store (enables the key_prefix tests).
+    shared_store = False
+
+    @pytest.fixture
+    def cache_factory(self) -> Iterator[CacheFactory]:
+        raise NotImplementedError("provide a cache_factory fixture in your subclass")
+
+    @pytest.fixture
+    def cache(self, cache_factory: CacheFactory) -> BaseCache:
+        return cache_factory()
+
+    @pytest.fixture
+    def advance(self) -> Callable[[float], None]:
+        pytest.skip("this backend takes no injectable clock; expiry over time is not tested")
+
+    # -- get / set -------------------------------------------------------------------------
+
+    def test_get_missing_key_is_none(self, cache: BaseCache) -> None:
+        assert cache.get("missing") is None
+
+    @pytest.mark.parametrize("value", PORTABLE_VALUES, ids=repr)
+    def test_set_then_get_round_trips(self, cache: BaseCache, value: Any) -> None:
+        assert cache.set("key", value) is True
+        got = cache.get("key")
+        assert got == value
+        assert type(got) is type(value)
+
+    def test_set_overwrites(self, cache: BaseCache) -> None:
+        cache.set("key", "old")
+        assert cache.set("key", "new") is True
+        assert cache.get("key") == "new"
+
+    def test_value_is_a_copy(self, cache: BaseCache) -> None:
+        value = {"items": [1, 2]}
+        cache.set("key", value)
+        value["items"].append(3)
+        got = cache.get("key")
+        assert got == {"items": [1, 2]}
+        got["items"].append(4)
+        assert cache.get("key") == {"items": [1, 2]}
+
+    def test_non_str_key_is_type_error(self, cache: BaseCache) -> None:
+        for call in (
+            lambda: cache.set(1, "v"),  # type: ignore[arg-type]
+            lambda: cache.get(b"k"),  # type: ignore[arg-type]
+            lambda: cache.delete(None),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(TypeError, match="key must be str"):
+                call()
+
+    def test_unencodable_value_raises_and_keeps_old_value(self, cache: BaseCache) -> None:
+        cache.set("key", "kept")
+        with pytest.raises(SerializationError):
+            cache.set("key", threading.Lock())
+        assert cache.get("key") == "kept"
+
+    def test_serialization_error_is_a_pickle_error(self, cache: BaseCache) -> None:
+        import pickle
+
+        with pytest.raises(pickle.PickleError):
+            cache.set("key", threading.Lock())
+
+    def test_unreadable_entry_is_a_miss(self, cache: BaseCache) -> None:
+        cache.serializer = _BrokenLoads()
+        cache.set("key", {"a": 1})
+        errors_before = cache.stats()["errors"]
+        assert cache.get("key") is None
+        assert cache.stats()["errors"] == errors_before + 1
+        assert cache.has("key") is True  # has never reads the value
+
+    # -- add / delete / has / clear --------------------------------------------------------------
+
+    def test_add_stores_missing_key(self, cache: BaseCache) -> None:
+        assert cache.add("key", "first") is True
+        assert cache.get("key") == "first"
+
+    def test_add_does_not_overwrite(self, cache: BaseCache) -> None:
+        cache.set("key", "first")
+        assert cache.add("key", "second") is False
+        assert cache.get("key") == "first"
+
+    def test_delete_reports_whether_key_existed(self, cache: BaseCache) -> None:
+        cache.set("key", "v")
+        assert cache.delete("key") is True
+        assert cache.get("key") is None
+        assert cache.delete("key") is False
+
+    def test_has(self, cache: BaseCache) -> None:
+        assert cache.has("key") is False
+        cache.set("key", 0)
+        assert cache.has("key") is True
+
+    def test_clear_removes_everything(self, cache: BaseCache) -> None:
+        cache.set_many({"a": 1, "b": 2})
+        assert cache.clear() is True
+        assert cache.get_many("a", "b") == [None, None]
+        assert cache.has("a") is False
+
+    def test_prefixes_isolate_caches_on_one_store(self, cache_factory: CacheFactory) -> None:
+        if not self.shared_store:
+            pytest.skip("caches from this factory do not share a store")
+        left, right = cache_factory(key_prefix="left:"), cache_factory(key_prefix="right:")
+        left.set("key", "L")
+        right.set("key", "R")
+        assert (left.get("key"), right.get("key")) == ("L", "R")
+        assert left.clear() is True
+        assert left.get("key") is None
+        assert right.get("key") == "R"
+
+    # -- timeouts ---------------------------------------------------------------------------------
+
+    def test_negative_timeout_is_already_expired(self, cache: BaseCache) -> None:
+        cache.set("key", "old")
+        assert cache.set("key", "new", timeout=-1) is True
+        assert cache.get("key") is None
+        assert cache.has("key") is False
+
+    @pytest.mark.parametrize("timeout", ["60", object(), True, [1]], ids=repr)
+    def test_bad_timeout_is_type_error(self, cache: BaseCache, timeout: Any) -> None:
+        cache.set("key", "kept")
+        with pytest.raises(TypeError, match="timeout"):
+            cache.set("key", "lost", timeout=timeout)
+        assert cache.get("key") == "kept"
+
+    def test_float_timeout_accepted(self, cache: BaseCache) -> None:
+        assert cache.set("key", "v", timeout=30.5) is True
+        assert cache.get("key") == "v"
+
+    def test_entry_expires_after_timeout(
+        self, cache: BaseCache, advance: Callable[[float], None]
+    ) -> None:
+        cache.set("key", "v", timeout=10)
+        advance(9)
+        assert cache.get("key") == "v"
+        advance(2)
+        assert cache.get("key") is None
+        assert cache.has("key") is False
+
+    def test_default_timeout_applies(
+        self, cache_factory: CacheFactory, advance: Callable[[float], None]
+    ) -> None:
+        cache = cache_factory(default_timeout=5)
+        cache.set("key", "v")
+        advance(6)
+        assert cache.get("key") is None
+
+    def test_timeout_zero_never_expires(
+        self, cache: BaseCache, advance: Callable[[float], None]
+    ) -> None:
+        cache.set("key", "v", timeout=0)
+        advance(10 * 365 * 24 * 3600)
+        assert cache.get("key") == "v"
+
+    def test_add_over_expired_entry_succeeds(
+        self, cache: BaseCache, advance: Callable[[float], None]
+    ) -> None:
+        cache.set("key", "old", timeout=1)
+        advance(2)
+        assert cache.add("key", "new") is True
+        assert cache.get("key") == "new"
+
+    # -- counters ---------------------------------------------------------------------------------
+
+    def test_inc_missing_key_starts_at_delta(self, cache: BaseCache) -> None:
+        assert cache.inc("n") == 1
+        assert cache.inc("m", 5) == 5
+        assert cache.dec("d", 3) == -3
+
+    def test_inc_and_dec_existing(self, cache: BaseCache) -> None:
+        cache.set("n", 10)
+        assert cache.inc("n", 5) == 15
+        assert cache.dec("n", 20) == -5
+        assert cache.dec("n") == -6
+
+    def test_get_after_inc_is_int(self, cache: BaseCache) -> None:
+        cache.inc("n", 41)
+        cache.inc("n")
+        got = cache.get("n")
+        assert got == 42
+        assert type(got) is int
+
+    @pytest.mark.parametrize("value", ["text", {"a": 1}, 1.5, [1]], ids=repr)
+    def test_inc_non_integer_is_type_error_and_value_stays(
+        self, cache: BaseCache, value: Any
+    ) -> None:
+        cache.set("key", value)
+        with pytest.raises(TypeError):
+            cache.inc("key")
+        assert cache.get("key") == value
+
+    def test_inc_bad_delta_is_type_error(self, cache: BaseCache) -> None:
+        with pytest.raises(TypeError, match="delta"):
+            cache.inc("n", 1.5)  # type: ignore[arg-type]
+
+    def test_concurrent_inc_loses_nothing(self, cache: BaseCache) -> None:
+        threads, per_thread = 8, 200
+        barrier = threading.Barrier(threads)
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            barrier.wait()
+            try:
+                for _ in range(per_thread):
+                    assert cache.inc("counter") is not None
+            except BaseException as err:  # reported below, not lost in the thread
+                failures.append(err)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert failures == []
+        assert cache.get("counter") == threads * per_thread
+
+    # -- many ---------------------------------------------------------------------------------------
+
+    def test_get_many_keeps_order_with_misses(self, cache: BaseCache) -> None:
+        cache.set("a", 1)
+        cache.set("c", 3)
+        assert cache.get_many("a", "b", "c") == [1, None, 3]
+        assert cache.get_many() == []
+
+    def test_get_dict(self, cache: BaseCache) -> None:
+        cache.set_many({"a": 1, "b": "two"})
+        assert cache.get_dict("a", "b", "z") == {"a": 1, "b": "two", "z": None}
+
+    def test_set_many_returns_stored_keys(self, cache: BaseCache) -> None:
+        stored = cache.set_many({"a": 1, "b": [2], "c": "3"})
+        assert sorted(stored) == ["a", "b", "c"]
+        assert cache.get_many("a", "b", "c") == [1, [2], "3"]
+
+    def test_delete_many_returns_deleted_keys(self, cache: BaseCache) -> None:
+        cache.set_many({"a": 1, "b": 2})
+        assert sorted(cache.delete_many("a", "b", "missing")) == ["a", "b"]
+        assert cache.get_many("a", "b") == [None, None]
+
+    # -- beyond cachelib ----------------------------------------------------------------------
+
+    def test_get_or_set_calls_factory_once(self, cache: BaseCache) -> None:
+        calls: list[int] = []
+
+        def factory() -> dict[str, int]:
+            calls.append(1)
+            return {"v": len(calls)}
+
+        assert cache.get_or_set("key", factory) == {"v": 1}
+        assert cache.get_or_set("key", factory) == {"v": 1}
+        assert len(calls) == 1
+
+    def test_get_or_set_single_flight_across_threads(self, cache: BaseCache) -> None:
+        threads = 8
+        calls: list[int] = []
+        barrier = threading.Barrier(threads)
+        results: list[Any] = []
+        misses_before = cache.stats()["misses"]
+
+        def factory() -> str:
+            calls.append(1)
+            # Hold the flight open until every thread has missed once, so all of them contend.
+            done = threading.Event()
+            while cache.stats()["misses"] < misses_before + threads and not done.wait(0.001):
+                pass
+            return "computed"
+
+        def work() -> None:
+            barrier.wait()
+            results.append(cache.get_or_set("key", factory))
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert results == ["computed"] * threads
+        assert len(calls) == 1
+
+    def test_memoize_caches_per_arguments(self, cache: BaseCache) -> None:
+        calls: list[tuple[int, int]] = []
+
+        @cache.memoize(timeout=60)
+        def add(a: int, b: int = 0) -> int:
+            calls.append((a, b))
+            return a + b
+
+        assert add(1, 2) == 3
+        assert add(1, b=2) == 3
+        assert add(a=1, b=2) == 3
+        assert add(2) == 2
+        assert calls == [(1, 2), (2, 0)]
+        assert add.invalidate(1, 2) is True
+        assert add(1, 2) == 3
+        assert calls == [(1, 2), (2, 0), (1, 2)]
+
+    def test_memoize_on_methods(self, cache: BaseCache) -> None:
+        class Repo:
+            calls = 0
+
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def __repr__(self) -> str:
+                return f"Repo({self.name!r})"
+
+            @cache.memoize()
+            def lookup(self, key: str) -> str:
+                Repo.calls += 1
+                return f"{self.name}:{key}"
+
+        first, second = Repo("a"), Repo("b")
+        assert first.lookup("x") == "a:x"
+        assert first.lookup("x") == "a:x"
+        assert second.lookup("x") == "b:x"
+        assert Repo.calls == 2
+        assert first.lookup.invalidate("x") is True
+        assert first.lookup("x") == "a:x"
+        assert Repo.calls == 3
+
+    def test_stats_count_hits_misses_sets_deletes(self, cache: BaseCache) -> None:
+        before = cache.stats()
+        cache.set("key", 1)
+        cache.get("key")
+        cache.get("missing")
+        cache.delete("key")
+        after = cache.stats()
+        assert after["sets"] - before["sets"] >= 1
+        assert after["hits"] - before["hits"] == 1
+        assert after["misses"] - before["misses"] == 1
+        assert after["deletes"] - before["deletes"] == 1
+        assert {"errors", "evictions"} <= set(after)
+
+    def test_context_manager_closes(self, cache_factory: CacheFactory) -> None:
+        with cache_factory() as cache:
+            assert cache.set("key", "v") is True
+            assert cache.get("key") == "v"
+
+    def test_serializer_attribute_is_reassignable(self, cache: BaseCache) -> None:
+        from cacheplug.core.plugins import get_serializer
+
+        json_serializer = get_serializer("json")
+        cache.serializer = json_serializer
+        cache.set("key", (1, 2))
+        assert cache.get("key") == [1, 2]  # JSON has no tuples: proof json wrote it
+        assert cache.serializer is json_serializer

@@ -1,0 +1,25 @@
+"""Shared fixtures: real engine servers (tests/servers.py) and a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["servers"]
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

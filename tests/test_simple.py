@@ -1,0 +1,199 @@
+"""SimpleCache: the contract, plus what only an in-memory LRU cache promises."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+from cacheplug import ConfigurationError, SimpleCache
+from cacheplug.testing import CacheContract, CacheFactory
+
+
+@pytest.fixture(params=["pickle", "json", "msgpack"])
+def serializer(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class TestSimpleCacheContract(CacheContract):
+    @pytest.fixture
+    def cache_factory(self, clock: FakeClock, serializer: str) -> Iterator[CacheFactory]:
+        def make(**kwargs: Any) -> SimpleCache:
+            kwargs.setdefault("serializer", serializer)
+            return SimpleCache(clock=clock, **kwargs)
+
+        yield make
+
+    @pytest.fixture
+    def advance(self, clock: FakeClock) -> Callable[[float], None]:
+        return clock.advance
+
+
+def test_threshold_is_never_exceeded() -> None:
+    cache = SimpleCache(threshold=10)
+    for i in range(100):
+        cache.set(f"k{i}", i)
+        assert len(cache) <= 10
+    assert cache.stats()["evictions"] == 90
+
+
+def test_least_recently_used_goes_first() -> None:
+    cache = SimpleCache(threshold=3)
+    cache.set_many({"a": 1, "b": 2, "c": 3})
+    cache.get("a")  # a is now the most recently used
+    cache.set("d", 4)
+    assert cache.get_many("a", "b", "c", "d") == [1, None, 3, 4]
+
+
+def test_expired_entries_go_before_live_ones(clock: FakeClock) -> None:
+    cache = SimpleCache(threshold=3, clock=clock)
+    cache.set("old-but-live", 1, timeout=0)
+    cache.set("short", 2, timeout=5)
+    cache.set("live", 3, timeout=100)
+    clock.advance(10)
+    cache.set("new", 4)
+    assert cache.get_many("old-but-live", "short", "live", "new") == [1, None, 3, 4]
+
+
+def test_never_expiring_entries_are_not_preferred_victims(clock: FakeClock) -> None:
+    cache = SimpleCache(threshold=2, clock=clock)
+    cache.set("forever", 1, timeout=0)
+    cache.set("expiring", 2, timeout=100)
+    cache.get("forever")  # recently used: the expiring entry is the LRU victim
+    cache.set("new", 3)
+    assert cache.get_many("forever", "expiring", "new") == [1, None, 3]
+
+
+def test_overwriting_with_later_expiry_keeps_entry_alive(clock: FakeClock) -> None:
+    cache = SimpleCache(threshold=2, clock=clock)
+    cache.set("a", 1, timeout=5)
+    cache.set("a", 2, timeout=50)  # the old expiry record must not evict it
+    cache.set("b", 3, timeout=50)
+    clock.advance(10)
+    cache.set("c", 4)  # full: no entry is expired, so the LRU one ("a") goes
+    assert cache.get_many("a", "b", "c") == [None, 3, 4]
+    cache.set("a", 5, timeout=50)
+    clock.advance(45)
+    cache.set("d", 6)  # b expired at 60 is gone first, a (expires 105) stays
+    assert cache.get_many("a", "b", "c", "d") == [5, None, None, 6]
+
+
+def test_expiry_bookkeeping_stays_bounded_under_overwrites(clock: FakeClock) -> None:
+    cache = SimpleCache(threshold=100, clock=clock)
+    for i in range(20_000):
+        cache.set(f"k{i % 50}", i, timeout=1 + (i % 7))
+        clock.advance(0.001)
+    assert len(cache._expiries) <= 2 * len(cache) + 64
+
+
+def test_eviction_scales_to_large_caches() -> None:
+    cache = SimpleCache(threshold=50_000)
+    cache.set_many({f"k{i}": i for i in range(50_000)})
+    for i in range(5_000):
+        cache.set(f"new{i}", i)
+    assert len(cache) == 50_000
+    assert cache.get("k4999") is None
+    assert cache.get("k5000") == 5000
+
+
+def test_mutating_after_set_does_not_change_cache() -> None:
+    cache = SimpleCache()
+    value: dict[str, Any] = {"flat": 1}
+    cache.set("flat", value)
+    value["flat"] = 2
+    nested = {"list": [1], "obj": {"deep": [1]}}
+    cache.set("nested", nested)
+    nested["obj"]["deep"].append(2)
+    assert cache.get("flat") == {"flat": 1}
+    assert cache.get("nested") == {"list": [1], "obj": {"deep": [1]}}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": 1, "b": "x"},
+        [1, 2, 3],
+        {1, 2},
+        (1, "a"),
+        frozenset({1}),
+        {"nested": [{"x": 1}]},
+        ([1], [2]),
+        {"set": {1, 2}, "bytes": b"\x00"},
+    ],
+    ids=repr,
+)
+def test_builtin_containers_round_trip_exactly(value: Any) -> None:
+    cache = SimpleCache()
+    cache.set("key", value)
+    got = cache.get("key")
+    assert got == value
+    assert type(got) is type(value)
+    if isinstance(got, (dict, list, set)):
+        assert got is not cache.get("key")
+
+
+def test_shared_references_survive() -> None:
+    cache = SimpleCache()
+    inner = [1]
+    cache.set("key", [inner, inner])
+    got = cache.get("key")
+    assert got[0] is got[1]
+
+
+class Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def test_custom_objects_are_copied() -> None:
+    cache = SimpleCache()
+    point = Point(1)
+    cache.set("p", {"point": point})
+    point.x = 2
+    assert cache.get("p")["point"].x == 1
+
+
+@pytest.mark.parametrize("threshold", [0, -1, "10", 1.5])
+def test_bad_threshold_is_configuration_error(threshold: Any) -> None:
+    with pytest.raises(ConfigurationError, match="threshold"):
+        SimpleCache(threshold=threshold)
+
+
+def test_unknown_serializer_name_lists_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match="known serializers: json, msgpack, pickle"):
+        SimpleCache(serializer="yaml")
+
+
+def test_cachelib_style_positional_constructor() -> None:
+    cache = SimpleCache(10, 60)
+    assert (cache.threshold, cache.default_timeout) == (10, 60)
+
+
+def test_threads_hammering_keep_threshold_and_counts() -> None:
+    cache = SimpleCache(threshold=64)
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        barrier.wait()
+        try:
+            for i in range(2_000):
+                cache.set(f"t{n}:{i % 100}", i)
+                cache.get(f"t{(n + 1) % 8}:{i % 100}")
+                cache.inc("shared")
+                assert len(cache) <= 64
+        except BaseException as err:
+            errors.append(err)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert len(cache) <= 64
+    # "shared" is used on every iteration, so LRU never evicts it: no increment is lost.
+    assert cache.get("shared") == 8 * 2_000
