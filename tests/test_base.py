@@ -1,0 +1,299 @@
+"""What BaseCache gives every backend: errors, timeouts, signing, memoize, NullCache, laziness."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import cacheplug
+from cacheplug import (
+    BaseCache,
+    CacheplugError,
+    ConfigurationError,
+    NullCache,
+    PluginError,
+    PluginLoadWarning,
+    SerializationError,
+    SimpleCache,
+)
+from cacheplug.core.base import normalize_timeout
+from cacheplug.testing import CacheContract, CacheFactory
+
+
+def test_error_tree() -> None:
+    assert issubclass(ConfigurationError, CacheplugError)
+    assert issubclass(ConfigurationError, ValueError)
+    assert issubclass(PluginError, CacheplugError)
+    assert issubclass(SerializationError, CacheplugError)
+    assert issubclass(SerializationError, pickle.PickleError)
+    assert issubclass(PluginLoadWarning, UserWarning)
+
+
+def test_public_names_are_exported() -> None:
+    for name in cacheplug.__all__:
+        assert getattr(cacheplug, name) is not None, name
+    assert sorted(dir(cacheplug)) == sorted(cacheplug.__all__)
+    with pytest.raises(AttributeError):
+        _ = cacheplug.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_import_is_cheap() -> None:
+    code = (
+        "import sys, cacheplug; "
+        "heavy = ['importlib.metadata', 'msgpack', 'orjson', 'pluggy', 'redis', 'pymemcache']; "
+        "loaded = [m for m in heavy if m in sys.modules] + "
+        "[m for m in sys.modules if m.startswith('cacheplug.')]; "
+        "print(','.join(loaded))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_simple_cache_import_does_not_load_engines_or_metadata() -> None:
+    code = (
+        "import sys; from cacheplug import SimpleCache, from_url; "
+        "from_url('simple://').set('k', 1); "
+        "print(','.join(m for m in ('importlib.metadata', 'redis', 'pymemcache') "
+        "if m in sys.modules and m != 'importlib.metadata'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"), [(None, 300), (0, 0), (5, 5), (2.5, 2.5), (-1, -1)]
+)
+def test_normalize_timeout(timeout: Any, expected: float) -> None:
+    assert normalize_timeout(timeout, 300) == expected
+
+
+@pytest.mark.parametrize("timeout", ["5", True, [5], object()])
+def test_normalize_timeout_rejects_non_numbers(timeout: Any) -> None:
+    with pytest.raises(TypeError, match="timeout must be None, 0"):
+        normalize_timeout(timeout, 300)
+
+
+@pytest.mark.parametrize("default_timeout", [-1, "300"])
+def test_bad_default_timeout(default_timeout: Any) -> None:
+    with pytest.raises((ConfigurationError, TypeError), match="timeout"):
+        SimpleCache(default_timeout=default_timeout)
+
+
+def test_base_cache_is_abstract() -> None:
+    with pytest.raises(TypeError, match="abstract"):
+        BaseCache()  # type: ignore[abstract]
+
+
+# -- signing -------------------------------------------------------------------------------
+
+
+class Record:
+    """A custom object: it always goes through the serializer."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and other.name == self.name
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_signed_entries_round_trip() -> None:
+    cache = SimpleCache(secret="s3cret")
+    cache.set("k", Record("ada"))
+    assert cache.get("k") == Record("ada")
+
+
+def test_entry_signed_with_another_secret_is_a_miss() -> None:
+    writer, reader = SimpleCache(secret="one"), SimpleCache(secret="two")
+    writer.set("k", Record("ada"))
+    # Move the stored entry, as a shared store would, into the other cache.
+    reader._cache["k"] = writer._cache["k"]
+    assert reader.get("k") is None
+    assert reader.stats()["errors"] == 1
+
+
+def test_tampered_entry_is_a_miss_and_never_unpickled(tmp_path: Any) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    cache = SimpleCache(secret="s3cret")
+    cache.set("k", Record("ada"))
+    expires, codec, payload = cache._cache["k"]
+    cache._cache["k"] = (expires, codec, payload[:32] + pickle.dumps(Exploit()))
+    assert cache.get("k") is None
+    assert not marker.exists()
+    # Without a signature check the same bytes do run: the test above can fail.
+    unsigned = SimpleCache()
+    unsigned._cache["k"] = (expires, codec, pickle.dumps(Exploit()))
+    unsigned.get("k")
+    assert marker.exists()
+
+
+def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHEPLUG_SECRET", "from-env")
+    cache = SimpleCache()
+    cache.set("k", Record("x"))
+    assert cache._cache["k"][2][32:] == pickle.dumps(Record("x"), pickle.HIGHEST_PROTOCOL)
+
+
+def test_secret_never_in_repr() -> None:
+    cache = SimpleCache(secret="hunter2-secret")
+    assert "hunter2" not in repr(cache)
+    assert "hunter2" not in str(cache)
+    assert "signed=True" in repr(cache)
+
+
+def test_unreadable_entry_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    writer, reader = SimpleCache(secret="one"), SimpleCache(secret="two")
+    writer.set("k", Record("ada"))
+    reader._cache["k"] = writer._cache["k"]
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        for _ in range(5):
+            assert reader.get("k") is None
+    assert len(caplog.records) == 1
+    assert "unreadable entry 'k'" in caplog.records[0].getMessage()
+    assert reader.stats()["errors"] == 5
+
+
+# -- memoize --------------------------------------------------------------------------------
+
+
+def test_memoize_keys_are_stable_and_distinct() -> None:
+    cache = SimpleCache()
+
+    @cache.memoize()
+    def f(a: int, b: str = "x") -> str:
+        return f"{a}{b}"
+
+    assert f.cache_key(1) == f.cache_key(1, "x") == f.cache_key(a=1, b="x")
+    assert f.cache_key(1) != f.cache_key(2)
+    assert f.cache_key(1).startswith("memoize:test_base.")
+    assert f.__name__ == "f"
+    assert f.uncached(3) == "3x"
+
+
+def test_memoize_rejects_bad_timeout() -> None:
+    with pytest.raises(TypeError):
+        SimpleCache().memoize(timeout="soon")  # type: ignore[arg-type]
+
+
+def test_memoize_does_not_cache_none() -> None:
+    cache, calls = SimpleCache(), []
+
+    @cache.memoize()
+    def nothing() -> None:
+        calls.append(1)
+
+    nothing()
+    nothing()
+    assert len(calls) == 2
+
+
+# -- NullCache ---------------------------------------------------------------------------------
+
+
+class TestNullCache:
+    @pytest.fixture
+    def cache(self) -> NullCache:
+        return NullCache()
+
+    def test_stores_nothing(self, cache: NullCache) -> None:
+        assert cache.set("k", 1) is True
+        assert cache.get("k") is None
+        assert cache.has("k") is False
+        assert cache.add("k", 1) is True
+        assert cache.delete("k") is False
+        assert cache.clear() is True
+
+    def test_many(self, cache: NullCache) -> None:
+        assert cache.set_many({"a": 1, "b": 2}) == ["a", "b"]
+        assert cache.get_many("a", "b") == [None, None]
+        assert cache.get_dict("a") == {"a": None}
+        assert cache.delete_many("a") == []
+
+    def test_counters_start_over(self, cache: NullCache) -> None:
+        assert cache.inc("n", 5) == 5
+        assert cache.dec("n", 2) == -2
+
+    def test_still_validates(self, cache: NullCache) -> None:
+        with pytest.raises(TypeError):
+            cache.set(1, "v")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            cache.set("k", "v", timeout="never")  # type: ignore[arg-type]
+        with pytest.raises(SerializationError):
+            cache.set("k", (i for i in range(1)))
+
+    def test_get_or_set_always_computes(self, cache: NullCache) -> None:
+        calls: list[int] = []
+        assert cache.get_or_set("k", lambda: calls.append(1) or "v") == "v"
+        assert cache.get_or_set("k", lambda: calls.append(1) or "v") == "v"
+        assert len(calls) == 2
+
+
+class DictBackend(BaseCache):
+    """The smallest possible backend: only the six abstract methods, no clock."""
+
+    def __init__(self, store: dict[str, bytes], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.store = store
+
+    def _k(self, key: str) -> str:
+        if not isinstance(key, str):
+            raise TypeError(f"cache key must be str, got {type(key).__name__}")
+        return self.key_prefix + key
+
+    def get(self, key: str) -> Any:
+        payload = self.store.get(self._k(key))
+        if payload is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        return self._decode_or_miss(key, payload)
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        seconds = normalize_timeout(timeout, self.default_timeout)
+        payload = self._encode(value)
+        if seconds < 0:
+            self.store.pop(self._k(key), None)
+        else:
+            self.store[self._k(key)] = payload
+        self._sets += 1
+        return True
+
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        return False if self.has(key) else self.set(key, value, timeout)
+
+    def delete(self, key: str) -> bool:
+        existed = self.store.pop(self._k(key), None) is not None
+        self._deletes += existed
+        return existed
+
+    def has(self, key: str) -> bool:
+        return self._k(key) in self.store
+
+    def clear(self) -> bool:
+        for key in [k for k in self.store if k.startswith(self.key_prefix)]:
+            del self.store[key]
+        return True
+
+
+class TestBaseCacheDefaults(CacheContract):
+    """The base class's defaults (inc, *_many, get_or_set, memoize) honour the contract."""
+
+    shared_store = True
+
+    @pytest.fixture
+    def cache_factory(self) -> Iterator[CacheFactory]:
+        store: dict[str, bytes] = {}
+        yield lambda **kwargs: DictBackend(store, **kwargs)
