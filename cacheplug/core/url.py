@@ -1,16 +1,22 @@
 """Configuration by URL: parse, check and coerce options, build the cache.
 
 ``scheme://[user[:password]@]host[:port][,host[:port]...]/path?option=value&...``
+
+Passwords and secret options (any option whose name contains ``password``, ``secret``,
+``token`` or ``credential``) never appear in a ``repr``, ``str`` or error message.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import ipaddress
 import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -25,28 +31,37 @@ __all__ = [
     "coerce_option",
     "from_env",
     "from_url",
+    "is_secret_option",
     "parse_url",
     "redact_url",
 ]
 
 #: Options every backend takes, with their types.
-SHARED_OPTIONS: Mapping[str, type] = {
-    "serializer": str,
-    "default_timeout": float,
-    "key_prefix": str,
-    "secret": str,
-}
-SECRET_OPTIONS = frozenset({"secret", "password"})
+SHARED_OPTIONS: Mapping[str, type] = MappingProxyType(
+    {"serializer": str, "default_timeout": float, "key_prefix": str, "secret": str}
+)
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.\-%~]+\Z")
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _MASK = "***"
+_ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a password as %2F, %3F, %23 and %40"
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether the value of URL option ``name`` must never be shown."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
 
 
 @dataclass(frozen=True)
 class CacheURL:
-    """A parsed cache URL. ``password`` and secret options never show in ``repr``/``str``."""
+    """A parsed cache URL. ``password`` and secret options never show in ``repr``/``str``.
+
+    Empty user names and passwords are ``None``; ``path`` and the query are percent-decoded.
+    """
 
     scheme: str
     hosts: tuple[tuple[str, int | None], ...] = ()
@@ -66,7 +81,7 @@ class CacheURL:
         return self.hosts[0][1] if self.hosts else None
 
     def redacted(self) -> str:
-        """The URL with its password and secret options masked."""
+        """The URL with its password and secret options masked; parses back to the same parts."""
         userinfo = ""
         if self.username is not None or self.password is not None:
             userinfo = quote(self.username or "", safe="")
@@ -74,11 +89,12 @@ class CacheURL:
                 userinfo += ":" + _MASK
             userinfo += "@"
         hosts = ",".join(
-            (f"[{h}]" if ":" in h else h) + (f":{p}" if p is not None else "")
+            (f"[{quote(h, safe=':')}]" if _is_ipv6(h) else quote(h, safe="~"))
+            + (f":{p}" if p is not None else "")
             for h, p in self.hosts
         )
         query = "&".join(
-            f"{k}={_MASK if k in SECRET_OPTIONS else quote(v, safe='')}"
+            f"{quote(k, safe='')}={_MASK if is_secret_option(k) else quote(v, safe='')}"
             for k, v in self.query.items()
         )
         return f"{self.scheme}://{userinfo}{hosts}{quote(self.path)}" + (
@@ -97,7 +113,7 @@ def redact_url(url: str) -> str:
     try:
         return parse_url(url).redacted()
     except ConfigurationError:
-        return _safe(url)
+        return _mask(url)
 
 
 def parse_url(url: str) -> CacheURL:
@@ -107,84 +123,136 @@ def parse_url(url: str) -> CacheURL:
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"cache URL must be a str, got {type(url).__name__}")
+    return _parse(url)
+
+
+@functools.lru_cache(maxsize=128)
+def _parse(url: str) -> CacheURL:
     scheme, sep, rest = url.partition("://")
     if not sep or not _SCHEME.match(scheme):
         raise ConfigurationError(
-            f"malformed cache URL {_safe(url)!r}: expected 'scheme://...', "
+            f"malformed cache URL {_mask(url)!r}: expected 'scheme://...', "
             f"for example 'simple://' or 'redis://localhost:6379/0'"
         )
-    rest, _, fragment = rest.partition("#")
-    if fragment:
+    if "#" in rest:
         raise ConfigurationError(
-            f"malformed cache URL {_safe(url)!r}: fragments ('#...') are not supported; "
-            f"percent-encode '#' in passwords as %23"
+            f"malformed cache URL {_mask(url)!r}: fragments ('#...') are not supported; "
+            f"{_ENCODE_HINT}"
         )
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
-    path = slash + path
+    # An '@' after the host means a password held a raw '/' or '?': never echo its pieces.
+    misplaced_at = "@" not in netloc and "@" in path + query_text
+    if misplaced_at and ":" in netloc and "@" in path:
+        raise ConfigurationError(f"malformed cache URL {_mask(url)!r}: {_ENCODE_HINT}")
     userinfo, at, hostlist = netloc.rpartition("@")
     username = password = None
     if at:
         user, colon, pw = userinfo.partition(":")
-        username = unquote(user)
-        password = unquote(pw) if colon else None
-    hosts = tuple(_parse_host(part, url) for part in hostlist.split(",")) if hostlist else ()
+        username = unquote(user) or None
+        password = (unquote(pw) or None) if colon else None
+    shown = _mask(url)
     try:
-        pairs = parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
+        hosts = tuple(_parse_host(part, shown) for part in hostlist.split(",")) if hostlist else ()
+    except ConfigurationError:
+        if misplaced_at:
+            raise ConfigurationError(f"malformed cache URL {shown!r}: {_ENCODE_HINT}") from None
+        raise
+    return CacheURL(
+        scheme.lower(),
+        hosts,
+        unquote(slash + path),
+        username,
+        password,
+        MappingProxyType(_parse_query(query_text, shown)),
+    )
+
+
+def _parse_query(text: str, shown: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
     except ValueError as err:
         raise ConfigurationError(
-            f"malformed query in cache URL {_safe(url)!r}: expected 'option=value&...'"
+            f"malformed query in cache URL {shown!r}: expected 'option=value&...'"
         ) from err
     query: dict[str, str] = {}
     for name, value in pairs:
         if name in query:
             raise ConfigurationError(
-                f"option {name!r} appears twice in cache URL {_safe(url)!r}; give it once"
+                f"option {name!r} appears twice in cache URL {shown!r}; give it once"
             )
         query[name] = value
-    return CacheURL(scheme.lower(), hosts, unquote(path), username, password, query)
+    return query
 
 
-def _parse_host(part: str, url: str) -> tuple[str, int | None]:
+def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
     if part.startswith("["):
-        host, bracket, tail = part[1:].partition("]")
-        if not bracket or not host or (tail and not tail.startswith(":")):
+        address, bracket, tail = part[1:].partition("]")
+        host = unquote(address)
+        if not bracket or (tail and not tail.startswith(":")) or not _is_ipv6(host):
             raise ConfigurationError(
-                f"malformed IPv6 host {part!r} in cache URL {_safe(url)!r}: "
-                f"expected '[address]' or '[address]:port'"
+                f"malformed IPv6 host {part!r} in cache URL {shown!r}: "
+                f"expected '[address]' or '[address]:port', e.g. '[::1]:6379'"
             )
         port_text = tail[1:] if tail else None
     else:
-        host, colon, port_text_raw = part.partition(":")
-        port_text = port_text_raw if colon else None
-        if not host or not _HOST.match(host):
+        raw, colon, port_raw = part.partition(":")
+        port_text = port_raw if colon else None
+        if not raw or not _HOST.match(raw):
             raise ConfigurationError(
-                f"malformed host {part!r} in cache URL {_safe(url)!r}: expected "
-                f"'host' or 'host:port', several separated by commas"
+                f"malformed host {part!r} in cache URL {shown!r}: expected 'host', "
+                f"'host:port' or '[ipv6]:port', several separated by commas"
             )
-        host = unquote(host)
+        host = unquote(raw)
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigurationError(
-            f"invalid port {port_text!r} in cache URL {_safe(url)!r}: "
-            f"expected a number from 1 to 65535"
+            f"invalid port {port_text!r} in cache URL {shown!r}: expected a number from 1 to 65535"
         )
     return host, int(port_text)
 
 
-def _safe(url: str) -> str:
-    """A masked copy of ``url`` for error messages (parse errors included)."""
-    masked = re.sub(r"(://[^/@?#]*?:)[^/@?#]*@", r"\1" + _MASK + "@", url)
-    return re.sub(r"((?:^|[?&])(?:secret|password)=)[^&#]*", r"\1" + _MASK, masked)
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _mask(url: str) -> str:
+    """A masked copy of a raw, possibly malformed ``url``, for error messages.
+
+    Masks generously: everything between the first ':' of the authority and its last '@',
+    and the value of every secret option.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:{_MASK}{rest[at:]}"
+
+    def mask_pair(match: re.Match[str]) -> str:
+        name = unquote(match.group(2))
+        return match.group(0) if not is_secret_option(name) else f"{match[1]}{match[2]}={_MASK}"
+
+    return head + sep + _QUERY_PAIR.sub(mask_pair, rest)
 
 
 def coerce_option(name: str, text: str, kind: type) -> Any:
     """Turn a query-string value into the option's declared type.
 
+    ``bool`` takes true/false/1/0/yes/no/on/off; ``float`` keeps integers as ``int``.
+
     :raises ConfigurationError: the text is not a value of that type (shown unless secret).
     """
-    shown = _MASK if name in SECRET_OPTIONS else repr(text)
+    shown = _MASK if is_secret_option(name) else repr(text)
+    if kind is str:
+        return text
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in _TRUE:
@@ -211,13 +279,25 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
         if not math.isfinite(number):
             raise ConfigurationError(f"option {name!r} must be a finite number, got {shown}")
         return number
-    return text
+    try:
+        return kind(text)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(f"option {name!r} must be a {kind.__name__}, got {shown}") from err
 
 
-def _accepted(cls: type[BaseCache]) -> dict[str, type]:
-    accepted = dict(SHARED_OPTIONS)
-    accepted.update(cls.url_options)
-    return accepted
+@functools.cache
+def _accepted(cls: type[BaseCache]) -> Mapping[str, type]:
+    """The URL options of a backend class: shared ones and its own ``url_options``."""
+    return MappingProxyType({**SHARED_OPTIONS, **cls.url_options})
+
+
+@functools.cache
+def _keywords(cls: type[BaseCache]) -> frozenset[str] | None:
+    """The keyword arguments a backend class takes, ``None`` when it takes any."""
+    parameters = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)
 
 
 def from_url(url: str, **overrides: Any) -> BaseCache:
@@ -245,31 +325,34 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
         kind = accepted.get(name)
         if kind is None:
             raise ConfigurationError(
-                f"unknown option {name!r} for {parsed.scheme}:// ({cls.__name__}); "
-                f"accepted options: {', '.join(sorted(accepted))}"
+                f"unknown option {name!r} for {parsed.scheme}:// ({cls.__name__}) in "
+                f"{parsed.redacted()!r}; accepted options: {', '.join(sorted(accepted))}"
             )
         options[name] = coerce_option(name, text, kind)
     if overrides:
-        _check_overrides(cls, parsed.scheme, overrides, accepted)
+        keywords = _keywords(cls)
+        if keywords is not None:
+            known = keywords | accepted.keys()
+            for name in overrides:
+                if name not in known:
+                    raise ConfigurationError(
+                        f"unknown keyword {name!r} for {parsed.scheme}:// ({cls.__name__}); "
+                        f"accepted: {', '.join(sorted(known))}"
+                    )
         options.update(overrides)
     return cls.from_url_spec(parsed, options)
 
 
-def _check_overrides(
-    cls: type[BaseCache], scheme: str, overrides: Mapping[str, Any], accepted: Mapping[str, type]
-) -> None:
-    parameters = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    known = set(accepted) | set(parameters)
-    for name in overrides:
-        if name not in known:
-            raise ConfigurationError(
-                f"unknown keyword {name!r} for {scheme}:// ({cls.__name__}); "
-                f"accepted: {', '.join(sorted(known))}"
-            )
-
-
 def from_env(name: str = "CACHE_URL", default: str = "simple://", **overrides: Any) -> BaseCache:
-    """Build a cache from the URL in environment variable ``name`` (or ``default``)."""
-    return from_url(os.environ.get(name) or default, **overrides)
+    """Build a cache from the URL in environment variable ``name`` (or ``default`` when unset
+    or empty); keyword ``overrides`` win over the query string.
+
+    :raises ConfigurationError: as :func:`from_url`; the message names the variable.
+    """
+    url = os.environ.get(name)
+    if not url:
+        return from_url(default, **overrides)
+    try:
+        return from_url(url, **overrides)
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{err} (from environment variable {name})") from err
