@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from cacheplug.core import hookspecs
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
     from cacheplug.core.base import BaseCache
     from cacheplug.core.serializer import SerializerLike
 
@@ -31,6 +35,7 @@ __all__ = [
     "get_plugin_manager",
     "get_plugins",
     "get_serializer",
+    "register_plugin",
     "reset_plugins",
     "serializer_names",
 ]
@@ -38,6 +43,7 @@ __all__ = [
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "cacheplug.backends.simple",
     "cacheplug.backends.null",
+    "cacheplug.backends.redis",
     "cacheplug.serializers.pickle",
     "cacheplug.serializers.json",
     "cacheplug.serializers.msgpack",
@@ -47,9 +53,11 @@ ENTRY_POINT_GROUP = "cacheplug"
 STRICT_ENV = "CACHEPLUG_STRICT_PLUGINS"
 DISABLE_ENV = "CACHEPLUG_DISABLE_PLUGINS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_HOOKS = ("cacheplug_register_backends", "cacheplug_register_serializers")
+_RUNTIME = "registered at runtime"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Origin:
     """Where a plugin comes from: its plugin name and its distribution."""
 
@@ -57,8 +65,13 @@ class _Origin:
     distribution: str
     version: str
 
+    @property
+    def builtin(self) -> bool:
+        return self.plugin in BUILTIN_PLUGINS
+
     def __str__(self) -> str:
-        return f"plugin {self.plugin!r} ({self.distribution} {self.version})"
+        where = f"{self.distribution} {self.version}" if self.version else self.distribution
+        return f"plugin {self.plugin!r} ({where})"
 
 
 @dataclass
@@ -78,6 +91,15 @@ class _Broken:
     error: BaseException
 
 
+@dataclass
+class _Table:
+    """The names of one kind (backend schemes or serializers) and how to word them."""
+
+    kind: str
+    hook: str
+    entries: dict[str, _Entry] = field(default_factory=dict)
+
+
 class _Registry:
     """Backends and serializers known to one plugin manager."""
 
@@ -86,33 +108,36 @@ class _Registry:
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, _Origin] = {}
         self.broken: list[_Broken] = []
-        self.backends: dict[str, _Entry] = {}
-        self.serializers: dict[str, _Entry] = {}
+        self.backends = _Table("backend scheme", "cacheplug_register_backends")
+        self.serializers = _Table("serializer", "cacheplug_register_serializers")
         self.serializer_instances: dict[str, SerializerLike] = {}
         self.lock = threading.RLock()
+        self.strict = False
 
     def load(self) -> None:
         from cacheplug import __version__
 
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
-            self.pm.register(module, name=module_name)
-            self.origins[module_name] = _Origin(module_name, "cacheplug", __version__)
+            self.add(module, _Origin(module_name, "cacheplug", __version__))
+        self.strict = os.environ.get(STRICT_ENV, "").strip().lower() in _TRUE
         self._load_entry_points()
-        self._collect("cacheplug_register_backends", self.backends, "backend scheme")
-        self._collect("cacheplug_register_serializers", self.serializers, "serializer")
+        if self.strict:
+            for table in (self.backends, self.serializers):
+                for entry in table.entries.values():
+                    if entry.clashes:
+                        raise _clash_error(entry, table.kind)
 
     def _load_entry_points(self) -> None:
         disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
         if "*" in disabled:
             return
-        for name in disabled:
+        for name in disabled.difference(BUILTIN_PLUGINS):
             self.pm.set_blocked(name)
-        strict = os.environ.get(STRICT_ENV, "").strip().lower() in _TRUE
         import importlib.metadata
 
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
+            if self.pm.is_blocked(ep.name):
                 continue
             dist = ep.dist
             origin = _Origin(
@@ -121,152 +146,306 @@ class _Registry:
                 dist.version if dist is not None else "unknown version",
             )
             try:
-                plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
+                taken = self.origins.get(ep.name)
+                if taken is not None:
+                    raise PluginError(f"its entry-point name is already used by {taken}")
+                self.add(ep.load(), origin)
             except Exception as err:
                 message = (
                     f"cacheplug {origin} failed to load from {ep.value!r}: "
-                    f"{type(err).__name__}: {err}; set {DISABLE_ENV}={ep.name} to silence this"
+                    f"{type(err).__name__}: {err}; set {DISABLE_ENV}={ep.name} to skip it"
                 )
-                if strict:
+                if self.strict:
                     raise PluginError(message) from err
-                warnings.warn(message, PluginLoadWarning, stacklevel=2)
+                warnings.warn(message, PluginLoadWarning, stacklevel=_caller_stacklevel())
                 self.broken.append(_Broken(origin, err))
-                continue
-            self.origins[ep.name] = origin
 
-    def _collect(self, hook_name: str, table: dict[str, _Entry], kind: str) -> None:
-        hook = getattr(self.pm.hook, hook_name)
-        # Called one implementation at a time so every name knows which plugin registered it.
-        for impl in reversed(hook.get_hookimpls()):
-            origin = self.origins[impl.plugin_name]
+    def add(self, plugin: object, origin: _Origin, *, exclusive: bool = False) -> None:
+        """Register ``plugin`` and the names its hooks register, or nothing if any step fails.
 
-            def register(name: str, target: type[Any] | str, _origin: _Origin = origin) -> None:
-                if not isinstance(name, str) or not name:
-                    raise PluginError(f"{_origin} registered a {kind} with invalid name {name!r}")
-                existing = table.get(name)
+        :param exclusive: a name another plugin already holds raises instead of clashing on use.
+        """
+        try:
+            self.pm.register(plugin, name=origin.plugin)
+            self._check_hooks(plugin, origin)
+            found = [(table, self._call_hooks(table, origin)) for table in self._tables()]
+            if exclusive:
+                for table, names in found:
+                    for name in names:
+                        if name in table.entries:
+                            raise PluginError(
+                                f"{origin} registers {table.kind} {name!r}, already registered "
+                                f"by {table.entries[name].origin}"
+                            )
+        except BaseException:
+            if self.pm.has_plugin(origin.plugin):
+                self.pm.unregister(name=origin.plugin)
+            raise
+        self.origins[origin.plugin] = origin
+        for table, names in found:
+            for name, target in names.items():
+                existing = table.entries.get(name)
                 if existing is None:
-                    table[name] = _Entry(name, target, _origin)
-                elif existing.origin.plugin != _origin.plugin:
-                    existing.clashes.append(_origin)
+                    table.entries[name] = _Entry(name, target, origin)
                 else:
-                    existing.target = target
+                    existing.clashes.append(origin)
 
-            impl.function(register=register)
+    def _tables(self) -> tuple[_Table, _Table]:
+        return self.backends, self.serializers
 
-    def resolve(self, entry: _Entry, kind: str) -> type[Any]:
+    def _check_hooks(self, plugin: object, origin: _Origin) -> None:
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.has_spec():
+                continue
+            if any(
+                impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()
+            ):
+                raise PluginError(
+                    f"{origin} implements unknown hook {caller.name!r}; "
+                    f"cacheplug's hooks are: {', '.join(_HOOKS)}"
+                )
+
+    def _call_hooks(self, table: _Table, origin: _Origin) -> dict[str, type[Any] | str]:
+        """The names ``origin``'s implementation of ``table.hook`` registers."""
+        names: dict[str, type[Any] | str] = {}
+
+        def register(name: str, target: type[Any] | str) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"{origin} registered a {table.kind} with invalid name {name!r}")
+            if not _is_target(target):
+                raise PluginError(
+                    f"{origin} registered {table.kind} {name!r} as {target!r}; expected a class "
+                    f"or a 'package.module:Class' string"
+                )
+            names[name] = target
+
+        arguments = {"register": register}
+        hook = getattr(self.pm.hook, table.hook)
+        # Called one plugin at a time (not through pm.hook) so every name knows its plugin.
+        for impl in hook.get_hookimpls():
+            if impl.plugin_name == origin.plugin:
+                impl.function(*(arguments[arg] for arg in impl.argnames))
+        return names
+
+    def resolve(self, entry: _Entry, kind: str, check: Callable[[Any], str | None]) -> type[Any]:
         if entry.clashes:
-            claimants = [entry.origin, *entry.clashes]
-            third_party = [o.plugin for o in claimants if o.distribution != "cacheplug"]
-            raise PluginError(
-                f"{kind} {entry.name!r} is claimed by "
-                + " and by ".join(str(o) for o in claimants)
-                + f"; disable one with {DISABLE_ENV}={','.join(third_party) or '<name>'}"
-            )
-        if entry.loaded is not None:
-            return entry.loaded
+            raise _clash_error(entry, kind)
+        loaded = entry.loaded
+        if loaded is not None:
+            return loaded
         with self.lock:
             if entry.loaded is None:
                 target = entry.target
                 if isinstance(target, str):
                     module_name, _, attr = target.partition(":")
                     try:
-                        loaded = getattr(importlib.import_module(module_name), attr)
+                        value: Any = importlib.import_module(module_name)
+                        for part in attr.split("."):
+                            value = getattr(value, part)
                     except Exception as err:
                         raise PluginError(
                             f"{kind} {entry.name!r} from {entry.origin} cannot be imported "
                             f"from {target!r}: {type(err).__name__}: {err}"
                         ) from err
-                    entry.loaded = loaded
                 else:
-                    entry.loaded = target
-            assert entry.loaded is not None
+                    value = target
+                problem = check(value)
+                if problem:
+                    raise PluginError(f"{kind} {entry.name!r} from {entry.origin} {problem}")
+                entry.loaded = value
             return entry.loaded
 
-    def unknown(self, name: str, table: dict[str, _Entry], kind: str, plural: str) -> Exception:
-        known = sorted(table)
+    def unknown(self, name: str, table: _Table, plural: str) -> Exception:
+        known = sorted(table.entries)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        message = f"unknown {kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
-        if self.broken:
-            failed = "; ".join(
-                f"{b.origin} failed to load ({type(b.error).__name__}: {b.error})"
-                for b in self.broken
-            )
-            error = PluginError(f"{message}; it may come from a broken plugin: {failed}")
-            error.__cause__ = self.broken[0].error
-            return error
-        return ConfigurationError(message)
+        message = f"unknown {table.kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
+        if not self.broken:
+            return ConfigurationError(message)
+        failed = "; ".join(
+            f"{b.origin} failed to load ({type(b.error).__name__}: {b.error})" for b in self.broken
+        )
+        # The broken plugin named like the missing name is the likeliest provider.
+        suspect = next(
+            (b for b in self.broken if name in (b.origin.plugin, b.origin.distribution)),
+            next((b for b in self.broken if name in b.origin.distribution), self.broken[0]),
+        )
+        error = PluginError(f"{message}; it may come from a broken plugin: {failed}")
+        error.__cause__ = suspect.error
+        return error
+
+
+def _is_target(target: object) -> bool:
+    if isinstance(target, type):
+        return True
+    if not isinstance(target, str):
+        return False
+    module_name, colon, attr = target.partition(":")
+    return bool(colon and module_name and attr)
+
+
+def _clash_error(entry: _Entry, kind: str) -> PluginError:
+    claimants = [entry.origin, *entry.clashes]
+    options = " or ".join(f"{DISABLE_ENV}={o.plugin}" for o in claimants if not o.builtin)
+    return PluginError(
+        f"{kind} {entry.name!r} is claimed by "
+        + " and by ".join(str(o) for o in claimants)
+        + f"; disable one of them with {options}"
+    )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside cacheplug."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "cacheplug" and not module.startswith("cacheplug."):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 1
 
 
 _registry: _Registry | None = None
-_registry_lock = threading.Lock()
+# Re-entrant so a plugin that uses the registry while it is being built gets an error, not a hang.
+_registry_lock = threading.RLock()
+_building = False
 
 
 def _get_registry() -> _Registry:
-    global _registry
+    global _registry, _building
     registry = _registry
-    if registry is None:
-        with _registry_lock:
-            if _registry is None:
+    if registry is not None:
+        return registry
+    with _registry_lock:
+        if _registry is None:
+            if _building:
+                raise PluginError(
+                    "cacheplug's plugins are still loading: a plugin must not build caches or "
+                    "look up backends or serializers at import time or inside its hooks"
+                )
+            _building = True
+            try:
                 fresh = _Registry()
                 fresh.load()
                 _registry = fresh
-            registry = _registry
-    return registry
+            finally:
+                _building = False
+        return _registry
 
 
 def reset_plugins() -> None:
-    """Forget the plugin manager, so the next use reloads plugins and re-reads the environment."""
+    """Forget the plugin manager, so the next use reloads plugins and re-reads the environment.
+
+    Plugins added with :func:`register_plugin` are forgotten too.
+    """
     global _registry
     with _registry_lock:
         _registry = None
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, built on first call."""
+    """The process-wide plugin manager, built on first call.
+
+    Read-only use (``list_name_plugin``, ``get_hookcallers``...); add plugins with
+    :func:`register_plugin`, which also records the names they register.
+    """
     return _get_registry().pm
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Add a plugin object (a module, class or instance with hook implementations) at runtime.
+
+    For an application or a test that defines a backend or serializer without packaging it::
+
+        class MyPlugin:
+            @cacheplug.hookimpl
+            def cacheplug_register_backends(self, register):
+                register("mine", MyCache)
+
+        register_plugin(MyPlugin())
+        cacheplug.from_url("mine://")
+
+    :param name: the plugin's name in :func:`get_plugins`; default: pluggy's canonical name.
+    :returns: the plugin's name.
+    :raises PluginError: the name is taken, the plugin registers a name another plugin holds,
+        implements an unknown hook, or its hooks fail; nothing is registered then.
+    """
+    registry = _get_registry()
+    with registry.lock:
+        plugin_name = name or registry.pm.get_canonical_name(plugin)
+        taken = registry.origins.get(plugin_name)
+        if taken is not None:
+            raise PluginError(f"plugin name {plugin_name!r} is already used by {taken}")
+        try:
+            registry.add(plugin, _Origin(plugin_name, _RUNTIME, ""), exclusive=True)
+        except PluginError:
+            raise
+        except Exception as err:  # pluggy's validation errors, a hook that fails
+            raise PluginError(
+                f"plugin {plugin_name!r} cannot be registered: {type(err).__name__}: {err}"
+            ) from err
+    return plugin_name
 
 
 def get_backend_class(scheme: str) -> type[BaseCache]:
     """The backend class registered for a URL scheme.
 
     :raises ConfigurationError: no plugin registered the scheme (the message lists the known ones).
-    :raises PluginError: the scheme is claimed twice, its class cannot be imported, or a broken
-        plugin may have provided it.
+    :raises PluginError: the scheme is claimed twice, its class cannot be imported or is not a
+        :class:`~cacheplug.BaseCache` subclass, or a broken plugin may have provided it (the
+        plugin's error is the ``__cause__``).
     """
     registry = _get_registry()
-    entry = registry.backends.get(scheme)
+    entry = registry.backends.entries.get(scheme)
     if entry is None:
-        raise registry.unknown(scheme, registry.backends, "cache scheme", "schemes")
-    cls: type[BaseCache] = registry.resolve(entry, "backend scheme")
+        raise registry.unknown(scheme, registry.backends, "schemes")
+    cls: type[BaseCache] = registry.resolve(entry, registry.backends.kind, _check_backend)
     return cls
+
+
+def _check_backend(value: object) -> str | None:
+    from cacheplug.core.base import BaseCache
+
+    if isinstance(value, type) and issubclass(value, BaseCache):
+        return None
+    return f"is {value!r}, not a subclass of cacheplug.BaseCache"
+
+
+def _check_serializer(value: object) -> str | None:
+    if isinstance(value, type) and all(
+        callable(getattr(value, method, None)) for method in ("dumps", "loads")
+    ):
+        return None
+    return f"is {value!r}, not a class with dumps() and loads() methods"
 
 
 def backend_schemes() -> list[str]:
     """Every registered URL scheme, sorted."""
-    return sorted(_get_registry().backends)
+    return sorted(_get_registry().backends.entries)
 
 
 def serializer_names() -> list[str]:
     """Every registered serializer name, sorted."""
-    return sorted(_get_registry().serializers)
+    return sorted(_get_registry().serializers.entries)
 
 
 def get_serializer(name: str) -> SerializerLike:
     """The serializer registered under ``name`` (one shared instance per name).
 
     :raises ConfigurationError: unknown name (the message lists the registered ones).
-    :raises PluginError: the name is claimed twice or its class cannot be imported.
+    :raises PluginError: the name is claimed twice, its class cannot be imported, or a broken
+        plugin may have provided it.
     """
     registry = _get_registry()
     instance = registry.serializer_instances.get(name)
     if instance is not None:
         return instance
-    entry = registry.serializers.get(name)
+    entry = registry.serializers.entries.get(name)
     if entry is None:
-        raise registry.unknown(name, registry.serializers, "serializer", "serializers")
-    cls = registry.resolve(entry, "serializer")
+        raise registry.unknown(name, registry.serializers, "serializers")
+    cls = registry.resolve(entry, registry.serializers.kind, _check_serializer)
     with registry.lock:
         instance = registry.serializer_instances.get(name)
         if instance is None:
@@ -275,47 +454,52 @@ def get_serializer(name: str) -> SerializerLike:
 
 
 def get_plugins() -> list[dict[str, Any]]:
-    """Every loaded plugin as a plain dict.
+    """Every plugin, built-ins first, as plain dicts (what ``cacheplug plugins`` prints).
 
-    Keys: ``name``, ``distribution``, ``version``, ``hooks``, ``schemes``, ``serializers``;
-    plugins that failed to load appear with ``error`` set.
+    Keys: ``name`` (entry-point or module name), ``distribution``, ``version``, ``hooks``,
+    ``schemes``, ``serializers`` and ``error``: ``None``, or why the plugin failed to load.
     """
     registry = _get_registry()
     plugins: list[dict[str, Any]] = []
-    for name, plugin in registry.pm.list_name_plugin():
-        if plugin is None:
-            continue
-        origin = registry.origins[name]
-        callers = registry.pm.get_hookcallers(plugin) or []
+    for name, origin in registry.origins.items():
+        plugin = registry.pm.get_plugin(name)
+        callers = registry.pm.get_hookcallers(plugin) or [] if plugin is not None else []
         plugins.append(
-            {
-                "name": name,
-                "distribution": origin.distribution,
-                "version": origin.version,
-                "hooks": sorted(caller.name for caller in callers),
-                "schemes": _names_from(registry.backends, name),
-                "serializers": _names_from(registry.serializers, name),
-                "error": None,
-            }
+            _plugin_info(
+                origin,
+                hooks=sorted(caller.name for caller in callers),
+                schemes=_names_from(registry.backends, name),
+                serializers=_names_from(registry.serializers, name),
+            )
         )
     for broken in registry.broken:
-        plugins.append(
-            {
-                "name": broken.origin.plugin,
-                "distribution": broken.origin.distribution,
-                "version": broken.origin.version,
-                "hooks": [],
-                "schemes": [],
-                "serializers": [],
-                "error": f"{type(broken.error).__name__}: {broken.error}",
-            }
-        )
+        error = f"{type(broken.error).__name__}: {broken.error}"
+        plugins.append(_plugin_info(broken.origin, error=error))
     return plugins
 
 
-def _names_from(table: dict[str, _Entry], plugin: str) -> list[str]:
+def _plugin_info(
+    origin: _Origin,
+    *,
+    hooks: list[str] | None = None,
+    schemes: list[str] | None = None,
+    serializers: list[str] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": origin.plugin,
+        "distribution": origin.distribution,
+        "version": origin.version,
+        "hooks": hooks or [],
+        "schemes": schemes or [],
+        "serializers": serializers or [],
+        "error": error,
+    }
+
+
+def _names_from(table: _Table, plugin: str) -> list[str]:
     return sorted(
         entry.name
-        for entry in table.values()
+        for entry in table.entries.values()
         if entry.origin.plugin == plugin or any(o.plugin == plugin for o in entry.clashes)
     )
