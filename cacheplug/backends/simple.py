@@ -125,25 +125,16 @@ class SimpleCache(BaseCache):
 
     def _put(self, key: str, entry: _Entry) -> None:
         cache = self._cache
-        old = cache.get(key)
-        if old is None:
-            self._insert(key, entry)
-            return
-        cache[key] = entry
-        cache.move_to_end(key)
-        # The old heap record still bounds the expiry from below unless there was none or the
-        # new expiry is earlier; _make_room re-queues a record that fires too early.
-        if entry[0] and (not old[0] or entry[0] < old[0]):
-            self._push_expiry(entry[0], key)
-        self._sets += 1
-
-    def _insert(self, key: str, entry: _Entry) -> None:
-        cache = self._cache
-        if len(cache) >= self.threshold:
+        # pop + insert moves the key to the most recently used end in two dict operations.
+        old = cache.pop(key, None)
+        if old is None and len(cache) >= self.threshold:
             self._make_room()
         cache[key] = entry
-        if entry[0]:
-            self._push_expiry(entry[0], key)
+        # An old heap record bounds the new expiry from below unless there was none or the new
+        # expiry is earlier; _make_room re-queues a record that fires too early.
+        expires = entry[0]
+        if expires and (old is None or not old[0] or expires < old[0]):
+            self._push_expiry(expires, key)
         self._sets += 1
 
     def _push_expiry(self, expires: float, key: str) -> None:
@@ -218,18 +209,8 @@ class SimpleCache(BaseCache):
             if expires is None:
                 self._cache.pop(key, None)
                 self._sets += 1
-                return True
-            cache = self._cache
-            old = cache.get(key)
-            if old is None:
-                self._insert(key, (expires, codec, payload))
-                return True
-            # Overwrite, inlined: the hot path of a warm cache.
-            cache[key] = (expires, codec, payload)
-            cache.move_to_end(key)
-            if expires and (not old[0] or expires < old[0]):
-                self._push_expiry(expires, key)
-            self._sets += 1
+            else:
+                self._put(key, (expires, codec, payload))
         finally:
             self._lock.release()
         return True
