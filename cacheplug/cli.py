@@ -1,0 +1,321 @@
+"""The ``cacheplug`` command: ``demo``, ``check``, ``plugins`` and ``--version``.
+
+Exit status: 0 on success, 1 when the cache misbehaves or its server cannot be reached,
+2 for a bad command line or cache URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from cacheplug import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from cacheplug.core.base import BaseCache
+    from cacheplug.core.url import CacheURL
+
+__all__ = ["main"]
+
+DEFAULT_URL = "simple://"
+ENV_URL = "CACHE_URL"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_MASK = "***"
+
+
+class _Problem(Exception):
+    """A failure to report on stderr, with the exit status to return."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Target:
+    """A cache built from a URL, with what is needed to talk about it without leaking secrets."""
+
+    def __init__(self, url: str, **overrides: Any) -> None:
+        from cacheplug.core.errors import CacheplugError
+        from cacheplug.core.url import from_url, is_secret_option, parse_url
+
+        try:
+            self.url: CacheURL = parse_url(url)
+            self.cache: BaseCache = from_url(url, **overrides)
+        except (CacheplugError, ValueError) as err:
+            raise _Problem(str(err), EXIT_USAGE) from err
+        self._secrets = [self.url.password or ""] + [
+            value for name, value in self.url.query.items() if is_secret_option(name)
+        ]
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret of the URL masked."""
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, _MASK)
+        return text
+
+    def unreachable(self) -> str:
+        return (
+            f"cannot reach the cache at {self.url.redacted()}: is the server running "
+            f"and reachable from here? ({self.scrub(repr(self.cache))})"
+        )
+
+    def probe(self, key: str) -> None:
+        """Raise a :class:`_Problem` unless the cache stores and forgets a key."""
+        if not self.cache.set(key, 1, 60):
+            raise _Problem(self.unreachable())
+        self.cache.delete(key)
+
+
+def _token() -> str:
+    import secrets
+
+    return secrets.token_hex(4)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from cacheplug.core.serializer import serializer_name
+
+    url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
+    target = _Target(url)
+    cache = target.cache
+    delay = args.delay_ms / 1000
+    executions = 0
+    with cache:
+        target.probe(f"cacheplug-demo:{_token()}:probe")
+
+        @cache.memoize(timeout=60, key_prefix=f"cacheplug-demo:{_token()}")
+        def slow_sum(n: int) -> int:
+            nonlocal executions
+            executions += 1
+            threading.Event().wait(delay)  # stands in for a slow query or computation
+            return sum(range(n))
+
+        cold: list[float] = []
+        warm: list[float] = []
+        for round_ in range(args.rounds):
+            for n in range(args.keys):
+                started = time.perf_counter()
+                slow_sum(n)
+                (cold if round_ == 0 else warm).append(time.perf_counter() - started)
+        for n in range(args.keys):
+            slow_sum.invalidate(n)
+        errors = cache.stats().get("errors", 0)
+
+    calls = len(cold) + len(warm)
+    cold_ms = 1000 * sum(cold) / len(cold)
+    warm_ms = 1000 * sum(warm) / len(warm) if warm else float("nan")
+    rows = [
+        ("cache", target.scrub(repr(cache))),
+        ("url", target.url.redacted()),
+        ("serializer", serializer_name(cache.serializer)),
+        ("workload", f"{args.rounds} rounds over {args.keys} arguments, {args.delay_ms:g} ms each"),
+        ("calls", str(calls)),
+        ("executions", str(executions)),
+        ("hit ratio", f"{100 * (calls - executions) / calls:.1f}%"),
+        ("cold", f"{cold_ms:.3f} ms per call (first round)"),
+        ("warm", f"{warm_ms:.3f} ms per call (later rounds)"),
+        ("speed-up", f"{cold_ms / warm_ms:.1f}x" if warm_ms > 0 else "n/a"),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        print(f"{label + ':':<{width}}{value}")
+    if errors:
+        print(f"warning: the cache reported {errors} backend errors during the demo")
+    return 0
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    import time
+
+    from cacheplug.core.url import parse_url
+
+    try:
+        outer = parse_url(args.url).query.get("key_prefix", "")
+    except ValueError as err:
+        raise _Problem(str(err), EXIT_USAGE) from err
+    target = _Target(args.url, key_prefix=f"{outer}cacheplug-check:{_token()}:")
+    print(f"checking {target.url.redacted()} ({target.scrub(repr(target.cache))})")
+    failed: list[str] = []
+    with target.cache as cache:
+        for name, run, expected in _round_trip(cache):
+            started = time.perf_counter()
+            try:
+                got: object = run()
+            except Exception as err:
+                got = err
+            elapsed = 1000 * (time.perf_counter() - started)
+            if got == expected:
+                print(f"  {name:<12} ok      {elapsed:8.3f} ms")
+                continue
+            failed.append(name)
+            detail = f"{type(got).__name__}: {got}" if isinstance(got, Exception) else repr(got)
+            shown = target.scrub(f"got {detail}, expected {expected!r}")
+            print(f"  {name:<12} FAILED  {elapsed:8.3f} ms  {shown}")
+            if cache.stats().get("errors", 0) and name == _STEPS[0]:
+                break  # the server is down: every other method would fail the same way
+        errors = cache.stats().get("errors", 0)
+    if not failed:
+        print(f"all {len(_STEPS)} methods ok")
+        return 0
+    if errors:
+        raise _Problem(target.unreachable())
+    raise _Problem(f"{len(failed)} of {len(_STEPS)} methods failed: {', '.join(failed)}")
+
+
+_STEPS = (
+    "set",
+    "get",
+    "add",
+    "has",
+    "inc",
+    "dec",
+    "set_many",
+    "get_many",
+    "get_dict",
+    "delete_many",
+    "delete",
+    "get_or_set",
+    "clear",
+)
+
+
+def _round_trip(cache: BaseCache) -> list[tuple[str, Callable[[], object], object]]:
+    """One ``(method, call, expected result)`` per contract method, in an order that builds up."""
+    value = {"text": "cacheplug", "numbers": [1, 2, 3]}
+    factory_calls: list[int] = []
+
+    def factory() -> str:
+        factory_calls.append(1)
+        return "made"
+
+    def get_or_set_twice() -> tuple[object, object, int]:
+        first = cache.get_or_set("made", factory, 60)
+        return first, cache.get_or_set("made", factory, 60), len(factory_calls)
+
+    steps: list[tuple[str, Callable[[], object], object]] = [
+        ("set", lambda: cache.set("value", value, 60), True),
+        ("get", lambda: cache.get("value"), value),
+        ("add", lambda: (cache.add("value", "other"), cache.add("added", "x")), (False, True)),
+        ("has", lambda: (cache.has("value"), cache.has("missing")), (True, False)),
+        ("inc", lambda: (cache.inc("counter"), cache.inc("counter", 4)), (1, 5)),
+        ("dec", lambda: (cache.dec("counter", 2), cache.get("counter")), (3, 3)),
+        ("set_many", lambda: sorted(cache.set_many({"a": 1, "b": 2}, 60)), ["a", "b"]),
+        ("get_many", lambda: cache.get_many("a", "b", "missing"), [1, 2, None]),
+        ("get_dict", lambda: cache.get_dict("a", "b"), {"a": 1, "b": 2}),
+        ("delete_many", lambda: sorted(cache.delete_many("a", "b", "missing")), ["a", "b"]),
+        ("delete", lambda: (cache.delete("value"), cache.get("value")), (True, None)),
+        ("get_or_set", get_or_set_twice, ("made", "made", 1)),
+        ("clear", lambda: (cache.clear(), cache.has("added")), (True, False)),
+    ]
+    assert tuple(name for name, _, _ in steps) == _STEPS
+    return steps
+
+
+# -- plugins -----------------------------------------------------------------------------------
+
+_COLUMNS = ("name", "distribution", "version", "schemes", "serializers", "error")
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from cacheplug.core.errors import CacheplugError
+    from cacheplug.core.plugins import get_plugins
+
+    try:
+        plugins = get_plugins()
+    except CacheplugError as err:
+        raise _Problem(str(err)) from err
+    if args.json:
+        import json
+
+        print(json.dumps(plugins, indent=2, sort_keys=True))
+        return 0
+    rows = [[_cell(plugin.get(column)) for column in _COLUMNS] for plugin in plugins]
+    widths = [max(len(text) for text in column) for column in zip(_COLUMNS, *rows, strict=True)]
+    for row in [list(_COLUMNS), *rows]:
+        print(
+            "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value) or "-"
+    return str(value)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cacheplug",
+        description="Try, check and inspect cacheplug caches configured by URL.",
+    )
+    parser.add_argument("--version", action="version", version=f"cacheplug {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="memoize a slow function through a cache and show the speed-up",
+        description="Memoize a deliberately slow function through the cache built from URL, "
+        "call it over a repeating workload and report hits and timings.",
+    )
+    demo.add_argument("url", nargs="?", help=f"cache URL (default: ${ENV_URL}, else {DEFAULT_URL})")
+    demo.add_argument("--keys", type=_positive, default=10, help="distinct arguments (10)")
+    demo.add_argument("--rounds", type=_positive, default=5, help="calls per argument (5)")
+    demo.add_argument(
+        "--delay-ms", type=float, default=30.0, help="time per real execution, ms (30)"
+    )
+    demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser(
+        "check",
+        help="round-trip every cache method against a URL",
+        description="Run every cache method once under a fresh key prefix and report each "
+        "result and its time; only keys under that prefix are written and cleared.",
+    )
+    check.add_argument("url", help="cache URL, e.g. redis://localhost:6379/0")
+    check.set_defaults(handler=_check)
+
+    plugins = commands.add_parser("plugins", help="list plugins, their schemes and serializers")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plugins.set_defaults(handler=_plugins)
+    return parser
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cacheplug`` command; the exit status."""
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except _Problem as problem:
+        print(f"cacheplug {args.command}: error: {problem}", file=sys.stderr)
+        return problem.status
+    except KeyboardInterrupt:
+        return 130
