@@ -1,0 +1,484 @@
+"""``RedisCache``: Redis and Redis Cluster through redis-py.
+
+Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``unix:///path.sock``,
+``redis+cluster://host:port,host:port``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from cacheplug.core.base import BaseCache, check_delta, check_key, normalize_timeout
+from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from cacheplug.core.hookspecs import RegisterFn
+    from cacheplug.core.serializer import SerializerLike
+    from cacheplug.core.url import CacheURL
+
+__all__ = ["RedisCache"]
+
+INSTALL_HINT = "RedisCache needs redis-py: pip install 'cacheplug[redis]'"
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_SOCKET_TIMEOUT = 5.0
+DEFAULT_RETRIES = 1
+SCAN_BATCH = 1000
+
+# A missing counter is created with the default expiry, an existing one keeps its own; all in
+# one atomic step on the key's own node, so it works on a cluster too.
+INC_SCRIPT = """
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], '0', 'NX')
+end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+INC_SHA = hashlib.sha1(INC_SCRIPT.encode()).hexdigest()
+_GLOB_SPECIAL = frozenset("*?[]\\")
+_CERT_REQS = ("none", "optional", "required")
+
+
+class RedisCache(BaseCache):
+    """A cache on a Redis server or Redis Cluster, drop-in for cachelib's ``RedisCache``.
+
+    Integers are stored as plain decimals so ``inc``/``dec`` use Redis' atomic ``INCRBY``;
+    everything else goes through the serializer (and is signed with a ``secret``). A server
+    that cannot be reached answers the contract's outage values, logged, never an exception.
+
+    :param host: server host name, or a ready ``redis.Redis``/``RedisCluster`` client to use.
+    :param port: server port.
+    :param password: AUTH password (with ``username=``: ACL user).
+    :param db: database number.
+    :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
+    :param key_prefix: prepended to every key; ``clear`` then deletes only keys under it.
+    :param startup_nodes: ``[(host, port), ...]`` of a Redis Cluster; builds a ``RedisCluster``.
+    :param retries: how often redis-py retries a command after a connection error (no backoff).
+    :param ignore_delete_many_errors: accepted for cachelib compatibility; no effect.
+    :param check_connection: ping at construction and raise :class:`RuntimeError` on failure.
+    :param kwargs: passed to ``redis.Redis`` / ``RedisCluster``; the defaults here are
+        ``socket_connect_timeout=1.0`` and ``socket_timeout=5.0`` so a dead server answers fast.
+    :raises ConfigurationError: redis-py is missing, or an option is invalid.
+    """
+
+    url_options: ClassVar[Mapping[str, type]] = {
+        "db": int,
+        "password": str,
+        "username": str,
+        "socket_timeout": float,
+        "socket_connect_timeout": float,
+        "socket_keepalive": bool,
+        "max_connections": int,
+        "health_check_interval": float,
+        "retries": int,
+        "client_name": str,
+        "protocol": int,
+        "ssl": bool,
+        "ssl_cert_reqs": str,
+        "ssl_ca_certs": str,
+        "ssl_certfile": str,
+        "ssl_keyfile": str,
+        "ssl_check_hostname": bool,
+    }
+
+    def __init__(  # noqa: PLR0917 (cachelib's positional signature)
+        self,
+        host: Any = "localhost",
+        port: int = 6379,
+        password: str | None = None,
+        db: int = 0,
+        default_timeout: float = 300,
+        key_prefix: str | None = None,
+        *,
+        serializer: str | SerializerLike | None = None,
+        secret: str | bytes | None = None,
+        startup_nodes: Sequence[tuple[str, int]] | None = None,
+        retries: int = DEFAULT_RETRIES,
+        ignore_delete_many_errors: bool = True,
+        check_connection: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
+        )
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisClusterException
+            from redis.retry import Retry
+        except ImportError as err:
+            raise ConfigurationError(INSTALL_HINT) from err
+        if host is None:
+            raise ConfigurationError("RedisCache host may not be None; give a name or a client")
+        if kwargs.get("decode_responses"):
+            raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
+        if type(retries) is not int or retries < 0:
+            raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+        self.ignore_delete_many_errors = ignore_delete_many_errors
+        self._response_error = redis.ResponseError
+        self._no_script_error = redis.exceptions.NoScriptError
+        self._failures: tuple[type[Exception], ...] = (
+            redis.RedisError,
+            RedisClusterException,
+            OSError,
+        )
+        kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        kwargs.setdefault("retry", Retry(NoBackoff(), retries))
+        self._owns_client = True
+        self._cluster = startup_nodes is not None
+        self._pending: _PendingCluster | None = None
+        if startup_nodes is not None:
+            nodes = [(str(h), int(p)) for h, p in startup_nodes]
+            if not nodes:
+                raise ConfigurationError("startup_nodes needs at least one (host, port)")
+            self._where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
+            self._pending = _PendingCluster(self, nodes, password, kwargs)
+            self._client: Any = self._pending
+        elif isinstance(host, str):
+            socket_path = kwargs.get("unix_socket_path")
+            self._where = f"unix:{socket_path}" if socket_path else f"{host}:{port}"
+            self._where += f"/{db}"
+            self._client = redis.Redis(host=host, port=port, password=password, db=db, **kwargs)
+        else:
+            self._where = f"client {type(host).__name__}"
+            self._client = host
+            self._owns_client = False
+            self._cluster = hasattr(host, "get_primaries")
+        if check_connection:
+            try:
+                self._client.ping()
+            except self._failures as err:
+                raise RuntimeError(f"could not connect to Redis at {self._where}: {err}") from err
+
+    # -- building from a URL -----------------------------------------------------------------
+
+    @classmethod
+    def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
+        """Map ``redis[s]://``, ``[redis+]unix://`` and ``redis+cluster://`` URLs on ``__init__``.
+
+        :raises ConfigurationError: the URL does not fit its scheme.
+        """
+        options = dict(options)
+        if url.password is not None:
+            options["password"] = url.password
+        if url.username:
+            options["username"] = url.username
+        reqs = options.get("ssl_cert_reqs")
+        if reqs is not None and reqs not in _CERT_REQS:
+            raise ConfigurationError(
+                f"option 'ssl_cert_reqs' must be one of {', '.join(_CERT_REQS)}, got {reqs!r}"
+            )
+        path_db = url.path.strip("/")
+        if url.scheme in ("redis+unix", "unix"):
+            if url.hosts or not url.path.strip("/"):
+                raise ConfigurationError(
+                    f"{url.scheme}:// takes a socket path and no host, got {url.redacted()!r}; "
+                    f"write {url.scheme}:///path/to/redis.sock?db=0"
+                )
+            return cls(unix_socket_path=url.path, **options)
+        if path_db:
+            if not path_db.isdigit():
+                raise ConfigurationError(
+                    f"the path of {url.redacted()!r} must be a database number, like /0"
+                )
+            if "db" in options and options["db"] != int(path_db):
+                raise ConfigurationError(
+                    f"{url.redacted()!r} names two databases; give it in the path or as ?db="
+                )
+            options["db"] = int(path_db)
+        if url.scheme == "redis+cluster":
+            if not url.hosts:
+                raise ConfigurationError(
+                    f"redis+cluster:// needs startup nodes, got {url.redacted()!r}; "
+                    f"write redis+cluster://host1:6379,host2:6379"
+                )
+            if options.pop("db", 0) != 0:
+                raise ConfigurationError(f"a Redis Cluster has only db 0, got {url.redacted()!r}")
+            return cls(startup_nodes=[(h, p or 6379) for h, p in url.hosts], **options)
+        if len(url.hosts) > 1:
+            raise ConfigurationError(
+                f"{url.scheme}:// takes one host, got {url.redacted()!r}; "
+                f"for a cluster write redis+cluster://host1:6379,host2:6379"
+            )
+        if url.scheme == "rediss":
+            options["ssl"] = True
+        host, port = url.hosts[0] if url.hosts else ("localhost", None)
+        return cls(host, port or 6379, **options)
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def _dump(self, value: Any) -> Any:
+        # Plain decimals keep counters usable by INCRBY (bools are not counters).
+        return value if type(value) is int else self._encode(value)
+
+    def _load(self, key: str, payload: bytes) -> Any:
+        if payload.isdigit() or (payload.startswith(b"-") and payload[1:].isdigit()):
+            return int(payload)
+        return self._decode_or_miss(key, payload)
+
+    def _ttl_ms(self, timeout: float | None) -> int:
+        """Milliseconds to live: 0 never expires, negative is already expired."""
+        if timeout is None:
+            timeout = self.default_timeout
+        elif type(timeout) is not int and type(timeout) is not float:
+            timeout = normalize_timeout(timeout, self.default_timeout)
+        if timeout > 0:
+            return max(1, int(timeout * 1000))
+        return 0 if timeout == 0 else -1
+
+    # -- the contract -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        if type(key) is not str:
+            check_key(key)
+        try:
+            payload = self._client.get(self.key_prefix + key)
+        except self._failures as err:
+            self._backend_error("get", err)
+            return None
+        if payload is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        return self._load(key, payload)
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        ms = self._ttl_ms(timeout)
+        data = self._dump(value)
+        name = self.key_prefix + key
+        try:
+            if ms > 0:
+                self._client.execute_command("SET", name, data, "PX", ms)
+            elif ms == 0:
+                self._client.execute_command("SET", name, data)
+            else:
+                self._client.delete(name)
+        except self._failures as err:
+            self._backend_error("set", err)
+            return False
+        self._sets += 1
+        return True
+
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        check_key(key)
+        ms = self._ttl_ms(timeout)
+        data = self._dump(value)
+        name = self.key_prefix + key
+        try:
+            if ms < 0:
+                return not self._client.exists(name)
+            expiry = ("PX", ms) if ms else ()
+            added = bool(self._client.execute_command("SET", name, data, "NX", *expiry))
+        except self._failures as err:
+            self._backend_error("add", err)
+            return False
+        self._sets += added
+        return added
+
+    def delete(self, key: str) -> bool:
+        check_key(key)
+        try:
+            deleted = bool(self._client.delete(self.key_prefix + key))
+        except self._failures as err:
+            self._backend_error("delete", err)
+            return False
+        self._deletes += deleted
+        return deleted
+
+    def has(self, key: str) -> bool:
+        check_key(key)
+        try:
+            return bool(self._client.exists(self.key_prefix + key))
+        except self._failures as err:
+            self._backend_error("has", err)
+            return False
+
+    def clear(self) -> bool:
+        try:
+            if not self.key_prefix:
+                self._client.flushdb()
+                return True
+            pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self.key_prefix)
+            batch: list[bytes] = []
+            for name in self._client.scan_iter(match=pattern + "*", count=SCAN_BATCH):
+                batch.append(name)
+                if len(batch) >= SCAN_BATCH:
+                    self._pipelined("DEL", batch)
+                    batch = []
+            if batch:
+                self._pipelined("DEL", batch)
+        except self._failures as err:
+            self._backend_error("clear", err)
+            return False
+        return True
+
+    def get_many(self, *keys: str) -> list[Any]:
+        for key in keys:
+            check_key(key)
+        if not keys:
+            return []
+        prefix = self.key_prefix
+        names = [prefix + key for key in keys] if prefix else list(keys)
+        try:
+            if self._cluster:
+                payloads = self._client.mget_nonatomic(names)
+            else:
+                payloads = self._client.mget(names)
+        except self._failures as err:
+            self._backend_error("get_many", err)
+            return [None] * len(keys)
+        load = self._load
+        values = [None if p is None else load(k, p) for k, p in zip(keys, payloads, strict=True)]
+        found = len(keys) - payloads.count(None)
+        self._hits += found
+        self._misses += len(keys) - found
+        return values
+
+    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+        for key in mapping:
+            check_key(key)
+        ms = self._ttl_ms(timeout)
+        keys = list(mapping)
+        if not keys:
+            return []
+        prefix = self.key_prefix
+        if ms < 0:
+            results = self._pipelined("DEL", [prefix + key for key in keys], "set_many")
+            return keys if results is not None else []
+        expiry = ("PX", ms) if ms else ()
+        commands = [("SET", prefix + key, self._dump(v), *expiry) for key, v in mapping.items()]
+        results = self._pipeline(commands, "set_many")
+        if results is None:
+            return []
+        stored = [key for key, result in zip(keys, results, strict=True) if result is True]
+        self._sets += len(stored)
+        return stored
+
+    def delete_many(self, *keys: str) -> list[str]:
+        for key in keys:
+            check_key(key)
+        if not keys:
+            return []
+        prefix = self.key_prefix
+        results = self._pipelined("DEL", [prefix + key for key in keys], "delete_many")
+        if results is None:
+            return []
+        deleted = [key for key, result in zip(keys, results, strict=True) if result == 1]
+        self._deletes += len(deleted)
+        return deleted
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        check_key(key)
+        check_delta(delta)
+        args = (1, self.key_prefix + key, delta, self._ttl_ms(None))
+        try:
+            value: int = self._client.evalsha(INC_SHA, *args)
+        except self._failures as err:
+            return self._inc_failed(key, args, err)
+        return value
+
+    def _inc_failed(self, key: str, args: tuple[Any, ...], err: Exception) -> int | None:
+        if isinstance(err, self._no_script_error):
+            try:  # first use on this server: EVAL also caches the script there
+                value: int = self._client.eval(INC_SCRIPT, *args)
+            except self._failures as retry_err:
+                err = retry_err
+            else:
+                return value
+        if isinstance(err, self._response_error) and (
+            "not an integer" in str(err) or "overflow" in str(err)
+        ):
+            raise TypeError(f"cannot increment {key!r}: it does not hold an integer") from None
+        self._backend_error("inc", err)
+        return None
+
+    # -- pipelines ------------------------------------------------------------------------------
+
+    def _pipelined(
+        self, command: str, names: list[Any], operation: str | None = None
+    ) -> list[Any] | None:
+        """Run ``command name`` for each name in one pipeline; see :meth:`_pipeline`."""
+        return self._pipeline([(command, name) for name in names], operation)
+
+    def _pipeline(
+        self, commands: Sequence[tuple[Any, ...]], operation: str | None
+    ) -> list[Any] | None:
+        """Replies of ``commands`` sent in one round trip (one per node on a cluster).
+
+        With ``operation`` set, a failure is logged under that name and answered with ``None``;
+        without it, the failure propagates to the caller.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            results: list[Any] = pipe.execute(raise_on_error=False)
+        except self._failures as err:
+            if operation is None:
+                raise
+            self._backend_error(operation, err)
+            return None
+        failed = next((r for r in results if isinstance(r, Exception)), None)
+        if failed is not None:
+            if operation is None:
+                raise failed
+            self._backend_error(operation, failed)
+        return results
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connections of a client this cache created (a given client stays open)."""
+        client = self._client
+        if self._owns_client and not isinstance(client, _PendingCluster):
+            # A closed RedisCluster cannot reconnect: the next use builds a new one.
+            if self._pending is not None:
+                self._client = self._pending
+            client.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
+
+
+class _PendingCluster:
+    """Stands in for a ``RedisCluster`` until its nodes answer (its constructor connects)."""
+
+    def __init__(
+        self,
+        cache: RedisCache,
+        nodes: list[tuple[str, int]],
+        password: str | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._cache = cache
+        self._connect: Callable[[], Any] = lambda: _cluster_client(nodes, password, kwargs)
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            client = self._cache._client
+            if client is self:
+                client = self._cache._client = self._connect()
+        return getattr(client, name)
+
+
+def _cluster_client(
+    nodes: list[tuple[str, int]], password: str | None, kwargs: dict[str, Any]
+) -> Any:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=startup, password=password, **kwargs)
+
+
+@hookimpl
+def cacheplug_register_backends(register: RegisterFn) -> None:
+    for scheme in ("redis", "rediss", "redis+unix", "unix", "redis+cluster"):
+        register(scheme, RedisCache)

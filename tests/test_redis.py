@@ -1,0 +1,417 @@
+"""RedisCache: the contract on a server and a cluster, plus what only Redis promises."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import servers
+from servers import RedisCluster, RedisServer
+
+from cacheplug import ConfigurationError, RedisCache, from_url
+from cacheplug.testing import CacheContract
+
+_prefixes = itertools.count()
+
+
+def unique_prefix() -> str:
+    return f"test{next(_prefixes)}:"
+
+
+@pytest.fixture(params=["pickle", "json", "msgpack"])
+def serializer(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class RedisCaches:
+    """A cache factory: each cache gets a prefix of its own and is cleared afterwards."""
+
+    def __init__(self, serializer: str, **connection: Any) -> None:
+        self.serializer = serializer
+        self.connection = connection
+        self.caches: list[RedisCache] = []
+
+    def __call__(self, **kwargs: Any) -> RedisCache:
+        kwargs.setdefault("serializer", self.serializer)
+        kwargs.setdefault("key_prefix", unique_prefix())
+        cache = RedisCache(**self.connection, **kwargs)
+        self.caches.append(cache)
+        return cache
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass for the made caches' keys by shortening their TTLs on the server."""
+        for cache in self.caches:
+            client = cache._client
+            for name in list(client.scan_iter(match=cache.key_prefix + "*")):
+                ttl = client.pttl(name)
+                if ttl > 0:
+                    left = ttl - int(seconds * 1000)
+                    if left > 0:
+                        client.pexpire(name, left)
+                    else:
+                        client.delete(name)
+
+    def close(self) -> None:
+        for cache in self.caches:
+            cache.clear()
+            cache.close()
+
+
+class TestRedisContract(CacheContract):
+    shared_store = True
+
+    @pytest.fixture
+    def cache_factory(self, redis_server: RedisServer, serializer: str) -> Iterator[RedisCaches]:
+        factory = RedisCaches(serializer, host=redis_server.host, port=redis_server.port)
+        yield factory
+        factory.close()
+
+    @pytest.fixture
+    def advance(self, cache_factory: RedisCaches) -> Callable[[float], None]:
+        return cache_factory.advance
+
+
+class TestRedisClusterContract(TestRedisContract):
+    @pytest.fixture
+    def cache_factory(self, redis_cluster: RedisCluster, serializer: str) -> Iterator[RedisCaches]:
+        factory = RedisCaches(serializer, startup_nodes=redis_cluster.nodes)
+        yield factory
+        factory.close()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_server.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cache(redis_server: RedisServer) -> Iterator[RedisCache]:
+    with RedisCache(redis_server.host, redis_server.port, key_prefix=unique_prefix()) as cache:
+        yield cache
+        cache.clear()
+
+
+def command_calls(server: RedisServer, command: str) -> int:
+    """How often ``command`` ran since the last CONFIG RESETSTAT."""
+    info = server.command("INFO", "commandstats")
+    assert isinstance(info, bytes)
+    for line in info.decode().splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+# -- storage format ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
+def test_ints_are_plain_decimals_and_read_back_as_int(
+    redis_server: RedisServer, raw: redis.Redis, serializer: str
+) -> None:
+    cache = RedisCache(port=redis_server.port, key_prefix=unique_prefix(), serializer=serializer)
+    cache.set("n", -42)
+    cache.set("flag", True)
+    assert raw.get(cache.key_prefix + "n") == b"-42"
+    assert raw.get(cache.key_prefix + "flag") != b"1"
+    assert cache.get("flag") is True
+    raw.incrby(cache.key_prefix + "n", 2)
+    assert cache.get("n") == -40
+    assert type(cache.get("n")) is int
+
+
+def test_url_serializer_writes_its_own_format(redis_server: RedisServer, raw: redis.Redis) -> None:
+    prefix = unique_prefix()
+    cache = from_url(redis_server.url + f"?serializer=msgpack&key_prefix={prefix}")
+    assert isinstance(cache, RedisCache)
+    cache.set("k", {"a": b"\x00"})
+    assert raw.get(prefix + "k") == b"\x81\xa1a\xc4\x01\x00"
+    assert cache.get("k") == {"a": b"\x00"}
+
+
+# -- timeouts -------------------------------------------------------------------------------------
+
+
+def test_timeouts_become_redis_expiries(cache: RedisCache, raw: redis.Redis) -> None:
+    prefix = cache.key_prefix
+    cache.set("default", "v")
+    cache.set("ten", "v", timeout=10)
+    cache.set("float", "v", timeout=1.5)
+    cache.set("forever", "v", timeout=10)
+    cache.set("forever", "v", timeout=0)
+    cache.add("added", "v", timeout=20)
+    assert 299_000 < raw.pttl(prefix + "default") <= 300_000
+    assert 9_000 < raw.pttl(prefix + "ten") <= 10_000
+    assert 1_000 < raw.pttl(prefix + "float") <= 1_500
+    assert raw.pttl(prefix + "forever") == -1
+    assert 19_000 < raw.pttl(prefix + "added") <= 20_000
+
+
+def test_entry_really_expires(cache: RedisCache) -> None:
+    cache.set("short", "v", timeout=0.3)
+    assert cache.has("short") is True
+    gone = threading.Event()
+    for _ in range(500):
+        if cache.get("short") is None:
+            break
+        gone.wait(0.01)
+    assert cache.get("short") is None
+    assert cache.has("short") is False
+
+
+def test_negative_timeout_in_set_many_and_add(cache: RedisCache) -> None:
+    cache.set_many({"a": 1, "b": 2})
+    assert sorted(cache.set_many({"a": 3, "b": 4}, timeout=-1)) == ["a", "b"]
+    assert cache.get_many("a", "b") == [None, None]
+    assert cache.add("a", 1, timeout=-1) is True
+    assert cache.has("a") is False
+    cache.set("a", 1)
+    assert cache.add("a", 2, timeout=-1) is False
+    assert cache.get("a") == 1
+
+
+# -- counters -------------------------------------------------------------------------------------
+
+
+def test_new_counter_gets_default_timeout_and_existing_keeps_its_own(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    cache = RedisCache(port=redis_server.port, key_prefix=unique_prefix(), default_timeout=60)
+    prefix = cache.key_prefix
+    assert cache.inc("new", 3) == 3
+    assert 59_000 < raw.pttl(prefix + "new") <= 60_000
+    cache.set("kept", 10, timeout=1000)
+    assert cache.dec("kept", 4) == 6
+    assert 999_000 < raw.pttl(prefix + "kept") <= 1_000_000
+    cache.set("forever", 1, timeout=0)
+    assert cache.inc("forever") == 2
+    assert raw.pttl(prefix + "forever") == -1
+    forever_cache = RedisCache(port=redis_server.port, key_prefix=prefix, default_timeout=0)
+    assert forever_cache.inc("fresh") == 1
+    assert raw.pttl(prefix + "fresh") == -1
+
+
+def test_inc_works_after_the_script_cache_is_flushed(cache: RedisCache, raw: redis.Redis) -> None:
+    assert cache.inc("n") == 1
+    raw.script_flush()
+    assert cache.inc("n") == 2
+    assert cache.inc("n") == 3
+
+
+def test_inc_on_a_cluster_keeps_ttl_and_counts_atomically(redis_cluster: RedisCluster) -> None:
+    cache = RedisCache(startup_nodes=redis_cluster.nodes, key_prefix=unique_prefix())
+    keys = [f"counter{i}" for i in range(20)]  # spread over every node
+    for key in keys:
+        cache.set(key, 5, timeout=100)
+        assert cache.inc(key, 2) == 7
+    client = cache._client
+    assert all(90_000 < client.pttl(cache.key_prefix + key) <= 100_000 for key in keys)
+    assert cache.get_many(*keys) == [7] * len(keys)
+    assert cache.clear() is True
+
+
+# -- many, clear ------------------------------------------------------------------------------
+
+
+def test_get_many_is_one_mget(cache: RedisCache, redis_server: RedisServer) -> None:
+    keys = [f"k{i}" for i in range(100)]
+    cache.set_many({key: i for i, key in enumerate(keys)})
+    redis_server.command("CONFIG", "RESETSTAT")
+    assert cache.get_many(*keys) == list(range(100))
+    assert command_calls(redis_server, "mget") == 1
+    assert command_calls(redis_server, "get") == 0
+
+
+def test_set_many_and_delete_many_send_plain_commands_without_transaction(
+    cache: RedisCache, redis_server: RedisServer
+) -> None:
+    redis_server.command("CONFIG", "RESETSTAT")
+    assert cache.set_many({f"k{i}": i for i in range(10)}) == [f"k{i}" for i in range(10)]
+    assert sorted(cache.delete_many("k1", "k2", "nope")) == ["k1", "k2"]
+    assert command_calls(redis_server, "set") == 10
+    assert command_calls(redis_server, "del") == 3
+    assert command_calls(redis_server, "multi") == 0
+
+
+def test_clear_with_prefix_deletes_only_its_keys_in_batches(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    prefix = unique_prefix() + "*[?]\\"  # glob characters must match only themselves
+    cache = RedisCache(port=redis_server.port, key_prefix=prefix)
+    cache.set_many({f"k{i}": i for i in range(2500)})
+    neighbours = [prefix[:-5] + "other", prefix[:-5] + "x[?]\\k1", "unrelated"]
+    for name in neighbours:
+        raw.set(name, b"stays")
+    redis_server.command("CONFIG", "RESETSTAT")
+    assert cache.clear() is True
+    assert command_calls(redis_server, "flushdb") == 0
+    assert raw.keys(prefix.replace("[", "\\[").replace("*", "\\*") + "*") == []
+    assert cache.get("k0") is None
+    assert [raw.get(name) for name in neighbours] == [b"stays"] * 3
+    raw.delete(*neighbours)
+
+
+def test_clear_without_prefix_flushes_only_the_selected_db(redis_server: RedisServer) -> None:
+    other = redis.Redis(port=redis_server.port, db=4)
+    other.set("keep", b"1")
+    cache = RedisCache(port=redis_server.port, db=5)
+    cache.set("gone", 1)
+    assert cache.clear() is True
+    assert cache.get("gone") is None
+    assert other.get("keep") == b"1"
+    other.delete("keep")
+    other.close()
+
+
+def test_cluster_clear_scans_every_primary(redis_cluster: RedisCluster) -> None:
+    prefix = unique_prefix()
+    cache = RedisCache(startup_nodes=redis_cluster.nodes, key_prefix=prefix)
+    cache.set_many({f"k{i}": i for i in range(60)})
+    nodes = [redis.Redis(host=host, port=port) for host, port in redis_cluster.nodes]
+    assert all(node.keys(prefix + "*") for node in nodes)
+    assert cache.clear() is True
+    assert [node.keys(prefix + "*") for node in nodes] == [[], [], []]
+    for node in nodes:
+        node.close()
+
+
+# -- URLs ------------------------------------------------------------------------------------------
+
+
+def test_redis_url_path_selects_db(redis_server: RedisServer) -> None:
+    cache = from_url(f"redis://{redis_server.host}:{redis_server.port}/3?key_prefix=dbtest:")
+    cache.set("k", "v")
+    db3 = redis.Redis(port=redis_server.port, db=3)
+    assert db3.exists("dbtest:k") == 1
+    db3.delete("dbtest:k")
+    db3.close()
+
+
+@pytest.mark.parametrize("scheme", ["redis+unix", "unix"])
+def test_unix_socket_urls(redis_server: RedisServer, scheme: str) -> None:
+    cache = from_url(f"{scheme}://{redis_server.unix_socket}?db=2&key_prefix=sock:")
+    assert isinstance(cache, RedisCache)
+    assert cache.set("k", [1, 2]) is True
+    over_tcp = RedisCache(port=redis_server.port, db=2, key_prefix="sock:")
+    assert over_tcp.get("k") == [1, 2]
+    assert cache.delete("k") is True
+    assert "sock" in repr(cache)
+
+
+def test_cluster_url(redis_cluster: RedisCluster) -> None:
+    prefix = unique_prefix()
+    cache = from_url(redis_cluster.url + f"?key_prefix={prefix}&socket_timeout=2.5")
+    assert isinstance(cache, RedisCache)
+    data = {f"k{i}": {"i": i} for i in range(30)}
+    assert sorted(cache.set_many(data)) == sorted(data)
+    assert cache.get_dict(*data) == data
+    assert sorted(cache.delete_many(*data, "missing")) == sorted(data)
+    assert cache._client.get_connection_kwargs()["socket_timeout"] == 2.5
+
+
+def test_url_options_reach_redis_py(redis_server: RedisServer) -> None:
+    cache = from_url(
+        f"redis://127.0.0.1:{redis_server.port}/1?socket_timeout=0.5&socket_connect_timeout=2"
+        "&max_connections=7&health_check_interval=30&client_name=cp&retries=3"
+    )
+    assert isinstance(cache, RedisCache)
+    pool = cache._client.connection_pool
+    kwargs = pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.5, 2)
+    assert (kwargs["health_check_interval"], kwargs["db"], kwargs["client_name"]) == (30, 1, "cp")
+    assert pool.max_connections == 7
+    assert kwargs["retry"].get_retries() == 3
+    assert cache.set("k", 1) is True
+    names = [c["name"] for c in redis.Redis(port=redis_server.port).client_list()]
+    assert "cp" in names
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://a:1,b:2/0", "takes one host"),
+        ("redis://localhost/zero", "database number"),
+        ("redis://localhost/1?db=2", "two databases"),
+        ("redis+unix://host/x.sock", "socket path and no host"),
+        ("unix://", "socket path"),
+        ("redis+cluster://", "startup nodes"),
+        ("redis+cluster://a:1/2", "only db 0"),
+        ("redis://localhost?ssl_cert_reqs=maybe", "none, optional, required"),
+        ("redis://localhost?socket_timeout=soon", "socket_timeout"),
+        ("redis://localhost?pool=3", "max_connections"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        from_url(url)
+
+
+def test_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    password = "pw-Sup3r-s3cret"
+    with RedisServer(password=password) as server:
+        cache = from_url(server.url + "?key_prefix=auth:")
+        assert cache.set("k", "v") is True
+        assert cache.get("k") == "v"
+        acl = from_url(f"redis://default:{password}@127.0.0.1:{server.port}/0")
+        assert acl.get("nothing") is None
+        wrong = from_url(f"redis://:wrong-{password}@127.0.0.1:{server.port}/0")
+        missing = RedisCache(port=server.port)
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert wrong.get("k") is None
+            assert missing.set("k", "v") is False
+        assert len(caplog.records) == 2
+        with pytest.raises(ConfigurationError) as bad:
+            from_url(server.url + "?socket_timeout=x")
+        shown = [repr(cache), str(cache), repr(wrong), caplog.text, str(bad.value)]
+        assert all(password not in text for text in shown)
+        assert "127.0.0.1" in repr(cache)
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+def _make_certificates(directory: Any) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    paths = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
+    csr, ext = directory / "server.csr", directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+         "-keyout", paths["ca-key"], "-out", paths["ca"]],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", paths["key"], "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", paths["ca"], "-CAkey", paths["ca-key"],
+         "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", paths["cert"]],
+    ]  # fmt: skip
+    for step in steps:
+        subprocess.run(["openssl", *step], check=True, capture_output=True, cwd=directory)
+    return paths
+
+
+def test_rediss_url_talks_tls(tmp_path: Any) -> None:
+    certs = _make_certificates(tmp_path)
+    port = servers._free_port()  # the plain port stays open: the fixture probes through it
+    config = {
+        "tls-port": str(port),
+        "tls-cert-file": certs["cert"],
+        "tls-key-file": certs["key"],
+        "tls-ca-cert-file": certs["ca"],
+        "tls-auth-clients": "no",
+    }
+    with RedisServer(config=config) as server:
+        cache = from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs['ca']}&key_prefix=t:")
+        assert isinstance(cache, RedisCache)
+        assert cache.set("k", {"tls": True}) is True
+        assert cache.get("k") == {"tls": True}
+        plain = redis.Redis(port=server.port)
+        assert plain.exists("t:k") == 1  # the same server, reached in clear on its plain port
+        untrusted = from_url(f"rediss://127.0.0.1:{port}/0")  # system CAs do not know ours
+        assert untrusted.get("k") is None
+        plain.close()
