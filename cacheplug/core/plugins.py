@@ -43,6 +43,7 @@ __all__ = [
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "cacheplug.backends.simple",
     "cacheplug.backends.null",
+    "cacheplug.backends.filesystem",
     "cacheplug.backends.redis",
     "cacheplug.serializers.pickle",
     "cacheplug.serializers.json",

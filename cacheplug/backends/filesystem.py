@@ -1,0 +1,536 @@
+"""``FileSystemCache``: one file per key in a directory shared by threads and processes.
+
+Scheme ``file`` (``file:///var/cache/myapp?threshold=10000``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from cacheplug.core.base import (
+    BaseCache,
+    check_delta,
+    check_key,
+    checked_counter,
+    normalize_timeout,
+)
+from cacheplug.core.errors import ConfigurationError, SerializationError
+from cacheplug.core.hookspecs import hookimpl
+
+if sys.platform != "win32":
+    import fcntl
+
+if TYPE_CHECKING:
+    from cacheplug.core.hookspecs import RegisterFn
+    from cacheplug.core.serializer import SerializerLike
+    from cacheplug.core.url import CacheURL
+
+__all__ = ["FileSystemCache"]
+
+HashMethod = Callable[[bytes], Any]
+
+# Every entry file starts with magic + absolute expiry (0.0 = never), then the payload.
+_HEADER = struct.Struct("<4sd")
+_MAGIC = b"CPF1"
+_NEVER = 0.0
+_LOCK_NAME = ".cacheplug.lock"
+_NS_HEX = 16  # hex digits of the key_prefix tag in file names
+_TEMP_TOKEN_BYTES = 6
+_STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# NONBLOCK: a FIFO planted at an entry path must not hang a reader; NOFOLLOW: no symlinks.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+
+_Entry = tuple[float, bytes]
+
+
+class FileSystemCache(BaseCache):
+    """A cache keeping one file per key in ``cache_dir``, a drop-in for cachelib's.
+
+    Writes go to a temp file in the same directory, then ``os.replace`` it over the entry, so a
+    reader or a crash never sees half a value. Several threads and processes may share the
+    directory; ``inc``, ``dec`` and ``add`` hold an ``flock`` on the directory's lock file.
+    File names are ``cp-<prefix tag>-<key hash>``: ``clear`` removes only such files (with a
+    ``key_prefix``, only that prefix's), never anything else in the directory.
+
+    At most ``threshold`` entries per ``key_prefix``: a full cache drops expired entries, then the
+    least recently written or read ones, until a tenth of ``threshold`` is free. Each process
+    keeps its own entry count, refreshed from a directory listing every few hundred new entries
+    and whenever it says full, so ``set`` never reads the whole directory.
+
+    :param cache_dir: the directory, created with its parents when missing.
+    :param threshold: the most entries this cache keeps; 0 = no limit.
+    :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
+    :param mode: permission bits of the entry files; default ``0o600``.
+    :param hash_method: turns keys into file names: a ``hashlib`` constructor or its name.
+    :param ignore_delete_many_errors: accepted for cachelib compatibility; ``delete_many``
+        never raises.
+    :param fsync: flush every write to disk before it becomes visible (slower, survives power loss).
+    :param clock: wall-clock seconds for expiry; tests inject a fake one.
+    :raises ConfigurationError: ``cache_dir`` is not a directory or not writable, or an option is
+        out of range.
+    """
+
+    url_options: ClassVar[Mapping[str, type]] = {
+        "threshold": int,
+        "mode": str,
+        "hash_method": str,
+        "fsync": bool,
+    }
+
+    def __init__(  # noqa: PLR0917 (cachelib's positional order)
+        self,
+        cache_dir: str | os.PathLike[str],
+        threshold: int = 500,
+        default_timeout: float = 300,
+        mode: int | None = None,
+        hash_method: HashMethod | str = hashlib.sha256,
+        ignore_delete_many_errors: bool = True,
+        *,
+        key_prefix: str = "",
+        serializer: str | SerializerLike | None = None,
+        secret: str | bytes | None = None,
+        fsync: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if sys.platform == "win32":
+            raise ConfigurationError("FileSystemCache needs POSIX file locks (Linux, macOS, BSD)")
+        super().__init__(
+            default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
+        )
+        if type(threshold) is not int or threshold < 0:
+            raise ConfigurationError(
+                f"threshold must be an int >= 0 (0 = no limit), got {threshold!r}"
+            )
+        self.threshold = threshold
+        self.mode = _checked_mode(mode)
+        self.hash_method = hash_method
+        self._hash = _resolved_hash(hash_method)
+        self.fsync = bool(fsync)
+        self.ignore_delete_many_errors = ignore_delete_many_errors
+        self._clock = clock
+        self.cache_dir = _prepared_dir(cache_dir)
+        self._lock_path = os.path.join(self.cache_dir, _LOCK_NAME)
+        hex_len = len(self._hash(b"").hexdigest())
+        self._ns_head = f"cp-{self._hash(key_prefix.encode()).hexdigest()[:_NS_HEX]}-"
+        self._own_head = self._ns_head if key_prefix else "cp-"
+        entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
+        self._entry_name = re.compile(entry)
+        self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+        # Guards the entry count and every rename/unlink of this instance.
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._count: int | None = None
+        self._sets_since_scan = 0
+
+    @classmethod
+    def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
+        """``file:///absolute/dir?threshold=…&mode=…&hash_method=…&fsync=…``.
+
+        :raises ConfigurationError: a host, credentials or a relative path in the URL, or a
+            ``mode`` that is not octal text.
+        """
+        if url.hosts or url.username is not None or url.password is not None:
+            raise ConfigurationError(
+                f"file:// takes no host or credentials, got {url.redacted()!r}; write an absolute "
+                f"directory after three slashes, e.g. file:///var/cache/myapp"
+            )
+        if not url.path.startswith("/"):
+            raise ConfigurationError(
+                f"file:// needs an absolute directory, got {url.redacted()!r}; "
+                f"write file:///var/cache/myapp (three slashes)"
+            )
+        mode = options.get("mode")
+        if isinstance(mode, str):
+            options = {**options, "mode": _parse_mode(mode)}
+        return cls(url.path, **options)
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        check_key(key)
+        entry = self._read(self._path(key), header_only=False)
+        value = None
+        if entry is not None and not self._expired(entry[0]):
+            value = self._decode_or_miss(key, entry[1])
+        with self._stats_lock:
+            if value is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+        return value
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        path, expires, payload = self._prepare(key, value, timeout)
+        try:
+            if expires is None:
+                self._remove(path)
+            else:
+                self._store(path, expires, payload)
+        except OSError as err:
+            self._backend_error("set", err)
+            return False
+        return True
+
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        path, expires, payload = self._prepare(key, value, timeout)
+        try:
+            with self._dir_lock():
+                if self._is_live(path):
+                    return False
+                if expires is not None:
+                    self._store(path, expires, payload)
+        except OSError as err:
+            self._backend_error("add", err)
+            return False
+        return True
+
+    def delete(self, key: str) -> bool:
+        check_key(key)
+        path = self._path(key)
+        try:
+            live = self._is_live(path)
+            return self._remove(path) and live
+        except OSError as err:
+            self._backend_error("delete", err)
+            return False
+
+    def has(self, key: str) -> bool:
+        check_key(key)
+        return self._is_live(self._path(key))
+
+    def clear(self) -> bool:
+        ok = True
+        with self._lock:
+            try:
+                names = os.listdir(self.cache_dir)
+            except OSError as err:
+                self._backend_error("clear", err)
+                return False
+            for name in names:
+                if not name.startswith(self._own_head):
+                    continue
+                path = os.path.join(self.cache_dir, name)
+                if self._entry_name.fullmatch(name) or self._is_stale_temp(name, path):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as err:
+                        self._backend_error("clear", err)
+                        ok = False
+            self._count = None
+        return ok
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        check_key(key)
+        check_delta(delta)
+        path = self._path(key)
+        try:
+            with self._dir_lock():
+                entry = self._read(path, header_only=False)
+                if entry is None or self._expired(entry[0]):
+                    value = delta
+                    expires = self._expiry(None)
+                    assert expires is not None  # default_timeout is never negative
+                else:
+                    expires = entry[0]
+                    try:
+                        current = self._decode(entry[1])
+                    except SerializationError as err:
+                        raise TypeError(
+                            f"cannot increment {key!r}: its stored value is unreadable"
+                        ) from err
+                    value = checked_counter(key, current) + delta
+                self._store(path, expires, self._encode(value))
+        except OSError as err:
+            self._backend_error("inc", err)
+            return None
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"{super().__repr__()[:-1]}, cache_dir={self.cache_dir!r}, threshold={self.threshold})"
+        )
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _prepare(
+        self, key: str, value: Any, timeout: float | None
+    ) -> tuple[str, float | None, bytes]:
+        """Entry path, absolute expiry and encoded payload, checked before any file is touched."""
+        check_key(key)
+        expires = self._expiry(timeout)
+        return self._path(key), expires, self._encode(value)
+
+    def _path(self, key: str) -> str:
+        digest = self._hash((self.key_prefix + key).encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.cache_dir, self._ns_head + digest)
+
+    def _expiry(self, timeout: float | None) -> float | None:
+        """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
+        seconds = normalize_timeout(timeout, self.default_timeout)
+        if seconds > 0:
+            return self._clock() + seconds
+        return _NEVER if seconds == 0 else None
+
+    def _expired(self, expires: float) -> bool:
+        return expires != _NEVER and expires <= self._clock()
+
+    def _read(self, path: str, *, header_only: bool) -> _Entry | None:
+        """``(expiry, payload)`` of the entry at ``path``; ``None`` when missing or unreadable."""
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            self._unreadable(path, err.strerror or str(err))
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                self._unreadable(path, "not a regular file")
+                return None
+            size = info.st_size
+            if header_only:
+                data = os.read(fd, _HEADER.size)
+            else:
+                chunks = [os.read(fd, size + 1)]
+                while chunks[-1]:
+                    chunks.append(os.read(fd, 1 << 20))
+                data = b"".join(chunks)
+        except OSError as err:
+            self._unreadable(path, err.strerror or str(err))
+            return None
+        finally:
+            os.close(fd)
+        if len(data) < _HEADER.size or data[:4] != _MAGIC:
+            self._unreadable(path, "not a cacheplug entry (truncated or foreign)")
+            return None
+        return _HEADER.unpack_from(data)[1], data[_HEADER.size :]
+
+    def _unreadable(self, path: str, reason: str) -> None:
+        self._errors += 1
+        self._log("unreadable", "unreadable cache file %r read as a miss: %s", path, reason)
+
+    def _is_live(self, path: str) -> bool:
+        entry = self._read(path, header_only=True)
+        return entry is not None and not self._expired(entry[0])
+
+    def _store(self, path: str, expires: float, payload: bytes) -> None:
+        """Write an entry atomically, within ``threshold``.
+
+        :raises OSError: the file system refused.
+        """
+        tmp = self._write_temp(path, _HEADER.pack(_MAGIC, expires) + payload)
+        try:
+            with self._lock:
+                is_new = not os.path.lexists(path)
+                if is_new:
+                    self._make_room()
+                try:
+                    _replace(tmp, path)
+                except OSError:
+                    if is_new and self._count is not None:
+                        self._count -= 1
+                    raise
+                self._sets += 1
+        except BaseException:
+            _discard(tmp)
+            raise
+
+    def _write_temp(self, path: str, data: bytes) -> str:
+        tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
+        try:
+            fd = os.open(tmp, _WRITE_FLAGS, self.mode)
+        except FileNotFoundError:  # the directory was removed under us: bring it back
+            os.makedirs(self.cache_dir, exist_ok=True)
+            fd = os.open(tmp, _WRITE_FLAGS, self.mode)
+        try:
+            os.fchmod(fd, self.mode)  # the umask must not narrow the requested mode
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _discard(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _remove(self, path: str) -> bool:
+        """Unlink an entry; whether there was one."""
+        with self._lock:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            if self._count is not None:
+                self._count -= 1
+            self._deletes += 1
+        return True
+
+    @contextmanager
+    def _dir_lock(self) -> Iterator[None]:
+        """Exclusive across threads and processes; each holder opens its own descriptor."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, self.mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- threshold --------------------------------------------------------------------------------
+
+    def _make_room(self) -> None:
+        """Count a new entry in, pruning first when full. Call with ``self._lock`` held."""
+        if not self.threshold:
+            return
+        self._sets_since_scan += 1
+        count = self._count
+        if count is None or count >= self.threshold or self._sets_since_scan > count // 8 + 64:
+            # Other processes add and remove entries too: trust a listing over our tally.
+            names = self._entry_names()
+            count = len(names)
+            self._sets_since_scan = 0
+            if count >= self.threshold:
+                count = self._prune(names)
+        self._count = count + 1
+
+    def _entry_names(self) -> list[str]:
+        names: list[str] = []
+        with os.scandir(self.cache_dir) as listing:
+            for item in listing:
+                name = item.name
+                if name.startswith(self._ns_head) and self._entry_name.fullmatch(name):
+                    names.append(name)
+                elif self._temp_name.fullmatch(name) and self._is_stale_temp(name, item.path):
+                    _discard(item.path)
+        return names
+
+    def _prune(self, names: list[str]) -> int:
+        """Drop expired and unreadable entries, then the least recently used; entries left."""
+        target = self.threshold - max(1, self.threshold // 10)
+        kept: list[tuple[float, str]] = []
+        for name in names:
+            path = os.path.join(self.cache_dir, name)
+            if self._is_live(path):
+                try:
+                    info = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                kept.append((max(info.st_atime, info.st_mtime), path))
+            else:
+                self._evict(path)
+        kept.sort()
+        for _, path in kept[: max(0, len(kept) - target)]:
+            self._evict(path)
+        return min(len(kept), target)
+
+    def _evict(self, path: str) -> None:
+        _discard(path)
+        self._evictions += 1
+
+    def _is_stale_temp(self, name: str, path: str) -> bool:
+        if not self._temp_name.fullmatch(name):
+            return False
+        try:
+            return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
+        except OSError:
+            return False
+
+
+def _replace(tmp: str, path: str) -> None:
+    try:
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        # A directory planted at the entry's name: take it away when empty and retry.
+        os.rmdir(path)
+        os.replace(tmp, path)
+
+
+def _discard(path: str) -> None:
+    with suppress(OSError):
+        os.unlink(path)
+
+
+def _checked_mode(mode: object) -> int:
+    if mode is None:
+        return 0o600
+    if type(mode) is not int or not 0 <= mode <= 0o7777 or mode & 0o600 != 0o600:
+        raise ConfigurationError(
+            f"mode must be file permission bits from 0o600 to 0o7777 that let the owner read "
+            f"and write, got {mode!r}"
+        )
+    return mode
+
+
+def _parse_mode(text: str) -> int:
+    """Octal permission text from a URL: ``600``, ``0600`` and ``0o600`` all mean ``0o600``."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not digits or set(digits) - set("01234567"):
+        raise ConfigurationError(
+            f"option 'mode' must be octal permissions such as 600, 0600 or 0o600, got {text!r}"
+        )
+    return int(digits, 8)
+
+
+def _resolved_hash(method: HashMethod | str) -> HashMethod:
+    if isinstance(method, str):
+        name = method.lower()
+        if name not in hashlib.algorithms_available:
+            raise ConfigurationError(
+                f"unknown hash_method {method!r}; use a hashlib name such as "
+                f"{', '.join(sorted(hashlib.algorithms_guaranteed))}"
+            )
+        method = partial(hashlib.new, name)
+    try:
+        digest = method(b"cacheplug").hexdigest()
+    except Exception as err:  # not a hashlib constructor, or one needing a length (shake)
+        raise ConfigurationError(
+            f"hash_method must be a hashlib constructor such as hashlib.sha256 (or its name) "
+            f"whose hexdigest() takes no argument: {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{16,128}", digest):
+        raise ConfigurationError("hash_method must give a hex digest of 16 to 128 digits")
+    return method
+
+
+def _prepared_dir(cache_dir: str | os.PathLike[str]) -> str:
+    """``cache_dir`` made absolute, created when missing and proven writable."""
+    path = os.path.abspath(os.fspath(cache_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigurationError(
+            f"cache_dir {path!r} exists and is not a directory; give a directory path"
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
+        os.close(os.open(probe, _WRITE_FLAGS, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigurationError(
+            f"cache_dir {path!r} cannot be created or written ({err.strerror or err}); give a "
+            f"directory this process may create files in"
+        ) from err
+    return path
+
+
+@hookimpl
+def cacheplug_register_backends(register: RegisterFn) -> None:
+    register("file", FileSystemCache)
