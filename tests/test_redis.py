@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -415,3 +418,175 @@ def test_rediss_url_talks_tls(tmp_path: Any) -> None:
         untrusted = from_url(f"rediss://127.0.0.1:{port}/0")  # system CAs do not know ours
         assert untrusted.get("k") is None
         plain.close()
+
+
+# -- outages and bad input ------------------------------------------------------------------------
+
+
+def outage_answers(cache: RedisCache) -> dict[str, Any]:
+    """Every operation once, with what it answered."""
+    return {
+        "get": cache.get("k"),
+        "set": cache.set("k", "v"),
+        "add": cache.add("new", "v"),
+        "delete": cache.delete("k"),
+        "has": cache.has("k"),
+        "clear": cache.clear(),
+        "inc": cache.inc("n"),
+        "dec": cache.dec("n"),
+        "get_many": cache.get_many("a", "b"),
+        "get_dict": cache.get_dict("a", "b"),
+        "set_many": cache.set_many({"a": 1, "b": 2}),
+        "delete_many": cache.delete_many("a", "b"),
+    }
+
+
+OUTAGE = {
+    "get": None,
+    "set": False,
+    "add": False,
+    "delete": False,
+    "has": False,
+    "clear": False,
+    "inc": None,
+    "dec": None,
+    "get_many": [None, None],
+    "get_dict": {"a": None, "b": None},
+    "set_many": [],
+    "delete_many": [],
+}
+LOGGED_KINDS = ["add", "clear", "delete", "delete_many", "get", "get_many", "has", "inc", "set"]
+LOGGED_KINDS += ["set_many"]
+
+
+def logged_operations(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return sorted(r.getMessage().split(" failed")[0].split(".")[1] for r in caplog.records)
+
+
+def assert_outage(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
+    """Outage values twice over, fast, with exactly one log line per kind of operation."""
+    caplog.clear()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        assert outage_answers(cache) == OUTAGE
+        assert outage_answers(cache) == OUTAGE
+    assert time.monotonic() - started < 3.0  # redis-py's default retries take ~4 s per call
+    assert logged_operations(caplog) == sorted(LOGGED_KINDS)
+
+
+def assert_working(cache: RedisCache) -> None:
+    assert cache.set("k", "after") is True
+    assert cache.get("k") == "after"
+    assert cache.add("new", 1) is True
+    assert cache.inc("new") == 2
+    assert cache.get_many("k", "new") == ["after", 2]
+    assert cache.delete_many("k", "new") == ["k", "new"]
+    assert cache.clear() is True
+
+
+def shut_down(server: RedisServer) -> None:
+    """Stop the server gracefully, keeping its port and directory for ``restart()``."""
+    with contextlib.suppress(OSError):  # the server closes the connection as it goes
+        server.command("SHUTDOWN", "NOSAVE")
+    assert server._proc is not None
+    server._proc.wait(10)
+
+
+@pytest.mark.parametrize("stop", [shut_down, RedisServer.kill], ids=["shutdown", "kill"])
+def test_outage_follows_the_contract_and_recovers(
+    fresh_redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    stop: Callable[[RedisServer], None],
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="outage:")
+    cache.set("k", "before")
+    stop(fresh_redis_server)
+    assert not fresh_redis_server.running
+    errors_before = cache.stats()["errors"]
+    assert_outage(cache, caplog)
+    assert cache.stats()["errors"] - errors_before == 2 * len(OUTAGE)
+    fresh_redis_server.restart()
+    assert_working(cache)
+
+
+def test_wrong_port_builds_and_answers_outage_values(caplog: pytest.LogCaptureFixture) -> None:
+    cache = from_url(f"redis://127.0.0.1:{servers._free_port()}/0")
+    assert isinstance(cache, RedisCache)
+    assert_outage(cache, caplog)
+
+
+def test_cluster_outage_follows_the_contract_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with RedisCluster() as cluster:
+        cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="outage:")
+        assert cache.set("k", "before") is True
+        cluster.kill()
+        assert_outage(cache, caplog)
+        cluster.start()
+        assert_working(cache)
+
+
+def test_unreachable_cluster_builds_and_answers_outage_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = from_url(f"redis+cluster://127.0.0.1:{servers._free_port()}")
+    assert isinstance(cache, RedisCache)
+    assert_outage(cache, caplog)
+    assert "cluster" in repr(cache)
+
+
+def test_missing_redis_py_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "from cacheplug.core.plugins import get_backend_class\n"
+        "get_backend_class('redis')\n"
+        "assert 'redis' not in sys.modules, 'the plugin imported redis-py eagerly'\n"
+        "sys.modules['redis'] = None\n"
+        "from cacheplug import ConfigurationError, from_url\n"
+        "try:\n"
+        "    from_url('redis://localhost:6379/0')\n"
+        "except ConfigurationError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'cacheplug[redis]'" in done.stdout
+
+
+def test_decode_responses_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisCache(decode_responses=True)
+
+
+def test_check_connection_raises_when_unreachable() -> None:
+    with pytest.raises(RuntimeError, match="could not connect"):
+        RedisCache(port=servers._free_port(), check_connection=True)
+
+
+# -- cachelib drop-in ----------------------------------------------------------------------------
+
+
+def test_cachelib_positional_signature_and_client_object(redis_server: RedisServer) -> None:
+    prefix = unique_prefix()
+    cache = RedisCache("127.0.0.1", redis_server.port, None, 0, 60, prefix)
+    assert (cache.default_timeout, cache.key_prefix) == (60, prefix)
+    cache.set("k", {"v": 1})
+    client = redis.Redis(port=redis_server.port)
+    shared = RedisCache(host=client, key_prefix=prefix)
+    assert shared.get("k") == {"v": 1}
+    shared.close()
+    assert client.ping() is True  # a given client stays open
+    cache.clear()
+
+
+def test_cachelib_serializer_can_be_assigned(cache: RedisCache) -> None:
+    from cachelib.serializers import RedisSerializer
+
+    cache.serializer = RedisSerializer()
+    cache.set("obj", {"a": (1, 2)})
+    assert cache.get("obj") == {"a": (1, 2)}
+    assert cache.inc("n", 5) == 5
+    assert cache.get("n") == 5

@@ -415,10 +415,10 @@ class RedisCache(BaseCache):
         With ``operation`` set, a failure is logged under that name and answered with ``None``;
         without it, the failure propagates to the caller.
         """
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
         try:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
             results: list[Any] = pipe.execute(raise_on_error=False)
         except self._failures as err:
             if operation is None:

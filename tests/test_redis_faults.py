@@ -1,0 +1,199 @@
+"""RedisCache under faults: a server killed mid-workload, and entries forged in the store."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pathlib
+import pickle
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from servers import RedisServer
+
+from cacheplug import RedisCache
+
+WAIT = 30.0  # seconds; only reached when something is broken
+
+
+@dataclass
+class Workload:
+    """A bounded loop of operations on one cache, recording every answer per phase."""
+
+    cache: RedisCache
+    max_rounds: int = 20_000
+    phase: str = "up"
+    answers: dict[str, list[tuple[str, Any, Any]]] = field(default_factory=dict)
+    failures: list[BaseException] = field(default_factory=list)
+    warm: threading.Event = field(default_factory=threading.Event)
+    saw_outage: threading.Event = field(default_factory=threading.Event)
+    recovered: threading.Event = field(default_factory=threading.Event)
+    rounds: int = 0
+    switched: threading.Event = field(default_factory=threading.Event)
+
+    def switch(self, phase: str) -> None:
+        """Enter ``phase`` once the worker has finished every round of the previous one."""
+        self.switched.clear()
+        self.phase = phase
+        assert self.switched.wait(WAIT), f"the worker never reached phase {phase!r}"
+
+    def run(self) -> None:
+        last = self.phase
+        try:
+            for i in range(self.max_rounds):
+                self.rounds = i + 1
+                phase = self.phase
+                if phase != last:
+                    last = phase
+                    self.switched.set()
+                self._round(phase, i)
+                if i == 200:
+                    self.warm.set()
+                if phase == "recovered" and len(self.answers.get("recovered", [])) >= 50 * 6:
+                    self.recovered.set()
+                    return
+        except BaseException as err:  # reported by the test, not lost in the thread
+            self.failures.append(err)
+
+    def _round(self, phase: str, i: int) -> None:
+        cache, key = self.cache, f"k{i % 50}"
+        record = self.answers.setdefault(phase, []).append
+        stored = cache.set(key, {"i": i})
+        record(("set", stored, True))
+        record(("get", cache.get(key), {"i": i}))
+        record(("inc", cache.inc("counter"), int))
+        record(("get_many", cache.get_many(key, "absent"), [{"i": i}, None]))
+        record(("has", cache.has(key), True))
+        record(("delete", cache.delete(key), True))
+        if stored is False:
+            self.saw_outage.set()
+
+
+OUTAGE_ANSWERS = {"set": False, "get": None, "inc": None, "get_many": [None, None]}
+OUTAGE_ANSWERS |= {"has": False, "delete": False}
+
+
+def check(answer: tuple[str, Any, Any], *, allow_outage: bool, allow_success: bool) -> bool:
+    operation, got, expected = answer
+    success = isinstance(got, int) if expected is int else got == expected
+    return (allow_success and success) or (allow_outage and got == OUTAGE_ANSWERS[operation])
+
+
+@pytest.fixture
+def workload(fresh_redis_server: RedisServer) -> Iterator[Workload]:
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="work:", serializer="msgpack")
+    yield Workload(cache)
+    cache.close()
+
+
+def test_kill_mid_workload_gives_outage_values_then_full_recovery(
+    fresh_redis_server: RedisServer, workload: Workload
+) -> None:
+    worker = threading.Thread(target=workload.run)
+    worker.start()
+    try:
+        assert workload.warm.wait(WAIT)
+        workload.switch("killing")
+        fresh_redis_server.kill()  # SIGKILL while the worker is mid-operation
+        workload.switch("down")
+        assert workload.saw_outage.wait(WAIT)
+        workload.switch("restarting")
+        fresh_redis_server.restart()
+        workload.switch("recovered")
+        assert workload.recovered.wait(WAIT)
+    finally:
+        workload.phase = "recovered"
+        worker.join(WAIT)
+    assert not worker.is_alive()
+    assert workload.failures == []
+    assert workload.rounds < workload.max_rounds
+    answers = workload.answers
+    assert answers["down"]
+    assert all(check(a, allow_outage=False, allow_success=True) for a in answers["up"])
+    assert all(check(a, allow_outage=True, allow_success=False) for a in answers["down"])
+    for racing in ("killing", "restarting"):
+        assert all(check(a, allow_outage=True, allow_success=True) for a in answers.get(racing, []))
+    assert all(check(a, allow_outage=False, allow_success=True) for a in answers["recovered"])
+    # The restarted server lost the data; every increment since then is counted.
+    since_restart = answers.get("restarting", []) + answers["recovered"]
+    counted = sum(1 for op, got, _ in since_restart if op == "inc" and got is not None)
+    assert workload.cache.inc("counter") == counted + 1
+    assert workload.cache.get("k0") is None  # rounds end by deleting their key
+
+
+# -- signed payloads ----------------------------------------------------------------------------
+
+
+class MarkerFile:
+    """A pickle whose loading creates a file: stands for any code an attacker would run."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path.touch, (self.path,))
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_server.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def signed(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisCache]:
+    monkeypatch.delenv("CACHEPLUG_SECRET", raising=False)
+    cache = RedisCache(port=redis_server.port, key_prefix="signed:", secret="s3cret-key")
+    yield cache
+    cache.clear()
+    cache.close()
+
+
+def test_forged_pickle_is_never_loaded_with_a_secret(
+    signed: RedisCache, raw: redis.Redis, redis_server: RedisServer, tmp_path: pathlib.Path
+) -> None:
+    marker = tmp_path / "pwned"
+    raw.set("signed:evil", pickle.dumps(MarkerFile(marker)))
+    errors = signed.stats()["errors"]
+    assert signed.get("evil") is None
+    assert signed.get_many("evil") == [None]
+    assert not marker.exists()
+    assert signed.stats()["errors"] == errors + 2
+    # The same bytes read without a secret do run: the payload above is a real threat.
+    unsigned = RedisCache(port=redis_server.port, key_prefix="signed:", secret=None)
+    unsigned.get("evil")
+    assert marker.exists()
+
+
+def test_tampered_entry_is_a_miss(signed: RedisCache, raw: redis.Redis) -> None:
+    signed.set("k", {"amount": 10})
+    stored = raw.get("signed:k")
+    assert isinstance(stored, bytes)
+    payload = bytearray(stored)
+    payload[-2] ^= 0x01
+    raw.set("signed:k", bytes(payload))
+    assert signed.get("k") is None
+
+
+def test_entry_signed_with_another_secret_is_a_miss(
+    signed: RedisCache, redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    other = RedisCache(port=redis_server.port, key_prefix="signed:", secret="other-key")
+    other.set("k", "theirs")
+    assert other.get("k") == "theirs"
+    assert signed.get("k") is None
+    data = pickle.dumps("ours")
+    raw.set("signed:k", hmac.digest(b"s3cret-key", data, hashlib.sha256) + data)
+    assert signed.get("k") == "ours"
+
+
+def test_counters_stay_plain_integers_when_signed(signed: RedisCache, raw: redis.Redis) -> None:
+    assert signed.inc("n", 41) == 41
+    assert signed.inc("n") == 42
+    assert raw.get("signed:n") == b"42"
+    assert signed.get("n") == 42
