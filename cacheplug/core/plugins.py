@@ -45,6 +45,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cacheplug.backends.null",
     "cacheplug.backends.filesystem",
     "cacheplug.backends.redis",
+    "cacheplug.backends.memcached",
     "cacheplug.serializers.pickle",
     "cacheplug.serializers.json",
     "cacheplug.serializers.msgpack",
@@ -109,7 +110,7 @@ class _Registry:
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, _Origin] = {}
         self.broken: list[_Broken] = []
-        self.backends = _Table("backend scheme", "cacheplug_register_backends")
+        self.backends = _Table("cache scheme", "cacheplug_register_backends")
         self.serializers = _Table("serializer", "cacheplug_register_serializers")
         self.serializer_instances: dict[str, SerializerLike] = {}
         self.lock = threading.RLock()

@@ -1,0 +1,699 @@
+"""``MemcachedCache``: one or several memcached servers through pymemcache (scheme ``memcached``).
+
+Stored entries carry memcached flags that say how the bytes are encoded (a counter, a serialized
+value, a serialized value guarded against ``incr``), so nothing is guessed on the way back.
+Integers are stored as memcached counters shifted by 2**63, so ``inc``/``dec`` are one native,
+atomic ``incr`` that keeps the entry's expiry, with negative results and overflow detection.
+With a ``key_prefix``, every key lives in a namespace named by a random token kept on each
+server; ``clear`` replaces the token, and reads fetch it in the same ``get`` round trip.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from cacheplug.core.base import BaseCache, check_delta, check_key, normalize_timeout
+from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from cacheplug.core.hookspecs import RegisterFn
+    from cacheplug.core.serializer import SerializerLike
+    from cacheplug.core.url import CacheURL
+
+__all__ = ["MemcachedCache"]
+
+DEFAULT_PORT = 11211
+INSTALL_HINT = "pip install 'cacheplug[memcached]'"
+#: Flags of cacheplug entries; pymemcache's own serde uses 0-4, so foreign entries stay apart.
+FLAG_SERIALIZED = 0x4300
+FLAG_GUARDED = 0x4301  # serialized bytes behind b"!" so memcached never takes them for a number
+FLAG_COUNTER = 0x4302  # decimal of value + COUNTER_BIAS, what memcached incr works on
+COUNTER_BIAS = 2**63
+_WRAP = 2**64
+MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger exptimes as unix timestamps
+MAX_KEY_LENGTH = 250
+HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a plain one
+NAMESPACE_REFRESH = 1.0  # seconds a write trusts the namespace token it last saw
+_NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
+_NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
+_RING_POINTS = 160
+_CREATE_ATTEMPTS = 8
+
+
+class _Failed:
+    """Marks an engine call that failed (already counted and logged)."""
+
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+_FAILED: Any = _Failed()
+_NON_NUMERIC: Any = object()
+
+
+def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """pymemcache's ``Client``, its engine errors and its connection errors."""
+    try:
+        from pymemcache.client.base import Client
+        from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+    except ImportError as err:
+        raise ConfigurationError(
+            f"MemcachedCache needs the pymemcache driver, which is not installed: {INSTALL_HINT}"
+        ) from err
+    return Client, (OSError, MemcacheError), (OSError, MemcacheUnexpectedCloseError)
+
+
+def memcached_key(full: str) -> str:
+    """The key sent to memcached: ``full`` itself when memcached takes it, else a hashed form.
+
+    A hashed key keeps a readable start and ends with ``~#`` and a 160-bit digest of ``full``.
+    """
+    if (
+        len(full) <= MAX_KEY_LENGTH
+        and full.isascii()
+        and full.isprintable()
+        and " " not in full
+        and HASH_MARK not in full
+        and full
+    ):
+        return full
+    digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+    return f"{_NOT_KEY_CHARS.sub('_', full[:200])}{HASH_MARK}{digest}"
+
+
+def _exptime(seconds: float) -> int:
+    """memcached's exptime for a normalized timeout (whole seconds, never 0 by rounding)."""
+    if seconds <= 0:
+        return 0 if seconds == 0 else -1  # memcached stores a negative exptime as expired
+    whole = math.ceil(seconds)
+    if whole > MAX_RELATIVE_EXPIRY:
+        return math.ceil(time.time()) + whole
+    return whole
+
+
+class _RawSerde:
+    """Hands pymemcache pre-encoded ``(flags, bytes)`` pairs and gives them back undecoded."""
+
+    @staticmethod
+    def serialize(key: Any, value: tuple[int, bytes]) -> tuple[bytes, int]:
+        return value[1], value[0]
+
+    @staticmethod
+    def deserialize(key: Any, value: bytes, flags: int) -> tuple[int, bytes]:
+        return flags, value
+
+
+_SERDE = _RawSerde()
+
+
+class _Server:
+    """One memcached server: its idle connections, its health and its namespace token."""
+
+    def __init__(self, address: tuple[str, int] | str, factory: Callable[[], Any], idle: int):
+        self.address = address
+        self.name = address if isinstance(address, str) else _host_port(*address)
+        self._factory = factory
+        self._idle: deque[Any] = deque()
+        self._max_idle = idle
+        self.down_until = 0.0
+        self.token: str | None = None
+        self.token_at = 0.0
+
+    def acquire(self) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._factory()
+
+    def release(self, client: Any) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(client)
+        else:
+            client.close()
+
+    def discard_idle(self) -> None:
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
+
+    def seen_token(self, token: str) -> str:
+        self.token, self.token_at = token, time.monotonic()
+        return token
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_server(spec: object) -> tuple[str, int] | str:
+    """``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)`` or a unix socket path."""
+    if isinstance(spec, tuple) and len(spec) == 2:
+        host, port = spec
+        if isinstance(host, str) and host and type(port) is int and 0 < port < 65536:
+            return host, port
+    elif isinstance(spec, str) and spec.strip():
+        text = spec.strip()
+        if text.startswith("unix:"):
+            return text[5:]
+        if text.startswith("/"):
+            return text
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
+        else:
+            host, _, port_text = text.partition(":")
+        if not port_text:
+            return host, DEFAULT_PORT
+        if port_text.isdigit() and 0 < int(port_text) < 65536 and host:
+            return host, int(port_text)
+    raise ConfigurationError(
+        f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
+        f"'[ipv6]:port', (host, port) or a unix socket path"
+    )
+
+
+class _Ring:
+    """Consistent hashing of keys onto servers (adding a server moves about 1/n of the keys)."""
+
+    def __init__(self, servers: list[_Server]) -> None:
+        points = sorted(
+            (_hash(f"{server.name}-{point}"), index)
+            for index, server in enumerate(servers)
+            for point in range(_RING_POINTS)
+        )
+        self._hashes = [h for h, _ in points]
+        self._owners = [servers[index] for _, index in points]
+
+    def __call__(self, key: str) -> _Server:
+        index = bisect.bisect(self._hashes, _hash(key))
+        return self._owners[index if index < len(self._owners) else 0]
+
+
+def _hash(text: str) -> int:
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _incr(client: Any, key: str, step: int) -> Any:
+    """memcached ``incr``; ``_NON_NUMERIC`` when the entry is not a counter."""
+    from pymemcache.exceptions import MemcacheClientError
+
+    try:
+        return client.incr(key, step, False)
+    except MemcacheClientError as err:
+        if "non-numeric" in str(err):
+            return _NON_NUMERIC
+        raise
+
+
+def _delete_reporting(client: Any, keys: list[str]) -> list[bool]:
+    """Delete ``keys`` in one round trip; whether each existed."""
+    commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
+    # pymemcache's delete_many drops the per-key replies; its _misc_cmd pipeline keeps them.
+    return [line == b"DELETED" for line in client._misc_cmd(commands, b"delete", False)]
+
+
+class MemcachedCache(BaseCache):
+    """A cache on memcached, drop-in for cachelib's ``MemcachedCache``.
+
+    Example::
+
+        cache = MemcachedCache(["10.0.0.1:11211", "10.0.0.2:11211"], key_prefix="app:")
+        cache = from_url("memcached://10.0.0.1,10.0.0.2:11212?serializer=msgpack&timeout=0.5")
+
+    :param servers: ``"host:port"`` strings (port defaults to 11211), ``(host, port)`` tuples or
+        unix socket paths; default ``["127.0.0.1:11211"]``. Keys are spread over several
+        servers by consistent hashing.
+    :param default_timeout: seconds (or a ``timedelta``) an entry lives by default; 0 = forever.
+    :param key_prefix: namespace of this cache; ``clear`` then drops only its keys.
+    :param pool_size, pool_blocking, ignore_delete_many_errors, memcache_client_lib: accepted
+        for cachelib compatibility and ignored (connections are pooled per server on demand).
+    :param check_connection: raise ``RuntimeError`` at construction when a server does not answer.
+    :param serializer: see :class:`~cacheplug.BaseCache`. :param secret: see BaseCache.
+    :param connect_timeout: seconds to wait for a connection. :param timeout: seconds to wait
+        for a reply. :param no_delay: set TCP_NODELAY. :param max_pool_size: idle connections
+        kept per server. :param dead_timeout: seconds a server that failed is skipped (its
+        keys answer as in an outage) before it is tried again.
+    :raises ConfigurationError: pymemcache is missing, or an argument is invalid.
+    """
+
+    url_options: ClassVar[Mapping[str, type]] = {
+        "connect_timeout": float,
+        "timeout": float,
+        "no_delay": bool,
+        "max_pool_size": int,
+        "dead_timeout": float,
+    }
+
+    def __init__(  # noqa: PLR0917 (cachelib's positional signature)
+        self,
+        servers: Iterable[str | tuple[str, int]] | str | None = None,
+        default_timeout: float | timedelta = 300,
+        key_prefix: str | None = None,
+        pool_size: int = 1,
+        pool_blocking: bool = True,
+        ignore_delete_many_errors: bool = True,
+        check_connection: bool = False,
+        memcache_client_lib: str | None = None,
+        *,
+        serializer: str | SerializerLike | None = None,
+        secret: str | bytes | None = None,
+        connect_timeout: float = 1.0,
+        timeout: float = 1.0,
+        no_delay: bool = True,
+        max_pool_size: int = 16,
+        dead_timeout: float = 1.0,
+    ) -> None:
+        client_class, self._engine_errors, self._connection_errors = _driver()
+        if isinstance(default_timeout, timedelta):
+            default_timeout = default_timeout.total_seconds()
+        super().__init__(
+            default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
+        )
+        for name, number in (
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("dead_timeout", dead_timeout),
+        ):
+            if not isinstance(number, (int, float)) or isinstance(number, bool) or number < 0:
+                raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {number!r}")
+        if type(max_pool_size) is not int or max_pool_size < 1:
+            raise ConfigurationError(f"max_pool_size must be an int >= 1, got {max_pool_size!r}")
+        if servers is None:
+            servers = [("127.0.0.1", DEFAULT_PORT)]
+        elif isinstance(servers, str):
+            servers = servers.split(",")
+        elif not isinstance(servers, (list, tuple)):
+            raise ConfigurationError(
+                f"servers must be a list of 'host:port' strings, got {type(servers).__name__}; "
+                f"cacheplug does not wrap client objects"
+            )
+        addresses = [_parse_server(spec) for spec in servers]
+        if not addresses:
+            raise ConfigurationError("servers must name at least one memcached server")
+        self.dead_timeout = float(dead_timeout)
+        self._servers = [
+            _Server(
+                address,
+                partial(
+                    client_class,
+                    address,
+                    serde=_SERDE,
+                    connect_timeout=connect_timeout,
+                    timeout=timeout,
+                    no_delay=no_delay,
+                    default_noreply=False,
+                ),
+                max_pool_size,
+            )
+            for address in dict.fromkeys(addresses)
+        ]
+        self._only: _Server | None = self._servers[0] if len(self._servers) == 1 else None
+        self._ring = _Ring(self._servers)
+        self._namespaced = bool(self.key_prefix)
+        self._token_key = memcached_key(self.key_prefix + "~ns~")
+        self._default_exptime = (
+            _exptime(self.default_timeout) if self.default_timeout <= MAX_RELATIVE_EXPIRY else None
+        )
+        if check_connection:
+            for server in self._servers:
+                if self._run(server, "connect", client_class.version) is _FAILED:
+                    raise RuntimeError(f"could not connect to memcached server {server.name}")
+
+    @classmethod
+    def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
+        """``memcached://host[:port][,host[:port]...]?option=value``; no path or credentials."""
+        if url.username or url.password is not None or url.path.strip("/"):
+            raise ConfigurationError(
+                f"memcached:// takes hosts and options only (no path, no credentials), "
+                f"got {url.redacted()!r}; write memcached://host1:11211,host2:11211?option=value"
+            )
+        servers = [(host, port or DEFAULT_PORT) for host, port in url.hosts] or None
+        return cls(servers, **options)
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def _pack(self, value: Any) -> tuple[int, bytes]:
+        if type(value) is int and -COUNTER_BIAS <= value < COUNTER_BIAS:
+            return FLAG_COUNTER, b"%d" % (value + COUNTER_BIAS)
+        data = self._encode(value)
+        if data and data[0] in _NUMERIC_START:
+            return FLAG_GUARDED, b"!" + data
+        return FLAG_SERIALIZED, data
+
+    def _unpack(self, key: str, item: tuple[int, bytes]) -> Any:
+        flags, data = item
+        if flags == FLAG_SERIALIZED:
+            return self._decode_or_miss(key, data)
+        if flags == FLAG_COUNTER:
+            try:
+                return int(data) - COUNTER_BIAS
+            except ValueError:
+                pass
+        elif flags == FLAG_GUARDED:
+            return self._decode_or_miss(key, data[1:])
+        self._errors += 1
+        self._log(
+            "decode", "entry %r is not a cacheplug entry (flags %d), read as a miss", key, flags
+        )
+        return None
+
+    def _timeout(self, timeout: float | None) -> int:
+        if timeout is None and self._default_exptime is not None:
+            return self._default_exptime
+        return _exptime(normalize_timeout(timeout, self.default_timeout))
+
+    # -- engine calls -----------------------------------------------------------------------------
+
+    def _run(self, server: _Server, operation: str, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(client, *args)`` on a pooled connection of ``server``; ``_FAILED`` on errors."""
+        if server.down_until:
+            if time.monotonic() < server.down_until:
+                self._backend_error(
+                    operation,
+                    ConnectionError(
+                        f"memcached {server.name} failed recently; "
+                        f"retrying it after {self.dead_timeout:g}s"
+                    ),
+                )
+                return _FAILED
+            server.down_until = 0.0
+        client = server.acquire()
+        try:
+            reused = client.sock is not None
+            try:
+                return call(client, *args)
+            except self._connection_errors:
+                # A pooled connection may predate a server restart: retry once on a new one,
+                # except for incr, which must not be applied twice.
+                if not reused or call is _incr:
+                    raise
+                server.discard_idle()
+                return call(client, *args)
+        except self._engine_errors as err:
+            if isinstance(err, self._connection_errors):
+                server.down_until = time.monotonic() + self.dead_timeout
+                server.discard_idle()
+            self._backend_error(operation, err)
+            return _FAILED
+        finally:
+            server.release(client)
+
+    def _load_token(self, client: Any, server: _Server) -> str:
+        """The namespace token on ``server``, created when missing (a new, empty namespace)."""
+        for _ in range(_CREATE_ATTEMPTS):
+            item = client.get(self._token_key)
+            if item is not None:
+                return server.seen_token(item[1].decode("ascii", "replace"))
+            fresh = secrets.token_hex(6)
+            if client.add(self._token_key, (0, fresh.encode()), 0, False):
+                return server.seen_token(fresh)
+        raise ConnectionError(f"memcached {server.name} keeps dropping the namespace token")
+
+    def _names(self, server: _Server, keys: Iterable[str], operation: str) -> dict[str, str] | None:
+        """``{memcached key: key}`` for writing ``keys`` on ``server``; None when it is down."""
+        if not self._namespaced:
+            return {memcached_key(key): key for key in keys}
+        token = server.token
+        if token is None or time.monotonic() - server.token_at > NAMESPACE_REFRESH:
+            token = self._run(server, operation, self._load_token, server)
+            if token is _FAILED:
+                return None
+        prefix = f"{self.key_prefix}{token}:"
+        return {memcached_key(prefix + key): key for key in keys}
+
+    def _fetch_namespaced(self, client: Any, server: _Server, keys: list[str]) -> dict[str, Any]:
+        """Raw items of ``keys`` on ``server``, read with the namespace token in one round trip."""
+        token = server.token or self._load_token(client, server)
+        for _ in range(2):
+            prefix = f"{self.key_prefix}{token}:"
+            names = {memcached_key(prefix + key): key for key in keys}
+            items = client.get_many([self._token_key, *names])
+            current = items.pop(self._token_key, None)
+            if current is None:  # namespace lost (restart, eviction): a new one is empty
+                self._load_token(client, server)
+                return {}
+            seen = current[1].decode("ascii", "replace")
+            if seen == token:
+                server.token_at = time.monotonic()
+                return {names[name]: item for name, item in items.items()}
+            token = server.seen_token(seen)  # cleared elsewhere: read the new namespace
+        return {}
+
+    def _fetch(self, keys: Iterable[str], operation: str) -> dict[str, Any]:
+        """Raw items of the present ``keys``, one round trip per server involved."""
+        found: dict[str, Any] = {}
+        for server, group in self._by_server(keys).items():
+            if self._namespaced:
+                items = self._run(server, operation, self._fetch_namespaced, server, group)
+                if items is not _FAILED:
+                    found.update(items)
+                continue
+            names = {memcached_key(key): key for key in group}
+            items = self._run(server, operation, _client_get_many, list(names))
+            if items is not _FAILED:
+                for name, item in items.items():
+                    found[names[name]] = item
+        return found
+
+    def _by_server(self, keys: Iterable[str]) -> dict[_Server, list[str]]:
+        groups: dict[_Server, list[str]] = {}
+        only, ring, prefix = self._only, self._ring, self.key_prefix
+        for key in dict.fromkeys(keys):
+            if type(key) is not str:
+                check_key(key)
+            server = only or ring(prefix + key)
+            groups.setdefault(server, []).append(key)
+        return groups
+
+    def _target(self, key: str, operation: str) -> tuple[_Server, str] | None:
+        server = self._only or self._ring(self.key_prefix + key)
+        names = self._names(server, (key,), operation)
+        return None if names is None else (server, next(iter(names)))
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        if type(key) is not str:
+            check_key(key)
+        if self._namespaced:
+            item = self._fetch((key,), "get").get(key)
+        else:
+            name = memcached_key(key)
+            item = self._run(self._only or self._ring(key), "get", _client_get, name)
+            if item is _FAILED:
+                return None
+        if item is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        return self._unpack(key, item)
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        exptime = self._timeout(timeout)
+        packed = self._pack(value)
+        if self._namespaced:
+            target = self._target(key, "set")
+            if target is None:
+                return False
+            server, name = target
+        else:
+            name = memcached_key(key)
+            server = self._only or self._ring(key)
+        if self._run(server, "set", _client_set, name, packed, exptime) is _FAILED:
+            return False
+        self._sets += 1
+        return True
+
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        exptime = self._timeout(timeout)
+        packed = self._pack(value)
+        target = self._target(key, "add")
+        if target is None:
+            return False
+        added = self._run(target[0], "add", _client_add, target[1], packed, exptime)
+        if added is _FAILED or not added:
+            return False
+        self._sets += 1
+        return True
+
+    def delete(self, key: str) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        target = self._target(key, "delete")
+        if target is None:
+            return False
+        deleted = self._run(target[0], "delete", _client_delete, target[1])
+        if deleted is _FAILED or not deleted:
+            return False
+        self._deletes += 1
+        return True
+
+    def has(self, key: str) -> bool:
+        if type(key) is not str:
+            check_key(key)
+        return key in self._fetch((key,), "has")
+
+    def clear(self) -> bool:
+        ok = True
+        if not self._namespaced:
+            for server in self._servers:
+                ok = self._run(server, "clear", _client_flush_all) is not _FAILED and ok
+            return ok
+        token = secrets.token_hex(6)
+        for server in self._servers:
+            stored = self._run(
+                server, "clear", _client_set, self._token_key, (0, token.encode()), 0
+            )
+            if stored is _FAILED:
+                ok = False
+            else:
+                server.seen_token(token)
+        return ok
+
+    def get_many(self, *keys: str) -> list[Any]:
+        found = self._fetch(keys, "get_many")
+        values: list[Any] = []
+        for key in keys:
+            item = found.get(key)
+            if item is None:
+                self._misses += 1
+                values.append(None)
+            else:
+                self._hits += 1
+                values.append(self._unpack(key, item))
+        return values
+
+    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+        for key in mapping:
+            if type(key) is not str:
+                check_key(key)
+        exptime = self._timeout(timeout)
+        packed = {key: self._pack(value) for key, value in mapping.items()}
+        stored: set[str] = set()
+        for server, group in self._by_server(packed).items():
+            names = self._names(server, group, "set_many")
+            if names is None:
+                continue
+            values = {name: packed[key] for name, key in names.items()}
+            failed = self._run(server, "set_many", _client_set_many, values, exptime)
+            if failed is not _FAILED:
+                stored.update(key for name, key in names.items() if name not in failed)
+        self._sets += len(stored)
+        return [key for key in packed if key in stored]
+
+    def delete_many(self, *keys: str) -> list[str]:
+        deleted: set[str] = set()
+        for server, group in self._by_server(keys).items():
+            names = self._names(server, group, "delete_many")
+            if names is None:
+                continue
+            existed = self._run(server, "delete_many", _delete_reporting, list(names))
+            if existed is not _FAILED:
+                deleted.update(key for key, hit in zip(names.values(), existed, strict=True) if hit)
+        self._deletes += len(deleted)
+        return [key for key in dict.fromkeys(keys) if key in deleted]
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        """Add ``delta`` atomically (memcached ``incr``); the entry keeps its expiry.
+
+        :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
+        :raises OverflowError: the result would leave the signed 64-bit range (the value stays).
+        """
+        if type(key) is not str:
+            check_key(key)
+        check_delta(delta)
+        if not -COUNTER_BIAS <= delta < COUNTER_BIAS:
+            raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
+        target = self._target(key, "inc")
+        if target is None:
+            return None
+        server, name = target
+        step = delta % _WRAP  # a negative delta is an incr that wraps around 2**64
+        for _ in range(_CREATE_ATTEMPTS):
+            result = self._run(server, "inc", _incr, name, step)
+            if result is _FAILED:
+                return None
+            if result is _NON_NUMERIC:
+                raise TypeError(f"cannot increment {key!r}: it holds a value that is not an int")
+            if result is None:  # missing: create it, unless another client just did
+                created = self._run(
+                    server, "inc", _client_add, name, self._pack(delta), self._timeout(None)
+                )
+                if created is _FAILED:
+                    return None
+                if created:
+                    return delta
+                continue
+            if (delta > 0 and result < step) or (delta < 0 and result >= step):
+                self._run(server, "inc", _incr, name, -delta % _WRAP)  # undo the wrap-around
+                raise OverflowError(
+                    f"cannot increment {key!r} by {delta}: memcached counters hold signed "
+                    f"64-bit integers"
+                )
+            return int(result) - COUNTER_BIAS
+        return None
+
+    def dec(self, key: str, delta: int = 1) -> int | None:
+        """Subtract ``delta``; see :meth:`inc`."""
+        check_delta(delta)
+        return self.inc(key, -delta)
+
+    def close(self) -> None:
+        """Close the idle connections; the cache reconnects when used again."""
+        for server in self._servers:
+            server.discard_idle()
+
+    def __repr__(self) -> str:
+        names = ", ".join(server.name for server in self._servers)
+        return f"{super().__repr__()[:-1]}, servers=[{names}])"
+
+
+def _client_get(client: Any, name: str) -> Any:
+    return client.get(name)
+
+
+def _client_get_many(client: Any, names: list[str]) -> Any:
+    return client.get_many(names)
+
+
+def _client_set(client: Any, name: str, packed: tuple[int, bytes], exptime: int) -> Any:
+    return client.set(name, packed, exptime, False)
+
+
+def _client_add(client: Any, name: str, packed: tuple[int, bytes], exptime: int) -> Any:
+    return client.add(name, packed, exptime, False)
+
+
+def _client_delete(client: Any, name: str) -> Any:
+    return client.delete(name, False)
+
+
+def _client_set_many(client: Any, values: dict[str, tuple[int, bytes]], exptime: int) -> Any:
+    return client.set_many(values, exptime, False)
+
+
+def _client_flush_all(client: Any) -> Any:
+    return client.flush_all(0, False)
+
+
+@hookimpl
+def cacheplug_register_backends(register: RegisterFn) -> None:
+    register("memcached", MemcachedCache)

@@ -1,0 +1,502 @@
+"""MemcachedCache: the contract on one and on two servers, plus what only memcached raises."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymemcache.client.base import Client
+from servers import MemcachedServer
+
+from cacheplug import ConfigurationError, MemcachedCache, from_url
+from cacheplug.backends.memcached import (
+    FLAG_COUNTER,
+    FLAG_GUARDED,
+    FLAG_SERIALIZED,
+    MAX_RELATIVE_EXPIRY,
+    memcached_key,
+)
+from cacheplug.testing import CacheContract, CacheFactory
+
+DAY = 24 * 3600
+
+
+@pytest.fixture(scope="module")
+def second_memcached_server() -> Iterator[MemcachedServer]:
+    server = MemcachedServer().start()
+    yield server
+    server.kill()
+    server.stop()
+
+
+@pytest.fixture(params=["pickle", "json", "msgpack"])
+def serializer(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def address(server: MemcachedServer) -> str:
+    return f"{server.host}:{server.port}"
+
+
+def raw_client(server: MemcachedServer) -> Client:
+    return Client(server.address, default_noreply=False)
+
+
+def server_ttl(server: MemcachedServer, key: str) -> int:
+    """Seconds the server will keep ``key`` (-1: never expires), read with a meta get."""
+    reply = raw_client(server).raw_command(f"mg {key} t")
+    assert reply.startswith(b"HD t"), reply
+    return int(reply.split(b" t")[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until ``condition()`` held; fails the test after ``timeout``."""
+    start = time.monotonic()
+    tick = threading.Event()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"condition not met within {timeout}s")
+        tick.wait(0.01)
+    return time.monotonic() - start
+
+
+def caches_on(servers: list[MemcachedServer], serializer: str) -> Iterator[CacheFactory]:
+    for server in servers:
+        server.flush()
+    made: list[MemcachedCache] = []
+
+    def make(**kwargs: Any) -> MemcachedCache:
+        kwargs.setdefault("serializer", serializer)
+        cache = MemcachedCache([address(s) for s in servers], **kwargs)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+class TestMemcachedOneServer(CacheContract):
+    shared_store = True
+
+    @pytest.fixture
+    def cache_factory(
+        self, memcached_server: MemcachedServer, serializer: str
+    ) -> Iterator[CacheFactory]:
+        yield from caches_on([memcached_server], serializer)
+
+
+class TestMemcachedTwoServers(CacheContract):
+    shared_store = True
+
+    @pytest.fixture
+    def cache_factory(
+        self,
+        memcached_server: MemcachedServer,
+        second_memcached_server: MemcachedServer,
+        serializer: str,
+    ) -> Iterator[CacheFactory]:
+        yield from caches_on([memcached_server, second_memcached_server], serializer)
+
+
+@pytest.fixture
+def cache(memcached_server: MemcachedServer) -> Iterator[MemcachedCache]:
+    memcached_server.flush()
+    with MemcachedCache([address(memcached_server)]) as made:
+        yield made
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+HOSTILE_KEYS = [
+    "x" * 251,
+    "x" * 250 + "y",
+    "with space",
+    "with\ttab",
+    "line\nbreak",
+    "nul\x00byte",
+    "del\x7fchar",
+    "ünïcødé ✓",
+    "日本語",
+    "",
+    "lone \ud800 surrogate",
+]
+
+
+def test_hostile_keys_work_and_do_not_collide(cache: MemcachedCache) -> None:
+    for index, key in enumerate(HOSTILE_KEYS):
+        assert cache.set(key, index) is True
+    assert cache.get_many(*HOSTILE_KEYS) == list(range(len(HOSTILE_KEYS)))
+    assert [cache.has(key) for key in HOSTILE_KEYS] == [True] * len(HOSTILE_KEYS)
+    assert sorted(cache.delete_many(*HOSTILE_KEYS)) == sorted(HOSTILE_KEYS)
+
+
+def test_long_keys_differing_only_at_the_end_stay_apart(cache: MemcachedCache) -> None:
+    base = "k" * 400
+    cache.set(base + "a", "A")
+    cache.set(base + "b", "B")
+    assert cache.get_many(base + "a", base + "b") == ["A", "B"]
+
+
+def test_key_that_looks_mapped_does_not_collide_with_the_mapped_key(
+    cache: MemcachedCache,
+) -> None:
+    hostile = "with space"
+    lookalike = memcached_key(hostile)  # a user may type exactly what we send for hostile
+    cache.set(hostile, "hostile")
+    cache.set(lookalike, "lookalike")
+    assert cache.get_many(hostile, lookalike) == ["hostile", "lookalike"]
+
+
+def test_valid_keys_reach_memcached_unchanged(
+    cache: MemcachedCache, memcached_server: MemcachedServer
+) -> None:
+    cache.set("user:42", "v")
+    assert raw_client(memcached_server).get("user:42") is not None
+    assert memcached_key("user:42") == "user:42"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=300), min_size=2, max_size=6, unique=True))
+def test_mapped_keys_are_valid_and_distinct(keys: list[str]) -> None:
+    mapped = [memcached_key(key) for key in keys]
+    assert len(set(mapped)) == len(keys)
+    for name in mapped:
+        assert 0 < len(name) <= 250
+        assert all(33 <= ord(char) <= 126 for char in name)
+
+
+def test_prefix_counts_toward_the_key_length(memcached_server: MemcachedServer) -> None:
+    with MemcachedCache([address(memcached_server)], key_prefix="p" * 240 + ":") as cache:
+        assert cache.set("k" * 20, "v") is True
+        assert cache.get("k" * 20) == "v"
+
+
+# -- timeouts -----------------------------------------------------------------------------------
+
+
+def test_long_timeouts_become_absolute_timestamps(
+    cache: MemcachedCache, memcached_server: MemcachedServer
+) -> None:
+    assert cache.set("long", "v", timeout=40 * DAY) is True
+    assert cache.get("long") == "v"
+    assert abs(server_ttl(memcached_server, "long") - 40 * DAY) <= 2
+    cache.set("edge", "v", timeout=MAX_RELATIVE_EXPIRY)
+    assert abs(server_ttl(memcached_server, "edge") - MAX_RELATIVE_EXPIRY) <= 2
+
+
+def test_long_default_timeout_applies(memcached_server: MemcachedServer) -> None:
+    with MemcachedCache([address(memcached_server)], default_timeout=timedelta(days=60)) as cache:
+        cache.set("k", "v")
+        assert abs(server_ttl(memcached_server, "k") - 60 * DAY) <= 2
+
+
+def test_fractional_timeouts_round_up_never_to_forever(
+    cache: MemcachedCache, memcached_server: MemcachedServer
+) -> None:
+    cache.set("tiny", "v", timeout=0.01)
+    cache.set("forever", "v", timeout=0)
+    cache.set("default", "v")
+    assert server_ttl(memcached_server, "tiny") in (0, 1)
+    assert server_ttl(memcached_server, "forever") == -1
+    assert 298 <= server_ttl(memcached_server, "default") <= 300
+
+
+def test_entry_expires_on_the_server(cache: MemcachedCache) -> None:
+    cache.set("short", "v", timeout=1)
+    cache.set("kept", "v", timeout=0)
+    assert cache.get("short") == "v"
+    wait_until(lambda: cache.get("short") is None)
+    assert cache.has("short") is False
+    assert cache.get("kept") == "v"
+
+
+# -- values and counters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "msgpack"])
+@pytest.mark.parametrize(
+    "value", [b"\x00raw", b"", b"123", True, False, 7, -7, 2**63 - 1, -(2**63)]
+)
+def test_values_keep_their_type(
+    memcached_server: MemcachedServer, serializer: str, value: Any
+) -> None:
+    with MemcachedCache([address(memcached_server)], serializer=serializer) as cache:
+        cache.set("v", value)
+        got = cache.get("v")
+        assert got == value
+        assert type(got) is type(value)
+
+
+def test_huge_ints_go_through_the_serializer(cache: MemcachedCache) -> None:
+    cache.set("huge", 2**80)
+    assert cache.get("huge") == 2**80
+    with pytest.raises(TypeError):
+        cache.inc("huge")
+
+
+def test_flags_mark_the_encoding(cache: MemcachedCache, memcached_server: MemcachedServer) -> None:
+    cache.serializer = from_url("simple://?serializer=json").serializer
+    cache.set_many({"int": 5, "dict": {"a": 1}, "float": 1.5})
+    flags = [raw_flags(memcached_server, key) for key in ("int", "dict", "float")]
+    assert flags == [FLAG_COUNTER, FLAG_SERIALIZED, FLAG_GUARDED]
+
+
+def raw_flags(server: MemcachedServer, key: str) -> int:
+    reply = raw_client(server).raw_command(f"mg {key} f")
+    return int(reply.split(b" f")[1])
+
+
+def test_inc_on_a_value_that_looks_numeric_is_type_error(cache: MemcachedCache) -> None:
+    cache.serializer = from_url("simple://?serializer=json").serializer
+    cache.set("float", 15.0)  # json writes "15.0": memcached incr must never touch it
+    with pytest.raises(TypeError):
+        cache.inc("float")
+    assert cache.get("float") == 15.0
+
+
+def test_inc_keeps_the_expiry_and_new_counters_get_the_default(
+    memcached_server: MemcachedServer,
+) -> None:
+    memcached_server.flush()
+    with MemcachedCache([address(memcached_server)], default_timeout=1000) as cache:
+        cache.set("n", 1, timeout=5000)
+        assert cache.inc("n") == 2
+        assert 4998 <= server_ttl(memcached_server, "n") <= 5000
+        assert cache.inc("fresh") == 1
+        assert 998 <= server_ttl(memcached_server, "fresh") <= 1000
+
+
+def test_negative_counters_and_overflow(cache: MemcachedCache) -> None:
+    assert cache.dec("n", 5) == -5
+    assert cache.inc("n", 2) == -3
+    assert cache.get("n") == -3
+    cache.set("top", 2**63 - 1)
+    with pytest.raises(OverflowError):
+        cache.inc("top")
+    assert cache.get("top") == 2**63 - 1
+    cache.set("bottom", -(2**63))
+    with pytest.raises(OverflowError):
+        cache.dec("bottom")
+    assert cache.get("bottom") == -(2**63)
+    with pytest.raises(OverflowError):
+        cache.inc("n", 2**64)
+
+
+def test_delete_many_reports_only_existing_keys(cache: MemcachedCache) -> None:
+    cache.set_many({"a": 1, "b": 2})
+    assert cache.delete_many("a", "missing", "a", "b") == ["a", "b"]
+    assert cache.delete_many("a", "b") == []
+
+
+# -- key_prefix namespaces ---------------------------------------------------------------------
+
+
+def test_clear_by_one_client_is_seen_by_the_reads_of_another(
+    memcached_server: MemcachedServer,
+) -> None:
+    memcached_server.flush()
+    servers = [address(memcached_server)]
+    with (
+        MemcachedCache(servers, key_prefix="app:") as one,
+        MemcachedCache(servers, key_prefix="app:") as other,
+        MemcachedCache(servers, key_prefix="else:") as neighbour,
+    ):
+        one.set("k", "old")
+        neighbour.set("k", "kept")
+        assert other.get("k") == "old"
+        assert other.clear() is True
+        assert one.get("k") is None
+        assert one.has("k") is False
+        one.set("k", "new")
+        assert other.get("k") == "new"
+        assert neighbour.get("k") == "kept"
+
+
+def test_lost_namespace_token_reads_as_an_empty_namespace(
+    memcached_server: MemcachedServer,
+) -> None:
+    with MemcachedCache([address(memcached_server)], key_prefix="p:") as cache:
+        cache.set("k", "v")
+        memcached_server.flush()
+        assert cache.get("k") is None
+        assert cache.set("k", "again") is True
+        assert cache.get("k") == "again"
+
+
+def test_clear_without_prefix_flushes_the_servers(
+    memcached_server: MemcachedServer, second_memcached_server: MemcachedServer
+) -> None:
+    with MemcachedCache([address(memcached_server), address(second_memcached_server)]) as cache:
+        keys = [f"k{i}" for i in range(20)]
+        cache.set_many(dict.fromkeys(keys, 1))
+        assert raw_client(memcached_server).get_many(keys)
+        assert raw_client(second_memcached_server).get_many(keys)  # spread over both
+        assert cache.clear() is True
+        assert cache.get_many(*keys) == [None] * 20
+
+
+# -- construction ---------------------------------------------------------------------------------
+
+
+def test_cachelib_style_construction(memcached_server: MemcachedServer) -> None:
+    memcached_server.flush()
+    servers = [address(memcached_server)]
+    cache = MemcachedCache(servers, 60, "pfx:", 4, True, True, True, None)
+    assert (cache.default_timeout, cache.key_prefix) == (60, "pfx:")
+    assert cache.set("k", "v") is True
+    assert MemcachedCache(servers).get("k") is None  # another namespace
+    assert MemcachedCache(servers, key_prefix="pfx:").get("k") == "v"
+
+
+def test_check_connection_raises_on_a_dead_server() -> None:
+    with pytest.raises(RuntimeError, match="could not connect"):
+        MemcachedCache(["127.0.0.1:1"], check_connection=True)
+
+
+def test_from_url_builds_the_cache(
+    memcached_server: MemcachedServer, second_memcached_server: MemcachedServer
+) -> None:
+    cache = from_url(
+        f"memcached://{address(memcached_server)},{address(second_memcached_server)}"
+        "?serializer=msgpack&timeout=0.5&connect_timeout=0.25&no_delay=false"
+        "&max_pool_size=3&dead_timeout=2&key_prefix=u:&default_timeout=30"
+    )
+    assert isinstance(cache, MemcachedCache)
+    assert cache.set("k", b"bytes") is True
+    assert cache.get("k") == b"bytes"
+    assert "msgpack" in repr(cache) and address(second_memcached_server) in repr(cache)
+    assert (cache.default_timeout, cache.key_prefix, cache.dead_timeout) == (30, "u:", 2.0)
+
+
+def test_from_url_default_port_and_overrides() -> None:
+    cache = from_url("memcached://cache-host", default_timeout=5)
+    assert "cache-host:11211" in repr(cache)
+    assert cache.default_timeout == 5
+    assert "127.0.0.1:11211" in repr(from_url("memcached://"))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("memcached://user:hunter2@h:1", "no credentials"),
+        ("memcached://h:1/0", "no path"),
+        ("memcached://h:1?pool=3", "accepted options"),
+        ("memcached://h:1?timeout=soon", "timeout"),
+        ("memcached://h:1?max_pool_size=0", "max_pool_size"),
+    ],
+)
+def test_bad_urls_are_configuration_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        from_url(url)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("servers", [["h:port"], ["h:0"], [""], [], 42, [("h", "1")]])
+def test_bad_servers_are_configuration_errors(servers: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        MemcachedCache(servers)
+
+
+def test_missing_pymemcache_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['pymemcache'] = None\n"
+        "import cacheplug.backends.memcached\n"
+        "from cacheplug import ConfigurationError, from_url\n"
+        "try:\n"
+        "    from_url('memcached://127.0.0.1:11211')\n"
+        "except ConfigurationError as err:\n"
+        "    print(err)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'cacheplug[memcached]'" in result.stdout
+
+
+# -- outages ---------------------------------------------------------------------------------------
+
+
+def assert_outage_values(cache: MemcachedCache) -> None:
+    assert cache.get("k") is None
+    assert cache.set("k", "v") is False
+    assert cache.add("k2", "v") is False
+    assert cache.delete("k") is False
+    assert cache.has("k") is False
+    assert cache.inc("n") is None
+    assert cache.dec("n") is None
+    assert cache.get_many("a", "b") == [None, None]
+    assert cache.get_dict("a") == {"a": None}
+    assert cache.set_many({"a": 1}) == []
+    assert cache.delete_many("a", "b") == []
+    assert cache.clear() is False
+
+
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_wrong_port_builds_and_answers_as_an_outage(
+    key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = MemcachedCache(["127.0.0.1:1"], key_prefix=key_prefix)
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        assert_outage_values(cache)
+        assert_outage_values(cache)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cacheplug"]
+    operations = {line.split(" failed")[0] for line in lines}
+    assert len(lines) == len(operations)  # rate-limited: one line per operation kind
+    assert "MemcachedCache.get" in operations
+    assert cache.stats()["errors"] >= 24
+
+
+def test_outage_and_recovery_on_the_same_cache(
+    fresh_memcached_server: MemcachedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = fresh_memcached_server
+    cache = MemcachedCache([address(server)], key_prefix="r:")
+    cache.set("k", "before")
+    assert cache.get("k") == "before"
+    server.kill()
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        for _ in range(50):
+            assert cache.get("k") is None
+    assert len([r for r in caplog.records if "MemcachedCache.get" in r.getMessage()]) == 1
+    assert_outage_values(cache)
+    server.restart()
+    took = wait_until(lambda: cache.set("k", "after"), timeout=5)
+    assert took < cache.dead_timeout + 1
+    assert cache.get("k") == "after"
+    assert cache.inc("n") == 1
+
+
+def test_restart_between_operations_costs_no_failure(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    cache = MemcachedCache([address(fresh_memcached_server)])
+    cache.set("k", "v")
+    fresh_memcached_server.restart()  # pooled connections now point at a dead process
+    errors = cache.stats()["errors"]
+    assert cache.get("k") is None  # data is gone, but the call reached the new server
+    assert cache.set("k", "v2") is True
+    assert cache.stats()["errors"] == errors
+
+
+def test_one_dead_server_of_two_keeps_the_other_serving(
+    fresh_memcached_server: MemcachedServer, memcached_server: MemcachedServer
+) -> None:
+    cache = MemcachedCache([address(fresh_memcached_server), address(memcached_server)])
+    keys = [f"spread{i}" for i in range(40)]
+    assert sorted(cache.set_many(dict.fromkeys(keys, 1))) == sorted(keys)
+    fresh_memcached_server.kill()
+    values = cache.get_many(*keys)
+    alive = [key for key, value in zip(keys, values, strict=True) if value == 1]
+    assert 0 < len(alive) < len(keys)
+    assert sorted(cache.set_many(dict.fromkeys(keys, 2))) == sorted(alive)
+    assert sorted(cache.delete_many(*keys)) == sorted(alive)
