@@ -45,7 +45,6 @@ HashMethod = Callable[[bytes], Any]
 _HEADER = struct.Struct("<4sd")
 _MAGIC = b"CPF1"
 _NEVER = 0.0
-_LOCK_NAME = ".cacheplug.lock"
 _NS_HEX = 16  # hex digits of the key_prefix tag in file names
 _TEMP_TOKEN_BYTES = 6
 _STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
@@ -53,6 +52,9 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # NONBLOCK: a FIFO planted at an entry path must not hang a reader; NOFOLLOW: no symlinks.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+
+# A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing.
+_TALLY = struct.Struct("<qq")
 
 _Entry = tuple[float, bytes]
 
@@ -62,14 +64,16 @@ class FileSystemCache(BaseCache):
 
     Writes go to a temp file in the same directory, then ``os.replace`` it over the entry, so a
     reader or a crash never sees half a value. Several threads and processes may share the
-    directory; ``inc``, ``dec`` and ``add`` hold an ``flock`` on the directory's lock file.
+    directory: every rename and unlink, and all of ``inc``, ``dec`` and ``add``, happen under an
+    ``flock`` on the prefix's lock file (``.cacheplug-<prefix tag>.lock``); reads take no lock.
     File names are ``cp-<prefix tag>-<key hash>``: ``clear`` removes only such files (with a
     ``key_prefix``, only that prefix's), never anything else in the directory.
 
     At most ``threshold`` entries per ``key_prefix``: a full cache drops expired entries, then the
-    least recently written or read ones, until a tenth of ``threshold`` is free. Each process
-    keeps its own entry count, refreshed from a directory listing every few hundred new entries
-    and whenever it says full, so ``set`` never reads the whole directory.
+    least recently written ones, until a tenth of ``threshold`` is free. The entry count lives in
+    the prefix's lock file, kept under its ``flock`` by every writer, and a directory listing
+    corrects it every few hundred new entries and whenever it says full, so ``set`` never reads
+    the whole directory. Caches sharing a directory and a prefix should share ``threshold``.
 
     :param cache_dir: the directory, created with its parents when missing.
     :param threshold: the most entries this cache keeps; 0 = no limit.
@@ -123,18 +127,15 @@ class FileSystemCache(BaseCache):
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
         self.cache_dir = _prepared_dir(cache_dir)
-        self._lock_path = os.path.join(self.cache_dir, _LOCK_NAME)
         hex_len = len(self._hash(b"").hexdigest())
-        self._ns_head = f"cp-{self._hash(key_prefix.encode()).hexdigest()[:_NS_HEX]}-"
+        namespace = self._hash(key_prefix.encode()).hexdigest()[:_NS_HEX]
+        self._ns_head = f"cp-{namespace}-"
+        self._lock_path = os.path.join(self.cache_dir, f".cacheplug-{namespace}.lock")
         self._own_head = self._ns_head if key_prefix else "cp-"
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
         self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
-        # Guards the entry count and every rename/unlink of this instance.
-        self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self._count: int | None = None
-        self._sets_since_scan = 0
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
@@ -177,7 +178,8 @@ class FileSystemCache(BaseCache):
         path, expires, payload = self._prepare(key, value, timeout)
         try:
             if expires is None:
-                self._remove(path)
+                with self._locked() as lock:
+                    self._remove(lock, path)
             else:
                 self._store(path, expires, payload)
         except OSError as err:
@@ -188,11 +190,11 @@ class FileSystemCache(BaseCache):
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
         path, expires, payload = self._prepare(key, value, timeout)
         try:
-            with self._dir_lock():
+            with self._locked() as lock:
                 if self._is_live(path):
                     return False
                 if expires is not None:
-                    self._store(path, expires, payload)
+                    self._store(path, expires, payload, lock)
         except OSError as err:
             self._backend_error("add", err)
             return False
@@ -202,8 +204,9 @@ class FileSystemCache(BaseCache):
         check_key(key)
         path = self._path(key)
         try:
-            live = self._is_live(path)
-            return self._remove(path) and live
+            with self._locked() as lock:
+                live = self._is_live(path)
+                return self._remove(lock, path) and live
         except OSError as err:
             self._backend_error("delete", err)
             return False
@@ -213,26 +216,13 @@ class FileSystemCache(BaseCache):
         return self._is_live(self._path(key))
 
     def clear(self) -> bool:
-        ok = True
-        with self._lock:
-            try:
-                names = os.listdir(self.cache_dir)
-            except OSError as err:
-                self._backend_error("clear", err)
-                return False
-            for name in names:
-                if not name.startswith(self._own_head):
-                    continue
-                path = os.path.join(self.cache_dir, name)
-                if self._entry_name.fullmatch(name) or self._is_stale_temp(name, path):
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as err:
-                        self._backend_error("clear", err)
-                        ok = False
-            self._count = None
+        try:
+            with self._locked() as lock:
+                ok = self._unlink_own_files()
+                _write_tally(lock, -1, 0)
+        except OSError as err:
+            self._backend_error("clear", err)
+            return False
         return ok
 
     def inc(self, key: str, delta: int = 1) -> int | None:
@@ -240,7 +230,7 @@ class FileSystemCache(BaseCache):
         check_delta(delta)
         path = self._path(key)
         try:
-            with self._dir_lock():
+            with self._locked() as lock:
                 entry = self._read(path, header_only=False)
                 if entry is None or self._expired(entry[0]):
                     value = delta
@@ -255,7 +245,7 @@ class FileSystemCache(BaseCache):
                             f"cannot increment {key!r}: its stored value is unreadable"
                         ) from err
                     value = checked_counter(key, current) + delta
-                self._store(path, expires, self._encode(value))
+                self._store(path, expires, self._encode(value), lock)
         except OSError as err:
             self._backend_error("inc", err)
             return None
@@ -326,31 +316,61 @@ class FileSystemCache(BaseCache):
         self._errors += 1
         self._log("unreadable", "unreadable cache file %r read as a miss: %s", path, reason)
 
+    def _unlink_own_files(self) -> bool:
+        """Remove this cache's entries and stale temp files; whether every one went.
+
+        :raises OSError: the directory cannot be listed.
+        """
+        ok = True
+        for name in os.listdir(self.cache_dir):
+            if not name.startswith(self._own_head):
+                continue
+            path = os.path.join(self.cache_dir, name)
+            if self._entry_name.fullmatch(name) or self._is_stale_temp(name, path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    self._backend_error("clear", err)
+                    ok = False
+        return ok
+
     def _is_live(self, path: str) -> bool:
         entry = self._read(path, header_only=True)
         return entry is not None and not self._expired(entry[0])
 
-    def _store(self, path: str, expires: float, payload: bytes) -> None:
-        """Write an entry atomically, within ``threshold``.
+    def _store(self, path: str, expires: float, payload: bytes, lock: int | None = None) -> None:
+        """Write an entry atomically, within ``threshold``; ``lock``: the held lock file, if any.
 
         :raises OSError: the file system refused.
         """
         tmp = self._write_temp(path, _HEADER.pack(_MAGIC, expires) + payload)
         try:
-            with self._lock:
-                is_new = not os.path.lexists(path)
-                if is_new:
-                    self._make_room()
-                try:
-                    _replace(tmp, path)
-                except OSError:
-                    if is_new and self._count is not None:
-                        self._count -= 1
-                    raise
-                self._sets += 1
+            if lock is None:
+                with self._locked() as held:
+                    self._commit(held, tmp, path)
+            else:
+                self._commit(lock, tmp, path)
         except BaseException:
             _discard(tmp)
             raise
+
+    def _commit(self, lock: int, tmp: str, path: str) -> None:
+        """Move ``tmp`` over ``path``, making room first for a new entry."""
+        if not self.threshold or os.path.lexists(path):
+            _replace(tmp, path)
+        else:
+            count, added = _read_tally(lock)
+            # The tally drifts when a writer dies or files vanish: a listing repairs it.
+            if count < 0 or count >= self.threshold or added > count // 8 + 64:
+                names = self._entry_names()
+                count, added = len(names), 0
+                if count >= self.threshold:
+                    count = self._prune(names)
+            _replace(tmp, path)
+            _write_tally(lock, count + 1, added + 1)
+        self._sets += 1
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
@@ -373,44 +393,32 @@ class FileSystemCache(BaseCache):
         os.close(fd)
         return tmp
 
-    def _remove(self, path: str) -> bool:
+    def _remove(self, lock: int, path: str) -> bool:
         """Unlink an entry; whether there was one."""
-        with self._lock:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                return False
-            if self._count is not None:
-                self._count -= 1
-            self._deletes += 1
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        count, added = _read_tally(lock)
+        if count > 0:
+            _write_tally(lock, count - 1, added)
+        self._deletes += 1
         return True
 
     @contextmanager
-    def _dir_lock(self) -> Iterator[None]:
-        """Exclusive across threads and processes; each holder opens its own descriptor."""
+    def _locked(self) -> Iterator[int]:
+        """Hold this prefix's lock file, exclusive across threads and processes; its descriptor.
+
+        Every holder opens its own descriptor, so threads of one process exclude each other too.
+        """
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, self.mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield fd
         finally:
             os.close(fd)
 
     # -- threshold --------------------------------------------------------------------------------
-
-    def _make_room(self) -> None:
-        """Count a new entry in, pruning first when full. Call with ``self._lock`` held."""
-        if not self.threshold:
-            return
-        self._sets_since_scan += 1
-        count = self._count
-        if count is None or count >= self.threshold or self._sets_since_scan > count // 8 + 64:
-            # Other processes add and remove entries too: trust a listing over our tally.
-            names = self._entry_names()
-            count = len(names)
-            self._sets_since_scan = 0
-            if count >= self.threshold:
-                count = self._prune(names)
-        self._count = count + 1
 
     def _entry_names(self) -> list[str]:
         names: list[str] = []
@@ -424,7 +432,7 @@ class FileSystemCache(BaseCache):
         return names
 
     def _prune(self, names: list[str]) -> int:
-        """Drop expired and unreadable entries, then the least recently used; entries left."""
+        """Drop expired and unreadable entries, then the least recently written; entries left."""
         target = self.threshold - max(1, self.threshold // 10)
         kept: list[tuple[float, str]] = []
         for name in names:
@@ -434,7 +442,7 @@ class FileSystemCache(BaseCache):
                     info = os.stat(path)
                 except FileNotFoundError:
                     continue
-                kept.append((max(info.st_atime, info.st_mtime), path))
+                kept.append((info.st_mtime, path))
             else:
                 self._evict(path)
         kept.sort()
@@ -453,6 +461,18 @@ class FileSystemCache(BaseCache):
             return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
         except OSError:
             return False
+
+
+def _read_tally(lock: int) -> tuple[int, int]:
+    data = os.pread(lock, _TALLY.size, 0)
+    if len(data) < _TALLY.size:
+        return -1, 0
+    count, added = _TALLY.unpack(data)
+    return int(count), int(added)
+
+
+def _write_tally(lock: int, count: int, added: int) -> None:
+    os.pwrite(lock, _TALLY.pack(count, added), 0)
 
 
 def _replace(tmp: str, path: str) -> None:

@@ -1,0 +1,348 @@
+"""FileSystemCache: the contract in a real directory, plus what only a file cache promises."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+from cacheplug import ConfigurationError, FileSystemCache, from_url
+from cacheplug.testing import CacheContract, CacheFactory
+
+ENTRY_HEAD = "cp-"
+
+
+def entry_files(directory: Path) -> list[str]:
+    """Names of the cache entries in ``directory`` (temp and lock files left out)."""
+    return sorted(
+        name
+        for name in os.listdir(directory)
+        if name.startswith(ENTRY_HEAD) and not name.endswith(".tmp")
+    )
+
+
+@pytest.fixture(params=["pickle", "json", "msgpack"])
+def serializer(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class TestFileSystemCacheContract(CacheContract):
+    shared_store = True
+
+    @pytest.fixture
+    def cache_factory(
+        self, tmp_path: Path, clock: FakeClock, serializer: str
+    ) -> Iterator[CacheFactory]:
+        caches: list[FileSystemCache] = []
+
+        def make(**kwargs: Any) -> FileSystemCache:
+            kwargs.setdefault("serializer", serializer)
+            cache = FileSystemCache(tmp_path / "cache", clock=clock, **kwargs)
+            caches.append(cache)
+            return cache
+
+        yield make
+        for cache in caches:
+            cache.close()
+
+    @pytest.fixture
+    def advance(self, clock: FakeClock) -> Callable[[float], None]:
+        return clock.advance
+
+
+# -- threshold ------------------------------------------------------------------------------------
+
+
+def test_threshold_is_never_exceeded(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path, threshold=10)
+    for i in range(60):
+        assert cache.set(f"k{i}", i) is True
+        assert len(entry_files(tmp_path)) <= 10
+    assert cache.get("k59") == 59
+    assert cache.stats()["evictions"] >= 50
+
+
+def test_full_cache_drops_expired_entries_before_live_ones(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    cache = FileSystemCache(tmp_path, threshold=4, clock=clock)
+    cache.set("live-a", 1, timeout=0)
+    cache.set("short", 2, timeout=5)
+    cache.set("live-b", 3, timeout=100)
+    cache.set("live-c", 4, timeout=100)
+    clock.advance(10)
+    cache.set("new", 5)
+    assert cache.get_many("live-a", "short", "live-b", "live-c", "new") == [1, None, 3, 4, 5]
+
+
+def test_full_cache_drops_the_least_recently_written(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path, threshold=3)
+    for key in ["young", "old", "middle"]:
+        before = set(entry_files(tmp_path))
+        cache.set(key, key)
+        (name,) = set(entry_files(tmp_path)) - before
+        written = 1_000_000 + {"old": 0, "middle": 1, "young": 2}[key]
+        os.utime(tmp_path / name, (written, written))
+    cache.set("newest", "n")
+    assert cache.get_many("old", "middle", "young", "newest") == [None, "middle", "young", "n"]
+
+
+def test_threshold_zero_means_unbounded(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path, threshold=0)
+    cache.set_many({f"k{i}": i for i in range(600)})
+    assert len(entry_files(tmp_path)) == 600
+
+
+def test_instances_sharing_a_directory_share_the_threshold(tmp_path: Path) -> None:
+    first = FileSystemCache(tmp_path, threshold=20)
+    second = FileSystemCache(tmp_path, threshold=20)
+    for i in range(15):
+        first.set(f"a{i}", i)
+        second.set(f"b{i}", i)
+        assert len(entry_files(tmp_path)) <= 20
+    assert first.get("b14") == 14
+    assert second.get("a14") == 14
+
+
+def test_entry_count_recovers_from_files_removed_behind_its_back(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path, threshold=10)
+    cache.set_many({f"k{i}": i for i in range(10)})
+    for name in entry_files(tmp_path):
+        os.unlink(tmp_path / name)
+    cache.set_many({f"n{i}": i for i in range(10)})
+    assert cache.get_many(*(f"n{i}" for i in range(10))) == list(range(10))
+
+
+# -- clear and key prefixes -----------------------------------------------------------------------
+
+
+def test_clear_leaves_foreign_files_alone(tmp_path: Path) -> None:
+    foreign = {
+        "notes.txt": b"mine",
+        "cp-not-an-entry": b"looks close",
+        "cp-" + "0" * 16 + "-" + "f" * 10: b"wrong digest length",
+        ".hidden": b"x",
+    }
+    for name, data in foreign.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "subdir").mkdir()
+    cache = FileSystemCache(tmp_path)
+    cache.set_many({"a": 1, "b": 2})
+    cache.inc("n")
+    assert len(entry_files(tmp_path)) == 3 + 2  # ours + the two foreign cp- names
+    assert cache.clear() is True
+    for name, data in foreign.items():
+        assert (tmp_path / name).read_bytes() == data
+    assert (tmp_path / "subdir").is_dir()
+    assert cache.get_many("a", "b", "n") == [None, None, None]
+
+
+def test_clear_removes_stale_temp_files_and_keeps_fresh_ones(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path)
+    cache.set("k", 1)
+    (entry,) = entry_files(tmp_path)
+    stale, fresh = tmp_path / f"{entry}.{'a' * 12}.tmp", tmp_path / f"{entry}.{'b' * 12}.tmp"
+    stale.write_bytes(b"half a value")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (1_000_000, 1_000_000))
+    assert cache.clear() is True
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a writer still at work
+
+
+def test_prefixed_clear_keeps_other_prefixes_and_unprefixed_clear_takes_all(
+    tmp_path: Path,
+) -> None:
+    plain = FileSystemCache(tmp_path)
+    left = FileSystemCache(tmp_path, key_prefix="left:")
+    right = FileSystemCache(tmp_path, key_prefix="right:")
+    for cache in (plain, left, right):
+        cache.set("key", repr(cache.key_prefix))
+    assert [c.get("key") for c in (plain, left, right)] == ["''", "'left:'", "'right:'"]
+    assert left.clear() is True
+    assert [c.get("key") for c in (plain, left, right)] == ["''", None, "'right:'"]
+    assert plain.clear() is True
+    assert [c.get("key") for c in (plain, left, right)] == [None, None, None]
+
+
+def test_threshold_applies_per_prefix(tmp_path: Path) -> None:
+    left = FileSystemCache(tmp_path, threshold=5, key_prefix="left:")
+    right = FileSystemCache(tmp_path, threshold=5, key_prefix="right:")
+    right.set_many({f"r{i}": i for i in range(5)})
+    left.set_many({f"l{i}": i for i in range(40)})
+    assert right.get_many(*(f"r{i}" for i in range(5))) == [0, 1, 2, 3, 4]
+
+
+# -- construction and URLs ------------------------------------------------------------------------
+
+
+def test_cachelib_style_construction(tmp_path: Path) -> None:
+    cache = FileSystemCache(str(tmp_path / "x"), threshold=10, mode=0o600)
+    assert (cache.threshold, cache.mode, cache.default_timeout) == (10, 0o600, 300)
+    positional = FileSystemCache(str(tmp_path / "y"), 20, 60, 0o640, hashlib.md5, True)
+    assert (positional.threshold, positional.default_timeout, positional.mode) == (20, 60, 0o640)
+    assert positional.set("k", "v") is True
+    assert positional.get("k") == "v"
+    assert all(len(name) == 3 + 16 + 1 + 32 for name in entry_files(tmp_path / "y"))
+
+
+def test_missing_directory_is_created_with_parents(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c"
+    cache = FileSystemCache(target)
+    assert target.is_dir()
+    assert cache.set("k", 1) is True
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o660])
+def test_file_mode_is_honoured_whatever_the_umask(tmp_path: Path, mode: int) -> None:
+    old_umask = os.umask(0o077)
+    try:
+        cache = FileSystemCache(tmp_path, mode=mode)
+        cache.set("k", "v")
+        cache.inc("n")
+    finally:
+        os.umask(old_umask)
+    modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_files(tmp_path)}
+    assert modes == {mode}
+
+
+def test_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="not a directory"):
+        FileSystemCache(regular)
+    with pytest.raises(ConfigurationError, match="cannot be created or written"):
+        FileSystemCache(regular / "below")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_directory_nobody_can_write_is_refused() -> None:
+    # Even root cannot create files in /proc.
+    with pytest.raises(ConfigurationError, match="cannot be created or written"):
+        FileSystemCache("/proc")
+    with pytest.raises(ConfigurationError, match="cannot be created or written"):
+        FileSystemCache("/proc/cacheplug-test-dir")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"threshold": -1}, "threshold"),
+        ({"threshold": "10"}, "threshold"),
+        ({"mode": 0o400}, "mode"),
+        ({"mode": 0o10000}, "mode"),
+        ({"hash_method": "nope"}, "unknown hash_method"),
+        ({"hash_method": hashlib.shake_128}, "hash_method"),
+        ({"hash_method": len}, "hash_method"),
+    ],
+    ids=repr,
+)
+def test_bad_options_are_configuration_errors(
+    tmp_path: Path, options: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        FileSystemCache(tmp_path, **options)
+
+
+def test_from_url_round_trip(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}?threshold=7&mode=0o640&hash_method=sha1&serializer=json"
+    cache = from_url(url, key_prefix="app:")
+    assert isinstance(cache, FileSystemCache)
+    assert (cache.cache_dir, cache.threshold, cache.mode) == (str(tmp_path), 7, 0o640)
+    assert cache.set("k", (1, 2)) is True
+    assert cache.get("k") == [1, 2]
+    again = FileSystemCache(
+        tmp_path, hash_method=hashlib.sha1, key_prefix="app:", serializer="json"
+    )
+    assert again.get("k") == [1, 2]
+
+
+@pytest.mark.parametrize("text", ["600", "0600", "0o600", "0O600"])
+def test_url_mode_is_octal_text(tmp_path: Path, text: str) -> None:
+    cache = from_url(f"file://{tmp_path}?mode={text}")
+    assert isinstance(cache, FileSystemCache)
+    assert cache.mode == 0o600
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("file://relative/dir", "three slashes"),
+        ("file://host/abs/dir", "no host"),
+        ("file://", "absolute directory"),
+        ("file:///tmp/x?mode=rw", "octal"),
+        ("file:///tmp/x?mode=0o999", "octal"),
+        ("file:///tmp/x?threshold=many", "threshold"),
+        ("file:///tmp/x?size=1", "unknown option 'size'"),
+    ],
+)
+def test_bad_urls_say_how_to_write_them(url: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        from_url(url)
+
+
+# -- files, expiry and counters -------------------------------------------------------------------
+
+
+def test_entries_persist_across_instances(tmp_path: Path) -> None:
+    FileSystemCache(tmp_path, serializer="msgpack").set("k", {"v": b"\x00"})
+    assert FileSystemCache(tmp_path, serializer="msgpack").get("k") == {"v": b"\x00"}
+
+
+def test_inc_keeps_expiry_of_existing_counter(tmp_path: Path, clock: FakeClock) -> None:
+    cache = FileSystemCache(tmp_path, default_timeout=100, clock=clock)
+    cache.set("n", 1, timeout=10)
+    clock.advance(8)
+    assert cache.inc("n") == 2
+    clock.advance(3)
+    assert cache.get("n") is None
+    assert cache.inc("fresh") == 1
+    clock.advance(99)
+    assert cache.get("fresh") == 1
+    clock.advance(2)
+    assert cache.get("fresh") is None
+
+
+def test_has_reads_only_the_header(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path)
+    cache.set("k", "value")
+    (name,) = entry_files(tmp_path)
+    path = tmp_path / name
+    header = path.read_bytes()[:12]
+    path.write_bytes(header + b"garbage no serializer reads")
+    assert cache.has("k") is True
+    assert cache.get("k") is None
+
+
+def test_set_recreates_a_removed_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    cache = FileSystemCache(directory)
+    cache.set("k", 1)
+    for name in os.listdir(directory):
+        os.unlink(directory / name)
+    directory.rmdir()
+    assert cache.get("k") is None
+    assert cache.set("k", 2) is True
+    assert cache.get("k") == 2
+
+
+def test_cachelib_serializer_object_is_accepted(tmp_path: Path) -> None:
+    from cachelib.serializers import FileSystemSerializer
+
+    cache = FileSystemCache(tmp_path)
+    cache.serializer = FileSystemSerializer()  # type: ignore[assignment]  # dumps may give None
+    cache.set("k", {"a": 1})
+    assert cache.get("k") == {"a": 1}
+
+
+def test_repr_names_directory_and_never_the_secret(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path, secret="hunter2")
+    text = repr(cache)
+    assert str(tmp_path) in text
+    assert "hunter2" not in text
