@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.engines import Engines
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -80,7 +82,7 @@ class Context:
     out_dir: Path
     quick: bool = False
     tick: Callable[[str], None] = lambda label: None
-    engines: dict[str, object] = field(default_factory=dict)
+    engines: Engines = field(default_factory=Engines)
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -136,6 +138,8 @@ def machine_lines() -> list[str]:
         f"- OS: {platform.platform()}",
         f"- Python: {sys.version.split()[0]} ({platform.python_implementation()})",
         f"- Libraries: {versions}",
+        "- Load average when the report was written (1/5/15 min): "
+        + " / ".join(f"{load:.2f}" for load in os.getloadavg()),
     ]
 
 

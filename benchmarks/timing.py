@@ -58,7 +58,6 @@ class Timing:
 def gc_paused() -> Iterator[None]:
     """Switch the cyclic garbage collector off for the block, as :mod:`timeit` does."""
     enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         yield

@@ -1,0 +1,119 @@
+"""RedisCache and MemcachedCache beside the raw drivers and cachelib's classes.
+
+Every client stores the same 256-byte ``bytes`` payload; the raw drivers store it as it is,
+cacheplug and cachelib run it through pickle (a few dozen ns for bytes). The ratio is the price
+of the cache layer over a hand-written driver call, round trip included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cachelib
+
+from benchmarks.backends import BATCH, calls_per_repeat, per_backend
+from benchmarks.payloads import bytes_payload
+from benchmarks.report import Context, SectionResult, fmt_ns, fmt_ratio
+from benchmarks.timing import Case, Timing, call_loop, compare
+
+__all__ = ["drivers_section"]
+
+TIMEOUT = 300
+OPS = ("get hit", "set", f"get_many({BATCH})")
+
+
+class _Client:
+    """One client's get, set and get_many, on its own keys."""
+
+    def __init__(self, prefix: str, get: Any, set_: Any, get_many: Any) -> None:
+        self.keys = [f"{prefix}{i}" for i in range(BATCH)]
+        self.get, self.set, self.get_many = get, set_, get_many
+
+
+def _redis_clients(ctx: Context) -> dict[str, _Client]:
+    import redis
+
+    ours = ctx.engines.cache("redis")
+    server = ctx.engines.server("redis")
+    raw = redis.Redis(host=server.host, port=server.port, db=0)
+    theirs = cachelib.RedisCache(host=server.host, port=server.port, default_timeout=TIMEOUT)
+    return {
+        "cacheplug": _Client("cp:", ours.get, ours.set, ours.get_many),
+        "redis-py": _Client(
+            "raw:", raw.get, lambda k, v: raw.set(k, v, ex=TIMEOUT), lambda *k: raw.mget(k)
+        ),
+        "cachelib": _Client("cl:", theirs.get, theirs.set, theirs.get_many),
+    }
+
+
+def _memcached_clients(ctx: Context) -> dict[str, _Client]:
+    from pymemcache.client.base import Client
+
+    ours = ctx.engines.cache("memcached")
+    server = ctx.engines.server("memcached")
+    raw = Client((server.host, server.port))
+    # cachelib finds no memcache library of its own here; it accepts a ready client.
+    theirs = cachelib.MemcachedCache(Client((server.host, server.port)), default_timeout=TIMEOUT)
+    return {
+        "cacheplug": _Client("cp:", ours.get, ours.set, ours.get_many),
+        "pymemcache": _Client(
+            "raw:",
+            raw.get,
+            lambda k, v: raw.set(k, v, expire=TIMEOUT),
+            lambda *k: raw.get_many(k),
+        ),
+        "cachelib": _Client("cl:", theirs.get, theirs.set, theirs.get_many),
+    }
+
+
+def _measure(
+    clients: dict[str, _Client], number: int, repeats: int
+) -> dict[str, dict[str, Timing]]:
+    payload = bytes_payload()
+    for client in clients.values():
+        for key in client.keys:
+            client.set(key, payload)
+        if client.get(client.keys[0]) != payload:
+            raise AssertionError(f"{client.keys[0]!r} did not read back its payload")
+    cases = {
+        "get hit": {n: Case(call_loop(c.get, c.keys[0]), number) for n, c in clients.items()},
+        "set": {n: Case(call_loop(c.set, c.keys[0], payload), number) for n, c in clients.items()},
+        OPS[2]: {
+            n: Case(call_loop(c.get_many, *c.keys), max(1, number // 10))
+            for n, c in clients.items()
+        },
+    }
+    return {op: compare(by_name, repeats) for op, by_name in cases.items()}
+
+
+def drivers_section(ctx: Context) -> SectionResult:
+    """cacheplug's engine backends against the raw drivers and cachelib, same payload."""
+    section = SectionResult("drivers", "RedisCache and MemcachedCache vs raw drivers and cachelib")
+    repeats = ctx.scale(9, 2)
+    makers = {"redis": _redis_clients, "memcached": _memcached_clients}
+
+    def run(backend: str) -> None:
+        clients = makers[backend](ctx)
+        timings = _measure(clients, calls_per_repeat(ctx, backend), repeats)
+        raw = list(clients)[1]
+        section.add(f"### {backend}", "")
+        section.table(
+            ["operation", *clients, f"cacheplug/{raw}", "cacheplug/cachelib"],
+            [
+                (
+                    op,
+                    *(fmt_ns(t[n].best_ns) for n in clients),
+                    fmt_ratio(t["cacheplug"].best_ns / t[raw].best_ns),
+                    fmt_ratio(t["cacheplug"].best_ns / t["cachelib"].best_ns),
+                )
+                for op, t in timings.items()
+            ],
+        )
+
+    section.add(
+        f"256-byte bytes payload; minimum of {repeats} interleaved repeats; one connection "
+        "each, to a server on the same machine.",
+        "",
+    )
+    per_backend(ctx, section, tuple(makers), run)
+    return section
