@@ -1,0 +1,416 @@
+"""Plugins as users meet them: real distributions, discovered through real entry points.
+
+The first half installs cacheplug and ``examples/cacheplug-example-plugin`` into a fresh
+virtualenv; the second builds small ``*.dist-info`` trees on a directory put on ``PYTHONPATH``.
+Every case runs in its own interpreter, so discovery, ``sys.modules`` and the environment are
+those of a real process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "cacheplug-example-plugin"
+_COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".*cache")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without cacheplug's variables, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CACHEPLUG_") and k not in {"PYTHONPATH", "CACHE_URL"}
+    }
+    env.update(extra)
+    return env
+
+
+def _run(argv: list[str], cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        check=False,
+        cwd=cwd,
+        env=_clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _run_json(python: str | Path, code: str, **env: str) -> Any:
+    """Run ``code`` in a new interpreter; what it printed last, parsed as JSON."""
+    done = _run([str(python), "-c", textwrap.dedent(code)], **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+# -- the example plugin, installed into a fresh virtualenv -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean virtualenv holding cacheplug (this working copy), the example plugin and pytest."""
+    root = tmp_path_factory.mktemp("venv")
+    # Copies, so pip's in-tree build leaves no build/ or *.egg-info in the working copy.
+    source = root / "cacheplug-src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "cacheplug", source / "cacheplug", ignore=_COPY_IGNORE)
+    shutil.copytree(EXAMPLE, root / "example", ignore=_COPY_IGNORE)
+    env_dir = root / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
+    install = _run(
+        [
+            *(str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet"),
+            *("--disable-pip-version-check", str(source), str(root / "example"), "pytest"),
+        ]
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    return env_dir
+
+
+def test_installed_plugin_serves_its_scheme_and_serializer(venv: Path, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'shared.db'}?serializer=zpickle"
+    python = venv / "bin" / "python"
+    writer = _run_json(
+        python,
+        f"""
+        import json, sys, cacheplug
+        cache = cacheplug.from_url({url!r})
+        print(json.dumps([type(cache).__name__, type(cache.serializer).__name__,
+                          cache.set("report", {{"rows": [1, 2, 3]}})]))
+        """,
+    )
+    reader = _run_json(
+        python,
+        f"""
+        import json, cacheplug
+        print(json.dumps(cacheplug.from_url({url!r}).get("report")))
+        """,
+    )
+    assert writer == ["SQLiteCache", "ZlibPickleSerializer", True]
+    assert reader == {"rows": [1, 2, 3]}
+
+
+def test_plugin_classes_are_imported_only_when_used(venv: Path) -> None:
+    seen = _run_json(
+        venv / "bin" / "python",
+        """
+        import json, sys, cacheplug
+        from cacheplug.core.plugins import get_plugins
+        get_plugins()
+        loaded = lambda: sorted(m for m in sys.modules if m.startswith("cacheplug_example"))
+        before = loaded()
+        cacheplug.from_url("sqlite://")
+        print(json.dumps([before, loaded()]))
+        """,
+    )
+    assert seen == [
+        ["cacheplug_example", "cacheplug_example.plugin"],
+        ["cacheplug_example", "cacheplug_example.plugin", "cacheplug_example.sqlite"],
+    ]
+
+
+def test_cacheplug_plugins_command_lists_the_plugin(venv: Path) -> None:
+    table = _run([str(venv / "bin" / "cacheplug"), "plugins"])
+    listed = _run([str(venv / "bin" / "cacheplug"), "plugins", "--json"])
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith("example"))
+    assert row[:3] == ["example", "cacheplug-example-plugin", "0.1.0"]
+    assert "sqlite" in table.stdout and "zpickle" in table.stdout
+    example = next(p for p in json.loads(listed.stdout) if p["name"] == "example")
+    assert example == {
+        "name": "example",
+        "distribution": "cacheplug-example-plugin",
+        "version": "0.1.0",
+        "hooks": ["cacheplug_register_backends", "cacheplug_register_serializers"],
+        "schemes": ["sqlite"],
+        "serializers": ["zpickle"],
+        "error": None,
+    }
+
+
+def test_example_plugin_passes_its_own_suite(venv: Path) -> None:
+    example = venv.parent / "example"
+    done = _run(
+        [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], example
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+# -- hand-made distributions on PYTHONPATH -------------------------------------------------------
+
+
+def _distribution(
+    site: Path, name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
+    """Write an installed distribution (``*.dist-info``) and its modules into ``site``."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[cacheplug]\n{lines}")
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+# Each module leaves a file next to itself when imported: proof visible from the test process.
+_MARK = "import pathlib\npathlib.Path(__file__).with_suffix('.imported').touch()\n"
+
+
+def _backend_module(*schemes: str, body: str = "") -> str:
+    registrations = "".join(f"    register({s!r}, PluginCache)\n" for s in schemes)
+    return (
+        _MARK
+        + "from cacheplug import SimpleCache, hookimpl\n"
+        + "class PluginCache(SimpleCache):\n    pass\n"
+        + "@hookimpl\ndef cacheplug_register_backends(register):\n"
+        + registrations
+        + body
+    )
+
+
+def _imported(site: Path, module: str) -> bool:
+    return (site / f"{module}.imported").exists()
+
+
+_REPORT = """
+import json, warnings
+import cacheplug
+from cacheplug.core.plugins import get_plugins
+
+def attempt(url):
+    try:
+        cache = cacheplug.from_url(url)
+    except Exception as err:
+        cause = err.__cause__
+        return {"error": type(err).__name__, "message": str(err),
+                "cause": None if cause is None else f"{type(cause).__name__}: {cause}"}
+    cache.set("k", "v")
+    return {"class": type(cache).__name__, "value": cache.get("k")}
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    results = {url: attempt(url) for url in URLS}
+    try:
+        plugins = [p for p in get_plugins() if not p["name"].startswith("cacheplug.")]
+    except Exception as err:
+        plugins = f"{type(err).__name__}: {err}"
+print(json.dumps({
+    "results": results,
+    "plugins": plugins,
+    "warnings": [{"category": w.category.__name__, "message": str(w.message),
+                  "filename": w.filename} for w in caught],
+}))
+"""
+
+
+def _report(site: Path, *urls: str, **env: str) -> Any:
+    return _run_json(
+        sys.executable, f"URLS = {list(urls)!r}\n{_REPORT}", PYTHONPATH=str(site), **env
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A directory of distributions: one good, one failing at import, two with broken hooks."""
+    _distribution(
+        tmp_path,
+        "cacheplug-good",
+        "1.0",
+        {"good": "good_plugin"},
+        {
+            "good_plugin": _backend_module("good"),
+        },
+    )
+    _distribution(
+        tmp_path,
+        "cacheplug-broken",
+        "1.2.3",
+        {"broken": "broken_plugin"},
+        {
+            "broken_plugin": _MARK + "raise ImportError('needs libfoo')\n",
+        },
+    )
+    _distribution(
+        tmp_path,
+        "cacheplug-halfway",
+        "0.5",
+        {"halfway": "halfway_plugin"},
+        {
+            "halfway_plugin": _backend_module("halfway", body="    raise RuntimeError('oops')\n"),
+        },
+    )
+    _distribution(
+        tmp_path,
+        "cacheplug-typo",
+        "0.1",
+        {"typo": "typo_plugin"},
+        {
+            "typo_plugin": """
+            from cacheplug import hookimpl
+            @hookimpl
+            def cacheplug_register_backend(register):
+                register("typo", "typo_plugin:Nothing")
+        """,
+        },
+    )
+    return tmp_path
+
+
+def test_broken_plugins_warn_and_the_rest_works(site: Path) -> None:
+    report = _report(site, "simple://", "good://", "broken://", "halfway://")
+    results = report["results"]
+    assert results["simple://"] == {"class": "SimpleCache", "value": "v"}
+    assert results["good://"] == {"class": "PluginCache", "value": "v"}
+    messages = {w["message"].split("'")[1]: w for w in report["warnings"]}
+    assert sorted(messages) == ["broken", "halfway", "typo"]
+    assert {w["category"] for w in report["warnings"]} == {"PluginLoadWarning"}
+    broken = messages["broken"]["message"]
+    for part in (
+        "'broken'",
+        "cacheplug-broken 1.2.3",
+        "ImportError: needs libfoo",
+        "CACHEPLUG_DISABLE_PLUGINS=broken",
+    ):
+        assert part in broken
+    assert "RuntimeError: oops" in messages["halfway"]["message"]
+    assert "unknown hook 'cacheplug_register_backend'" in messages["typo"]["message"]
+    # The warning points at the code that first used cacheplug, not into cacheplug.
+    assert messages["broken"]["filename"] == "<string>"
+    assert _imported(site, "broken_plugin")
+
+
+def test_scheme_of_a_broken_plugin_raises_plugin_error_chained_to_the_cause(site: Path) -> None:
+    results = _report(site, "broken://", "halfway://")["results"]
+    assert results["broken://"]["error"] == "PluginError"
+    assert "unknown cache scheme 'broken'" in results["broken://"]["message"]
+    assert results["broken://"]["cause"] == "ImportError: needs libfoo"
+    # A plugin whose hook failed half-way registered nothing.
+    assert results["halfway://"]["error"] == "PluginError"
+    assert results["halfway://"]["cause"] == "RuntimeError: oops"
+
+
+def test_broken_plugins_are_listed_with_their_error(site: Path) -> None:
+    plugins = {p["name"]: p for p in _report(site)["plugins"]}
+    assert plugins["good"]["error"] is None
+    assert plugins["good"]["schemes"] == ["good"]
+    assert plugins["broken"] == {
+        "name": "broken",
+        "distribution": "cacheplug-broken",
+        "version": "1.2.3",
+        "hooks": [],
+        "schemes": [],
+        "serializers": [],
+        "error": "ImportError: needs libfoo",
+    }
+    assert plugins["halfway"]["schemes"] == []
+
+
+def test_strict_mode_raises_at_load(site: Path) -> None:
+    report = _report(
+        site, "simple://", CACHEPLUG_STRICT_PLUGINS="1", CACHEPLUG_DISABLE_PLUGINS="halfway,typo"
+    )
+    failure = report["results"]["simple://"]
+    assert failure["error"] == "PluginError"
+    assert "plugin 'broken' (cacheplug-broken 1.2.3) failed to load" in failure["message"]
+    assert failure["cause"] == "ImportError: needs libfoo"
+    assert report["warnings"] == []
+
+
+@pytest.mark.parametrize("disabled", ["broken,halfway,typo", "*"])
+def test_disabled_plugins_are_not_imported(site: Path, disabled: str) -> None:
+    report = _report(site, "simple://", "good://", CACHEPLUG_DISABLE_PLUGINS=disabled)
+    assert report["warnings"] == []
+    assert report["results"]["simple://"] == {"class": "SimpleCache", "value": "v"}
+    assert not _imported(site, "broken_plugin")
+    assert not _imported(site, "halfway_plugin")
+    good = report["results"]["good://"]
+    if disabled == "*":
+        assert good["error"] == "ConfigurationError"
+        assert not _imported(site, "good_plugin")
+        assert report["plugins"] == []
+    else:
+        assert good == {"class": "PluginCache", "value": "v"}
+        assert [p["name"] for p in report["plugins"]] == ["good"]
+
+
+def test_two_distributions_claiming_one_scheme(tmp_path: Path) -> None:
+    _distribution(
+        tmp_path,
+        "cacheplug-alpha",
+        "1.0",
+        {"alpha": "alpha_plugin"},
+        {
+            "alpha_plugin": _backend_module("dup", "memory"),
+        },
+    )
+    _distribution(
+        tmp_path,
+        "cacheplug-beta",
+        "2.0",
+        {"beta": "beta_plugin"},
+        {
+            "beta_plugin": _backend_module("dup"),
+        },
+    )
+    results = _report(tmp_path, "dup://", "memory://", "simple://")["results"]
+    dup = results["dup://"]
+    assert dup["error"] == "PluginError"
+    for part in (
+        "cacheplug-alpha 1.0",
+        "cacheplug-beta 2.0",
+        "CACHEPLUG_DISABLE_PLUGINS=alpha or CACHEPLUG_DISABLE_PLUGINS=beta",
+    ):
+        assert part in dup["message"]
+    memory = results["memory://"]["message"]
+    assert "cacheplug.backends.simple" in memory and "cacheplug-alpha 1.0" in memory
+    assert memory.endswith("disable one of them with CACHEPLUG_DISABLE_PLUGINS=alpha")
+    assert results["simple://"] == {"class": "SimpleCache", "value": "v"}
+
+    settled = _report(tmp_path, "dup://", CACHEPLUG_DISABLE_PLUGINS="beta")["results"]
+    assert settled["dup://"] == {"class": "PluginCache", "value": "v"}
+
+
+def test_string_targets_are_imported_when_their_name_is_used(tmp_path: Path) -> None:
+    _distribution(
+        tmp_path,
+        "cacheplug-lazy",
+        "3.1",
+        {"lazy": "lazy_plugin"},
+        {
+            "lazy_plugin": """
+            from cacheplug import hookimpl
+            @hookimpl
+            def cacheplug_register_backends(register):
+                register("lazy", "lazy_backend:LazyCache")
+                register("missing", "lazy_backend:NoSuchCache")
+        """,
+            "lazy_backend": _MARK + "from cacheplug import SimpleCache\n"
+            "class LazyCache(SimpleCache):\n    pass\n",
+        },
+    )
+    registry_only = _report(tmp_path)
+    assert registry_only["plugins"][0]["schemes"] == ["lazy", "missing"]
+    assert not _imported(tmp_path, "lazy_backend")
+
+    results = _report(tmp_path, "lazy://", "missing://")["results"]
+    assert results["lazy://"] == {"class": "LazyCache", "value": "v"}
+    assert _imported(tmp_path, "lazy_backend")
+    missing = results["missing://"]
+    assert missing["error"] == "PluginError"
+    assert "'lazy_backend:NoSuchCache'" in missing["message"]
+    assert missing["cause"].startswith("AttributeError")
