@@ -24,7 +24,7 @@ EXAMPLE = REPO / "examples" / "cacheplug-example-plugin"
 _COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".*cache")
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment without cacheplug's variables, plus ``extra``."""
     env = {
         k: v
@@ -35,21 +35,23 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run(argv: list[str], cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
         check=False,
         cwd=cwd,
-        env=_clean_env(**env),
+        env=_clean_env(env or {}),
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def _run_json(python: str | Path, code: str, **env: str) -> Any:
+def _run_json(python: str | Path, code: str, env: dict[str, str] | None = None) -> Any:
     """Run ``code`` in a new interpreter; what it printed last, parsed as JSON."""
-    done = _run([str(python), "-c", textwrap.dedent(code)], **env)
+    done = _run([str(python), "-c", textwrap.dedent(code)], env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -220,7 +222,7 @@ print(json.dumps({
 
 def _report(site: Path, *urls: str, **env: str) -> Any:
     return _run_json(
-        sys.executable, f"URLS = {list(urls)!r}\n{_REPORT}", PYTHONPATH=str(site), **env
+        sys.executable, f"URLS = {list(urls)!r}\n{_REPORT}", {"PYTHONPATH": str(site), **env}
     )
 
 
