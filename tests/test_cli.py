@@ -1,0 +1,260 @@
+"""The ``cacheplug`` command, run as a real console script, as ``python -m`` and in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+import cacheplug
+from cacheplug.cli import main
+from cacheplug.core.plugins import backend_schemes
+
+if TYPE_CHECKING:
+    from servers import RedisServer
+
+SECRET = "Zr9qK"
+FAST_DEMO = ("--keys", "3", "--rounds", "4", "--delay-ms", "5")
+CHECKED_METHODS = (
+    *("set", "get", "add", "has", "inc", "dec", "set_many", "get_many", "get_dict"),
+    *("delete_many", "delete", "get_or_set", "clear"),
+)
+
+
+def run(
+    *args: str, module: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``cacheplug`` script (or ``python -m cacheplug``) to completion."""
+    script = shutil.which("cacheplug")
+    assert script is not None, "the cacheplug console script is not installed"
+    command = [sys.executable, "-m", "cacheplug"] if module else [script]
+    environment = {k: v for k, v in os.environ.items() if k != "CACHE_URL"}
+    environment.update(env or {})
+    return subprocess.run(
+        [*command, *args], check=False, capture_output=True, text=True, timeout=60, env=environment
+    )
+
+
+def fields(output: str) -> dict[str, str]:
+    """The ``label: value`` lines of ``cacheplug demo``."""
+    pairs = (line.partition(":") for line in output.splitlines())
+    return {label: value.strip() for label, sep, value in pairs if sep}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- --version, --help ---------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version() -> None:
+    for module in (False, True):
+        result = run("--version", module=module)
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"cacheplug {cacheplug.__version__}"
+
+
+def test_help_lists_the_commands_without_importing_engines() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("demo", "check", "plugins"):
+        assert command in result.stdout
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, cacheplug.cli; "
+            "print(sorted(m for m in ('redis', 'pymemcache', 'pluggy', 'importlib.metadata') "
+            "if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "[]"
+
+
+def test_a_command_is_required() -> None:
+    result = run()
+    assert result.returncode == 2
+    assert "COMMAND" in result.stderr
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def test_demo_on_simple_serves_repeats_from_the_cache() -> None:
+    result = run("demo", "simple://", *FAST_DEMO)
+    assert result.returncode == 0, result.stderr
+    shown = fields(result.stdout)
+    assert shown["url"] == "simple://"
+    assert shown["cache"].startswith("SimpleCache(")
+    assert shown["serializer"] == "pickle"
+    assert shown["calls"] == "12"
+    assert shown["executions"] == "3"
+    assert shown["hit ratio"] == "75.0%"
+    cold = float(shown["cold"].split()[0])
+    warm = float(shown["warm"].split()[0])
+    assert cold >= 4.5  # every first call really ran the 5 ms function
+    assert warm < cold
+    assert float(shown["speed-up"].rstrip("x")) > 2
+
+
+def test_demo_reports_the_serializer_of_the_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "memory://?serializer=msgpack", *FAST_DEMO]) == 0
+    shown = fields(capsys.readouterr().out)
+    assert shown["serializer"] == "msgpack"
+    assert shown["executions"] == "3"
+    assert shown["calls"] == "12"
+
+
+def test_demo_on_null_runs_the_function_every_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "null://", *FAST_DEMO]) == 0
+    shown = fields(capsys.readouterr().out)
+    assert shown["executions"] == shown["calls"] == "12"
+    assert shown["hit ratio"] == "0.0%"
+    assert float(shown["warm"].split()[0]) >= 4.5
+
+
+def test_demo_takes_its_url_from_cache_url() -> None:
+    result = run("demo", *FAST_DEMO, module=True, env={"CACHE_URL": "null://"})
+    assert result.returncode == 0, result.stderr
+    assert fields(result.stdout)["url"] == "null://"
+
+
+def test_demo_with_a_bad_url_exits_2_with_the_message() -> None:
+    result = run("demo", f"simpel://?secret={SECRET}")
+    assert result.returncode == 2
+    assert "did you mean 'simple'?" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_demo_against_redis(redis_server: RedisServer) -> None:
+    result = run("demo", redis_server.url + "?serializer=json", *FAST_DEMO)
+    assert result.returncode == 0, result.stderr
+    shown = fields(result.stdout)
+    assert shown["cache"].startswith("RedisCache(")
+    assert shown["serializer"] == "json"
+    assert shown["executions"] == "3"
+    assert redis_server.command("KEYS", "cacheplug-demo:*") == []
+
+
+def test_demo_on_an_unreachable_server_explains_and_fails() -> None:
+    result = run("demo", f"redis://ada:{SECRET}@127.0.0.1:{closed_port()}/0")
+    assert result.returncode == 1
+    assert "cannot reach the cache at redis://ada:***@127.0.0.1" in result.stderr
+    assert "is the server running" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+
+def check_lines(output: str) -> dict[str, str]:
+    """``{method: 'ok' | 'FAILED'}`` from the output of ``cacheplug check``."""
+    lines = (line.split() for line in output.splitlines() if line.startswith("  "))
+    return {words[0]: words[1] for words in lines}
+
+
+def test_check_simple_runs_every_method() -> None:
+    result = run("check", "simple://")
+    assert result.returncode == 0, result.stderr
+    assert check_lines(result.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
+    for line in result.stdout.splitlines():
+        if line.startswith("  "):
+            assert line.endswith(" ms")
+            assert float(line.split()[2]) >= 0
+    assert f"all {len(CHECKED_METHODS)} methods ok" in result.stdout
+
+
+def test_check_with_every_serializer(capsys: pytest.CaptureFixture[str]) -> None:
+    for serializer in ("pickle", "json", "msgpack"):
+        assert main(["check", f"simple://?serializer={serializer}&secret={SECRET}"]) == 0
+        output = capsys.readouterr().out
+        assert check_lines(output) == dict.fromkeys(CHECKED_METHODS, "ok")
+        assert SECRET not in output
+
+
+def test_check_reports_a_cache_that_keeps_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "null://"]) == 1
+    captured = capsys.readouterr()
+    lines = check_lines(captured.out)
+    assert lines["set"] == "ok"
+    assert lines["get"] == "FAILED"
+    assert "methods failed: get," in captured.err
+
+
+def test_check_with_a_bad_url_exits_2_with_the_message() -> None:
+    result = run("check", "simple://?threshold=many", module=True)
+    assert result.returncode == 2
+    assert "option 'threshold' must be an int, got 'many'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_on_a_closed_port_says_the_server_is_unreachable() -> None:
+    assert "redis" in backend_schemes()
+    url = f"redis://ada:{SECRET}@127.0.0.1:{closed_port()}/0?secret={SECRET}"
+    result = run("check", url)
+    assert result.returncode == 1
+    assert check_lines(result.stdout) == {"set": "FAILED"}
+    assert "cannot reach the cache at redis://ada:***@127.0.0.1:" in result.stderr
+    assert "is the server running" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_check_with_a_wrong_password_fails_without_showing_it() -> None:
+    from servers import RedisServer
+
+    with RedisServer(password="right-one") as server:
+        result = run("check", f"redis://:{SECRET}@{server.host}:{server.port}/0")
+    assert result.returncode == 1
+    assert "cannot reach the cache at redis://:***@" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_check_against_redis_touches_only_its_own_keys(redis_server: RedisServer) -> None:
+    redis_server.command("SET", "cli-test:keep", "1")
+    for url in (
+        redis_server.url,
+        redis_server.url + "?key_prefix=app:&serializer=msgpack",
+        f"redis+unix://{redis_server.unix_socket}?db=0",
+    ):
+        result = run("check", url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert check_lines(result.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
+    assert redis_server.command("GET", "cli-test:keep") == b"1"
+    assert redis_server.command("KEYS", "*cacheplug-check:*") == []
+    redis_server.command("DEL", "cli-test:keep")
+
+
+# -- plugins -------------------------------------------------------------------------------------
+
+
+def test_plugins_table_lists_names_and_versions() -> None:
+    result = run("plugins")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["name", "distribution", "version", "schemes", "serializers", "error"]
+    by_name = {row.split()[0]: row.split() for row in rows}
+    simple = by_name["cacheplug.backends.simple"]
+    assert simple[1:4] == ["cacheplug", cacheplug.__version__, "memory,simple"]
+    assert by_name["cacheplug.serializers.json"][4] == "json"
+
+
+def test_plugins_json_is_what_get_plugins_returns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json"]) == 0
+    plugins = json.loads(capsys.readouterr().out)
+    assert plugins == cacheplug.get_plugins()
+    names = {plugin["name"]: plugin for plugin in plugins}
+    assert names["cacheplug.backends.null"]["schemes"] == ["null"]
+    assert names["cacheplug.serializers.msgpack"]["version"] == cacheplug.__version__
