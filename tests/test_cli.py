@@ -17,7 +17,9 @@ from cacheplug.cli import main
 from cacheplug.core.plugins import backend_schemes
 
 if TYPE_CHECKING:
-    from servers import RedisServer
+    from pathlib import Path
+
+    from servers import MemcachedServer, RedisServer
 
 SECRET = "Zr9qK"
 FAST_DEMO = ("--keys", "3", "--rounds", "4", "--delay-ms", "5")
@@ -235,6 +237,37 @@ def test_check_against_redis_touches_only_its_own_keys(redis_server: RedisServer
     assert redis_server.command("GET", "cli-test:keep") == b"1"
     assert redis_server.command("KEYS", "*cacheplug-check:*") == []
     redis_server.command("DEL", "cli-test:keep")
+
+
+def test_check_and_demo_against_memcached(memcached_server: MemcachedServer) -> None:
+    checked = run("check", memcached_server.url + "?serializer=json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert check_lines(checked.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
+    demo = run("demo", memcached_server.url, *FAST_DEMO)
+    assert demo.returncode == 0, demo.stderr
+    assert fields(demo.stdout)["executions"] == "3"
+    assert fields(demo.stdout)["cache"].startswith("MemcachedCache(")
+
+
+def test_check_on_a_closed_memcached_port_says_it_is_unreachable() -> None:
+    result = run("check", f"memcached://127.0.0.1:{closed_port()}")
+    assert result.returncode == 1
+    assert check_lines(result.stdout) == {"set": "FAILED"}
+    assert "cannot reach the cache at memcached://127.0.0.1:" in result.stderr
+
+
+def test_check_and_demo_against_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    url = f"file://{tmp_path}?serializer=msgpack"
+    checked = run("check", url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert check_lines(checked.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
+    demo = run("demo", url, *FAST_DEMO)
+    assert demo.returncode == 0, demo.stderr
+    shown = fields(demo.stdout)
+    assert shown["cache"].startswith("FileSystemCache(")
+    assert (shown["serializer"], shown["executions"]) == ("msgpack", "3")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 # -- plugins -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import string
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -341,7 +342,10 @@ def test_backend_error_logs_never_show_the_password(caplog: pytest.LogCaptureFix
 
 _URL_CHARS = string.ascii_letters + string.digits + ":/?#[]@!$&'()*+,;=%-._~ \t\n\x00é€"
 # Schemes whose construction has no side effect outside the process (no files, no connections).
-_SAFE_SCHEMES = ["simple", "memory", "null", "redis", "rediss", "unix", "redis+unix", "simpel"]
+_SAFE_SCHEMES = [
+    *("simple", "memory", "null", "redis", "rediss", "unix", "redis+unix", "memcached"),
+    *("simpel", "file"),
+]
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -370,6 +374,21 @@ def test_any_string_gives_a_cache_or_a_configuration_error(url: str) -> None:
     assert isinstance(redact_url(url), str)
 
 
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.text(alphabet=string.ascii_lowercase + string.digits + "-_.", min_size=1, max_size=8),
+    query=st.text(alphabet=_URL_CHARS, max_size=40),
+)
+def test_any_file_url_options_give_a_cache_or_a_configuration_error(name: str, query: str) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        try:
+            cache = from_url(f"file://{root}/{name}?{query}")
+        except (ConfigurationError, PluginError) as err:
+            assert str(err)
+        else:
+            cache.close()
+
+
 _HOSTS = st.one_of(
     st.text(min_size=1, max_size=12),
     st.ip_addresses(v=6).map(str),
@@ -379,7 +398,11 @@ _HOSTS = st.one_of(
 
 @settings(max_examples=1000, deadline=None)
 @given(
-    scheme=st.from_regex(r"[a-z][a-z0-9+.\-]{0,10}", fullmatch=True),
+    scheme=st.builds(
+        str.__add__,
+        st.sampled_from(string.ascii_lowercase),
+        st.text(alphabet=string.ascii_lowercase + string.digits + "+.-", max_size=10),
+    ),
     hosts=st.lists(st.tuples(_HOSTS, st.none() | st.integers(1, 65535)), max_size=3),
     path=st.none() | st.text(max_size=15),
     username=st.none() | st.text(min_size=1, max_size=8),
