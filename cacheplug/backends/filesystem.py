@@ -56,7 +56,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 
 # A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing.
 _TALLY = struct.Struct("<qq")
 
-_Entry = tuple[float, bytes]
+# (absolute expiry, payload, mtime) of an entry file
+_Entry = tuple[float, bytes, float]
 
 
 class FileSystemCache(BaseCache):
@@ -281,7 +282,10 @@ class FileSystemCache(BaseCache):
         return expires != _NEVER and expires <= self._clock()
 
     def _read(self, path: str, *, header_only: bool) -> _Entry | None:
-        """``(expiry, payload)`` of the entry at ``path``; ``None`` when missing or unreadable."""
+        """``(expiry, payload, mtime)`` of the entry at ``path``; ``None`` if missing or unreadable.
+
+        With ``header_only`` the payload is left unread (and empty).
+        """
         try:
             fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
@@ -310,7 +314,7 @@ class FileSystemCache(BaseCache):
         if len(data) < _HEADER.size or data[:4] != _MAGIC:
             self._unreadable(path, "not a cacheplug entry (truncated or foreign)")
             return None
-        return _HEADER.unpack_from(data)[1], data[_HEADER.size :]
+        return _HEADER.unpack_from(data)[1], data[_HEADER.size :], info.st_mtime
 
     def _unreadable(self, path: str, reason: str) -> None:
         self._errors += 1
@@ -437,14 +441,11 @@ class FileSystemCache(BaseCache):
         kept: list[tuple[float, str]] = []
         for name in names:
             path = os.path.join(self.cache_dir, name)
-            if self._is_live(path):
-                try:
-                    info = os.stat(path)
-                except FileNotFoundError:
-                    continue
-                kept.append((info.st_mtime, path))
-            else:
+            entry = self._read(path, header_only=True)
+            if entry is None or self._expired(entry[0]):
                 self._evict(path)
+            else:
+                kept.append((entry[2], path))
         kept.sort()
         for _, path in kept[: max(0, len(kept) - target)]:
             self._evict(path)
