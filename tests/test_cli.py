@@ -19,7 +19,7 @@ from cacheplug.core.plugins import backend_schemes
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from servers import MemcachedServer, RedisServer
+    from servers import MemcachedServer, RedisCluster, RedisServer
 
 SECRET = "Zr9qK"
 FAST_DEMO = ("--keys", "3", "--rounds", "4", "--delay-ms", "5")
@@ -237,6 +237,15 @@ def test_check_against_redis_touches_only_its_own_keys(redis_server: RedisServer
     assert redis_server.command("GET", "cli-test:keep") == b"1"
     assert redis_server.command("KEYS", "*cacheplug-check:*") == []
     redis_server.command("DEL", "cli-test:keep")
+
+
+def test_check_and_demo_against_a_redis_cluster(redis_cluster: RedisCluster) -> None:
+    checked = run("check", redis_cluster.url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert check_lines(checked.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
+    demo = run("demo", redis_cluster.url, *FAST_DEMO)
+    assert demo.returncode == 0, demo.stderr
+    assert fields(demo.stdout)["executions"] == "3"
 
 
 def test_check_and_demo_against_memcached(memcached_server: MemcachedServer) -> None:

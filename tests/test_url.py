@@ -33,6 +33,8 @@ SECRET = "Zr9qK"  # distinctive, so a leak of any part of a URL's secrets is fou
         ("redis://a%40b:p%2F%3F%23%40%3A@h", (("h", None),), "", "a@b", "p/?#@:", {}),
         ("redis://u:p@ss@h", (("h", None),), "", "u", "p@ss", {}),
         ("redis://[::1]:6379/0", (("::1", 6379),), "/0", None, None, {}),
+        ("rediss://ada:pw@cache:6380/1", (("cache", 6380),), "/1", "ada", "pw", {}),
+        ("redis+cluster://n1:7000,n2", (("n1", 7000), ("n2", None)), "", None, None, {}),
         ("redis://[::1]", (("::1", None),), "", None, None, {}),
         ("redis://[fe80::1%25eth0]:7", (("fe80::1%eth0", 7),), "", None, None, {}),
         (
