@@ -590,3 +590,24 @@ def test_cachelib_serializer_can_be_assigned(cache: RedisCache) -> None:
     assert cache.get("obj") == {"a": (1, 2)}
     assert cache.inc("n", 5) == 5
     assert cache.get("n") == 5
+
+
+def test_numbers_and_odd_payloads_read_back_exactly(cache: RedisCache, raw: redis.Redis) -> None:
+    cache.serializer = from_url("simple://?serializer=json").serializer
+    values = {"f": 1.5, "neg": -2.5, "i": 7, "big": -(2**70), "s": "12", "list": [3]}
+    cache.set_many(values)
+    assert cache.get_many(*values) == list(values.values())
+    assert [type(cache.get(key)) for key in values] == [type(v) for v in values.values()]
+    raw.set(cache.key_prefix + "empty", b"")
+    raw.set(cache.key_prefix + "dash", b"-")
+    errors = cache.stats()["errors"]
+    assert cache.get_many("empty", "dash") == [None, None]
+    assert cache.get("empty") is None
+    assert cache.stats()["errors"] == errors + 3
+
+
+def test_get_many_rejects_non_str_keys(cache: RedisCache) -> None:
+    with pytest.raises(TypeError, match="key must be str"):
+        cache.get_many("a", 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be str"):
+        cache.delete_many(b"a")  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from servers import RedisServer
+from test_redis import raw  # noqa: F401 (the fixture: a plain redis-py client)
 
 from cacheplug import RedisCache
 
@@ -136,13 +137,6 @@ class MarkerFile:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (pathlib.Path.touch, (self.path,))
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port)
-    yield client
-    client.close()
 
 
 @pytest.fixture

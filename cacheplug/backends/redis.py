@@ -7,6 +7,7 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 from __future__ import annotations
 
 import hashlib
+import pickle
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from cacheplug.core.base import BaseCache, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
@@ -214,12 +216,32 @@ class RedisCache(BaseCache):
 
     def _dump(self, value: Any) -> Any:
         # Plain decimals keep counters usable by INCRBY (bools are not counters).
-        return value if type(value) is int else self._encode(value)
+        if type(value) is int:
+            return value
+        serializer = self.serializer
+        if self._secret is None and type(serializer) is PickleSerializer:
+            try:
+                return pickle.dumps(value, serializer.protocol)
+            except Exception:
+                pass  # _encode raises the SerializationError
+        return self._encode(value)
+
+    def _decoder(self) -> Callable[[bytes], Any]:
+        """The most direct decoding function for this cache's payloads (it may raise)."""
+        serializer = self.serializer
+        if self._secret is not None:
+            return self._decode
+        if type(serializer) is PickleSerializer:
+            return pickle.loads
+        return serializer.loads
 
     def _load(self, key: str, payload: bytes) -> Any:
-        if payload.isdigit() or (payload.startswith(b"-") and payload[1:].isdigit()):
-            return int(payload)
-        return self._decode_or_miss(key, payload)
+        try:
+            if 44 < payload[0] < 58 and _is_decimal(payload):
+                return int(payload)
+            return self._decoder()(payload)
+        except Exception:
+            return self._decode_or_miss(key, payload)  # logs and counts the unreadable entry
 
     def _ttl_ms(self, timeout: float | None) -> int:
         """Milliseconds to live: 0 never expires, negative is already expired."""
@@ -320,12 +342,15 @@ class RedisCache(BaseCache):
         return True
 
     def get_many(self, *keys: str) -> list[Any]:
-        for key in keys:
-            check_key(key)
         if not keys:
             return []
         prefix = self.key_prefix
-        names = [prefix + key for key in keys] if prefix else list(keys)
+        try:
+            names = [prefix + key for key in keys]
+        except TypeError:
+            for key in keys:
+                check_key(key)  # raises with the contract's message
+            raise
         try:
             if self._cluster:
                 payloads = self._client.mget_nonatomic(names)
@@ -334,8 +359,20 @@ class RedisCache(BaseCache):
         except self._failures as err:
             self._backend_error("get_many", err)
             return [None] * len(keys)
-        load = self._load
-        values = [None if p is None else load(k, p) for k, p in zip(keys, payloads, strict=True)]
+        decode = self._decoder()
+        values: list[Any] = []
+        append = values.append
+        for key, payload in zip(keys, payloads, strict=True):
+            if payload is None:
+                append(None)
+                continue
+            try:
+                if 44 < payload[0] < 58 and _is_decimal(payload):
+                    append(int(payload))
+                else:
+                    append(decode(payload))
+            except Exception:
+                append(self._decode_or_miss(key, payload))
         found = len(keys) - payloads.count(None)
         self._hits += found
         self._misses += len(keys) - found
@@ -445,6 +482,15 @@ class RedisCache(BaseCache):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
+
+
+def _is_decimal(payload: bytes) -> bool:
+    """Whether ``payload`` is an integer as ``set``/``inc`` store it.
+
+    Callers first check that the first byte is in ``-./0-9`` (44 < byte < 58): one comparison
+    sends every serializer payload straight to its decoder.
+    """
+    return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
 
 
 class _PendingCluster:
