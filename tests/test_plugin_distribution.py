@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plugin_dists import MARK, backend_module, imported, write_distribution
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cacheplug-example-plugin"
@@ -160,39 +161,6 @@ def test_example_plugin_passes_its_own_suite(venv: Path) -> None:
 # -- hand-made distributions on PYTHONPATH -------------------------------------------------------
 
 
-def _distribution(
-    site: Path, name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
-) -> None:
-    """Write an installed distribution (``*.dist-info``) and its modules into ``site``."""
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[cacheplug]\n{lines}")
-    for module, source in modules.items():
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-
-
-# Each module leaves a file next to itself when imported: proof visible from the test process.
-_MARK = "import pathlib\npathlib.Path(__file__).with_suffix('.imported').touch()\n"
-
-
-def _backend_module(*schemes: str, body: str = "") -> str:
-    registrations = "".join(f"    register({s!r}, PluginCache)\n" for s in schemes)
-    return (
-        _MARK
-        + "from cacheplug import SimpleCache, hookimpl\n"
-        + "class PluginCache(SimpleCache):\n    pass\n"
-        + "@hookimpl\ndef cacheplug_register_backends(register):\n"
-        + registrations
-        + body
-    )
-
-
-def _imported(site: Path, module: str) -> bool:
-    return (site / f"{module}.imported").exists()
-
-
 _REPORT = """
 import json, warnings
 import cacheplug
@@ -233,34 +201,34 @@ def _report(site: Path, *urls: str, **env: str) -> Any:
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A directory of distributions: one good, one failing at import, two with broken hooks."""
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-good",
         "1.0",
         {"good": "good_plugin"},
         {
-            "good_plugin": _backend_module("good"),
+            "good_plugin": backend_module("good"),
         },
     )
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-broken",
         "1.2.3",
         {"broken": "broken_plugin"},
         {
-            "broken_plugin": _MARK + "raise ImportError('needs libfoo')\n",
+            "broken_plugin": MARK + "raise ImportError('needs libfoo')\n",
         },
     )
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-halfway",
         "0.5",
         {"halfway": "halfway_plugin"},
         {
-            "halfway_plugin": _backend_module("halfway", body="    raise RuntimeError('oops')\n"),
+            "halfway_plugin": backend_module("halfway", body="    raise RuntimeError('oops')\n"),
         },
     )
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-typo",
         "0.1",
@@ -297,7 +265,7 @@ def test_broken_plugins_warn_and_the_rest_works(site: Path) -> None:
     assert "unknown hook 'cacheplug_register_backend'" in messages["typo"]["message"]
     # The warning points at the code that first used cacheplug, not into cacheplug.
     assert messages["broken"]["filename"] == "<string>"
-    assert _imported(site, "broken_plugin")
+    assert imported(site, "broken_plugin")
 
 
 def test_scheme_of_a_broken_plugin_raises_plugin_error_chained_to_the_cause(site: Path) -> None:
@@ -338,16 +306,16 @@ def test_strict_mode_raises_at_load(site: Path) -> None:
 
 
 @pytest.mark.parametrize("disabled", ["broken,halfway,typo", "*"])
-def test_disabled_plugins_are_not_imported(site: Path, disabled: str) -> None:
+def test_disabled_plugins_are_notimported(site: Path, disabled: str) -> None:
     report = _report(site, "simple://", "good://", CACHEPLUG_DISABLE_PLUGINS=disabled)
     assert report["warnings"] == []
     assert report["results"]["simple://"] == {"class": "SimpleCache", "value": "v"}
-    assert not _imported(site, "broken_plugin")
-    assert not _imported(site, "halfway_plugin")
+    assert not imported(site, "broken_plugin")
+    assert not imported(site, "halfway_plugin")
     good = report["results"]["good://"]
     if disabled == "*":
         assert good["error"] == "ConfigurationError"
-        assert not _imported(site, "good_plugin")
+        assert not imported(site, "good_plugin")
         assert report["plugins"] == []
     else:
         assert good == {"class": "PluginCache", "value": "v"}
@@ -355,22 +323,22 @@ def test_disabled_plugins_are_not_imported(site: Path, disabled: str) -> None:
 
 
 def test_two_distributions_claiming_one_scheme(tmp_path: Path) -> None:
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-alpha",
         "1.0",
         {"alpha": "alpha_plugin"},
         {
-            "alpha_plugin": _backend_module("dup", "memory"),
+            "alpha_plugin": backend_module("dup", "memory"),
         },
     )
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-beta",
         "2.0",
         {"beta": "beta_plugin"},
         {
-            "beta_plugin": _backend_module("dup"),
+            "beta_plugin": backend_module("dup"),
         },
     )
     results = _report(tmp_path, "dup://", "memory://", "simple://")["results"]
@@ -392,7 +360,7 @@ def test_two_distributions_claiming_one_scheme(tmp_path: Path) -> None:
 
 
 def test_string_targets_are_imported_when_their_name_is_used(tmp_path: Path) -> None:
-    _distribution(
+    write_distribution(
         tmp_path,
         "cacheplug-lazy",
         "3.1",
@@ -405,17 +373,17 @@ def test_string_targets_are_imported_when_their_name_is_used(tmp_path: Path) -> 
                 register("lazy", "lazy_backend:LazyCache")
                 register("missing", "lazy_backend:NoSuchCache")
         """,
-            "lazy_backend": _MARK + "from cacheplug import SimpleCache\n"
+            "lazy_backend": MARK + "from cacheplug import SimpleCache\n"
             "class LazyCache(SimpleCache):\n    pass\n",
         },
     )
     registry_only = _report(tmp_path)
     assert registry_only["plugins"][0]["schemes"] == ["lazy", "missing"]
-    assert not _imported(tmp_path, "lazy_backend")
+    assert not imported(tmp_path, "lazy_backend")
 
     results = _report(tmp_path, "lazy://", "missing://")["results"]
     assert results["lazy://"] == {"class": "LazyCache", "value": "v"}
-    assert _imported(tmp_path, "lazy_backend")
+    assert imported(tmp_path, "lazy_backend")
     missing = results["missing://"]
     assert missing["error"] == "PluginError"
     assert "'lazy_backend:NoSuchCache'" in missing["message"]
