@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import redis
+import test_redis
 from servers import RedisServer
-from test_redis import raw  # noqa: F401 (the fixture: a plain redis-py client)
 
 from cacheplug import RedisCache
 
@@ -127,6 +127,9 @@ def test_kill_mid_workload_gives_outage_values_then_full_recovery(
 
 
 # -- signed payloads ----------------------------------------------------------------------------
+
+
+raw = test_redis.raw  # the fixture: a plain redis-py client on the session server
 
 
 class MarkerFile:
