@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -500,3 +501,17 @@ def test_one_dead_server_of_two_keeps_the_other_serving(
     assert 0 < len(alive) < len(keys)
     assert sorted(cache.set_many(dict.fromkeys(keys, 2))) == sorted(alive)
     assert sorted(cache.delete_many(*keys)) == sorted(alive)
+
+
+def test_a_server_that_never_answers_fails_within_the_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections in the kernel, never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host, port = silent.getsockname()
+        cache = MemcachedCache([f"{host}:{port}"], timeout=0.2, dead_timeout=30)
+        start = time.monotonic()
+        assert cache.get("k") is None
+        assert 0.15 < time.monotonic() - start < 1.5
+        start = time.monotonic()
+        assert cache.set("k", "v") is False  # skipped while the server counts as dead
+        assert time.monotonic() - start < 0.1
