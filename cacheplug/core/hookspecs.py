@@ -5,6 +5,11 @@ through the ``cacheplug`` entry-point group of its distribution::
 
     [project.entry-points.cacheplug]
     mycache = "mycache.plugin"
+
+Each hook is called once per process, when the registry is first needed. Keep plugin modules
+light: register ``"module:Class"`` strings so the classes are imported only when used, and do
+not build caches or look up serializers at import time or inside a hook. A name another plugin
+also registers makes both unusable until one plugin is disabled. See docs/plugins.md.
 """
 
 from __future__ import annotations
