@@ -611,3 +611,13 @@ def test_get_many_rejects_non_str_keys(cache: RedisCache) -> None:
         cache.get_many("a", 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key must be str"):
         cache.delete_many(b"a")  # type: ignore[arg-type]
+
+
+def test_restart_between_calls_is_invisible(fresh_redis_server: RedisServer) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="restart:")
+    assert cache.set("k", "before") is True  # leaves a pooled connection to the old process
+    fresh_redis_server.kill()
+    fresh_redis_server.restart()
+    assert cache.set("k", "after") is True  # the stale pooled connection is replaced
+    assert cache.get("k") == "after"
+    assert cache.stats()["errors"] == 0
