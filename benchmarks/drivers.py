@@ -51,9 +51,12 @@ def _memcached_clients(ctx: Context) -> dict[str, _Client]:
 
     ours = ctx.engines.cache("memcached")
     server = ctx.engines.server("memcached")
-    raw = Client((server.host, server.port))
+    # noreply off, as cacheplug does: set then reports whether memcached stored the value.
+    raw = Client((server.host, server.port), default_noreply=False)
     # cachelib finds no memcache library of its own here; it accepts a ready client.
-    theirs = cachelib.MemcachedCache(Client((server.host, server.port)), default_timeout=TIMEOUT)
+    theirs = cachelib.MemcachedCache(
+        Client((server.host, server.port), default_noreply=False), default_timeout=TIMEOUT
+    )
     return {
         "cacheplug": _Client("cp:", ours.get, ours.set, ours.get_many),
         "pymemcache": _Client(

@@ -31,8 +31,8 @@ def filesystem_section(ctx: Context) -> SectionResult:
     section = SectionResult("filesystem", "FileSystemCache vs cachelib's FileSystemCache")
     ctx.tick("filesystem: hot path")
     ours_cls = backend_class("FileSystemCache")
-    repeats = ctx.scale(7, 2)
-    number = ctx.scale(400, 10)
+    repeats = ctx.scale(8, 2)
+    number = ctx.scale(500, 10)
     sizes = (10, 100) if ctx.quick else SIZES
 
     def pair(threshold: int) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def filesystem_section(ctx: Context) -> SectionResult:
             count = max(1, min(number, 2_000 // size)) if name == "cachelib" else number
             cases[name] = Case(_set_new_keys(cache, KeyPool(f"{name}-", count * repeats)), count)
         timings = compare(cases, repeats)
-        full[size] = {n: t.best_ns for n, t in timings.items()}
+        full[size] = {n: t.mean_ns for n, t in timings.items()}
         rows.append(
             (
                 f"set new key, full at {size:,}",
@@ -89,8 +89,11 @@ def filesystem_section(ctx: Context) -> SectionResult:
     small, large = sizes
     growth = {n: full[large][n] / full[small][n] for n in full[small]}
     section.add(
-        f"pickle, the flat user dict; minimum of {repeats} interleaved repeats; a set into a full "
-        "cache writes a key not there yet (the cache must make room).",
+        f"pickle, the flat user dict; {repeats} interleaved repeats. get hit and set overwrite: "
+        "minimum over repeats. Set into a full cache (a key not there yet, the cache must make "
+        "room): **mean** over every set, since cacheplug frees a tenth of the threshold at once "
+        "and the sets after it are cheap; cachelib reads every file on each such set, so it runs "
+        "few of them at 10,000.",
         "",
     )
     section.table(["operation", "cacheplug", "cachelib", "cacheplug/cachelib"], rows)

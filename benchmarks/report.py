@@ -22,6 +22,7 @@ __all__ = [
     "Target",
     "fmt_ns",
     "fmt_ratio",
+    "load_average",
     "machine_lines",
     "markdown_table",
     "new_figure",
@@ -138,9 +139,13 @@ def machine_lines() -> list[str]:
         f"- OS: {platform.platform()}",
         f"- Python: {sys.version.split()[0]} ({platform.python_implementation()})",
         f"- Libraries: {versions}",
-        "- Load average when the report was written (1/5/15 min): "
-        + " / ".join(f"{load:.2f}" for load in os.getloadavg()),
+        f"- Load average at the end (1/5/15 min): {load_average()}",
     ]
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
+    return " / ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
@@ -161,14 +166,19 @@ def save_figure(figure: Figure, ctx: Context, section: SectionResult, name: str)
 
 
 def write_report(
-    sections: Sequence[SectionResult], out_dir: Path, *, quick: bool, seconds: float
+    sections: Sequence[SectionResult],
+    out_dir: Path,
+    *,
+    quick: bool,
+    seconds: float,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write ``REPORT.md`` for the sections into ``out_dir``; its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# cacheplug benchmarks", ""]
     if quick:
         lines += ["> **Quick run** (`--quick`): tiny counts, the numbers are not meaningful.", ""]
-    lines += ["## Machine", "", *machine_lines(), f"- Run time: {seconds:.0f} s", ""]
+    lines += ["## Machine", "", *machine_lines(), *notes, f"- Run time: {seconds:.0f} s", ""]
     lines += ["## Method", "", METHOD, ""]
     targets = [(s.title, t) for s in sections for t in s.targets]
     lines += ["## Targets", ""]

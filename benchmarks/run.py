@@ -23,7 +23,7 @@ from benchmarks.backends import backend_matrix_section, get_many_section
 from benchmarks.drivers import drivers_section
 from benchmarks.engines import Engines, MissingEngine
 from benchmarks.filesystem import filesystem_section
-from benchmarks.report import Context, SectionResult, write_report
+from benchmarks.report import Context, SectionResult, load_average, write_report
 from benchmarks.serialization import serializers_section
 from benchmarks.signing import signing_section
 from benchmarks.simple import eviction_section, simple_section
@@ -60,6 +60,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
     began = time.perf_counter()
+    notes = [f"- Load average at the start (1/5/15 min): {load_average()}"]
     results: list[SectionResult] = []
     with (
         Engines() as engines,
@@ -79,7 +80,8 @@ def run(
                 missing = SectionResult(name, TITLES.get(name, name))
                 missing.add(f"**Not measured in this run**: {err}")
                 results.append(missing)
-    return write_report(results, out_dir, quick=quick, seconds=time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    return write_report(results, out_dir, quick=quick, seconds=seconds, notes=notes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

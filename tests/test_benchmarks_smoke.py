@@ -60,7 +60,9 @@ def test_report_marks_every_target_pass_or_fail(report: tuple[Path, str]) -> Non
 def test_plots_are_png_files_linked_from_the_report(report: tuple[Path, str]) -> None:
     out_dir, text = report
     plots = sorted(out_dir.glob("*.png"))
-    assert {"set_into_full.png", "serializers.png", "threads.png"} <= {p.name for p in plots}
+    assert {"set_into_full.png", "serializers.png", "threads.png", "simple_vs_peers.png"} <= {
+        p.name for p in plots
+    }
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({plot.name})" in text
