@@ -358,6 +358,10 @@ def test_two_distributions_claiming_one_scheme(tmp_path: Path) -> None:
     settled = _report(tmp_path, "dup://", CACHEPLUG_DISABLE_PLUGINS="beta")["results"]
     assert settled["dup://"] == {"class": "PluginCache", "value": "v"}
 
+    strict = _report(tmp_path, "simple://", CACHEPLUG_STRICT_PLUGINS="1")["results"]
+    assert strict["simple://"]["error"] == "PluginError"
+    assert "is claimed by" in strict["simple://"]["message"]
+
 
 def test_string_targets_are_imported_when_their_name_is_used(tmp_path: Path) -> None:
     write_distribution(
