@@ -408,6 +408,19 @@ def test_bad_servers_are_configuration_errors(servers: Any) -> None:
         MemcachedCache(servers)
 
 
+def test_import_and_plugin_loading_do_not_import_pymemcache() -> None:
+    code = (
+        "import sys, cacheplug\n"
+        "from cacheplug.core.plugins import get_backend_class, get_plugins\n"
+        "get_plugins(); cacheplug.MemcachedCache; get_backend_class('memcached')\n"
+        "print('pymemcache' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
+
+
 def test_missing_pymemcache_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['pymemcache'] = None\n"
