@@ -601,7 +601,7 @@ def test_numbers_and_odd_payloads_read_back_exactly(cache: RedisCache, raw: redi
     raw.set(cache.key_prefix + "empty", b"")
     raw.set(cache.key_prefix + "dash", b"-")
     errors = cache.stats()["errors"]
-    assert cache.get_many("empty", "dash") == [None, None]
+    assert cache.get_many("empty", "f", "dash") == [None, 1.5, None]
     assert cache.get("empty") is None
     assert cache.stats()["errors"] == errors + 3
 

@@ -267,7 +267,14 @@ class RedisCache(BaseCache):
             self._misses += 1
             return None
         self._hits += 1
-        return self._load(key, payload)
+        try:
+            if 44 < payload[0] < 58 and _is_decimal(payload):
+                return int(payload)
+            if self._secret is None and type(self.serializer) is PickleSerializer:
+                return pickle.loads(payload)  # the default, without _decoder's indirection
+            return self._decoder()(payload)
+        except Exception:
+            return self._decode_or_miss(key, payload)
 
     def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
         if type(key) is not str:
@@ -360,19 +367,14 @@ class RedisCache(BaseCache):
             self._backend_error("get_many", err)
             return [None] * len(keys)
         decode = self._decoder()
-        values: list[Any] = []
-        append = values.append
-        for key, payload in zip(keys, payloads, strict=True):
-            if payload is None:
-                append(None)
-                continue
-            try:
-                if 44 < payload[0] < 58 and _is_decimal(payload):
-                    append(int(payload))
-                else:
-                    append(decode(payload))
-            except Exception:
-                append(self._decode_or_miss(key, payload))
+        try:
+            values = [
+                None if p is None else int(p) if 44 < p[0] < 58 and _is_decimal(p) else decode(p)
+                for p in payloads
+            ]
+        except Exception:  # an unreadable entry: decode one by one, logging the culprits
+            pairs = zip(keys, payloads, strict=True)
+            values = [None if p is None else self._load(k, p) for k, p in pairs]
         found = len(keys) - payloads.count(None)
         self._hits += found
         self._misses += len(keys) - found
