@@ -39,7 +39,11 @@ METHOD = """\
   `time.perf_counter_ns`, the cyclic garbage collector off; the loop overhead (~10-20 ns) is in
   every figure alike, so ratios are, if anything, pulled towards 1.
 - Reported: the **minimum** time per operation over the repeats (timeit's advice: larger values
-  come from interference, not from the code). Ratios are ours / peer's (below 1 = cacheplug faster).
+  come from interference, not from the code), except for amortized costs (set into a full
+  cache), where each repeat spans a whole cycle of the periodic work and the **median** of the
+  repeats is reported. Ratios are ours / peer's (below 1 = cacheplug faster).
+- Other processes shared the machine during the run (see the load averages above): single
+  numbers can be off by tens of percent; ratios of interleaved peers are steadier.
 - Every implementation gets the very same key and value objects.
 - Engines (redis-server, memcached) are started by the run on free loopback ports and stopped at
   the end; the client and the server share the machine's cores."""
@@ -139,7 +143,6 @@ def machine_lines() -> list[str]:
         f"- OS: {platform.platform()}",
         f"- Python: {sys.version.split()[0]} ({platform.python_implementation()})",
         f"- Libraries: {versions}",
-        f"- Load average at the end (1/5/15 min): {load_average()}",
     ]
 
 
@@ -178,7 +181,9 @@ def write_report(
     lines = ["# cacheplug benchmarks", ""]
     if quick:
         lines += ["> **Quick run** (`--quick`): tiny counts, the numbers are not meaningful.", ""]
-    lines += ["## Machine", "", *machine_lines(), *notes, f"- Run time: {seconds:.0f} s", ""]
+    lines += ["## Machine", "", *machine_lines(), *notes]
+    lines += [f"- Load average at the end (1/5/15 min): {load_average()}"]
+    lines += [f"- Run time: {seconds:.0f} s", ""]
     lines += ["## Method", "", METHOD, ""]
     targets = [(s.title, t) for s in sections for t in s.targets]
     lines += ["## Targets", ""]

@@ -18,7 +18,7 @@ SECRET = "benchmark-secret-0123456789abcdef"
 def signing_section(ctx: Context) -> SectionResult:
     """SimpleCache get/set with and without a secret, for a builtin and a custom-class value."""
     section = SectionResult("signing", "Signing cost (secret=) on SimpleCache")
-    number, repeats = ctx.scale(20_000, 100), ctx.scale(25, 2)
+    number, repeats = ctx.scale(5_000, 100), ctx.scale(60, 2)
     values: dict[str, Any] = {
         "flat dict (kept unpickled)": FLAT,
         "UserRecord (pickled)": UserRecord(1, "Ada", "ada@example.com", True, 3.5),

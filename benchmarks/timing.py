@@ -5,8 +5,8 @@ comparison in turn, rotating their order on every repeat so a slow drift of the 
 frequency change, a noisy neighbour) falls on every implementation alike, and keeps the time
 per operation of each repeat. The reported figure is the minimum over repeats, as :mod:`timeit`
 advises (larger values come from interference, not from the code); the median is kept to show
-the spread, and the mean over all operations for amortized costs (an eviction that frees many
-entries at once makes the next repeats cheap: only the mean charges it fairly).
+the spread and for amortized costs, where every repeat is made long enough to include the
+periodic expensive operation (the minimum would pick a repeat that escaped it).
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ class Timing:
 
     best_ns: float
     median_ns: float
-    #: over every operation of every repeat: the fair figure for amortized costs
-    mean_ns: float
     number: int
     repeats: int
 
@@ -85,7 +83,6 @@ def compare(cases: Mapping[str, Case], repeats: int) -> dict[str, Timing]:
         name: Timing(
             min(values),
             statistics.median(values),
-            statistics.fmean(values),
             cases[name].number,
             repeats,
         )
