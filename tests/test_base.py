@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -67,7 +68,8 @@ def test_simple_cache_import_does_not_load_engines_or_metadata() -> None:
 
 
 @pytest.mark.parametrize(
-    ("timeout", "expected"), [(None, 300), (0, 0), (5, 5), (2.5, 2.5), (-1, -1)]
+    ("timeout", "expected"),
+    [(None, 300), (0, 0), (5, 5), (2.5, 2.5), (-1, -1), (timedelta(minutes=2), 120)],
 )
 def test_normalize_timeout(timeout: Any, expected: float) -> None:
     assert normalize_timeout(timeout, 300) == expected

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.core.base import (
     BaseCache,
+    Timeout,
     check_delta,
     check_key,
     checked_counter,
@@ -175,7 +176,7 @@ class FileSystemCache(BaseCache):
                 self._hits += 1
         return value
 
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         path, expires, payload = self._prepare(key, value, timeout)
         try:
             if expires is None:
@@ -188,7 +189,7 @@ class FileSystemCache(BaseCache):
             return False
         return True
 
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         path, expires, payload = self._prepare(key, value, timeout)
         try:
             with self._locked() as lock:
@@ -259,9 +260,7 @@ class FileSystemCache(BaseCache):
 
     # -- files ------------------------------------------------------------------------------------
 
-    def _prepare(
-        self, key: str, value: Any, timeout: float | None
-    ) -> tuple[str, float | None, bytes]:
+    def _prepare(self, key: str, value: Any, timeout: Timeout) -> tuple[str, float | None, bytes]:
         """Entry path, absolute expiry and encoded payload, checked before any file is touched."""
         check_key(key)
         expires = self._expiry(timeout)
@@ -271,7 +270,7 @@ class FileSystemCache(BaseCache):
         digest = self._hash((self.key_prefix + key).encode("utf-8", "surrogatepass")).hexdigest()
         return os.path.join(self.cache_dir, self._ns_head + digest)
 
-    def _expiry(self, timeout: float | None) -> float | None:
+    def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
         seconds = normalize_timeout(timeout, self.default_timeout)
         if seconds > 0:

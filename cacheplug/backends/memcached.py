@@ -26,7 +26,7 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from cacheplug.core.base import BaseCache, check_delta, check_key, normalize_timeout
+from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.serializers.pickle import PickleSerializer
@@ -317,8 +317,6 @@ class MemcachedCache(BaseCache):
         dead_timeout: float = 1.0,
     ) -> None:
         client_class, self._engine_errors, self._connection_errors = _driver()
-        if isinstance(default_timeout, timedelta):
-            default_timeout = default_timeout.total_seconds()
         super().__init__(
             default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
         )
@@ -425,7 +423,7 @@ class MemcachedCache(BaseCache):
         )
         return None
 
-    def _timeout(self, timeout: float | None) -> int:
+    def _timeout(self, timeout: Timeout) -> int:
         if timeout is None and self._default_exptime is not None:
             return self._default_exptime
         return _exptime(normalize_timeout(timeout, self.default_timeout))
@@ -562,7 +560,7 @@ class MemcachedCache(BaseCache):
         self._hits += 1
         return self._unpack(key, item)
 
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
         exptime = self._timeout(timeout)
@@ -580,7 +578,7 @@ class MemcachedCache(BaseCache):
         self._sets += 1
         return True
 
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
         exptime = self._timeout(timeout)
@@ -645,7 +643,7 @@ class MemcachedCache(BaseCache):
                 values.append(self._unpack(key, item))
         return values
 
-    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+    def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         for key in mapping:
             if type(key) is not str:
                 check_key(key)

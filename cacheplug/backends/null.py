@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cacheplug.core.base import BaseCache, check_delta, check_key, normalize_timeout
+from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -25,14 +25,14 @@ class NullCache(BaseCache):
         self._misses += 1
         return None
 
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         normalize_timeout(timeout, self.default_timeout)
         self._encode(value)
         self._sets += 1
         return True
 
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         return self.set(key, value, timeout)
 
     def delete(self, key: str) -> bool:

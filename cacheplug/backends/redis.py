@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from cacheplug.core.base import BaseCache, check_delta, check_key, normalize_timeout
+from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.serializers.pickle import PickleSerializer
@@ -243,7 +243,7 @@ class RedisCache(BaseCache):
         except Exception:
             return self._decode_or_miss(key, payload)  # logs and counts the unreadable entry
 
-    def _ttl_ms(self, timeout: float | None) -> int:
+    def _ttl_ms(self, timeout: Timeout) -> int:
         """Milliseconds to live: 0 never expires, negative is already expired."""
         if timeout is None:
             timeout = self.default_timeout
@@ -276,7 +276,7 @@ class RedisCache(BaseCache):
         except Exception:
             return self._decode_or_miss(key, payload)
 
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
         ms = self._ttl_ms(timeout)
@@ -295,7 +295,7 @@ class RedisCache(BaseCache):
         self._sets += 1
         return True
 
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         ms = self._ttl_ms(timeout)
         data = self._dump(value)
@@ -380,7 +380,7 @@ class RedisCache(BaseCache):
         self._misses += len(keys) - found
         return values
 
-    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+    def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         for key in mapping:
             check_key(key)
         ms = self._ttl_ms(timeout)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheplug.core.base import (
     BaseCache,
+    Timeout,
     check_delta,
     check_key,
     checked_counter,
@@ -111,7 +112,7 @@ class SimpleCache(BaseCache):
             return marshal.loads(payload)
         return self._decode_or_miss(key, payload)
 
-    def _expiry(self, timeout: float | None) -> float | None:
+    def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
         if timeout is None:
             timeout = self.default_timeout
@@ -196,7 +197,7 @@ class SimpleCache(BaseCache):
             return entry[2]
         return self._unpack(key, codec, entry[2])
 
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
         if timeout is None and self.default_timeout:
@@ -215,7 +216,7 @@ class SimpleCache(BaseCache):
             self._lock.release()
         return True
 
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
         expires = self._expiry(timeout)
@@ -255,7 +256,7 @@ class SimpleCache(BaseCache):
         with self._lock:
             return [self.get(key) for key in keys]
 
-    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+    def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         items = list(mapping.items())
         for key, _ in items:
             if type(key) is not str:

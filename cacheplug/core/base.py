@@ -12,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import wraps
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Self, TypeVar
 
@@ -24,12 +25,15 @@ if TYPE_CHECKING:
 
     from cacheplug.core.url import CacheURL
 
-__all__ = ["BaseCache", "Memoized", "normalize_timeout"]
+__all__ = ["BaseCache", "Memoized", "Timeout", "normalize_timeout"]
 
 logger = logging.getLogger("cacheplug")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: What a ``timeout`` argument accepts: seconds, a timedelta, or None for the default.
+Timeout = float | timedelta | None
 
 SECRET_ENV = "CACHEPLUG_SECRET"
 SIGNATURE_SIZE = 32  # HMAC-SHA256 digest length
@@ -39,7 +43,9 @@ _LOG_INTERVAL = 60.0  # seconds between two log lines of one kind from one cache
 def normalize_timeout(timeout: object, default: float) -> float:
     """Seconds until expiry: ``None`` → ``default``, ``0`` → never, negative → already expired.
 
-    :raises TypeError: ``timeout`` is not ``None``, an int or a float.
+    A :class:`datetime.timedelta` counts as its total seconds, as cachelib 0.17 accepts it.
+
+    :raises TypeError: ``timeout`` is not ``None``, an int, a float or a timedelta.
     """
     if timeout is None:
         return default
@@ -47,8 +53,10 @@ def normalize_timeout(timeout: object, default: float) -> float:
         return timeout
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         return float(timeout)
+    if isinstance(timeout, timedelta):
+        return timeout.total_seconds()
     raise TypeError(
-        f"timeout must be None, 0 (never expires) or a number of seconds, "
+        f"timeout must be None, 0 (never expires), a number of seconds or a timedelta, "
         f"got {type(timeout).__name__} {timeout!r}"
     )
 
@@ -77,7 +85,8 @@ class BaseCache(ABC):
             def slow_square(n: int) -> int:
                 return n * n
 
-    :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
+    :param default_timeout: seconds (or a timedelta) an entry lives when ``set`` gets no timeout;
+        0 = forever.
     :param key_prefix: prepended to every key in a shared store; ``clear`` stays under it.
     :param serializer: a registered name (``"pickle"``, ``"json"``, ``"msgpack"``) or any
         object with ``dumps``/``loads``; default: the class attribute ``serializer`` (pickle).
@@ -92,7 +101,7 @@ class BaseCache(ABC):
 
     def __init__(
         self,
-        default_timeout: float = 300,
+        default_timeout: float | timedelta = 300,
         *,
         key_prefix: str = "",
         serializer: str | SerializerLike | None = None,
@@ -129,14 +138,14 @@ class BaseCache(ABC):
         """The value stored under ``key``, or ``None`` when missing, expired or unreadable."""
 
     @abstractmethod
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         """Store ``value``; ``False`` when the backend could not.
 
         :raises SerializationError: the serializer cannot encode ``value``.
         """
 
     @abstractmethod
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         """Store ``value`` only if ``key`` is absent; ``False`` when it exists."""
 
     @abstractmethod
@@ -159,7 +168,7 @@ class BaseCache(ABC):
         """``{key: value}`` for ``keys``, ``None`` for each miss."""
         return dict(zip(keys, self.get_many(*keys), strict=True))
 
-    def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
+    def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         """Store every item; the keys that were stored."""
         return [key for key, value in mapping.items() if self.set(key, value, timeout)]
 
@@ -207,7 +216,7 @@ class BaseCache(ABC):
 
     # -- beyond cachelib -----------------------------------------------------------------------
 
-    def get_or_set(self, key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
+    def get_or_set(self, key: str, factory: Callable[[], Any], timeout: Timeout = None) -> Any:
         """The cached value, or ``factory()`` stored and returned on a miss.
 
         Threads of this process missing the same key wait for one ``factory`` call. A
@@ -225,7 +234,7 @@ class BaseCache(ABC):
         return value
 
     def memoize(
-        self, timeout: float | None = None, *, key_prefix: str | None = None
+        self, timeout: Timeout = None, *, key_prefix: str | None = None
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
         """Decorate a function so its results are cached per argument list.
 
@@ -381,7 +390,7 @@ class Memoized(Generic[P, R]):
         self,
         cache: BaseCache,
         func: Callable[P, R],
-        timeout: float | None,
+        timeout: Timeout,
         key_prefix: str | None,
     ) -> None:
         self.cache = cache

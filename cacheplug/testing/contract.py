@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -202,14 +203,22 @@ class CacheContract:
         assert cache.set("key", "v", timeout=30.5) is True
         assert cache.get("key") == "v"
 
+    def test_timedelta_timeout_accepted(self, cache: BaseCache) -> None:
+        assert cache.set("key", "v", timeout=timedelta(minutes=5)) is True
+        assert cache.get("key") == "v"
+        assert cache.set("key", "gone", timeout=timedelta(seconds=-1)) is True
+        assert cache.get("key") is None
+
     def test_entry_expires_after_timeout(
         self, cache: BaseCache, advance: Callable[[float], None]
     ) -> None:
         cache.set("key", "v", timeout=10)
+        cache.set("td", "v", timeout=timedelta(seconds=10))
         advance(9)
         assert cache.get("key") == "v"
         advance(2)
         assert cache.get("key") is None
+        assert cache.get("td") is None
         assert cache.has("key") is False
 
     def test_default_timeout_applies(
@@ -289,7 +298,7 @@ class CacheContract:
         assert failures == []
         assert cache.get("counter") == threads * per_thread
 
-    # -- many ---------------------------------------------------------------------------------------
+    # -- many ------------------------------------------------------------------------------------
 
     def test_get_many_keeps_order_with_misses(self, cache: BaseCache) -> None:
         cache.set("a", 1)
