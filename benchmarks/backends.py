@@ -139,6 +139,11 @@ def get_many_section(ctx: Context) -> SectionResult:
         number = max(1, calls_per_repeat(ctx, backend) // BATCH)
         timings = compare(_batch_cases(cache, keys, number), repeats)
         many, single = timings[f"get_many({BATCH})"], timings[f"{BATCH} x get"]
+        if backend in ("redis", "memcached"):
+            section.highlights.append(
+                f"{backend}: get_many({BATCH}) is {fmt_ratio(single.best_ns / many.best_ns)} "
+                f"faster than {BATCH} single gets"
+            )
         rows.append(
             (
                 backend,

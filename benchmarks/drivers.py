@@ -99,6 +99,13 @@ def drivers_section(ctx: Context) -> SectionResult:
         clients = makers[backend](ctx)
         timings = _measure(clients, calls_per_repeat(ctx, backend), repeats)
         raw = list(clients)[1]
+        section.highlights.append(
+            f"{backend}: cacheplug / {raw} "
+            + ", ".join(
+                f"{op} {fmt_ratio(t['cacheplug'].best_ns / t[raw].best_ns)}"
+                for op, t in timings.items()
+            )
+        )
         section.add(f"### {backend}", "")
         section.table(
             ["operation", *clients, f"cacheplug/{raw}", "cacheplug/cachelib"],

@@ -103,6 +103,10 @@ def filesystem_section(ctx: Context) -> SectionResult:
         ["growth", "cacheplug", "cachelib"],
         [(f"{large:,} / {small:,}", *(fmt_ratio(g) for g in growth.values()))],
     )
+    section.highlights.append(
+        f"FileSystemCache set into a full cache of {large:,}: {fmt_ns(full[large]['cacheplug'])}, "
+        f"cachelib {fmt_ns(full[large]['cachelib'])}"
+    )
     section.targets.append(
         Target(
             f"FileSystemCache set at {large:,} vs {small:,} entries",

@@ -72,6 +72,8 @@ class SectionResult:
     body: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    #: one-line key ratios for the summary at the top of the report
+    highlights: list[str] = field(default_factory=list)
 
     def add(self, *lines: str) -> None:
         self.body.extend(lines)
@@ -197,6 +199,9 @@ def write_report(
     else:
         lines.append("No target was measured in this run.")
     lines.append("")
+    highlights = [line for s in sections for line in s.highlights]
+    if highlights:
+        lines += ["## Key ratios", "", *(f"- {line}" for line in highlights), ""]
     for section in sections:
         lines += [f"## {section.title}", "", *section.body]
         lines += [f"![{name}]({name})" for name in section.figures]

@@ -40,6 +40,8 @@ def signing_section(ctx: Context) -> SectionResult:
             delta = timings["signed"].best_ns - timings["plain"].best_ns
             plain, signed = timings["plain"].best_ns, timings["signed"].best_ns
             rows.append((op, label, fmt_ns(plain), fmt_ns(signed), f"{delta:+,.0f} ns"))
+            if value is not FLAT:
+                section.highlights.append(f"signing adds {delta:+,.0f} ns to {op} of a {label}")
             section.targets.append(
                 Target(
                     f"signing adds to SimpleCache {op}, {label}",

@@ -107,6 +107,13 @@ def simple_section(ctx: Context, *, plot: bool = True) -> SectionResult:
                 measured <= HOT_PATH_GOAL,
             )
         )
+    by_row = {(op, label): timings for op, label, timings in rows}
+    for op in ("get hit", "set overwrite"):
+        flat, nested = (ratio(by_row[op, v][OURS], by_row[op, v][DRIVER_PEER]) for v in VALUES)
+        section.highlights.append(
+            f"SimpleCache {op} vs cachelib: {fmt_ratio(flat)} (flat dict), "
+            f"{fmt_ratio(nested)} (nested dict) of cachelib's time"
+        )
     _from_url_rows(ctx, section, number // 5, repeats)
     if plot:
         _ops_plot(ctx, section, rows, list(caches))
@@ -240,6 +247,12 @@ def eviction_section(
     )
     large = 100_000 if small == 1_000 and 100_000 in growth else max(growth)
     measured = growth[large][OURS]
+    top = max(results)
+    section.highlights.append(
+        f"set into a full cache of {top:,}: cacheplug {fmt_ns(results[top][OURS].median_ns)}, "
+        f"cachelib {fmt_ns(results[top][DRIVER_PEER].median_ns)}; growth {top:,}/{small:,}: "
+        f"cacheplug {fmt_ratio(growth[top][OURS])}, cachelib {fmt_ratio(growth[top][DRIVER_PEER])}"
+    )
     section.targets.append(
         Target(
             f"SimpleCache set into full: {large:,} vs {small:,} entries",

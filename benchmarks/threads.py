@@ -97,6 +97,12 @@ def threads_section(ctx: Context) -> SectionResult:
         "trips (Redis). cachetools is shown with its lock only: bare it is not thread-safe.",
         "",
     )
+    if "cacheplug" in results and "cachelib" in results:
+        most = THREADS[-1]
+        section.highlights.append(
+            f"{most} threads on one SimpleCache: {results['cacheplug'][most]:,.0f} ops/s, "
+            f"{results['cacheplug'][most] / results['cachelib'][most]:.2f}x cachelib's throughput"
+        )
     section.table(
         ["cache", *(f"{n} thread{'s' if n > 1 else ''} (ops/s)" for n in THREADS)],
         [(name, *(f"{r[n]:,.0f}" for n in THREADS)) for name, r in results.items()],

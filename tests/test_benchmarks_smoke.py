@@ -35,6 +35,7 @@ def test_report_is_written_in_the_output_dir(report: tuple[Path, str]) -> None:
         "## Machine",
         "## Method",
         "## Targets",
+        "## Key ratios",
         "## SimpleCache vs cachelib and cachetools",
         "## Set of a new key into a full cache, against size",
         "## Per-operation latency: every backend x serializer",
