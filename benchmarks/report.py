@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -185,7 +186,11 @@ def write_report(
         lines += ["> **Quick run** (`--quick`): tiny counts, the numbers are not meaningful.", ""]
     lines += ["## Machine", "", *machine_lines(), *notes]
     lines += [f"- Load average at the end (1/5/15 min): {load_average()}"]
-    lines += [f"- Run time: {seconds:.0f} s", ""]
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    lines += [
+        f"- Run time: {seconds:.0f} s, peak memory of the benchmark process {peak_mib:,.0f} MiB"
+    ]
+    lines.append("")
     lines += ["## Method", "", METHOD, ""]
     targets = [(s.title, t) for s in sections for t in s.targets]
     lines += ["## Targets", ""]
