@@ -187,10 +187,7 @@ def write_report(
     lines += ["## Machine", "", *machine_lines(), *notes]
     lines += [f"- Load average at the end (1/5/15 min): {load_average()}"]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    lines += [
-        f"- Run time: {seconds:.0f} s, peak memory of the benchmark process {peak_mib:,.0f} MiB"
-    ]
-    lines.append("")
+    lines += [f"- Run time: {seconds:.0f} s; peak memory: {peak_mib:,.0f} MiB", ""]
     lines += ["## Method", "", METHOD, ""]
     targets = [(s.title, t) for s in sections for t in s.targets]
     lines += ["## Targets", ""]

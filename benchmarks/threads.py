@@ -73,7 +73,7 @@ def _redis_caches(ctx: Context) -> dict[str, CacheLike]:
 def threads_section(ctx: Context) -> SectionResult:
     """ops/s for 1, 2, 8 threads: SimpleCache and its peers; RedisCache and redis-py."""
     section = SectionResult("threads", "Throughput with 1, 2 and 8 threads")
-    repeats = ctx.scale(3, 1)
+    repeats = ctx.scale(5, 1)
     groups: dict[str, tuple[dict[str, CacheLike], int]] = {
         "in-memory": (simple_peers(10_000, bare=False), ctx.scale(200_000, 2_000))
     }
