@@ -26,8 +26,10 @@ BATCH = 100
 def calls_per_repeat(ctx: Context, backend: str) -> int:
     """Operations per repeat: many for memory, fewer for a disk or a network round trip."""
     if backend in ("simple", "null"):
-        return ctx.scale(10_000, 100)
-    return ctx.scale(400, 10)
+        return ctx.scale(5_000, 100)
+    # short repeats, many of them: a round trip shares 2 cores with the server and whatever
+    # else runs, so the minimum needs many chances to catch an undisturbed stretch
+    return ctx.scale(100, 10)
 
 
 def per_backend(
@@ -61,7 +63,7 @@ def _op_cases(caches: dict[str, BaseCache], op: str, number: int) -> dict[str, C
 def backend_matrix_section(ctx: Context) -> SectionResult:
     """Per-operation latency of every backend with every serializer (the flat user dict)."""
     section = SectionResult("backends", "Per-operation latency: every backend x serializer")
-    repeats = ctx.scale(7, 2)
+    repeats = ctx.scale(15, 2)
     results: dict[str, dict[str, dict[str, Timing]]] = {}
 
     def run(backend: str) -> None:
@@ -129,7 +131,7 @@ def _batch_cases(cache: BaseCache, keys: list[str], number: int) -> dict[str, Ca
 def get_many_section(ctx: Context) -> SectionResult:
     """One ``get_many`` of 100 keys against 100 ``get`` calls, per backend."""
     section = SectionResult("get_many", f"get_many({BATCH}) vs {BATCH} single gets")
-    repeats = ctx.scale(7, 2)
+    repeats = ctx.scale(15, 2)
     keys = [f"many{i}" for i in range(BATCH)]
     rows: list[tuple[Any, ...]] = []
 

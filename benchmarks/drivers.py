@@ -92,7 +92,7 @@ def _measure(
 def drivers_section(ctx: Context) -> SectionResult:
     """cacheplug's engine backends against the raw drivers and cachelib, same payload."""
     section = SectionResult("drivers", "RedisCache and MemcachedCache vs raw drivers and cachelib")
-    repeats = ctx.scale(9, 2)
+    repeats = ctx.scale(25, 2)
     makers = {"redis": _redis_clients, "memcached": _memcached_clients}
 
     def run(backend: str) -> None:

@@ -51,8 +51,13 @@ class Engines:
         if kind not in self._servers:
             try:
                 servers = _servers_module()
-                factory = {"redis": servers.RedisServer, "memcached": servers.MemcachedServer}
-                self._servers[kind] = factory[kind]().start()
+                if kind == "redis":
+                    server = servers.RedisServer()
+                else:
+                    # one worker thread: every client connection then gets the same wake-up
+                    # path (with several, the thread a connection lands on shifts its latency)
+                    server = servers.MemcachedServer(extra_args=["-t", "1"])
+                self._servers[kind] = server.start()
             except Exception as err:
                 self._failures[kind] = f"{kind} server did not start: {type(err).__name__}: {err}"
                 raise MissingEngine(self._failures[kind]) from err
