@@ -40,9 +40,9 @@ METHOD = """\
   `time.perf_counter_ns`, the cyclic garbage collector off; the loop overhead (~10-20 ns) is in
   every figure alike, so ratios are, if anything, pulled towards 1.
 - Reported: the **minimum** time per operation over the repeats (timeit's advice: larger values
-  come from interference, not from the code), except for amortized costs (set into a full
-  cache), where each repeat spans a whole cycle of the periodic work and the **median** of the
-  repeats is reported. Ratios are ours / peer's (below 1 = cacheplug faster).
+  come from interference, not from the code). Amortized costs (set into a full cache) are timed
+  in repeats that each span a whole cycle of the periodic work, so the fastest repeat pays for
+  it too. Ratios are ours / peer's (below 1 = cacheplug faster).
 - Other processes shared the machine during the run (see the load averages above): single
   numbers can be off by tens of percent; ratios of interleaved peers are steadier.
 - Every implementation gets the very same key and value objects.

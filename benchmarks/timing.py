@@ -5,8 +5,8 @@ comparison in turn, rotating their order on every repeat so a slow drift of the 
 frequency change, a noisy neighbour) falls on every implementation alike, and keeps the time
 per operation of each repeat. The reported figure is the minimum over repeats, as :mod:`timeit`
 advises (larger values come from interference, not from the code); the median is kept to show
-the spread and for amortized costs, where every repeat is made long enough to include the
-periodic expensive operation (the minimum would pick a repeat that escaped it).
+the spread. For amortized costs every repeat is made long enough to include the periodic
+expensive operation, so the minimum cannot pick a repeat that escaped it.
 """
 
 from __future__ import annotations
