@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import pickle
 import subprocess
@@ -11,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cacheplug
 from cacheplug import (
@@ -23,7 +26,7 @@ from cacheplug import (
     SerializationError,
     SimpleCache,
 )
-from cacheplug.core.base import normalize_timeout
+from cacheplug.core.base import PayloadSigner, normalize_timeout
 from cacheplug.testing import CacheContract, CacheFactory
 
 
@@ -105,6 +108,12 @@ class Record:
         return isinstance(other, Record) and other.name == self.name
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.binary(min_size=1, max_size=200), data=st.binary(max_size=300))
+def test_payload_signer_is_hmac_sha256(secret: bytes, data: bytes) -> None:
+    assert PayloadSigner(secret).sign(data) == hmac.digest(secret, data, "sha256")
 
 
 def test_signed_entries_round_trip() -> None:
