@@ -195,7 +195,9 @@ class SimpleCache(BaseCache):
             return entry[2].copy()
         if codec == _RAW:
             return entry[2]
-        return self._unpack(key, codec, entry[2])
+        if codec == _MARSHAL:
+            return marshal.loads(entry[2])
+        return self._decode_or_miss(key, entry[2])
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
@@ -204,8 +206,12 @@ class SimpleCache(BaseCache):
             expires: float | None = self._clock() + self.default_timeout
         else:
             expires = self._expiry(timeout)
-        codec, payload = self._pack(value)
-        self._lock.acquire()
+        if type(value) in _SCALARS and type(self.serializer) is PickleSerializer:
+            codec, payload = _RAW, value
+        else:
+            codec, payload = self._pack(value)
+        lock = self._lock
+        lock.acquire()
         try:
             if expires is None:
                 self._cache.pop(key, None)
@@ -213,7 +219,7 @@ class SimpleCache(BaseCache):
             else:
                 self._put(key, (expires, codec, payload))
         finally:
-            self._lock.release()
+            lock.release()
         return True
 
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
