@@ -116,7 +116,7 @@ class SimpleCache(BaseCache):
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
         if timeout is None:
             timeout = self.default_timeout
-        elif type(timeout) is not int and type(timeout) is not float:
+        elif type(timeout) is not int:
             timeout = normalize_timeout(timeout, self.default_timeout)
         if timeout > 0:
             return self._clock() + timeout

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import inspect
 import logging
+import math
 import os
 import threading
 import time
@@ -73,18 +74,21 @@ def normalize_timeout(timeout: object, default: float) -> float:
 
     A :class:`datetime.timedelta` counts as its total seconds, as cachelib 0.17 accepts it.
 
-    :raises TypeError: ``timeout`` is not ``None``, an int, a float or a timedelta.
+    :raises TypeError: ``timeout`` is not ``None``, an int, a finite float or a timedelta.
     """
     if timeout is None:
         return default
-    if type(timeout) is int or type(timeout) is float:
+    if type(timeout) is int:
         return timeout
+    seconds: float | None = None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        return float(timeout)
-    if isinstance(timeout, timedelta):
-        return timeout.total_seconds()
+        seconds = float(timeout)
+    elif isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    if seconds is not None and math.isfinite(seconds):
+        return seconds
     raise TypeError(
-        f"timeout must be None, 0 (never expires), a number of seconds or a timedelta, "
+        f"timeout must be None, 0 (never expires), a finite number of seconds or a timedelta, "
         f"got {type(timeout).__name__} {timeout!r}"
     )
 

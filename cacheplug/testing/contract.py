@@ -192,7 +192,9 @@ class CacheContract:
         assert cache.get("key") is None
         assert cache.has("key") is False
 
-    @pytest.mark.parametrize("timeout", ["60", object(), True, [1]], ids=repr)
+    @pytest.mark.parametrize(
+        "timeout", ["60", object(), True, [1], float("nan"), float("inf"), -float("inf")], ids=repr
+    )
     def test_bad_timeout_is_type_error(self, cache: BaseCache, timeout: Any) -> None:
         cache.set("key", "kept")
         with pytest.raises(TypeError, match="timeout"):
