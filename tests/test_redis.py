@@ -130,6 +130,20 @@ def test_ints_are_plain_decimals_and_read_back_as_int(
     assert type(cache.get("n")) is int
 
 
+def test_ints_beyond_64_bits_go_through_the_serializer_and_read_back_exactly(
+    cache: RedisCache, raw: redis.Redis
+) -> None:
+    huge = {"huge": 10**5000, "negative": -(10**5000), "above": 2**63, "below": -(2**63) - 1}
+    edges = {"top": 2**63 - 1, "bottom": -(2**63)}
+    assert cache.set("huge", huge["huge"]) is True  # a raw argument this size crashed hiredis
+    assert sorted(cache.set_many(huge | edges)) == sorted(huge | edges)
+    assert cache.get("huge") == 10**5000
+    assert cache.get_many(*huge, *edges) == [*huge.values(), *edges.values()]
+    assert raw.get(cache.key_prefix + "top") == b"9223372036854775807"
+    assert raw.get(cache.key_prefix + "bottom") == b"-9223372036854775808"
+    assert raw.get(cache.key_prefix + "above") != b"9223372036854775808"
+
+
 def test_url_serializer_writes_its_own_format(redis_server: RedisServer, raw: redis.Redis) -> None:
     prefix = unique_prefix()
     cache = from_url(redis_server.url + f"?serializer=msgpack&key_prefix={prefix}")

@@ -29,6 +29,7 @@ DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
 SCAN_BATCH = 1000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 
 # A missing counter is created with the default expiry, an existing one keeps its own; all in
 # one atomic step on the key's own node, so it works on a cluster too.
@@ -215,8 +216,9 @@ class RedisCache(BaseCache):
     # -- encoding -------------------------------------------------------------------------------
 
     def _dump(self, value: Any) -> Any:
-        # Plain decimals keep counters usable by INCRBY (bools are not counters).
-        if type(value) is int:
+        # Plain decimals keep counters usable by INCRBY (bools are not counters); larger ints
+        # go through the serializer (a huge one crashes hiredis as a raw argument).
+        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return value
         serializer = self.serializer
         if self._secret is None and type(serializer) is PickleSerializer:
@@ -247,8 +249,8 @@ class RedisCache(BaseCache):
         """Milliseconds to live: 0 never expires, negative is already expired."""
         if timeout is None:
             timeout = self.default_timeout
-        elif type(timeout) is not int and type(timeout) is not float:
-            timeout = normalize_timeout(timeout, self.default_timeout)
+        elif type(timeout) is not int:
+            timeout = normalize_timeout(timeout, self.default_timeout)  # floats: finite only
         if timeout > 0:
             return max(1, int(timeout * 1000))
         return 0 if timeout == 0 else -1
