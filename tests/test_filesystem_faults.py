@@ -270,3 +270,37 @@ def test_threads_mixing_every_operation(tmp_path: Path) -> None:
     assert max(sizes) <= ENTRY_SIZE_LIMIT
     assert counters.get("total") == sum(incremented) > 0
     assert pool.stats()["errors"] == 0
+
+
+# -- the lock file and the directory --------------------------------------------------------------
+
+
+def lock_file(directory: Path) -> Path:
+    (path,) = directory.glob(".cacheplug-*.lock")
+    return path
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_symlink_at_the_lock_path_is_replaced_never_written_through(
+    tmp_path: Path, dangling: bool
+) -> None:
+    directory = tmp_path / "cache"
+    cache = FileSystemCache(directory)
+    cache.set("before", 1)
+    lock = lock_file(directory)
+    target = tmp_path / "victim"
+    if not dangling:
+        target.write_bytes(b"precious")
+    lock.unlink()
+    lock.symlink_to(target)
+    assert cache.set("k", "v") is True
+    assert cache.inc("n") == 1
+    assert cache.delete("before") is True
+    if dangling:
+        assert not target.exists()
+    else:
+        assert target.read_bytes() == b"precious"
+    assert not lock.is_symlink()
+    assert lock.is_file()
+    assert cache.get_many("k", "n", "before") == ["v", 1, None]
+    assert cache.stats()["errors"] == 1

@@ -53,6 +53,7 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # NONBLOCK: a FIFO planted at an entry path must not hang a reader; NOFOLLOW: no symlinks.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 
 # A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing.
 _TALLY = struct.Struct("<qq")
@@ -414,12 +415,39 @@ class FileSystemCache(BaseCache):
 
         Every holder opens its own descriptor, so threads of one process exclude each other too.
         """
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, self.mode)
+        try:
+            fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+        except OSError:
+            if not self._drop_symlinked_lock():
+                raise
+            fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
         finally:
             os.close(fd)
+
+    def _drop_symlinked_lock(self) -> bool:
+        """Unlink a symlink planted at the lock path, never its target; whether there was one.
+
+        No process can hold a lock through a symlink, so removing it breaks no lock; the
+        directory's own ``flock`` keeps two repairers from removing a lock file just created.
+        """
+        dir_fd = os.open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            try:
+                info = os.lstat(self._lock_path)
+            except FileNotFoundError:
+                return True
+            if not stat.S_ISLNK(info.st_mode):
+                return False
+            os.unlink(self._lock_path)
+            self._errors += 1
+            self._log("lock", "symlink at lock file %r removed, never followed", self._lock_path)
+            return True
+        finally:
+            os.close(dir_fd)
 
     # -- threshold --------------------------------------------------------------------------------
 
