@@ -346,3 +346,52 @@ def test_repr_names_directory_and_never_the_secret(tmp_path: Path) -> None:
     text = repr(cache)
     assert str(tmp_path) in text
     assert "hunter2" not in text
+
+
+def remove_tree(directory: Path) -> None:
+    for name in os.listdir(directory):
+        os.unlink(directory / name)
+    directory.rmdir()
+
+
+def test_every_operation_recreates_a_removed_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    cache = FileSystemCache(directory)
+    for _ in range(3):
+        cache.set("k", 1)
+        remove_tree(directory)
+        assert (cache.add("a", 1), cache.inc("n"), cache.delete("a")) == (True, 1, True)
+        assert directory.is_dir()
+    for operation in (cache.clear, lambda: cache.inc("n"), lambda: cache.set_many({"m": 1})):
+        remove_tree(directory)
+        assert operation()
+    assert cache.stats()["errors"] == 0
+
+
+def test_reads_and_deletes_in_a_removed_directory_are_misses(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    cache = FileSystemCache(directory)
+    cache.set("k", 1)
+    remove_tree(directory)
+    assert (cache.get("k"), cache.has("k"), cache.delete("k")) == (None, False, False)
+    assert cache.get_many("k", "j") == [None, None]
+    assert cache.delete_many("k") == []
+    assert cache.stats()["errors"] == 0
+
+
+def test_a_removed_directory_comes_back_with_its_parents_and_permissions(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b" / "cache"
+    directory.mkdir(parents=True)
+    directory.chmod(0o750)
+    cache = FileSystemCache(directory)
+    cache.set("k", 1)
+    old_umask = os.umask(0o077)
+    try:
+        remove_tree(directory)
+        os.rmdir(tmp_path / "a" / "b")
+        os.rmdir(tmp_path / "a")
+        assert cache.add("k", 2) is True
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+    assert cache.get("k") == 2

@@ -130,6 +130,7 @@ class FileSystemCache(BaseCache):
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
         self.cache_dir = _prepared_dir(cache_dir)
+        self._dir_mode = stat.S_IMODE(os.stat(self.cache_dir).st_mode)
         hex_len = len(self._hash(b"").hexdigest())
         namespace = self._hash(key_prefix.encode()).hexdigest()[:_NS_HEX]
         self._ns_head = f"cp-{namespace}-"
@@ -349,40 +350,46 @@ class FileSystemCache(BaseCache):
 
         :raises OSError: the file system refused.
         """
-        tmp = self._write_temp(path, _HEADER.pack(_MAGIC, expires) + payload)
+        data = _HEADER.pack(_MAGIC, expires) + payload
+        if lock is not None:
+            self._commit(lock, self._write_temp(path, data), path)
+            return
         try:
-            if lock is None:
-                with self._locked() as held:
-                    self._commit(held, tmp, path)
-            else:
-                self._commit(lock, tmp, path)
+            tmp = self._write_temp(path, data)
+        except FileNotFoundError:  # the directory is gone: taking the lock brings it back
+            with self._locked() as held:
+                self._commit(held, self._write_temp(path, data), path)
+            return
+        try:
+            with self._locked() as held:
+                self._commit(held, tmp, path)
         except BaseException:
-            _discard(tmp)
+            _discard(tmp)  # the lock could not be taken
             raise
 
     def _commit(self, lock: int, tmp: str, path: str) -> None:
-        """Move ``tmp`` over ``path``, making room first for a new entry."""
-        if not self.threshold or os.path.lexists(path):
-            _replace(tmp, path)
-        else:
-            count, added = _read_tally(lock)
-            # The tally drifts when a writer dies or files vanish: a listing repairs it.
-            if count < 0 or count >= self.threshold or added > count // 8 + 64:
-                names = self._entry_names()
-                count, added = len(names), 0
-                if count >= self.threshold:
-                    count = self._prune(names)
-            _replace(tmp, path)
-            _write_tally(lock, count + 1, added + 1)
+        """Move ``tmp`` over ``path``, making room first for a new entry; ``tmp`` never stays."""
+        try:
+            if not self.threshold or os.path.lexists(path):
+                _replace(tmp, path)
+            else:
+                count, added = _read_tally(lock)
+                # The tally drifts when a writer dies or files vanish: a listing repairs it.
+                if count < 0 or count >= self.threshold or added > count // 8 + 64:
+                    names = self._entry_names()
+                    count, added = len(names), 0
+                    if count >= self.threshold:
+                        count = self._prune(names)
+                _replace(tmp, path)
+                _write_tally(lock, count + 1, added + 1)
+        except BaseException:
+            _discard(tmp)
+            raise
         self._sets += 1
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
-        try:
-            fd = os.open(tmp, _WRITE_FLAGS, self.mode)
-        except FileNotFoundError:  # the directory was removed under us: bring it back
-            os.makedirs(self.cache_dir, exist_ok=True)
-            fd = os.open(tmp, _WRITE_FLAGS, self.mode)
+        fd = os.open(tmp, _WRITE_FLAGS, self.mode)
         try:
             os.fchmod(fd, self.mode)  # the umask must not narrow the requested mode
             view = memoryview(data)
@@ -417,6 +424,9 @@ class FileSystemCache(BaseCache):
         """
         try:
             fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+        except FileNotFoundError:  # the directory was removed under us: bring it back
+            self._recreate_dir()
+            fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
         except OSError:
             if not self._drop_symlinked_lock():
                 raise
@@ -427,12 +437,23 @@ class FileSystemCache(BaseCache):
         finally:
             os.close(fd)
 
+    def _recreate_dir(self) -> None:
+        """Create the removed ``cache_dir`` again, parents included, with its permissions of old."""
+        os.makedirs(os.path.dirname(self.cache_dir), exist_ok=True)
+        try:
+            os.mkdir(self.cache_dir, self._dir_mode)
+        except FileExistsError:  # another thread or process was first
+            return
+        os.chmod(self.cache_dir, self._dir_mode)  # the umask must not narrow it
+
     def _drop_symlinked_lock(self) -> bool:
         """Unlink a symlink planted at the lock path, never its target; whether there was one.
 
         No process can hold a lock through a symlink, so removing it breaks no lock; the
         directory's own ``flock`` keeps two repairers from removing a lock file just created.
         """
+        if not os.path.islink(self._lock_path):
+            return False
         dir_fd = os.open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
