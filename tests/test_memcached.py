@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -528,3 +530,31 @@ def test_a_server_that_never_answers_fails_within_the_timeout() -> None:
         start = time.monotonic()
         assert cache.set("k", "v") is False  # skipped while the server counts as dead
         assert time.monotonic() - start < 0.1
+
+
+class Deadline(BaseException):
+    """What a request deadline (SIGALRM handler, gevent Timeout) raises into a running call."""
+
+
+def test_call_interrupted_mid_reply_never_pools_its_connection(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    server = fresh_memcached_server
+    cache = MemcachedCache([address(server)], timeout=5)
+    cache.set_many({"k1": "one", "k2": "two"})
+
+    def expire(signum: int, frame: Any) -> None:
+        raise Deadline
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)  # the reply to the next get arrives only after SIGCONT
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Deadline):
+            cache.get("k1")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.kill(server.pid, signal.SIGCONT)
+    assert [cache.get("k2") for _ in range(3)] == ["two"] * 3

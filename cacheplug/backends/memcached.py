@@ -447,22 +447,25 @@ class MemcachedCache(BaseCache):
         try:
             reused = client.sock is not None
             try:
-                return call(client, *args)
+                result = call(client, *args)
             except self._connection_errors:
                 # A pooled connection may predate a server restart: retry once on a new one,
                 # except for incr, which must not be applied twice.
                 if not reused or call is _incr:
                     raise
                 server.discard_idle()
-                return call(client, *args)
+                result = call(client, *args)
         except self._engine_errors as err:
             if isinstance(err, self._connection_errors):
                 server.down_until = time.monotonic() + self.dead_timeout
                 server.discard_idle()
             self._backend_error(operation, err)
-            return _FAILED
-        finally:
-            server.release(client)
+            result = _FAILED
+        except BaseException:
+            client.close()  # interrupted mid-call: a reply may still be on its way to this socket
+            raise
+        server.release(client)
+        return result
 
     def _load_token(self, client: Any, server: _Server) -> str:
         """The namespace token on ``server``, created when missing (a new, empty namespace)."""
