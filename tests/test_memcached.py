@@ -301,6 +301,19 @@ def test_delete_many_reports_only_existing_keys(cache: MemcachedCache) -> None:
     assert cache.delete_many("a", "b") == []
 
 
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_set_many_with_one_value_too_large_reports_the_stored_keys(
+    memcached_server: MemcachedServer, key_prefix: str
+) -> None:
+    too_large = b"x" * (2 * 1024 * 1024)  # over memcached's 1 MB item limit
+    with MemcachedCache([address(memcached_server)], key_prefix=key_prefix) as cache:
+        cache.set("big", "old")
+        assert cache.set_many({"a": 1, "big": too_large, "b": 2}) == ["a", "b"]
+        assert cache.get_many("a", "b") == [1, 2]
+        assert cache.set("after", "ok") is True
+        assert cache.get("after") == "ok"
+
+
 # -- key_prefix namespaces ---------------------------------------------------------------------
 
 

@@ -659,6 +659,14 @@ class MemcachedCache(BaseCache):
                 continue
             values = {name: packed[key] for name, key in names.items()}
             failed = self._run(server, "set_many", _Client.set_many, values, exptime, False)
+            if failed is _FAILED and len(values) > 1 and not server.down_until:
+                # the server refused the batch (a value too large, out of memory): find which
+                failed = [
+                    name
+                    for name, value in values.items()
+                    if self._run(server, "set_many", _Client.set, name, value, exptime, False)
+                    is not True
+                ]
             if failed is not _FAILED:
                 stored.update(key for name, key in names.items() if name not in failed)
         self._sets += len(stored)
