@@ -134,6 +134,7 @@ def test_ints_beyond_64_bits_go_through_the_serializer_and_read_back_exactly(
     cache: RedisCache, raw: redis.Redis
 ) -> None:
     huge = {"huge": 10**5000, "negative": -(10**5000), "above": 2**63, "below": -(2**63) - 1}
+    # An int over 4300 digits has no Python decimal: pickled. Others stay decimal bytes.
     edges = {"top": 2**63 - 1, "bottom": -(2**63)}
     assert cache.set("huge", huge["huge"]) is True  # a raw argument this size crashed hiredis
     assert sorted(cache.set_many(huge | edges)) == sorted(huge | edges)
@@ -141,7 +142,7 @@ def test_ints_beyond_64_bits_go_through_the_serializer_and_read_back_exactly(
     assert cache.get_many(*huge, *edges) == [*huge.values(), *edges.values()]
     assert raw.get(cache.key_prefix + "top") == b"9223372036854775807"
     assert raw.get(cache.key_prefix + "bottom") == b"-9223372036854775808"
-    assert raw.get(cache.key_prefix + "above") != b"9223372036854775808"
+    assert raw.get(cache.key_prefix + "above") == b"9223372036854775808"
 
 
 def test_url_serializer_writes_its_own_format(redis_server: RedisServer, raw: redis.Redis) -> None:
@@ -220,6 +221,40 @@ def test_inc_works_after_the_script_cache_is_flushed(cache: RedisCache, raw: red
     raw.script_flush()
     assert cache.inc("n") == 2
     assert cache.inc("n") == 3
+
+
+def test_inc_past_64_bits_raises_overflow_and_keeps_the_value(
+    cache: RedisCache, raw: redis.Redis
+) -> None:
+    cache.set("top", 2**63 - 1)
+    cache.set("bottom", -(2**63))
+    cache.set("big", 2**70)
+    with pytest.raises(OverflowError, match="64-bit"):
+        cache.inc("top")
+    with pytest.raises(OverflowError, match="64-bit"):
+        cache.dec("bottom")
+    with pytest.raises(OverflowError, match="64-bit"):
+        cache.inc("big")
+    with pytest.raises(OverflowError, match="64-bit"):
+        cache.inc("fresh", 2**63)
+    assert cache.get_many("top", "bottom", "big") == [2**63 - 1, -(2**63), 2**70]
+    assert cache.has("fresh") is False
+    assert cache.stats()["errors"] == 0
+
+
+def test_inc_on_a_key_of_another_redis_type_raises_type_error(
+    cache: RedisCache, raw: redis.Redis
+) -> None:
+    name = cache.key_prefix + "list"
+    raw.rpush(name, b"item")
+    with pytest.raises(TypeError, match="list"):
+        cache.inc("list")
+    assert raw.lrange(name, 0, -1) == [b"item"]
+    cache.set("text", "12a")
+    with pytest.raises(TypeError, match="does not hold an integer"):
+        cache.inc("text")
+    assert cache.get("text") == "12a"
+    assert cache.stats()["errors"] == 0
 
 
 def test_inc_on_a_cluster_keeps_ttl_and_counts_atomically(redis_cluster: RedisCluster) -> None:

@@ -216,10 +216,13 @@ class RedisCache(BaseCache):
     # -- encoding -------------------------------------------------------------------------------
 
     def _dump(self, value: Any) -> Any:
-        # Plain decimals keep counters usable by INCRBY (bools are not counters); larger ints
-        # go through the serializer (a huge one crashes hiredis as a raw argument).
-        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
-            return value
+        # Plain decimals keep counters usable by INCRBY (bools are not counters). An int too
+        # long for a decimal goes through the serializer: as a raw argument it crashes hiredis.
+        if type(value) is int:
+            try:
+                return b"%d" % value
+            except ValueError:
+                pass
         serializer = self.serializer
         if self._secret is None and type(serializer) is PickleSerializer:
             try:
@@ -416,8 +419,15 @@ class RedisCache(BaseCache):
         return deleted
 
     def inc(self, key: str, delta: int = 1) -> int | None:
+        """Add ``delta`` atomically (``INCRBY``); a new counter gets ``default_timeout``.
+
+        :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
+        :raises OverflowError: the result would leave the signed 64-bit range (the value stays).
+        """
         check_key(key)
         check_delta(delta)
+        if not INT64_MIN <= delta <= INT64_MAX:
+            raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
         args = (1, self.key_prefix + key, delta, self._ttl_ms(None))
         try:
             value: int = self._client.evalsha(INC_SHA, *args)
@@ -433,12 +443,40 @@ class RedisCache(BaseCache):
                 err = retry_err
             else:
                 return value
-        if isinstance(err, self._response_error) and (
-            "not an integer" in str(err) or "overflow" in str(err)
-        ):
-            raise TypeError(f"cannot increment {key!r}: it does not hold an integer") from None
+        if isinstance(err, self._response_error):
+            message = str(err)
+            if message.startswith("WRONGTYPE"):
+                raise TypeError(f"cannot increment {key!r}: it holds a Redis {self._type(key)}")
+            overflow = "overflow" in message
+            if "not an integer" in message:
+                overflow = self._holds_big_int(key)
+            if overflow:
+                raise OverflowError(
+                    f"cannot increment {key!r} by {args[2]}: Redis counters hold signed "
+                    "64-bit integers"
+                )
+            raise TypeError(f"cannot increment {key!r}: it does not hold an integer")
         self._backend_error("inc", err)
         return None
+
+    def _holds_big_int(self, key: str) -> bool:
+        """Whether ``key`` holds an int stored through the serializer (beyond 64 bits)."""
+        try:
+            payload = self._client.get(self.key_prefix + key)
+            if payload is None:
+                return False
+            return (44 < payload[0] < 58 and _is_decimal(payload)) or type(
+                self._decoder()(payload)
+            ) is int
+        except Exception:
+            return False
+
+    def _type(self, key: str) -> str:
+        """The Redis type of ``key`` (``list``, ``hash``...), for error messages."""
+        try:
+            return bytes(self._client.type(self.key_prefix + key)).decode()
+        except self._failures:
+            return "value of another type"
 
     # -- pipelines ------------------------------------------------------------------------------
 
