@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,46 @@ def test_file_mode_is_honoured_whatever_the_umask(tmp_path: Path, mode: int) -> 
         os.umask(old_umask)
     modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_files(tmp_path)}
     assert modes == {mode}
+
+
+_chmods: list[object] | None = None
+
+
+def _count_chmods(event: str, args: tuple[object, ...]) -> None:
+    if event == "os.chmod" and _chmods is not None:
+        _chmods.append(args[0])
+
+
+sys.addaudithook(_count_chmods)  # os.fchmod raises the "os.chmod" audit event
+
+
+def chmods_during(action: Callable[[], object]) -> int:
+    """How many chmod/fchmod calls ``action`` made."""
+    global _chmods
+    _chmods = []
+    try:
+        action()
+        return len(_chmods)
+    finally:
+        _chmods = None
+
+
+@pytest.mark.parametrize(
+    ("mode", "umask", "chmods"), [(0o600, 0o022, 0), (0o600, 0o277, 3), (0o640, 0o022, 3)]
+)
+def test_writes_chmod_only_when_the_umask_could_narrow_the_mode(
+    tmp_path: Path, mode: int, umask: int, chmods: int
+) -> None:
+    old_umask = os.umask(umask)
+    try:
+        cache = FileSystemCache(tmp_path, mode=mode)
+        assert (
+            chmods_during(lambda: (cache.set("k", 1), cache.add("a", 1), cache.inc("n"))) == chmods
+        )
+        modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_files(tmp_path)}
+        assert modes == {mode}
+    finally:
+        os.umask(old_umask)
 
 
 def test_path_that_is_a_file_is_refused(tmp_path: Path) -> None:

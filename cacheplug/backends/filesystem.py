@@ -12,7 +12,6 @@ import secrets
 import stat
 import struct
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -129,7 +128,11 @@ class FileSystemCache(BaseCache):
         self.fsync = bool(fsync)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
-        self.cache_dir = _prepared_dir(cache_dir)
+        self.cache_dir, created_mode = _prepared_dir(cache_dir, self.mode)
+        # A umask takes group and other bits as a rule and may change at any time, so such modes
+        # get an fchmod on every write. No sane umask takes the owner's bits: an owner-only mode
+        # that the probe file got exactly (no ACL or odd umask in the way) needs no fchmod.
+        self._mode_as_created = created_mode if self.mode & ~0o700 == 0 else -1
         self._dir_mode = stat.S_IMODE(os.stat(self.cache_dir).st_mode)
         hex_len = len(self._hash(b"").hexdigest())
         namespace = self._hash(key_prefix.encode()).hexdigest()[:_NS_HEX]
@@ -139,7 +142,6 @@ class FileSystemCache(BaseCache):
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
         self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
-        self._stats_lock = threading.Lock()
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
@@ -171,11 +173,10 @@ class FileSystemCache(BaseCache):
         value = None
         if entry is not None and not self._expired(entry[0]):
             value = self._decode_or_miss(key, entry[1])
-        with self._stats_lock:
-            if value is None:
-                self._misses += 1
-            else:
-                self._hits += 1
+        if value is None:
+            self._misses += 1
+        else:
+            self._hits += 1
         return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
@@ -391,7 +392,8 @@ class FileSystemCache(BaseCache):
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
         fd = os.open(tmp, _WRITE_FLAGS, self.mode)
         try:
-            os.fchmod(fd, self.mode)  # the umask must not narrow the requested mode
+            if self.mode != self._mode_as_created:
+                os.fchmod(fd, self.mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -580,8 +582,11 @@ def _resolved_hash(method: HashMethod | str) -> HashMethod:
     return method
 
 
-def _prepared_dir(cache_dir: str | os.PathLike[str]) -> str:
-    """``cache_dir`` made absolute, created when missing and proven writable."""
+def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int]:
+    """``cache_dir`` made absolute, created when missing and proven writable.
+
+    :returns: the path, and the permission bits a file created there with ``mode`` gets.
+    """
     path = os.path.abspath(os.fspath(cache_dir))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigurationError(
@@ -590,14 +595,16 @@ def _prepared_dir(cache_dir: str | os.PathLike[str]) -> str:
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
-        os.close(os.open(probe, _WRITE_FLAGS, 0o600))
+        fd = os.open(probe, _WRITE_FLAGS, mode)
+        created_mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
         os.unlink(probe)
     except OSError as err:
         raise ConfigurationError(
             f"cache_dir {path!r} cannot be created or written ({err.strerror or err}); give a "
             f"directory this process may create files in"
         ) from err
-    return path
+    return path, created_mode
 
 
 @hookimpl
