@@ -338,6 +338,26 @@ def test_clear_by_one_client_is_seen_by_the_reads_of_another(
         assert neighbour.get("k") == "kept"
 
 
+def test_writes_right_after_a_clear_elsewhere_land_in_the_new_namespace(
+    memcached_server: MemcachedServer,
+) -> None:
+    servers = [address(memcached_server)]
+    with (
+        MemcachedCache(servers, key_prefix="lw:") as writer,
+        MemcachedCache(servers, key_prefix="lw:") as other,
+    ):
+        writer.set_many({"k": "old", "n": 5, "gone": 1})
+        assert other.clear() is True
+        assert writer.set("k", "new") is True
+        assert writer.add("a", "added") is True
+        assert writer.inc("n") == 1
+        assert writer.set_many({"m": "many"}) == ["m"]
+        assert writer.delete("gone") is False
+        expected = ["new", "added", 1, "many"]
+        assert writer.get_many("k", "a", "n", "m") == expected
+        assert other.get_many("k", "a", "n", "m") == expected
+
+
 def test_lost_namespace_token_reads_as_an_empty_namespace(
     memcached_server: MemcachedServer,
 ) -> None:

@@ -5,7 +5,8 @@ value, a serialized value guarded against ``incr``), so nothing is guessed on th
 Integers are stored as memcached counters shifted by 2**63, so ``inc``/``dec`` are one native,
 atomic ``incr`` that keeps the entry's expiry, with negative results and overflow detection.
 With a ``key_prefix``, every key lives in a namespace named by a random token kept on each
-server; ``clear`` replaces the token, and reads fetch it in the same ``get`` round trip.
+server; ``clear`` replaces the token, reads fetch it in the same ``get`` round trip and
+writes read it first, so a ``clear`` by any process is seen by every later call.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ _WRAP = 2**64
 MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger exptimes as unix timestamps
 MAX_KEY_LENGTH = 250
 HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a plain one
-NAMESPACE_REFRESH = 1.0  # seconds a write trusts the namespace token it last saw
 _NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
 _NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
 _RING_POINTS = 160
@@ -139,7 +139,6 @@ class _Server:
         self._max_idle = idle
         self.down_until = 0.0
         self.token: str | None = None
-        self.token_at = 0.0
 
     def acquire(self) -> Any:
         try:
@@ -161,7 +160,7 @@ class _Server:
                 return
 
     def seen_token(self, token: str) -> str:
-        self.token, self.token_at = token, time.monotonic()
+        self.token = token
         return token
 
 
@@ -482,11 +481,10 @@ class MemcachedCache(BaseCache):
         """``{memcached key: key}`` for writing ``keys`` on ``server``; None when it is down."""
         if not self._namespaced:
             return {memcached_key(key): key for key in keys}
-        token = server.token
-        if token is None or time.monotonic() - server.token_at > NAMESPACE_REFRESH:
-            token = self._run(server, operation, self._load_token, server)
-            if token is _FAILED:
-                return None
+        # read, never trusted from memory: a clear elsewhere must not swallow this write
+        token = self._run(server, operation, self._load_token, server)
+        if token is _FAILED:
+            return None
         prefix = f"{self.key_prefix}{token}:"
         return {memcached_key(prefix + key): key for key in keys}
 
@@ -503,7 +501,6 @@ class MemcachedCache(BaseCache):
                 return {}
             seen = current[1].decode("ascii", "replace")
             if seen == token:
-                server.token_at = time.monotonic()
                 return {names[name]: item for name, item in items.items()}
             token = server.seen_token(seen)  # cleared elsewhere: read the new namespace
         return {}
