@@ -16,16 +16,10 @@ from conftest import FakeClock
 from cacheplug import ConfigurationError, FileSystemCache, from_url
 from cacheplug.testing import CacheContract, CacheFactory
 
-ENTRY_HEAD = "cp-"
 
-
-def entry_files(directory: Path) -> list[str]:
+def entry_names(directory: Path) -> set[str]:
     """Names of the cache entries in ``directory`` (temp and lock files left out)."""
-    return sorted(
-        name
-        for name in os.listdir(directory)
-        if name.startswith(ENTRY_HEAD) and not name.endswith(".tmp")
-    )
+    return {n for n in os.listdir(directory) if n.startswith("cp-") and not n.endswith(".tmp")}
 
 
 @pytest.fixture(params=["pickle", "json", "msgpack"])
@@ -64,7 +58,7 @@ def test_threshold_is_never_exceeded(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path, threshold=10)
     for i in range(60):
         assert cache.set(f"k{i}", i) is True
-        assert len(entry_files(tmp_path)) <= 10
+        assert len(entry_names(tmp_path)) <= 10
     assert cache.get("k59") == 59
     assert cache.stats()["evictions"] >= 50
 
@@ -85,9 +79,9 @@ def test_full_cache_drops_expired_entries_before_live_ones(
 def test_full_cache_drops_the_least_recently_written(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path, threshold=3)
     for key in ["young", "old", "middle"]:
-        before = set(entry_files(tmp_path))
+        before = set(entry_names(tmp_path))
         cache.set(key, key)
-        (name,) = set(entry_files(tmp_path)) - before
+        (name,) = set(entry_names(tmp_path)) - before
         written = 1_000_000 + {"old": 0, "middle": 1, "young": 2}[key]
         os.utime(tmp_path / name, (written, written))
     cache.set("newest", "n")
@@ -97,7 +91,7 @@ def test_full_cache_drops_the_least_recently_written(tmp_path: Path) -> None:
 def test_threshold_zero_means_unbounded(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path, threshold=0)
     cache.set_many({f"k{i}": i for i in range(600)})
-    assert len(entry_files(tmp_path)) == 600
+    assert len(entry_names(tmp_path)) == 600
 
 
 def test_instances_sharing_a_directory_share_the_threshold(tmp_path: Path) -> None:
@@ -106,7 +100,7 @@ def test_instances_sharing_a_directory_share_the_threshold(tmp_path: Path) -> No
     for i in range(15):
         first.set(f"a{i}", i)
         second.set(f"b{i}", i)
-        assert len(entry_files(tmp_path)) <= 20
+        assert len(entry_names(tmp_path)) <= 20
     assert first.get("b14") == 14
     assert second.get("a14") == 14
 
@@ -114,7 +108,7 @@ def test_instances_sharing_a_directory_share_the_threshold(tmp_path: Path) -> No
 def test_entry_count_recovers_from_files_removed_behind_its_back(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path, threshold=10)
     cache.set_many({f"k{i}": i for i in range(10)})
-    for name in entry_files(tmp_path):
+    for name in entry_names(tmp_path):
         os.unlink(tmp_path / name)
     cache.set_many({f"n{i}": i for i in range(10)})
     assert cache.get_many(*(f"n{i}" for i in range(10))) == list(range(10))
@@ -136,7 +130,7 @@ def test_clear_leaves_foreign_files_alone(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path)
     cache.set_many({"a": 1, "b": 2})
     cache.inc("n")
-    assert len(entry_files(tmp_path)) == 3 + 2  # ours + the two foreign cp- names
+    assert len(entry_names(tmp_path)) == 3 + 2  # ours + the two foreign cp- names
     assert cache.clear() is True
     for name, data in foreign.items():
         assert (tmp_path / name).read_bytes() == data
@@ -147,7 +141,7 @@ def test_clear_leaves_foreign_files_alone(tmp_path: Path) -> None:
 def test_clear_removes_stale_temp_files_and_keeps_fresh_ones(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path)
     cache.set("k", 1)
-    (entry,) = entry_files(tmp_path)
+    (entry,) = entry_names(tmp_path)
     stale, fresh = tmp_path / f"{entry}.{'a' * 12}.tmp", tmp_path / f"{entry}.{'b' * 12}.tmp"
     stale.write_bytes(b"half a value")
     fresh.write_bytes(b"being written")
@@ -190,7 +184,7 @@ def test_cachelib_style_construction(tmp_path: Path) -> None:
     assert (positional.threshold, positional.default_timeout, positional.mode) == (20, 60, 0o640)
     assert positional.set("k", "v") is True
     assert positional.get("k") == "v"
-    assert all(len(name) == 3 + 16 + 1 + 32 for name in entry_files(tmp_path / "y"))
+    assert all(len(name) == 3 + 16 + 1 + 32 for name in entry_names(tmp_path / "y"))
 
 
 def test_missing_directory_is_created_with_parents(tmp_path: Path) -> None:
@@ -209,7 +203,7 @@ def test_file_mode_is_honoured_whatever_the_umask(tmp_path: Path, mode: int) -> 
         cache.inc("n")
     finally:
         os.umask(old_umask)
-    modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_files(tmp_path)}
+    modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_names(tmp_path)}
     assert modes == {mode}
 
 
@@ -247,7 +241,7 @@ def test_writes_chmod_only_when_the_umask_could_narrow_the_mode(
         assert (
             chmods_during(lambda: (cache.set("k", 1), cache.add("a", 1), cache.inc("n"))) == chmods
         )
-        modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_files(tmp_path)}
+        modes = {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in entry_names(tmp_path)}
         assert modes == {mode}
     finally:
         os.umask(old_umask)
@@ -353,7 +347,7 @@ def test_inc_keeps_expiry_of_existing_counter(tmp_path: Path, clock: FakeClock) 
 def test_has_reads_only_the_header(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path)
     cache.set("k", "value")
-    (name,) = entry_files(tmp_path)
+    (name,) = entry_names(tmp_path)
     path = tmp_path / name
     header = path.read_bytes()[:12]
     path.write_bytes(header + b"garbage no serializer reads")

@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_filesystem import entry_names
 
 from cacheplug import FileSystemCache
 
 ENTRY_SIZE_LIMIT = 32  # the threshold of the thread test
-
-
-def entry_names(directory: Path) -> set[str]:
-    return {n for n in os.listdir(directory) if n.startswith("cp-") and not n.endswith(".tmp")}
 
 
 def entry_path(cache: FileSystemCache, key: str) -> Path:
