@@ -649,10 +649,12 @@ def test_numbers_and_odd_payloads_read_back_exactly(cache: RedisCache, raw: redi
     assert [type(cache.get(key)) for key in values] == [type(v) for v in values.values()]
     raw.set(cache.key_prefix + "empty", b"")
     raw.set(cache.key_prefix + "dash", b"-")
-    errors = cache.stats()["errors"]
-    assert cache.get_many("empty", "f", "dash") == [None, 1.5, None]
+    before = cache.stats()
+    assert cache.get_many("empty", "f", "dash", "absent") == [None, 1.5, None, None]
     assert cache.get("empty") is None
-    assert cache.stats()["errors"] == errors + 3
+    after = cache.stats()
+    assert after["errors"] == before["errors"] + 3
+    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"] + 4)
 
 
 def test_get_many_rejects_non_str_keys(cache: RedisCache) -> None:

@@ -241,12 +241,20 @@ class RedisCache(BaseCache):
         return serializer.loads
 
     def _load(self, key: str, payload: bytes) -> Any:
+        """The value in ``payload``, counted as a hit; unreadable: ``None``, a miss and an error."""
         try:
             if 44 < payload[0] < 58 and _is_decimal(payload):
-                return int(payload)
-            return self._decoder()(payload)
+                value = int(payload)
+            else:
+                value = self._decoder()(payload)
         except Exception:
-            return self._decode_or_miss(key, payload)  # logs and counts the unreadable entry
+            errors = self._errors
+            value = self._decode_or_miss(key, payload)  # logs and counts the unreadable entry
+            if self._errors != errors:
+                self._misses += 1
+                return None
+        self._hits += 1
+        return value
 
     def _ttl_ms(self, timeout: Timeout) -> int:
         """Milliseconds to live: 0 never expires, negative is already expired."""
@@ -271,15 +279,17 @@ class RedisCache(BaseCache):
         if payload is None:
             self._misses += 1
             return None
-        self._hits += 1
         try:
             if 44 < payload[0] < 58 and _is_decimal(payload):
-                return int(payload)
-            if self._secret is None and type(self.serializer) is PickleSerializer:
-                return pickle.loads(payload)  # the default, without _decoder's indirection
-            return self._decoder()(payload)
+                value = int(payload)
+            elif self._secret is None and type(self.serializer) is PickleSerializer:
+                value = pickle.loads(payload)  # the default, without _decoder's indirection
+            else:
+                value = self._decoder()(payload)
         except Exception:
-            return self._decode_or_miss(key, payload)
+            return self._load(key, payload)
+        self._hits += 1
+        return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
@@ -377,9 +387,11 @@ class RedisCache(BaseCache):
                 None if p is None else int(p) if 44 < p[0] < 58 and _is_decimal(p) else decode(p)
                 for p in payloads
             ]
-        except Exception:  # an unreadable entry: decode one by one, logging the culprits
+        except Exception:  # an unreadable entry: decode one by one, counting and logging each
             pairs = zip(keys, payloads, strict=True)
             values = [None if p is None else self._load(k, p) for k, p in pairs]
+            self._misses += payloads.count(None)
+            return values
         found = len(keys) - payloads.count(None)
         self._hits += found
         self._misses += len(keys) - found
