@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import memcache  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -240,6 +241,20 @@ def test_values_keep_their_type(
         assert type(got) is type(value)
 
 
+def test_has_does_not_download_the_value(
+    cache: MemcachedCache, memcached_server: MemcachedServer
+) -> None:
+    cache.set("big", b"x" * 200_000)
+    sent = server_stat(memcached_server, "bytes_written")
+    assert cache.has("big") is True
+    assert cache.has("missing") is False
+    assert server_stat(memcached_server, "bytes_written") - sent < 20_000  # a stats reply
+
+
+def server_stat(server: MemcachedServer, name: str) -> int:
+    return int(raw_client(server).stats()[name.encode()])
+
+
 def test_huge_ints_go_through_the_serializer(cache: MemcachedCache) -> None:
     cache.set("huge", 2**80)
     assert cache.get("huge") == 2**80
@@ -392,6 +407,15 @@ def test_cachelib_style_construction(memcached_server: MemcachedServer) -> None:
     assert cache.set("k", "v") is True
     assert MemcachedCache(servers).get("k") is None  # another namespace
     assert MemcachedCache(servers, key_prefix="pfx:").get("k") == "v"
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: Client(("127.0.0.1", 11211)), lambda: memcache.Client([])]
+)
+def test_client_object_as_servers_says_what_to_pass(make: Callable[[], Any]) -> None:
+    with pytest.raises(ConfigurationError, match="pass the addresses") as info:
+        MemcachedCache(make())
+    assert "host:port" in str(info.value)
 
 
 def test_check_connection_raises_on_a_dead_server() -> None:

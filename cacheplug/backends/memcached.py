@@ -257,6 +257,12 @@ def _incr(client: Any, key: str, step: int) -> Any:
         raise
 
 
+def _exists(client: Any, key: str) -> bool:
+    """Whether ``key`` is stored, by a meta get that asks for no value back."""
+    command = b"mg " + client.check_key(key, client.key_prefix) + b"\r\n"
+    return bool(client._misc_cmd([command], b"mg", False) == [b"HD"])
+
+
 def _delete_reporting(client: Any, keys: list[str]) -> list[bool]:
     """Delete ``keys`` in one round trip; whether each existed."""
     commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
@@ -337,8 +343,10 @@ class MemcachedCache(BaseCache):
             servers = servers.split(",")
         elif not isinstance(servers, (list, tuple)):
             raise ConfigurationError(
-                f"servers must be a list of 'host:port' strings, got {type(servers).__name__}; "
-                f"cacheplug does not wrap client objects"
+                f"servers must be a list of 'host:port' strings, (host, port) tuples or unix "
+                f"socket paths, got a {type(servers).__name__} object; MemcachedCache opens its "
+                f"own pymemcache connections and cannot use a ready client: pass the addresses "
+                f"that client connects to, e.g. MemcachedCache(['10.0.0.1:11211'])"
             )
         addresses = [_parse_server(spec) for spec in servers]
         if not addresses:
@@ -609,9 +617,7 @@ class MemcachedCache(BaseCache):
             check_key(key)
         if self._namespaced:
             return self._fetch_one(key, "has") is not None
-        name = memcached_key(key)
-        item = self._run(self._only or self._ring(key), "has", _Client.get, name)
-        return item is not None and item is not _FAILED
+        return self._run(self._only or self._ring(key), "has", _exists, memcached_key(key)) is True
 
     def clear(self) -> bool:
         ok = True
