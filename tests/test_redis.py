@@ -631,6 +631,39 @@ def test_cachelib_positional_signature_and_client_object(redis_server: RedisServ
     cache.clear()
 
 
+def test_cachelib_positional_flags_after_key_prefix(redis_server: RedisServer) -> None:
+    prefix = unique_prefix()
+    cache = RedisCache("127.0.0.1", redis_server.port, None, 0, 60, prefix, False, True)
+    assert cache.ignore_delete_many_errors is False
+    assert cache.set("k", 1) is True
+    with pytest.raises(RuntimeError, match="could not connect"):
+        RedisCache("127.0.0.1", servers._free_port(), None, 0, 60, prefix, True, True)
+    cache.clear()
+
+
+def test_callable_key_prefix_is_asked_on_every_operation(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    tenant = ["a"]
+    base = unique_prefix()
+    cache = RedisCache(port=redis_server.port, key_prefix=lambda: f"{base}{tenant[0]}:")
+    cache.set("k", "for a")
+    cache.set_many({"m": 1})
+    tenant[0] = "b"
+    assert cache.get("k") is None
+    assert cache.inc("m") == 1
+    cache.set("k", "for b")
+    assert sorted(raw.keys(base + "*")) == [f"{base}{t}:{k}".encode() for t in "ab" for k in "km"]
+    assert cache.clear() is True
+    assert sorted(raw.keys(base + "*")) == [f"{base}a:k".encode(), f"{base}a:m".encode()]
+    tenant[0] = "a"
+    assert cache.get_many("k", "m") == ["for a", 1]
+    assert cache.key_prefix == f"{base}a:"
+    assert cache.clear() is True
+    with pytest.raises(TypeError, match="key_prefix"):
+        RedisCache(port=redis_server.port, key_prefix=3)  # type: ignore[arg-type]
+
+
 def test_cachelib_serializer_can_be_assigned(cache: RedisCache) -> None:
     from cachelib.serializers import RedisSerializer
 

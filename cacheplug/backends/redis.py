@@ -58,7 +58,8 @@ class RedisCache(BaseCache):
     :param password: AUTH password (with ``username=``: ACL user).
     :param db: database number.
     :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
-    :param key_prefix: prepended to every key; ``clear`` then deletes only keys under it.
+    :param key_prefix: prepended to every key; ``clear`` then deletes only keys under it. A
+        callable (as cachelib allows) is called for the prefix on every operation.
     :param startup_nodes: ``[(host, port), ...]`` of a Redis Cluster; builds a ``RedisCluster``.
     :param retries: how often redis-py retries a command after a connection error (no backoff).
     :param ignore_delete_many_errors: accepted for cachelib compatibility; no effect.
@@ -95,19 +96,18 @@ class RedisCache(BaseCache):
         password: str | None = None,
         db: int = 0,
         default_timeout: float = 300,
-        key_prefix: str | None = None,
+        key_prefix: str | Callable[[], str] | None = None,
+        ignore_delete_many_errors: bool = True,
+        check_connection: bool = False,
         *,
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
         startup_nodes: Sequence[tuple[str, int]] | None = None,
         retries: int = DEFAULT_RETRIES,
-        ignore_delete_many_errors: bool = True,
-        check_connection: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
-        )
+        super().__init__(default_timeout, serializer=serializer, secret=secret)
+        self.key_prefix = key_prefix
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -157,6 +157,20 @@ class RedisCache(BaseCache):
                 self._client.ping()
             except self._failures as err:
                 raise RuntimeError(f"could not connect to Redis at {self._where}: {err}") from err
+
+    @property
+    def key_prefix(self) -> str:
+        """Prepended to every key; a callable given as ``key_prefix`` is asked on each use."""
+        prefix = self._key_prefix
+        return prefix if isinstance(prefix, str) else prefix()
+
+    @key_prefix.setter
+    def key_prefix(self, prefix: str | Callable[[], str] | None) -> None:
+        if prefix is not None and not isinstance(prefix, str) and not callable(prefix):
+            raise TypeError(
+                f"key_prefix must be str or a callable returning str, got {type(prefix).__name__}"
+            )
+        self._key_prefix: str | Callable[[], str] = prefix or ""
 
     # -- building from a URL -----------------------------------------------------------------
 
@@ -346,10 +360,11 @@ class RedisCache(BaseCache):
 
     def clear(self) -> bool:
         try:
-            if not self.key_prefix:
+            prefix = self.key_prefix
+            if not prefix:
                 self._client.flushdb()
                 return True
-            pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self.key_prefix)
+            pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in prefix)
             batch: list[bytes] = []
             for name in self._client.scan_iter(match=pattern + "*", count=SCAN_BATCH):
                 batch.append(name)
