@@ -459,12 +459,8 @@ class FileSystemCache(BaseCache):
         dir_fd = os.open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
-            try:
-                info = os.lstat(self._lock_path)
-            except FileNotFoundError:
-                return True
-            if not stat.S_ISLNK(info.st_mode):
-                return False
+            if not os.path.islink(self._lock_path):
+                return True  # another repairer was first
             os.unlink(self._lock_path)
             self._errors += 1
             self._log("lock", "symlink at lock file %r removed, never followed", self._lock_path)
