@@ -371,7 +371,7 @@ def test_cluster_url(redis_cluster: RedisCluster) -> None:
 def test_url_options_reach_redis_py(redis_server: RedisServer) -> None:
     cache = from_url(
         f"redis://127.0.0.1:{redis_server.port}/1?socket_timeout=0.5&socket_connect_timeout=2"
-        "&max_connections=7&health_check_interval=30&client_name=cp&retries=3"
+        "&max_connections=7&health_check_interval=30&client_name=cp&retries=3&dead_timeout=2.5"
     )
     assert isinstance(cache, RedisCache)
     pool = cache._client.connection_pool
@@ -380,6 +380,8 @@ def test_url_options_reach_redis_py(redis_server: RedisServer) -> None:
     assert (kwargs["health_check_interval"], kwargs["db"], kwargs["client_name"]) == (30, 1, "cp")
     assert pool.max_connections == 7
     assert kwargs["retry"].get_retries() == 3
+    assert cache.dead_timeout == 2.5
+    assert RedisCache().dead_timeout == 1.0
     assert cache.set("k", 1) is True
     names = [c["name"] for c in redis.Redis(port=redis_server.port).client_list()]
     assert "cp" in names
@@ -398,6 +400,8 @@ def test_url_options_reach_redis_py(redis_server: RedisServer) -> None:
         ("redis://localhost?ssl_cert_reqs=maybe", "none, optional, required"),
         ("redis://localhost?socket_timeout=soon", "socket_timeout"),
         ("redis://localhost?pool=3", "max_connections"),
+        ("redis://localhost?dead_timeout=-1", "dead_timeout must be seconds >= 0"),
+        ("redis://localhost?retries=-1", "retries must be an int >= 0"),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
@@ -523,6 +527,15 @@ def assert_outage(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
     assert logged_operations(caplog) == sorted(LOGGED_KINDS)
 
 
+def wait_until(condition: Callable[[], object], limit: float = 10.0) -> float:
+    """Seconds until ``condition()`` is true, polled every 10 ms; fails after ``limit``."""
+    started, tick = time.monotonic(), threading.Event()
+    while not condition():
+        assert time.monotonic() - started < limit, "the condition never became true"
+        tick.wait(0.01)
+    return time.monotonic() - started
+
+
 def assert_working(cache: RedisCache) -> None:
     assert cache.set("k", "after") is True
     assert cache.get("k") == "after"
@@ -547,7 +560,7 @@ def test_outage_follows_the_contract_and_recovers(
     caplog: pytest.LogCaptureFixture,
     stop: Callable[[RedisServer], None],
 ) -> None:
-    cache = RedisCache(port=fresh_redis_server.port, key_prefix="outage:")
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="outage:", dead_timeout=0.2)
     cache.set("k", "before")
     stop(fresh_redis_server)
     assert not fresh_redis_server.running
@@ -555,7 +568,20 @@ def test_outage_follows_the_contract_and_recovers(
     assert_outage(cache, caplog)
     assert cache.stats()["errors"] - errors_before == 2 * len(OUTAGE)
     fresh_redis_server.restart()
+    assert wait_until(lambda: cache.set("k", "back")) < cache.dead_timeout + 2
     assert_working(cache)
+
+
+def test_without_dead_timeout_every_call_asks_the_server(
+    fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="outage:", dead_timeout=0)
+    fresh_redis_server.kill()
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        assert cache.get("k") is None
+    fresh_redis_server.restart()
+    assert cache.set("k", "at once") is True
+    assert "failed less than" not in caplog.text
 
 
 def test_wrong_port_builds_and_answers_outage_values(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import pathlib
 import pickle
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +39,7 @@ class Workload:
     recovered: threading.Event = field(default_factory=threading.Event)
     rounds: int = 0
     switched: threading.Event = field(default_factory=threading.Event)
+    pace: threading.Event = field(default_factory=threading.Event)  # never set
 
     def switch(self, phase: str) -> None:
         """Enter ``phase`` once the worker has finished every round of the previous one."""
@@ -72,6 +77,8 @@ class Workload:
         record(("delete", cache.delete(key), True))
         if stored is False:
             self.saw_outage.set()
+            # Inside dead_timeout an outage answers in microseconds: pace the loop.
+            self.pace.wait(0.001)
 
 
 OUTAGE_ANSWERS = {"set": False, "get": None, "inc": None, "get_many": [None, None]}
@@ -104,6 +111,7 @@ def test_kill_mid_workload_gives_outage_values_then_full_recovery(
         assert workload.saw_outage.wait(WAIT)
         workload.switch("restarting")
         fresh_redis_server.restart()
+        test_redis.wait_until(lambda: workload.cache.set("probe", 1))  # dead_timeout is over
         workload.switch("recovered")
         assert workload.recovered.wait(WAIT)
     finally:
@@ -124,6 +132,67 @@ def test_kill_mid_workload_gives_outage_values_then_full_recovery(
     counted = sum(1 for op, got, _ in since_restart if op == "inc" and got is not None)
     assert workload.cache.inc("counter") == counted + 1
     assert workload.cache.get("k0") is None  # rounds end by deleting their key
+
+
+# -- a hung server ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """The server stopped with SIGSTOP: connections open, nothing answered, until the block ends."""
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_commands_cut_off_by_a_timeout_are_never_sent_twice(
+    fresh_redis_server: RedisServer,
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, socket_timeout=1.0, dead_timeout=0)
+    raw = redis.Redis(port=fresh_redis_server.port)
+    assert cache.inc("n") == 1
+    answers: list[int | None] = []
+    started = threading.Event()
+
+    def increment() -> None:
+        started.set()
+        answers.append(cache.inc("n"))
+
+    worker = threading.Thread(target=increment)
+    with paused(fresh_redis_server):
+        worker.start()
+        assert started.wait(WAIT)
+        # Past the 1 s timeout, while a retry would be reconnecting: it would then resend.
+        threading.Event().wait(1.4)
+    worker.join(WAIT)
+    assert answers in ([None], [2])  # None: timed out, though the server has it queued
+    test_redis.wait_until(lambda: raw.get("n") != b"1")
+    assert raw.get("n") == b"2"
+    assert cache.inc("n") == 3
+    raw.close()
+
+
+def test_a_hung_server_costs_one_timeout_per_dead_timeout(
+    fresh_redis_server: RedisServer,
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, socket_timeout=0.3, dead_timeout=0.5)
+    assert cache.set("k", "v") is True
+    with paused(fresh_redis_server):
+        started = time.monotonic()
+        assert cache.get("k") is None  # waits for the socket timeout once
+        first = time.monotonic() - started
+        started = time.monotonic()
+        answers = [(cache.get("k"), cache.set("k", 1), cache.inc("n")) for _ in range(20)]
+        rest = time.monotonic() - started
+    assert answers == [(None, False, None)] * 20
+    assert 0.25 < first < 2.0
+    assert rest < 0.25  # 60 calls inside the dead time: none waited for the server
+    assert test_redis.wait_until(lambda: cache.get("k") == "v") < cache.dead_timeout + 2
+    assert cache.inc("n") == 1
 
 
 # -- signed payloads ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -28,6 +29,7 @@ INSTALL_HINT = "RedisCache needs redis-py: pip install 'cacheplug[redis]'"
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
+DEFAULT_DEAD_TIMEOUT = 1.0
 SCAN_BATCH = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 
@@ -61,7 +63,12 @@ class RedisCache(BaseCache):
     :param key_prefix: prepended to every key; ``clear`` then deletes only keys under it. A
         callable (as cachelib allows) is called for the prefix on every operation.
     :param startup_nodes: ``[(host, port), ...]`` of a Redis Cluster; builds a ``RedisCluster``.
-    :param retries: how often redis-py retries a command after a connection error (no backoff).
+    :param retries: how often an idempotent command (get, set, has, the ``*_many`` reads and
+        writes, clear) is retried after a connection error on a single server (no backoff). A
+        timeout is never retried, nor are ``inc``/``add``/``delete``/``delete_many``: the server
+        may have run them already. A cluster client retries nothing.
+    :param dead_timeout: seconds a single server that failed to connect or answer in time is
+        not asked again (operations answer the outage values at once); 0 turns this off.
     :param ignore_delete_many_errors: accepted for cachelib compatibility; no effect.
     :param check_connection: ping at construction and raise :class:`RuntimeError` on failure.
     :param kwargs: passed to ``redis.Redis`` / ``RedisCluster``; the defaults here are
@@ -79,6 +86,7 @@ class RedisCache(BaseCache):
         "max_connections": int,
         "health_check_interval": float,
         "retries": int,
+        "dead_timeout": float,
         "client_name": str,
         "protocol": int,
         "ssl": bool,
@@ -104,6 +112,7 @@ class RedisCache(BaseCache):
         secret: str | bytes | None = None,
         startup_nodes: Sequence[tuple[str, int]] | None = None,
         retries: int = DEFAULT_RETRIES,
+        dead_timeout: float = DEFAULT_DEAD_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(default_timeout, serializer=serializer, secret=secret)
@@ -119,8 +128,7 @@ class RedisCache(BaseCache):
             raise ConfigurationError("RedisCache host may not be None; give a name or a client")
         if kwargs.get("decode_responses"):
             raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
-        if type(retries) is not int or retries < 0:
-            raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+        self.dead_timeout = _checked_options(retries, dead_timeout)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._response_error = redis.ResponseError
         self._no_script_error = redis.exceptions.NoScriptError
@@ -131,11 +139,15 @@ class RedisCache(BaseCache):
         )
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
-        kwargs.setdefault("retry", Retry(NoBackoff(), retries))
+        self._outage_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self._owns_client = True
         self._cluster = startup_nodes is not None
         self._pending: _PendingCluster | None = None
+        # Commands that must not run twice go through a client that never retries.
+        self._once_client: Any = None
         if startup_nodes is not None:
+            # redis-py's cluster client retries time-outs whatever the Retry says.
+            kwargs.setdefault("retry", Retry(NoBackoff(), 0))
             nodes = [(str(h), int(p)) for h, p in startup_nodes]
             if not nodes:
                 raise ConfigurationError("startup_nodes needs at least one (host, port)")
@@ -146,7 +158,8 @@ class RedisCache(BaseCache):
             socket_path = kwargs.get("unix_socket_path")
             self._where = f"unix:{socket_path}" if socket_path else f"{host}:{port}"
             self._where += f"/{db}"
-            self._client = redis.Redis(host=host, port=port, password=password, db=db, **kwargs)
+            kwargs.update(host=host, port=port, password=password, db=db)
+            self._client, self._once_client = _server_clients(retries, kwargs)
         else:
             self._where = f"client {type(host).__name__}"
             self._client = host
@@ -333,7 +346,7 @@ class RedisCache(BaseCache):
             if ms < 0:
                 return not self._client.exists(name)
             expiry = ("PX", ms) if ms else ()
-            added = bool(self._client.execute_command("SET", name, data, "NX", *expiry))
+            added = bool(self._once.execute_command("SET", name, data, "NX", *expiry))
         except self._failures as err:
             self._backend_error("add", err)
             return False
@@ -343,7 +356,7 @@ class RedisCache(BaseCache):
     def delete(self, key: str) -> bool:
         check_key(key)
         try:
-            deleted = bool(self._client.delete(self.key_prefix + key))
+            deleted = bool(self._once.delete(self.key_prefix + key))
         except self._failures as err:
             self._backend_error("delete", err)
             return False
@@ -438,7 +451,8 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        results = self._pipelined("DEL", [prefix + key for key in keys], "delete_many")
+        commands = [("DEL", prefix + key) for key in keys]
+        results = self._pipeline(commands, "delete_many", self._once)
         if results is None:
             return []
         deleted = [key for key, result in zip(keys, results, strict=True) if result == 1]
@@ -457,7 +471,7 @@ class RedisCache(BaseCache):
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
         args = (1, self.key_prefix + key, delta, self._ttl_ms(None))
         try:
-            value: int = self._client.evalsha(INC_SHA, *args)
+            value: int = self._once.evalsha(INC_SHA, *args)
         except self._failures as err:
             return self._inc_failed(key, args, err)
         return value
@@ -465,7 +479,7 @@ class RedisCache(BaseCache):
     def _inc_failed(self, key: str, args: tuple[Any, ...], err: Exception) -> int | None:
         if isinstance(err, self._no_script_error):
             try:  # first use on this server: EVAL also caches the script there
-                value: int = self._client.eval(INC_SCRIPT, *args)
+                value: int = self._once.eval(INC_SCRIPT, *args)
             except self._failures as retry_err:
                 err = retry_err
             else:
@@ -514,7 +528,7 @@ class RedisCache(BaseCache):
         return self._pipeline([(command, name) for name in names], operation)
 
     def _pipeline(
-        self, commands: Sequence[tuple[Any, ...]], operation: str | None
+        self, commands: Sequence[tuple[Any, ...]], operation: str | None, client: Any = None
     ) -> list[Any] | None:
         """Replies of ``commands`` sent in one round trip (one per node on a cluster).
 
@@ -522,7 +536,7 @@ class RedisCache(BaseCache):
         without it, the failure propagates to the caller.
         """
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = (client or self._client).pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
             results: list[Any] = pipe.execute(raise_on_error=False)
@@ -538,12 +552,39 @@ class RedisCache(BaseCache):
             self._backend_error(operation, failed)
         return results
 
+    # -- failures --------------------------------------------------------------------------------
+
+    @property
+    def _once(self) -> Any:
+        """The client for commands that must not run twice (``inc``, ``add``, ``delete``)."""
+        return self._once_client or self._client
+
+    def _backend_error(self, operation: str, err: Exception) -> None:
+        if (
+            self.dead_timeout
+            and not self._cluster
+            and isinstance(err, self._outage_errors)
+            and not isinstance(err, _ServerDownError)
+            and not isinstance(self._client, _DeadServer)
+        ):
+            until = time.monotonic() + self.dead_timeout
+            self._client = _DeadServer(self, "_client", self._client, until)
+            if self._once_client is not None:
+                self._once_client = _DeadServer(self, "_once_client", self._once_client, until)
+        super()._backend_error(operation, err)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the connections of a client this cache created (a given client stays open)."""
-        client = self._client
-        if self._owns_client and not isinstance(client, _PendingCluster):
+        if not self._owns_client:
+            return
+        for name in ("_client", "_once_client"):
+            client = getattr(self, name)
+            if isinstance(client, _DeadServer):
+                client = client.restore()
+            if client is None or isinstance(client, _PendingCluster):
+                continue
             # A closed RedisCluster cannot reconnect: the next use builds a new one.
             if self._pending is not None:
                 self._client = self._pending
@@ -560,6 +601,33 @@ def _is_decimal(payload: bytes) -> bool:
     sends every serializer payload straight to its decoder.
     """
     return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
+
+
+class _ServerDownError(ConnectionError):
+    """The server failed moments ago and is not asked again until its dead time is over."""
+
+
+class _DeadServer:
+    """Stands in for the client of a server that just failed, until ``until`` (monotonic)."""
+
+    def __init__(self, cache: RedisCache, attribute: str, client: Any, until: float) -> None:
+        self._cache = cache
+        self._attribute = attribute
+        self._real = client
+        self._until = until
+
+    def restore(self) -> Any:
+        """Put the real client back on the cache and return it."""
+        setattr(self._cache, self._attribute, self._real)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        if time.monotonic() < self._until:
+            raise _ServerDownError(
+                f"Redis at {self._cache._where} failed less than "
+                f"{self._cache.dead_timeout:g}s ago; not asked again before then"
+            )
+        return getattr(self.restore(), name)
 
 
 class _PendingCluster:
@@ -582,6 +650,26 @@ class _PendingCluster:
             if client is self:
                 client = self._cache._client = self._connect()
         return getattr(client, name)
+
+
+def _checked_options(retries: int, dead_timeout: float) -> float:
+    """``dead_timeout`` as a float, once both options are known to be valid."""
+    if type(retries) is not int or retries < 0:
+        raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+    if type(dead_timeout) not in (int, float) or not 0 <= dead_timeout < float("inf"):
+        raise ConfigurationError(f"dead_timeout must be seconds >= 0, got {dead_timeout!r}")
+    return float(dead_timeout)
+
+
+def _server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """A ``redis.Redis`` retrying connection errors, and one never retrying, on one server."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+    client = redis.Redis(**{"retry": retry, **kwargs})
+    return client, redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)})
 
 
 def _cluster_client(
