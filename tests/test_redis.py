@@ -602,6 +602,26 @@ def test_cluster_outage_follows_the_contract_and_recovers(
         assert_working(cache)
 
 
+def test_cluster_with_a_dead_node_keeps_serving_keys_on_live_nodes() -> None:
+    with RedisCluster() as cluster:
+        for server in cluster.servers:  # live nodes keep their slots while one is down
+            server.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+        cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="part:")
+        keys = [f"k{i}" for i in range(30)]
+        assert sorted(cache.set_many(dict.fromkeys(keys, 1))) == sorted(keys)
+        dying = cluster.servers[1]
+        on_dying = {name.decode() for name in redis.Redis(port=dying.port).keys("part:*")}
+        alive = [key for key in keys if "part:" + key not in on_dying]
+        assert 0 < len(alive) < len(keys)
+        dying.kill()
+        assert cache.get_many(*keys) == [1 if key in alive else None for key in keys]
+        assert cache.set_many(dict.fromkeys(keys, 2)) == alive
+        assert cache.get_dict(*keys) == {key: 2 if key in alive else None for key in keys}
+        assert cache.set_many(dict.fromkeys(keys, 3), timeout=-1) == alive
+        cache.set_many(dict.fromkeys(keys, 4))
+        assert cache.delete_many(*keys) == alive
+
+
 def test_unreachable_cluster_builds_and_answers_outage_values(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

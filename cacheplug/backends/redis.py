@@ -408,7 +408,10 @@ class RedisCache(BaseCache):
                 payloads = self._client.mget(names)
         except self._failures as err:
             self._backend_error("get_many", err)
-            return [None] * len(keys)
+            replies = self._per_node([("GET", name) for name in names], "get_many")
+            if replies is None:
+                return [None] * len(keys)
+            payloads = [None if isinstance(r, Exception) else r for r in replies]
         decode = self._decoder()
         try:
             values = [
@@ -435,7 +438,10 @@ class RedisCache(BaseCache):
         prefix = self.key_prefix
         if ms < 0:
             results = self._pipelined("DEL", [prefix + key for key in keys], "set_many")
-            return keys if results is not None else []
+            if results is None:
+                return []
+            pairs = zip(keys, results, strict=True)
+            return [key for key, result in pairs if not isinstance(result, Exception)]
         expiry = ("PX", ms) if ms else ()
         commands = [("SET", prefix + key, self._dump(v), *expiry) for key, v in mapping.items()]
         results = self._pipeline(commands, "set_many")
@@ -544,12 +550,45 @@ class RedisCache(BaseCache):
             if operation is None:
                 raise
             self._backend_error(operation, err)
-            return None
+            return self._per_node(commands, operation)
         failed = next((r for r in results if isinstance(r, Exception)), None)
         if failed is not None:
             if operation is None:
                 raise failed
             self._backend_error(operation, failed)
+        return results
+
+    def _per_node(self, commands: Sequence[tuple[Any, ...]], operation: str) -> list[Any] | None:
+        """Replies of one-key ``commands`` after a multi-node call failed on a cluster.
+
+        One pipeline per node, so keys on live nodes still work; a failed node's commands get
+        its exception as reply. ``None`` on a single server or when no node can be found.
+        """
+        if not self._cluster:
+            return None
+        client = self._client
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, Any] = {}
+        try:
+            for index, command in enumerate(commands):
+                node = client.get_node_from_key(command[1])
+                nodes[node.name] = node
+                groups.setdefault(node.name, []).append(index)
+        except self._failures as err:
+            self._backend_error(operation, err)
+            return None
+        results: list[Any] = [None] * len(commands)
+        for name, indexes in groups.items():
+            try:
+                pipe = client.get_redis_connection(nodes[name]).pipeline(transaction=False)
+                for index in indexes:
+                    pipe.execute_command(*commands[index])
+                replies = pipe.execute(raise_on_error=False)
+            except self._failures as err:
+                self._backend_error(operation, err)
+                replies = [err] * len(indexes)
+            for index, reply in zip(indexes, replies, strict=True):
+                results[index] = reply
         return results
 
     # -- failures --------------------------------------------------------------------------------
