@@ -727,11 +727,6 @@ class MemcachedCache(BaseCache):
             return int(result) - COUNTER_BIAS
         return None
 
-    def dec(self, key: str, delta: int = 1) -> int | None:
-        """Subtract ``delta``; see :meth:`inc`."""
-        check_delta(delta)
-        return self.inc(key, -delta)
-
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""
         for server in self._servers:
