@@ -172,15 +172,11 @@ def test_timeouts_become_redis_expiries(cache: RedisCache, raw: redis.Redis) -> 
     assert 19_000 < raw.pttl(prefix + "added") <= 20_000
 
 
-def test_entry_really_expires(cache: RedisCache) -> None:
-    cache.set("short", "v", timeout=0.3)
+def test_entry_really_expires(cache: RedisCache, raw: redis.Redis) -> None:
+    cache.set("short", "v", timeout=300)
     assert cache.has("short") is True
-    gone = threading.Event()
-    for _ in range(500):
-        if cache.get("short") is None:
-            break
-        gone.wait(0.01)
-    assert cache.get("short") is None
+    raw.pexpire(cache.key_prefix + "short", 5)  # as if the 300 s were nearly over
+    wait_until(lambda: cache.get("short") is None, limit=5)
     assert cache.has("short") is False
 
 
@@ -523,7 +519,8 @@ def assert_outage(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cacheplug"):
         assert outage_answers(cache) == OUTAGE
         assert outage_answers(cache) == OUTAGE
-    assert time.monotonic() - started < 3.0  # redis-py's default retries take ~4 s per call
+    # Loose for busy machines; redis-py's default retries would take ~4 s per call, 100 s here.
+    assert time.monotonic() - started < 8.0
     assert logged_operations(caplog) == sorted(LOGGED_KINDS)
 
 
@@ -610,7 +607,9 @@ def test_cluster_with_a_dead_node_keeps_serving_keys_on_live_nodes() -> None:
         keys = [f"k{i}" for i in range(30)]
         assert sorted(cache.set_many(dict.fromkeys(keys, 1))) == sorted(keys)
         dying = cluster.servers[1]
-        on_dying = {name.decode() for name in redis.Redis(port=dying.port).keys("part:*")}
+        dying_client = redis.Redis(port=dying.port, decode_responses=True)
+        on_dying = set(dying_client.keys("part:*"))
+        dying_client.close()
         alive = [key for key in keys if "part:" + key not in on_dying]
         assert 0 < len(alive) < len(keys)
         dying.kill()
