@@ -430,3 +430,10 @@ def test_a_removed_directory_comes_back_with_its_parents_and_permissions(tmp_pat
         os.umask(old_umask)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o750
     assert cache.get("k") == 2
+
+
+def test_nul_byte_in_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="NUL byte"):
+        FileSystemCache(str(tmp_path) + "/bad\0dir")
+    with pytest.raises(ConfigurationError, match="NUL byte"):
+        from_url("file:///\x00")

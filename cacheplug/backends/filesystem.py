@@ -584,6 +584,8 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
     :returns: the path, and the permission bits a file created there with ``mode`` gets.
     """
     path = os.path.abspath(os.fspath(cache_dir))
+    if "\0" in path:
+        raise ConfigurationError(f"cache_dir {path!r} contains a NUL byte; give a directory path")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigurationError(
             f"cache_dir {path!r} exists and is not a directory; give a directory path"
