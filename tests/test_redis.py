@@ -7,7 +7,6 @@ import itertools
 import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import redis
 import servers
 from servers import RedisCluster, RedisServer
+from waiting import wait_until
 
 from cacheplug import ConfigurationError, RedisCache, from_url
 from cacheplug.testing import CacheContract
@@ -176,7 +176,7 @@ def test_entry_really_expires(cache: RedisCache, raw: redis.Redis) -> None:
     cache.set("short", "v", timeout=300)
     assert cache.has("short") is True
     raw.pexpire(cache.key_prefix + "short", 5)  # as if the 300 s were nearly over
-    wait_until(lambda: cache.get("short") is None, limit=5)
+    wait_until(lambda: cache.get("short") is None, timeout=5)
     assert cache.has("short") is False
 
 
@@ -522,15 +522,6 @@ def assert_outage(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
     # Loose for busy machines; redis-py's default retries would take ~4 s per call, 100 s here.
     assert time.monotonic() - started < 8.0
     assert logged_operations(caplog) == sorted(LOGGED_KINDS)
-
-
-def wait_until(condition: Callable[[], object], limit: float = 10.0) -> float:
-    """Seconds until ``condition()`` is true, polled every 10 ms; fails after ``limit``."""
-    started, tick = time.monotonic(), threading.Event()
-    while not condition():
-        assert time.monotonic() - started < limit, "the condition never became true"
-        tick.wait(0.01)
-    return time.monotonic() - started
 
 
 def assert_working(cache: RedisCache) -> None:

@@ -19,6 +19,7 @@ import pytest
 import redis
 import test_redis
 from servers import RedisServer
+from waiting import wait_until
 
 from cacheplug import RedisCache
 
@@ -111,7 +112,7 @@ def test_kill_mid_workload_gives_outage_values_then_full_recovery(
         assert workload.saw_outage.wait(WAIT)
         workload.switch("restarting")
         fresh_redis_server.restart()
-        test_redis.wait_until(lambda: workload.cache.set("probe", 1))  # dead_timeout is over
+        wait_until(lambda: workload.cache.set("probe", 1))  # dead_timeout is over
         workload.switch("recovered")
         assert workload.recovered.wait(WAIT)
     finally:
@@ -170,7 +171,7 @@ def test_commands_cut_off_by_a_timeout_are_never_sent_twice(
         threading.Event().wait(1.4)
     worker.join(WAIT)
     assert answers in ([None], [2])  # None: timed out, though the server has it queued
-    test_redis.wait_until(lambda: raw.get("n") != b"1")
+    wait_until(lambda: raw.get("n") != b"1")
     assert raw.get("n") == b"2"
     assert cache.inc("n") == 3
     raw.close()
@@ -191,7 +192,7 @@ def test_a_hung_server_costs_one_timeout_per_dead_timeout(
     assert answers == [(None, False, None)] * 20
     assert 0.25 < first < 2.0
     assert rest < 0.5  # 60 calls inside the dead time: none waited 0.3 s for the server
-    assert test_redis.wait_until(lambda: cache.get("k") == "v") < cache.dead_timeout + 2
+    assert wait_until(lambda: cache.get("k") == "v") < cache.dead_timeout + 2
     assert cache.inc("n") == 1
 
 
