@@ -308,3 +308,22 @@ class TestBaseCacheDefaults(CacheContract):
     def cache_factory(self) -> Iterator[CacheFactory]:
         store: dict[str, bytes] = {}
         yield lambda **kwargs: DictBackend(store, **kwargs)
+
+
+def test_backend_errors_log_one_line_a_minute_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = DictBackend({})
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        for operation in ("get", "set", "inc", "get", "delete"):
+            cache._backend_error(operation, ConnectionError("refused"))
+        assert [r.getMessage() for r in caplog.records] == [
+            "DictBackend.get failed, answering as the contract says: ConnectionError: refused"
+        ]
+        cache._last_logged["backend"] -= 61  # a minute later
+        cache._backend_error("set", ConnectionError("refused"))
+    assert len(caplog.records) == 2
+    assert (
+        caplog.records[1].getMessage().endswith("(4 more like this in the last minute, not logged)")
+    )
+    assert cache.stats()["errors"] == 6

@@ -578,9 +578,8 @@ def test_wrong_port_builds_and_answers_as_an_outage(
         assert_outage_values(cache)
         assert_outage_values(cache)
     lines = [r.getMessage() for r in caplog.records if r.name == "cacheplug"]
-    operations = {line.split(" failed")[0] for line in lines}
-    assert len(lines) == len(operations)  # rate-limited: one line per operation kind
-    assert "MemcachedCache.get" in operations
+    assert len(lines) == 1  # rate-limited: one line for the whole outage
+    assert lines[0].startswith("MemcachedCache.get failed")
     assert cache.stats()["errors"] >= 24
 
 

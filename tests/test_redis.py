@@ -504,8 +504,6 @@ OUTAGE = {
     "set_many": [],
     "delete_many": [],
 }
-LOGGED_KINDS = ["add", "clear", "delete", "delete_many", "get", "get_many", "has", "inc", "set"]
-LOGGED_KINDS += ["set_many"]
 
 
 def logged_operations(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -513,7 +511,7 @@ def logged_operations(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def assert_outage(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
-    """Outage values twice over, fast, with exactly one log line per kind of operation."""
+    """Outage values twice over, fast, with exactly one log line for the whole outage."""
     caplog.clear()
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="cacheplug"):
@@ -521,7 +519,7 @@ def assert_outage(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
         assert outage_answers(cache) == OUTAGE
     # Loose for busy machines; redis-py's default retries would take ~4 s per call, 100 s here.
     assert time.monotonic() - started < 8.0
-    assert logged_operations(caplog) == sorted(LOGGED_KINDS)
+    assert logged_operations(caplog) == ["get"]  # the first failure; the rest are held back
 
 
 def assert_working(cache: RedisCache) -> None:

@@ -163,6 +163,7 @@ class BaseCache(ABC):
         self._flights: dict[str, list[Any]] = {}
         self._flights_lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
 
     # -- the contract -----------------------------------------------------------------------
 
@@ -359,10 +360,14 @@ class BaseCache(ABC):
             return None
 
     def _backend_error(self, operation: str, err: Exception) -> None:
-        """Count and log (rate-limited) an engine failure that the contract turns into a value."""
+        """Count and log an engine failure that the contract turns into a value.
+
+        One line per cache per minute, whatever the operation, so an outage does not flood
+        the log; the next line says how many failures it stood for.
+        """
         self._errors += 1
         self._log(
-            f"backend:{operation}",
+            "backend",
             "%s.%s failed, answering as the contract says: %s: %s",
             type(self).__name__,
             operation,
@@ -371,11 +376,17 @@ class BaseCache(ABC):
         )
 
     def _log(self, kind: str, message: str, *args: object) -> None:
+        """Log a warning at most once per minute per ``kind``, counting the ones held back."""
         now = time.monotonic()
         last = self._last_logged.get(kind)
-        if last is None or now - last >= _LOG_INTERVAL:
-            self._last_logged[kind] = now
-            logger.warning(message, *args)
+        if last is not None and now - last < _LOG_INTERVAL:
+            self._held_back[kind] = self._held_back.get(kind, 0) + 1
+            return
+        self._last_logged[kind] = now
+        held = self._held_back.pop(kind, 0)
+        if held:
+            message += f" ({held} more like this in the last minute, not logged)"
+        logger.warning(message, *args)
 
     @contextmanager
     def _single_flight(self, key: str) -> Iterator[None]:
