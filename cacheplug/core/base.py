@@ -385,7 +385,7 @@ class BaseCache(ABC):
         self._last_logged[kind] = now
         held = self._held_back.pop(kind, 0)
         if held:
-            message += f" ({held} more like this in the last minute, not logged)"
+            message += f" ({held} more like this since the last such message, not logged)"
         logger.warning(message, *args)
 
     @contextmanager
