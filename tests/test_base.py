@@ -324,6 +324,8 @@ def test_backend_errors_log_one_line_a_minute_with_a_count(
         cache._backend_error("set", ConnectionError("refused"))
     assert len(caplog.records) == 2
     assert (
-        caplog.records[1].getMessage().endswith("(4 more like this since the last such message, not logged)")
+        caplog.records[1]
+        .getMessage()
+        .endswith("(4 more like this since the last such message, not logged)")
     )
     assert cache.stats()["errors"] == 6
