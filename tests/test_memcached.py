@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymemcache.client.base import Client
 from servers import MemcachedServer
-from waiting import wait_until
+from waiting import paused_process, wait_until
 
 from cacheplug import ConfigurationError, MemcachedCache, from_url
 from cacheplug.backends.memcached import (
@@ -621,13 +620,12 @@ def test_call_interrupted_mid_reply_never_pools_its_connection(
 
     previous = signal.signal(signal.SIGALRM, expire)
     assert server.pid is not None
-    os.kill(server.pid, signal.SIGSTOP)  # the reply to the next get arrives only after SIGCONT
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.1)
-        with pytest.raises(Deadline):
-            cache.get("k1")
+        with paused_process(server.pid):  # the reply to the next get arrives only after it
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(Deadline):
+                cache.get("k1")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        os.kill(server.pid, signal.SIGCONT)
     assert [cache.get("k2") for _ in range(3)] == ["two"] * 3

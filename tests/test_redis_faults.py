@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import pathlib
 import pickle
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import pytest
 import redis
 import test_redis
 from servers import RedisServer
-from waiting import wait_until
+from waiting import paused_process, wait_until
 
 from cacheplug import RedisCache
 
@@ -141,13 +139,9 @@ def test_kill_mid_workload_gives_outage_values_then_full_recovery(
 @contextlib.contextmanager
 def paused(server: RedisServer) -> Iterator[None]:
     """The server stopped with SIGSTOP: connections open, nothing answered, until the block ends."""
-    pid = server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    assert server.pid is not None
+    with paused_process(server.pid):
         yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def test_commands_cut_off_by_a_timeout_are_never_sent_twice(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,3 +21,24 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
             pytest.fail(f"condition not met within {timeout}s")
         tick.wait(0.005)
     return time.monotonic() - start
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a Linux process (``R``, ``S``, ``T`` for stopped, ...)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+@contextlib.contextmanager
+def paused_process(pid: int) -> Iterator[None]:
+    """The process stopped with SIGSTOP (and seen stopped) for the block, resumed after it.
+
+    ``kill`` returns before the stop takes effect: waiting for state ``T`` keeps a server on
+    the other core from answering one more request.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: process_state(pid) == "T", timeout=5)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
