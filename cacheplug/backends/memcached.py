@@ -22,11 +22,12 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from cacheplug.backends import _memcached_wire as wire
 from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
@@ -101,6 +102,25 @@ def memcached_key(full: str) -> str:
         return full
     digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
     return f"{_NOT_KEY_CHARS.sub('_', full[:200])}{HASH_MARK}{digest}"
+
+
+def _plain_line(keys: Sequence[str]) -> bytes | None:
+    """``keys`` as the names of one ``get`` when memcached takes every one as it is, else None."""
+    try:
+        joined = " ".join(keys)
+    except TypeError:
+        return None  # not all str: the checked path raises the contract's error
+    if (
+        keys
+        and joined.isascii()
+        and joined.isprintable()
+        and joined.count(" ") == len(keys) - 1
+        and HASH_MARK not in joined
+        and min(map(len, keys)) > 0
+        and max(map(len, keys)) <= MAX_KEY_LENGTH
+    ):
+        return joined.encode("ascii")
+    return None
 
 
 def _exptime(seconds: float) -> int:
@@ -499,11 +519,12 @@ class MemcachedCache(BaseCache):
     def _fetch_namespaced(self, client: Any, server: _Server, keys: list[str]) -> dict[str, Any]:
         """Raw items of ``keys`` on ``server``, read with the namespace token in one round trip."""
         token = server.token or self._load_token(client, server)
+        token_name = self._token_key.encode("ascii")
         for _ in range(2):
             prefix = f"{self.key_prefix}{token}:"
-            names = {memcached_key(prefix + key): key for key in keys}
-            items = client.get_many([self._token_key, *names])
-            current = items.pop(self._token_key, None)
+            names = {memcached_key(prefix + key).encode("ascii"): key for key in keys}
+            items = wire.fetch(client, b" ".join([token_name, *names]))
+            current = items.pop(token_name, None)
             if current is None:  # namespace lost (restart, eviction): a new one is empty
                 self._load_token(client, server)
                 return {}
@@ -522,8 +543,8 @@ class MemcachedCache(BaseCache):
                 if items is not _FAILED:
                     found.update(items)
                 continue
-            names = {memcached_key(key): key for key in group}
-            items = self._run(server, operation, _Client.get_many, list(names))
+            names = {memcached_key(key).encode("ascii"): key for key in group}
+            items = self._run(server, operation, wire.fetch, b" ".join(names))
             if items is not _FAILED:
                 for name, item in items.items():
                     found[names[name]] = item
@@ -558,10 +579,11 @@ class MemcachedCache(BaseCache):
         if self._namespaced:
             item = self._fetch_one(key, "get")
         else:
-            name = memcached_key(key)
-            item = self._run(self._only or self._ring(key), "get", _Client.get, name)
-            if item is _FAILED:
+            name = memcached_key(key).encode("ascii")
+            items = self._run(self._only or self._ring(key), "get", wire.fetch, name)
+            if items is _FAILED:
                 return None
+            item = items.get(name)
         if item is None:
             self._misses += 1
             return None
@@ -581,7 +603,7 @@ class MemcachedCache(BaseCache):
         else:
             name = memcached_key(key)
             server = self._only or self._ring(key)
-        if self._run(server, "set", _Client.set, name, packed, exptime, False) is _FAILED:
+        if self._run(server, "set", wire.store, name, packed, exptime) is not True:
             return False
         self._sets += 1
         return True
@@ -637,17 +659,38 @@ class MemcachedCache(BaseCache):
         return ok
 
     def get_many(self, *keys: str) -> list[Any]:
-        found = self._fetch(keys, "get_many")
-        values: list[Any] = []
-        for key in keys:
-            item = found.get(key)
-            if item is None:
-                self._misses += 1
-                values.append(None)
-            else:
-                self._hits += 1
-                values.append(self._unpack(key, item))
-        return values
+        only = self._only
+        line = None if self._namespaced or only is None else _plain_line(keys)
+        if line is None or only is None:
+            found = self._fetch(keys, "get_many")
+            return self._values(keys, [found.get(key) for key in keys])
+        items = self._run(only, "get_many", wire.fetch, line)
+        if items is _FAILED:
+            return [None] * len(keys)
+        return self._values(keys, [items.get(name) for name in line.split(b" ")])
+
+    def _values(self, keys: Sequence[str], items: list[tuple[int, bytes] | None]) -> list[Any]:
+        """The values of ``keys`` from their raw ``items`` (None: missing), counted."""
+        missing = items.count(None)
+        self._misses += missing
+        self._hits += len(items) - missing
+        if self._secret is None and type(self.serializer) is PickleSerializer:
+            loads = pickle.loads
+            try:  # the default, without a call of _unpack per value
+                return [
+                    None
+                    if item is None
+                    else loads(item[1])
+                    if item[0] == FLAG_SERIALIZED
+                    else self._unpack(key, item)
+                    for key, item in zip(keys, items, strict=True)
+                ]
+            except Exception:
+                pass  # an unreadable entry: _unpack logs and counts it
+        return [
+            None if item is None else self._unpack(key, item)
+            for key, item in zip(keys, items, strict=True)
+        ]
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         for key in mapping:

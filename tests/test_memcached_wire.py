@@ -1,0 +1,297 @@
+"""The memcached text protocol cacheplug speaks itself for get, get_many and set.
+
+On a real memcached: values whose bytes look like protocol lines, values larger than one
+socket read, replies of thousands of values. Against a scripted server on a real loopback
+socket: every error reply and a connection cut mid-value become the contract's outage
+values, and the connection is never reused. The parser itself is fed replies cut at random
+points, as a socket may deliver them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymemcache.exceptions import (
+    MemcacheClientError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownCommandError,
+    MemcacheUnknownError,
+)
+from servers import MemcachedServer
+
+from cacheplug import MemcachedCache
+from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends.memcached import FLAG_SERIALIZED, _plain_line
+
+TRICKY = [
+    b"",
+    b"\r\n",
+    b"END\r\n",
+    b"\r\nEND\r\n",
+    b"VALUE k 0 3\r\nabc\r\nEND\r\n",
+    b"SERVER_ERROR boom\r\n",
+    b"\r\n\r\n\r\n",
+    b"x\r",
+    b"\nx",
+    bytes(range(256)),
+]
+
+
+@pytest.fixture
+def cache(memcached_server: MemcachedServer) -> Iterator[MemcachedCache]:
+    memcached_server.flush()
+    cache = MemcachedCache([f"{memcached_server.host}:{memcached_server.port}"])
+    yield cache
+    cache.close()
+
+
+def test_values_that_look_like_protocol_lines_round_trip(cache: MemcachedCache) -> None:
+    keys = [f"tricky{i}" for i in range(len(TRICKY))]
+    for key, value in zip(keys, TRICKY, strict=True):
+        assert cache.set(key, value)
+        assert cache.get(key) == value
+    assert cache.get_many(*keys) == TRICKY
+    assert cache.get_many("missing", *keys, "missing2") == [None, *TRICKY, None]
+
+
+def test_values_larger_than_one_read(cache: MemcachedCache) -> None:
+    big = bytes(range(256)) * 2048 + b"\r\nEND\r\n"  # 512 KiB, ends like a reply
+    assert cache.set("big", big)
+    assert cache.set("small", "after")
+    assert cache.get("big") == big
+    assert cache.get_many("small", "big", "small") == ["after", big, "after"]
+
+
+def test_thousands_of_values_in_one_reply(cache: MemcachedCache) -> None:
+    values = {f"many:{i}": f"value {i} " * (i % 50) for i in range(3000)}
+    assert cache.set_many(values) == list(values)
+    assert cache.get_many(*values) == list(values.values())
+    hits, misses = cache.stats()["hits"], cache.stats()["misses"]
+    assert cache.get_many(*values, "absent") == [*values.values(), None]
+    assert cache.stats()["hits"] == hits + 3000
+    assert cache.stats()["misses"] == misses + 1
+
+
+def test_keys_memcached_rejects_take_the_mapped_path(cache: MemcachedCache) -> None:
+    keys = ["plain", "with space", "x" * 300, "", "ünï", "ctl\x01"]
+    for key in keys:
+        assert cache.set(key, key)
+    assert cache.get_many(*keys) == keys
+    assert cache.get_many("plain", "plain") == ["plain", "plain"]
+
+
+def test_non_str_keys_still_raise(cache: MemcachedCache) -> None:
+    with pytest.raises(TypeError):
+        cache.get_many("a", 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("keys", "plain"),
+    [
+        (("a", "b:c", "~x"), True),
+        ((), False),
+        (("a", ""), False),
+        (("a b",), False),
+        (("a", "b~#c"), False),
+        (("x" * 251,), False),
+        (("x" * 250,), True),
+        (("é",), False),
+        (("tab\t",), False),
+    ],
+)
+def test_plain_line_only_for_keys_memcached_takes_as_they_are(
+    keys: tuple[str, ...], plain: bool
+) -> None:
+    line = _plain_line(keys)
+    assert (line is not None) is plain
+    if line is not None:
+        assert line.split(b" ") == [key.encode() for key in keys]
+
+
+def test_set_then_get_on_the_wire(memcached_server: MemcachedServer) -> None:
+    from pymemcache.client.base import Client
+
+    client = Client(memcached_server.address, default_noreply=False)
+    try:
+        assert wire.store(client, "wire:k", (FLAG_SERIALIZED, b"\r\nEND\r\n"), 0)
+        assert wire.fetch(client, b"wire:k wire:none") == {
+            b"wire:k": (FLAG_SERIALIZED, b"\r\nEND\r\n")
+        }
+    finally:
+        client.close()
+
+
+# -- a scripted server on a real socket -------------------------------------------------------
+
+
+class ScriptedServer:
+    """Accepts connections on loopback and answers each request with the next scripted reply.
+
+    A reply of None closes the connection instead of answering; so does one that ends a
+    ``(reply, "close")`` pair after sending it.
+    """
+
+    def __init__(self, script: list[bytes | tuple[bytes, str] | None]) -> None:
+        self.script = list(script)
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self.script:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                while self.script and conn.recv(65536):
+                    step = self.script.pop(0)
+                    if step is None:
+                        break
+                    if isinstance(step, tuple):
+                        conn.sendall(step[0])
+                        break
+                    conn.sendall(step)
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"SERVER_ERROR out of memory writing get response\r\n",
+        b"CLIENT_ERROR bad command line format\r\n",
+        b"ERROR\r\n",
+        b"HELLO\r\n",
+        b"VALUE k 17152 notanumber\r\n",
+        b"VALUE k 17152 3\r\nabcXY",
+        (b"VALUE k 17152 3\r\nab", "close"),
+        b"END\r\nEND\r\n",
+        None,
+    ],
+)
+def test_broken_replies_are_outages_and_the_connection_is_dropped(
+    reply: bytes | tuple[bytes, str] | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    value = pickle.dumps("ok")
+    good = b"VALUE k %d %d\r\n%s\r\nEND\r\n" % (FLAG_SERIALIZED, len(value), value)
+    server = ScriptedServer([reply, reply, b"STORED\r\n", good])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], timeout=2, dead_timeout=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert cache.get("k") is None
+            assert cache.get_many("k", "j") == [None, None]
+        assert cache.stats()["errors"] == 2
+        assert caplog.records, "the failure is logged"
+        # each failure dropped its connection: the next call opens a new one, which works
+        assert cache.set("k", "ok") is True
+        assert cache.get("k") == "ok"
+        assert server.connections == 3
+    finally:
+        cache.close()
+        server.close()
+
+
+def test_set_reply_errors_are_false() -> None:
+    server = ScriptedServer(
+        [
+            b"SERVER_ERROR object too large for cache\r\n",
+            b"NOT_STORED\r\n",
+            b"STORED\r\nSTORED\r\n",
+        ]
+    )
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], timeout=2, dead_timeout=0)
+    try:
+        assert cache.set("k", "v") is False
+        assert cache.set("k", "v") is False  # NOT_STORED
+        assert cache.set("k", "v") is False  # two replies to one request: out of step
+        assert server.connections == 2
+    finally:
+        cache.close()
+        server.close()
+
+
+# -- the parser, fed in pieces ------------------------------------------------------------------
+
+
+class Pieces:
+    """A socket stand-in that delivers a reply in the given pieces, then end of stream."""
+
+    def __init__(self, data: bytes, cuts: list[int]) -> None:
+        points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+        self._pieces = [data[a:b] for a, b in itertools.pairwise(points)]
+
+    def recv(self, size: int) -> bytes:
+        if not self._pieces:
+            return b""
+        piece = self._pieces.pop(0)
+        if len(piece) > size:
+            piece, rest = piece[:size], piece[size:]
+            self._pieces.insert(0, rest)
+        return piece
+
+
+def reply_of(items: dict[bytes, tuple[int, bytes]]) -> bytes:
+    blocks = [b"VALUE %s %d %d\r\n%s\r\n" % (k, f, len(d), d) for k, (f, d) in items.items()]
+    return b"".join(blocks) + b"END\r\n"
+
+
+names = st.binary(min_size=1, max_size=20).map(lambda b: b.hex().encode())
+items = st.dictionaries(
+    names,
+    st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=300) | st.sampled_from(TRICKY)),
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(items=items, cuts=st.lists(st.integers(0, 10_000), max_size=8))
+def test_any_reply_cut_anywhere_parses_to_its_values(
+    items: dict[bytes, tuple[int, bytes]], cuts: list[int]
+) -> None:
+    data = reply_of(items)
+    sock = Pieces(data, cuts)
+    first = wire._more(sock, b"", 1)
+    whole = wire._split_values(first) if first.endswith(b"END\r\n") else None
+    assert (whole if whole is not None else wire._read_values(sock, first)) == items
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=items, extra=st.binary(min_size=1, max_size=40), cut=st.integers(0, 10_000))
+def test_a_damaged_reply_raises_a_memcache_error(
+    items: dict[bytes, tuple[int, bytes]], extra: bytes, cut: int
+) -> None:
+    data = reply_of(items)
+    damaged = data[: cut % len(data)] + extra  # cut short, then garbage, no END
+    sock = Pieces(damaged, [])
+    errors = (
+        MemcacheUnexpectedCloseError,
+        MemcacheUnknownError,
+        MemcacheClientError,
+        MemcacheServerError,
+        MemcacheUnknownCommandError,
+    )
+    first = wire._more(sock, b"", 1)
+    parsed = wire._split_values(first) if first.endswith(b"END\r\n") else None
+    if parsed is not None:
+        return  # the garbage happened to complete a well-formed reply
+    try:
+        result = wire._read_values(sock, first)
+    except errors:
+        return
+    # only possible when the damage still reads as a well-formed reply
+    assert damaged.endswith(b"END\r\n"), result
