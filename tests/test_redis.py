@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import pickle
 import subprocess
 import sys
 import time
@@ -275,6 +276,49 @@ def test_get_many_is_one_mget(cache: RedisCache, redis_server: RedisServer) -> N
     assert cache.get_many(*keys) == list(range(100))
     assert command_calls(redis_server, "mget") == 1
     assert command_calls(redis_server, "get") == 0
+
+
+def test_decimals_are_never_pickles() -> None:
+    # get_many decodes a whole batch with pickle.loads and relies on counters making it raise.
+    shorts = (
+        "".join(chars) for n in range(1, 5) for chars in itertools.product("-0123456789", repeat=n)
+    )
+    edges = ["0", "-0", "-1", str(2**63 - 1), str(-(2**63)), str(10**4000), str(-(10**4000))]
+    for text in itertools.chain(shorts, edges):
+        with pytest.raises(Exception):  # any error sends the batch down the slow path
+            pickle.loads(text.encode())
+
+
+def test_get_many_mixes_misses_counters_pickles_and_unreadable_entries(
+    cache: RedisCache, raw: redis.Redis
+) -> None:
+    # "huge" has no decimal form (over 4300 digits): it is pickled, unlike the counters.
+    values = {"bytes": b"\x00" * 256, "dict": {"a": [1]}, "none": None, "huge": 10**5000}
+    cache.set_many(values)
+    cache.set_many({"zero": 0, "neg": -1, "big": 2**63 - 1})
+    raw.set(cache.key_prefix + "bad", b"\x80\x05garbage")
+    raw.set(cache.key_prefix + "dot", b"12.5")
+    cases = [
+        (list(values), list(values.values()), 0, 0),
+        (["zero", *values], [0, *values.values()], 0, 0),
+        ([*values, "neg"], [*values.values(), -1], 0, 0),
+        (["absent", "bytes"], [None, values["bytes"]], 1, 0),
+        (
+            ["bytes", "big", "absent", "bad", "dict"],
+            [values["bytes"], 2**63 - 1, None, None, {"a": [1]}],
+            2,
+            1,
+        ),
+        (["dot", "neg"], [None, -1], 1, 1),
+        (["absent", "missing"], [None, None], 2, 0),
+    ]
+    for keys, expected, misses, errors in cases:
+        before = cache.stats()
+        assert cache.get_many(*keys) == expected, keys
+        after = cache.stats()
+        assert after["hits"] - before["hits"] == len(keys) - misses, keys
+        assert after["misses"] - before["misses"] == misses, keys
+        assert after["errors"] - before["errors"] == errors, keys
 
 
 def test_set_many_and_delete_many_send_plain_commands_without_transaction(

@@ -412,6 +412,16 @@ class RedisCache(BaseCache):
             if replies is None:
                 return [None] * len(keys)
             payloads = [None if isinstance(r, Exception) else r for r in replies]
+        if self._secret is None and type(self.serializer) is PickleSerializer:
+            # All hits and no counter: one pass. A miss (None) or a counter (a decimal, never
+            # a pickle: it lacks the STOP opcode) makes pickle.loads raise; then value by value.
+            try:
+                values = list(map(pickle.loads, payloads))
+            except Exception:
+                pass
+            else:
+                self._hits += len(values)
+                return values
         decode = self._decoder()
         try:
             values = [
