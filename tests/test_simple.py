@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -111,6 +112,21 @@ def test_mutating_after_set_does_not_change_cache() -> None:
     assert cache.get("nested") == {"list": [1], "obj": {"deep": [1]}}
 
 
+class Bytes(bytes):
+    pass
+
+
+def types_of(value: Any) -> Any:
+    """The type of ``value`` and, for containers, of everything inside, in order."""
+    if isinstance(value, dict):
+        return dict, [(types_of(k), types_of(v)) for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return type(value), [types_of(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return type(value), sorted(repr(types_of(item)) for item in value)
+    return type(value)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -122,6 +138,12 @@ def test_mutating_after_set_does_not_change_cache() -> None:
         {"nested": [{"x": 1}]},
         ([1], [2]),
         {"set": {1, 2}, "bytes": b"\x00"},
+        # bytes-like objects inside containers keep their own type
+        {"buffer": bytearray(b"xy"), "n": [1]},
+        [array.array("i", [1, 2])],
+        ([bytearray(b"a")], {"k": Bytes(b"q")}),
+        {"rows": [[b"m", bytearray(b"z")]]},
+        [Bytes(b"sub")],
     ],
     ids=repr,
 )
@@ -130,7 +152,7 @@ def test_builtin_containers_round_trip_exactly(value: Any) -> None:
     cache.set("key", value)
     got = cache.get("key")
     assert got == value
-    assert type(got) is type(value)
+    assert types_of(got) == types_of(value)
     if isinstance(got, (dict, list, set)):
         assert got is not cache.get("key")
 

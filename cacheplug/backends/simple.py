@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import marshal
 import threading
 import time
 from collections import OrderedDict
@@ -31,13 +30,12 @@ __all__ = ["SimpleCache"]
 # With the default pickle serializer, values made only of these immutable types are kept as
 # they are (or as a shallow copy of their container): nobody can observe the skipped pickling.
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
-_MARSHALLABLE = frozenset({dict, list, tuple, set, frozenset})
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 _NEVER = 0.0
 # How an entry's payload turns back into the value.
 _RAW = 0  # the value itself, immutable
 _SHALLOW = 1  # a private container of immutables; readers get a copy
-_MARSHAL = 2  # builtin containers, marshalled: exact and faster than pickle
-_SERIALIZED = 3  # the serializer's (possibly signed) bytes
+_SERIALIZED = 2  # the serializer's (possibly signed) bytes
 
 _Entry = tuple[float, int, Any]
 
@@ -87,20 +85,17 @@ class SimpleCache(BaseCache):
         if type(self.serializer) is PickleSerializer:
             if kind in _SCALARS:
                 return _RAW, value
-            if kind in _MARSHALLABLE:
-                if kind is dict:
-                    if _SCALARS.issuperset(map(type, value.values())) and _SCALARS.issuperset(
-                        map(type, value)
-                    ):
-                        return _SHALLOW, value.copy()
-                elif _SCALARS.issuperset(map(type, value)):
-                    if kind is tuple or kind is frozenset:
-                        return _RAW, value
+            if kind is dict:
+                if _SCALARS.issuperset(map(type, value.values())) and _SCALARS.issuperset(
+                    map(type, value)
+                ):
                     return _SHALLOW, value.copy()
-                try:
-                    return _MARSHAL, marshal.dumps(value)
-                except ValueError:
-                    pass  # holds something marshal cannot write: let the serializer try
+            elif kind in _CONTAINERS and _SCALARS.issuperset(map(type, value)):
+                if kind is tuple or kind is frozenset:
+                    return _RAW, value
+                return _SHALLOW, value.copy()
+        # Deeper builtins are pickled too: marshal would be faster, but it silently turns
+        # bytearray, array.array or numpy arrays inside a container into bytes.
         return _SERIALIZED, self._encode(value)
 
     def _unpack(self, key: str, codec: int, payload: Any) -> Any:
@@ -108,8 +103,6 @@ class SimpleCache(BaseCache):
             return payload.copy()
         if codec == _RAW:
             return payload
-        if codec == _MARSHAL:
-            return marshal.loads(payload)
         return self._decode_or_miss(key, payload)
 
     def _expiry(self, timeout: Timeout) -> float | None:
@@ -195,8 +188,6 @@ class SimpleCache(BaseCache):
             return entry[2].copy()
         if codec == _RAW:
             return entry[2]
-        if codec == _MARSHAL:
-            return marshal.loads(entry[2])
         return self._decode_or_miss(key, entry[2])
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
