@@ -6,9 +6,12 @@ import contextlib
 import itertools
 import logging
 import pickle
+import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 import redis
 import servers
 from servers import RedisCluster, RedisServer
-from waiting import wait_until
+from waiting import paused_process, wait_until
 
 from cacheplug import ConfigurationError, RedisCache, from_url
 from cacheplug.testing import CacheContract
@@ -321,6 +324,36 @@ def test_get_many_mixes_misses_counters_pickles_and_unreadable_entries(
         assert after["errors"] - before["errors"] == errors, keys
 
 
+@pytest.mark.parametrize("prefix", ["", "pre:", "préfixe:"])
+def test_get_many_with_odd_keys_is_one_mget(redis_server: RedisServer, prefix: str) -> None:
+    cache = RedisCache(port=redis_server.port, db=6, key_prefix=prefix)
+    # Non-ASCII names take redis-py's packing; names past 511 characters other headers.
+    keys = ["", "a b\r\n$3\r\n", "ключ", "🔑" * 200, "k" * 511, "k" * 512, "k" * 5000, "k"]
+    assert sorted(cache.set_many({key: [i] for i, key in enumerate(keys)})) == sorted(keys)
+    for batch in (keys, [key for key in keys if key.isascii()], keys[4:7]):
+        redis_server.command("CONFIG", "RESETSTAT")
+        assert cache.get_many(*batch, "absent") == [[keys.index(key)] for key in batch] + [None]
+        assert command_calls(redis_server, "mget") == 1
+    cache.clear()
+
+
+def test_get_many_from_threads_gets_its_own_replies(cache: RedisCache) -> None:
+    batches = [[f"t{thread}:{i}" for i in range(50)] for thread in range(6)]
+    for batch in batches:
+        cache.set_many({key: key for key in batch})
+    right: list[int] = []
+
+    def read(batch: list[str]) -> None:
+        right.append(sum(cache.get_many(*batch) == batch for _ in range(100)))
+
+    threads = [threading.Thread(target=read, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert right == [100] * len(batches)
+
+
 def test_set_many_and_delete_many_send_plain_commands_without_transaction(
     cache: RedisCache, redis_server: RedisServer
 ) -> None:
@@ -393,6 +426,7 @@ def test_unix_socket_urls(redis_server: RedisServer, scheme: str) -> None:
     assert cache.set("k", [1, 2]) is True
     over_tcp = RedisCache(port=redis_server.port, db=2, key_prefix="sock:")
     assert over_tcp.get("k") == [1, 2]
+    assert cache.get_many("k", "absent") == [[1, 2], None]
     assert cache.delete("k") is True
     assert "sock" in repr(cache)
 
@@ -506,6 +540,7 @@ def test_rediss_url_talks_tls(tmp_path: Any) -> None:
         assert isinstance(cache, RedisCache)
         assert cache.set("k", {"tls": True}) is True
         assert cache.get("k") == {"tls": True}
+        assert cache.get_many("absent", "k") == [None, {"tls": True}]
         plain = redis.Redis(port=server.port)
         assert plain.exists("t:k") == 1  # the same server, reached in clear on its plain port
         untrusted = from_url(f"rediss://127.0.0.1:{port}/0")  # system CAs do not know ours
@@ -709,6 +744,56 @@ def test_cachelib_positional_signature_and_client_object(redis_server: RedisServ
     cache.clear()
 
 
+class CountingRedis(redis.Redis):
+    """A user's client subclass that sees every command (as instrumentation would)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands: list[str] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    "make_client",
+    [
+        lambda port: redis.Redis(port=port),
+        lambda port: redis.Redis(port=port, protocol=3),
+        lambda port: redis.Redis(port=port, single_connection_client=True),
+        lambda port: redis.Redis(
+            connection_pool=redis.BlockingConnectionPool(port=port, max_connections=1)  # type: ignore[no-untyped-call]
+        ),
+        lambda port: CountingRedis(port=port),
+    ],
+    ids=["plain", "resp3", "single-connection", "blocking-pool", "subclass"],
+)
+def test_get_many_through_a_ready_client(
+    redis_server: RedisServer, make_client: Callable[[int], redis.Redis]
+) -> None:
+    client = make_client(redis_server.port)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation warning from any redis-py call
+        cache = RedisCache(host=client, key_prefix=unique_prefix())
+        cache.set_many({"a": b"x", "n": 3, "d": {"k": None}})
+        assert cache.get_many("a", "n", "absent", "d") == [b"x", 3, None, {"k": None}]
+        assert cache.get_many("a", "d") == [b"x", {"k": None}]
+    if isinstance(client, CountingRedis):
+        assert client.commands.count("MGET") == 2
+    assert cache.clear() is True
+    client.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_get_many_over_each_protocol(redis_server: RedisServer, protocol: int) -> None:
+    cache = from_url(redis_server.url, protocol=protocol, key_prefix=unique_prefix())
+    cache.set_many({"a": [1.5], "n": -7, "bytes": b"\x00\r\n"})
+    assert cache.get_many("a", "n", "absent", "bytes") == [[1.5], -7, None, b"\x00\r\n"]
+    assert cache.get_many("bytes", "a") == [b"\x00\r\n", [1.5]]
+    assert cache.clear() is True
+
+
 def test_cachelib_positional_flags_after_key_prefix(redis_server: RedisServer) -> None:
     prefix = unique_prefix()
     cache = RedisCache("127.0.0.1", redis_server.port, None, 0, 60, prefix, False, True)
@@ -783,3 +868,115 @@ def test_restart_between_calls_is_invisible(fresh_redis_server: RedisServer) -> 
     assert cache.set("k", "after") is True  # the stale pooled connection is replaced
     assert cache.get("k") == "after"
     assert cache.stats()["errors"] == 0
+
+
+def test_get_many_after_a_restart_replaces_the_stale_connection(
+    fresh_redis_server: RedisServer,
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="restart:")
+    assert cache.get_many("k") == [None]  # leaves a pooled connection to the old process
+    fresh_redis_server.kill()
+    fresh_redis_server.restart()
+    fresh_redis_server.command("SET", "restart:k", "7")
+    assert cache.get_many("k", "absent") == [7, None]
+    assert cache.stats()["errors"] == 0
+
+
+def test_get_many_in_an_outage_answers_nones_then_recovers(
+    fresh_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port, key_prefix="outage:", dead_timeout=0.2)
+    assert cache.set_many({"a": 1, "b": "x"}) == ["a", "b"]
+    fresh_redis_server.kill()
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        assert cache.get_many("a", "b") == [None, None]
+        assert cache.get_many("a", "b", "c") == [None, None, None]  # inside the dead time
+    assert logged_operations(caplog) == ["get_many"]
+    assert "ConnectionError" in caplog.text
+    assert cache.stats()["errors"] == 2
+    assert cache.stats()["misses"] == 0  # an outage is not a miss
+    fresh_redis_server.restart()
+    fresh_redis_server.command("SET", "outage:a", "2")
+    assert wait_until(lambda: cache.get_many("a", "b") == [2, None]) < cache.dead_timeout + 2
+
+
+class CuttingProxy:
+    """A TCP relay to a server that drops a connection instead of relaying ``marker`` to it,
+    ``cuts`` times: a connection that dies with a command sent and no reply."""
+
+    def __init__(self, port: int, marker: bytes, cuts: int) -> None:
+        self.target = port
+        self.marker = marker
+        self.cuts = cuts
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._relay, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(server, client, False), daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket, to_server: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if to_server and self.marker in data and self.cuts > 0:
+                    self.cuts -= 1
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_get_many_retries_a_dropped_connection_as_configured(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, retries: int
+) -> None:
+    proxy = CuttingProxy(redis_server.port, b"MGET", cuts=1)
+    prefix = unique_prefix()
+    cache = RedisCache(port=proxy.port, key_prefix=prefix, retries=retries, dead_timeout=0)
+    assert cache.set("k", "v") is True
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        answer = cache.get_many("k", "absent")
+    assert proxy.cuts == 0
+    if retries:  # one retry on a new connection, unseen by the caller
+        assert (answer, cache.stats()["errors"], proxy.connections) == (["v", None], 0, 2)
+        assert caplog.records == []
+    else:
+        assert (answer, cache.stats()["errors"]) == ([None, None], 1)
+        assert logged_operations(caplog) == ["get_many"]
+    assert cache.get_many("k") == ["v"]
+    cache.close()
+    proxy.close()
+
+
+def test_get_many_on_a_hung_server_waits_once_per_dead_timeout(
+    fresh_redis_server: RedisServer,
+) -> None:
+    assert fresh_redis_server.pid is not None
+    cache = RedisCache(port=fresh_redis_server.port, socket_timeout=0.3, dead_timeout=1.0)
+    assert cache.set_many({"k": "v"}) == ["k"]
+    answers, seconds = [], []
+    with paused_process(fresh_redis_server.pid):
+        for _ in range(21):
+            started = time.monotonic()
+            answers.append(cache.get_many("k", "j"))
+            seconds.append(time.monotonic() - started)
+    assert answers == [[None, None]] * 21
+    assert 0.25 < seconds[0] < 2.0  # one socket timeout, not retried
+    assert sum(seconds[1:]) < 0.5  # inside the dead time no call waited for the server
+    assert wait_until(lambda: cache.get_many("k") == ["v"]) < cache.dead_timeout + 2
