@@ -8,6 +8,7 @@ import inspect
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -318,8 +319,14 @@ class BaseCache(ABC):
 
         :raises SerializationError: the serializer cannot encode it.
         """
+        serializer = self.serializer
+        if self._signer is None and type(serializer) is PickleSerializer:
+            try:  # the default, without the serializer's own frame
+                return pickle.dumps(value, serializer.protocol)
+            except Exception:
+                pass  # the serializer raises the SerializationError that says why
         try:
-            data = self.serializer.dumps(value)
+            data = serializer.dumps(value)
         except SerializationError:
             raise
         except Exception as err:  # a foreign serializer's own error
@@ -352,6 +359,11 @@ class BaseCache(ABC):
 
     def _decode_or_miss(self, key: str, payload: bytes) -> Any:
         """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``."""
+        if self._signer is None and type(self.serializer) is PickleSerializer:
+            try:  # the default, without the frames of _decode and the serializer
+                return pickle.loads(payload)
+            except Exception:
+                pass  # _decode says why
         try:
             return self._decode(payload)
         except SerializationError as err:
