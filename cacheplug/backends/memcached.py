@@ -417,13 +417,7 @@ class MemcachedCache(BaseCache):
     def _pack(self, value: Any) -> tuple[int, bytes]:
         if type(value) is int and -COUNTER_BIAS <= value < COUNTER_BIAS:
             return FLAG_COUNTER, b"%d" % (value + COUNTER_BIAS)
-        if self._secret is None and type(self.serializer) is PickleSerializer:
-            try:
-                data = pickle.dumps(value, self.serializer.protocol)
-            except Exception:
-                data = self._encode(value)  # raises the SerializationError that says why
-        else:
-            data = self._encode(value)
+        data = self._encode(value)
         if data and data[0] in _NUMERIC_START:
             return FLAG_GUARDED, b"!" + data
         return FLAG_SERIALIZED, data
@@ -431,11 +425,6 @@ class MemcachedCache(BaseCache):
     def _unpack(self, key: str, item: tuple[int, bytes]) -> Any:
         flags, data = item
         if flags == FLAG_SERIALIZED:
-            if self._secret is None and type(self.serializer) is PickleSerializer:
-                try:
-                    return pickle.loads(data)
-                except Exception:
-                    pass  # _decode_or_miss logs and counts it
             return self._decode_or_miss(key, data)
         if flags == FLAG_COUNTER:
             try:
