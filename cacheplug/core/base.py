@@ -320,11 +320,13 @@ class BaseCache(ABC):
         :raises SerializationError: the serializer cannot encode it.
         """
         serializer = self.serializer
-        if self._signer is None and type(serializer) is PickleSerializer:
+        if type(serializer) is PickleSerializer:
             try:  # the default, without the serializer's own frame
-                return pickle.dumps(value, serializer.protocol)
+                data = pickle.dumps(value, serializer.protocol)
             except Exception:
                 pass  # the serializer raises the SerializationError that says why
+            else:
+                return data if self._signer is None else self._signer.sign(data) + data
         try:
             data = serializer.dumps(value)
         except SerializationError:
@@ -359,11 +361,16 @@ class BaseCache(ABC):
 
     def _decode_or_miss(self, key: str, payload: bytes) -> Any:
         """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``."""
-        if self._signer is None and type(self.serializer) is PickleSerializer:
-            try:  # the default, without the frames of _decode and the serializer
-                return pickle.loads(payload)
-            except Exception:
-                pass  # _decode says why
+        if type(self.serializer) is PickleSerializer:
+            # the default, without the frames of _decode and the serializer
+            signer = self._signer
+            data = payload if signer is None else payload[SIGNATURE_SIZE:]
+            if signer is None or hmac.compare_digest(payload[:SIGNATURE_SIZE], signer.sign(data)):
+                try:
+                    return pickle.loads(data)
+                except Exception:
+                    pass
+            # _decode says what is wrong
         try:
             return self._decode(payload)
         except SerializationError as err:
