@@ -449,8 +449,9 @@ class RedisCache(BaseCache):
     def _mget(self, packed: list[bytes]) -> list[bytes | None]:
         """The reply to the packed ``MGET``, sent on a connection of the client's own pool.
 
-        On a fast link redis-py's client layer costs as much as the decoding: this does what
-        it does for one command, retrying with the connection's ``Retry`` after closing it.
+        On a fast link redis-py's client layer and command packing cost more than decoding
+        the reply. Like that layer, a failed attempt closes the connection and the
+        connection's ``Retry`` decides whether to try again.
         """
         pool = self._client.connection_pool  # a server in its dead time raises here
         conn = pool.get_connection(*self._mget_args or ())
@@ -703,8 +704,8 @@ def _send_read(conn: Any, packed: list[bytes]) -> Any:
 
 def _direct_mget_args(client: Any) -> tuple[str, ...] | None:
     """The arguments of ``client``'s ``pool.get_connection``, or ``None`` when only ``mget``
-    does the right thing: a subclass, one dedicated connection, client-side caching, or keys
-    not encoded as UTF-8.
+    does the right thing: a subclass, one dedicated connection, another kind of pool,
+    client-side caching, or keys not encoded as UTF-8.
     """
     import codecs
     import inspect
@@ -714,6 +715,8 @@ def _direct_mget_args(client: Any) -> tuple[str, ...] | None:
     if type(client) is not redis.Redis or client.connection is not None:
         return None
     pool = client.connection_pool
+    if not isinstance(pool, redis.ConnectionPool):
+        return None
     encoding = pool.connection_kwargs.get("encoding", "utf-8")
     if getattr(pool, "cache", None) is not None or codecs.lookup(encoding).name != "utf-8":
         return None
