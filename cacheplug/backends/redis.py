@@ -714,7 +714,7 @@ def _direct_mget_args(client: Any) -> tuple[str, ...] | None:
 
     if type(client) is not redis.Redis or client.connection is not None:
         return None
-    pool = client.connection_pool
+    pool: Any = client.connection_pool  # a user may have built it from anything
     if not isinstance(pool, redis.ConnectionPool):
         return None
     encoding = pool.connection_kwargs.get("encoding", "utf-8")
