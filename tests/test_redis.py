@@ -964,6 +964,53 @@ def test_get_many_retries_a_dropped_connection_as_configured(
     proxy.close()
 
 
+RETRIED = [
+    # (operation, marker of its command on the wire, call, answer when done, outage answer)
+    ("get", b"$3\r\nGET\r\n", lambda cache: cache.get("k"), "v", None),
+    ("set", b"$3\r\nSET\r\n", lambda cache: cache.set("k", "v"), True, False),
+    ("has", b"EXISTS", lambda cache: cache.has("k"), True, False),
+]
+NOT_RETRIED = [
+    ("inc", b"EVAL", lambda cache: cache.inc("n"), 2, None),
+    ("add", b"NX", lambda cache: cache.add("new", 1), True, False),
+    ("delete", b"DEL", lambda cache: cache.delete("k"), True, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("operation", "marker", "call", "done", "outage"),
+    RETRIED + NOT_RETRIED,
+    ids=[operation for operation, *_ in RETRIED + NOT_RETRIED],
+)
+def test_a_dropped_connection_is_retried_only_for_commands_safe_to_repeat(
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    operation: str,
+    marker: bytes,
+    call: Callable[[RedisCache], Any],
+    done: Any,
+    outage: Any,
+) -> None:
+    prefix = unique_prefix()
+    with RedisCache(port=redis_server.port, key_prefix=prefix) as seeder:
+        seeder.set("k", "v")
+        seeder.inc("n")
+    proxy = CuttingProxy(redis_server.port, marker, cuts=1)
+    cache = RedisCache(port=proxy.port, key_prefix=prefix, retries=1, dead_timeout=0)
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        answer = call(cache)
+    assert proxy.cuts == 0, "the command was cut once"
+    if operation in {op for op, *_ in RETRIED}:  # one retry on a new connection, unseen
+        assert (answer, cache.stats()["errors"]) == (done, 0)
+        assert caplog.records == []
+    else:  # sent once: its outcome is unknown to the client, so it is never repeated
+        assert (answer, cache.stats()["errors"]) == (outage, 1)
+        assert logged_operations(caplog) == [operation]
+        assert call(cache) == done  # the cut command never reached the server
+    cache.close()
+    proxy.close()
+
+
 def test_get_many_on_a_hung_server_waits_once_per_dead_timeout(
     fresh_redis_server: RedisServer,
 ) -> None:

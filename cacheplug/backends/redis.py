@@ -165,8 +165,8 @@ class RedisCache(BaseCache):
             self._client = host
             self._owns_client = False
             self._cluster = hasattr(host, "get_primaries")
-        # How to take a connection for get_many's MGET; None: through the client's mget.
-        self._mget_args = None if self._cluster else _direct_mget_args(self._client)
+        # Whether get_many sends its MGET itself on a connection of the client's pool.
+        self._direct_mget = not self._cluster and _direct_mget_ok(self._client)
         if check_connection:
             try:
                 self._client.ping()
@@ -397,7 +397,7 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        direct = self._mget_args is not None
+        direct = self._direct_mget
         packed = None
         try:
             names = [prefix + key for key in keys] if prefix or not direct else keys
@@ -454,7 +454,7 @@ class RedisCache(BaseCache):
         connection's ``Retry`` decides whether to try again.
         """
         pool = self._client.connection_pool  # a server in its dead time raises here
-        conn = pool.get_connection(*self._mget_args or ())
+        conn = pool.get_connection()
         try:
             reply: list[bytes | None] = conn.retry.call_with_retry(
                 lambda: _send_read(conn, packed), lambda _error: conn.disconnect()
@@ -702,27 +702,22 @@ def _send_read(conn: Any, packed: list[bytes]) -> Any:
     return conn.read_response()
 
 
-def _direct_mget_args(client: Any) -> tuple[str, ...] | None:
-    """The arguments of ``client``'s ``pool.get_connection``, or ``None`` when only ``mget``
-    does the right thing: a subclass, one dedicated connection, another kind of pool,
-    client-side caching, or keys not encoded as UTF-8.
+def _direct_mget_ok(client: Any) -> bool:
+    """Whether get_many may send its own MGET on ``client``'s pool; not for a subclass, one
+    dedicated connection, another kind of pool, client-side caching, or keys not encoded as
+    UTF-8, where only ``client.mget`` does the right thing.
     """
     import codecs
-    import inspect
 
     import redis
 
     if type(client) is not redis.Redis or client.connection is not None:
-        return None
+        return False
     pool: Any = client.connection_pool  # a user may have built it from anything
     if not isinstance(pool, redis.ConnectionPool):
-        return None
+        return False
     encoding = pool.connection_kwargs.get("encoding", "utf-8")
-    if getattr(pool, "cache", None) is not None or codecs.lookup(encoding).name != "utf-8":
-        return None
-    # redis-py < 5.3 needs a command name; later versions warn about one.
-    name = inspect.signature(pool.get_connection).parameters.get("command_name")
-    return ("MGET",) if name is not None and name.default is name.empty else ()
+    return getattr(pool, "cache", None) is None and codecs.lookup(encoding).name == "utf-8"
 
 
 class _ServerDownError(ConnectionError):
