@@ -90,8 +90,8 @@ def simple_section(ctx: Context, *, plot: bool = True) -> SectionResult:
     rows.append(("get miss", "-", compare(misses, repeats)))
     section.add(
         f"ns/op, minimum of {repeats} interleaved repeats of {number:,} calls; threshold 10,000; "
-        "pickle serializer (cacheplug keeps flat builtin values unpickled, a dict as a shallow copy; "
-        "nested ones are pickled); cachetools stores references and copies nothing.",
+        "pickle serializer (cacheplug keeps flat builtin values unpickled, a dict as a shallow "
+        "copy; nested ones are pickled); cachetools stores references and copies nothing.",
         "",
     )
     _ops_table(section, rows, list(caches))
