@@ -2,8 +2,9 @@
 
 They run on the socket of a connected pymemcache ``Client``, which keeps doing everything else
 (connecting, pooling, the other commands). pymemcache reads a multi-key reply a line at a time
-in Python; here the reply is read in large chunks and cut by offsets, several times faster per
-value. Keys arrive already mapped by ``memcached_key``: printable ASCII, no spaces, <= 250.
+in Python; here it is read in large chunks and cut at all its CRLFs in one call, several times
+less work per value (a reply that arrives in pieces is parsed a record at a time instead).
+Keys arrive already mapped by ``memcached_key``: printable ASCII, no spaces, <= 250.
 Any error closes the connection, so a half-read reply never reaches the next call; failures
 raise pymemcache's own exceptions, which the backend turns into the contract's outage values.
 """
