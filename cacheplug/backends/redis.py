@@ -31,6 +31,7 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
 DEFAULT_DEAD_TIMEOUT = 1.0
 SCAN_BATCH = 1000
+COPY_LIMIT = 6000  # bytes of a value joined with its command's other parts, as redis-py does
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 
 # A missing counter is created with the default expiry, an existing one keeps its own; all in
@@ -165,8 +166,8 @@ class RedisCache(BaseCache):
             self._client = host
             self._owns_client = False
             self._cluster = hasattr(host, "get_primaries")
-        # Whether get_many sends its MGET itself on a connection of the client's pool.
-        self._direct_mget = not self._cluster and _direct_mget_ok(self._client)
+        # Whether get, set and get_many send their commands themselves on the client's pool.
+        self._direct = not self._cluster and _direct_ok(self._client)
         if check_connection:
             try:
                 self._client.ping()
@@ -300,8 +301,12 @@ class RedisCache(BaseCache):
     def get(self, key: str) -> Any:
         if type(key) is not str:
             check_key(key)
+        name = self.key_prefix + key
         try:
-            payload = self._client.get(self.key_prefix + key)
+            if self._direct and name.isascii():
+                payload = self._send_packed(_packed_one("GET", name))
+            else:
+                payload = self._client.get(name)
         except self._failures as err:
             self._backend_error("get", err)
             return None
@@ -327,7 +332,9 @@ class RedisCache(BaseCache):
         data = self._dump(value)
         name = self.key_prefix + key
         try:
-            if ms > 0:
+            if self._direct and name.isascii() and type(data) is bytes:
+                self._send_packed(_packed_set(name, data, ms))
+            elif ms > 0:
                 self._client.execute_command("SET", name, data, "PX", ms)
             elif ms == 0:
                 self._client.execute_command("SET", name, data)
@@ -397,7 +404,7 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        direct = self._direct_mget
+        direct = self._direct
         packed = None
         try:
             names = [prefix + key for key in keys] if prefix or not direct else keys
@@ -411,7 +418,7 @@ class RedisCache(BaseCache):
             if self._cluster:
                 payloads = self._client.mget_nonatomic(names)
             elif packed is not None:
-                payloads = self._mget(packed)
+                payloads = self._send_packed(packed)
             else:
                 payloads = self._client.mget(names)
         except self._failures as err:
@@ -446,22 +453,22 @@ class RedisCache(BaseCache):
         self._misses += len(keys) - found
         return values
 
-    def _mget(self, packed: list[bytes]) -> list[bytes | None]:
-        """The reply to the packed ``MGET``, sent on a connection of the client's own pool.
+    def _send_packed(self, packed: list[bytes]) -> Any:
+        """The reply to a command packed in RESP, sent on a connection of the client's own pool.
 
-        On a fast link redis-py's client layer and command packing cost more than decoding
-        the reply. Like that layer, a failed attempt closes the connection and the
-        connection's ``Retry`` decides whether to try again.
+        On a fast link redis-py's client layer and command packing cost about as much as the
+        round trip's own Python work. Like that layer, a failed attempt closes the connection
+        and the connection's ``Retry`` decides whether to try again: only idempotent commands
+        come here.
         """
         pool = self._client.connection_pool  # a server in its dead time raises here
         conn = pool.get_connection()
         try:
-            reply: list[bytes | None] = conn.retry.call_with_retry(
+            return conn.retry.call_with_retry(
                 lambda: _send_read(conn, packed), lambda _error: conn.disconnect()
             )
         finally:
             pool.release(conn)
-        return reply
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         for key in mapping:
@@ -697,15 +704,34 @@ def _packed_mget(names: Sequence[str]) -> list[bytes] | None:
     return [f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()]
 
 
+def _packed_one(command: str, name: str) -> list[bytes]:
+    """``command name`` (GET, DEL) in RESP for ``send_packed_command``; ``name`` is ASCII."""
+    return [f"*2\r\n${len(command)}\r\n{command}\r\n${len(name)}\r\n{name}\r\n".encode()]
+
+
+def _packed_set(name: str, data: bytes, ms: int) -> list[bytes]:
+    """What ``set`` sends, in RESP for ``send_packed_command``: ``SET name data PX ms``,
+    without expiry for ``ms`` 0, ``DEL name`` for a negative ``ms``; ``name`` is ASCII.
+    """
+    if ms < 0:
+        return _packed_one("DEL", name)
+    px = str(ms)
+    expiry = f"\r\n$2\r\nPX\r\n${len(px)}\r\n{px}\r\n" if ms else "\r\n"
+    head = f"*{5 if ms else 3}\r\n$3\r\nSET\r\n${len(name)}\r\n{name}\r\n${len(data)}\r\n"
+    if len(data) > COPY_LIMIT:  # sent as it is rather than copied into one string
+        return [head.encode(), data, expiry.encode()]
+    return [b"".join((head.encode(), data, expiry.encode()))]
+
+
 def _send_read(conn: Any, packed: list[bytes]) -> Any:
     conn.send_packed_command(packed)
     return conn.read_response()
 
 
-def _direct_mget_ok(client: Any) -> bool:
-    """Whether get_many may send its own MGET on ``client``'s pool; not for a subclass, one
-    dedicated connection, another kind of pool, client-side caching, or keys not encoded as
-    UTF-8, where only ``client.mget`` does the right thing.
+def _direct_ok(client: Any) -> bool:
+    """Whether get, set and get_many may send their own commands on ``client``'s pool; not
+    for a subclass, one dedicated connection, another kind of pool, client-side caching, or
+    keys not encoded as UTF-8, where only the client's own methods do the right thing.
     """
     import codecs
 
