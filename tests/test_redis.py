@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import pickle
 import socket
@@ -193,6 +194,83 @@ def test_negative_timeout_in_set_many_and_add(cache: RedisCache) -> None:
     cache.set("a", 1)
     assert cache.add("a", 2, timeout=-1) is False
     assert cache.get("a") == 1
+
+
+# -- get and set on the wire ----------------------------------------------------------------------
+
+
+class ClientLayer:
+    """The commands that pass through a client's own ``execute_command`` (redis-py's layer)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.commands: list[str] = []
+        real = client.execute_command
+
+        def execute_command(*args: Any, **options: Any) -> Any:
+            self.commands.append(str(args[0]))
+            return real(*args, **options)
+
+        client.execute_command = execute_command  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("prefix", ["", "pre:", "préfixe:"])
+@pytest.mark.parametrize("key", ["k", "a b\r\n$3\r\n", "ключ", "🔑" * 200, "k" * 600])
+def test_get_and_set_keep_their_semantics_on_every_key(
+    redis_server: RedisServer, prefix: str, key: str
+) -> None:
+    cache = RedisCache(port=redis_server.port, db=7, key_prefix=prefix)
+    layer = ClientLayer(cache._client)
+    server = redis.Redis(port=redis_server.port, db=7)
+    name = (prefix + key).encode()  # Redis sees the UTF-8 bytes of the name
+    assert cache.set(key, {"v": [1]}) is True
+    assert 299_000 < server.pttl(name) <= 300_000
+    assert pickle.loads(server.get(name)) == {"v": [1]}  # type: ignore[arg-type]
+    assert cache.get(key) == {"v": [1]}
+    assert cache.set(key, -7, timeout=0) is True  # overwriting removes the expiry
+    assert (server.get(name), server.pttl(name)) == (b"-7", -1)
+    assert cache.get(key) == -7
+    assert cache.set(key, "soon", timeout=2.5) is True
+    assert 2_000 < server.pttl(name) <= 2_500
+    assert cache.set(key, "gone", timeout=-1) is True  # already expired: deleted
+    assert server.exists(name) == 0
+    assert cache.get(key) is None
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["sets"], stats["errors"]) == (2, 1, 4, 0)
+    # ASCII names are packed by the cache itself; others take redis-py's encoding.
+    assert layer.commands == (
+        [] if name.isascii() else ["SET", "GET", "SET", "GET", "SET", "DEL", "GET"]
+    )
+    server.close()
+
+
+@pytest.mark.parametrize("size", [0, 5950, 5990, 6001, 70_000, 1024 * 1024])
+def test_set_and_get_values_of_any_size(cache: RedisCache, raw: redis.Redis, size: int) -> None:
+    value = bytes(range(256)) * (size // 256) + b"\r\n" * (size % 256 // 2)
+    for timeout in (None, 0):
+        assert cache.set("v", value, timeout=timeout) is True
+        assert cache.get("v") == value
+        assert raw.strlen(cache.key_prefix + "v") == len(
+            pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        )
+    assert cache.set("text", "é" * size) is True
+    assert cache.get("text") == "é" * size
+
+
+class TextSerializer:
+    """A foreign serializer that hands out ``str``; redis-py stores it as UTF-8."""
+
+    def dumps(self, value: Any) -> str:
+        return json.dumps(value)
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+def test_a_serializer_returning_str_still_stores(cache: RedisCache, raw: redis.Redis) -> None:
+    cache.serializer = TextSerializer()  # type: ignore[assignment]
+    assert cache.set("k", ["é"]) is True
+    assert raw.get(cache.key_prefix + "k") == json.dumps(["é"]).encode()
+    assert cache.get("k") == ["é"]
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -426,6 +504,7 @@ def test_unix_socket_urls(redis_server: RedisServer, scheme: str) -> None:
     assert cache.set("k", [1, 2]) is True
     over_tcp = RedisCache(port=redis_server.port, db=2, key_prefix="sock:")
     assert over_tcp.get("k") == [1, 2]
+    assert cache.get("k") == [1, 2]
     assert cache.get_many("k", "absent") == [[1, 2], None]
     assert cache.delete("k") is True
     assert "sock" in repr(cache)
@@ -769,8 +848,8 @@ class CountingRedis(redis.Redis):
     ],
     ids=["plain", "resp3", "single-connection", "blocking-pool", "subclass"],
 )
-def test_get_many_through_a_ready_client(
-    redis_server: RedisServer, make_client: Callable[[int], redis.Redis]
+def test_get_set_and_get_many_through_a_ready_client(
+    redis_server: RedisServer, raw: redis.Redis, make_client: Callable[[int], redis.Redis]
 ) -> None:
     client = make_client(redis_server.port)
     with warnings.catch_warnings():
@@ -779,18 +858,36 @@ def test_get_many_through_a_ready_client(
         cache.set_many({"a": b"x", "n": 3, "d": {"k": None}})
         assert cache.get_many("a", "n", "absent", "d") == [b"x", 3, None, {"k": None}]
         assert cache.get_many("a", "d") == [b"x", {"k": None}]
-    if isinstance(client, CountingRedis):
+        big = b"\r\n" * 50_000
+        assert (cache.set("s", "v", timeout=60), cache.set("big", big, timeout=0)) == (True, True)
+        assert (cache.get("s"), cache.get("big"), cache.get("absent")) == ("v", big, None)
+        assert cache.set("s", "v", timeout=-1) is True
+        assert cache.get("s") is None
+    assert (raw.exists(cache.key_prefix + "s"), raw.pttl(cache.key_prefix + "big")) == (0, -1)
+    if isinstance(client, CountingRedis):  # a subclass sees every command
         assert client.commands.count("MGET") == 2
+        assert [c for c in client.commands if c in {"GET", "SET", "DEL"}] == [
+            *("SET", "SET", "GET", "GET", "GET", "DEL", "GET")
+        ]
     assert cache.clear() is True
     client.close()
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_get_many_over_each_protocol(redis_server: RedisServer, protocol: int) -> None:
+def test_get_set_and_get_many_over_each_protocol(redis_server: RedisServer, protocol: int) -> None:
     cache = from_url(redis_server.url, protocol=protocol, key_prefix=unique_prefix())
     cache.set_many({"a": [1.5], "n": -7, "bytes": b"\x00\r\n"})
     assert cache.get_many("a", "n", "absent", "bytes") == [[1.5], -7, None, b"\x00\r\n"]
     assert cache.get_many("bytes", "a") == [b"\x00\r\n", [1.5]]
+    assert cache.get("bytes") == b"\x00\r\n"
+    assert cache.get("absent") is None
+    big = b"\x00" * 100_000
+    for timeout in (None, 0, 9.5):
+        assert cache.set("big", big, timeout=timeout) is True
+        assert cache.set("ключ", timeout, timeout=timeout) is True
+        assert (cache.get("big"), cache.get("ключ")) == (big, timeout)
+    assert cache.set("big", 1, timeout=-1) is True
+    assert (cache.get("big"), cache.stats()["errors"]) == (None, 0)
     assert cache.clear() is True
 
 
@@ -967,7 +1064,11 @@ def test_get_many_retries_a_dropped_connection_as_configured(
 RETRIED = [
     # (operation, marker of its command on the wire, call, answer when done, outage answer)
     ("get", b"$3\r\nGET\r\n", lambda cache: cache.get("k"), "v", None),
+    ("get-unicode", b"$3\r\nGET\r\n", lambda cache: cache.get("ключ"), "v", None),
     ("set", b"$3\r\nSET\r\n", lambda cache: cache.set("k", "v"), True, False),
+    ("set-forever", b"$3\r\nSET\r\n", lambda cache: cache.set("k", "v", 0), True, False),
+    ("set-large", b"$3\r\nSET\r\n", lambda cache: cache.set("k", b"v" * 99_999), True, False),
+    ("set-expired", b"$3\r\nDEL\r\n", lambda cache: cache.set("k", "v", -1), True, False),
     ("has", b"EXISTS", lambda cache: cache.has("k"), True, False),
 ]
 NOT_RETRIED = [
@@ -993,7 +1094,7 @@ def test_a_dropped_connection_is_retried_only_for_commands_safe_to_repeat(
 ) -> None:
     prefix = unique_prefix()
     with RedisCache(port=redis_server.port, key_prefix=prefix) as seeder:
-        seeder.set("k", "v")
+        seeder.set_many({"k": "v", "ключ": "v"})
         seeder.inc("n")
     proxy = CuttingProxy(redis_server.port, marker, cuts=1)
     cache = RedisCache(port=proxy.port, key_prefix=prefix, retries=1, dead_timeout=0)
