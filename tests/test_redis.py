@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -835,6 +835,22 @@ class CountingRedis(redis.Redis):
         return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
+class CountingConnection(redis.Connection):
+    """A user's connection class that sees every command redis-py sends on it."""
+
+    commands: ClassVar[list[str]] = []
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self.commands.append(str(args[0]))
+        super().send_command(*args, **kwargs)
+
+
+def _counting_connections(port: int) -> redis.Redis:
+    CountingConnection.commands = []
+    pool = redis.ConnectionPool(port=port, connection_class=CountingConnection)
+    return redis.Redis(connection_pool=pool)
+
+
 @pytest.mark.parametrize(
     "make_client",
     [
@@ -845,8 +861,9 @@ class CountingRedis(redis.Redis):
             connection_pool=redis.BlockingConnectionPool(port=port, max_connections=1)  # type: ignore[no-untyped-call]
         ),
         lambda port: CountingRedis(port=port),
+        _counting_connections,
     ],
-    ids=["plain", "resp3", "single-connection", "blocking-pool", "subclass"],
+    ids=["plain", "resp3", "single-connection", "blocking-pool", "subclass", "connection-class"],
 )
 def test_get_set_and_get_many_through_a_ready_client(
     redis_server: RedisServer, raw: redis.Redis, make_client: Callable[[int], redis.Redis]
@@ -864,9 +881,12 @@ def test_get_set_and_get_many_through_a_ready_client(
         assert cache.set("s", "v", timeout=-1) is True
         assert cache.get("s") is None
     assert (raw.exists(cache.key_prefix + "s"), raw.pttl(cache.key_prefix + "big")) == (0, -1)
-    if isinstance(client, CountingRedis):  # a subclass sees every command
-        assert client.commands.count("MGET") == 2
-        assert [c for c in client.commands if c in {"GET", "SET", "DEL"}] == [
+    seen = getattr(
+        client, "commands", getattr(client.connection_pool.connection_class, "commands", None)
+    )
+    if seen is not None:  # a user's own class sees every command
+        assert seen.count("MGET") == 2
+        assert [c for c in seen if c in {"GET", "SET", "DEL"}] == [
             *("SET", "SET", "GET", "GET", "GET", "DEL", "GET")
         ]
     assert cache.clear() is True

@@ -730,8 +730,9 @@ def _send_read(conn: Any, packed: list[bytes]) -> Any:
 
 def _direct_ok(client: Any) -> bool:
     """Whether get, set and get_many may send their own commands on ``client``'s pool; not
-    for a subclass, one dedicated connection, another kind of pool, client-side caching, or
-    keys not encoded as UTF-8, where only the client's own methods do the right thing.
+    for a subclass, one dedicated connection, another kind of pool or connection, client-side
+    caching, or keys not encoded as UTF-8, where only the client's own methods do the right
+    thing.
     """
     import codecs
 
@@ -740,7 +741,11 @@ def _direct_ok(client: Any) -> bool:
     if type(client) is not redis.Redis or client.connection is not None:
         return False
     pool: Any = client.connection_pool  # a user may have built it from anything
-    if not isinstance(pool, redis.ConnectionPool):
+    if not isinstance(pool, redis.ConnectionPool) or pool.connection_class not in (
+        redis.Connection,
+        redis.SSLConnection,
+        redis.UnixDomainSocketConnection,
+    ):
         return False
     encoding = pool.connection_kwargs.get("encoding", "utf-8")
     return getattr(pool, "cache", None) is None and codecs.lookup(encoding).name == "utf-8"
