@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from cacheplug.backends import _redis_wire as wire
 from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
@@ -31,7 +32,6 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
 DEFAULT_DEAD_TIMEOUT = 1.0
 SCAN_BATCH = 1000
-COPY_LIMIT = 6000  # bytes of a value joined with its command's other parts, as redis-py does
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 
 # A missing counter is created with the default expiry, an existing one keeps its own; all in
@@ -167,7 +167,7 @@ class RedisCache(BaseCache):
             self._owns_client = False
             self._cluster = hasattr(host, "get_primaries")
         # Whether get, set and get_many send their commands themselves on the client's pool.
-        self._direct = not self._cluster and _direct_ok(self._client)
+        self._direct = not self._cluster and wire.direct_ok(self._client)
         if check_connection:
             try:
                 self._client.ping()
@@ -304,7 +304,7 @@ class RedisCache(BaseCache):
         name = self.key_prefix + key
         try:
             if self._direct and name.isascii():
-                payload = self._send_packed(_packed_one("GET", name))
+                payload = self._send_packed(wire.packed_one("GET", name))
             else:
                 payload = self._client.get(name)
         except self._failures as err:
@@ -333,7 +333,7 @@ class RedisCache(BaseCache):
         name = self.key_prefix + key
         try:
             if self._direct and name.isascii() and type(data) is bytes:
-                self._send_packed(_packed_set(name, data, ms))
+                self._send_packed(wire.packed_set(name, data, ms))
             elif ms > 0:
                 self._client.execute_command("SET", name, data, "PX", ms)
             elif ms == 0:
@@ -409,7 +409,7 @@ class RedisCache(BaseCache):
         try:
             names = [prefix + key for key in keys] if prefix or not direct else keys
             if direct:
-                packed = _packed_mget(names)
+                packed = wire.packed_mget(names)
         except TypeError:
             for key in keys:
                 check_key(key)  # raises with the contract's message
@@ -465,7 +465,7 @@ class RedisCache(BaseCache):
         conn = pool.get_connection()
         try:
             return conn.retry.call_with_retry(
-                lambda: _send_read(conn, packed), lambda _error: conn.disconnect()
+                lambda: wire.send_read(conn, packed), lambda _error: conn.disconnect()
             )
         finally:
             pool.release(conn)
@@ -682,73 +682,6 @@ def _is_decimal(payload: bytes) -> bool:
     sends every serializer payload straight to its decoder.
     """
     return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
-
-
-_HEADERS = tuple(f"\r\n${length}\r\n" for length in range(512))  # RESP bulk string headers
-
-
-def _packed_mget(names: Sequence[str]) -> list[bytes] | None:
-    """``MGET names`` in RESP for ``send_packed_command``; ``None`` unless every name is ASCII.
-
-    :raises TypeError: a name is not a ``str``.
-    """
-    parts = [*names, *names]
-    try:
-        parts[::2] = [_HEADERS[len(name)] for name in names]
-    except IndexError:
-        parts[::2] = [f"\r\n${len(name)}\r\n" for name in names]
-    parts[1::2] = names
-    text = "".join(parts)
-    if not text.isascii():  # only then is a name's length its length in bytes
-        return None
-    return [f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()]
-
-
-def _packed_one(command: str, name: str) -> list[bytes]:
-    """``command name`` (GET, DEL) in RESP for ``send_packed_command``; ``name`` is ASCII."""
-    return [f"*2\r\n${len(command)}\r\n{command}\r\n${len(name)}\r\n{name}\r\n".encode()]
-
-
-def _packed_set(name: str, data: bytes, ms: int) -> list[bytes]:
-    """What ``set`` sends, in RESP for ``send_packed_command``: ``SET name data PX ms``,
-    without expiry for ``ms`` 0, ``DEL name`` for a negative ``ms``; ``name`` is ASCII.
-    """
-    if ms < 0:
-        return _packed_one("DEL", name)
-    px = str(ms)
-    expiry = f"\r\n$2\r\nPX\r\n${len(px)}\r\n{px}\r\n" if ms else "\r\n"
-    head = f"*{5 if ms else 3}\r\n$3\r\nSET\r\n${len(name)}\r\n{name}\r\n${len(data)}\r\n"
-    if len(data) > COPY_LIMIT:  # sent as it is rather than copied into one string
-        return [head.encode(), data, expiry.encode()]
-    return [b"".join((head.encode(), data, expiry.encode()))]
-
-
-def _send_read(conn: Any, packed: list[bytes]) -> Any:
-    conn.send_packed_command(packed)
-    return conn.read_response()
-
-
-def _direct_ok(client: Any) -> bool:
-    """Whether get, set and get_many may send their own commands on ``client``'s pool; not
-    for a subclass, one dedicated connection, another kind of pool or connection, client-side
-    caching, or keys not encoded as UTF-8, where only the client's own methods do the right
-    thing.
-    """
-    import codecs
-
-    import redis
-
-    if type(client) is not redis.Redis or client.connection is not None:
-        return False
-    pool: Any = client.connection_pool  # a user may have built it from anything
-    if not isinstance(pool, redis.ConnectionPool) or pool.connection_class not in (
-        redis.Connection,
-        redis.SSLConnection,
-        redis.UnixDomainSocketConnection,
-    ):
-        return False
-    encoding = pool.connection_kwargs.get("encoding", "utf-8")
-    return getattr(pool, "cache", None) is None and codecs.lookup(encoding).name == "utf-8"
 
 
 class _ServerDownError(ConnectionError):

@@ -1,0 +1,83 @@
+"""RESP for the hot calls ``RedisCache`` sends itself: ``GET``, ``SET`` and ``MGET``.
+
+On a fast link redis-py's client layer and command packing cost about as much as a call's own
+Python work; these commands are packed here in one string (a large value as its own chunk) and
+sent on a connection of the client's own pool. Only clients whose pool and connections are
+redis-py's own take this path (``direct_ok``); names are ASCII, so lengths are byte lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["COPY_LIMIT", "direct_ok", "packed_mget", "packed_one", "packed_set", "send_read"]
+
+COPY_LIMIT = 6000  # bytes of a value joined with its command's other parts, as redis-py does
+
+
+_HEADERS = tuple(f"\r\n${length}\r\n" for length in range(512))  # RESP bulk string headers
+
+
+def packed_mget(names: Sequence[str]) -> list[bytes] | None:
+    """``MGET names`` in RESP for ``send_packed_command``; ``None`` unless every name is ASCII.
+
+    :raises TypeError: a name is not a ``str``.
+    """
+    parts = [*names, *names]
+    try:
+        parts[::2] = [_HEADERS[len(name)] for name in names]
+    except IndexError:
+        parts[::2] = [f"\r\n${len(name)}\r\n" for name in names]
+    parts[1::2] = names
+    text = "".join(parts)
+    if not text.isascii():  # only then is a name's length its length in bytes
+        return None
+    return [f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()]
+
+
+def packed_one(command: str, name: str) -> list[bytes]:
+    """``command name`` (GET, DEL) in RESP for ``send_packed_command``; ``name`` is ASCII."""
+    return [f"*2\r\n${len(command)}\r\n{command}\r\n${len(name)}\r\n{name}\r\n".encode()]
+
+
+def packed_set(name: str, data: bytes, ms: int) -> list[bytes]:
+    """What ``set`` sends, in RESP for ``send_packed_command``: ``SET name data PX ms``,
+    without expiry for ``ms`` 0, ``DEL name`` for a negative ``ms``; ``name`` is ASCII.
+    """
+    if ms < 0:
+        return packed_one("DEL", name)
+    px = str(ms)
+    expiry = f"\r\n$2\r\nPX\r\n${len(px)}\r\n{px}\r\n" if ms else "\r\n"
+    head = f"*{5 if ms else 3}\r\n$3\r\nSET\r\n${len(name)}\r\n{name}\r\n${len(data)}\r\n"
+    if len(data) > COPY_LIMIT:  # sent as it is rather than copied into one string
+        return [head.encode(), data, expiry.encode()]
+    return [b"".join((head.encode(), data, expiry.encode()))]
+
+
+def send_read(conn: Any, packed: list[bytes]) -> Any:
+    conn.send_packed_command(packed)
+    return conn.read_response()
+
+
+def direct_ok(client: Any) -> bool:
+    """Whether get, set and get_many may send their own commands on ``client``'s pool; not
+    for a subclass, one dedicated connection, another kind of pool or connection, client-side
+    caching, or keys not encoded as UTF-8, where only the client's own methods do the right
+    thing.
+    """
+    import codecs
+
+    import redis
+
+    if type(client) is not redis.Redis or client.connection is not None:
+        return False
+    pool: Any = client.connection_pool  # a user may have built it from anything
+    if not isinstance(pool, redis.ConnectionPool) or pool.connection_class not in (
+        redis.Connection,
+        redis.SSLConnection,
+        redis.UnixDomainSocketConnection,
+    ):
+        return False
+    encoding = pool.connection_kwargs.get("encoding", "utf-8")
+    return getattr(pool, "cache", None) is None and codecs.lookup(encoding).name == "utf-8"
