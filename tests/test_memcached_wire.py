@@ -295,3 +295,30 @@ def test_a_damaged_reply_raises_a_memcache_error(
         return
     # only possible when the damage still reads as a well-formed reply
     assert damaged.endswith(b"END\r\n"), result
+
+
+def test_threads_sharing_one_cache_read_their_own_values(cache: MemcachedCache) -> None:
+    """Pooled connections are never shared mid-reply: every thread reads back what it wrote."""
+    errors: list[str] = []
+    start = threading.Barrier(6)
+
+    def work(worker: int) -> None:
+        keys = [f"t{worker}:{i}" for i in range(40)]
+        start.wait()
+        for round_ in range(60):
+            values = {key: f"{key}@{round_}" * (round_ % 7 + 1) for key in keys}
+            if cache.set_many(values) != keys:
+                errors.append(f"{worker}: set_many failed in round {round_}")
+            if cache.get_many(*keys) != list(values.values()):
+                errors.append(f"{worker}: get_many read another value in round {round_}")
+            key = keys[round_ % len(keys)]
+            if not cache.set(key, round_) or cache.get(key) != round_:
+                errors.append(f"{worker}: set/get read another value in round {round_}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert cache.stats()["errors"] == 0
