@@ -13,13 +13,15 @@ import cachelib
 
 from benchmarks.backends import BATCH, calls_per_repeat, per_backend
 from benchmarks.payloads import bytes_payload
-from benchmarks.report import Context, SectionResult, fmt_ns, fmt_ratio
+from benchmarks.report import Context, SectionResult, Target, fmt_ns, fmt_ratio
 from benchmarks.timing import Case, Timing, call_loop, compare
 
 __all__ = ["drivers_section"]
 
 TIMEOUT = 300
 OPS = ("get hit", "set", f"get_many({BATCH})")
+#: Issue 5: cacheplug's time over the raw driver's, per operation, at most.
+GOALS = dict(zip(OPS, (1.05, 1.08, 1.10), strict=True))
 
 
 class _Client:
@@ -99,6 +101,16 @@ def drivers_section(ctx: Context) -> SectionResult:
         clients = makers[backend](ctx)
         timings = _measure(clients, calls_per_repeat(ctx, backend), repeats)
         raw = list(clients)[1]
+        for op, t in timings.items():
+            measured = t["cacheplug"].best_ns / t[raw].best_ns
+            section.targets.append(
+                Target(
+                    f"{backend} {op} vs {raw}",
+                    f"<= {GOALS[op]:.2f}x {raw}'s time",
+                    fmt_ratio(measured),
+                    measured <= GOALS[op],
+                )
+            )
         section.highlights.append(
             f"{backend}: cacheplug / {raw} "
             + ", ".join(
