@@ -663,7 +663,7 @@ class MemcachedCache(BaseCache):
         missing = items.count(None)
         self._misses += missing
         self._hits += len(items) - missing
-        if self._secret is None and type(self.serializer) is PickleSerializer:
+        if self._signer is None and type(self.serializer) is PickleSerializer:
             loads = pickle.loads
             try:  # the default, without a call of _unpack per value
                 return [

@@ -253,18 +253,12 @@ class RedisCache(BaseCache):
                 return b"%d" % value
             except ValueError:
                 pass
-        serializer = self.serializer
-        if self._secret is None and type(serializer) is PickleSerializer:
-            try:
-                return pickle.dumps(value, serializer.protocol)
-            except Exception:
-                pass  # _encode raises the SerializationError
         return self._encode(value)
 
     def _decoder(self) -> Callable[[bytes], Any]:
         """The most direct decoding function for this cache's payloads (it may raise)."""
         serializer = self.serializer
-        if self._secret is not None:
+        if self._signer is not None:
             return self._decode
         if type(serializer) is PickleSerializer:
             return pickle.loads
@@ -316,8 +310,6 @@ class RedisCache(BaseCache):
         try:
             if 44 < payload[0] < 58 and _is_decimal(payload):
                 value = int(payload)
-            elif self._secret is None and type(self.serializer) is PickleSerializer:
-                value = pickle.loads(payload)  # the default, without _decoder's indirection
             else:
                 value = self._decoder()(payload)
         except Exception:
@@ -427,7 +419,7 @@ class RedisCache(BaseCache):
             if replies is None:
                 return [None] * len(keys)
             payloads = [None if isinstance(r, Exception) else r for r in replies]
-        if self._secret is None and type(self.serializer) is PickleSerializer:
+        if self._signer is None and type(self.serializer) is PickleSerializer:
             # All hits and no counter: one pass. A miss (None) or a counter (a decimal, never
             # a pickle: it lacks the STOP opcode) makes pickle.loads raise; then value by value.
             try:

@@ -157,7 +157,6 @@ class BaseCache(ABC):
             secret = secret.encode()
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ConfigurationError("secret must be a non-empty str or bytes")
-        self._secret: bytes | None = secret
         self._signer = PayloadSigner(secret) if secret is not None else None
         self._hits = self._misses = self._sets = self._deletes = 0
         self._errors = self._evictions = 0
@@ -428,7 +427,7 @@ class BaseCache(ABC):
         return (
             f"{type(self).__name__}(default_timeout={self.default_timeout!r}, "
             f"key_prefix={self.key_prefix!r}, serializer={serializer_name(self.serializer)!r}"
-            f"{', signed=True' if self._secret else ''})"
+            f"{', signed=True' if self._signer else ''})"
         )
 
 
