@@ -5,8 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import pickle
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from interpreter import run_python
 
 import cacheplug
 from cacheplug import (
@@ -54,8 +53,7 @@ def loaded_after(statements: str, watched: list[str]) -> list[str]:
         f"print(','.join([m for m in {watched!r} if m in sys.modules] + "
         f"[m for m in sys.modules if m.startswith('cacheplug.')]))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return [name for name in out.stdout.strip().split(",") if name]
+    return [name for name in run_python(code).strip().split(",") if name]
 
 
 def test_import_is_cheap() -> None:

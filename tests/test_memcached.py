@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -16,6 +14,7 @@ import memcache  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from interpreter import run_python
 from pymemcache.client.base import Client
 from servers import MemcachedServer
 from waiting import paused_process, wait_until
@@ -477,10 +476,7 @@ def test_import_and_plugin_loading_do_not_import_pymemcache() -> None:
         "get_plugins(); cacheplug.MemcachedCache; get_backend_class('memcached')\n"
         "print('pymemcache' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert result.stdout.strip() == "False"
+    assert run_python(code).strip() == "False"
 
 
 def test_missing_pymemcache_names_the_extra() -> None:
@@ -493,10 +489,7 @@ def test_missing_pymemcache_names_the_extra() -> None:
         "except ConfigurationError as err:\n"
         "    print(err)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert "pip install 'cacheplug[memcached]'" in result.stdout
+    assert "pip install 'cacheplug[memcached]'" in run_python(code)
 
 
 # -- outages ---------------------------------------------------------------------------------------

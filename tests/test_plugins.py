@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from interpreter import run_python
 from plugin_dists import backend_module, imported, write_distribution
 
 import cacheplug
@@ -369,15 +369,8 @@ print(json.dumps([after_import, after_names, heavy()]))
 
 
 def test_import_cacheplug_loads_no_plugin_machinery() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _MODULES],
-        env={"PATH": "/usr/bin:/bin", "CACHEPLUG_DISABLE_PLUGINS": "*"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    after_import, after_names, after_use = json.loads(done.stdout)
+    env = {"PATH": "/usr/bin:/bin", "CACHEPLUG_DISABLE_PLUGINS": "*"}
+    after_import, after_names, after_use = json.loads(run_python(_MODULES, env))
     assert after_import == []
     assert after_names == ["pluggy", *[m for m in after_names if m.startswith("pluggy.")]]
     # With every entry point disabled, even a first cache never needs importlib.metadata.

@@ -9,7 +9,6 @@ import logging
 import pickle
 import socket
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 import pytest
 import redis
 import servers
+from interpreter import run_python
 from servers import RedisCluster, RedisServer
 from waiting import paused_process, wait_until
 
@@ -790,11 +790,7 @@ def test_missing_redis_py_names_the_extra() -> None:
         "except ConfigurationError as err:\n"
         "    print(err)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert "pip install 'cacheplug[redis]'" in done.stdout
+    assert "pip install 'cacheplug[redis]'" in run_python(code)
 
 
 def test_decode_responses_is_refused() -> None:
