@@ -30,7 +30,7 @@ from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends.memcached import FLAG_SERIALIZED, _plain_line
+from cacheplug.backends.memcached import FLAG_SERIALIZED, _plain_line, memcached_key
 
 TRICKY = [
     b"",
@@ -115,6 +115,23 @@ def test_plain_line_only_for_keys_memcached_takes_as_they_are(
     assert (line is not None) is plain
     if line is not None:
         assert line.split(b" ") == [key.encode() for key in keys]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    keys=st.lists(
+        st.text(max_size=12) | st.text(alphabet="ab~# \t", max_size=6) | st.just("x" * 250),
+        max_size=6,
+    )
+)
+def test_plain_line_agrees_with_memcached_key(keys: list[str]) -> None:
+    """The bulk check is memcached_key's rule for many keys at once: it never lets through a key
+    memcached_key would map, and lets through every list of keys it would keep."""
+    line = _plain_line(keys)
+    kept = bool(keys) and all(memcached_key(key) == key for key in keys)
+    assert (line is not None) is kept
+    if line is not None:
+        assert line == " ".join(keys).encode("ascii")
 
 
 def test_set_then_get_on_the_wire(memcached_server: MemcachedServer) -> None:
