@@ -82,6 +82,21 @@ def test_overwriting_with_later_expiry_keeps_entry_alive(clock: FakeClock) -> No
     assert cache.get_many("a", "b", "c", "d") == [5, None, None, 6]
 
 
+@pytest.mark.parametrize("first_timeout", [100, 0], ids=["later", "never"])
+def test_overwriting_with_earlier_expiry_makes_entry_the_first_victim(
+    clock: FakeClock, first_timeout: int
+) -> None:
+    cache = SimpleCache(threshold=3, clock=clock)
+    cache.set("a", 1, timeout=first_timeout)
+    cache.set("b", 2, timeout=100)
+    cache.set("c", 3, timeout=100)
+    cache.set("a", 4, timeout=5)  # now "a" expires first; "b" is the least recently used
+    clock.advance(10)
+    cache.set("d", 5)
+    assert cache.get_many("a", "b", "c", "d") == [None, 2, 3, 5]
+    assert cache.stats()["evictions"] == 1
+
+
 def test_expiry_bookkeeping_stays_bounded_under_overwrites(clock: FakeClock) -> None:
     cache = SimpleCache(threshold=100, clock=clock)
     for i in range(20_000):

@@ -30,6 +30,7 @@ __all__ = ["SimpleCache"]
 # With the default pickle serializer, values made only of these immutable types are kept as
 # they are (or as a shallow copy of their container): nobody can observe the skipped pickling.
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_all_scalars = _SCALARS.issuperset
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 _NEVER = 0.0
 # How an entry's payload turns back into the value.
@@ -86,11 +87,9 @@ class SimpleCache(BaseCache):
             if kind in _SCALARS:
                 return _RAW, value
             if kind is dict:
-                if _SCALARS.issuperset(map(type, value.values())) and _SCALARS.issuperset(
-                    map(type, value)
-                ):
+                if _all_scalars(map(type, value.values())) and _all_scalars(map(type, value)):
                     return _SHALLOW, value.copy()
-            elif kind in _CONTAINERS and _SCALARS.issuperset(map(type, value)):
+            elif kind in _CONTAINERS and _all_scalars(map(type, value)):
                 if kind is tuple or kind is frozenset:
                     return _RAW, value
                 return _SHALLOW, value.copy()
@@ -118,9 +117,12 @@ class SimpleCache(BaseCache):
     # -- storage, under the lock --------------------------------------------------------------
 
     def _put(self, key: str, entry: _Entry) -> None:
-        cache = self._cache
         # pop + insert moves the key to the most recently used end in two dict operations.
-        old = cache.pop(key, None)
+        self._place(key, entry, self._cache.pop(key, None))
+
+    def _place(self, key: str, entry: _Entry, old: _Entry | None) -> None:
+        """Store ``entry`` at the most recently used end; ``old`` was just popped for ``key``."""
+        cache = self._cache
         if old is None and len(cache) >= self.threshold:
             self._make_room()
         cache[key] = entry
@@ -197,18 +199,30 @@ class SimpleCache(BaseCache):
             expires: float | None = self._clock() + self.default_timeout
         else:
             expires = self._expiry(timeout)
-        if type(value) in _SCALARS and type(self.serializer) is PickleSerializer:
+        # the commonest values, without the call of _pack that would find the same
+        if type(self.serializer) is not PickleSerializer:
+            codec, payload = self._pack(value)
+        elif type(value) in _SCALARS:
             codec, payload = _RAW, value
+        elif type(value) is dict:
+            if _all_scalars(map(type, value.values())) and _all_scalars(map(type, value)):
+                codec, payload = _SHALLOW, value.copy()
+            else:
+                codec, payload = _SERIALIZED, self._encode(value)
         else:
             codec, payload = self._pack(value)
         lock = self._lock
         lock.acquire()
         try:
+            old = self._cache.pop(key, None)
             if expires is None:
-                self._cache.pop(key, None)
+                self._sets += 1
+            elif old is not None and expires and old[0] and old[0] <= expires:
+                # an overwrite that expires no earlier: nothing to evict, its heap record holds
+                self._cache[key] = (expires, codec, payload)
                 self._sets += 1
             else:
-                self._put(key, (expires, codec, payload))
+                self._place(key, (expires, codec, payload), old)
         finally:
             lock.release()
         return True
