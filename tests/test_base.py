@@ -122,6 +122,23 @@ def test_signed_entries_round_trip() -> None:
     assert cache.get("k") == Record("ada")
 
 
+@pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
+def test_signed_entries_of_every_serializer_verify(serializer: str) -> None:
+    value = {"id": 1, "tags": ["a", "b"], "profile": {"age": 36}}  # nested: serialized
+    writer = SimpleCache(secret="one", serializer=serializer)
+    reader = SimpleCache(secret="two", serializer=serializer)
+    writer.set("k", value)
+    assert writer.get("k") == value
+    reader._cache["k"] = writer._cache["k"]
+    assert reader.get("k") is None
+    assert reader.stats()["errors"] == 1
+    with pytest.raises(TypeError, match="unreadable"):
+        reader.inc("k")
+    with pytest.raises(TypeError, match="'k'"):
+        writer.inc("k")  # readable, but not an integer
+    assert writer.get("k") == value
+
+
 def test_entry_signed_with_another_secret_is_a_miss() -> None:
     writer, reader = SimpleCache(secret="one"), SimpleCache(secret="two")
     writer.set("k", Record("ada"))
@@ -140,12 +157,15 @@ def test_tampered_entry_is_a_miss_and_never_unpickled(tmp_path: Any) -> None:
 
     cache = SimpleCache(secret="s3cret")
     cache.set("k", Record("ada"))
-    expires, codec, payload = cache._cache["k"]
-    cache._cache["k"] = (expires, codec, payload[:32] + pickle.dumps(Exploit()))
+    expires, codec, (signature, _) = cache._cache["k"]
+    cache._cache["k"] = (expires, codec, (signature, pickle.dumps(Exploit())))
     assert cache.get("k") is None
     assert not marker.exists()
+    assert cache.stats()["errors"] == 1
     # Without a signature check the same bytes do run: the test above can fail.
     unsigned = SimpleCache()
+    unsigned.set("k", Record("ada"))
+    expires, codec, _ = unsigned._cache["k"]
     unsigned._cache["k"] = (expires, codec, pickle.dumps(Exploit()))
     unsigned.get("k")
     assert marker.exists()
@@ -155,7 +175,9 @@ def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHEPLUG_SECRET", "from-env")
     cache = SimpleCache()
     cache.set("k", Record("x"))
-    assert cache._cache["k"][2][32:] == pickle.dumps(Record("x"), pickle.HIGHEST_PROTOCOL)
+    signature, data = cache._cache["k"][2]
+    assert data == pickle.dumps(Record("x"), pickle.HIGHEST_PROTOCOL)
+    assert signature == hmac.digest(b"from-env", data, "sha256")
 
 
 def test_secret_never_in_repr() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import heapq
+import pickle
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheplug.core.base import (
@@ -36,7 +38,8 @@ _NEVER = 0.0
 # How an entry's payload turns back into the value.
 _RAW = 0  # the value itself, immutable
 _SHALLOW = 1  # a private container of immutables; readers get a copy
-_SERIALIZED = 2  # the serializer's (possibly signed) bytes
+_SERIALIZED = 2  # the serializer's bytes
+_SIGNED = 3  # (signature, the serializer's bytes): apart, so a read verifies without slicing
 
 _Entry = tuple[float, int, Any]
 
@@ -95,14 +98,39 @@ class SimpleCache(BaseCache):
                 return _SHALLOW, value.copy()
         # Deeper builtins are pickled too: marshal would be faster, but it silently turns
         # bytearray, array.array or numpy arrays inside a container into bytes.
-        return _SERIALIZED, self._encode(value)
+        return self._sealed(value)
+
+    def _sealed(self, value: Any) -> tuple[int, Any]:
+        """``(codec, payload)`` of ``value`` through the serializer, signed with a secret."""
+        data = self._serialize(value)
+        if self._signer is None:
+            return _SERIALIZED, data
+        return _SIGNED, (self._signer.sign(data), data)
 
     def _unpack(self, key: str, codec: int, payload: Any) -> Any:
         if codec == _SHALLOW:
             return payload.copy()
         if codec == _RAW:
             return payload
-        return self._decode_or_miss(key, payload)
+        if codec == _SERIALIZED:
+            return self._decode_or_miss(key, payload)
+        return self._verified(key, payload)
+
+    def _verified(self, key: str, payload: tuple[bytes, bytes]) -> Any:
+        """The value of a signed entry; a miss, logged and counted, when it does not verify."""
+        signature, data = payload
+        signer = self._signer
+        if (
+            signer is not None
+            and type(self.serializer) is PickleSerializer
+            and compare_digest(signature, signer.sign(data))
+        ):
+            try:
+                return pickle.loads(data)
+            except Exception:
+                pass
+        # the base class says what is wrong, as for any stored payload
+        return self._decode_or_miss(key, signature + data)
 
     def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
@@ -190,7 +218,9 @@ class SimpleCache(BaseCache):
             return entry[2].copy()
         if codec == _RAW:
             return entry[2]
-        return self._decode_or_miss(key, entry[2])
+        if codec == _SERIALIZED:
+            return self._decode_or_miss(key, entry[2])
+        return self._verified(key, entry[2])
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
@@ -208,7 +238,7 @@ class SimpleCache(BaseCache):
             if _all_scalars(map(type, value.values())) and _all_scalars(map(type, value)):
                 codec, payload = _SHALLOW, value.copy()
             else:
-                codec, payload = _SERIALIZED, self._encode(value)
+                codec, payload = self._sealed(value)
         else:
             codec, payload = self._pack(value)
         lock = self._lock
@@ -295,12 +325,9 @@ class SimpleCache(BaseCache):
                 assert expires is not None  # default_timeout is never negative
             else:
                 expires = entry[0]
-                if entry[1] == _SERIALIZED:
-                    current = self._decode_or_miss(key, entry[2])
-                    if current is None:
-                        raise TypeError(f"cannot increment {key!r}: its stored value is unreadable")
-                else:
-                    current = self._unpack(key, entry[1], entry[2])
+                current = self._unpack(key, entry[1], entry[2])
+                if current is None and entry[1] >= _SERIALIZED:
+                    raise TypeError(f"cannot increment {key!r}: its stored value is unreadable")
                 value = checked_counter(key, current) + delta
             self._put(key, (expires, _RAW, value))
         return value

@@ -313,31 +313,34 @@ class BaseCache(ABC):
             )
         return cls(**options)
 
-    def _encode(self, value: Any) -> bytes:
-        """Serialize (and sign, with a secret) a value for storage.
+    def _serialize(self, value: Any) -> bytes:
+        """The serializer's bytes for a value, unsigned.
 
         :raises SerializationError: the serializer cannot encode it.
         """
         serializer = self.serializer
         if type(serializer) is PickleSerializer:
             try:  # the default, without the serializer's own frame
-                data = pickle.dumps(value, serializer.protocol)
+                return pickle.dumps(value, serializer.protocol)
             except Exception:
                 pass  # the serializer raises the SerializationError that says why
-            else:
-                return data if self._signer is None else self._signer.sign(data) + data
         try:
-            data = serializer.dumps(value)
+            return serializer.dumps(value)
         except SerializationError:
             raise
         except Exception as err:  # a foreign serializer's own error
             raise SerializationError(
-                f"{serializer_name(self.serializer)} cannot encode a value of type "
+                f"{serializer_name(serializer)} cannot encode a value of type "
                 f"{type(value).__name__}: {err}"
             ) from err
-        if self._signer is not None:
-            return self._signer.sign(data) + data
-        return data
+
+    def _encode(self, value: Any) -> bytes:
+        """Serialize (and sign, with a secret) a value for storage.
+
+        :raises SerializationError: the serializer cannot encode it.
+        """
+        data = self._serialize(value)
+        return data if self._signer is None else self._signer.sign(data) + data
 
     def _decode(self, payload: bytes) -> Any:
         """Verify (with a secret) and deserialize a stored payload.
