@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import pickle
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -214,6 +217,75 @@ def test_memoize_keys_are_stable_and_distinct() -> None:
     assert f.cache_key(1).startswith("memoize:test_base.")
     assert f.__name__ == "f"
     assert f.uncached(3) == "3x"
+
+
+def test_memoize_key_is_the_digest_of_the_bound_arguments_repr() -> None:
+    @SimpleCache().memoize()
+    def f(a: int, b: object = None) -> int:
+        return a
+
+    text = repr(sorted({"a": 1, "b": ["x", {"y": 2}]}.items())).encode()
+    digest = hashlib.blake2b(text, digest_size=16).hexdigest()
+    assert f.cache_key(1, ["x", {"y": 2}]).endswith(f":{digest}")
+
+
+class _NoRepr:
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+
+
+@dataclass
+class _Box:
+    inner: object
+
+
+@pytest.mark.parametrize(
+    ("argument", "shown"),
+    [
+        (_NoRepr(1), "_NoRepr object at 0x"),
+        (lambda: 1, "<function "),
+        ([1, (2, {"k": _NoRepr(3)})], "_NoRepr object at 0x"),
+        (_Box(_NoRepr(4)), "_Box(inner=<"),
+    ],
+    ids=["object", "function", "nested", "inside-a-dataclass"],
+)
+def test_memoize_refuses_arguments_shown_by_address(argument: object, shown: str) -> None:
+    cache, calls = SimpleCache(), []
+
+    @cache.memoize()
+    def f(value: object) -> int:
+        calls.append(value)
+        return 1
+
+    with pytest.raises(TypeError, match=f"argument 'value' is shown as .*{re.escape(shown)}"):
+        f(argument)
+    assert calls == []
+
+
+def test_memoize_refuses_methods_of_classes_without_repr() -> None:
+    # Without the check, instances at a reused address got each other's results.
+    class Account:
+        def __init__(self, uid: int) -> None:
+            self.uid = uid
+
+        @SimpleCache().memoize()
+        def balance(self) -> int:
+            return self.uid
+
+    with pytest.raises(TypeError, match=r"Account\.balance\(\): argument 'self' .*__repr__"):
+        Account(1).balance()
+
+
+def test_memoize_accepts_text_that_looks_like_an_address() -> None:
+    @SimpleCache().memoize()
+    def f(value: object) -> int:
+        return 1
+
+    assert f("<Foo object at 0x7f00aa>") == 1
+    assert f([b"<x at 0x1>", {"<y at 0x2>": ("<z at 0x3>",)}]) == 1
+    looping: list[object] = ["<a at 0x4>"]
+    looping.append(looping)
+    assert f(looping) == 1
 
 
 def test_memoize_rejects_bad_timeout() -> None:

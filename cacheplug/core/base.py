@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +42,9 @@ SECRET_ENV = "CACHEPLUG_SECRET"
 SIGNATURE_SIZE = 32  # HMAC-SHA256 digest length
 _LOG_INTERVAL = 60.0  # seconds between two log lines of one kind from one cache
 
+
+# CPython's default repr ends in the object's address, which a later object can reuse
+_ADDRESS_REPR = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
@@ -275,7 +279,10 @@ class BaseCache(ABC):
         The key is built from the function's module, qualified name and arguments bound to its
         signature (so ``f(1, b=2)`` and ``f(1, 2)`` share an entry). The wrapper has
         ``invalidate(*args, **kwargs)``, ``cache_key(*args, **kwargs)`` and ``uncached``.
-        Arguments should have a stable ``repr`` (methods: give the class one).
+        Arguments need a ``repr`` that shows what they are: one that shows a memory address
+        (``object``'s default, functions) raises ``TypeError`` at the call, since a later object
+        at that address would be served the cached result. Methods: give the class a
+        ``__repr__`` (a dataclass has one).
         """
         normalize_timeout(timeout, self.default_timeout)
 
@@ -447,6 +454,25 @@ def checked_counter(key: str, value: object) -> int:
     raise TypeError(f"cannot increment {key!r}: it holds a {type(value).__name__}, not an int")
 
 
+def _address_shown(value: object, seen: set[int]) -> str | None:
+    """The first address-bearing repr inside ``value``; text inside str or bytes does not count."""
+    kind = type(value)
+    if kind is str or kind is bytes or id(value) in seen:
+        return None
+    if kind in (list, tuple, set, frozenset, dict):
+        seen.add(id(value))
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        for item in items:  # type: ignore[attr-defined]
+            found = _address_shown(item, seen)
+            if found is not None:
+                return found
+        return None
+    shown = repr(value)
+    if _ADDRESS_REPR.search(shown) is None:
+        return None
+    return shown if len(shown) <= 120 else f"{shown[:60]}...{shown[-50:]}"
+
+
 class Memoized(Generic[P, R]):
     """A function whose results are cached; made by :meth:`BaseCache.memoize`."""
 
@@ -467,16 +493,40 @@ class Memoized(Generic[P, R]):
         wraps(func)(self)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
-        """The cache key of one call."""
+        """The cache key of one call.
+
+        :raises TypeError: an argument's repr shows a memory address (the default
+            ``object.__repr__``, functions): a later object at that address would be served
+            this call's result, so there is no safe key.
+        """
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError:
-            arguments: object = (args, sorted(kwargs.items()))
+            arguments = (args, sorted(kwargs.items()))
+            text = repr(arguments)
+            self._check_stable("the arguments", arguments, text)
         else:
             bound.apply_defaults()
-            arguments = sorted(bound.arguments.items())
-        digest = hashlib.blake2b(repr(arguments).encode(), digest_size=16).hexdigest()
+            parts = []
+            for name, value in sorted(bound.arguments.items()):
+                shown = repr(value)
+                self._check_stable(f"argument {name!r}", value, shown)
+                parts.append(f"({name!r}, {shown})")
+            text = f"[{', '.join(parts)}]"  # the repr of the sorted (name, value) list
+        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         return f"{self._prefix}:{digest}"
+
+    def _check_stable(self, what: str, value: object, shown: str) -> None:
+        if _ADDRESS_REPR.search(shown) is None:
+            return
+        address = _address_shown(value, set())
+        if address is not None:  # not merely text that looks like an address
+            raise TypeError(
+                f"cannot memoize {self._prefix.removeprefix('memoize:')}(): {what} is shown as "
+                f"{address}, a memory address that a later object can reuse and be served "
+                "this call's result; give its class a __repr__ that shows what identifies it "
+                "(a dataclass has one), or pass that identity instead"
+            )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self.cache_key(*args, **kwargs)
