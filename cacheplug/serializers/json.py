@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,24 +23,47 @@ class JSONSerializer(Serializer):
     """Serializes to JSON with orjson.
 
     Tuples come back as lists; dataclasses, datetimes and UUIDs are written as orjson writes
-    them and read back as plain JSON values.
+    them and read back as plain JSON values. NaN and infinities, which JSON cannot write
+    (orjson would store ``null``), raise :class:`SerializationError`.
     """
 
     name = "json"
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return orjson.dumps(value)
+            data = orjson.dumps(value)
         except (TypeError, orjson.JSONEncodeError) as err:
             raise SerializationError(
                 f"json cannot encode a value of type {type(value).__name__}: {err}"
             ) from err
+        # orjson writes a non-finite float as null: only a payload with a null can hold one
+        if b"null" in data and _holds_non_finite(value):
+            raise SerializationError(
+                "json cannot encode NaN or infinity (JSON has no such numbers and they would "
+                "come back as None); use the pickle or msgpack serializer for such values"
+            )
+        return data
 
     def loads(self, data: bytes) -> Any:
         try:
             return orjson.loads(data)
         except (TypeError, orjson.JSONDecodeError) as err:
             raise SerializationError(f"not a readable JSON payload: {err}") from err
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a float that is NaN or infinite sits anywhere in what orjson writes of ``value``."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(map(_holds_non_finite, value.values()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_holds_non_finite, value))
+    if isinstance(value, Enum):
+        return _holds_non_finite(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_holds_non_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
 
 
 @hookimpl
