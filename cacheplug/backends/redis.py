@@ -33,6 +33,8 @@ DEFAULT_RETRIES = 1
 DEFAULT_DEAD_TIMEOUT = 1.0
 SCAN_BATCH = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
+# Redis refuses an expiry past 2**63 ms from now: longer timeouts get this (146 million years).
+MAX_TTL_SECONDS = 2**62 // 1000
 
 # A missing counter is created with the default expiry, an existing one keeps its own; all in
 # one atomic step on the key's own node, so it works on a cluster too.
@@ -287,7 +289,7 @@ class RedisCache(BaseCache):
         elif type(timeout) is not int:
             timeout = normalize_timeout(timeout, self.default_timeout)  # floats: finite only
         if timeout > 0:
-            return max(1, int(timeout * 1000))
+            return max(1, int(min(timeout, MAX_TTL_SECONDS) * 1000))
         return 0 if timeout == 0 else -1
 
     # -- the contract -----------------------------------------------------------------------------
