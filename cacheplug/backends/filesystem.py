@@ -424,20 +424,40 @@ class FileSystemCache(BaseCache):
 
         Every holder opens its own descriptor, so threads of one process exclude each other too.
         """
-        try:
-            fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
-        except FileNotFoundError:  # the directory was removed under us: bring it back
-            self._recreate_dir()
-            fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
-        except OSError:
-            if not self._drop_symlinked_lock():
+        while True:
+            fd = self._open_lock()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._is_current_lock(fd):
+                    break
+            except BaseException:
+                os.close(fd)
                 raise
-            fd = os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+            # The file was removed or replaced while we waited: a newcomer locks the new one.
+            os.close(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
         finally:
             os.close(fd)
+
+    def _open_lock(self) -> int:
+        try:
+            return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+        except FileNotFoundError:  # the directory was removed under us: bring it back
+            self._recreate_dir()
+        except OSError:
+            if not self._drop_symlinked_lock():
+                raise
+        return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+
+    def _is_current_lock(self, fd: int) -> bool:
+        """Whether the open lock file ``fd`` is still the one at the lock path."""
+        try:
+            current = os.stat(self._lock_path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
 
     def _recreate_dir(self) -> None:
         """Create the removed ``cache_dir`` again, parents included, with its permissions of old."""

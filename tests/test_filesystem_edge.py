@@ -1,0 +1,72 @@
+"""FileSystemCache edge cases: its lock file taken away while other writers wait on it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_filesystem_faults import lock_file
+
+from cacheplug import FileSystemCache
+
+needs_proc_locks = pytest.mark.skipif(
+    not os.path.exists("/proc/locks"), reason="needs Linux /proc/locks to see lock waiters"
+)
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Return once ``condition()`` holds; fail after 30 seconds."""
+    pause = threading.Event()
+    for _ in range(3000):
+        if condition():
+            return
+        pause.wait(0.01)
+    pytest.fail(f"timed out waiting until {what}")
+
+
+def waiters_on(fd: int) -> int:
+    """How many flock requests wait on the file open as ``fd`` (from /proc/locks)."""
+    inode = f":{os.fstat(fd).st_ino} "
+    with open("/proc/locks") as locks:
+        return sum(inode in line and "->" in line for line in locks)
+
+
+def hold_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+@needs_proc_locks
+def test_a_writer_waiting_on_a_removed_lock_file_waits_for_its_successor(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path)
+    cache.set("n", 1)
+    path = lock_file(tmp_path)
+    old = hold_lock(path)  # a writer in another process, inside its critical section
+    results: list[int | None] = []
+    worker = threading.Thread(target=lambda: results.append(cache.inc("n")))
+    worker.start()
+    held = [old]
+    try:
+        wait_for(lambda: waiters_on(old) == 1, "inc waits on the lock file")
+        # Someone removes the lock file; the next writer creates and holds a new one.
+        path.unlink()
+        new = hold_lock(path)
+        held.append(new)
+        os.close(held.pop(0))
+        wait_for(
+            lambda: waiters_on(new) == 1 or not worker.is_alive(),
+            "inc waits on the new lock file or finishes",
+        )
+        assert results == []  # inc never ran beside the holder of the current lock
+        assert waiters_on(new) == 1
+    finally:
+        for fd in held:
+            os.close(fd)
+        worker.join(timeout=30)
+    assert results == [2]
+    assert cache.get("n") == 2
