@@ -234,3 +234,16 @@ def test_threads_hammering_keep_threshold_and_counts() -> None:
     assert len(cache) <= 64
     # "shared" is used on every iteration, so LRU never evicts it: no increment is lost.
     assert cache.get("shared") == 8 * 2_000
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
+def test_inc_on_a_stored_none_names_the_type(serializer: str, secret: str | None) -> None:
+    cache = SimpleCache(serializer=serializer, secret=secret)
+    cache.set("k", None)
+    with pytest.raises(TypeError, match="'k': it holds a NoneType, not an int"):
+        cache.inc("k")
+    cache.set("k", {"nested": [1]})
+    with pytest.raises(TypeError, match="'k': it holds a dict, not an int"):
+        cache.inc("k")
+    assert cache.get("k") == {"nested": [1]}

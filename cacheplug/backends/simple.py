@@ -19,7 +19,7 @@ from cacheplug.core.base import (
     checked_counter,
     normalize_timeout,
 )
-from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.core.serializer import SerializerLike
 from cacheplug.serializers.pickle import PickleSerializer
@@ -325,9 +325,17 @@ class SimpleCache(BaseCache):
                 assert expires is not None  # default_timeout is never negative
             else:
                 expires = entry[0]
-                current = self._unpack(key, entry[1], entry[2])
-                if current is None and entry[1] >= _SERIALIZED:
-                    raise TypeError(f"cannot increment {key!r}: its stored value is unreadable")
+                codec, payload = entry[1], entry[2]
+                if codec < _SERIALIZED:
+                    current = self._unpack(key, codec, payload)
+                else:
+                    blob = payload if codec == _SERIALIZED else payload[0] + payload[1]
+                    try:  # not _decode_or_miss: a stored None is not an unreadable entry
+                        current = self._decode(blob)
+                    except SerializationError as err:
+                        raise TypeError(
+                            f"cannot increment {key!r}: its stored value is unreadable ({err})"
+                        ) from err
                 value = checked_counter(key, current) + delta
             self._put(key, (expires, _RAW, value))
         return value
