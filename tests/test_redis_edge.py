@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import redis
-from servers import RedisServer
+from redis.cluster import ClusterNode
+from servers import RedisCluster, RedisServer
 
-from cacheplug import RedisCache
+from cacheplug import ConfigurationError, RedisCache
 
 _prefixes = itertools.count()
 
@@ -58,3 +59,19 @@ def test_a_default_timeout_too_long_for_redis_still_counts(
     assert cache.set("k", "v") is True
     assert (cache.get("k"), cache.stats()["errors"]) == ("v", 0)
     cache.clear()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_client_decoding_replies_is_refused(redis_server: RedisServer, protocol: int) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True, protocol=protocol)
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisCache(host=client)
+    client.close()
+
+
+def test_a_cluster_client_decoding_replies_is_refused(redis_cluster: RedisCluster) -> None:
+    nodes = [ClusterNode(host, port) for host, port in redis_cluster.nodes]  # type: ignore[no-untyped-call]
+    client = redis.RedisCluster(startup_nodes=nodes, decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisCache(host=client)
+    client.close()

@@ -129,8 +129,7 @@ class RedisCache(BaseCache):
             raise ConfigurationError(INSTALL_HINT) from err
         if host is None:
             raise ConfigurationError("RedisCache host may not be None; give a name or a client")
-        if kwargs.get("decode_responses"):
-            raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
+        _refuse_decoding(host, kwargs)
         self.dead_timeout = _checked_options(retries, dead_timeout)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._response_error = redis.ResponseError
@@ -725,6 +724,15 @@ class _PendingCluster:
             if client is self:
                 client = self._cache._client = self._connect()
         return getattr(client, name)
+
+
+def _refuse_decoding(host: Any, kwargs: Mapping[str, Any]) -> None:
+    """Raise unless replies stay bytes, on a client built here or one given as ``host``."""
+    given: Mapping[str, Any] = (
+        {} if isinstance(host, str) else getattr(host, "get_connection_kwargs", dict)()
+    )
+    if kwargs.get("decode_responses") or given.get("decode_responses"):
+        raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
 
 
 def _checked_options(retries: int, dead_timeout: float) -> float:
