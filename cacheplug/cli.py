@@ -41,7 +41,7 @@ class _Target:
 
     def __init__(self, url: str, **overrides: Any) -> None:
         from cacheplug.core.errors import CacheplugError
-        from cacheplug.core.url import from_url, is_secret_option, parse_url
+        from cacheplug.core.url import from_url, is_secret_value, parse_url
 
         try:
             self.url: CacheURL = parse_url(url)
@@ -49,7 +49,7 @@ class _Target:
         except (CacheplugError, ValueError) as err:
             raise _Problem(str(err), EXIT_USAGE) from err
         self._secrets = [self.url.password or ""] + [
-            value for name, value in self.url.query.items() if is_secret_option(name)
+            value for name, value in self.url.query.items() if is_secret_value(name, value)
         ]
 
     def scrub(self, text: str) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "from_env",
     "from_url",
     "is_secret_option",
+    "is_secret_value",
     "parse_url",
     "redact_url",
 ]
@@ -44,6 +45,7 @@ _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.\-%~]+\Z")
 _QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+_EMBEDDED_NAME = re.compile(r"[&;]([^=&;]*)=")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _MASK = "***"
@@ -54,6 +56,17 @@ def is_secret_option(name: str) -> bool:
     """Whether the value of URL option ``name`` must never be shown."""
     lowered = name.lower()
     return any(word in lowered for word in _SECRET_WORDS)
+
+
+def is_secret_value(name: str, value: str) -> bool:
+    """Whether the value of URL option ``name`` must never be shown.
+
+    Besides secret options, a value that reads like ``1;secret=…`` hides one: ``;`` was a
+    query separator once, so such a URL was meant to carry a secret option.
+    """
+    return is_secret_option(name) or any(
+        is_secret_option(unquote(embedded)) for embedded in _EMBEDDED_NAME.findall(value)
+    )
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,7 @@ class CacheURL:
             for h, p in self.hosts
         )
         query = "&".join(
-            f"{quote(k, safe='')}={_MASK if is_secret_option(k) else quote(v, safe='')}"
+            f"{quote(k, safe='')}={_MASK if is_secret_value(k, v) else quote(v, safe='')}"
             for k, v in self.query.items()
         )
         return f"{self.scheme}://{userinfo}{hosts}{quote(self.path)}" + (
@@ -250,7 +263,7 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
 
     :raises ConfigurationError: the text is not a value of that type (shown unless secret).
     """
-    shown = _MASK if is_secret_option(name) else repr(text)
+    shown = _MASK if is_secret_value(name, text) else repr(text)
     if kind is str:
         return text
     if kind is bool:

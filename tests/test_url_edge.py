@@ -1,0 +1,45 @@
+"""URL edge cases: secrets written with the old ``;`` query separator are still secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from cacheplug import from_url
+from cacheplug.cli import main
+from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.url import parse_url, redact_url
+
+SECRET = "Zr9qK"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"simple://?bogus=1;secret={SECRET}",
+        f"simple://?threshold=5;secret={SECRET}",
+        f"simple://?threshold=5;password={SECRET}",
+        f"simple://?threshold=5;s%65cret={SECRET}",
+        f"redis://h/0?db=1;password={SECRET}",
+    ],
+)
+def test_errors_never_show_a_secret_after_a_semicolon(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        from_url(url)
+    assert SECRET not in str(info.value)
+    assert SECRET not in redact_url(url)
+
+
+def test_parsed_url_masks_a_value_hiding_a_secret_option() -> None:
+    parsed = parse_url(f"simple://?key_prefix=app;secret={SECRET}&threshold=5;limit=2")
+    assert parsed.query["key_prefix"] == f"app;secret={SECRET}"
+    for text in (repr(parsed), str(parsed)):
+        assert SECRET not in text
+        assert "key_prefix=***" in text
+        assert "threshold=5%3Blimit%3D2" in text
+
+
+def test_check_never_shows_a_secret_after_a_semicolon(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", f"simple://?key_prefix=app;secret={SECRET}"]) == 0
+    out, err = capsys.readouterr()
+    assert "all 13 methods ok" in out
+    assert SECRET not in out + err
