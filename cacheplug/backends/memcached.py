@@ -49,6 +49,7 @@ FLAG_COUNTER = 0x4302  # decimal of value + COUNTER_BIAS, what memcached incr wo
 COUNTER_BIAS = 2**63
 _WRAP = 2**64
 MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger exptimes as unix timestamps
+MAX_EXPTIME = 2**31 - 1  # memcached parses exptime as a signed 32-bit number: later ones wrap
 MAX_KEY_LENGTH = 250
 HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a plain one
 _NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
@@ -129,7 +130,7 @@ def _exptime(seconds: float) -> int:
         return 0 if seconds == 0 else -1  # memcached stores a negative exptime as expired
     whole = math.ceil(seconds)
     if whole > MAX_RELATIVE_EXPIRY:
-        return math.ceil(time.time()) + whole
+        return min(math.ceil(time.time()) + whole, MAX_EXPTIME)
     return whole
 
 

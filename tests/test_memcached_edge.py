@@ -1,0 +1,45 @@
+"""MemcachedCache at the edges: far expiry times, forked children, stalled and restarted servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from servers import MemcachedServer
+from test_memcached import address, server_ttl
+
+from cacheplug import MemcachedCache
+
+YEAR = 365 * 24 * 3600
+
+
+@pytest.fixture
+def cache(memcached_server: MemcachedServer) -> Iterator[MemcachedCache]:
+    memcached_server.flush()
+    with MemcachedCache([address(memcached_server)]) as made:
+        yield made
+
+
+# -- far expiry times ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [12 * YEAR, 20 * YEAR, 10**10, 10**12])
+def test_timeouts_past_memcacheds_32_bit_clock_keep_the_entry(
+    cache: MemcachedCache, memcached_server: MemcachedServer, timeout: int
+) -> None:
+    """memcached reads exptime as a signed 32-bit number: a later time used to wrap around,
+    so the entry was stored already expired (or, past 2**32, never expiring) while set said True."""
+    assert cache.set("far", "v", timeout=timeout) is True
+    assert cache.set_many({"far2": "v"}, timeout=timeout) == ["far2"]
+    assert cache.add("far3", "v", timeout=timeout) is True
+    assert cache.get_many("far", "far2", "far3") == ["v", "v", "v"]
+    for key in ("far", "far2", "far3"):
+        assert server_ttl(memcached_server, key) > 10 * YEAR
+
+
+def test_far_default_timeout_applies_to_new_counters(memcached_server: MemcachedServer) -> None:
+    memcached_server.flush()
+    with MemcachedCache([address(memcached_server)], default_timeout=50 * YEAR) as cache:
+        assert cache.inc("n") == 1
+        assert cache.inc("n") == 2
+        assert server_ttl(memcached_server, "n") > 10 * YEAR
