@@ -26,6 +26,7 @@ ENV_URL = "CACHE_URL"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 _MASK = "***"
+_MAX_DELAY_MS = 3_600_000.0  # an hour per call: more is surely a typo
 
 
 class _Problem(Exception):
@@ -282,7 +283,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keys", type=_positive, default=10, help="distinct arguments (10)")
     demo.add_argument("--rounds", type=_positive, default=5, help="calls per argument (5)")
     demo.add_argument(
-        "--delay-ms", type=float, default=30.0, help="time per real execution, ms (30)"
+        "--delay-ms", type=_delay_ms, default=30.0, help="time per real execution, ms (30)"
     )
     demo.set_defaults(handler=_demo)
 
@@ -305,6 +306,13 @@ def _positive(text: str) -> int:
     number = int(text)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def _delay_ms(text: str) -> float:
+    number = float(text)
+    if not 0 <= number <= _MAX_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {_MAX_DELAY_MS:g} ms, got {text}")
     return number
 
 

@@ -141,6 +141,18 @@ def test_demo_with_a_bad_url_exits_2_with_the_message() -> None:
     assert SECRET not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("delay", ["inf", "1e300", "nan", "-5"])
+def test_demo_refuses_a_delay_it_cannot_wait(
+    delay: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "simple://", "--keys", "1", "--rounds", "1", "--delay-ms", delay])
+    assert info.value.code == 2
+    assert (
+        f"argument --delay-ms: must be from 0 to 3.6e+06 ms, got {delay}" in capsys.readouterr().err
+    )
+
+
 def test_demo_against_redis(redis_server: RedisServer) -> None:
     result = run("demo", redis_server.url + "?serializer=json", *FAST_DEMO)
     assert result.returncode == 0, result.stderr
