@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from servers import MemcachedServer
 from test_memcached import address, server_ttl
+from waiting import paused_process
 
 from cacheplug import MemcachedCache
 
@@ -43,3 +45,28 @@ def test_far_default_timeout_applies_to_new_counters(memcached_server: Memcached
         assert cache.inc("n") == 1
         assert cache.inc("n") == 2
         assert server_ttl(memcached_server, "n") > 10 * YEAR
+
+
+# -- forked children -------------------------------------------------------------------------------
+
+
+def test_a_forked_child_never_talks_on_the_parents_connections(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    """A child that inherited a pooled socket and asked on it left a reply the parent then read
+    as the answer to its own next call (set -> False, values of other keys)."""
+    server = fresh_memcached_server
+    assert server.pid is not None
+    cache = MemcachedCache([address(server)], timeout=0.2)
+    assert cache.set("k", "parent") is True  # the connection is now pooled
+    with paused_process(server.pid):  # the child's request is answered only after it left
+        child = os.fork()
+        if child == 0:
+            try:
+                cache.get("k")
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+    assert cache.set("k2", "v") is True
+    assert cache.get_many("k", "k2") == ["parent", "v"]
+    assert cache.stats()["errors"] == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import os
 import pickle
 import re
 import secrets
@@ -21,6 +22,7 @@ import socket
 import struct
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -160,6 +162,7 @@ class _Server:
         self._max_idle = idle
         self.down_until = 0.0
         self.token: str | None = None
+        _live_servers.add(self)
 
     def acquire(self) -> Any:
         try:
@@ -183,6 +186,19 @@ class _Server:
     def seen_token(self, token: str) -> str:
         self.token = token
         return token
+
+
+_live_servers: weakref.WeakSet[_Server] = weakref.WeakSet()
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked child: close its copies of the parent's pooled sockets, never to share them."""
+    for server in list(_live_servers):
+        server.discard_idle()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
 class _KernelTimeoutSockets:
