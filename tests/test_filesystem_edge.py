@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_filesystem import entry_names
 from test_filesystem_faults import lock_file
 
 from cacheplug import FileSystemCache
@@ -70,3 +71,22 @@ def test_a_writer_waiting_on_a_removed_lock_file_waits_for_its_successor(tmp_pat
         worker.join(timeout=30)
     assert results == [2]
     assert cache.get("n") == 2
+
+
+@pytest.mark.parametrize(
+    "scribble",
+    [b"\0" * 24, b"\0" * 16, (5).to_bytes(8, "little") * 3, b"\xff" * 24],
+    ids=["zeroed", "zeroed old size", "plausible", "all ones"],
+)
+def test_a_scribbled_entry_count_never_lets_the_directory_outgrow_threshold(
+    tmp_path: Path, scribble: bytes
+) -> None:
+    cache = FileSystemCache(tmp_path, threshold=20)
+    cache.set_many({f"old{i}": i for i in range(20)})
+    lock_file(tmp_path).write_bytes(scribble)
+    sizes = []
+    for i in range(30):
+        assert cache.set(f"new{i}", i) is True
+        sizes.append(len(entry_names(tmp_path)))
+    assert max(sizes) == 20
+    assert cache.get("new29") == 29

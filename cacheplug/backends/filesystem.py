@@ -54,8 +54,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CL
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 
-# A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing.
-_TALLY = struct.Struct("<qq")
+# A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing,
+# and a check word, so a zeroed or scribbled file reads as unknown, never as a low count.
+_TALLY = struct.Struct("<qqq")
+_TALLY_CHECK = 0x3C5A_17C0_DE5A_17C0
 
 # (absolute expiry, payload, mtime) of an entry file
 _Entry = tuple[float, bytes, float]
@@ -534,12 +536,14 @@ def _read_tally(lock: int) -> tuple[int, int]:
     data = os.pread(lock, _TALLY.size, 0)
     if len(data) < _TALLY.size:
         return -1, 0
-    count, added = _TALLY.unpack(data)
+    count, added, check = _TALLY.unpack(data)
+    if check != count ^ added ^ _TALLY_CHECK or count < 0 or added < 0:
+        return -1, 0
     return int(count), int(added)
 
 
 def _write_tally(lock: int, count: int, added: int) -> None:
-    os.pwrite(lock, _TALLY.pack(count, added), 0)
+    os.pwrite(lock, _TALLY.pack(count, added, count ^ added ^ _TALLY_CHECK), 0)
 
 
 def _replace(tmp: str, path: str) -> None:
