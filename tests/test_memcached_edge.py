@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
 from servers import MemcachedServer
-from test_memcached import address, server_ttl
+from test_memcached import address, server_stat, server_ttl
 from waiting import paused_process
 
 from cacheplug import MemcachedCache
@@ -22,7 +23,7 @@ def cache(memcached_server: MemcachedServer) -> Iterator[MemcachedCache]:
         yield made
 
 
-# -- far expiry times ---------------------------------------------------------------------------
+# -- far expiry times ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("timeout", [12 * YEAR, 20 * YEAR, 10**10, 10**12])
@@ -70,3 +71,24 @@ def test_a_forked_child_never_talks_on_the_parents_connections(
     assert cache.set("k2", "v") is True
     assert cache.get_many("k", "k2") == ["parent", "v"]
     assert cache.stats()["errors"] == 0
+
+
+# -- stalled and restarted servers -----------------------------------------------------------------
+
+
+def test_a_stalled_server_costs_one_timeout_and_one_connection(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    """A reply that does not come in time is no sign of a stale pooled connection: the call
+    used to be sent again on a new connection, doubling the wait the docs promise."""
+    server = fresh_memcached_server
+    assert server.pid is not None
+    cache = MemcachedCache([address(server)], timeout=0.25)
+    assert cache.set("k", "v") is True  # the connection is now pooled
+    connections = server_stat(server, "total_connections")
+    with paused_process(server.pid):
+        start = time.monotonic()
+        assert cache.get("k") is None
+        waited = time.monotonic() - start
+    assert server_stat(server, "total_connections") == connections + 1  # only this stats call
+    assert waited < 2 * 0.25

@@ -57,6 +57,8 @@ HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a 
 _NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
 _NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
 _RING_POINTS = 160
+#: A reply that did not come in time: kernel socket timeouts raise BlockingIOError.
+_TIMEOUTS = (BlockingIOError, TimeoutError)
 _CREATE_ATTEMPTS = 8
 
 
@@ -481,10 +483,11 @@ class MemcachedCache(BaseCache):
             reused = client.sock is not None
             try:
                 result = call(client, *args)
-            except self._connection_errors:
+            except self._connection_errors as err:
                 # A pooled connection may predate a server restart: retry once on a new one,
-                # except for incr, which must not be applied twice.
-                if not reused or call is _incr:
+                # except for incr, which must not be applied twice, and after a timeout,
+                # which says the server is slow, not that the connection is stale.
+                if not reused or call is _incr or isinstance(err, _TIMEOUTS):
                     raise
                 server.discard_idle()
                 result = call(client, *args)
