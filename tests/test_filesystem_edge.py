@@ -90,3 +90,13 @@ def test_a_scribbled_entry_count_never_lets_the_directory_outgrow_threshold(
         sizes.append(len(entry_names(tmp_path)))
     assert max(sizes) == 20
     assert cache.get("new29") == 29
+
+
+def test_a_key_prefix_with_a_lone_surrogate_works_like_such_a_key(tmp_path: Path) -> None:
+    odd = FileSystemCache(tmp_path, key_prefix="\ud800:")
+    plain = FileSystemCache(tmp_path, key_prefix="\ufffd:")
+    assert odd.set("k", 1) is True
+    assert plain.set("k", 2) is True
+    assert (odd.get("k"), plain.get("k")) == (1, 2)
+    assert odd.clear() is True
+    assert (odd.get("k"), plain.get("k")) == (None, 2)

@@ -137,7 +137,7 @@ class FileSystemCache(BaseCache):
         self._mode_as_created = created_mode if self.mode & ~0o700 == 0 else -1
         self._dir_mode = stat.S_IMODE(os.stat(self.cache_dir).st_mode)
         hex_len = len(self._hash(b"").hexdigest())
-        namespace = self._hash(key_prefix.encode()).hexdigest()[:_NS_HEX]
+        namespace = self._hash(key_prefix.encode("utf-8", "surrogatepass")).hexdigest()[:_NS_HEX]
         self._ns_head = f"cp-{namespace}-"
         self._lock_path = os.path.join(self.cache_dir, f".cacheplug-{namespace}.lock")
         self._own_head = self._ns_head if key_prefix else "cp-"
