@@ -92,3 +92,21 @@ def test_a_stalled_server_costs_one_timeout_and_one_connection(
         waited = time.monotonic() - start
     assert server_stat(server, "total_connections") == connections + 1  # only this stats call
     assert waited < 2 * 0.25
+
+
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_restart_then_inc_first_costs_no_failure(
+    fresh_memcached_server: MemcachedServer, key_prefix: str
+) -> None:
+    """incr is never sent twice, so on a pooled connection the restart had closed it failed,
+    and the failure took the healthy server out of service for dead_timeout."""
+    server = fresh_memcached_server
+    cache = MemcachedCache([address(server)], key_prefix=key_prefix)
+    assert cache.inc("n", 5) == 5
+    server.kill()
+    server.restart()  # the pooled connection now points at a dead process
+    assert cache.inc("n") == 1  # the data is gone, but the call reached the new server
+    assert cache.dec("m") == -1
+    assert cache.set("k", "v") is True
+    assert cache.get("k") == "v"
+    assert cache.stats()["errors"] == 0

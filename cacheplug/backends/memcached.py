@@ -288,12 +288,27 @@ def _incr(client: Any, key: str, step: int) -> Any:
     """memcached ``incr``; ``_NON_NUMERIC`` when the entry is not a counter."""
     from pymemcache.exceptions import MemcacheClientError
 
+    if client.sock is not None and not _idle_and_open(client.sock):
+        client.close()  # closed by a server restart: incr is never retried, so check first
     try:
         return client.incr(key, step, False)
     except MemcacheClientError as err:
         if "non-numeric" in str(err):
             return _NON_NUMERIC
         raise
+
+
+def _idle_and_open(sock: socket.socket) -> bool:
+    """Whether a pooled connection is still open with nothing unread (a blocking peek only)."""
+    if sock.gettimeout() is not None:
+        return True  # a socket with a Python timeout would wait in the peek: not checked
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass  # reset by the peer
+    return False  # closed by the peer, or a stray reply waiting
 
 
 def _exists(client: Any, key: str) -> bool:
