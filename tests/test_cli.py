@@ -180,6 +180,26 @@ def check_lines(output: str) -> dict[str, str]:
     return {words[0]: words[1] for words in lines}
 
 
+@pytest.mark.parametrize("command", [("check", "simple://"), ("demo", *FAST_DEMO)])
+def test_output_into_a_closed_pipe_ends_without_a_traceback(command: tuple[str, ...]) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `cacheplug check URL | head -0`
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cacheplug", *command],
+            env={k: v for k, v in os.environ.items() if k != "CACHE_URL"},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert result.stderr == ""
+
+
 def test_check_simple_runs_every_method() -> None:
     result = run("check", "simple://")
     assert result.returncode == 0, result.stderr
