@@ -339,3 +339,24 @@ def test_threads_sharing_one_cache_read_their_own_values(cache: MemcachedCache) 
         thread.join()
     assert errors == []
     assert cache.stats()["errors"] == 0
+
+
+@pytest.mark.parametrize("size", [-1, -17, -(2**40)])
+def test_a_negative_value_length_is_an_error_not_an_endless_loop(size: int) -> None:
+    """A length that points back at the end of the previous record made the parser read the
+    same header again and again, without touching the socket (so no timeout ever fired)."""
+    reply = b"VALUE a 0 1\r\nx\r\nVALUE b 0 %d\r\nEND\r\n" % size
+    outcome: list[object] = []
+
+    def parse() -> None:
+        sock = Pieces(reply, [])
+        try:
+            outcome.append(wire._read_values(sock, wire._more(sock, b"", 1)))
+        except MemcacheUnknownError as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=parse, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "the parser never returned"
+    assert len(outcome) == 1 and isinstance(outcome[0], MemcacheUnknownError)

@@ -105,6 +105,8 @@ def _read_values(sock: Any, buf: bytes) -> dict[bytes, tuple[int, bytes]]:
                 flags, size = int(fields[1]), int(fields[2])
             except (IndexError, ValueError):
                 _raise_reply(buf[pos:eol])
+            if size < 0:  # would step back onto this header: an endless loop
+                _raise_reply(buf[pos:eol])
             start = eol + 2
             stop = start + size
             if len(buf) < stop + 2:  # the data is still on its way: read it, then parse again
