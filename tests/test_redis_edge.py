@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,3 +76,20 @@ def test_a_cluster_client_decoding_replies_is_refused(redis_cluster: RedisCluste
     with pytest.raises(ConfigurationError, match="decode_responses"):
         RedisCache(host=client)
     client.close()
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_inc_on_a_small_int_redis_cannot_count_is_a_type_error(
+    redis_server: RedisServer, raw: redis.Redis, serializer: str
+) -> None:
+    cache = make_cache(redis_server, serializer=serializer)
+    # Written by another client: they read back as 7, but INCRBY refuses them.
+    serialized = pickle.dumps(7) if serializer == "pickle" else b" 7"
+    foreign = {"padded": b"007", "serialized": serialized}
+    for key, payload in foreign.items():
+        raw.set(cache.key_prefix + key, payload)
+        assert cache.get(key) == 7
+        with pytest.raises(TypeError, match="does not hold an integer"):  # no 64-bit overflow
+            cache.inc(key)
+        assert raw.get(cache.key_prefix + key) == payload
+    cache.clear()

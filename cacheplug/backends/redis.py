@@ -542,14 +542,16 @@ class RedisCache(BaseCache):
         return None
 
     def _holds_big_int(self, key: str) -> bool:
-        """Whether ``key`` holds an int stored through the serializer (beyond 64 bits)."""
+        """Whether ``key`` holds an int beyond 64 bits (which INCRBY cannot count)."""
         try:
             payload = self._client.get(self.key_prefix + key)
             if payload is None:
                 return False
-            return (44 < payload[0] < 58 and _is_decimal(payload)) or type(
-                self._decoder()(payload)
-            ) is int
+            if 44 < payload[0] < 58 and _is_decimal(payload):
+                value = int(payload)
+            else:
+                value = self._decoder()(payload)
+            return type(value) is int and not INT64_MIN <= value <= INT64_MAX
         except Exception:
             return False
 
