@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import string
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -189,6 +190,17 @@ def test_keyword_overrides_win_over_the_query() -> None:
     assert isinstance(cache, SimpleCache)
     assert cache.threshold == 9
     assert cache.serializer.name == "msgpack"  # type: ignore[attr-defined]
+
+
+def test_text_overrides_read_as_query_text(tmp_path: Path) -> None:
+    # as they arrive from config files and environment variables
+    cache = from_url("simple://", threshold="9", default_timeout="2.5")
+    assert isinstance(cache, SimpleCache)
+    assert (cache.threshold, cache.default_timeout) == (9, 2.5)
+    files = from_url(f"file://{tmp_path}", fsync="no")
+    assert files.fsync is False  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="option 'threshold' must be an int, got 'ten'"):
+        from_url("simple://", threshold="ten")
 
 
 def test_an_unknown_keyword_override_lists_the_accepted_ones() -> None:

@@ -316,6 +316,9 @@ def _keywords(cls: type[BaseCache]) -> frozenset[str] | None:
 def from_url(url: str, **overrides: Any) -> BaseCache:
     """Build a cache from a URL; keyword ``overrides`` win over the query string.
 
+    An override given as text for an option of another type is read as the query string's
+    text would be (``threshold="500"``, ``fsync="no"``).
+
     Example::
 
         cache = from_url("redis://cache:6379/0?serializer=msgpack&default_timeout=60")
@@ -352,7 +355,13 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
                         f"unknown keyword {name!r} for {parsed.scheme}:// ({cls.__name__}); "
                         f"accepted: {', '.join(sorted(known))}"
                     )
-        options.update(overrides)
+        for name, value in overrides.items():
+            kind = accepted.get(name)
+            # text from a config file reads as it would in the query string
+            if isinstance(value, str) and kind is not None and kind is not str:
+                options[name] = coerce_option(name, value, kind)
+            else:
+                options[name] = value
     return cls.from_url_spec(parsed, options)
 
 
