@@ -303,14 +303,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive(text: str) -> int:
-    number = int(text)
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
     return number
 
 
 def _delay_ms(text: str) -> float:
-    number = float(text)
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of ms, got {text!r}") from None
     if not 0 <= number <= _MAX_DELAY_MS:
         raise argparse.ArgumentTypeError(f"must be from 0 to {_MAX_DELAY_MS:g} ms, got {text}")
     return number

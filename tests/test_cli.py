@@ -153,6 +153,23 @@ def test_demo_refuses_a_delay_it_cannot_wait(
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "text", "said"),
+    [
+        ("--keys", "ten", "must be a whole number, got 'ten'"),
+        ("--rounds", "0", "must be 1 or more, got 0"),
+        ("--delay-ms", "soon", "must be a number of ms, got 'soon'"),
+    ],
+)
+def test_demo_says_what_a_bad_option_should_be(
+    option: str, text: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "simple://", option, text])
+    assert info.value.code == 2
+    assert f"argument {option}: {said}" in capsys.readouterr().err
+
+
 def test_demo_against_redis(redis_server: RedisServer) -> None:
     result = run("demo", redis_server.url + "?serializer=json", *FAST_DEMO)
     assert result.returncode == 0, result.stderr
