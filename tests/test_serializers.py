@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import math
 import pickle
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from cacheplug import (
     ConfigurationError,
+    FileSystemCache,
     JSONSerializer,
     MsgpackSerializer,
     PickleSerializer,
@@ -215,3 +217,42 @@ def test_foreign_serializer_errors_become_serialization_errors() -> None:
     cache = SimpleCache(serializer=Picky())
     with pytest.raises(SerializationError, match="no thanks"):
         cache.set("k", {"v": 1})
+
+
+class _Repr:
+    """A foreign serializer writing ``repr`` text, returned as ``encode`` makes it."""
+
+    def __init__(self, encode: Any) -> None:
+        self.encode = encode
+
+    def dumps(self, value: Any) -> Any:
+        return self.encode(repr(value).encode())
+
+    def loads(self, data: bytes) -> Any:
+        assert type(data) is bytes
+        return ast.literal_eval(data.decode())
+
+
+def _caches(serializer: Any, tmp_path: Any) -> list[Any]:
+    return [
+        SimpleCache(serializer=serializer),
+        SimpleCache(serializer=serializer, secret="s3cret"),
+        FileSystemCache(str(tmp_path), serializer=serializer),
+    ]
+
+
+@pytest.mark.parametrize("encode", [bytearray, memoryview], ids=["bytearray", "memoryview"])
+def test_bytes_like_serializer_output_is_stored_as_bytes(encode: Any, tmp_path: Any) -> None:
+    for cache in _caches(_Repr(encode), tmp_path):
+        cache.set("k", [1, (2, 3)])
+        assert cache.get("k") == [1, (2, 3)], cache
+
+
+def test_serializer_returning_text_is_refused_with_the_fix(tmp_path: Any) -> None:
+    for cache in _caches(PickleSerializer(), tmp_path):
+        cache.set("k", [0])
+        cache.serializer = _Repr(bytes.decode)
+        with pytest.raises(SerializationError, match=r"dumps returned str, not bytes.*encode"):
+            cache.set("k", [1])
+        cache.serializer = PickleSerializer()
+        assert cache.get("k") == [0], cache

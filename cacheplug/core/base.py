@@ -332,7 +332,7 @@ class BaseCache(ABC):
             except Exception:
                 pass  # the serializer raises the SerializationError that says why
         try:
-            return serializer.dumps(value)
+            data = serializer.dumps(value)
         except SerializationError:
             raise
         except Exception as err:  # a foreign serializer's own error
@@ -340,6 +340,14 @@ class BaseCache(ABC):
                 f"{serializer_name(serializer)} cannot encode a value of type "
                 f"{type(value).__name__}: {err}"
             ) from err
+        if type(data) is bytes:
+            return data
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return bytes(data)  # stores, engines and HMAC all want bytes
+        raise SerializationError(
+            f"{serializer_name(serializer)}.dumps returned {type(data).__name__}, not bytes; "
+            "a serializer must return bytes (encode text, e.g. json.dumps(value).encode())"
+        )
 
     def _encode(self, value: Any) -> bytes:
         """Serialize (and sign, with a secret) a value for storage.
