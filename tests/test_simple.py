@@ -247,3 +247,14 @@ def test_inc_on_a_stored_none_names_the_type(serializer: str, secret: str | None
     with pytest.raises(TypeError, match="'k': it holds a dict, not an int"):
         cache.inc("k")
     assert cache.get("k") == {"nested": [1]}
+
+
+def test_born_expired_writes_count_as_sets_in_set_and_set_many() -> None:
+    one, many = SimpleCache(), SimpleCache()
+    for cache in (one, many):
+        cache.set("a", 1)
+    one.set("a", 2, timeout=-1)
+    one.set("b", 2, timeout=-1)
+    assert many.set_many({"a": 2, "b": 2}, timeout=-1) == ["a", "b"]
+    assert one.stats()["sets"] == many.stats()["sets"] == 3
+    assert one.get_many("a", "b") == many.get_many("a", "b") == [None, None]

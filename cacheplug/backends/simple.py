@@ -306,9 +306,9 @@ class SimpleCache(BaseCache):
         packed = [(key, self._pack(value)) for key, value in items]
         with self._lock:
             for key, (codec, payload) in packed:
-                if expires is None:
-                    if self._cache.pop(key, None) is not None:
-                        self._sets += 1
+                if expires is None:  # born expired: counted, as set counts it
+                    self._cache.pop(key, None)
+                    self._sets += 1
                 else:
                     self._put(key, (expires, codec, payload))
         return [key for key, _ in packed]
