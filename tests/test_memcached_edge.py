@@ -110,3 +110,27 @@ def test_restart_then_inc_first_costs_no_failure(
     assert cache.set("k", "v") is True
     assert cache.get("k") == "v"
     assert cache.stats()["errors"] == 0
+
+
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_restart_then_add_or_delete_first_costs_no_failure(
+    fresh_memcached_server: MemcachedServer, key_prefix: str
+) -> None:
+    """add and delete are never sent twice either: a pooled connection a restart closed is
+    replaced before they are sent, not after they failed on it."""
+    server = fresh_memcached_server
+    cache = MemcachedCache([address(server)], key_prefix=key_prefix)
+
+    def restart_with_a_pooled_connection() -> None:
+        assert cache.set("a", 0) is True
+        server.kill()  # a graceful stop waits a second for open connections
+        server.restart()
+
+    # the data is gone each time, but every call reached the new server
+    restart_with_a_pooled_connection()
+    assert cache.add("a", 1) is True
+    restart_with_a_pooled_connection()
+    assert cache.delete("a") is False
+    restart_with_a_pooled_connection()
+    assert cache.delete_many("a", "b") == []
+    assert cache.stats()["errors"] == 0

@@ -1,13 +1,18 @@
-"""Fault injection: memcached is killed with SIGKILL under a running workload, then restarted."""
+"""Fault injection: memcached killed under a running workload; connections reset mid-command."""
 
 from __future__ import annotations
 
+import select
+import socket
+import struct
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from servers import MemcachedServer
+from test_memcached import server_stat
 from waiting import wait_until
 
 from cacheplug import MemcachedCache
@@ -120,3 +125,134 @@ def assert_fully_working(cache: MemcachedCache) -> None:
     assert cache.has("b") is True
     assert cache.clear() is True
     assert cache.get("b") is None
+
+
+# -- a connection reset after memcached applied the command ---------------------------------------
+
+
+class ReplyDroppingProxy:
+    """A TCP relay to a memcached server that can lose one reply and reset the connection.
+
+    What a network failure does after memcached applied a command and before its reply
+    arrived: only the client's side of the connection breaks.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._target = target
+        self._skip: int | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_reply(self, after: int = 0) -> None:
+        """Relay ``after`` more replies, then swallow the next one and reset its connection."""
+        self._skip = after
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        with client, upstream:
+            while True:
+                readable, _, _ = select.select([client, upstream], [], [])
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    upstream.sendall(data)
+                if upstream in readable:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    if self._skip == 0:
+                        self._skip = None
+                        # linger 0: closing sends a reset, as a broken network path does
+                        client.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        return
+                    if self._skip:
+                        self._skip -= 1
+                    client.sendall(data)
+
+
+@pytest.fixture
+def proxy(fresh_memcached_server: MemcachedServer) -> Iterator[ReplyDroppingProxy]:
+    made = ReplyDroppingProxy(fresh_memcached_server.address)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["", "p:"])
+def reset_cache(
+    request: pytest.FixtureRequest, proxy: ReplyDroppingProxy
+) -> Iterator[MemcachedCache]:
+    # dead_timeout 0: the reset must not hide the stored state from the checks that follow
+    cache = MemcachedCache([f"127.0.0.1:{proxy.port}"], key_prefix=request.param, dead_timeout=0)
+    assert cache.set("warm", 1) is True  # the connection is now pooled
+    yield cache
+    cache.close()
+
+
+def reset_the_next_write(
+    proxy: ReplyDroppingProxy, cache: MemcachedCache, *, after: int = 0
+) -> None:
+    """Lose the reply to the next write; with a prefix the namespace token is read first."""
+    proxy.drop_reply(after + (1 if cache.key_prefix else 0))
+
+
+def test_add_whose_reply_was_lost_is_not_sent_again(
+    reset_cache: MemcachedCache, proxy: ReplyDroppingProxy, fresh_memcached_server: MemcachedServer
+) -> None:
+    """A second add found the first one's entry and answered "the key exists" as if all was
+    well; an add must not run twice, so the lost reply is an outage answer (False, an error)."""
+    server, cache = fresh_memcached_server, reset_cache
+    stores = server_stat(server, "cmd_set")
+    reset_the_next_write(proxy, cache)
+    assert cache.add("a", "v") is False
+    assert server_stat(server, "cmd_set") == stores + 1
+    assert cache.stats()["errors"] == 1
+    assert cache.get("a") == "v"
+
+
+@pytest.mark.parametrize(
+    "delete",
+    [lambda cache: cache.delete("d"), lambda cache: cache.delete_many("d")],
+    ids=["delete", "delete_many"],
+)
+def test_delete_whose_reply_was_lost_is_not_sent_again(
+    reset_cache: MemcachedCache,
+    proxy: ReplyDroppingProxy,
+    fresh_memcached_server: MemcachedServer,
+    delete: Callable[[MemcachedCache], object],
+) -> None:
+    server, cache = fresh_memcached_server, reset_cache
+    assert cache.set("d", 1) is True
+    hits, misses = server_stat(server, "delete_hits"), server_stat(server, "delete_misses")
+    reset_the_next_write(proxy, cache)
+    assert delete(cache) in (False, [])
+    assert server_stat(server, "delete_hits") == hits + 1
+    assert server_stat(server, "delete_misses") == misses  # never sent a second time
+    assert cache.stats()["errors"] == 1
+    assert cache.has("d") is False
+
+
+def test_new_counter_whose_creation_reply_was_lost_is_not_counted_twice(
+    reset_cache: MemcachedCache, proxy: ReplyDroppingProxy
+) -> None:
+    """inc on a missing key creates it with add; a second add failed, so inc went on with
+    an incr and answered (and stored) twice the delta."""
+    cache = reset_cache
+    reset_the_next_write(proxy, cache, after=1)  # the incr that finds no counter, then the add
+    assert cache.inc("n", 5) is None
+    assert cache.get("n") == 5

@@ -288,8 +288,6 @@ def _incr(client: Any, key: str, step: int) -> Any:
     """memcached ``incr``; ``_NON_NUMERIC`` when the entry is not a counter."""
     from pymemcache.exceptions import MemcacheClientError
 
-    if client.sock is not None and not _idle_and_open(client.sock):
-        client.close()  # closed by a server restart: incr is never retried, so check first
     try:
         return client.incr(key, step, False)
     except MemcacheClientError as err:
@@ -311,6 +309,16 @@ def _idle_and_open(sock: socket.socket) -> bool:
     return False  # closed by the peer, or a stray reply waiting
 
 
+def _add(client: Any, key: str, item: tuple[int, bytes], exptime: int) -> bool:
+    """memcached ``add``: whether ``key`` was missing and is now stored."""
+    return bool(client.add(key, item, exptime, False))
+
+
+def _delete(client: Any, key: str) -> bool:
+    """memcached ``delete``: whether ``key`` existed."""
+    return bool(client.delete(key, False))
+
+
 def _exists(client: Any, key: str) -> bool:
     """Whether ``key`` is stored, by a meta get that asks for no value back."""
     command = b"mg " + client.check_key(key, client.key_prefix) + b"\r\n"
@@ -322,6 +330,10 @@ def _delete_reporting(client: Any, keys: list[str]) -> list[bool]:
     commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
     # pymemcache's delete_many drops the per-key replies; its _misc_cmd pipeline keeps them.
     return [line == b"DELETED" for line in client._misc_cmd(commands, b"delete", False)]
+
+
+#: Calls a second attempt would answer wrongly when the first was applied and only its reply lost.
+_SENT_ONCE = frozenset({_incr, _add, _delete, _delete_reporting})
 
 
 class MemcachedCache(BaseCache):
@@ -496,13 +508,16 @@ class MemcachedCache(BaseCache):
         client = server.acquire()
         try:
             reused = client.sock is not None
+            once = call in _SENT_ONCE
+            if once and reused and not _idle_and_open(client.sock):
+                client.close()  # closed by a server restart: never retried, so check first
             try:
                 result = call(client, *args)
             except self._connection_errors as err:
                 # A pooled connection may predate a server restart: retry once on a new one,
-                # except for incr, which must not be applied twice, and after a timeout,
+                # except for calls that must not be applied twice, and after a timeout,
                 # which says the server is slow, not that the connection is stale.
-                if not reused or call is _incr or isinstance(err, _TIMEOUTS):
+                if not reused or once or isinstance(err, _TIMEOUTS):
                     raise
                 server.discard_idle()
                 result = call(client, *args)
@@ -640,7 +655,7 @@ class MemcachedCache(BaseCache):
         target = self._target(key, "add")
         if target is None:
             return False
-        added = self._run(target[0], "add", _Client.add, target[1], packed, exptime, False)
+        added = self._run(target[0], "add", _add, target[1], packed, exptime)
         if added is _FAILED or not added:
             return False
         self._sets += 1
@@ -652,7 +667,7 @@ class MemcachedCache(BaseCache):
         target = self._target(key, "delete")
         if target is None:
             return False
-        deleted = self._run(target[0], "delete", _Client.delete, target[1], False)
+        deleted = self._run(target[0], "delete", _delete, target[1])
         if deleted is _FAILED or not deleted:
             return False
         self._deletes += 1
@@ -778,7 +793,7 @@ class MemcachedCache(BaseCache):
                 raise TypeError(f"cannot increment {key!r}: it holds a value that is not an int")
             if result is None:  # missing: create it, unless another client just did
                 created = self._run(
-                    server, "inc", _Client.add, name, self._pack(delta), self._timeout(None), False
+                    server, "inc", _add, name, self._pack(delta), self._timeout(None)
                 )
                 if created is _FAILED:
                     return None
