@@ -524,6 +524,36 @@ def test_wrong_port_builds_and_answers_as_an_outage(
     assert cache.stats()["errors"] >= 24
 
 
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_reads_in_an_outage_count_as_errors_not_misses(
+    fresh_memcached_server: MemcachedServer, key_prefix: str
+) -> None:
+    """As RedisCache counts them: a read that failed says nothing about the key. The prefixed
+    paths counted a miss on top of the error."""
+    cache = MemcachedCache([address(fresh_memcached_server)], key_prefix=key_prefix)
+    assert cache.set("k", 1) is True
+    assert cache.get_many("k", "x") == [1, None]  # a true miss still counts
+    fresh_memcached_server.kill()
+    assert cache.get("k") is None
+    assert cache.get_many("k", "x", "k") == [None] * 3
+    assert cache.get_dict("k", "x") == {"k": None, "x": None}
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["errors"]) == (1, 1, 3)
+
+
+def test_keys_on_a_dead_server_of_two_count_as_errors_not_misses(
+    fresh_memcached_server: MemcachedServer, memcached_server: MemcachedServer
+) -> None:
+    cache = MemcachedCache([address(fresh_memcached_server), address(memcached_server)])
+    keys = [f"spread{i}" for i in range(40)]
+    assert sorted(cache.set_many(dict.fromkeys(keys, 1))) == sorted(keys)
+    fresh_memcached_server.kill()
+    alive = cache.get_many(*keys).count(1)
+    assert 0 < alive < len(keys)
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["errors"]) == (alive, 0, 1)
+
+
 def test_outage_and_recovery_on_the_same_cache(
     fresh_memcached_server: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -573,27 +573,33 @@ class MemcachedCache(BaseCache):
             token = server.seen_token(seen)  # cleared elsewhere: read the new namespace
         return {}
 
-    def _fetch(self, keys: Iterable[str], operation: str) -> dict[str, Any]:
-        """Raw items of the present ``keys``, one round trip per server involved."""
+    def _fetch(self, keys: Iterable[str], operation: str) -> tuple[dict[str, Any], set[str]]:
+        """Raw items of the present ``keys``, one round trip per server involved, and the keys
+        whose server failed."""
         found: dict[str, Any] = {}
+        lost: set[str] = set()
         for server, group in self._by_server(keys).items():
             if self._namespaced:
                 items = self._run(server, operation, self._fetch_namespaced, server, group)
-                if items is not _FAILED:
+                if items is _FAILED:
+                    lost.update(group)
+                else:
                     found.update(items)
                 continue
             names = {memcached_key(key).encode("ascii"): key for key in group}
             items = self._run(server, operation, wire.fetch, b" ".join(names))
-            if items is not _FAILED:
+            if items is _FAILED:
+                lost.update(group)
+            else:
                 for name, item in items.items():
                     found[names[name]] = item
-        return found
+        return found, lost
 
     def _fetch_one(self, key: str, operation: str) -> Any:
-        """The raw item of ``key`` in this cache's namespace, or None."""
+        """The raw item of ``key`` in this cache's namespace, None, or ``_FAILED``."""
         server = self._only or self._ring(self.key_prefix + key)
         items = self._run(server, operation, self._fetch_namespaced, server, [key])
-        return None if items is _FAILED else items.get(key)
+        return _FAILED if items is _FAILED else items.get(key)
 
     def _by_server(self, keys: Iterable[str]) -> dict[_Server, list[str]]:
         groups: dict[_Server, list[str]] = {}
@@ -617,6 +623,8 @@ class MemcachedCache(BaseCache):
             check_key(key)
         if self._namespaced:
             item = self._fetch_one(key, "get")
+            if item is _FAILED:
+                return None  # an error, not a miss
         else:
             name = memcached_key(key).encode("ascii")
             items = self._run(self._only or self._ring(key), "get", wire.fetch, name)
@@ -677,7 +685,8 @@ class MemcachedCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         if self._namespaced:
-            return self._fetch_one(key, "has") is not None
+            item = self._fetch_one(key, "has")
+            return item is not None and item is not _FAILED
         return self._run(self._only or self._ring(key), "has", _exists, memcached_key(key)) is True
 
     def clear(self) -> bool:
@@ -701,17 +710,23 @@ class MemcachedCache(BaseCache):
         only = self._only
         line = None if self._namespaced or only is None else _plain_line(keys)
         if line is None or only is None:
-            found = self._fetch(keys, "get_many")
-            return self._values(keys, [found.get(key) for key in keys])
+            found, lost = self._fetch(keys, "get_many")
+            unread = sum(key in lost for key in keys) if lost else 0
+            return self._values(keys, [found.get(key) for key in keys], unread)
         items = self._run(only, "get_many", wire.fetch, line)
         if items is _FAILED:
             return [None] * len(keys)
         return self._values(keys, [items.get(name) for name in line.split(b" ")])
 
-    def _values(self, keys: Sequence[str], items: list[tuple[int, bytes] | None]) -> list[Any]:
-        """The values of ``keys`` from their raw ``items`` (None: missing), counted."""
+    def _values(
+        self, keys: Sequence[str], items: list[tuple[int, bytes] | None], unread: int = 0
+    ) -> list[Any]:
+        """The values of ``keys`` from their raw ``items`` (None: missing), counted.
+
+        ``unread`` of the missing items were on a server that failed: errors, not misses.
+        """
         missing = items.count(None)
-        self._misses += missing
+        self._misses += missing - unread
         self._hits += len(items) - missing
         if self._signer is None and type(self.serializer) is PickleSerializer:
             loads = pickle.loads
