@@ -1,4 +1,6 @@
-"""RedisCache at the edges: timeouts Redis cannot take as they are, and clients given by a user."""
+"""RedisCache at the edges: timeouts Redis cannot take as they are, keys UTF-8 cannot encode,
+and clients given by a user.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.cluster import ClusterNode
 from servers import RedisCluster, RedisServer
 
@@ -93,3 +97,90 @@ def test_inc_on_a_small_int_redis_cannot_count_is_a_type_error(
             cache.inc(key)
         assert raw.get(cache.key_prefix + key) == payload
     cache.clear()
+
+
+# -- keys with lone surrogates (legal str, not UTF-8): they work as on the other backends ----------
+
+SURROGATE_KEYS = ["a\ud800", "a\udfff", "\udc80", "a\ud800\udc00"]  # the last: two lone halves
+LOOKALIKES = ["a", "a\ufffd", "a?", "a\\ud800", "\U00010000"]  # what a lossy encoding would give
+
+
+@pytest.fixture(params=["server", "unix", "cluster"])
+def connection(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The keyword arguments of a ``RedisCache`` building its own client of each kind."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return {"startup_nodes": cluster.nodes}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    if request.param == "unix":
+        return {"unix_socket_path": server.unix_socket}
+    return {"port": server.port}
+
+
+@pytest.mark.parametrize("prefix", ["surr\udc80:", "plain:"])
+def test_keys_with_lone_surrogates_work_on_every_operation(
+    connection: dict[str, Any], prefix: str
+) -> None:
+    cache = RedisCache(key_prefix=f"{prefix}{next(_prefixes)}:", **connection)
+    keys = [*SURROGATE_KEYS, *LOOKALIKES]
+    assert cache.set_many({key: f"v-{key}" for key in keys}) == keys
+    assert cache.get_many(*keys) == [f"v-{key}" for key in keys]  # no two keys collide
+    for key in SURROGATE_KEYS:
+        assert (cache.has(key), cache.get(key)) == (True, f"v-{key}")
+        assert cache.set(key, [key]) is True
+        assert cache.get(key) == [key]
+        assert cache.add(key, 0) is False
+        assert cache.delete(key) is True
+        assert (cache.inc(key, 5), cache.dec(key), cache.get(key)) == (5, 4, 4)
+    assert cache.delete_many(*SURROGATE_KEYS) == SURROGATE_KEYS
+    assert cache.get_many(*keys) == [None] * 4 + [f"v-{key}" for key in LOOKALIKES]
+    assert cache.clear() is True
+    assert cache.get_many(*LOOKALIKES) == [None] * len(LOOKALIKES)
+    assert cache.stats()["errors"] == 0
+    cache.close()
+
+
+def test_clear_under_a_surrogate_prefix_keeps_other_prefixes(redis_server: RedisServer) -> None:
+    mine = RedisCache(port=redis_server.port, key_prefix=f"c\ud800{next(_prefixes)}:")
+    other = RedisCache(port=redis_server.port, key_prefix=mine.key_prefix.replace("\ud800", "?"))
+    assert mine.set("k", 1) and other.set("k", 2)
+    assert mine.clear() is True
+    assert (mine.get("k"), other.get("k")) == (None, 2)
+    other.clear()
+
+
+lone_surrogate_text = st.text(
+    alphabet=st.characters(categories=["Cs"]) | st.characters(codec="utf-8"), max_size=40
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(keys=st.lists(lone_surrogate_text, min_size=1, max_size=4, unique=True))
+def test_hostile_keys_with_lone_surrogates_round_trip(
+    connection: dict[str, Any], keys: list[str]
+) -> None:
+    cache = RedisCache(key_prefix="hostile\udfff:", **connection)
+    for n, key in enumerate(keys):
+        assert cache.set(key, {"n": n, "key": key}) is True
+    for n, key in enumerate(keys):
+        assert cache.get(key) == {"n": n, "key": key}
+        assert cache.has(key) is True
+    assert sorted(cache.delete_many(*keys)) == sorted(keys)
+    assert cache.get_many(*keys) == [None] * len(keys)
+    cache.close()
+
+
+def test_a_given_client_or_encoding_errors_keeps_its_own_encoding(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis(port=redis_server.port)
+    RedisCache(host=client)
+    assert client.get_encoder().encoding_errors == "strict"
+    cache = RedisCache(port=redis_server.port, encoding_errors="strict", key_prefix="strict:")
+    with pytest.raises(UnicodeEncodeError):
+        cache.set("a\ud800", 1)
+    client.close()

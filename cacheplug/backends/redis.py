@@ -6,6 +6,7 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import pickle
 import threading
@@ -167,6 +168,13 @@ class RedisCache(BaseCache):
             self._client = host
             self._owns_client = False
             self._cluster = hasattr(host, "get_primaries")
+        # Lone surrogates (legal in a str) cannot be UTF-8: such names are sent encoded with
+        # surrogatepass, distinct from every other name; hiredis' packer ignores encoding_errors.
+        self._surrogates = (
+            self._owns_client
+            and "encoding_errors" not in kwargs
+            and codecs.lookup(kwargs.get("encoding", "utf-8")).name == "utf-8"
+        )
         # Whether get, set and get_many send their commands themselves on the client's pool.
         self._direct = not self._cluster and wire.direct_ok(self._client)
         if check_connection:
@@ -281,6 +289,16 @@ class RedisCache(BaseCache):
         self._hits += 1
         return value
 
+    def _wire(self, name: str) -> str | bytes:
+        """``name`` as this cache sends it: lone surrogates pass when the client is ours."""
+        if self._surrogates and not name.isascii():
+            return name.encode("utf-8", "surrogatepass")
+        return name
+
+    def _name(self, key: str) -> str | bytes:
+        """The Redis name of ``key``, as sent."""
+        return self._wire(self.key_prefix + key)
+
     def _ttl_ms(self, timeout: Timeout) -> int:
         """Milliseconds to live: 0 never expires, negative is already expired."""
         if timeout is None:
@@ -301,7 +319,7 @@ class RedisCache(BaseCache):
             if self._direct and name.isascii():
                 payload = self._send_packed(wire.packed_one("GET", name))
             else:
-                payload = self._client.get(name)
+                payload = self._client.get(self._wire(name))
         except self._failures as err:
             self._backend_error("get", err)
             return None
@@ -328,11 +346,11 @@ class RedisCache(BaseCache):
             if self._direct and name.isascii() and type(data) is bytes:
                 self._send_packed(wire.packed_set(name, data, ms))
             elif ms > 0:
-                self._client.execute_command("SET", name, data, "PX", ms)
+                self._client.execute_command("SET", self._wire(name), data, "PX", ms)
             elif ms == 0:
-                self._client.execute_command("SET", name, data)
+                self._client.execute_command("SET", self._wire(name), data)
             else:
-                self._client.delete(name)
+                self._client.delete(self._wire(name))
         except self._failures as err:
             self._backend_error("set", err)
             return False
@@ -343,7 +361,7 @@ class RedisCache(BaseCache):
         check_key(key)
         ms = self._ttl_ms(timeout)
         data = self._dump(value)
-        name = self.key_prefix + key
+        name = self._name(key)
         try:
             if ms < 0:
                 return not self._client.exists(name)
@@ -358,7 +376,7 @@ class RedisCache(BaseCache):
     def delete(self, key: str) -> bool:
         check_key(key)
         try:
-            deleted = bool(self._once.delete(self.key_prefix + key))
+            deleted = bool(self._once.delete(self._name(key)))
         except self._failures as err:
             self._backend_error("delete", err)
             return False
@@ -368,7 +386,7 @@ class RedisCache(BaseCache):
     def has(self, key: str) -> bool:
         check_key(key)
         try:
-            return bool(self._client.exists(self.key_prefix + key))
+            return bool(self._client.exists(self._name(key)))
         except self._failures as err:
             self._backend_error("has", err)
             return False
@@ -381,7 +399,7 @@ class RedisCache(BaseCache):
                 return True
             pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in prefix)
             batch: list[bytes] = []
-            for name in self._client.scan_iter(match=pattern + "*", count=SCAN_BATCH):
+            for name in self._client.scan_iter(match=self._wire(pattern + "*"), count=SCAN_BATCH):
                 batch.append(name)
                 if len(batch) >= SCAN_BATCH:
                     self._pipelined("DEL", batch)
@@ -403,20 +421,21 @@ class RedisCache(BaseCache):
             names = [prefix + key for key in keys] if prefix or not direct else keys
             if direct:
                 packed = wire.packed_mget(names)
+            sent: Sequence[str | bytes] = names if packed else list(map(self._wire, names))
         except TypeError:
             for key in keys:
                 check_key(key)  # raises with the contract's message
             raise
         try:
             if self._cluster:
-                payloads = self._client.mget_nonatomic(names)
+                payloads = self._client.mget_nonatomic(sent)
             elif packed is not None:
                 payloads = self._send_packed(packed)
             else:
-                payloads = self._client.mget(names)
+                payloads = self._client.mget(sent)
         except self._failures as err:
             self._backend_error("get_many", err)
-            replies = self._per_node([("GET", name) for name in names], "get_many")
+            replies = self._per_node([("GET", name) for name in sent], "get_many")
             if replies is None:
                 return [None] * len(keys)
             payloads = [None if isinstance(r, Exception) else r for r in replies]
@@ -472,13 +491,15 @@ class RedisCache(BaseCache):
             return []
         prefix = self.key_prefix
         if ms < 0:
-            results = self._pipelined("DEL", [prefix + key for key in keys], "set_many")
+            results = self._pipelined("DEL", [self._wire(prefix + key) for key in keys], "set_many")
             if results is None:
                 return []
             pairs = zip(keys, results, strict=True)
             return [key for key, result in pairs if not isinstance(result, Exception)]
         expiry = ("PX", ms) if ms else ()
-        commands = [("SET", prefix + key, self._dump(v), *expiry) for key, v in mapping.items()]
+        commands = [
+            ("SET", self._wire(prefix + k), self._dump(v), *expiry) for k, v in mapping.items()
+        ]
         results = self._pipeline(commands, "set_many")
         if results is None:
             return []
@@ -492,7 +513,7 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        commands = [("DEL", prefix + key) for key in keys]
+        commands = [("DEL", self._wire(prefix + key)) for key in keys]
         results = self._pipeline(commands, "delete_many", self._once)
         if results is None:
             return []
@@ -510,7 +531,7 @@ class RedisCache(BaseCache):
         check_delta(delta)
         if not INT64_MIN <= delta <= INT64_MAX:
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
-        args = (1, self.key_prefix + key, delta, self._ttl_ms(None))
+        args = (1, self._name(key), delta, self._ttl_ms(None))
         try:
             value: int = self._once.evalsha(INC_SHA, *args)
         except self._failures as err:
@@ -544,7 +565,7 @@ class RedisCache(BaseCache):
     def _holds_big_int(self, key: str) -> bool:
         """Whether ``key`` holds an int beyond 64 bits (which INCRBY cannot count)."""
         try:
-            payload = self._client.get(self.key_prefix + key)
+            payload = self._client.get(self._name(key))
             if payload is None:
                 return False
             if 44 < payload[0] < 58 and _is_decimal(payload):
@@ -558,7 +579,7 @@ class RedisCache(BaseCache):
     def _type(self, key: str) -> str:
         """The Redis type of ``key`` (``list``, ``hash``...), for error messages."""
         try:
-            return bytes(self._client.type(self.key_prefix + key)).decode()
+            return bytes(self._client.type(self._name(key))).decode()
         except self._failures:
             return "value of another type"
 
