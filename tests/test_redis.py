@@ -22,7 +22,7 @@ from interpreter import run_python
 from servers import RedisCluster, RedisServer
 from waiting import paused_process, wait_until
 
-from cacheplug import ConfigurationError, RedisCache, from_url
+from cacheplug import ConfigurationError, RedisCache, SerializationError, from_url
 from cacheplug.testing import CacheContract
 
 _prefixes = itertools.count()
@@ -257,7 +257,7 @@ def test_set_and_get_values_of_any_size(cache: RedisCache, raw: redis.Redis, siz
 
 
 class TextSerializer:
-    """A foreign serializer that hands out ``str``; redis-py stores it as UTF-8."""
+    """A foreign serializer that hands out ``str`` instead of bytes."""
 
     def dumps(self, value: Any) -> str:
         return json.dumps(value)
@@ -266,11 +266,18 @@ class TextSerializer:
         return json.loads(data)
 
 
-def test_a_serializer_returning_str_still_stores(cache: RedisCache, raw: redis.Redis) -> None:
+def test_a_serializer_returning_str_is_refused_and_the_value_stays(
+    cache: RedisCache, raw: redis.Redis
+) -> None:
+    assert cache.set("k", "before") is True
+    before = raw.get(cache.key_prefix + "k")
     cache.serializer = TextSerializer()  # type: ignore[assignment]
-    assert cache.set("k", ["é"]) is True
-    assert raw.get(cache.key_prefix + "k") == json.dumps(["é"]).encode()
-    assert cache.get("k") == ["é"]
+    for store in (cache.set, cache.add):
+        with pytest.raises(SerializationError, match="encode text"):
+            store("k", ["é"])
+    with pytest.raises(SerializationError, match="encode text"):
+        cache.set_many({"k": ["é"]})
+    assert raw.get(cache.key_prefix + "k") == before
 
 
 # -- counters -------------------------------------------------------------------------------------
