@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import memcache  # type: ignore[import-untyped]
@@ -19,7 +21,7 @@ from pymemcache.client.base import Client
 from servers import MemcachedServer
 from waiting import paused_process, wait_until
 
-from cacheplug import ConfigurationError, MemcachedCache, from_url
+from cacheplug import ConfigurationError, MemcachedCache, SerializationError, from_url
 from cacheplug.backends.memcached import (
     FLAG_COUNTER,
     FLAG_GUARDED,
@@ -255,6 +257,54 @@ def test_has_does_not_download_the_value(
 
 def server_stat(server: MemcachedServer, name: str) -> int:
     return int(raw_client(server).stats()[name.encode()])
+
+
+class BytesLikeJSON:
+    """A foreign serializer whose ``dumps`` returns a bytes-like object that is not bytes."""
+
+    name = "bytes-like-json"
+
+    def __init__(self, kind: Callable[[bytes], Any]) -> None:
+        self.kind = kind
+
+    def dumps(self, value: Any) -> Any:
+        return self.kind(json.dumps(value).encode())
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_serializer_returning_bytes_like_works_on_every_write(
+    memcached_server: MemcachedServer, kind: Callable[[bytes], Any], key_prefix: str
+) -> None:
+    """pymemcache stored the repr of a bytearray given to set_many or add."""
+    memcached_server.flush()
+    cache = MemcachedCache(
+        [address(memcached_server)], key_prefix=key_prefix, serializer=BytesLikeJSON(kind)
+    )
+    values: dict[str, Any] = {"s": "text", "f": 1.5, "l": [1, "two"], "d": {"k": None}}
+    assert cache.set("one", 2.5) is True  # "2.5" starts with a digit: the guarded encoding
+    assert sorted(cache.set_many(values)) == sorted(values)
+    assert cache.add("added", [3]) is True
+    assert cache.get("one") == 2.5
+    assert cache.get("added") == [3]
+    assert cache.get_many(*values) == list(values.values())
+    assert cache.stats()["errors"] == 0
+
+
+def test_serializer_returning_str_is_refused_on_every_write(cache: MemcachedCache) -> None:
+    cache.serializer = BytesLikeJSON(bytes.decode)
+    assert cache.set_many({"n": 1}) == ["n"]  # an int is a counter, never serialized
+    for write in (
+        partial(cache.set, "k", "text"),
+        partial(cache.set_many, {"k": "text"}),
+        partial(cache.add, "k", "text"),
+    ):
+        with pytest.raises(SerializationError, match="not bytes"):
+            write()
+    assert cache.get_many("n", "k") == [1, None]
 
 
 def test_huge_ints_go_through_the_serializer(cache: MemcachedCache) -> None:
