@@ -62,7 +62,7 @@ class RedisCache(BaseCache):
     :param host: server host name, or a ready ``redis.Redis``/``RedisCluster`` client to use.
     :param port: server port.
     :param password: AUTH password (with ``username=``: ACL user).
-    :param db: database number.
+    :param db: database number (a Redis Cluster has only db 0).
     :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
     :param key_prefix: prepended to every key; ``clear`` then deletes only keys under it. A
         callable (as cachelib allows) is called for the prefix on every operation.
@@ -154,6 +154,10 @@ class RedisCache(BaseCache):
             nodes = [(str(h), int(p)) for h, p in startup_nodes]
             if not nodes:
                 raise ConfigurationError("startup_nodes needs at least one (host, port)")
+            if db != 0:
+                raise ConfigurationError(
+                    f"a Redis Cluster has only db 0, got db={db!r}; leave db out or pass db=0"
+                )
             self._where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
             self._pending = _PendingCluster(self, nodes, password, kwargs)
             self._client: Any = self._pending
