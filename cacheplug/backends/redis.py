@@ -151,13 +151,7 @@ class RedisCache(BaseCache):
         if startup_nodes is not None:
             # redis-py's cluster client retries time-outs whatever the Retry says.
             kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-            nodes = [(str(h), int(p)) for h, p in startup_nodes]
-            if not nodes:
-                raise ConfigurationError("startup_nodes needs at least one (host, port)")
-            if db != 0:
-                raise ConfigurationError(
-                    f"a Redis Cluster has only db 0, got db={db!r}; leave db out or pass db=0"
-                )
+            nodes = _cluster_nodes(startup_nodes, db)
             self._where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
             self._pending = _PendingCluster(self, nodes, password, kwargs)
             self._client: Any = self._pending
@@ -769,6 +763,18 @@ def _checked_options(retries: int, dead_timeout: float) -> float:
     if type(dead_timeout) not in (int, float) or not 0 <= dead_timeout < float("inf"):
         raise ConfigurationError(f"dead_timeout must be seconds >= 0, got {dead_timeout!r}")
     return float(dead_timeout)
+
+
+def _cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tuple[str, int]]:
+    """The ``(host, port)`` startup nodes of a cluster, once they and ``db`` fit one."""
+    nodes = [(str(host), int(port)) for host, port in startup_nodes]
+    if not nodes:
+        raise ConfigurationError("startup_nodes needs at least one (host, port)")
+    if db != 0:
+        raise ConfigurationError(
+            f"a Redis Cluster has only db 0, got db={db!r}; leave db out or pass db=0"
+        )
+    return nodes
 
 
 def _server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
