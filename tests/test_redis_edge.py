@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from redis.cluster import ClusterNode
 from servers import RedisCluster, RedisServer
 
-from cacheplug import ConfigurationError, RedisCache
+from cacheplug import ConfigurationError, RedisCache, from_url
 
 _prefixes = itertools.count()
 
@@ -195,3 +195,16 @@ def test_a_cluster_with_a_db_other_than_0_is_refused(redis_cluster: RedisCluster
     cache = RedisCache(startup_nodes=redis_cluster.nodes, db=0, key_prefix="db0:")
     assert (cache.set("k", 1), cache.get("k")) == (True, 1)
     cache.clear()
+
+
+@pytest.mark.parametrize("value", ["false", "0", "no"])
+def test_rediss_with_ssl_off_is_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"rediss:// always uses TLS.*redis://") as err:
+        from_url(f"rediss://:pw-s3cret@localhost:6380/0?ssl={value}")
+    assert "pw-s3cret" not in str(err.value)
+    with pytest.raises(ConfigurationError, match="ssl=false"):
+        from_url("rediss://localhost:6380/0", ssl=False)
+    assert (
+        from_url("rediss://localhost:6380/0?ssl=true")._client.connection_pool.connection_class
+        is redis.SSLConnection
+    )

@@ -246,6 +246,11 @@ class RedisCache(BaseCache):
                 f"for a cluster write redis+cluster://host1:6379,host2:6379"
             )
         if url.scheme == "rediss":
+            if options.get("ssl") is False:
+                raise ConfigurationError(
+                    f"rediss:// always uses TLS, but {url.redacted()!r} says ssl=false; "
+                    "write redis://host:6379/0 for a plain connection, or drop ssl=false"
+                )
             options["ssl"] = True
         host, port = url.hosts[0] if url.hosts else ("localhost", None)
         return cls(host, port or 6379, **options)
