@@ -204,7 +204,6 @@ def test_rediss_with_ssl_off_is_refused(value: str) -> None:
     assert "pw-s3cret" not in str(err.value)
     with pytest.raises(ConfigurationError, match="ssl=false"):
         from_url("rediss://localhost:6380/0", ssl=False)
-    assert (
-        from_url("rediss://localhost:6380/0?ssl=true")._client.connection_pool.connection_class
-        is redis.SSLConnection
-    )
+    cache = from_url("rediss://localhost:6380/0?ssl=true")
+    assert isinstance(cache, RedisCache)
+    assert cache._client.connection_pool.connection_class is redis.SSLConnection
