@@ -207,3 +207,16 @@ def test_rediss_with_ssl_off_is_refused(value: str) -> None:
     cache = from_url("rediss://localhost:6380/0?ssl=true")
     assert isinstance(cache, RedisCache)
     assert cache._client.connection_pool.connection_class is redis.SSLConnection
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["packed", "redis-py"])
+def test_a_born_expired_write_counts_as_a_set_in_set_and_set_many(
+    redis_server: RedisServer, direct: bool
+) -> None:
+    cache = make_cache(redis_server, direct=direct)
+    cache.set_many({"a": 1, "b": 2})
+    sets = cache.stats()["sets"]
+    assert cache.set("a", 1, timeout=-1) is True
+    assert cache.set_many({"a": 1, "b": 2, "c": 3}, timeout=-1) == ["a", "b", "c"]
+    assert cache.stats()["sets"] - sets == 4  # one per key, as SimpleCache counts them
+    assert cache.get_many("a", "b", "c") == [None, None, None]

@@ -498,7 +498,9 @@ class RedisCache(BaseCache):
             if results is None:
                 return []
             pairs = zip(keys, results, strict=True)
-            return [key for key, result in pairs if not isinstance(result, Exception)]
+            gone = [key for key, result in pairs if not isinstance(result, Exception)]
+            self._sets += len(gone)  # as set counts a born-expired write
+            return gone
         expiry = ("PX", ms) if ms else ()
         commands = [
             ("SET", self._wire(prefix + k), self._dump(v), *expiry) for k, v in mapping.items()
