@@ -297,7 +297,7 @@ def _incr(client: Any, key: str, step: int) -> Any:
 
 
 def _idle_and_open(sock: socket.socket) -> bool:
-    """Whether a pooled connection is still open with nothing unread (a blocking peek only)."""
+    """Whether a pooled connection is still open with nothing unread, by a non-blocking peek."""
     if sock.gettimeout() is not None:
         return True  # a socket with a Python timeout would wait in the peek: not checked
     try:
