@@ -220,3 +220,35 @@ def test_a_born_expired_write_counts_as_a_set_in_set_and_set_many(
     assert cache.set_many({"a": 1, "b": 2, "c": 3}, timeout=-1) == ["a", "b", "c"]
     assert cache.stats()["sets"] - sets == 4  # one per key, as SimpleCache counts them
     assert cache.get_many("a", "b", "c") == [None, None, None]
+
+
+def cluster_command(node: redis.Redis, *args: Any) -> Any:
+    """``CLUSTER args`` on one node."""
+    return node.execute_command("CLUSTER", *args)  # type: ignore[no-untyped-call]
+
+
+def test_many_key_calls_follow_a_slot_moved_behind_the_clients_back() -> None:
+    with RedisCluster() as cluster:
+        cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="moved:")
+        keys = [f"k{i}" for i in range(10)]
+        assert cache.set_many(dict.fromkeys(keys, 1)) == keys
+        client = cache._client
+        slot = client.keyslot("moved:k0")
+        source = client.get_node_from_key("moved:k0")
+        target = next(node for node in client.get_primaries() if node.name != source.name)
+        nodes = {server.port: redis.Redis(port=server.port) for server in cluster.servers}
+        ids = {port: cluster_command(node, "MYID") for port, node in nodes.items()}
+        cluster_command(nodes[target.port], "SETSLOT", slot, "IMPORTING", ids[source.port])
+        cluster_command(nodes[source.port], "SETSLOT", slot, "MIGRATING", ids[target.port])
+        for name in cluster_command(nodes[source.port], "GETKEYSINSLOT", slot, 100):
+            nodes[source.port].migrate(target.host, target.port, name, 0, 5000)
+        for node in nodes.values():
+            cluster_command(node, "SETSLOT", slot, "NODE", ids[target.port])
+            node.close()
+        assert client.get_node_from_key("moved:k0").name == source.name  # the map is stale
+        assert cache.get_many(*keys) == [1] * len(keys)
+        assert cache.set_many(dict.fromkeys(keys, 2)) == keys
+        assert cache.get_dict(*keys) == dict.fromkeys(keys, 2)
+        assert cache.delete_many(*keys) == keys
+        assert cache.stats()["errors"] == 0
+        assert client.get_node_from_key("moved:k0").name == target.name

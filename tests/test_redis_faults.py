@@ -1,4 +1,6 @@
-"""RedisCache under faults: a server killed mid-workload, and entries forged in the store."""
+"""RedisCache under faults: a server killed mid-workload, a hung cluster node, and entries forged
+in the store.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +11,14 @@ import pathlib
 import pickle
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis
 import test_redis
-from servers import RedisServer
+from servers import RedisCluster, RedisServer
 from waiting import paused_process, wait_until
 
 from cacheplug import RedisCache
@@ -188,6 +190,45 @@ def test_a_hung_server_costs_one_timeout_per_dead_timeout(
     assert rest < 0.5  # 60 calls inside the dead time: none waited 0.3 s for the server
     assert wait_until(lambda: cache.get("k") == "v") < cache.dead_timeout + 2
     assert cache.inc("n") == 1
+
+
+def test_a_hung_cluster_node_costs_one_timeout_per_call_and_live_nodes_answer() -> None:
+    timeout = 0.5
+    with RedisCluster() as cluster:
+        for server in cluster.servers:  # live nodes keep their slots while one hangs
+            server.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+        cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="hung:", socket_timeout=timeout)
+        keys = [f"k{i}" for i in range(40)]
+        assert sorted(cache.set_many(dict.fromkeys(keys, 1))) == sorted(keys)
+        hung = cluster.servers[1]
+        with redis.Redis(port=hung.port) as node:
+            on_hung = set(node.keys("hung:*"))
+        alive = [key for key in keys if f"hung:{key}".encode() not in on_hung]
+        assert 0 < len(alive) < len(keys)
+        calls: dict[str, Callable[[], list[Any]]] = {
+            "get_many": lambda: cache.get_many(*keys),
+            "set_many": lambda: cache.set_many(dict.fromkeys(keys, 2)),
+            "expire": lambda: cache.set_many(dict.fromkeys(keys, 3), timeout=-1),
+            "delete_many": lambda: cache.delete_many(*keys),
+        }
+        answers: dict[str, list[Any]] = {}
+        seconds: dict[str, float] = {}
+        assert hung.pid is not None
+        with paused_process(hung.pid):
+            for name, call in calls.items():
+                started = time.monotonic()
+                answers[name] = call()
+                seconds[name] = time.monotonic() - started
+        assert answers == {
+            "get_many": [1 if key in alive else None for key in keys],
+            "set_many": alive,
+            "expire": alive,
+            "delete_many": [],  # expired just before
+        }
+        assert all(spent < 1.8 * timeout for spent in seconds.values()), seconds
+        assert wait_until(lambda: cache.set_many(dict.fromkeys(keys, 4)) == keys) < WAIT
+        assert cache.get_many(*keys) == [4] * len(keys)
+        assert sorted(cache.delete_many(*keys)) == sorted(keys)
 
 
 # -- signed payloads ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import pickle
 import threading
@@ -143,6 +144,13 @@ class RedisCache(BaseCache):
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         self._outage_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._connection_error = redis.ConnectionError
+        # replies telling a cluster client to ask another node (the slot moved or is moving)
+        self._redirect_errors = (
+            redis.exceptions.AskError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.ClusterDownError,
+        )
         self._owns_client = True
         self._cluster = startup_nodes is not None
         self._pending: _PendingCluster | None = None
@@ -431,17 +439,14 @@ class RedisCache(BaseCache):
             raise
         try:
             if self._cluster:
-                payloads = self._client.mget_nonatomic(sent)
+                payloads = self._cluster_mget(sent)
             elif packed is not None:
                 payloads = self._send_packed(packed)
             else:
                 payloads = self._client.mget(sent)
         except self._failures as err:
             self._backend_error("get_many", err)
-            replies = self._per_node([("GET", name) for name in sent], "get_many")
-            if replies is None:
-                return [None] * len(keys)
-            payloads = [None if isinstance(r, Exception) else r for r in replies]
+            return [None] * len(keys)
         if self._signer is None and type(self.serializer) is PickleSerializer:
             # All hits and no counter: one pass. A miss (None) or a counter (a decimal, never
             # a pickle: it lacks the STOP opcode) makes pickle.loads raise; then value by value.
@@ -467,6 +472,24 @@ class RedisCache(BaseCache):
         self._hits += found
         self._misses += len(keys) - found
         return values
+
+    def _cluster_mget(self, names: Sequence[str | bytes]) -> list[Any]:
+        """The payloads of ``names`` on a cluster, one ``MGET`` per slot; ``None`` for the
+        names on a node that failed (logged).
+        """
+        slots: dict[int, list[int]] = {}
+        for index, name in enumerate(names):
+            slots.setdefault(self._client.keyslot(name), []).append(index)
+        commands = [("MGET", *(names[i] for i in indexes)) for indexes in slots.values()]
+        replies = self._pipeline(commands, "get_many")
+        if replies is None:
+            return [None] * len(names)
+        payloads: list[Any] = [None] * len(names)
+        for indexes, reply in zip(slots.values(), replies, strict=True):
+            if not isinstance(reply, Exception):
+                for index, payload in zip(indexes, reply, strict=True):
+                    payloads[index] = payload
+        return payloads
 
     def _send_packed(self, packed: list[bytes]) -> Any:
         """The reply to a command packed in RESP, sent on a connection of the client's own pool.
@@ -601,19 +624,23 @@ class RedisCache(BaseCache):
     ) -> list[Any] | None:
         """Replies of ``commands`` sent in one round trip (one per node on a cluster).
 
-        With ``operation`` set, a failure is logged under that name and answered with ``None``;
-        without it, the failure propagates to the caller.
+        A failed command's reply is its exception. With ``operation`` set, a failure is logged
+        under that name and answered with ``None`` when no reply came; without it, the first
+        failure propagates to the caller.
         """
         try:
-            pipe = (client or self._client).pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            results: list[Any] = pipe.execute(raise_on_error=False)
+            if self._cluster:
+                results = self._node_pipelines(commands)
+            else:
+                pipe = (client or self._client).pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                results = pipe.execute(raise_on_error=False)
         except self._failures as err:
             if operation is None:
                 raise
             self._backend_error(operation, err)
-            return self._per_node(commands, operation)
+            return None
         failed = next((r for r in results if isinstance(r, Exception)), None)
         if failed is not None:
             if operation is None:
@@ -621,37 +648,64 @@ class RedisCache(BaseCache):
             self._backend_error(operation, failed)
         return results
 
-    def _per_node(self, commands: Sequence[tuple[Any, ...]], operation: str) -> list[Any] | None:
-        """Replies of one-key ``commands`` after a multi-node call failed on a cluster.
+    def _node_pipelines(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Replies of one-key ``commands`` on a cluster, in one pipeline per node.
 
-        One pipeline per node, so keys on live nodes still work; a failed node's commands get
-        its exception as reply. ``None`` on a single server or when no node can be found.
+        Each node is asked once: the commands go out to every node before any reply is read, and
+        a node that fails (down, or hung past ``socket_timeout``) gives its exception as the reply
+        of each of its commands while the other nodes' replies stand. A redirection (the slot
+        moved) is followed by the client, command by command.
+
+        :raises RedisError: the nodes of the keys cannot be found.
         """
-        if not self._cluster:
-            return None
         client = self._client
-        groups: dict[str, list[int]] = {}
-        nodes: dict[str, Any] = {}
-        try:
-            for index, command in enumerate(commands):
-                node = client.get_node_from_key(command[1])
-                nodes[node.name] = node
-                groups.setdefault(node.name, []).append(index)
-        except self._failures as err:
-            self._backend_error(operation, err)
-            return None
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for index, command in enumerate(commands):
+            node = client.get_node_from_key(command[1])
+            groups.setdefault(node.name, (node, []))[1].append(index)
         results: list[Any] = [None] * len(commands)
-        for name, indexes in groups.items():
-            try:
-                pipe = client.get_redis_connection(nodes[name]).pipeline(transaction=False)
-                for index in indexes:
-                    pipe.execute_command(*commands[index])
-                replies = pipe.execute(raise_on_error=False)
-            except self._failures as err:
-                self._backend_error(operation, err)
-                replies = [err] * len(indexes)
-            for index, reply in zip(indexes, replies, strict=True):
-                results[index] = reply
+        sent: list[tuple[Any, Any, list[int]]] = []
+        lost: Exception | None = None  # a connection failed: a node may have gone
+        read = 0
+        try:
+            for node, indexes in groups.values():
+                server = client.get_redis_connection(node)
+                conn = None
+                try:
+                    conn = server.connection_pool.get_connection()
+                    conn.send_packed_command(conn.pack_commands([commands[i] for i in indexes]))
+                except self._failures as err:
+                    lost = _fail(results, indexes, err)
+                    if conn is not None:
+                        conn.disconnect()
+                        server.connection_pool.release(conn)
+                else:
+                    sent.append((server, conn, indexes))
+            for server, conn, indexes in sent:
+                for position, index in enumerate(indexes):
+                    try:
+                        results[index] = server.parse_response(conn, commands[index][0])
+                    except self._response_error as err:
+                        results[index] = err
+                    except self._failures as err:
+                        conn.disconnect()
+                        lost = _fail(results, indexes[position:], err)
+                        break
+                read += 1
+        finally:
+            for position, (server, conn, _) in enumerate(sent):
+                if position >= read:  # replies left unread: the connection is unusable
+                    conn.disconnect()
+                server.connection_pool.release(conn)
+        for index, reply in enumerate(results):
+            if isinstance(reply, self._redirect_errors):
+                try:
+                    results[index] = client.execute_command(*commands[index])
+                except self._failures as err:
+                    results[index] = err
+        if isinstance(lost, self._connection_error):
+            with contextlib.suppress(*self._failures):
+                client.nodes_manager.initialize()  # a failover may have moved its slots
         return results
 
     # -- failures --------------------------------------------------------------------------------
@@ -782,6 +836,13 @@ def _cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tu
             f"a Redis Cluster has only db 0, got db={db!r}; leave db out or pass db=0"
         )
     return nodes
+
+
+def _fail(results: list[Any], indexes: Sequence[int], err: Exception) -> Exception:
+    """Make ``err`` the reply at each of ``indexes``, and return it."""
+    for index in indexes:
+        results[index] = err
+    return err
 
 
 def _server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
