@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from redis.cluster import ClusterNode
 from servers import RedisCluster, RedisServer
 
-from cacheplug import ConfigurationError, RedisCache, from_url
+from cacheplug import ConfigurationError, RedisCache, SerializationError, from_url
 
 _prefixes = itertools.count()
 
@@ -252,3 +252,15 @@ def test_many_key_calls_follow_a_slot_moved_behind_the_clients_back() -> None:
         assert cache.delete_many(*keys) == keys
         assert cache.stats()["errors"] == 0
         assert client.get_node_from_key("moved:k0").name == target.name
+
+
+def test_set_many_refuses_an_unencodable_value_even_born_expired(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    cache = make_cache(redis_server)
+    assert cache.set("a", "kept") is True
+    for timeout in (-1, None):
+        with pytest.raises(SerializationError):  # as set, and SimpleCache's set_many
+            cache.set_many({"a": lambda: 0}, timeout=timeout)
+    assert cache.get("a") == "kept"
+    cache.clear()

@@ -516,6 +516,7 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
+        payloads = list(map(self._dump, mapping.values()))  # unencodable: raises, as set does
         if ms < 0:
             results = self._pipelined("DEL", [self._wire(prefix + key) for key in keys], "set_many")
             if results is None:
@@ -526,7 +527,8 @@ class RedisCache(BaseCache):
             return gone
         expiry = ("PX", ms) if ms else ()
         commands = [
-            ("SET", self._wire(prefix + k), self._dump(v), *expiry) for k, v in mapping.items()
+            ("SET", self._wire(prefix + k), data, *expiry)
+            for k, data in zip(keys, payloads, strict=True)
         ]
         results = self._pipeline(commands, "set_many")
         if results is None:
