@@ -282,20 +282,17 @@ def agreement_machine(stores: Stores) -> type[RuleBasedStateMachine]:
             # so there a delta, value or result out of that range raises OverflowError and the
             # value stays, where the in-process backends count with Python ints.
             overflow = not (in_int64(before or 0) and in_int64(signed) and in_int64(result))
-            # Known defects, each with an xfail test below: FileSystemCache cannot store a
-            # result its json/msgpack serializer cannot encode (SimpleCache keeps the int
-            # unserialized); redis returns a result beyond 2**53 rounded to a double; memcached
-            # raises TypeError on an int beyond 64 bits, and memcached 1.6.18 may call a counter
-            # it stores at 2**63 or more (every one >= 0, as they are biased) non-numeric.
-            files_refuse = stores.serializer != "pickle" and not INT64_MIN <= result < 2**64
+            # In-process backends with json or msgpack raise OverflowError for a result their
+            # serializer cannot store (outside [-2**63, 2**64)), as engines do outside int64.
+            # Known defects, each with an xfail test below: redis returns a result beyond 2**53
+            # rounded to a double; memcached raises TypeError on an int beyond 64 bits, and
+            # memcached 1.6.18 may call a counter it stores at 2**63 or more (every one >= 0,
+            # as they are biased) non-numeric.
+            refused = stores.serializer != "pickle" and not INT64_MIN <= result < 2**64
             exposed = before is not None and (
                 not in_int64(before) or before >= 0 or (overflow and signed < 0)
             )
-            unchecked = (
-                ("file",) * files_refuse
-                + REDIS * (not overflow and abs(result) > 2**53)
-                + ("memcached",) * exposed
-            )
+            unchecked = REDIS * (not overflow and abs(result) > 2**53) + ("memcached",) * exposed
             answers = self.agree(
                 method,
                 key,
@@ -304,7 +301,7 @@ def agreement_machine(stores: Stores) -> type[RuleBasedStateMachine]:
                 unchecked=unchecked,
             )
             if overflow:  # bring the in-process backends back to the engines' state
-                for name in ("simple",) if files_refuse else ("simple", "file"):
+                for name in () if refused else ("simple", "file"):
                     if before is None:
                         assert self.caches[name].delete(key)
                     else:
@@ -336,16 +333,13 @@ def agreement_machine(stores: Stores) -> type[RuleBasedStateMachine]:
 
         @rule(mapping=st.dictionaries(keys, data, max_size=4), timeout=timeouts)
         def set_many(self, mapping: dict[str, Any], timeout: Any) -> None:
-            # BaseCache.set_many (FileSystemCache's) checks the timeout per item, so an empty
-            # mapping with a bad timeout answers [] there (see the xfail test below)
-            self.agree("set_many", mapping, timeout, unchecked=() if mapping else ("file",))
+            self.agree("set_many", mapping, timeout)
 
         @rule(mapping=st.dictionaries(keys, data, max_size=3), bad=keys, timeout=timeouts)
         def set_many_unencodable(self, mapping: dict[str, Any], bad: str, timeout: Any) -> None:
-            # FileSystemCache stores the items before the unencodable one (a known defect, see
-            # the xfail test below), so it goes first here.
+            # last, so a backend that stored items before it would show them
             others = {key: value for key, value in mapping.items() if key != bad}
-            self.agree("set_many", {bad: Unencodable(), **others}, timeout)
+            self.agree("set_many", {**others, bad: Unencodable()}, timeout)
             self.agree("get_many", *KEYS)
 
         @rule(keys=key_lists)
@@ -479,7 +473,6 @@ def test_memcached_inc_counts_whatever_memory_memcached_reused(
     assert answers == [6] * len(answers)
 
 
-@pytest.mark.xfail(strict=True, reason="BaseCache.set_many stores the items before the bad one")
 def test_filesystem_set_many_stores_nothing_when_a_value_cannot_be_encoded(
     tmp_path: Path,
 ) -> None:
@@ -490,20 +483,18 @@ def test_filesystem_set_many_stores_nothing_when_a_value_cannot_be_encoded(
     assert cache.get("first") is None
 
 
-@pytest.mark.xfail(strict=True, reason="BaseCache.set_many checks the timeout per item only")
 def test_filesystem_set_many_refuses_a_bad_timeout_without_items(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         FileSystemCache(tmp_path).set_many({}, timeout="60")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="FileSystemCache encodes the count, SimpleCache keeps it raw"
-)
-def test_filesystem_counts_past_the_json_int_range_as_simple_cache(tmp_path: Path) -> None:
-    # SimpleCache(serializer="json") returns 2**64 and keeps it; FileSystemCache raises
-    # SerializationError (not a documented inc error). One of them should change.
-    answers = []
+def test_counting_past_what_json_stores_is_an_overflow_on_both_in_process_backends(
+    tmp_path: Path,
+) -> None:
+    # as engines raise OverflowError past int64; the value stays
     for cache in (SimpleCache(serializer="json"), FileSystemCache(tmp_path, serializer="json")):
         cache.set("n", 2**64 - 1)
-        answers.append((outcome(cache.inc, "n"), cache.get("n")))
-    assert same(answers[0], answers[1])
+        with pytest.raises(OverflowError, match="json cannot store it"):
+            cache.inc("n")
+        assert cache.get("n") == 2**64 - 1
+        assert cache.dec("n") == 2**64 - 2

@@ -182,7 +182,19 @@ class FileSystemCache(BaseCache):
         return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
-        path, expires, payload = self._prepare(key, value, timeout)
+        return self._write("set", *self._prepare(key, value, timeout))
+
+    def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        # every value is encoded before any file is written, so a bad one stores nothing
+        expires = self._expiry(timeout)
+        for key in mapping:
+            check_key(key)
+        prepared = [(key, self._path(key), self._encode(value)) for key, value in mapping.items()]
+        written = [self._write("set_many", path, expires, data) for _, path, data in prepared]
+        return [key for (key, _, _), ok in zip(prepared, written, strict=True) if ok]
+
+    def _write(self, operation: str, path: str, expires: float | None, payload: bytes) -> bool:
+        """Store (or, born expired, remove) one entry; False on a file-system error."""
         try:
             if expires is None:
                 with self._locked() as lock:
@@ -190,7 +202,7 @@ class FileSystemCache(BaseCache):
             else:
                 self._store(path, expires, payload)
         except OSError as err:
-            self._backend_error("set", err)
+            self._backend_error(operation, err)
             return False
         return True
 
@@ -252,7 +264,7 @@ class FileSystemCache(BaseCache):
                             f"cannot increment {key!r}: its stored value is unreadable"
                         ) from err
                     value = checked_counter(key, current) + delta
-                self._store(path, expires, self._encode(value), lock)
+                self._store(path, expires, self._encode_count(key, value), lock)
         except OSError as err:
             self._backend_error("inc", err)
             return None

@@ -337,6 +337,8 @@ class SimpleCache(BaseCache):
                             f"cannot increment {key!r}: its stored value is unreadable ({err})"
                         ) from err
                 value = checked_counter(key, current) + delta
+            if type(self.serializer) is not PickleSerializer:
+                self._encode_count(key, value)  # kept as it is, but only if it could be stored
             self._put(key, (expires, _RAW, value))
         return value
 

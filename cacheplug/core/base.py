@@ -208,6 +208,7 @@ class BaseCache(ABC):
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         """Store every item; the keys that were stored."""
+        normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
         return [key for key, value in mapping.items() if self.set(key, value, timeout)]
 
     def delete_many(self, *keys: str) -> list[str]:
@@ -356,6 +357,19 @@ class BaseCache(ABC):
         """
         data = self._serialize(value)
         return data if self._signer is None else self._signer.sign(data) + data
+
+    def _encode_count(self, key: str, value: int) -> bytes:
+        """:meth:`_encode` of the new value of a counter.
+
+        :raises OverflowError: the serializer cannot hold it (json or msgpack beyond 64 bits).
+        """
+        try:
+            return self._encode(value)
+        except SerializationError as err:
+            raise OverflowError(
+                f"cannot count {key!r} to {value}: {serializer_name(self.serializer)} cannot "
+                "store it, so the value stays as it was"
+            ) from err
 
     def _decode(self, payload: bytes) -> Any:
         """Verify (with a secret) and deserialize a stored payload.
