@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -264,3 +264,98 @@ def test_set_many_refuses_an_unencodable_value_even_born_expired(
             cache.set_many({"a": lambda: 0}, timeout=timeout)
     assert cache.get("a") == "kept"
     cache.clear()
+
+
+# -- ints beyond what a double or a counter holds ---------------------------------------------
+
+
+@pytest.fixture(params=["packed", "redis-py", "cluster"])
+def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., RedisCache]]:
+    """Builds caches on a server (each write path) or a cluster, cleared afterwards."""
+    caches: list[RedisCache] = []
+
+    def build(**kwargs: Any) -> RedisCache:
+        if request.param == "cluster":
+            cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+            prefix = f"edge{next(_prefixes)}:"
+            cache = RedisCache(startup_nodes=cluster.nodes, key_prefix=prefix, **kwargs)
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            cache = make_cache(server, direct=request.param == "packed", **kwargs)
+        caches.append(cache)
+        return cache
+
+    yield build
+    for cache in caches:
+        cache.clear()
+        cache.close()
+
+
+def flush_scripts(cache: RedisCache) -> None:
+    """Empty the script cache of every server ``cache`` talks to."""
+    nodes = cache._client.get_primaries() if cache._cluster else [None]
+    for node in nodes:
+        client = cache._client if node is None else cache._client.get_redis_connection(node)
+        client.script_flush()
+
+
+def test_inc_and_dec_answer_exact_counts_beyond_doubles(make: Callable[..., RedisCache]) -> None:
+    cache = make()
+    for flushed in (False, True):  # EVALSHA of a cached script, and EVAL after SCRIPT FLUSH
+        if flushed:
+            flush_scripts(cache)
+        assert cache.inc("n", 2**53 + 1) == 2**53 + 1  # the first int a double cannot hold
+        assert cache.inc("n", 2) == 2**53 + 3
+        assert cache.get("n") == 2**53 + 3
+        cache.set("top", 2**63 - 2)
+        assert cache.inc("top") == 2**63 - 1
+        assert cache.dec("low", 2**63 - 1) == -(2**63) + 1
+        assert cache.dec("low") == -(2**63)
+        assert cache.get_many("top", "low") == [2**63 - 1, -(2**63)]
+        assert cache.delete_many("n", "top", "low") == ["n", "top", "low"]
+    assert cache.stats()["errors"] == 0
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_an_int_the_serializer_cannot_encode_is_refused_by_every_write(
+    make: Callable[..., RedisCache], serializer: str
+) -> None:
+    cache = make(serializer=serializer)
+    assert cache.set("k", "kept") is True
+    for value in (2**100, 2**64, -(2**63) - 1):  # as SimpleCache and the other backends
+        with pytest.raises(SerializationError):
+            cache.set("k", value)
+        with pytest.raises(SerializationError):
+            cache.add("new", value)
+        for timeout in (None, -1):
+            with pytest.raises(SerializationError):
+                cache.set_many({"k": value}, timeout=timeout)
+    assert cache.get("k") == "kept"
+    assert cache.has("new") is False
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
+def test_an_int_beyond_counters_reads_back_exactly_and_inc_refuses_it(
+    make: Callable[..., RedisCache], serializer: str
+) -> None:
+    cache = make(serializer=serializer)
+    values = {"above": 2**63, "top": 2**64 - 1}  # what json and msgpack still encode
+    if serializer == "pickle":
+        values |= {"big": 2**100, "below": -(2**63) - 1}
+    for key, value in values.items():
+        assert cache.set(key, value) is True
+        assert cache.add("added-" + key, value) is True
+    assert sorted(cache.set_many({"many-" + k: v for k, v in values.items()})) == sorted(
+        "many-" + k for k in values
+    )
+    for key, value in values.items():
+        names = [key, "added-" + key, "many-" + key]
+        assert cache.get_many(*names) == [value] * 3
+        for name in names:
+            with pytest.raises(OverflowError, match="64-bit"):
+                cache.inc(name)
+            with pytest.raises(OverflowError, match="64-bit"):
+                cache.dec(name)
+            assert cache.get(name) == value
+            assert type(cache.get(name)) is int
+    assert cache.stats()["errors"] == 0

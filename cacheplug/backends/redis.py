@@ -39,14 +39,16 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 MAX_TTL_SECONDS = 2**62 // 1000
 
 # A missing counter is created with the default expiry, an existing one keeps its own; all in
-# one atomic step on the key's own node, so it works on a cluster too.
+# one atomic step on the key's own node, so it works on a cluster too. The count is answered
+# with GET: INCRBY's reply would pass through a Lua number, a double, inexact beyond 2**53.
 INC_SCRIPT = """
 if ARGV[2] ~= '0' then
   redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], '0', 'NX')
 end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
 """
 INC_SHA = hashlib.sha1(INC_SCRIPT.encode()).hexdigest()
 _GLOB_SPECIAL = frozenset("*?[]\\")
@@ -56,9 +58,10 @@ _CERT_REQS = ("none", "optional", "required")
 class RedisCache(BaseCache):
     """A cache on a Redis server or Redis Cluster, drop-in for cachelib's ``RedisCache``.
 
-    Integers are stored as plain decimals so ``inc``/``dec`` use Redis' atomic ``INCRBY``;
-    everything else goes through the serializer (and is signed with a ``secret``). A server
-    that cannot be reached answers the contract's outage values, logged, never an exception.
+    Integers in the signed 64-bit range are stored as plain decimals so ``inc``/``dec`` use
+    Redis' atomic ``INCRBY``; everything else goes through the serializer (and is signed with
+    a ``secret``). A server that cannot be reached answers the contract's outage values,
+    logged, never an exception.
 
     :param host: server host name, or a ready ``redis.Redis``/``RedisCluster`` client to use.
     :param port: server port.
@@ -266,13 +269,10 @@ class RedisCache(BaseCache):
     # -- encoding -------------------------------------------------------------------------------
 
     def _dump(self, value: Any) -> Any:
-        # Plain decimals keep counters usable by INCRBY (bools are not counters). An int too
-        # long for a decimal goes through the serializer: as a raw argument it crashes hiredis.
-        if type(value) is int:
-            try:
-                return b"%d" % value
-            except ValueError:
-                pass
+        # Plain decimals keep counters usable by INCRBY (bools are not counters). Other ints
+        # are the serializer's to keep or refuse, as on every other backend.
+        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+            return b"%d" % value
         return self._encode(value)
 
     def _decoder(self) -> Callable[[bytes], Any]:
@@ -563,19 +563,16 @@ class RedisCache(BaseCache):
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
         args = (1, self._name(key), delta, self._ttl_ms(None))
         try:
-            value: int = self._once.evalsha(INC_SHA, *args)
+            return int(self._once.evalsha(INC_SHA, *args))
         except self._failures as err:
             return self._inc_failed(key, args, err)
-        return value
 
     def _inc_failed(self, key: str, args: tuple[Any, ...], err: Exception) -> int | None:
         if isinstance(err, self._no_script_error):
             try:  # first use on this server: EVAL also caches the script there
-                value: int = self._once.eval(INC_SCRIPT, *args)
+                return int(self._once.eval(INC_SCRIPT, *args))
             except self._failures as retry_err:
                 err = retry_err
-            else:
-                return value
         if isinstance(err, self._response_error):
             message = str(err)
             if message.startswith("WRONGTYPE"):
