@@ -207,7 +207,7 @@ class ClientLayer:
 
     def __init__(self, client: redis.Redis) -> None:
         self.commands: list[str] = []
-        real = client.execute_command
+        real: Callable[..., Any] = client.execute_command
 
         def execute_command(*args: Any, **options: Any) -> Any:
             self.commands.append(str(args[0]))
@@ -848,7 +848,7 @@ class CountingConnection(redis.Connection):
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         self.commands.append(str(args[0]))
-        super().send_command(*args, **kwargs)
+        super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def _counting_connections(port: int) -> redis.Redis:
@@ -1087,8 +1087,9 @@ def test_get_many_retries_a_dropped_connection_as_configured(
     proxy.close()
 
 
-RETRIED = [
-    # (operation, marker of its command on the wire, call, answer when done, outage answer)
+# (operation, marker of its command on the wire, call, answer when done, outage answer)
+WireCase = tuple[str, bytes, Callable[[RedisCache], Any], object, object]
+RETRIED: list[WireCase] = [
     ("get", b"$3\r\nGET\r\n", lambda cache: cache.get("k"), "v", None),
     ("get-unicode", b"$3\r\nGET\r\n", lambda cache: cache.get("ключ"), "v", None),
     ("set", b"$3\r\nSET\r\n", lambda cache: cache.set("k", "v"), True, False),
@@ -1097,7 +1098,7 @@ RETRIED = [
     ("set-expired", b"$3\r\nDEL\r\n", lambda cache: cache.set("k", "v", -1), True, False),
     ("has", b"EXISTS", lambda cache: cache.has("k"), True, False),
 ]
-NOT_RETRIED = [
+NOT_RETRIED: list[WireCase] = [
     ("inc", b"EVAL", lambda cache: cache.inc("n"), 2, None),
     ("add", b"NX", lambda cache: cache.add("new", 1), True, False),
     ("delete", b"DEL", lambda cache: cache.delete("k"), True, False),

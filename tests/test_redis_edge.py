@@ -334,11 +334,12 @@ def test_an_int_the_serializer_cannot_encode_is_refused_by_every_write(
     assert cache.has("new") is False
 
 
+@pytest.mark.parametrize("secret", [None, "s3cret"], ids=["unsigned", "signed"])
 @pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
 def test_an_int_beyond_counters_reads_back_exactly_and_inc_refuses_it(
-    make: Callable[..., RedisCache], serializer: str
+    make: Callable[..., RedisCache], serializer: str, secret: str | None
 ) -> None:
-    cache = make(serializer=serializer)
+    cache = make(serializer=serializer, secret=secret)
     values = {"above": 2**63, "top": 2**64 - 1}  # what json and msgpack still encode
     if serializer == "pickle":
         values |= {"big": 2**100, "below": -(2**63) - 1}
