@@ -38,7 +38,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Backends whose counters are the engine's signed 64-bit integers (docs/backends.md: an ``inc``
 #: whose result or delta leaves that range raises OverflowError there and the value stays).
 ENGINES = ("redis", "redis-cluster", "memcached")
-REDIS = ("redis", "redis-cluster")
 
 KEYS = (
     "a",
@@ -284,15 +283,14 @@ def agreement_machine(stores: Stores) -> type[RuleBasedStateMachine]:
             overflow = not (in_int64(before or 0) and in_int64(signed) and in_int64(result))
             # In-process backends with json or msgpack raise OverflowError for a result their
             # serializer cannot store (outside [-2**63, 2**64)), as engines do outside int64.
-            # Known defects, each with an xfail test below: redis returns a result beyond 2**53
-            # rounded to a double; memcached raises TypeError on an int beyond 64 bits, and
-            # memcached 1.6.18 may call a counter it stores at 2**63 or more (every one >= 0,
-            # as they are biased) non-numeric.
+            # Known defects, each with an xfail test below: memcached raises TypeError on an
+            # int beyond 64 bits, and memcached 1.6.18 may call a counter it stores at 2**63 or
+            # more (every one >= 0, as they are biased) non-numeric.
             refused = stores.serializer != "pickle" and not INT64_MIN <= result < 2**64
             exposed = before is not None and (
                 not in_int64(before) or before >= 0 or (overflow and signed < 0)
             )
-            unchecked = REDIS * (not overflow and abs(result) > 2**53) + ("memcached",) * exposed
+            unchecked = ("memcached",) * exposed
             answers = self.agree(
                 method,
                 key,
@@ -422,7 +420,6 @@ def memcached_cache(memcached_server: MemcachedServer) -> Iterator[MemcachedCach
     cache.close()
 
 
-@pytest.mark.xfail(strict=True, reason="redis' Lua inc script returns INCRBY's result as a double")
 def test_redis_inc_returns_the_exact_count_beyond_2_53(redis_cache: RedisCache) -> None:
     # The stored value is right; the answer went through a Lua number (a double).
     assert redis_cache.inc("big", 2**53 + 1) == 2**53 + 1
@@ -430,7 +427,6 @@ def test_redis_inc_returns_the_exact_count_beyond_2_53(redis_cache: RedisCache) 
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
-@pytest.mark.xfail(strict=True, reason="redis stores ints as decimals, past the serializer's range")
 def test_redis_refuses_an_int_its_serializer_cannot_encode(
     redis_server: RedisServer, serializer: str
 ) -> None:
