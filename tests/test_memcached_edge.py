@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import pickle
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheClientError
 from servers import MemcachedServer
-from test_memcached import address, server_stat, server_ttl
+from test_memcached import address, raw_client, server_stat, server_ttl
 from waiting import paused_process
 
 from cacheplug import MemcachedCache
 
-YEAR = 365 * 24 * 3600
+DAY = 24 * 3600
+YEAR = 365 * DAY
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @pytest.fixture
@@ -134,3 +140,211 @@ def test_restart_then_add_or_delete_first_costs_no_failure(
     restart_with_a_pooled_connection()
     assert cache.delete_many("a", "b") == []
     assert cache.stats()["errors"] == 0
+
+
+# -- counters in memory memcached reused -----------------------------------------------------------
+# memcached 1.6.18 parses an incr target of 2**63 or more with safe_strtoull, which looks for a
+# minus sign with strchr: item data is not NUL-terminated, so the scan runs on into whatever the
+# item's memory held before, and a '-' there makes incr answer "non-numeric". A chunk freed by
+# delete goes to the next item of its size class; fillers of a few sizes around a counter's
+# 19-20 digits reach its class whatever the slab layout.
+
+FILLER_SIZES = range(24, 48, 4)
+
+
+def leave_in_freed_memory(raw: Client, key: str, fill: bytes) -> None:
+    """Store ``fill`` and delete it: its bytes stay in the chunk memcached hands out next."""
+    assert raw.set(key, fill) is True
+    assert raw.delete(key) is True
+
+
+def memcached_refuses(raw: Client, key: str) -> bool:
+    """Whether memcached's own incr calls the stored number non-numeric (incr 0 changes nothing)."""
+    try:
+        raw.incr(key, 0)
+    except MemcacheClientError:
+        return True
+    return False
+
+
+@pytest.fixture
+def raw(memcached_server: MemcachedServer) -> Iterator[Client]:
+    client = raw_client(memcached_server)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("start", "delta"),
+    [
+        (5, 1),
+        (0, -1),
+        (-5, 3),
+        (2**62, 1),
+        (INT64_MAX - 1, 1),
+        (INT64_MIN + 1, -1),
+        (-(2**62) - 7, -1),
+        (2**62 + 3, -(2**62) - 10),
+        (-(2**62) - 3, 2**62 + 10),
+    ],
+)
+def test_inc_counts_whatever_the_freed_memory_held(
+    cache: MemcachedCache, raw: Client, start: int, delta: int
+) -> None:
+    """Every counter >= 0 was stored at 2**63 or more, so inc raised TypeError there."""
+    refused = 0
+    for size in FILLER_SIZES:
+        key = f"dash{size}"
+        leave_in_freed_memory(raw, key, b"-" * size)
+        assert cache.set(key, start) is True
+        refused += memcached_refuses(raw, key)
+        assert cache.get(key) == start
+        assert cache.inc(key, delta) == start + delta
+        assert cache.get(key) == start + delta
+        assert cache.dec(key, delta) == start
+        assert cache.get(key) == start
+    if abs(start) >= 2**62:  # stored at 2**63 or more: the trap is armed somewhere
+        assert refused, "no filler reached the counter's memory: the test proves nothing"
+
+
+@pytest.mark.parametrize(
+    ("start", "delta"),
+    [
+        # 2 digits grow to 20: the wrapped result goes to a new item, in the dashes
+        (INT64_MIN + 10, -11),
+        # 19 digits grow to 20 on the way past INT64_MAX
+        (5_300_000_000_000_000_000, 2**63 - 5_300_000_000_000_000_000),
+    ],
+)
+def test_overflow_undo_in_freed_memory_restores_the_value(
+    cache: MemcachedCache, raw: Client, start: int, delta: int
+) -> None:
+    """The undo of an overflow is an incr too: when memcached called the wrapped number
+    non-numeric, the undo was dropped and OverflowError raised with the value changed."""
+    for size in FILLER_SIZES:
+        key = f"undo{size}"
+        leave_in_freed_memory(raw, key, b"\0" * size)  # the counter itself is readable
+        assert cache.set(key, start) is True
+        leave_in_freed_memory(raw, f"UNDO{size}", b"-" * size)  # where a grown result goes
+        with pytest.raises(OverflowError):
+            cache.inc(key, delta)
+        assert cache.get(key) == start
+
+
+@pytest.mark.parametrize("timeout", [5000, 0, 40 * DAY])
+def test_inc_in_freed_memory_keeps_the_expiry(
+    cache: MemcachedCache, raw: Client, memcached_server: MemcachedServer, timeout: int
+) -> None:
+    for size in FILLER_SIZES:
+        key = f"ttl{size}"
+        leave_in_freed_memory(raw, key, b"-" * size)
+        assert cache.set(key, 2**62 + 1, timeout=timeout) is True
+        before = server_ttl(memcached_server, key)
+        assert cache.inc(key) == 2**62 + 2
+        # a relative exptime is kept to the second; past 30 days it is a unix time
+        assert before - 2 <= server_ttl(memcached_server, key) <= before + (timeout > 30 * DAY)
+
+
+def test_concurrent_inc_in_freed_memory_loses_nothing(
+    memcached_server: MemcachedServer, raw: Client
+) -> None:
+    """Threads with their own caches (as processes would be) count one counter that memcached
+    calls non-numeric now and then, alternating between native and fallback counting."""
+    memcached_server.flush()
+    start, rounds = 2**62 + 5, 150
+    for n in range(40):  # every free chunk of the counter's size class holds dashes
+        for size in FILLER_SIZES:
+            raw.set(f"fill{n:03}-{size}", b"-" * size)
+    for n in range(40):
+        for size in FILLER_SIZES:
+            raw.delete(f"fill{n:03}-{size}")
+    caches = [MemcachedCache([address(memcached_server)]) for _ in range(4)]
+    assert caches[0].set("shared", start) is True
+    begin = threading.Barrier(len(caches))
+    errors: list[BaseException] = []
+
+    def work(cache: MemcachedCache, delta: int) -> None:
+        begin.wait()
+        try:
+            for _ in range(rounds):
+                assert cache.inc("shared", delta) is not None
+        except BaseException as err:  # reported below, not lost in the thread
+            errors.append(err)
+
+    deltas = [3, 3, -1, -1]
+    threads = [
+        threading.Thread(target=work, args=pair) for pair in zip(caches, deltas, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[0]
+    assert caches[0].get("shared") == start + rounds * sum(deltas)
+    for cache in caches:
+        cache.close()
+
+
+# -- integers beyond 64 bits -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("serializer", "value"),
+    [
+        *(("pickle", value) for value in (2**100, -(2**100), INT64_MAX + 1, INT64_MIN - 1)),
+        *(("json", value) for value in (INT64_MAX + 1, 2**64 - 1)),  # what json encodes
+    ],
+)
+def test_inc_on_an_int_beyond_64_bits_is_overflow_error(
+    memcached_server: MemcachedServer, serializer: str, value: int
+) -> None:
+    """As on Redis (docs/backends.md); memcached called the serialized int non-numeric and
+    inc raised TypeError."""
+    with MemcachedCache([address(memcached_server)], serializer=serializer) as cache:
+        assert cache.set("big", value) is True
+        for delta in (1, -1, -value):
+            with pytest.raises(OverflowError):
+                cache.inc("big", delta)
+            with pytest.raises(OverflowError):
+                cache.dec("big", delta)
+        assert cache.get("big") == value
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", [1]])
+def test_inc_on_a_serialized_non_int_stays_type_error(cache: MemcachedCache, value: object) -> None:
+    assert cache.set("v", value) is True
+    with pytest.raises(TypeError):
+        cache.inc("v")
+    assert cache.get("v") == value
+
+
+# -- counters written by earlier versions ----------------------------------------------------------
+
+OLD_FLAG_COUNTER = 0x4302  # decimal of value + 2**63
+
+
+@pytest.mark.parametrize("value", [0, 7, -7, INT64_MAX, INT64_MIN])
+def test_counters_of_the_earlier_encoding_read_and_count(
+    cache: MemcachedCache, raw: Client, value: int
+) -> None:
+    raw.set("old", b"%d" % (value + 2**63), flags=OLD_FLAG_COUNTER)
+    assert cache.get("old") == value
+    assert cache.get_many("old") == [value]
+    if value < INT64_MAX:
+        assert cache.inc("old") == value + 1
+        assert cache.get("old") == value + 1
+        assert cache.dec("old") == value
+    else:
+        with pytest.raises(OverflowError):
+            cache.inc("old")
+    assert cache.get("old") == value
+    raw.set("padded", b"%d   " % (value + 2**63), flags=OLD_FLAG_COUNTER)  # as incr leaves it
+    assert cache.get("padded") == value
+
+
+def test_pickled_small_int_counts(cache: MemcachedCache, raw: Client) -> None:
+    """An int the serializer wrote (by another client) counts, as SimpleCache counts it."""
+    raw.set("pickled", pickle.dumps(41), flags=0x4300)
+    assert cache.get("pickled") == 41
+    assert cache.inc("pickled") == 42
+    assert cache.get("pickled") == 42

@@ -30,7 +30,13 @@ from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends.memcached import FLAG_SERIALIZED, _plain_line, memcached_key
+from cacheplug.backends.memcached import (
+    COUNTER_BIAS,
+    FLAG_COUNTER,
+    FLAG_SERIALIZED,
+    _plain_line,
+    memcached_key,
+)
 
 TRICKY = [
     b"",
@@ -242,6 +248,81 @@ def test_set_reply_errors_are_false() -> None:
         server.close()
 
 
+def counted(value: int) -> bytes:
+    """The reply to inc's ``mg``+``incr`` for a counter that now holds ``value``."""
+    return b"HD f%d\r\n%d\r\n" % (FLAG_COUNTER, value + COUNTER_BIAS)
+
+
+NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+
+
+MISREAD = b"HD f%d\r\n%s" % (FLAG_COUNTER, NON_NUMERIC)
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        [b"HD f17155\r\nSERVER_ERROR out of memory\r\n"],
+        [b"HD\r\n5\r\n"],  # no flags
+        [b"HD f1\r\n5\r\n5\r\n"],  # a line too many
+        [b"XX\r\nNOT_FOUND\r\n"],
+        [b"HD f1\r\nCLIENT_ERROR bad command line format\r\n"],
+        [(b"EN\r\n", "close")],
+        # the compare-and-swap path after memcached called the counter non-numeric
+        [MISREAD, b"VA 3 f1 c2 t-1\r\nabcXY"],
+        [MISREAD, b"VA x f1 c2\r\n"],
+        [MISREAD, b"VA 1 f%d c2 t-1\r\n5\r\n" % FLAG_COUNTER, b"NS\r\n"],
+    ],
+)
+def test_broken_inc_replies_are_outages_and_the_connection_is_dropped(
+    replies: list[bytes | tuple[bytes, str] | None],
+) -> None:
+    server = ScriptedServer([*replies, counted(6)])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], timeout=2, dead_timeout=0)
+    try:
+        assert cache.inc("k") is None
+        assert cache.stats()["errors"] == 1
+        assert cache.inc("k") == 6  # on a new connection
+        assert server.connections == 2
+    finally:
+        cache.close()
+        server.close()
+
+
+def test_inc_by_compare_and_swap_retries_until_the_entry_is_unchanged() -> None:
+    stored = b"%d" % (41 + COUNTER_BIAS)
+    read = b"VA %d f%d c7 t100\r\n%s\r\n" % (len(stored), FLAG_COUNTER, stored)
+    server = ScriptedServer([MISREAD, read, b"EX\r\n", read, b"HD\r\n"])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], timeout=2)
+    try:
+        assert cache.inc("k") == 42
+        assert server.connections == 1
+        assert cache.stats()["errors"] == 0
+    finally:
+        cache.close()
+        server.close()
+
+
+class PiecesClient:
+    """A pymemcache client stand-in whose socket delivers a scripted reply in pieces."""
+
+    def __init__(self, reply: bytes, cuts: list[int]) -> None:
+        self.sock = Pieces(reply, cuts)
+        self.sent: list[bytes] = []
+
+    def close(self) -> None:
+        self.sock = None  # type: ignore[assignment]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=40) | st.sampled_from(TRICKY), cuts=st.lists(st.integers(0, 200)))
+def test_read_for_swap_parses_a_reply_cut_anywhere(data: bytes, cuts: list[int]) -> None:
+    reply = b"VA %d f%d c9 t-1\r\n%s\r\n" % (len(data), FLAG_COUNTER, data)
+    client = PiecesClient(reply, cuts)
+    assert wire.read_for_swap(client, "k") == (FLAG_COUNTER, data, 9, -1)
+    assert wire.read_for_swap(PiecesClient(b"EN\r\n", cuts), "k") is None
+
+
 # -- the parser, fed in pieces ------------------------------------------------------------------
 
 
@@ -251,6 +332,9 @@ class Pieces:
     def __init__(self, data: bytes, cuts: list[int]) -> None:
         points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
         self._pieces = [data[a:b] for a, b in itertools.pairwise(points)]
+
+    def sendall(self, data: bytes) -> None:
+        pass  # the reply is scripted
 
     def recv(self, size: int) -> bytes:
         if not self._pieces:

@@ -1,4 +1,5 @@
-"""memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``).
+"""memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``, ``incr``)
+and for the compare-and-swap of counters (meta ``mg``/``ms``).
 
 They run on the socket of a connected pymemcache ``Client``, which keeps doing everything else
 (connecting, pooling, the other commands). pymemcache reads a multi-key reply a line at a time
@@ -11,9 +12,10 @@ raise pymemcache's own exceptions, which the backend turns into the contract's o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
-__all__ = ["fetch", "store"]
+__all__ = ["count", "fetch", "read_for_swap", "store", "swap"]
 
 _CHUNK = 65536
 _END = b"END"
@@ -44,20 +46,99 @@ def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
 def store(client: Any, name: str, item: tuple[int, bytes], exptime: int) -> bool:
     """``set`` of one entry; whether memcached stored it."""
     flags, data = item
+    request = b"set %s %d %d %d\r\n%s\r\n" % (name.encode("ascii"), flags, exptime, len(data), data)
+    return _ask(client, request, _STORED) is True
+
+
+def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bool]:
+    """``incr`` by ``step`` with the entry's flags, one round trip.
+
+    :returns: ``(flags, new value, numeric)``: flags None and new value None when the key is
+        missing; ``numeric`` False (nothing changed) when memcached called the value non-numeric.
+    """
     sock = _socket(client)
     try:
+        # Flags change only when the entry is rewritten: these are the ones incr meets unless
+        # another client replaces the entry between the two commands.
         sock.sendall(
-            b"set %s %d %d %d\r\n%s\r\n" % (name.encode("ascii"), flags, exptime, len(data), data)
+            b"mg %s f\r\nincr %s %d\r\n" % (name.encode("ascii"), name.encode("ascii"), step)
         )
+        head, reply = _read_lines(sock, 2)
+        flags = None if head == b"EN" else _meta_flag(head, b"HD", b"f")
+        if reply == b"NOT_FOUND":
+            return flags, None, True
+        if reply.isdigit():
+            return flags, int(reply), True
+        if reply.startswith(b"CLIENT_ERROR") and b"non-numeric" in reply:
+            return flags, None, False
+        _raise_reply(reply)
+    except BaseException:
+        client.close()
+        raise
+
+
+def read_for_swap(client: Any, name: str) -> tuple[int, bytes, int, int] | None:
+    """``(flags, data, cas, seconds left or -1 for never)`` of an entry; None when missing."""
+    sock = _socket(client)
+    try:
+        sock.sendall(b"mg %s f c t v\r\n" % name.encode("ascii"))
+        buf = _more(sock, b"", 1)
+        eol = buf.find(b"\r\n")
+        while eol < 0:
+            buf = _more(sock, buf, len(buf) + 1)
+            eol = buf.find(b"\r\n")
+        head = buf[:eol]
+        if head == b"EN" and eol + 2 == len(buf):
+            return None
+        size = int(_meta_flag(head, b"VA", b""))
+        stop = eol + 2 + size
+        if len(buf) < stop + 2:
+            buf = _more(sock, buf, stop + 2)
+        if len(buf) != stop + 2 or buf[stop:] != b"\r\n":
+            _raise_reply(head)
+        flags, cas, ttl = (_meta_flag(head, b"VA", tag) for tag in (b"f", b"c", b"t"))
+        return flags, buf[eol + 2 : stop], cas, ttl
+    except BaseException:
+        client.close()
+        raise
+
+
+def swap(client: Any, name: str, item: tuple[int, bytes], cas: int, exptime: int) -> bool | None:
+    """Store ``item`` if the entry's CAS is still ``cas``: True stored, False changed meanwhile,
+    None deleted meanwhile."""
+    flags, data = item
+    head = b"ms %s %d F%d C%d T%d" % (name.encode("ascii"), len(data), flags, cas, exptime)
+    request = b"%s\r\n%s\r\n" % (head, data)
+    return _ask(client, request, _SWAPPED)
+
+
+_STORED = {b"STORED": True, b"NOT_STORED": False}
+_SWAPPED = {b"HD": True, b"EX": False, b"NF": None}
+
+
+def _ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> bool | None:
+    """Send ``request`` and give the answer its one reply line maps to (other lines raise)."""
+    sock = _socket(client)
+    try:
+        sock.sendall(request)
         line = _read_line(sock)
-        if line == b"STORED":
-            return True
-        if line == b"NOT_STORED":
-            return False
+        if line in answers:
+            return answers[line]
         _raise_reply(line)
     except BaseException:
         client.close()
         raise
+
+
+def _meta_flag(head: bytes, status: bytes, tag: bytes) -> int:
+    """The number of the ``tag`` flag in a meta reply line that must start with ``status``
+    (``tag`` empty: the first number after it, a value's size)."""
+    fields = head.split(b" ")
+    if fields[0] == status:
+        for field in fields[1:]:
+            if field.startswith(tag) and field[len(tag) :].lstrip(b"-").isdigit():
+                return int(field[len(tag) :])
+    _raise_reply(head)
 
 
 def _split_values(buf: bytes) -> dict[bytes, tuple[int, bytes]] | None:
@@ -133,6 +214,19 @@ def _read_line(sock: Any) -> bytes:
             if buf.find(b"\r\n") != len(buf) - 2:
                 _raise_reply(b"more than one reply line")
             return buf[:-2]
+
+
+def _read_lines(sock: Any, count: int) -> list[bytes]:
+    """The next ``count`` reply lines, without their CRLFs (each reply a single line)."""
+    buf = b""
+    while True:
+        buf = _more(sock, buf, len(buf) + 1)
+        if buf.endswith(b"\r\n"):
+            lines = buf.split(b"\r\n")[:-1]
+            if len(lines) == count:
+                return lines
+            if len(lines) > count:
+                _raise_reply(b"more reply lines than commands")
 
 
 def _more(sock: Any, head: bytes, need: int) -> bytes:

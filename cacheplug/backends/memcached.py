@@ -2,8 +2,11 @@
 
 Stored entries carry memcached flags that say how the bytes are encoded (a counter, a serialized
 value, a serialized value guarded against ``incr``), so nothing is guessed on the way back.
-Integers are stored as memcached counters shifted by 2**63, so ``inc``/``dec`` are one native,
-atomic ``incr`` that keeps the entry's expiry, with negative results and overflow detection.
+Integers are stored as memcached counters shifted by 2**62 (modulo 2**64), so ``inc``/``dec``
+are one native, atomic ``incr`` that keeps the entry's expiry, with negative results and overflow
+detection. memcached 1.6.18 may call a stored number of 2**63 or more non-numeric (it scans past
+the value for a minus sign); only counters of magnitude 2**62 or more are stored there, and when
+memcached refuses one it is counted by compare-and-swap instead.
 With a ``key_prefix``, every key lives in a namespace named by a random token kept on each
 server; ``clear`` replaces the token, reads fetch it in the same ``get`` round trip and
 writes read it first, so a ``clear`` by any process is seen by every later call.
@@ -30,7 +33,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
+from cacheplug.core.base import (
+    BaseCache,
+    Timeout,
+    check_delta,
+    check_key,
+    checked_counter,
+    normalize_timeout,
+)
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.serializers.pickle import PickleSerializer
@@ -47,8 +57,12 @@ INSTALL_HINT = "pip install 'cacheplug[memcached]'"
 #: Flags of cacheplug entries; pymemcache's own serde uses 0-4, so foreign entries stay apart.
 FLAG_SERIALIZED = 0x4300
 FLAG_GUARDED = 0x4301  # serialized bytes behind b"!" so memcached never takes them for a number
-FLAG_COUNTER = 0x4302  # decimal of value + COUNTER_BIAS, what memcached incr works on
-COUNTER_BIAS = 2**63
+FLAG_COUNTER = 0x4303  # decimal of (value + COUNTER_BIAS) % 2**64, what memcached incr works on
+FLAG_COUNTER_V1 = 0x4302  # earlier versions' counters: decimal of value + 2**63 (still read)
+#: Shift of stored counters: values in [-2**62, 2**62) are stored below 2**63.
+COUNTER_BIAS = 2**62
+_BIASES = {FLAG_COUNTER: COUNTER_BIAS, FLAG_COUNTER_V1: 2**63}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _WRAP = 2**64
 MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger exptimes as unix timestamps
 MAX_EXPTIME = 2**31 - 1  # memcached parses exptime as a signed 32-bit number: later ones wrap
@@ -70,7 +84,13 @@ class _Failed:
 
 
 _FAILED: Any = _Failed()
-_NON_NUMERIC: Any = object()
+
+
+class _Gone:
+    """Marks an entry that went away during a compare-and-swap."""
+
+
+_GONE = _Gone()
 
 
 #: pymemcache's ``Client`` class, set on first construction (its unbound methods are the calls).
@@ -284,16 +304,25 @@ def _hash(text: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def _incr(client: Any, key: str, step: int) -> Any:
-    """memcached ``incr``; ``_NON_NUMERIC`` when the entry is not a counter."""
-    from pymemcache.exceptions import MemcacheClientError
+def _counter(number: int, flags: int | None) -> int:
+    """The value of a counter stored as ``number`` under ``flags`` (unknown: this encoding)."""
+    bias = COUNTER_BIAS if flags is None else _BIASES.get(flags, COUNTER_BIAS)
+    return (number - bias - INT64_MIN) % _WRAP + INT64_MIN
 
-    try:
-        return client.incr(key, step, False)
-    except MemcacheClientError as err:
-        if "non-numeric" in str(err):
-            return _NON_NUMERIC
-        raise
+
+def _overflow(key: str, delta: int) -> OverflowError:
+    return OverflowError(
+        f"cannot increment {key!r} by {delta}: memcached counters hold signed 64-bit integers"
+    )
+
+
+def _left_to_live(seconds: int) -> int:
+    """memcached's exptime for an entry that has ``seconds`` left (-1: never expires)."""
+    if seconds == -1:
+        return 0
+    if seconds > MAX_RELATIVE_EXPIRY:  # a unix time: not rounded up, the clocks differ anyway
+        return min(int(time.time()) + seconds, MAX_EXPTIME)
+    return max(seconds, 1)
 
 
 def _idle_and_open(sock: socket.socket) -> bool:
@@ -333,7 +362,7 @@ def _delete_reporting(client: Any, keys: list[str]) -> list[bool]:
 
 
 #: Calls a second attempt would answer wrongly when the first was applied and only its reply lost.
-_SENT_ONCE = frozenset({_incr, _add, _delete, _delete_reporting})
+_SENT_ONCE = frozenset({wire.count, wire.swap, _add, _delete, _delete_reporting})
 
 
 class MemcachedCache(BaseCache):
@@ -461,8 +490,8 @@ class MemcachedCache(BaseCache):
     # -- encoding ------------------------------------------------------------------------------
 
     def _pack(self, value: Any) -> tuple[int, bytes]:
-        if type(value) is int and -COUNTER_BIAS <= value < COUNTER_BIAS:
-            return FLAG_COUNTER, b"%d" % (value + COUNTER_BIAS)
+        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+            return FLAG_COUNTER, b"%d" % ((value + COUNTER_BIAS) % _WRAP)
         data = self._encode(value)
         if data and data[0] in _NUMERIC_START:
             return FLAG_GUARDED, b"!" + data
@@ -472,9 +501,9 @@ class MemcachedCache(BaseCache):
         flags, data = item
         if flags == FLAG_SERIALIZED:
             return self._decode_or_miss(key, data)
-        if flags == FLAG_COUNTER:
+        if flags in _BIASES:
             try:
-                return int(data) - COUNTER_BIAS
+                return _counter(int(data), flags)
             except ValueError:
                 pass
         elif flags == FLAG_GUARDED:
@@ -788,12 +817,13 @@ class MemcachedCache(BaseCache):
         """Add ``delta`` atomically (memcached ``incr``); the entry keeps its expiry.
 
         :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
-        :raises OverflowError: the result would leave the signed 64-bit range (the value stays).
+        :raises OverflowError: the result, ``delta`` or the stored integer is outside the signed
+            64-bit range (the value stays).
         """
         if type(key) is not str:
             check_key(key)
         check_delta(delta)
-        if not -COUNTER_BIAS <= delta < COUNTER_BIAS:
+        if not INT64_MIN <= delta <= INT64_MAX:
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
         target = self._target(key, "inc")
         if target is None:
@@ -801,12 +831,16 @@ class MemcachedCache(BaseCache):
         server, name = target
         step = delta % _WRAP  # a negative delta is an incr that wraps around 2**64
         for _ in range(_CREATE_ATTEMPTS):
-            result = self._run(server, "inc", _incr, name, step)
-            if result is _FAILED:
+            counted = self._run(server, "inc", wire.count, name, step)
+            if counted is _FAILED:
                 return None
-            if result is _NON_NUMERIC:
-                raise TypeError(f"cannot increment {key!r}: it holds a value that is not an int")
-            if result is None:  # missing: create it, unless another client just did
+            flags, number, numeric = counted
+            if not numeric:  # not a counter, or one memcached 1.6.18 misreads
+                swapped = self._swap_counter(server, name, key, delta)
+                if isinstance(swapped, _Gone):
+                    continue
+                return swapped
+            if number is None:  # missing: create it, unless another client just did
                 created = self._run(
                     server, "inc", _add, name, self._pack(delta), self._timeout(None)
                 )
@@ -815,14 +849,63 @@ class MemcachedCache(BaseCache):
                 if created:
                     return delta
                 continue
-            if (delta > 0 and result < step) or (delta < 0 and result >= step):
-                self._run(server, "inc", _incr, name, -delta % _WRAP)  # undo the wrap-around
-                raise OverflowError(
-                    f"cannot increment {key!r} by {delta}: memcached counters hold signed "
-                    f"64-bit integers"
-                )
-            return int(result) - COUNTER_BIAS
+            result = _counter(number - step, flags) + delta
+            if not INT64_MIN <= result <= INT64_MAX:
+                if not self._add_raw(server, name, -step % _WRAP):  # undo the wrap-around
+                    return None
+                raise _overflow(key, delta)
+            return result
         return None
+
+    def _swap_counter(self, server: _Server, name: str, key: str, delta: int) -> int | _Gone | None:
+        """``inc`` by compare-and-swap, for what ``incr`` refuses: the new value, None on
+        errors, or ``_GONE`` when the entry went away.
+
+        The entry keeps its expiry, to memcached's one-second resolution.
+        """
+        while True:
+            entry = self._run(server, "inc", wire.read_for_swap, name)
+            if entry is _FAILED:
+                return None
+            if entry is None:
+                return _GONE
+            flags, data, cas, ttl = entry
+            value = checked_counter(key, self._unpack(key, (flags, data)))
+            result = value + delta
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise OverflowError(
+                    f"cannot increment {key!r}: it holds an integer outside the signed 64-bit "
+                    f"range of counters"
+                )
+            if not INT64_MIN <= result <= INT64_MAX:
+                raise _overflow(key, delta)
+            swapped = self._run(
+                server, "inc", wire.swap, name, self._pack(result), cas, _left_to_live(ttl)
+            )
+            if swapped is _FAILED:
+                return None
+            if swapped is None:
+                return _GONE
+            if swapped:
+                return result
+
+    def _add_raw(self, server: _Server, name: str, step: int) -> bool:
+        """Add ``step`` modulo 2**64 to the stored number of a counter, whatever its encoding;
+        whether that was done or the counter is gone (False: an engine error, logged)."""
+        counted = self._run(server, "inc", wire.count, name, step)
+        if counted is _FAILED or counted[2]:
+            return counted is not _FAILED
+        while True:  # misread by memcached 1.6.18: compare-and-swap
+            entry = self._run(server, "inc", wire.read_for_swap, name)
+            if entry is _FAILED:
+                return False
+            if entry is None or entry[0] not in _BIASES or not entry[1].strip().isdigit():
+                return True  # replaced meanwhile: nothing of this call is left
+            flags, data, cas, ttl = entry
+            item = (flags, b"%d" % ((int(data) + step) % _WRAP))
+            swapped = self._run(server, "inc", wire.swap, name, item, cas, _left_to_live(ttl))
+            if swapped is not False:
+                return swapped is not _FAILED
 
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""
