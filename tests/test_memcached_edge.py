@@ -143,11 +143,11 @@ def test_restart_then_add_or_delete_first_costs_no_failure(
 
 
 # -- counters in memory memcached reused -----------------------------------------------------------
-# memcached 1.6.18 parses an incr target of 2**63 or more with safe_strtoull, which looks for a
-# minus sign with strchr: item data is not NUL-terminated, so the scan runs on into whatever the
-# item's memory held before, and a '-' there makes incr answer "non-numeric". A chunk freed by
-# delete goes to the next item of its size class; fillers of a few sizes around a counter's
-# 19-20 digits reach its class whatever the slab layout.
+# memcached 1.6.18 (memcached/memcached#1105) parses an incr target of 2**63 or more with
+# safe_strtoull, which looks for a minus sign with strchr: item data is not NUL-terminated, so the
+# scan runs on into whatever the item's memory held before, and a '-' there makes incr answer
+# "non-numeric". A chunk freed by delete goes to the next item of its size class; fillers of a few
+# sizes around a counter's 19-20 digits reach its class whatever the slab layout.
 
 FILLER_SIZES = range(24, 48, 4)
 

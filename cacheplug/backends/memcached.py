@@ -4,9 +4,10 @@ Stored entries carry memcached flags that say how the bytes are encoded (a count
 value, a serialized value guarded against ``incr``), so nothing is guessed on the way back.
 Integers are stored as memcached counters shifted by 2**62 (modulo 2**64), so ``inc``/``dec``
 are one native, atomic ``incr`` that keeps the entry's expiry, with negative results and overflow
-detection. memcached 1.6.18 may call a stored number of 2**63 or more non-numeric (it scans past
-the value for a minus sign); only counters of magnitude 2**62 or more are stored there, and when
-memcached refuses one it is counted by compare-and-swap instead.
+detection. memcached (1.6.18 at least: memcached/memcached#1105) may call a stored number of
+2**63 or more non-numeric, as it scans past the value for a minus sign; only counters of
+magnitude 2**62 or more are stored there, and when memcached refuses one it is counted by
+compare-and-swap instead.
 With a ``key_prefix``, every key lives in a namespace named by a random token kept on each
 server; ``clear`` replaces the token, reads fetch it in the same ``get`` round trip and
 writes read it first, so a ``clear`` by any process is seen by every later call.
@@ -835,7 +836,7 @@ class MemcachedCache(BaseCache):
             if counted is _FAILED:
                 return None
             flags, number, numeric = counted
-            if not numeric:  # not a counter, or one memcached 1.6.18 misreads
+            if not numeric:  # not a counter, or one memcached misreads (#1105)
                 swapped = self._swap_counter(server, name, key, delta)
                 if isinstance(swapped, _Gone):
                     continue
@@ -895,7 +896,7 @@ class MemcachedCache(BaseCache):
         counted = self._run(server, "inc", wire.count, name, step)
         if counted is _FAILED or counted[2]:
             return counted is not _FAILED
-        while True:  # misread by memcached 1.6.18: compare-and-swap
+        while True:  # misread by memcached (#1105): compare-and-swap
             entry = self._run(server, "inc", wire.read_for_swap, name)
             if entry is _FAILED:
                 return False
