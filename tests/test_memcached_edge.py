@@ -248,10 +248,10 @@ def test_inc_in_freed_memory_keeps_the_expiry(
 def test_concurrent_inc_in_freed_memory_loses_nothing(
     memcached_server: MemcachedServer, raw: Client
 ) -> None:
-    """Threads with their own caches (as processes would be) count one counter that memcached
-    calls non-numeric now and then, alternating between native and fallback counting."""
+    """Threads with their own caches (as processes would be) count one counter across 2**62,
+    where memcached starts calling it non-numeric: native incr and compare-and-swap interleave."""
     memcached_server.flush()
-    start, rounds = 2**62 + 5, 150
+    start, rounds = 2**62 - 300, 150
     for n in range(40):  # every free chunk of the counter's size class holds dashes
         for size in FILLER_SIZES:
             raw.set(f"fill{n:03}-{size}", b"-" * size)
