@@ -185,13 +185,10 @@ class FileSystemCache(BaseCache):
         return self._write("set", *self._prepare(key, value, timeout))
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
         # every value is encoded before any file is written, so a bad one stores nothing
-        expires = self._expiry(timeout)
-        for key in mapping:
-            check_key(key)
-        prepared = [(key, self._path(key), self._encode(value)) for key, value in mapping.items()]
-        written = [self._write("set_many", path, expires, data) for _, path, data in prepared]
-        return [key for (key, _, _), ok in zip(prepared, written, strict=True) if ok]
+        prepared = [(key, self._prepare(key, value, timeout)) for key, value in mapping.items()]
+        return [key for key, entry in prepared if self._write("set_many", *entry)]
 
     def _write(self, operation: str, path: str, expires: float | None, payload: bytes) -> bool:
         """Store (or, born expired, remove) one entry; False on a file-system error."""
