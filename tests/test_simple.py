@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import FakeClock
 
-from cacheplug import ConfigurationError, SimpleCache
+from cacheplug import ConfigurationError, SerializationError, SimpleCache, get_serializer
 from cacheplug.testing import CacheContract, CacheFactory
 
 
@@ -191,6 +191,23 @@ def test_custom_objects_are_copied() -> None:
     cache.set("p", {"point": point})
     point.x = 2
     assert cache.get("p")["point"].x == 1
+
+
+def test_dict_holding_an_unpicklable_value_raises_and_keeps_old_value() -> None:
+    cache = SimpleCache()
+    cache.set("key", {"rows": [1]})
+    with pytest.raises(SerializationError, match="lock"):
+        cache.set("key", {"rows": [1], "guard": threading.Lock()})
+    assert cache.get("key") == {"rows": [1]}
+
+
+@pytest.mark.parametrize(("writer", "reader"), [("json", "pickle"), ("pickle", "json")])
+def test_entry_written_by_another_serializer_is_a_counted_miss(writer: str, reader: str) -> None:
+    cache = SimpleCache(serializer=writer)
+    cache.set("key", {"rows": [1, 2]})  # nested: stored as the serializer's bytes
+    cache.serializer = get_serializer(reader)
+    assert cache.get("key") is None
+    assert cache.stats()["errors"] == 1
 
 
 @pytest.mark.parametrize("threshold", [0, -1, "10", 1.5])

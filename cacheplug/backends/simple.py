@@ -219,6 +219,11 @@ class SimpleCache(BaseCache):
         if codec == _RAW:
             return entry[2]
         if codec == _SERIALIZED:
+            if type(self.serializer) is PickleSerializer:
+                try:
+                    return pickle.loads(entry[2])
+                except Exception:
+                    pass  # _decode_or_miss logs and counts it
             return self._decode_or_miss(key, entry[2])
         return self._verified(key, entry[2])
 
@@ -237,6 +242,11 @@ class SimpleCache(BaseCache):
         elif type(value) is dict:
             if _all_scalars(map(type, value.values())) and _all_scalars(map(type, value)):
                 codec, payload = _SHALLOW, value.copy()
+            elif self._signer is None:
+                try:
+                    codec, payload = _SERIALIZED, pickle.dumps(value, self.serializer.protocol)
+                except Exception:
+                    codec, payload = self._sealed(value)  # raises the error that says why
             else:
                 codec, payload = self._sealed(value)
         else:
