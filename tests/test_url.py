@@ -69,6 +69,11 @@ def test_parse_url_splits_every_shape(
     assert {k: v for k, v in parsed.query.items() if v} == query
 
 
+def test_an_at_sign_in_the_query_is_fine_after_a_bare_host_or_encoded() -> None:
+    assert parse_url("redis://h/0?key_prefix=me@corp").query["key_prefix"] == "me@corp"
+    assert parse_url("redis://h:1/0?key_prefix=me%40corp").query["key_prefix"] == "me@corp"
+
+
 def test_parse_url_lowercases_the_scheme_and_keeps_empty_values() -> None:
     parsed = parse_url("REDIS+Unix:///s?key_prefix=")
     assert parsed.scheme == "redis+unix"
@@ -95,6 +100,9 @@ def test_parsed_urls_are_shared_and_read_only() -> None:
         ("redis://h:0", "invalid port '0'"),
         ("redis://h:port", "invalid port 'port'"),
         ("redis://h:١٢", "invalid port"),
+        ("redis://h:/0", "no port after 'h:'"),
+        ("file://C:/cache", "goes after three slashes: file:///"),
+        ("redis://h:6379/0?key_prefix=me@corp", "'@' in an option's value as %40"),
         ("redis://[::1", "malformed IPv6 host"),
         ("redis://[not-ipv6]:1", "malformed IPv6 host"),
         ("redis://[::1]x", "malformed IPv6 host"),
@@ -321,6 +329,10 @@ def test_caches_built_with_secrets_never_show_them() -> None:
         f"redis://ada:{SECRET}?x@h/0",
         f"redis://ada:{SECRET}/x@h/0",
         f"redis://ada:6379/{SECRET}@h/0",
+        f"redis://ada:6379?x={SECRET}@h/0",
+        f"redis://ada:6379?password={SECRET}@h/0",
+        f"redis://ada:6379?db={SECRET}@h/0",
+        f"memcached://ada:6379?key_prefix={SECRET}@h",
         f"redis:/ada:{SECRET}@h/0",
         f"redis://ada:{SECRET}@[::1/0",
         f"redis://ada:{SECRET}@a,,b/0",

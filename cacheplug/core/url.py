@@ -154,10 +154,14 @@ def _parse(url: str) -> CacheURL:
         )
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
-    # An '@' after the host means a password held a raw '/' or '?': never echo its pieces.
+    # An '@' after 'name:text' may end a password holding a raw '/' or '?', whose pieces
+    # would show as port, path or options: refuse it, and never echo those pieces.
     misplaced_at = "@" not in netloc and "@" in path + query_text
-    if misplaced_at and ":" in netloc and "@" in path:
-        raise ConfigurationError(f"malformed cache URL {_mask(url)!r}: {_ENCODE_HINT}")
+    if misplaced_at and ":" in netloc:
+        raise ConfigurationError(
+            f"malformed cache URL {_mask(url)!r}: an '@' after the host; {_ENCODE_HINT}, "
+            "and '@' in an option's value as %40"
+        )
     userinfo, at, hostlist = netloc.rpartition("@")
     username = password = None
     if at:
@@ -219,6 +223,12 @@ def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
         host = unquote(raw)
     if port_text is None:
         return host, None
+    if not port_text:
+        hint = " (a directory goes after three slashes: file:///var/cache/app)"
+        raise ConfigurationError(
+            f"no port after {part!r} in cache URL {shown!r}: give one from 1 to 65535 or drop "
+            f"the ':'{hint if shown.lower().startswith('file:') else ''}"
+        )
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigurationError(
             f"invalid port {port_text!r} in cache URL {shown!r}: expected a number from 1 to 65535"
