@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import hashlib
 import pickle
 import threading
 import time
@@ -16,6 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _redis_wire as wire
+from cacheplug.backends._redis_counters import (
+    INC_SCRIPT,
+    INC_SHA,
+    INT64_MAX,
+    INT64_MIN,
+    is_decimal,
+    refusal,
+)
 from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
@@ -34,23 +41,8 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
 DEFAULT_DEAD_TIMEOUT = 1.0
 SCAN_BATCH = 1000
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 # Redis refuses an expiry past 2**63 ms from now: longer timeouts get this (146 million years).
 MAX_TTL_SECONDS = 2**62 // 1000
-
-# A missing counter is created with the default expiry, an existing one keeps its own; all in
-# one atomic step on the key's own node, so it works on a cluster too. The count is answered
-# with GET: INCRBY's reply would pass through a Lua number, a double, inexact beyond 2**53.
-INC_SCRIPT = """
-if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], '0', 'NX')
-end
-redis.call('INCRBY', KEYS[1], ARGV[1])
-return redis.call('GET', KEYS[1])
-"""
-INC_SHA = hashlib.sha1(INC_SCRIPT.encode()).hexdigest()
 _GLOB_SPECIAL = frozenset("*?[]\\")
 _CERT_REQS = ("none", "optional", "required")
 
@@ -287,7 +279,7 @@ class RedisCache(BaseCache):
     def _load(self, key: str, payload: bytes) -> Any:
         """The value in ``payload``, counted as a hit; unreadable: ``None``, a miss and an error."""
         try:
-            if 44 < payload[0] < 58 and _is_decimal(payload):
+            if 44 < payload[0] < 58 and is_decimal(payload):
                 value = int(payload)
             else:
                 value = self._decoder()(payload)
@@ -338,7 +330,7 @@ class RedisCache(BaseCache):
             self._misses += 1
             return None
         try:
-            if 44 < payload[0] < 58 and _is_decimal(payload):
+            if 44 < payload[0] < 58 and is_decimal(payload):
                 value = int(payload)
             else:
                 value = self._decoder()(payload)
@@ -460,7 +452,7 @@ class RedisCache(BaseCache):
         decode = self._decoder()
         try:
             values = [
-                None if p is None else int(p) if 44 < p[0] < 58 and _is_decimal(p) else decode(p)
+                None if p is None else int(p) if 44 < p[0] < 58 and is_decimal(p) else decode(p)
                 for p in payloads
             ]
         except Exception:  # an unreadable entry: decode one by one, counting and logging each
@@ -574,18 +566,9 @@ class RedisCache(BaseCache):
             except self._failures as retry_err:
                 err = retry_err
         if isinstance(err, self._response_error):
-            message = str(err)
-            if message.startswith("WRONGTYPE"):
-                raise TypeError(f"cannot increment {key!r}: it holds a Redis {self._type(key)}")
-            overflow = "overflow" in message
-            if "not an integer" in message:
-                overflow = self._holds_big_int(key)
-            if overflow:
-                raise OverflowError(
-                    f"cannot increment {key!r} by {args[2]}: Redis counters hold signed "
-                    "64-bit integers"
-                )
-            raise TypeError(f"cannot increment {key!r}: it does not hold an integer")
+            raise refusal(
+                key, args[2], str(err), lambda: self._type(key), lambda: self._holds_big_int(key)
+            )
         self._backend_error("inc", err)
         return None
 
@@ -595,7 +578,7 @@ class RedisCache(BaseCache):
             payload = self._client.get(self._name(key))
             if payload is None:
                 return False
-            if 44 < payload[0] < 58 and _is_decimal(payload):
+            if 44 < payload[0] < 58 and is_decimal(payload):
                 value = int(payload)
             else:
                 value = self._decoder()(payload)
@@ -747,15 +730,6 @@ class RedisCache(BaseCache):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
-
-
-def _is_decimal(payload: bytes) -> bool:
-    """Whether ``payload`` is an integer as ``set``/``inc`` store it.
-
-    Callers first check that the first byte is in ``-./0-9`` (44 < byte < 58): one comparison
-    sends every serializer payload straight to its decoder.
-    """
-    return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
 
 
 class _ServerDownError(ConnectionError):

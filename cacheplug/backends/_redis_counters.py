@@ -1,0 +1,61 @@
+"""Counters of ``RedisCache``: the range of ``INCRBY``, integers stored as plain decimals, the
+script that makes ``inc`` one atomic step, and what Redis' refusal of an ``INCRBY`` means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+__all__ = ["INC_SCRIPT", "INC_SHA", "INT64_MAX", "INT64_MIN", "is_decimal", "refusal"]
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
+
+# A missing counter is created with the default expiry, an existing one keeps its own; all in
+# one atomic step on the key's own node, so it works on a cluster too. The count is answered
+# with GET: INCRBY's reply would pass through a Lua number, a double, inexact beyond 2**53.
+INC_SCRIPT = """
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], '0', 'NX')
+end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
+"""
+INC_SHA = hashlib.sha1(INC_SCRIPT.encode()).hexdigest()
+
+
+def is_decimal(payload: bytes) -> bool:
+    """Whether ``payload`` is an integer as ``set``/``inc`` store it.
+
+    Callers first check that the first byte is in ``-./0-9`` (44 < byte < 58): one comparison
+    sends every serializer payload straight to its decoder.
+    """
+    return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
+
+
+def refusal(
+    key: str,
+    delta: int,
+    message: str,
+    redis_type: Callable[[], str],
+    holds_big_int: Callable[[], bool],
+) -> Exception:
+    """The exception ``inc`` raises when Redis refused to add ``delta`` to ``key``.
+
+    :param message: Redis' error reply.
+    :param redis_type: asked for the key's Redis type when it holds no string.
+    :param holds_big_int: asked whether the key holds an int beyond 64 bits, when Redis found
+        no integer there.
+    """
+    if message.startswith("WRONGTYPE"):
+        return TypeError(f"cannot increment {key!r}: it holds a Redis {redis_type()}")
+    overflow = "overflow" in message
+    if "not an integer" in message:
+        overflow = holds_big_int()
+    if overflow:
+        return OverflowError(
+            f"cannot increment {key!r} by {delta}: Redis counters hold signed 64-bit integers"
+        )
+    return TypeError(f"cannot increment {key!r}: it does not hold an integer")
