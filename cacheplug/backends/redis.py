@@ -7,13 +7,12 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 from __future__ import annotations
 
 import codecs
-import contextlib
 import pickle
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends import _redis_wire as wire
 from cacheplug.backends._redis_counters import (
     INC_SCRIPT,
@@ -139,24 +138,17 @@ class RedisCache(BaseCache):
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         self._outage_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
-        self._connection_error = redis.ConnectionError
-        # replies telling a cluster client to ask another node (the slot moved or is moving)
-        self._redirect_errors = (
-            redis.exceptions.AskError,
-            redis.exceptions.TryAgainError,
-            redis.exceptions.ClusterDownError,
-        )
         self._owns_client = True
         self._cluster = startup_nodes is not None
-        self._pending: _PendingCluster | None = None
+        self._pending: cluster.PendingCluster | None = None
         # Commands that must not run twice go through a client that never retries.
         self._once_client: Any = None
         if startup_nodes is not None:
             # redis-py's cluster client retries time-outs whatever the Retry says.
             kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-            nodes = _cluster_nodes(startup_nodes, db)
+            nodes = cluster.cluster_nodes(startup_nodes, db)
             self._where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
-            self._pending = _PendingCluster(self, nodes, password, kwargs)
+            self._pending = cluster.PendingCluster(self, nodes, password, kwargs)
             self._client: Any = self._pending
         elif isinstance(host, str):
             socket_path = kwargs.get("unix_socket_path")
@@ -431,7 +423,9 @@ class RedisCache(BaseCache):
             raise
         try:
             if self._cluster:
-                payloads = self._cluster_mget(sent)
+                payloads = cluster.mget(
+                    self._client, sent, lambda commands: self._pipeline(commands, "get_many")
+                )
             elif packed is not None:
                 payloads = self._send_packed(packed)
             else:
@@ -464,24 +458,6 @@ class RedisCache(BaseCache):
         self._hits += found
         self._misses += len(keys) - found
         return values
-
-    def _cluster_mget(self, names: Sequence[str | bytes]) -> list[Any]:
-        """The payloads of ``names`` on a cluster, one ``MGET`` per slot; ``None`` for the
-        names on a node that failed (logged).
-        """
-        slots: dict[int, list[int]] = {}
-        for index, name in enumerate(names):
-            slots.setdefault(self._client.keyslot(name), []).append(index)
-        commands = [("MGET", *(names[i] for i in indexes)) for indexes in slots.values()]
-        replies = self._pipeline(commands, "get_many")
-        if replies is None:
-            return [None] * len(names)
-        payloads: list[Any] = [None] * len(names)
-        for indexes, reply in zip(slots.values(), replies, strict=True):
-            if not isinstance(reply, Exception):
-                for index, payload in zip(indexes, reply, strict=True):
-                    payloads[index] = payload
-        return payloads
 
     def _send_packed(self, packed: list[bytes]) -> Any:
         """The reply to a command packed in RESP, sent on a connection of the client's own pool.
@@ -612,7 +588,7 @@ class RedisCache(BaseCache):
         """
         try:
             if self._cluster:
-                results = self._node_pipelines(commands)
+                results = cluster.node_pipelines(self._client, commands, self._failures)
             else:
                 pipe = (client or self._client).pipeline(transaction=False)
                 for command in commands:
@@ -628,66 +604,6 @@ class RedisCache(BaseCache):
             if operation is None:
                 raise failed
             self._backend_error(operation, failed)
-        return results
-
-    def _node_pipelines(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Replies of one-key ``commands`` on a cluster, in one pipeline per node.
-
-        Each node is asked once: the commands go out to every node before any reply is read, and
-        a node that fails (down, or hung past ``socket_timeout``) gives its exception as the reply
-        of each of its commands while the other nodes' replies stand. A redirection (the slot
-        moved) is followed by the client, command by command.
-
-        :raises RedisError: the nodes of the keys cannot be found.
-        """
-        client = self._client
-        groups: dict[str, tuple[Any, list[int]]] = {}
-        for index, command in enumerate(commands):
-            node = client.get_node_from_key(command[1])
-            groups.setdefault(node.name, (node, []))[1].append(index)
-        results: list[Any] = [None] * len(commands)
-        sent: list[tuple[Any, Any, list[int]]] = []
-        lost: Exception | None = None  # a connection failed: a node may have gone
-        read = 0
-        try:
-            for node, indexes in groups.values():
-                server = client.get_redis_connection(node)
-                conn = None
-                try:
-                    conn = server.connection_pool.get_connection()
-                    conn.send_packed_command(conn.pack_commands([commands[i] for i in indexes]))
-                except self._failures as err:
-                    lost = _fail(results, indexes, err)
-                    if conn is not None:
-                        conn.disconnect()
-                        server.connection_pool.release(conn)
-                else:
-                    sent.append((server, conn, indexes))
-            for server, conn, indexes in sent:
-                for position, index in enumerate(indexes):
-                    try:
-                        results[index] = server.parse_response(conn, commands[index][0])
-                    except self._response_error as err:
-                        results[index] = err
-                    except self._failures as err:
-                        conn.disconnect()
-                        lost = _fail(results, indexes[position:], err)
-                        break
-                read += 1
-        finally:
-            for position, (server, conn, _) in enumerate(sent):
-                if position >= read:  # replies left unread: the connection is unusable
-                    conn.disconnect()
-                server.connection_pool.release(conn)
-        for index, reply in enumerate(results):
-            if isinstance(reply, self._redirect_errors):
-                try:
-                    results[index] = client.execute_command(*commands[index])
-                except self._failures as err:
-                    results[index] = err
-        if isinstance(lost, self._connection_error):
-            with contextlib.suppress(*self._failures):
-                client.nodes_manager.initialize()  # a failover may have moved its slots
         return results
 
     # -- failures --------------------------------------------------------------------------------
@@ -721,7 +637,7 @@ class RedisCache(BaseCache):
             client = getattr(self, name)
             if isinstance(client, _DeadServer):
                 client = client.restore()
-            if client is None or isinstance(client, _PendingCluster):
+            if client is None or isinstance(client, cluster.PendingCluster):
                 continue
             # A closed RedisCluster cannot reconnect: the next use builds a new one.
             if self._pending is not None:
@@ -759,28 +675,6 @@ class _DeadServer:
         return getattr(self.restore(), name)
 
 
-class _PendingCluster:
-    """Stands in for a ``RedisCluster`` until its nodes answer (its constructor connects)."""
-
-    def __init__(
-        self,
-        cache: RedisCache,
-        nodes: list[tuple[str, int]],
-        password: str | None,
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._cache = cache
-        self._connect: Callable[[], Any] = lambda: _cluster_client(nodes, password, kwargs)
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        with self._lock:
-            client = self._cache._client
-            if client is self:
-                client = self._cache._client = self._connect()
-        return getattr(client, name)
-
-
 def _refuse_decoding(host: Any, kwargs: Mapping[str, Any]) -> None:
     """Raise unless replies stay bytes, on a client built here or one given as ``host``."""
     given: Mapping[str, Any] = (
@@ -799,25 +693,6 @@ def _checked_options(retries: int, dead_timeout: float) -> float:
     return float(dead_timeout)
 
 
-def _cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tuple[str, int]]:
-    """The ``(host, port)`` startup nodes of a cluster, once they and ``db`` fit one."""
-    nodes = [(str(host), int(port)) for host, port in startup_nodes]
-    if not nodes:
-        raise ConfigurationError("startup_nodes needs at least one (host, port)")
-    if db != 0:
-        raise ConfigurationError(
-            f"a Redis Cluster has only db 0, got db={db!r}; leave db out or pass db=0"
-        )
-    return nodes
-
-
-def _fail(results: list[Any], indexes: Sequence[int], err: Exception) -> Exception:
-    """Make ``err`` the reply at each of ``indexes``, and return it."""
-    for index in indexes:
-        results[index] = err
-    return err
-
-
 def _server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """A ``redis.Redis`` retrying connection errors, and one never retrying, on one server."""
     import redis
@@ -827,15 +702,6 @@ def _server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
     client = redis.Redis(**{"retry": retry, **kwargs})
     return client, redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)})
-
-
-def _cluster_client(
-    nodes: list[tuple[str, int]], password: str | None, kwargs: dict[str, Any]
-) -> Any:
-    from redis.cluster import ClusterNode, RedisCluster
-
-    startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
-    return RedisCluster(startup_nodes=startup, password=password, **kwargs)
 
 
 @hookimpl

@@ -1,0 +1,156 @@
+"""Redis Cluster for ``RedisCache``: startup nodes, a client that connects on first use, and
+commands sent in one pipeline per node, so a node that hangs costs one timeout, not one per key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cacheplug.core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from cacheplug.backends.redis import RedisCache
+
+__all__ = ["PendingCluster", "cluster_nodes", "mget", "node_pipelines"]
+
+
+def cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tuple[str, int]]:
+    """The ``(host, port)`` startup nodes of a cluster, once they and ``db`` fit one."""
+    nodes = [(str(host), int(port)) for host, port in startup_nodes]
+    if not nodes:
+        raise ConfigurationError("startup_nodes needs at least one (host, port)")
+    if db != 0:
+        raise ConfigurationError(
+            f"a Redis Cluster has only db 0, got db={db!r}; leave db out or pass db=0"
+        )
+    return nodes
+
+
+def _cluster_client(
+    nodes: list[tuple[str, int]], password: str | None, kwargs: dict[str, Any]
+) -> Any:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=startup, password=password, **kwargs)
+
+
+class PendingCluster:
+    """Stands in for a ``RedisCluster`` until its nodes answer (its constructor connects)."""
+
+    def __init__(
+        self,
+        cache: RedisCache,
+        nodes: list[tuple[str, int]],
+        password: str | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._cache = cache
+        self._connect: Callable[[], Any] = lambda: _cluster_client(nodes, password, kwargs)
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            client = self._cache._client
+            if client is self:
+                client = self._cache._client = self._connect()
+        return getattr(client, name)
+
+
+def mget(
+    client: Any,
+    names: Sequence[str | bytes],
+    pipeline: Callable[[list[tuple[Any, ...]]], list[Any] | None],
+) -> list[Any]:
+    """The payloads of ``names`` on a cluster, one ``MGET`` per slot, all sent by ``pipeline``;
+    ``None`` for the names whose ``MGET`` failed (``pipeline`` logs it).
+    """
+    slots: dict[int, list[int]] = {}
+    for index, name in enumerate(names):
+        slots.setdefault(client.keyslot(name), []).append(index)
+    replies = pipeline([("MGET", *(names[i] for i in indexes)) for indexes in slots.values()])
+    if replies is None:
+        return [None] * len(names)
+    payloads: list[Any] = [None] * len(names)
+    for indexes, reply in zip(slots.values(), replies, strict=True):
+        if not isinstance(reply, Exception):
+            for index, payload in zip(indexes, reply, strict=True):
+                payloads[index] = payload
+    return payloads
+
+
+def node_pipelines(
+    client: Any, commands: Sequence[tuple[Any, ...]], failures: tuple[type[Exception], ...]
+) -> list[Any]:
+    """Replies of one-key ``commands`` on a cluster, in one pipeline per node.
+
+    Each node is asked once: the commands go out to every node before any reply is read, and
+    a node that fails (down, or hung past ``socket_timeout``) gives its exception as the reply
+    of each of its commands while the other nodes' replies stand. A redirection (the slot
+    moved) is followed by the client, command by command.
+
+    :param failures: the exceptions that mean a node or the cluster failed.
+    :raises RedisError: the nodes of the keys cannot be found.
+    """
+    from redis import exceptions
+
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for index, command in enumerate(commands):
+        node = client.get_node_from_key(command[1])
+        groups.setdefault(node.name, (node, []))[1].append(index)
+    results: list[Any] = [None] * len(commands)
+    sent: list[tuple[Any, Any, list[int]]] = []
+    lost: Exception | None = None  # a connection failed: a node may have gone
+    read = 0
+    try:
+        for node, indexes in groups.values():
+            server = client.get_redis_connection(node)
+            conn = None
+            try:
+                conn = server.connection_pool.get_connection()
+                conn.send_packed_command(conn.pack_commands([commands[i] for i in indexes]))
+            except failures as err:
+                lost = _fail(results, indexes, err)
+                if conn is not None:
+                    conn.disconnect()
+                    server.connection_pool.release(conn)
+            else:
+                sent.append((server, conn, indexes))
+        for server, conn, indexes in sent:
+            for position, index in enumerate(indexes):
+                try:
+                    results[index] = server.parse_response(conn, commands[index][0])
+                except exceptions.ResponseError as err:
+                    results[index] = err
+                except failures as err:
+                    conn.disconnect()
+                    lost = _fail(results, indexes[position:], err)
+                    break
+            read += 1
+    finally:
+        for position, (server, conn, _) in enumerate(sent):
+            if position >= read:  # replies left unread: the connection is unusable
+                conn.disconnect()
+            server.connection_pool.release(conn)
+    # replies telling the client to ask another node (the slot moved or is moving)
+    redirects = (exceptions.AskError, exceptions.TryAgainError, exceptions.ClusterDownError)
+    for index, reply in enumerate(results):
+        if isinstance(reply, redirects):
+            try:
+                results[index] = client.execute_command(*commands[index])
+            except failures as err:
+                results[index] = err
+    if isinstance(lost, exceptions.ConnectionError):
+        with contextlib.suppress(*failures):
+            client.nodes_manager.initialize()  # a failover may have moved its slots
+    return results
+
+
+def _fail(results: list[Any], indexes: Sequence[int], err: Exception) -> Exception:
+    """Make ``err`` the reply at each of ``indexes``, and return it."""
+    for index in indexes:
+        results[index] = err
+    return err
