@@ -15,25 +15,25 @@ writes read it first, so a ``clear`` by any process is seen by every later call.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import math
-import os
 import pickle
 import re
 import secrets
-import socket
-import struct
-import sys
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends._memcached_servers import (
+    DEFAULT_PORT,
+    TIMEOUTS,
+    Ring,
+    Server,
+    idle_and_open,
+    make_servers,
+)
 from cacheplug.core.base import (
     BaseCache,
     Timeout,
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MemcachedCache"]
 
-DEFAULT_PORT = 11211
 INSTALL_HINT = "pip install 'cacheplug[memcached]'"
 #: Flags of cacheplug entries; pymemcache's own serde uses 0-4, so foreign entries stay apart.
 FLAG_SERIALIZED = 0x4300
@@ -71,9 +70,6 @@ MAX_KEY_LENGTH = 250
 HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a plain one
 _NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
 _NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
-_RING_POINTS = 160
-#: A reply that did not come in time: kernel socket timeouts raise BlockingIOError.
-_TIMEOUTS = (BlockingIOError, TimeoutError)
 _CREATE_ATTEMPTS = 8
 
 
@@ -159,152 +155,6 @@ def _exptime(seconds: float) -> int:
     return whole
 
 
-class _RawSerde:
-    """Hands pymemcache pre-encoded ``(flags, bytes)`` pairs and gives them back undecoded."""
-
-    @staticmethod
-    def serialize(key: Any, value: tuple[int, bytes]) -> tuple[bytes, int]:
-        return value[1], value[0]
-
-    @staticmethod
-    def deserialize(key: Any, value: bytes, flags: int) -> tuple[int, bytes]:
-        return flags, value
-
-
-_SERDE = _RawSerde()
-
-
-class _Server:
-    """One memcached server: its idle connections, its health and its namespace token."""
-
-    def __init__(self, address: tuple[str, int] | str, factory: Callable[[], Any], idle: int):
-        self.address = address
-        self.name = address if isinstance(address, str) else _host_port(*address)
-        self._factory = factory
-        self._idle: deque[Any] = deque()
-        self._max_idle = idle
-        self.down_until = 0.0
-        self.token: str | None = None
-        _live_servers.add(self)
-
-    def acquire(self) -> Any:
-        try:
-            return self._idle.pop()
-        except IndexError:
-            return self._factory()
-
-    def release(self, client: Any) -> None:
-        if len(self._idle) < self._max_idle:
-            self._idle.append(client)
-        else:
-            client.close()
-
-    def discard_idle(self) -> None:
-        while True:
-            try:
-                self._idle.pop().close()
-            except IndexError:
-                return
-
-    def seen_token(self, token: str) -> str:
-        self.token = token
-        return token
-
-
-_live_servers: weakref.WeakSet[_Server] = weakref.WeakSet()
-
-
-def _drop_inherited_connections() -> None:
-    """In a forked child: close its copies of the parent's pooled sockets, never to share them."""
-    for server in list(_live_servers):
-        server.discard_idle()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_inherited_connections)
-
-
-class _KernelTimeoutSockets:
-    """The :mod:`socket` module, with sockets whose reads and writes time out in the kernel.
-
-    A Python-level socket timeout costs a ``poll`` call before every send and receive, a
-    measurable share of a memcached round trip; ``SO_RCVTIMEO``/``SO_SNDTIMEO`` cost nothing
-    until they fire (as ``BlockingIOError``, an ``OSError``).
-    """
-
-    def __init__(self, timeout: float) -> None:
-        seconds = int(timeout)
-        self._timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
-
-    @classmethod
-    def for_timeout(cls, timeout: float) -> _KernelTimeoutSockets | None:
-        platform: str = sys.platform
-        # timeval layouts differ elsewhere: keep Python's own timeout there
-        return cls(timeout) if platform.startswith("linux") else None
-
-    def socket(self, *args: Any, **kwargs: Any) -> socket.socket:
-        sock = socket.socket(*args, **kwargs)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
-        return sock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_server(spec: object) -> tuple[str, int] | str:
-    """``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)`` or a unix socket path."""
-    if isinstance(spec, tuple) and len(spec) == 2:
-        host, port = spec
-        if isinstance(host, str) and host and type(port) is int and 0 < port < 65536:
-            return host, port
-    elif isinstance(spec, str) and spec.strip():
-        text = spec.strip()
-        if text.startswith("unix:"):
-            return text[5:]
-        if text.startswith("/"):
-            return text
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
-        else:
-            host, _, port_text = text.partition(":")
-        if not port_text:
-            return host, DEFAULT_PORT
-        if port_text.isdigit() and 0 < int(port_text) < 65536 and host:
-            return host, int(port_text)
-    raise ConfigurationError(
-        f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
-        f"'[ipv6]:port', (host, port) or a unix socket path"
-    )
-
-
-class _Ring:
-    """Consistent hashing of keys onto servers (adding a server moves about 1/n of the keys)."""
-
-    def __init__(self, servers: list[_Server]) -> None:
-        points = sorted(
-            (_hash(f"{server.name}-{point}"), index)
-            for index, server in enumerate(servers)
-            for point in range(_RING_POINTS)
-        )
-        self._hashes = [h for h, _ in points]
-        self._owners = [servers[index] for _, index in points]
-
-    def __call__(self, key: str) -> _Server:
-        index = bisect.bisect(self._hashes, _hash(key))
-        return self._owners[index if index < len(self._owners) else 0]
-
-
-def _hash(text: str) -> int:
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
 def _counter(number: int, flags: int | None) -> int:
     """The value of a counter stored as ``number`` under ``flags`` (unknown: this encoding)."""
     bias = COUNTER_BIAS if flags is None else _BIASES.get(flags, COUNTER_BIAS)
@@ -324,19 +174,6 @@ def _left_to_live(seconds: int) -> int:
     if seconds > MAX_RELATIVE_EXPIRY:  # a unix time: not rounded up, the clocks differ anyway
         return min(int(time.time()) + seconds, MAX_EXPTIME)
     return max(seconds, 1)
-
-
-def _idle_and_open(sock: socket.socket) -> bool:
-    """Whether a pooled connection is still open with nothing unread, by a non-blocking peek."""
-    if sock.gettimeout() is not None:
-        return True  # a socket with a Python timeout would wait in the peek: not checked
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        pass  # reset by the peer
-    return False  # closed by the peer, or a stray reply waiting
 
 
 def _add(client: Any, key: str, item: tuple[int, bytes], exptime: int) -> bool:
@@ -430,43 +267,17 @@ class MemcachedCache(BaseCache):
                 raise ConfigurationError(
                     f"{name} must be a number of seconds >= {least:g}, got {number!r}"
                 )
-        sockets = _KernelTimeoutSockets.for_timeout(timeout)
-        if type(max_pool_size) is not int or max_pool_size < 1:
-            raise ConfigurationError(f"max_pool_size must be an int >= 1, got {max_pool_size!r}")
-        if servers is None:
-            servers = [("127.0.0.1", DEFAULT_PORT)]
-        elif isinstance(servers, str):
-            servers = servers.split(",")
-        elif not isinstance(servers, (list, tuple)):
-            raise ConfigurationError(
-                f"servers must be a list of 'host:port' strings, (host, port) tuples or unix "
-                f"socket paths, got a {type(servers).__name__} object; MemcachedCache opens its "
-                f"own pymemcache connections and cannot use a ready client: pass the addresses "
-                f"that client connects to, e.g. MemcachedCache(['10.0.0.1:11211'])"
-            )
-        addresses = [_parse_server(spec) for spec in servers]
-        if not addresses:
-            raise ConfigurationError("servers must name at least one memcached server")
         self.dead_timeout = float(dead_timeout)
-        self._servers = [
-            _Server(
-                address,
-                partial(
-                    client_class,
-                    address,
-                    serde=_SERDE,
-                    connect_timeout=connect_timeout,
-                    timeout=None if sockets else timeout,
-                    socket_module=sockets or socket,
-                    no_delay=no_delay,
-                    default_noreply=False,
-                ),
-                max_pool_size,
-            )
-            for address in dict.fromkeys(addresses)
-        ]
-        self._only: _Server | None = self._servers[0] if len(self._servers) == 1 else None
-        self._ring = _Ring(self._servers)
+        self._servers = make_servers(
+            servers,
+            client_class,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            no_delay=no_delay,
+            max_pool_size=max_pool_size,
+        )
+        self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
+        self._ring = Ring(self._servers)
         self._namespaced = bool(self.key_prefix)
         self._token_key = memcached_key(self.key_prefix + "~ns~")
         self._default_exptime = (
@@ -522,7 +333,7 @@ class MemcachedCache(BaseCache):
 
     # -- engine calls -----------------------------------------------------------------------------
 
-    def _run(self, server: _Server, operation: str, call: Callable[..., Any], *args: Any) -> Any:
+    def _run(self, server: Server, operation: str, call: Callable[..., Any], *args: Any) -> Any:
         """``call(client, *args)`` on a pooled connection of ``server``; ``_FAILED`` on errors."""
         if server.down_until:
             if time.monotonic() < server.down_until:
@@ -539,7 +350,7 @@ class MemcachedCache(BaseCache):
         try:
             reused = client.sock is not None
             once = call in _SENT_ONCE
-            if once and reused and not _idle_and_open(client.sock):
+            if once and reused and not idle_and_open(client.sock):
                 client.close()  # closed by a server restart: never retried, so check first
             try:
                 result = call(client, *args)
@@ -547,7 +358,7 @@ class MemcachedCache(BaseCache):
                 # A pooled connection may predate a server restart: retry once on a new one,
                 # except for calls that must not be applied twice, and after a timeout,
                 # which says the server is slow, not that the connection is stale.
-                if not reused or once or isinstance(err, _TIMEOUTS):
+                if not reused or once or isinstance(err, TIMEOUTS):
                     raise
                 server.discard_idle()
                 result = call(client, *args)
@@ -563,7 +374,7 @@ class MemcachedCache(BaseCache):
         server.release(client)
         return result
 
-    def _load_token(self, client: Any, server: _Server) -> str:
+    def _load_token(self, client: Any, server: Server) -> str:
         """The namespace token on ``server``, created when missing (a new, empty namespace)."""
         for _ in range(_CREATE_ATTEMPTS):
             item = client.get(self._token_key)
@@ -574,7 +385,7 @@ class MemcachedCache(BaseCache):
                 return server.seen_token(fresh)
         raise ConnectionError(f"memcached {server.name} keeps dropping the namespace token")
 
-    def _names(self, server: _Server, keys: Iterable[str], operation: str) -> dict[str, str] | None:
+    def _names(self, server: Server, keys: Iterable[str], operation: str) -> dict[str, str] | None:
         """``{memcached key: key}`` for writing ``keys`` on ``server``; None when it is down."""
         if not self._namespaced:
             return {memcached_key(key): key for key in keys}
@@ -585,7 +396,7 @@ class MemcachedCache(BaseCache):
         prefix = f"{self.key_prefix}{token}:"
         return {memcached_key(prefix + key): key for key in keys}
 
-    def _fetch_namespaced(self, client: Any, server: _Server, keys: list[str]) -> dict[str, Any]:
+    def _fetch_namespaced(self, client: Any, server: Server, keys: list[str]) -> dict[str, Any]:
         """Raw items of ``keys`` on ``server``, read with the namespace token in one round trip."""
         token = server.token or self._load_token(client, server)
         token_name = self._token_key.encode("ascii")
@@ -631,8 +442,8 @@ class MemcachedCache(BaseCache):
         items = self._run(server, operation, self._fetch_namespaced, server, [key])
         return _FAILED if items is _FAILED else items.get(key)
 
-    def _by_server(self, keys: Iterable[str]) -> dict[_Server, list[str]]:
-        groups: dict[_Server, list[str]] = {}
+    def _by_server(self, keys: Iterable[str]) -> dict[Server, list[str]]:
+        groups: dict[Server, list[str]] = {}
         only, ring, prefix = self._only, self._ring, self.key_prefix
         for key in dict.fromkeys(keys):
             if type(key) is not str:
@@ -641,7 +452,7 @@ class MemcachedCache(BaseCache):
             groups.setdefault(server, []).append(key)
         return groups
 
-    def _target(self, key: str, operation: str) -> tuple[_Server, str] | None:
+    def _target(self, key: str, operation: str) -> tuple[Server, str] | None:
         server = self._only or self._ring(self.key_prefix + key)
         names = self._names(server, (key,), operation)
         return None if names is None else (server, next(iter(names)))
@@ -858,7 +669,7 @@ class MemcachedCache(BaseCache):
             return result
         return None
 
-    def _swap_counter(self, server: _Server, name: str, key: str, delta: int) -> int | _Gone | None:
+    def _swap_counter(self, server: Server, name: str, key: str, delta: int) -> int | _Gone | None:
         """``inc`` by compare-and-swap, for what ``incr`` refuses: the new value, None on
         errors, or ``_GONE`` when the entry went away.
 
@@ -890,7 +701,7 @@ class MemcachedCache(BaseCache):
             if swapped:
                 return result
 
-    def _add_raw(self, server: _Server, name: str, step: int) -> bool:
+    def _add_raw(self, server: Server, name: str, step: int) -> bool:
         """Add ``step`` modulo 2**64 to the stored number of a counter, whatever its encoding;
         whether that was done or the counter is gone (False: an engine error, logged)."""
         counted = self._run(server, "inc", wire.count, name, step)

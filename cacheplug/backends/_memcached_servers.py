@@ -1,0 +1,240 @@
+"""The memcached servers of a ``MemcachedCache`` and their connections.
+
+Server specs (``"host:port"``, ``(host, port)``, unix socket paths), one pool of pymemcache
+clients per server with its health and namespace token, consistent hashing of keys onto
+servers, kernel-level socket timeouts, and the fork hook that keeps a child from sharing its
+parent's pooled sockets. pymemcache itself is never imported here: the backend passes its
+``Client`` class in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import socket
+import struct
+import sys
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from cacheplug.core.errors import ConfigurationError
+
+__all__ = ["DEFAULT_PORT", "TIMEOUTS", "Ring", "Server", "idle_and_open", "make_servers"]
+
+DEFAULT_PORT = 11211
+_RING_POINTS = 160
+#: A reply that did not come in time: kernel socket timeouts raise BlockingIOError.
+TIMEOUTS = (BlockingIOError, TimeoutError)
+
+
+class _RawSerde:
+    """Hands pymemcache pre-encoded ``(flags, bytes)`` pairs and gives them back undecoded."""
+
+    @staticmethod
+    def serialize(key: Any, value: tuple[int, bytes]) -> tuple[bytes, int]:
+        return value[1], value[0]
+
+    @staticmethod
+    def deserialize(key: Any, value: bytes, flags: int) -> tuple[int, bytes]:
+        return flags, value
+
+
+_SERDE = _RawSerde()
+
+
+class Server:
+    """One memcached server: its idle connections, its health and its namespace token."""
+
+    def __init__(self, address: tuple[str, int] | str, factory: Callable[[], Any], idle: int):
+        self.address = address
+        self.name = address if isinstance(address, str) else _host_port(*address)
+        self._factory = factory
+        self._idle: deque[Any] = deque()
+        self._max_idle = idle
+        self.down_until = 0.0
+        self.token: str | None = None
+        _live_servers.add(self)
+
+    def acquire(self) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._factory()
+
+    def release(self, client: Any) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(client)
+        else:
+            client.close()
+
+    def discard_idle(self) -> None:
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
+
+    def seen_token(self, token: str) -> str:
+        self.token = token
+        return token
+
+
+_live_servers: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked child: close its copies of the parent's pooled sockets, never to share them."""
+    for server in list(_live_servers):
+        server.discard_idle()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_connections)
+
+
+class _KernelTimeoutSockets:
+    """The :mod:`socket` module, with sockets whose reads and writes time out in the kernel.
+
+    A Python-level socket timeout costs a ``poll`` call before every send and receive, a
+    measurable share of a memcached round trip; ``SO_RCVTIMEO``/``SO_SNDTIMEO`` cost nothing
+    until they fire (as ``BlockingIOError``, an ``OSError``).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        seconds = int(timeout)
+        self._timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+
+    @classmethod
+    def for_timeout(cls, timeout: float) -> _KernelTimeoutSockets | None:
+        platform: str = sys.platform
+        # timeval layouts differ elsewhere: keep Python's own timeout there
+        return cls(timeout) if platform.startswith("linux") else None
+
+    def socket(self, *args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.socket(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
+        return sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+
+def make_servers(
+    servers: Iterable[str | tuple[str, int]] | str | None,
+    client_class: Any,
+    *,
+    connect_timeout: float,
+    timeout: float,
+    no_delay: bool,
+    max_pool_size: int,
+) -> list[Server]:
+    """One :class:`Server` per distinct address in ``servers`` (``MemcachedCache``'s argument),
+    connecting with ``client_class`` (pymemcache's ``Client``) and these settings.
+
+    :raises ConfigurationError: ``servers`` or ``max_pool_size`` is invalid.
+    """
+    sockets = _KernelTimeoutSockets.for_timeout(timeout)
+    if type(max_pool_size) is not int or max_pool_size < 1:
+        raise ConfigurationError(f"max_pool_size must be an int >= 1, got {max_pool_size!r}")
+    if servers is None:
+        servers = [("127.0.0.1", DEFAULT_PORT)]
+    elif isinstance(servers, str):
+        servers = servers.split(",")
+    elif not isinstance(servers, (list, tuple)):
+        raise ConfigurationError(
+            f"servers must be a list of 'host:port' strings, (host, port) tuples or unix "
+            f"socket paths, got a {type(servers).__name__} object; MemcachedCache opens its "
+            f"own pymemcache connections and cannot use a ready client: pass the addresses "
+            f"that client connects to, e.g. MemcachedCache(['10.0.0.1:11211'])"
+        )
+    addresses = [_parse_server(spec) for spec in servers]
+    if not addresses:
+        raise ConfigurationError("servers must name at least one memcached server")
+    return [
+        Server(
+            address,
+            partial(
+                client_class,
+                address,
+                serde=_SERDE,
+                connect_timeout=connect_timeout,
+                timeout=None if sockets else timeout,
+                socket_module=sockets or socket,
+                no_delay=no_delay,
+                default_noreply=False,
+            ),
+            max_pool_size,
+        )
+        for address in dict.fromkeys(addresses)
+    ]
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_server(spec: object) -> tuple[str, int] | str:
+    """``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)`` or a unix socket path."""
+    if isinstance(spec, tuple) and len(spec) == 2:
+        host, port = spec
+        if isinstance(host, str) and host and type(port) is int and 0 < port < 65536:
+            return host, port
+    elif isinstance(spec, str) and spec.strip():
+        text = spec.strip()
+        if text.startswith("unix:"):
+            return text[5:]
+        if text.startswith("/"):
+            return text
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
+        else:
+            host, _, port_text = text.partition(":")
+        if not port_text:
+            return host, DEFAULT_PORT
+        if port_text.isdigit() and 0 < int(port_text) < 65536 and host:
+            return host, int(port_text)
+    raise ConfigurationError(
+        f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
+        f"'[ipv6]:port', (host, port) or a unix socket path"
+    )
+
+
+class Ring:
+    """Consistent hashing of keys onto servers (adding a server moves about 1/n of the keys)."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        points = sorted(
+            (_hash(f"{server.name}-{point}"), index)
+            for index, server in enumerate(servers)
+            for point in range(_RING_POINTS)
+        )
+        self._hashes = [h for h, _ in points]
+        self._owners = [servers[index] for _, index in points]
+
+    def __call__(self, key: str) -> Server:
+        index = bisect.bisect(self._hashes, _hash(key))
+        return self._owners[index if index < len(self._owners) else 0]
+
+
+def _hash(text: str) -> int:
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def idle_and_open(sock: socket.socket) -> bool:
+    """Whether a pooled connection is still open with nothing unread, by a non-blocking peek."""
+    if sock.gettimeout() is not None:
+        return True  # a socket with a Python timeout would wait in the peek: not checked
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass  # reset by the peer
+    return False  # closed by the peer, or a stray reply waiting
