@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends._memcached_commands import FAILED, SENT_ONCE
 from cacheplug.backends._memcached_servers import (
     DEFAULT_PORT,
     TIMEOUTS,
@@ -71,16 +73,6 @@ HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a 
 _NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
 _NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
 _CREATE_ATTEMPTS = 8
-
-
-class _Failed:
-    """Marks an engine call that failed (already counted and logged)."""
-
-    def __repr__(self) -> str:
-        return "<failed>"
-
-
-_FAILED: Any = _Failed()
 
 
 class _Gone:
@@ -176,33 +168,6 @@ def _left_to_live(seconds: int) -> int:
     return max(seconds, 1)
 
 
-def _add(client: Any, key: str, item: tuple[int, bytes], exptime: int) -> bool:
-    """memcached ``add``: whether ``key`` was missing and is now stored."""
-    return bool(client.add(key, item, exptime, False))
-
-
-def _delete(client: Any, key: str) -> bool:
-    """memcached ``delete``: whether ``key`` existed."""
-    return bool(client.delete(key, False))
-
-
-def _exists(client: Any, key: str) -> bool:
-    """Whether ``key`` is stored, by a meta get that asks for no value back."""
-    command = b"mg " + client.check_key(key, client.key_prefix) + b"\r\n"
-    return bool(client._misc_cmd([command], b"mg", False) == [b"HD"])
-
-
-def _delete_reporting(client: Any, keys: list[str]) -> list[bool]:
-    """Delete ``keys`` in one round trip; whether each existed."""
-    commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
-    # pymemcache's delete_many drops the per-key replies; its _misc_cmd pipeline keeps them.
-    return [line == b"DELETED" for line in client._misc_cmd(commands, b"delete", False)]
-
-
-#: Calls a second attempt would answer wrongly when the first was applied and only its reply lost.
-_SENT_ONCE = frozenset({wire.count, wire.swap, _add, _delete, _delete_reporting})
-
-
 class MemcachedCache(BaseCache):
     """A cache on memcached, drop-in for cachelib's ``MemcachedCache``.
 
@@ -285,7 +250,7 @@ class MemcachedCache(BaseCache):
         )
         if check_connection:
             for server in self._servers:
-                if self._run(server, "connect", client_class.version) is _FAILED:
+                if self._run(server, "connect", client_class.version) is FAILED:
                     raise RuntimeError(f"could not connect to memcached server {server.name}")
 
     @classmethod
@@ -334,7 +299,7 @@ class MemcachedCache(BaseCache):
     # -- engine calls -----------------------------------------------------------------------------
 
     def _run(self, server: Server, operation: str, call: Callable[..., Any], *args: Any) -> Any:
-        """``call(client, *args)`` on a pooled connection of ``server``; ``_FAILED`` on errors."""
+        """``call(client, *args)`` on a pooled connection of ``server``; ``FAILED`` on errors."""
         if server.down_until:
             if time.monotonic() < server.down_until:
                 self._backend_error(
@@ -344,12 +309,12 @@ class MemcachedCache(BaseCache):
                         f"retrying it after {self.dead_timeout:g}s"
                     ),
                 )
-                return _FAILED
+                return FAILED
             server.down_until = 0.0
         client = server.acquire()
         try:
             reused = client.sock is not None
-            once = call in _SENT_ONCE
+            once = call in SENT_ONCE
             if once and reused and not idle_and_open(client.sock):
                 client.close()  # closed by a server restart: never retried, so check first
             try:
@@ -367,7 +332,7 @@ class MemcachedCache(BaseCache):
                 server.down_until = time.monotonic() + self.dead_timeout
                 server.discard_idle()
             self._backend_error(operation, err)
-            result = _FAILED
+            result = FAILED
         except BaseException:
             client.close()  # interrupted mid-call: a reply may still be on its way to this socket
             raise
@@ -391,7 +356,7 @@ class MemcachedCache(BaseCache):
             return {memcached_key(key): key for key in keys}
         # read, never trusted from memory: a clear elsewhere must not swallow this write
         token = self._run(server, operation, self._load_token, server)
-        if token is _FAILED:
+        if token is FAILED:
             return None
         prefix = f"{self.key_prefix}{token}:"
         return {memcached_key(prefix + key): key for key in keys}
@@ -422,14 +387,14 @@ class MemcachedCache(BaseCache):
         for server, group in self._by_server(keys).items():
             if self._namespaced:
                 items = self._run(server, operation, self._fetch_namespaced, server, group)
-                if items is _FAILED:
+                if items is FAILED:
                     lost.update(group)
                 else:
                     found.update(items)
                 continue
             names = {memcached_key(key).encode("ascii"): key for key in group}
             items = self._run(server, operation, wire.fetch, b" ".join(names))
-            if items is _FAILED:
+            if items is FAILED:
                 lost.update(group)
             else:
                 for name, item in items.items():
@@ -437,10 +402,10 @@ class MemcachedCache(BaseCache):
         return found, lost
 
     def _fetch_one(self, key: str, operation: str) -> Any:
-        """The raw item of ``key`` in this cache's namespace, None, or ``_FAILED``."""
+        """The raw item of ``key`` in this cache's namespace, None, or ``FAILED``."""
         server = self._only or self._ring(self.key_prefix + key)
         items = self._run(server, operation, self._fetch_namespaced, server, [key])
-        return _FAILED if items is _FAILED else items.get(key)
+        return FAILED if items is FAILED else items.get(key)
 
     def _by_server(self, keys: Iterable[str]) -> dict[Server, list[str]]:
         groups: dict[Server, list[str]] = {}
@@ -464,12 +429,12 @@ class MemcachedCache(BaseCache):
             check_key(key)
         if self._namespaced:
             item = self._fetch_one(key, "get")
-            if item is _FAILED:
+            if item is FAILED:
                 return None  # an error, not a miss
         else:
             name = memcached_key(key).encode("ascii")
             items = self._run(self._only or self._ring(key), "get", wire.fetch, name)
-            if items is _FAILED:
+            if items is FAILED:
                 return None
             item = items.get(name)
         if item is None:
@@ -504,8 +469,8 @@ class MemcachedCache(BaseCache):
         target = self._target(key, "add")
         if target is None:
             return False
-        added = self._run(target[0], "add", _add, target[1], packed, exptime)
-        if added is _FAILED or not added:
+        added = self._run(target[0], "add", commands.add, target[1], packed, exptime)
+        if added is FAILED or not added:
             return False
         self._sets += 1
         return True
@@ -516,8 +481,8 @@ class MemcachedCache(BaseCache):
         target = self._target(key, "delete")
         if target is None:
             return False
-        deleted = self._run(target[0], "delete", _delete, target[1])
-        if deleted is _FAILED or not deleted:
+        deleted = self._run(target[0], "delete", commands.delete, target[1])
+        if deleted is FAILED or not deleted:
             return False
         self._deletes += 1
         return True
@@ -527,21 +492,24 @@ class MemcachedCache(BaseCache):
             check_key(key)
         if self._namespaced:
             item = self._fetch_one(key, "has")
-            return item is not None and item is not _FAILED
-        return self._run(self._only or self._ring(key), "has", _exists, memcached_key(key)) is True
+            return item is not None and item is not FAILED
+        return (
+            self._run(self._only or self._ring(key), "has", commands.exists, memcached_key(key))
+            is True
+        )
 
     def clear(self) -> bool:
         ok = True
         if not self._namespaced:
             for server in self._servers:
-                ok = self._run(server, "clear", _Client.flush_all, 0, False) is not _FAILED and ok
+                ok = self._run(server, "clear", _Client.flush_all, 0, False) is not FAILED and ok
             return ok
         token = secrets.token_hex(6)
         for server in self._servers:
             stored = self._run(
                 server, "clear", _Client.set, self._token_key, (0, token.encode()), 0, False
             )
-            if stored is _FAILED:
+            if stored is FAILED:
                 ok = False
             else:
                 server.seen_token(token)
@@ -555,7 +523,7 @@ class MemcachedCache(BaseCache):
             unread = sum(key in lost for key in keys) if lost else 0
             return self._values(keys, [found.get(key) for key in keys], unread)
         items = self._run(only, "get_many", wire.fetch, line)
-        if items is _FAILED:
+        if items is FAILED:
             return [None] * len(keys)
         return self._values(keys, [items.get(name) for name in line.split(b" ")])
 
@@ -600,7 +568,7 @@ class MemcachedCache(BaseCache):
                 continue
             values = {name: packed[key] for name, key in names.items()}
             failed = self._run(server, "set_many", _Client.set_many, values, exptime, False)
-            if failed is _FAILED and len(values) > 1 and not server.down_until:
+            if failed is FAILED and len(values) > 1 and not server.down_until:
                 # the server refused the batch (a value too large, out of memory): find which
                 failed = [
                     name
@@ -608,7 +576,7 @@ class MemcachedCache(BaseCache):
                     if self._run(server, "set_many", _Client.set, name, value, exptime, False)
                     is not True
                 ]
-            if failed is not _FAILED:
+            if failed is not FAILED:
                 stored.update(key for name, key in names.items() if name not in failed)
         self._sets += len(stored)
         return [key for key in packed if key in stored]
@@ -619,8 +587,8 @@ class MemcachedCache(BaseCache):
             names = self._names(server, group, "delete_many")
             if names is None:
                 continue
-            existed = self._run(server, "delete_many", _delete_reporting, list(names))
-            if existed is not _FAILED:
+            existed = self._run(server, "delete_many", commands.delete_reporting, list(names))
+            if existed is not FAILED:
                 deleted.update(key for key, hit in zip(names.values(), existed, strict=True) if hit)
         self._deletes += len(deleted)
         return [key for key in dict.fromkeys(keys) if key in deleted]
@@ -644,7 +612,7 @@ class MemcachedCache(BaseCache):
         step = delta % _WRAP  # a negative delta is an incr that wraps around 2**64
         for _ in range(_CREATE_ATTEMPTS):
             counted = self._run(server, "inc", wire.count, name, step)
-            if counted is _FAILED:
+            if counted is FAILED:
                 return None
             flags, number, numeric = counted
             if not numeric:  # not a counter, or one memcached misreads (#1105)
@@ -654,9 +622,9 @@ class MemcachedCache(BaseCache):
                 return swapped
             if number is None:  # missing: create it, unless another client just did
                 created = self._run(
-                    server, "inc", _add, name, self._pack(delta), self._timeout(None)
+                    server, "inc", commands.add, name, self._pack(delta), self._timeout(None)
                 )
-                if created is _FAILED:
+                if created is FAILED:
                     return None
                 if created:
                     return delta
@@ -677,7 +645,7 @@ class MemcachedCache(BaseCache):
         """
         while True:
             entry = self._run(server, "inc", wire.read_for_swap, name)
-            if entry is _FAILED:
+            if entry is FAILED:
                 return None
             if entry is None:
                 return _GONE
@@ -694,7 +662,7 @@ class MemcachedCache(BaseCache):
             swapped = self._run(
                 server, "inc", wire.swap, name, self._pack(result), cas, _left_to_live(ttl)
             )
-            if swapped is _FAILED:
+            if swapped is FAILED:
                 return None
             if swapped is None:
                 return _GONE
@@ -705,11 +673,11 @@ class MemcachedCache(BaseCache):
         """Add ``step`` modulo 2**64 to the stored number of a counter, whatever its encoding;
         whether that was done or the counter is gone (False: an engine error, logged)."""
         counted = self._run(server, "inc", wire.count, name, step)
-        if counted is _FAILED or counted[2]:
-            return counted is not _FAILED
+        if counted is FAILED or counted[2]:
+            return counted is not FAILED
         while True:  # misread by memcached (#1105): compare-and-swap
             entry = self._run(server, "inc", wire.read_for_swap, name)
-            if entry is _FAILED:
+            if entry is FAILED:
                 return False
             if entry is None or entry[0] not in _BIASES or not entry[1].strip().isdigit():
                 return True  # replaced meanwhile: nothing of this call is left
@@ -717,7 +685,7 @@ class MemcachedCache(BaseCache):
             item = (flags, b"%d" % ((int(data) + step) % _WRAP))
             swapped = self._run(server, "inc", wire.swap, name, item, cas, _left_to_live(ttl))
             if swapped is not False:
-                return swapped is not _FAILED
+                return swapped is not FAILED
 
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""

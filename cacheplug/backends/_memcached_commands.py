@@ -1,0 +1,51 @@
+"""The memcached commands ``MemcachedCache`` sends through pymemcache's ``Client``.
+
+The hot ones and compare-and-swap are in ``_memcached_wire``; these are the others, and
+``SENT_ONCE`` says which calls must never be sent a second time. ``FAILED`` is what the
+backend's engine calls answer when one failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cacheplug.backends import _memcached_wire as wire
+
+__all__ = ["FAILED", "SENT_ONCE", "add", "delete", "delete_reporting", "exists"]
+
+
+class _Failed:
+    """Marks an engine call that failed (already counted and logged)."""
+
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+FAILED: Any = _Failed()
+
+
+def add(client: Any, key: str, item: tuple[int, bytes], exptime: int) -> bool:
+    """memcached ``add``: whether ``key`` was missing and is now stored."""
+    return bool(client.add(key, item, exptime, False))
+
+
+def delete(client: Any, key: str) -> bool:
+    """memcached ``delete``: whether ``key`` existed."""
+    return bool(client.delete(key, False))
+
+
+def exists(client: Any, key: str) -> bool:
+    """Whether ``key`` is stored, by a meta get that asks for no value back."""
+    command = b"mg " + client.check_key(key, client.key_prefix) + b"\r\n"
+    return bool(client._misc_cmd([command], b"mg", False) == [b"HD"])
+
+
+def delete_reporting(client: Any, keys: list[str]) -> list[bool]:
+    """Delete ``keys`` in one round trip; whether each existed."""
+    commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
+    # pymemcache's delete_many drops the per-key replies; its _misc_cmd pipeline keeps them.
+    return [line == b"DELETED" for line in client._misc_cmd(commands, b"delete", False)]
+
+
+#: Calls a second attempt would answer wrongly when the first was applied and only its reply lost.
+SENT_ONCE = frozenset({wire.count, wire.swap, add, delete, delete_reporting})
