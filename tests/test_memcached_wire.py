@@ -30,13 +30,9 @@ from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends.memcached import (
-    COUNTER_BIAS,
-    FLAG_COUNTER,
-    FLAG_SERIALIZED,
-    _plain_line,
-    memcached_key,
-)
+from cacheplug.backends._memcached_keys import memcached_key
+from cacheplug.backends._memcached_keys import plain_line as _plain_line
+from cacheplug.backends.memcached import COUNTER_BIAS, FLAG_COUNTER, FLAG_SERIALIZED
 
 TRICKY = [
     b"",

@@ -15,10 +15,7 @@ writes read it first, so a ``clear`` by any process is seen by every later call.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import pickle
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +25,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import FAILED, SENT_ONCE
+from cacheplug.backends._memcached_keys import (
+    MAX_RELATIVE_EXPIRY,
+    exptime_for,
+    left_to_live,
+    memcached_key,
+    plain_line,
+)
 from cacheplug.backends._memcached_servers import (
     DEFAULT_PORT,
     TIMEOUTS,
@@ -66,12 +70,7 @@ COUNTER_BIAS = 2**62
 _BIASES = {FLAG_COUNTER: COUNTER_BIAS, FLAG_COUNTER_V1: 2**63}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _WRAP = 2**64
-MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger exptimes as unix timestamps
-MAX_EXPTIME = 2**31 - 1  # memcached parses exptime as a signed 32-bit number: later ones wrap
-MAX_KEY_LENGTH = 250
-HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a plain one
 _NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
-_NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
 _CREATE_ATTEMPTS = 8
 
 
@@ -100,53 +99,6 @@ def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], 
     return Client, (OSError, MemcacheError), (OSError, MemcacheUnexpectedCloseError)
 
 
-def memcached_key(full: str) -> str:
-    """The key sent to memcached: ``full`` itself when memcached takes it, else a hashed form.
-
-    A hashed key keeps a readable start and ends with ``~#`` and a 160-bit digest of ``full``.
-    """
-    if (
-        len(full) <= MAX_KEY_LENGTH
-        and full.isascii()
-        and full.isprintable()
-        and " " not in full
-        and HASH_MARK not in full
-        and full
-    ):
-        return full
-    digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
-    return f"{_NOT_KEY_CHARS.sub('_', full[:200])}{HASH_MARK}{digest}"
-
-
-def _plain_line(keys: Sequence[str]) -> bytes | None:
-    """``keys`` as the names of one ``get`` when memcached takes every one as it is, else None."""
-    try:
-        joined = " ".join(keys)
-    except TypeError:
-        return None  # not all str: the checked path raises the contract's error
-    if (
-        keys
-        and joined.isascii()
-        and joined.isprintable()
-        and joined.count(" ") == len(keys) - 1
-        and HASH_MARK not in joined
-        and min(map(len, keys)) > 0
-        and max(map(len, keys)) <= MAX_KEY_LENGTH
-    ):
-        return joined.encode("ascii")
-    return None
-
-
-def _exptime(seconds: float) -> int:
-    """memcached's exptime for a normalized timeout (whole seconds, never 0 by rounding)."""
-    if seconds <= 0:
-        return 0 if seconds == 0 else -1  # memcached stores a negative exptime as expired
-    whole = math.ceil(seconds)
-    if whole > MAX_RELATIVE_EXPIRY:
-        return min(math.ceil(time.time()) + whole, MAX_EXPTIME)
-    return whole
-
-
 def _counter(number: int, flags: int | None) -> int:
     """The value of a counter stored as ``number`` under ``flags`` (unknown: this encoding)."""
     bias = COUNTER_BIAS if flags is None else _BIASES.get(flags, COUNTER_BIAS)
@@ -157,15 +109,6 @@ def _overflow(key: str, delta: int) -> OverflowError:
     return OverflowError(
         f"cannot increment {key!r} by {delta}: memcached counters hold signed 64-bit integers"
     )
-
-
-def _left_to_live(seconds: int) -> int:
-    """memcached's exptime for an entry that has ``seconds`` left (-1: never expires)."""
-    if seconds == -1:
-        return 0
-    if seconds > MAX_RELATIVE_EXPIRY:  # a unix time: not rounded up, the clocks differ anyway
-        return min(int(time.time()) + seconds, MAX_EXPTIME)
-    return max(seconds, 1)
 
 
 class MemcachedCache(BaseCache):
@@ -246,7 +189,9 @@ class MemcachedCache(BaseCache):
         self._namespaced = bool(self.key_prefix)
         self._token_key = memcached_key(self.key_prefix + "~ns~")
         self._default_exptime = (
-            _exptime(self.default_timeout) if self.default_timeout <= MAX_RELATIVE_EXPIRY else None
+            exptime_for(self.default_timeout)
+            if self.default_timeout <= MAX_RELATIVE_EXPIRY
+            else None
         )
         if check_connection:
             for server in self._servers:
@@ -294,7 +239,7 @@ class MemcachedCache(BaseCache):
     def _timeout(self, timeout: Timeout) -> int:
         if timeout is None and self._default_exptime is not None:
             return self._default_exptime
-        return _exptime(normalize_timeout(timeout, self.default_timeout))
+        return exptime_for(normalize_timeout(timeout, self.default_timeout))
 
     # -- engine calls -----------------------------------------------------------------------------
 
@@ -517,7 +462,7 @@ class MemcachedCache(BaseCache):
 
     def get_many(self, *keys: str) -> list[Any]:
         only = self._only
-        line = None if self._namespaced or only is None else _plain_line(keys)
+        line = None if self._namespaced or only is None else plain_line(keys)
         if line is None or only is None:
             found, lost = self._fetch(keys, "get_many")
             unread = sum(key in lost for key in keys) if lost else 0
@@ -660,7 +605,7 @@ class MemcachedCache(BaseCache):
             if not INT64_MIN <= result <= INT64_MAX:
                 raise _overflow(key, delta)
             swapped = self._run(
-                server, "inc", wire.swap, name, self._pack(result), cas, _left_to_live(ttl)
+                server, "inc", wire.swap, name, self._pack(result), cas, left_to_live(ttl)
             )
             if swapped is FAILED:
                 return None
@@ -683,7 +628,7 @@ class MemcachedCache(BaseCache):
                 return True  # replaced meanwhile: nothing of this call is left
             flags, data, cas, ttl = entry
             item = (flags, b"%d" % ((int(data) + step) % _WRAP))
-            swapped = self._run(server, "inc", wire.swap, name, item, cas, _left_to_live(ttl))
+            swapped = self._run(server, "inc", wire.swap, name, item, cas, left_to_live(ttl))
             if swapped is not False:
                 return swapped is not FAILED
 
