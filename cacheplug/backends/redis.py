@@ -2,6 +2,10 @@
 
 Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``unix:///path.sock``,
 ``redis+cluster://host:port,host:port``.
+
+This module holds the backend class and its plugin hook; next to it, ``_redis_clients`` builds
+the clients of one server and maps URLs, ``_redis_cluster`` holds the cluster support,
+``_redis_counters`` the counters and ``_redis_wire`` the commands the hot calls send themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +18,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends import _redis_wire as wire
+from cacheplug.backends._redis_clients import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEAD_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_SOCKET_TIMEOUT,
+    INSTALL_HINT,
+    URL_OPTIONS,
+    DeadServer,
+    _ServerDownError,
+    checked_options,
+    options_from_url,
+    refuse_decoding,
+    server_clients,
+)
 from cacheplug.backends._redis_counters import (
     INC_SCRIPT,
     INC_SHA,
@@ -34,16 +52,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisCache"]
 
-INSTALL_HINT = "RedisCache needs redis-py: pip install 'cacheplug[redis]'"
-DEFAULT_CONNECT_TIMEOUT = 1.0
-DEFAULT_SOCKET_TIMEOUT = 5.0
-DEFAULT_RETRIES = 1
-DEFAULT_DEAD_TIMEOUT = 1.0
 SCAN_BATCH = 1000
 # Redis refuses an expiry past 2**63 ms from now: longer timeouts get this (146 million years).
 MAX_TTL_SECONDS = 2**62 // 1000
 _GLOB_SPECIAL = frozenset("*?[]\\")
-_CERT_REQS = ("none", "optional", "required")
 
 
 class RedisCache(BaseCache):
@@ -75,26 +87,7 @@ class RedisCache(BaseCache):
     :raises ConfigurationError: redis-py is missing, or an option is invalid.
     """
 
-    url_options: ClassVar[Mapping[str, type]] = {
-        "db": int,
-        "password": str,
-        "username": str,
-        "socket_timeout": float,
-        "socket_connect_timeout": float,
-        "socket_keepalive": bool,
-        "max_connections": int,
-        "health_check_interval": float,
-        "retries": int,
-        "dead_timeout": float,
-        "client_name": str,
-        "protocol": int,
-        "ssl": bool,
-        "ssl_cert_reqs": str,
-        "ssl_ca_certs": str,
-        "ssl_certfile": str,
-        "ssl_keyfile": str,
-        "ssl_check_hostname": bool,
-    }
+    url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
 
     def __init__(  # noqa: PLR0917 (cachelib's positional signature)
         self,
@@ -125,8 +118,8 @@ class RedisCache(BaseCache):
             raise ConfigurationError(INSTALL_HINT) from err
         if host is None:
             raise ConfigurationError("RedisCache host may not be None; give a name or a client")
-        _refuse_decoding(host, kwargs)
-        self.dead_timeout = _checked_options(retries, dead_timeout)
+        refuse_decoding(host, kwargs)
+        self.dead_timeout = checked_options(retries, dead_timeout)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._response_error = redis.ResponseError
         self._no_script_error = redis.exceptions.NoScriptError
@@ -155,7 +148,7 @@ class RedisCache(BaseCache):
             self._where = f"unix:{socket_path}" if socket_path else f"{host}:{port}"
             self._where += f"/{db}"
             kwargs.update(host=host, port=port, password=password, db=db)
-            self._client, self._once_client = _server_clients(retries, kwargs)
+            self._client, self._once_client = server_clients(retries, kwargs)
         else:
             self._where = f"client {type(host).__name__}"
             self._client = host
@@ -198,55 +191,11 @@ class RedisCache(BaseCache):
 
         :raises ConfigurationError: the URL does not fit its scheme.
         """
-        options = dict(options)
-        if url.password is not None:
-            options["password"] = url.password
-        if url.username:
-            options["username"] = url.username
-        reqs = options.get("ssl_cert_reqs")
-        if reqs is not None and reqs not in _CERT_REQS:
-            raise ConfigurationError(
-                f"option 'ssl_cert_reqs' must be one of {', '.join(_CERT_REQS)}, got {reqs!r}"
-            )
-        path_db = url.path.strip("/")
+        options = options_from_url(url, options)
         if url.scheme in ("redis+unix", "unix"):
-            if url.hosts or not url.path.strip("/"):
-                raise ConfigurationError(
-                    f"{url.scheme}:// takes a socket path and no host, got {url.redacted()!r}; "
-                    f"write {url.scheme}:///path/to/redis.sock?db=0"
-                )
             return cls(unix_socket_path=url.path, **options)
-        if path_db:
-            if not path_db.isdigit():
-                raise ConfigurationError(
-                    f"the path of {url.redacted()!r} must be a database number, like /0"
-                )
-            if "db" in options and options["db"] != int(path_db):
-                raise ConfigurationError(
-                    f"{url.redacted()!r} names two databases; give it in the path or as ?db="
-                )
-            options["db"] = int(path_db)
         if url.scheme == "redis+cluster":
-            if not url.hosts:
-                raise ConfigurationError(
-                    f"redis+cluster:// needs startup nodes, got {url.redacted()!r}; "
-                    f"write redis+cluster://host1:6379,host2:6379"
-                )
-            if options.pop("db", 0) != 0:
-                raise ConfigurationError(f"a Redis Cluster has only db 0, got {url.redacted()!r}")
             return cls(startup_nodes=[(h, p or 6379) for h, p in url.hosts], **options)
-        if len(url.hosts) > 1:
-            raise ConfigurationError(
-                f"{url.scheme}:// takes one host, got {url.redacted()!r}; "
-                f"for a cluster write redis+cluster://host1:6379,host2:6379"
-            )
-        if url.scheme == "rediss":
-            if options.get("ssl") is False:
-                raise ConfigurationError(
-                    f"rediss:// always uses TLS, but {url.redacted()!r} says ssl=false; "
-                    "write redis://host:6379/0 for a plain connection, or drop ssl=false"
-                )
-            options["ssl"] = True
         host, port = url.hosts[0] if url.hosts else ("localhost", None)
         return cls(host, port or 6379, **options)
 
@@ -619,12 +568,12 @@ class RedisCache(BaseCache):
             and not self._cluster
             and isinstance(err, self._outage_errors)
             and not isinstance(err, _ServerDownError)
-            and not isinstance(self._client, _DeadServer)
+            and not isinstance(self._client, DeadServer)
         ):
             until = time.monotonic() + self.dead_timeout
-            self._client = _DeadServer(self, "_client", self._client, until)
+            self._client = DeadServer(self, "_client", self._client, until)
             if self._once_client is not None:
-                self._once_client = _DeadServer(self, "_once_client", self._once_client, until)
+                self._once_client = DeadServer(self, "_once_client", self._once_client, until)
         super()._backend_error(operation, err)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -635,7 +584,7 @@ class RedisCache(BaseCache):
             return
         for name in ("_client", "_once_client"):
             client = getattr(self, name)
-            if isinstance(client, _DeadServer):
+            if isinstance(client, DeadServer):
                 client = client.restore()
             if client is None or isinstance(client, cluster.PendingCluster):
                 continue
@@ -646,62 +595,6 @@ class RedisCache(BaseCache):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
-
-
-class _ServerDownError(ConnectionError):
-    """The server failed moments ago and is not asked again until its dead time is over."""
-
-
-class _DeadServer:
-    """Stands in for the client of a server that just failed, until ``until`` (monotonic)."""
-
-    def __init__(self, cache: RedisCache, attribute: str, client: Any, until: float) -> None:
-        self._cache = cache
-        self._attribute = attribute
-        self._real = client
-        self._until = until
-
-    def restore(self) -> Any:
-        """Put the real client back on the cache and return it."""
-        setattr(self._cache, self._attribute, self._real)
-        return self._real
-
-    def __getattr__(self, name: str) -> Any:
-        if time.monotonic() < self._until:
-            raise _ServerDownError(
-                f"Redis at {self._cache._where} failed less than "
-                f"{self._cache.dead_timeout:g}s ago; not asked again before then"
-            )
-        return getattr(self.restore(), name)
-
-
-def _refuse_decoding(host: Any, kwargs: Mapping[str, Any]) -> None:
-    """Raise unless replies stay bytes, on a client built here or one given as ``host``."""
-    given: Mapping[str, Any] = (
-        {} if isinstance(host, str) else getattr(host, "get_connection_kwargs", dict)()
-    )
-    if kwargs.get("decode_responses") or given.get("decode_responses"):
-        raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
-
-
-def _checked_options(retries: int, dead_timeout: float) -> float:
-    """``dead_timeout`` as a float, once both options are known to be valid."""
-    if type(retries) is not int or retries < 0:
-        raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
-    if type(dead_timeout) not in (int, float) or not 0 <= dead_timeout < float("inf"):
-        raise ConfigurationError(f"dead_timeout must be seconds >= 0, got {dead_timeout!r}")
-    return float(dead_timeout)
-
-
-def _server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
-    """A ``redis.Redis`` retrying connection errors, and one never retrying, on one server."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
-    client = redis.Redis(**{"retry": retry, **kwargs})
-    return client, redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)})
 
 
 @hookimpl

@@ -1,0 +1,173 @@
+"""How ``RedisCache`` reaches one Redis server: URL options, the checks on its constructor's
+options, the redis-py clients it builds (TCP, TLS, unix socket), and the stand-in for a server
+that just failed. A cluster's clients are in ``_redis_cluster``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from cacheplug.core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from cacheplug.backends.redis import RedisCache
+    from cacheplug.core.url import CacheURL
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DEAD_TIMEOUT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "INSTALL_HINT",
+    "URL_OPTIONS",
+    "DeadServer",
+    "checked_options",
+    "options_from_url",
+    "refuse_decoding",
+    "server_clients",
+]
+
+INSTALL_HINT = "RedisCache needs redis-py: pip install 'cacheplug[redis]'"
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_SOCKET_TIMEOUT = 5.0
+DEFAULT_RETRIES = 1
+DEFAULT_DEAD_TIMEOUT = 1.0
+_CERT_REQS = ("none", "optional", "required")
+
+URL_OPTIONS: Mapping[str, type] = {
+    "db": int,
+    "password": str,
+    "username": str,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "socket_keepalive": bool,
+    "max_connections": int,
+    "health_check_interval": float,
+    "retries": int,
+    "dead_timeout": float,
+    "client_name": str,
+    "protocol": int,
+    "ssl": bool,
+    "ssl_cert_reqs": str,
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_check_hostname": bool,
+}
+
+
+def options_from_url(url: CacheURL, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` completed with what ``url`` says (credentials, db, TLS), once they fit its
+    scheme; the socket path, startup nodes or host and port are the caller's to take from ``url``.
+
+    :raises ConfigurationError: the URL does not fit its scheme.
+    """
+    options = dict(options)
+    if url.password is not None:
+        options["password"] = url.password
+    if url.username:
+        options["username"] = url.username
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in _CERT_REQS:
+        raise ConfigurationError(
+            f"option 'ssl_cert_reqs' must be one of {', '.join(_CERT_REQS)}, got {reqs!r}"
+        )
+    path_db = url.path.strip("/")
+    if url.scheme in ("redis+unix", "unix"):
+        if url.hosts or not url.path.strip("/"):
+            raise ConfigurationError(
+                f"{url.scheme}:// takes a socket path and no host, got {url.redacted()!r}; "
+                f"write {url.scheme}:///path/to/redis.sock?db=0"
+            )
+        return options
+    if path_db:
+        if not path_db.isdigit():
+            raise ConfigurationError(
+                f"the path of {url.redacted()!r} must be a database number, like /0"
+            )
+        if "db" in options and options["db"] != int(path_db):
+            raise ConfigurationError(
+                f"{url.redacted()!r} names two databases; give it in the path or as ?db="
+            )
+        options["db"] = int(path_db)
+    if url.scheme == "redis+cluster":
+        if not url.hosts:
+            raise ConfigurationError(
+                f"redis+cluster:// needs startup nodes, got {url.redacted()!r}; "
+                f"write redis+cluster://host1:6379,host2:6379"
+            )
+        if options.pop("db", 0) != 0:
+            raise ConfigurationError(f"a Redis Cluster has only db 0, got {url.redacted()!r}")
+        return options
+    if len(url.hosts) > 1:
+        raise ConfigurationError(
+            f"{url.scheme}:// takes one host, got {url.redacted()!r}; "
+            f"for a cluster write redis+cluster://host1:6379,host2:6379"
+        )
+    if url.scheme == "rediss":
+        if options.get("ssl") is False:
+            raise ConfigurationError(
+                f"rediss:// always uses TLS, but {url.redacted()!r} says ssl=false; "
+                "write redis://host:6379/0 for a plain connection, or drop ssl=false"
+            )
+        options["ssl"] = True
+    return options
+
+
+def refuse_decoding(host: Any, kwargs: Mapping[str, Any]) -> None:
+    """Raise unless replies stay bytes, on a client built here or one given as ``host``."""
+    given: Mapping[str, Any] = (
+        {} if isinstance(host, str) else getattr(host, "get_connection_kwargs", dict)()
+    )
+    if kwargs.get("decode_responses") or given.get("decode_responses"):
+        raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
+
+
+def checked_options(retries: int, dead_timeout: float) -> float:
+    """``dead_timeout`` as a float, once both options are known to be valid."""
+    if type(retries) is not int or retries < 0:
+        raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+    if type(dead_timeout) not in (int, float) or not 0 <= dead_timeout < float("inf"):
+        raise ConfigurationError(f"dead_timeout must be seconds >= 0, got {dead_timeout!r}")
+    return float(dead_timeout)
+
+
+def server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """A ``redis.Redis`` retrying connection errors, and one never retrying, on one server."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+    client = redis.Redis(**{"retry": retry, **kwargs})
+    return client, redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)})
+
+
+# Outage log lines show this name, so it stays the one it had in redis.py.
+class _ServerDownError(ConnectionError):
+    """The server failed moments ago and is not asked again until its dead time is over."""
+
+
+class DeadServer:
+    """Stands in for the client of a server that just failed, until ``until`` (monotonic)."""
+
+    def __init__(self, cache: RedisCache, attribute: str, client: Any, until: float) -> None:
+        self._cache = cache
+        self._attribute = attribute
+        self._real = client
+        self._until = until
+
+    def restore(self) -> Any:
+        """Put the real client back on the cache and return it."""
+        setattr(self._cache, self._attribute, self._real)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        if time.monotonic() < self._until:
+            raise _ServerDownError(
+                f"Redis at {self._cache._where} failed less than "
+                f"{self._cache.dead_timeout:g}s ago; not asked again before then"
+            )
+        return getattr(self.restore(), name)
