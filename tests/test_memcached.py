@@ -22,8 +22,8 @@ from servers import MemcachedServer
 from waiting import paused_process, wait_until
 
 from cacheplug import ConfigurationError, MemcachedCache, SerializationError, from_url
+from cacheplug.backends._memcached_counters import FLAG_COUNTER, FLAG_GUARDED, FLAG_SERIALIZED
 from cacheplug.backends._memcached_keys import MAX_RELATIVE_EXPIRY, memcached_key
-from cacheplug.backends.memcached import FLAG_COUNTER, FLAG_GUARDED, FLAG_SERIALIZED
 from cacheplug.testing import CacheContract, CacheFactory
 
 DAY = 24 * 3600

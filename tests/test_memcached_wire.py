@@ -30,9 +30,9 @@ from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
 from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends._memcached_counters import COUNTER_BIAS, FLAG_COUNTER, FLAG_SERIALIZED
 from cacheplug.backends._memcached_keys import memcached_key
 from cacheplug.backends._memcached_keys import plain_line as _plain_line
-from cacheplug.backends.memcached import COUNTER_BIAS, FLAG_COUNTER, FLAG_SERIALIZED
 
 TRICKY = [
     b"",

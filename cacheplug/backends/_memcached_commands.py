@@ -11,7 +11,7 @@ from typing import Any
 
 from cacheplug.backends import _memcached_wire as wire
 
-__all__ = ["FAILED", "SENT_ONCE", "add", "delete", "delete_reporting", "exists"]
+__all__ = ["CREATE_ATTEMPTS", "FAILED", "SENT_ONCE", "add", "delete", "delete_reporting", "exists"]
 
 
 class _Failed:
@@ -22,6 +22,8 @@ class _Failed:
 
 
 FAILED: Any = _Failed()
+#: Tries at creating an entry (add) that other clients keep creating or deleting meanwhile.
+CREATE_ATTEMPTS = 8
 
 
 def add(client: Any, key: str, item: tuple[int, bytes], exptime: int) -> bool:

@@ -1,13 +1,10 @@
 """``MemcachedCache``: one or several memcached servers through pymemcache (scheme ``memcached``).
 
-Stored entries carry memcached flags that say how the bytes are encoded (a counter, a serialized
-value, a serialized value guarded against ``incr``), so nothing is guessed on the way back.
-Integers are stored as memcached counters shifted by 2**62 (modulo 2**64), so ``inc``/``dec``
-are one native, atomic ``incr`` that keeps the entry's expiry, with negative results and overflow
-detection. memcached (1.6.18 at least: memcached/memcached#1105) may call a stored number of
-2**63 or more non-numeric, as it scans past the value for a minus sign; only counters of
-magnitude 2**62 or more are stored there, and when memcached refuses one it is counted by
-compare-and-swap instead.
+Entries carry flags that say how their bytes are encoded, and integers are stored as memcached
+counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``). Keys memcached
+would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over the servers by
+consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
+commands speak memcached's text protocol directly (``_memcached_wire``).
 With a ``key_prefix``, every key lives in a namespace named by a random token kept on each
 server; ``clear`` replaces the token, reads fetch it in the same ``get`` round trip and
 writes read it first, so a ``clear`` by any process is seen by every later call.
@@ -24,11 +21,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends._memcached_commands import FAILED, SENT_ONCE
+from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS, FAILED, SENT_ONCE
+from cacheplug.backends._memcached_counters import (
+    BIASES,
+    COUNTER_BIAS,
+    FLAG_COUNTER,
+    FLAG_GUARDED,
+    FLAG_SERIALIZED,
+    INT64_MAX,
+    INT64_MIN,
+    NUMERIC_START,
+    WRAP,
+    counter_value,
+    increment,
+)
 from cacheplug.backends._memcached_keys import (
     MAX_RELATIVE_EXPIRY,
     exptime_for,
-    left_to_live,
     memcached_key,
     plain_line,
 )
@@ -40,14 +49,7 @@ from cacheplug.backends._memcached_servers import (
     idle_and_open,
     make_servers,
 )
-from cacheplug.core.base import (
-    BaseCache,
-    Timeout,
-    check_delta,
-    check_key,
-    checked_counter,
-    normalize_timeout,
-)
+from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.serializers.pickle import PickleSerializer
@@ -60,25 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["MemcachedCache"]
 
 INSTALL_HINT = "pip install 'cacheplug[memcached]'"
-#: Flags of cacheplug entries; pymemcache's own serde uses 0-4, so foreign entries stay apart.
-FLAG_SERIALIZED = 0x4300
-FLAG_GUARDED = 0x4301  # serialized bytes behind b"!" so memcached never takes them for a number
-FLAG_COUNTER = 0x4303  # decimal of (value + COUNTER_BIAS) % 2**64, what memcached incr works on
-FLAG_COUNTER_V1 = 0x4302  # earlier versions' counters: decimal of value + 2**63 (still read)
-#: Shift of stored counters: values in [-2**62, 2**62) are stored below 2**63.
-COUNTER_BIAS = 2**62
-_BIASES = {FLAG_COUNTER: COUNTER_BIAS, FLAG_COUNTER_V1: 2**63}
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_WRAP = 2**64
-_NUMERIC_START = frozenset(b"0123456789+- \t\n\r\x0b\x0c")
-_CREATE_ATTEMPTS = 8
-
-
-class _Gone:
-    """Marks an entry that went away during a compare-and-swap."""
-
-
-_GONE = _Gone()
 
 
 #: pymemcache's ``Client`` class, set on first construction (its unbound methods are the calls).
@@ -97,18 +80,6 @@ def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], 
         ) from err
     _Client = Client
     return Client, (OSError, MemcacheError), (OSError, MemcacheUnexpectedCloseError)
-
-
-def _counter(number: int, flags: int | None) -> int:
-    """The value of a counter stored as ``number`` under ``flags`` (unknown: this encoding)."""
-    bias = COUNTER_BIAS if flags is None else _BIASES.get(flags, COUNTER_BIAS)
-    return (number - bias - INT64_MIN) % _WRAP + INT64_MIN
-
-
-def _overflow(key: str, delta: int) -> OverflowError:
-    return OverflowError(
-        f"cannot increment {key!r} by {delta}: memcached counters hold signed 64-bit integers"
-    )
 
 
 class MemcachedCache(BaseCache):
@@ -213,9 +184,9 @@ class MemcachedCache(BaseCache):
 
     def _pack(self, value: Any) -> tuple[int, bytes]:
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
-            return FLAG_COUNTER, b"%d" % ((value + COUNTER_BIAS) % _WRAP)
+            return FLAG_COUNTER, b"%d" % ((value + COUNTER_BIAS) % WRAP)
         data = self._encode(value)
-        if data and data[0] in _NUMERIC_START:
+        if data and data[0] in NUMERIC_START:
             return FLAG_GUARDED, b"!" + data
         return FLAG_SERIALIZED, data
 
@@ -223,9 +194,9 @@ class MemcachedCache(BaseCache):
         flags, data = item
         if flags == FLAG_SERIALIZED:
             return self._decode_or_miss(key, data)
-        if flags in _BIASES:
+        if flags in BIASES:
             try:
-                return _counter(int(data), flags)
+                return counter_value(int(data), flags)
             except ValueError:
                 pass
         elif flags == FLAG_GUARDED:
@@ -286,7 +257,7 @@ class MemcachedCache(BaseCache):
 
     def _load_token(self, client: Any, server: Server) -> str:
         """The namespace token on ``server``, created when missing (a new, empty namespace)."""
-        for _ in range(_CREATE_ATTEMPTS):
+        for _ in range(CREATE_ATTEMPTS):
             item = client.get(self._token_key)
             if item is not None:
                 return server.seen_token(item[1].decode("ascii", "replace"))
@@ -554,83 +525,7 @@ class MemcachedCache(BaseCache):
         if target is None:
             return None
         server, name = target
-        step = delta % _WRAP  # a negative delta is an incr that wraps around 2**64
-        for _ in range(_CREATE_ATTEMPTS):
-            counted = self._run(server, "inc", wire.count, name, step)
-            if counted is FAILED:
-                return None
-            flags, number, numeric = counted
-            if not numeric:  # not a counter, or one memcached misreads (#1105)
-                swapped = self._swap_counter(server, name, key, delta)
-                if isinstance(swapped, _Gone):
-                    continue
-                return swapped
-            if number is None:  # missing: create it, unless another client just did
-                created = self._run(
-                    server, "inc", commands.add, name, self._pack(delta), self._timeout(None)
-                )
-                if created is FAILED:
-                    return None
-                if created:
-                    return delta
-                continue
-            result = _counter(number - step, flags) + delta
-            if not INT64_MIN <= result <= INT64_MAX:
-                if not self._add_raw(server, name, -step % _WRAP):  # undo the wrap-around
-                    return None
-                raise _overflow(key, delta)
-            return result
-        return None
-
-    def _swap_counter(self, server: Server, name: str, key: str, delta: int) -> int | _Gone | None:
-        """``inc`` by compare-and-swap, for what ``incr`` refuses: the new value, None on
-        errors, or ``_GONE`` when the entry went away.
-
-        The entry keeps its expiry, to memcached's one-second resolution.
-        """
-        while True:
-            entry = self._run(server, "inc", wire.read_for_swap, name)
-            if entry is FAILED:
-                return None
-            if entry is None:
-                return _GONE
-            flags, data, cas, ttl = entry
-            value = checked_counter(key, self._unpack(key, (flags, data)))
-            result = value + delta
-            if not INT64_MIN <= value <= INT64_MAX:
-                raise OverflowError(
-                    f"cannot increment {key!r}: it holds an integer outside the signed 64-bit "
-                    f"range of counters"
-                )
-            if not INT64_MIN <= result <= INT64_MAX:
-                raise _overflow(key, delta)
-            swapped = self._run(
-                server, "inc", wire.swap, name, self._pack(result), cas, left_to_live(ttl)
-            )
-            if swapped is FAILED:
-                return None
-            if swapped is None:
-                return _GONE
-            if swapped:
-                return result
-
-    def _add_raw(self, server: Server, name: str, step: int) -> bool:
-        """Add ``step`` modulo 2**64 to the stored number of a counter, whatever its encoding;
-        whether that was done or the counter is gone (False: an engine error, logged)."""
-        counted = self._run(server, "inc", wire.count, name, step)
-        if counted is FAILED or counted[2]:
-            return counted is not FAILED
-        while True:  # misread by memcached (#1105): compare-and-swap
-            entry = self._run(server, "inc", wire.read_for_swap, name)
-            if entry is FAILED:
-                return False
-            if entry is None or entry[0] not in _BIASES or not entry[1].strip().isdigit():
-                return True  # replaced meanwhile: nothing of this call is left
-            flags, data, cas, ttl = entry
-            item = (flags, b"%d" % ((int(data) + step) % _WRAP))
-            swapped = self._run(server, "inc", wire.swap, name, item, cas, left_to_live(ttl))
-            if swapped is not False:
-                return swapped is not FAILED
+        return increment(self, server, name, key, delta)
 
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""
