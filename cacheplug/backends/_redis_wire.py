@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["COPY_LIMIT", "direct_ok", "packed_mget", "packed_one", "packed_set", "send_read"]
+__all__ = [
+    "COPY_LIMIT",
+    "direct_ok",
+    "packed_mget",
+    "packed_one",
+    "packed_set",
+    "send",
+    "send_read",
+]
 
 COPY_LIMIT = 6000  # bytes of a value joined with its command's other parts, as redis-py does
 
@@ -53,6 +61,22 @@ def packed_set(name: str, data: bytes, ms: int) -> list[bytes]:
     if len(data) > COPY_LIMIT:  # sent as it is rather than copied into one string
         return [head.encode(), data, expiry.encode()]
     return [b"".join((head.encode(), data, expiry.encode()))]
+
+
+def send(client: Any, packed: list[bytes]) -> Any:
+    """The reply to a command packed in RESP, sent on a connection of ``client``'s own pool.
+
+    Like redis-py's client layer, a failed attempt closes the connection and the connection's
+    ``Retry`` decides whether to try again: only idempotent commands come here.
+    """
+    pool = client.connection_pool  # a server in its dead time raises here
+    conn = pool.get_connection()
+    try:
+        return conn.retry.call_with_retry(
+            lambda: send_read(conn, packed), lambda _error: conn.disconnect()
+        )
+    finally:
+        pool.release(conn)
 
 
 def send_read(conn: Any, packed: list[bytes]) -> Any:

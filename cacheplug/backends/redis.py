@@ -261,7 +261,7 @@ class RedisCache(BaseCache):
         name = self.key_prefix + key
         try:
             if self._direct and name.isascii():
-                payload = self._send_packed(wire.packed_one("GET", name))
+                payload = wire.send(self._client, wire.packed_one("GET", name))
             else:
                 payload = self._client.get(self._wire(name))
         except self._failures as err:
@@ -288,7 +288,7 @@ class RedisCache(BaseCache):
         name = self.key_prefix + key
         try:
             if self._direct and name.isascii() and type(data) is bytes:
-                self._send_packed(wire.packed_set(name, data, ms))
+                wire.send(self._client, wire.packed_set(name, data, ms))
             elif ms > 0:
                 self._client.execute_command("SET", self._wire(name), data, "PX", ms)
             elif ms == 0:
@@ -376,7 +376,7 @@ class RedisCache(BaseCache):
                     self._client, sent, lambda commands: self._pipeline(commands, "get_many")
                 )
             elif packed is not None:
-                payloads = self._send_packed(packed)
+                payloads = wire.send(self._client, packed)
             else:
                 payloads = self._client.mget(sent)
         except self._failures as err:
@@ -407,23 +407,6 @@ class RedisCache(BaseCache):
         self._hits += found
         self._misses += len(keys) - found
         return values
-
-    def _send_packed(self, packed: list[bytes]) -> Any:
-        """The reply to a command packed in RESP, sent on a connection of the client's own pool.
-
-        On a fast link redis-py's client layer and command packing cost about as much as the
-        round trip's own Python work. Like that layer, a failed attempt closes the connection
-        and the connection's ``Retry`` decides whether to try again: only idempotent commands
-        come here.
-        """
-        pool = self._client.connection_pool  # a server in its dead time raises here
-        conn = pool.get_connection()
-        try:
-            return conn.retry.call_with_retry(
-                lambda: wire.send_read(conn, packed), lambda _error: conn.disconnect()
-            )
-        finally:
-            pool.release(conn)
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         for key in mapping:
