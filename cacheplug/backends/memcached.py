@@ -5,23 +5,22 @@ counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``). 
 would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over the servers by
 consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
 commands speak memcached's text protocol directly (``_memcached_wire``).
-With a ``key_prefix``, every key lives in a namespace named by a random token kept on each
-server; ``clear`` replaces the token, reads fetch it in the same ``get`` round trip and
-writes read it first, so a ``clear`` by any process is seen by every later call.
+With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
+(``_memcached_namespace``).
 """
 
 from __future__ import annotations
 
 import pickle
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _memcached_commands as commands
+from cacheplug.backends import _memcached_namespace as namespace
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS, FAILED, SENT_ONCE
+from cacheplug.backends._memcached_commands import FAILED, SENT_ONCE
 from cacheplug.backends._memcached_counters import (
     BIASES,
     COUNTER_BIAS,
@@ -158,7 +157,7 @@ class MemcachedCache(BaseCache):
         self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
         self._ring = Ring(self._servers)
         self._namespaced = bool(self.key_prefix)
-        self._token_key = memcached_key(self.key_prefix + "~ns~")
+        self._token_key = namespace.token_key(self.key_prefix)
         self._default_exptime = (
             exptime_for(self.default_timeout)
             if self.default_timeout <= MAX_RELATIVE_EXPIRY
@@ -255,45 +254,15 @@ class MemcachedCache(BaseCache):
         server.release(client)
         return result
 
-    def _load_token(self, client: Any, server: Server) -> str:
-        """The namespace token on ``server``, created when missing (a new, empty namespace)."""
-        for _ in range(CREATE_ATTEMPTS):
-            item = client.get(self._token_key)
-            if item is not None:
-                return server.seen_token(item[1].decode("ascii", "replace"))
-            fresh = secrets.token_hex(6)
-            if client.add(self._token_key, (0, fresh.encode()), 0, False):
-                return server.seen_token(fresh)
-        raise ConnectionError(f"memcached {server.name} keeps dropping the namespace token")
-
     def _names(self, server: Server, keys: Iterable[str], operation: str) -> dict[str, str] | None:
         """``{memcached key: key}`` for writing ``keys`` on ``server``; None when it is down."""
         if not self._namespaced:
             return {memcached_key(key): key for key in keys}
         # read, never trusted from memory: a clear elsewhere must not swallow this write
-        token = self._run(server, operation, self._load_token, server)
+        token = self._run(server, operation, namespace.load_token, server, self._token_key)
         if token is FAILED:
             return None
-        prefix = f"{self.key_prefix}{token}:"
-        return {memcached_key(prefix + key): key for key in keys}
-
-    def _fetch_namespaced(self, client: Any, server: Server, keys: list[str]) -> dict[str, Any]:
-        """Raw items of ``keys`` on ``server``, read with the namespace token in one round trip."""
-        token = server.token or self._load_token(client, server)
-        token_name = self._token_key.encode("ascii")
-        for _ in range(2):
-            prefix = f"{self.key_prefix}{token}:"
-            names = {memcached_key(prefix + key).encode("ascii"): key for key in keys}
-            items = wire.fetch(client, b" ".join([token_name, *names]))
-            current = items.pop(token_name, None)
-            if current is None:  # namespace lost (restart, eviction): a new one is empty
-                self._load_token(client, server)
-                return {}
-            seen = current[1].decode("ascii", "replace")
-            if seen == token:
-                return {names[name]: item for name, item in items.items()}
-            token = server.seen_token(seen)  # cleared elsewhere: read the new namespace
-        return {}
+        return namespace.names(self.key_prefix, token, keys)
 
     def _fetch(self, keys: Iterable[str], operation: str) -> tuple[dict[str, Any], set[str]]:
         """Raw items of the present ``keys``, one round trip per server involved, and the keys
@@ -302,7 +271,15 @@ class MemcachedCache(BaseCache):
         lost: set[str] = set()
         for server, group in self._by_server(keys).items():
             if self._namespaced:
-                items = self._run(server, operation, self._fetch_namespaced, server, group)
+                items = self._run(
+                    server,
+                    operation,
+                    namespace.fetch,
+                    server,
+                    group,
+                    self.key_prefix,
+                    self._token_key,
+                )
                 if items is FAILED:
                     lost.update(group)
                 else:
@@ -320,7 +297,9 @@ class MemcachedCache(BaseCache):
     def _fetch_one(self, key: str, operation: str) -> Any:
         """The raw item of ``key`` in this cache's namespace, None, or ``FAILED``."""
         server = self._only or self._ring(self.key_prefix + key)
-        items = self._run(server, operation, self._fetch_namespaced, server, [key])
+        items = self._run(
+            server, operation, namespace.fetch, server, [key], self.key_prefix, self._token_key
+        )
         return FAILED if items is FAILED else items.get(key)
 
     def _by_server(self, keys: Iterable[str]) -> dict[Server, list[str]]:
@@ -420,7 +399,7 @@ class MemcachedCache(BaseCache):
             for server in self._servers:
                 ok = self._run(server, "clear", _Client.flush_all, 0, False) is not FAILED and ok
             return ok
-        token = secrets.token_hex(6)
+        token = namespace.new_token()
         for server in self._servers:
             stored = self._run(
                 server, "clear", _Client.set, self._token_key, (0, token.encode()), 0, False
