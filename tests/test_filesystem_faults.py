@@ -5,6 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import shutil
+import stat
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -216,6 +219,44 @@ def test_processes_counting_lose_nothing_and_add_once(tmp_path: Path) -> None:
     assert set(owners) <= {worker.pid for worker in workers}
     assert None not in owners
     assert sum(cache.get(f"added-by-{worker.pid}") for worker in workers) == times
+
+
+GROUP = 4242  # a group id no account needs; the users below belong to it for one test
+
+
+def _as_user(directory: str, uid: int, results: Any) -> None:
+    """Act as user ``uid`` of ``GROUP`` with the common umask 022: store, count, read back."""
+    os.setgroups([])
+    os.setgid(GROUP)
+    os.setuid(uid)
+    os.umask(0o022)
+    cache = FileSystemCache(directory, mode=0o660)
+    results.put((cache.set(f"by-{uid}", uid), cache.inc("n"), cache.get("by-1001")))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")
+def test_users_of_one_group_share_a_cache_whose_mode_lets_the_group_write() -> None:
+    # tmp_path is private to root; a directory of /tmp that other users may traverse instead
+    top = tempfile.mkdtemp()
+    try:
+        os.chmod(top, 0o711)
+        directory = os.path.join(top, "shared")
+        os.mkdir(directory)
+        os.chown(directory, 0, GROUP)
+        os.chmod(directory, 0o2770)  # the group's files; setgid keeps them in the group
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        answers = []
+        for uid in (1001, 1002):
+            user = context.Process(target=_as_user, args=(directory, uid, results))
+            user.start()
+            answers.append(results.get(timeout=60))
+            user.join(timeout=60)
+        assert answers == [(True, 1, 1001), (True, 2, 1001)]  # as with cachelib
+        files = [os.path.join(directory, name) for name in os.listdir(directory)]
+        assert {stat.S_IMODE(os.stat(path).st_mode) for path in files} == {0o660}  # lock too
+    finally:
+        shutil.rmtree(top)
 
 
 # -- many threads ---------------------------------------------------------------------------------

@@ -452,6 +452,17 @@ class FileSystemCache(BaseCache):
             os.close(fd)
 
     def _open_lock(self) -> int:
+        fd = self._open_lock_file()
+        if self.mode != self._mode_as_created:
+            # The umask narrows a new lock file too; the users ``mode`` lets write must open it.
+            try:
+                _widen_to(fd, self.mode)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def _open_lock_file(self) -> int:
         try:
             return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
         except FileNotFoundError:  # the directory was removed under us: bring it back
@@ -553,6 +564,13 @@ def _read_tally(lock: int) -> tuple[int, int]:
 
 def _write_tally(lock: int, count: int, added: int) -> None:
     os.pwrite(lock, _TALLY.pack(count, added, count ^ added ^ _TALLY_CHECK), 0)
+
+
+def _widen_to(fd: int, mode: int) -> None:
+    """Give the open file ``fd`` the bits of ``mode`` it lacks, when this process owns it."""
+    info = os.fstat(fd)
+    if mode & ~stat.S_IMODE(info.st_mode) and info.st_uid == os.geteuid():
+        os.fchmod(fd, mode)
 
 
 def _replace(tmp: str, path: str) -> None:
