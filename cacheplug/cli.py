@@ -324,6 +324,18 @@ def _delay_ms(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cacheplug`` command; the exit status."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # output buffered for a pipe fails here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep the exit flush from failing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
@@ -333,7 +345,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return problem.status
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep the exit flush from failing.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED

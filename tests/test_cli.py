@@ -191,20 +191,39 @@ def test_demo_on_an_unreachable_server_explains_and_fails() -> None:
 # -- check ---------------------------------------------------------------------------------------
 
 
+PIPED = (("check", "simple://"), ("demo", *FAST_DEMO), ("plugins",))
+
+
 def check_lines(output: str) -> dict[str, str]:
     """``{method: 'ok' | 'FAILED'}`` from the output of ``cacheplug check``."""
     lines = (line.split() for line in output.splitlines() if line.startswith("  "))
     return {words[0]: words[1] for words in lines}
 
 
-@pytest.mark.parametrize("command", [("check", "simple://"), ("demo", *FAST_DEMO)])
-def test_output_into_a_closed_pipe_ends_without_a_traceback(command: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("command", "buffered"),
+    [
+        *((command, buffered) for command in PIPED for buffered in (True, False)),
+        # unbuffered, argparse ignores a failed write of its help (exit 0)
+        (("--help",), True),
+    ],
+    ids=repr,
+)
+def test_output_into_a_closed_pipe_ends_without_a_traceback(
+    command: tuple[str, ...], buffered: bool
+) -> None:
+    # A pipe's stdout is block-buffered unless PYTHONUNBUFFERED is set: then the first write
+    # comes at exit, after main() returned.
+    hidden = {"CACHE_URL", "PYTHONUNBUFFERED"} if buffered else {"CACHE_URL"}
+    environment = {k: v for k, v in os.environ.items() if k not in hidden}
+    if not buffered:
+        environment["PYTHONUNBUFFERED"] = "1"
     read_end, write_end = os.pipe()
     os.close(read_end)  # like `cacheplug check URL | head -0`
     try:
         result = subprocess.run(
             [sys.executable, "-m", "cacheplug", *command],
-            env={k: v for k, v in os.environ.items() if k != "CACHE_URL"},
+            env=environment,
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
