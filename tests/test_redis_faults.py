@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -229,6 +230,32 @@ def test_a_hung_cluster_node_costs_one_timeout_per_call_and_live_nodes_answer() 
         assert wait_until(lambda: cache.set_many(dict.fromkeys(keys, 4)) == keys) < WAIT
         assert cache.get_many(*keys) == [4] * len(keys)
         assert sorted(cache.delete_many(*keys)) == sorted(keys)
+
+
+# -- errors that say nothing about the server's health or the stored value ------------------------
+
+
+@pytest.mark.parametrize(
+    "pool_class",
+    [redis.ConnectionPool, partial(redis.BlockingConnectionPool, timeout=0.01)],
+    ids=["ConnectionPool", "BlockingConnectionPool"],
+)
+def test_an_exhausted_connection_pool_leaves_no_dead_time(
+    redis_server: RedisServer, pool_class: Callable[..., redis.ConnectionPool]
+) -> None:
+    pool = pool_class(port=redis_server.port, max_connections=1)
+    cache = RedisCache(redis.Redis(connection_pool=pool), key_prefix="exhausted:")
+    assert cache.set("k", "v") is True
+    held = pool.get_connection()  # another thread's call, in flight
+    try:
+        assert cache.get("k") is None  # no connection to ask with: answered as an outage
+        assert cache.stats()["errors"] == 1
+    finally:
+        pool.release(held)
+    # The server never failed: the very next call asks it.
+    assert (cache.get("k"), cache.set("k", "w"), cache.inc("n")) == ("v", True, 1)
+    cache.clear()
+    pool.disconnect()
 
 
 # -- signed payloads ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ that just failed. A cluster's clients are in ``_redis_cluster``.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ __all__ = [
     "DeadServer",
     "checked_options",
     "options_from_url",
+    "pool_exhausted",
     "refuse_decoding",
     "server_clients",
 ]
@@ -143,6 +145,15 @@ def server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
     client = redis.Redis(**{"retry": retry, **kwargs})
     return client, redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)})
+
+
+def pool_exhausted(err: BaseException) -> bool:
+    """Whether ``err`` only says that every connection of the client's pool was in use
+    (``max_connections``), which says nothing about the server."""
+    from redis.exceptions import MaxConnectionsError
+
+    # BlockingConnectionPool's wait for a free connection ends in a plain ConnectionError
+    return isinstance(err, MaxConnectionsError) or isinstance(err.__context__, queue.Empty)
 
 
 # Outage log lines show this name, so it stays the one it had in redis.py.

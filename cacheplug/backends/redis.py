@@ -29,6 +29,7 @@ from cacheplug.backends._redis_clients import (
     _ServerDownError,
     checked_options,
     options_from_url,
+    pool_exhausted,
     refuse_decoding,
     server_clients,
 )
@@ -552,6 +553,7 @@ class RedisCache(BaseCache):
             and isinstance(err, self._outage_errors)
             and not isinstance(err, _ServerDownError)
             and not isinstance(self._client, DeadServer)
+            and not pool_exhausted(err)
         ):
             until = time.monotonic() + self.dead_timeout
             self._client = DeadServer(self, "_client", self._client, until)
