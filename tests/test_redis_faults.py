@@ -258,6 +258,20 @@ def test_an_exhausted_connection_pool_leaves_no_dead_time(
     pool.disconnect()
 
 
+def test_inc_refused_for_lack_of_memory_is_an_outage_not_a_type_error(
+    fresh_redis_server: RedisServer,
+) -> None:
+    cache = RedisCache(port=fresh_redis_server.port)
+    assert cache.inc("n") == 1
+    fresh_redis_server.command("CONFIG", "SET", "maxmemory", "1")  # noeviction: writes refused
+    try:
+        assert cache.inc("n") is None
+        assert cache.stats()["errors"] == 1
+    finally:
+        fresh_redis_server.command("CONFIG", "SET", "maxmemory", "0")
+    assert cache.inc("n") == 2
+
+
 # -- signed payloads ----------------------------------------------------------------------------
 
 

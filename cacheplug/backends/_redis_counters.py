@@ -41,8 +41,10 @@ def refusal(
     message: str,
     redis_type: Callable[[], str],
     holds_big_int: Callable[[], bool],
-) -> Exception:
-    """The exception ``inc`` raises when Redis refused to add ``delta`` to ``key``.
+) -> Exception | None:
+    """The exception ``inc`` raises when Redis refused to add ``delta`` to ``key``, or None
+    when the error reply is about the server (out of memory, read-only, cluster down), not
+    the value.
 
     :param message: Redis' error reply.
     :param redis_type: asked for the key's Redis type when it holds no string.
@@ -51,11 +53,11 @@ def refusal(
     """
     if message.startswith("WRONGTYPE"):
         return TypeError(f"cannot increment {key!r}: it holds a Redis {redis_type()}")
-    overflow = "overflow" in message
     if "not an integer" in message:
-        overflow = holds_big_int()
-    if overflow:
-        return OverflowError(
-            f"cannot increment {key!r} by {delta}: Redis counters hold signed 64-bit integers"
-        )
-    return TypeError(f"cannot increment {key!r}: it does not hold an integer")
+        if not holds_big_int():
+            return TypeError(f"cannot increment {key!r}: it does not hold an integer")
+    elif "overflow" not in message:
+        return None
+    return OverflowError(
+        f"cannot increment {key!r} by {delta}: Redis counters hold signed 64-bit integers"
+    )

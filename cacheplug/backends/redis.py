@@ -475,9 +475,11 @@ class RedisCache(BaseCache):
             except self._failures as retry_err:
                 err = retry_err
         if isinstance(err, self._response_error):
-            raise refusal(
+            refused = refusal(
                 key, args[2], str(err), lambda: self._type(key), lambda: self._holds_big_int(key)
             )
+            if refused is not None:
+                raise refused
         self._backend_error("inc", err)
         return None
 
