@@ -153,22 +153,26 @@ def _check(args: argparse.Namespace) -> int:
     print(f"checking {target.url.redacted()} ({target.scrub(repr(target.cache))})")
     failed: list[str] = []
     with target.cache as cache:
-        for name, run, expected in _round_trip(cache):
-            started = time.perf_counter()
-            try:
-                got: object = run()
-            except Exception as err:
-                got = err
-            elapsed = 1000 * (time.perf_counter() - started)
-            if got == expected:
-                print(f"  {name:<12} ok      {elapsed:8.3f} ms")
-                continue
-            failed.append(name)
-            detail = f"{type(got).__name__}: {got}" if isinstance(got, Exception) else repr(got)
-            shown = target.scrub(f"got {detail}, expected {expected!r}")
-            print(f"  {name:<12} FAILED  {elapsed:8.3f} ms  {shown}")
-            if cache.stats().get("errors", 0) and name == _STEPS[0]:
-                break  # the server is down: every other method would fail the same way
+        try:
+            for name, run, expected in _round_trip(cache):
+                started = time.perf_counter()
+                try:
+                    got: object = run()
+                except Exception as err:
+                    got = err
+                elapsed = 1000 * (time.perf_counter() - started)
+                if got == expected:
+                    print(f"  {name:<12} ok      {elapsed:8.3f} ms")
+                    continue
+                failed.append(name)
+                detail = f"{type(got).__name__}: {got}" if isinstance(got, Exception) else repr(got)
+                shown = target.scrub(f"got {detail}, expected {expected!r}")
+                print(f"  {name:<12} FAILED  {elapsed:8.3f} ms  {shown}")
+                if cache.stats().get("errors", 0) and name == _STEPS[0]:
+                    break  # the server is down: every other method would fail the same way
+        except BaseException:  # cut short (a reader gone, Ctrl-C): leave no key behind
+            cache.clear()
+            raise
         errors = cache.stats().get("errors", 0)
     if not failed:
         print(f"all {len(_STEPS)} methods ok")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
+from waiting import wait_until
 
 import cacheplug
 from cacheplug.cli import main
@@ -234,6 +236,35 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback(
         os.close(write_end)
     assert result.returncode == 1
     assert result.stderr == ""
+
+
+def blocked_writing_to_a_pipe(pid: int) -> bool:
+    with open(f"/proc/{pid}/wchan") as wchan:
+        return "pipe_write" in wchan.read()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc wchan")
+def test_check_cut_short_by_its_reader_still_clears_its_keys(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    # Room for the first line and a step or two: check blocks on a full pipe part-way.
+    os.write(write_end, b"x" * (fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) - 400))
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cacheplug", "check", f"file://{tmp_path}"],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(write_end)
+        wait_until(lambda: child.poll() is not None or blocked_writing_to_a_pipe(child.pid))
+        assert child.poll() is None, "check finished without filling the pipe"
+    finally:
+        os.close(read_end)  # the reader goes away
+    _, errors = child.communicate(timeout=60)
+    assert (child.returncode, errors) == (1, "")
+    assert [name for name in os.listdir(tmp_path) if not name.startswith(".cacheplug-")] == []
 
 
 def test_check_simple_runs_every_method() -> None:
