@@ -232,6 +232,28 @@ def test_a_hung_cluster_node_costs_one_timeout_per_call_and_live_nodes_answer() 
         assert sorted(cache.delete_many(*keys)) == sorted(keys)
 
 
+def test_a_cluster_down_after_a_node_died_costs_one_wait_per_call() -> None:
+    with RedisCluster() as cluster:
+        cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="down:", socket_timeout=0.5)
+        keys = [f"k{i}" for i in range(40)]
+        assert cache.set_many(dict.fromkeys(keys, 1)) == keys
+        assert cache.inc("n") == 1
+        for server in cluster.servers:  # the live nodes give the dead one up sooner
+            server.command("CONFIG", "SET", "cluster-node-timeout", "200")
+        dead, live = cluster.servers[1], cluster.servers[0]
+        dead.kill()
+        wait_until(lambda: b"cluster_state:fail" in bytes(live.command("CLUSTER", "INFO")))  # type: ignore[arg-type]
+        started = time.monotonic()
+        answers = (cache.get_many(*keys), cache.set_many(dict.fromkeys(keys, 2)), cache.inc("n"))
+        spent = time.monotonic() - started
+        assert answers == ([None] * len(keys), [], None)
+        # redis-py waits 0.25 s before it gives up on a CLUSTERDOWN command: once per call here
+        assert spent < 2.5, spent
+        cluster.start()  # the dead node again, on its port
+        assert wait_until(lambda: cache.set_many(dict.fromkeys(keys, 3)) == keys) < WAIT
+        assert cache.get_many(*keys) == [3] * len(keys)
+
+
 # -- errors that say nothing about the server's health or the stored value ------------------------
 
 

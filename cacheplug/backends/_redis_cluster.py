@@ -90,7 +90,8 @@ def node_pipelines(
     Each node is asked once: the commands go out to every node before any reply is read, and
     a node that fails (down, or hung past ``socket_timeout``) gives its exception as the reply
     of each of its commands while the other nodes' replies stand. A redirection (the slot
-    moved) is followed by the client, command by command.
+    moved) is followed by the client, command by command; once one meets ``CLUSTERDOWN`` again,
+    the other ``CLUSTERDOWN`` replies stand as they are.
 
     :param failures: the exceptions that mean a node or the cluster failed.
     :raises RedisError: the nodes of the keys cannot be found.
@@ -137,12 +138,17 @@ def node_pipelines(
             server.connection_pool.release(conn)
     # replies telling the client to ask another node (the slot moved or is moving)
     redirects = (exceptions.AskError, exceptions.TryAgainError, exceptions.ClusterDownError)
+    down = False  # a command re-sent met CLUSTERDOWN again: the cluster is down, not moving
     for index, reply in enumerate(results):
-        if isinstance(reply, redirects):
+        if isinstance(reply, redirects) and not (
+            down and isinstance(reply, exceptions.ClusterDownError)
+        ):
             try:
                 results[index] = client.execute_command(*commands[index])
             except failures as err:
                 results[index] = err
+                # the client waits 0.25 s before it gives up on each such command
+                down = down or isinstance(err, exceptions.ClusterDownError)
     if isinstance(lost, exceptions.ConnectionError):
         with contextlib.suppress(*failures):
             client.nodes_manager.initialize()  # a failover may have moved its slots
