@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,26 @@ def assert_same_answers(theirs: Any, ours: Any) -> None:
 def test_simple_cache() -> None:
     assert_same_answers(cachelib.SimpleCache(), cacheplug.SimpleCache())
     assert_same_answers(cachelib.SimpleCache(10, 60), cacheplug.SimpleCache(10, 60))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((10, 60, False), {}),
+        ((), {"threshold": 0}),
+        ((), {"default_timeout": timedelta(minutes=1), "ignore_delete_many_errors": False}),
+    ],
+    ids=["positional", "threshold-0", "keywords"],
+)
+def test_simple_cache_takes_cachelib_constructor_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    theirs = cachelib.SimpleCache(*args, **kwargs)
+    ours = cacheplug.SimpleCache(*args, **kwargs)
+    assert ours.threshold == theirs._threshold
+    assert ours.default_timeout == theirs.default_timeout
+    assert ours.ignore_delete_many_errors is theirs.ignore_delete_many_errors
+    assert_same_answers(theirs, ours)
 
 
 def test_filesystem_cache(tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_entry_written_by_another_serializer_is_a_counted_miss(writer: str, read
     assert cache.stats()["errors"] == 1
 
 
-@pytest.mark.parametrize("threshold", [0, -1, "10", 1.5])
+@pytest.mark.parametrize("threshold", [-1, "10", 1.5, True])
 def test_bad_threshold_is_configuration_error(threshold: Any) -> None:
     with pytest.raises(ConfigurationError, match="threshold"):
         SimpleCache(threshold=threshold)

@@ -51,8 +51,11 @@ class SimpleCache(BaseCache):
     first, then the least recently used one. Values are stored serialized, so mutating an
     object after ``set`` does not change the cached copy. Every operation is O(1) amortized.
 
-    :param threshold: the most entries the cache holds.
+    :param threshold: the most entries the cache holds; 0 means the default, 500, as in
+        cachelib.
     :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
+    :param ignore_delete_many_errors: accepted for cachelib compatibility; ``delete_many``
+        never raises.
     :param clock: the time source for expiry (seconds, monotonic); tests inject a fake one.
     """
 
@@ -62,18 +65,22 @@ class SimpleCache(BaseCache):
         self,
         threshold: int = 500,
         default_timeout: float = 300,
+        ignore_delete_many_errors: bool = True,
+        *,
         serializer: str | SerializerLike | None = None,
         key_prefix: str = "",
-        *,
         secret: str | bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
         )
-        if type(threshold) is not int or threshold < 1:
-            raise ConfigurationError(f"threshold must be an int >= 1, got {threshold!r}")
-        self.threshold = threshold
+        if type(threshold) is not int or threshold < 0:
+            raise ConfigurationError(
+                f"threshold must be an int >= 1 (or 0 for the default, 500), got {threshold!r}"
+            )
+        self.threshold = threshold or 500
+        self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
         self._lock = threading.RLock()
         # key -> (absolute expiry or _NEVER, codec, payload)
