@@ -378,6 +378,16 @@ def test_check_and_demo_against_a_directory(tmp_path: Path) -> None:
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_check_leaves_a_directory_as_it_found_it(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}?key_prefix=app:"
+    cacheplug.from_url(url).set("mine", 1)  # the application's entry and lock file
+    before = sorted(os.listdir(tmp_path))
+    for _ in range(3):
+        assert run("check", url).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == before
+    assert cacheplug.from_url(url).get("mine") == 1
+
+
 # -- plugins -------------------------------------------------------------------------------------
 
 

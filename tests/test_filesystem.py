@@ -166,6 +166,19 @@ def test_prefixed_clear_keeps_other_prefixes_and_unprefixed_clear_takes_all(
     assert [c.get("key") for c in (plain, left, right)] == [None, None, None]
 
 
+def test_clear_leaves_no_file_of_its_prefix_behind(tmp_path: Path) -> None:
+    other = FileSystemCache(tmp_path, key_prefix="other:")
+    other.set("k", 1)
+    before = sorted(os.listdir(tmp_path))
+    cache = FileSystemCache(tmp_path, key_prefix="once:")
+    cache.set_many({"a": 1, "b": 2})
+    cache.inc("n")
+    assert cache.clear() is True
+    assert sorted(os.listdir(tmp_path)) == before
+    assert (cache.set("a", 3), cache.add("a", 4), cache.inc("n")) == (True, False, 1)
+    assert (cache.get("a"), other.get("k")) == (3, 1)
+
+
 def test_threshold_applies_per_prefix(tmp_path: Path) -> None:
     left = FileSystemCache(tmp_path, threshold=5, key_prefix="left:")
     right = FileSystemCache(tmp_path, threshold=5, key_prefix="right:")

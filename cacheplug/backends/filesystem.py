@@ -71,7 +71,7 @@ class FileSystemCache(BaseCache):
     directory: every rename and unlink, and all of ``inc``, ``dec`` and ``add``, happen under an
     ``flock`` on the prefix's lock file (``.cacheplug-<prefix tag>.lock``); reads take no lock.
     File names are ``cp-<prefix tag>-<key hash>``: ``clear`` removes only such files (with a
-    ``key_prefix``, only that prefix's), never anything else in the directory.
+    ``key_prefix``, only that prefix's) and its own lock file, never anything else.
 
     At most ``threshold`` entries per ``key_prefix``: a full cache drops expired entries, then the
     least recently written ones, until a tenth of ``threshold`` is free. The entry count lives in
@@ -235,7 +235,12 @@ class FileSystemCache(BaseCache):
         try:
             with self._locked() as lock:
                 ok = self._unlink_own_files()
-                _write_tally(lock, -1, 0)
+                # Unlinked by its holder, the lock file breaks no lock (waiters on it retry, see
+                # _locked), and a prefix used once (`cacheplug check`) leaves nothing behind.
+                try:
+                    os.unlink(self._lock_path)
+                except OSError:
+                    _write_tally(lock, -1, 0)
         except OSError as err:
             self._backend_error("clear", err)
             return False
