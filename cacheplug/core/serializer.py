@@ -11,9 +11,13 @@ __all__ = ["Serializer", "SerializerLike", "resolve_serializer", "serializer_nam
 
 @runtime_checkable
 class SerializerLike(Protocol):
-    """Anything with ``dumps`` and ``loads``: cacheplug's serializers, cachelib's, your own."""
+    """Anything with ``dumps`` and ``loads``: cacheplug's serializers, cachelib's, your own.
 
-    def dumps(self, value: Any) -> bytes: ...
+    ``dumps`` may return any bytes-like object (stored as ``bytes``); ``None``, what cachelib's
+    serializers return for a value they cannot encode, raises ``SerializationError``.
+    """
+
+    def dumps(self, value: Any) -> bytes | bytearray | memoryview | None: ...
 
     def loads(self, data: bytes) -> Any: ...
 
