@@ -43,3 +43,22 @@ def test_check_never_shows_a_secret_after_a_semicolon(capsys: pytest.CaptureFixt
     out, err = capsys.readouterr()
     assert "all 13 methods ok" in out
     assert SECRET not in out + err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"simple://?secret=k3y#{SECRET}",
+        f"simple://?secret=k3y&{SECRET}",
+        f"simple://?secret=k3y&{SECRET}&threshold=5",
+        f"redis://h/0?password=p#{SECRET}&db=1",
+        f"simple://?threshold=5#secret={SECRET}",
+    ],
+)
+def test_errors_never_show_the_tail_of_a_secret_holding_a_raw_hash_or_ampersand(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        from_url(url)
+    assert SECRET not in str(info.value)
+    assert SECRET not in redact_url(url)

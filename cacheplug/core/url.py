@@ -44,7 +44,8 @@ SHARED_OPTIONS: Mapping[str, type] = MappingProxyType(
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.\-%~]+\Z")
-_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+# A value runs to the next "name=" pair, so a raw "#" or "&" inside a secret stays masked.
+_QUERY_PAIR = re.compile(r"([?&;#])([^=&;#?]*)=(.*?)(?=[&;#][^=&;#]*=|\Z)", re.DOTALL)
 _EMBEDDED_NAME = re.compile(r"[&;]([^=&;]*)=")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
