@@ -116,7 +116,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     calls = len(cold) + len(warm)
     cold_ms = 1000 * sum(cold) / len(cold)
-    warm_ms = 1000 * sum(warm) / len(warm) if warm else float("nan")
+    warm_ms = 1000 * sum(warm) / len(warm) if warm else 0.0
     rows = [
         ("cache", target.scrub(repr(cache))),
         ("url", target.url.redacted()),
@@ -126,7 +126,7 @@ def _demo(args: argparse.Namespace) -> int:
         ("executions", str(executions)),
         ("hit ratio", f"{100 * (calls - executions) / calls:.1f}%"),
         ("cold", f"{cold_ms:.3f} ms per call (first round)"),
-        ("warm", f"{warm_ms:.3f} ms per call (later rounds)"),
+        ("warm", f"{warm_ms:.3f} ms per call (later rounds)" if warm else "n/a (one round)"),
         ("speed-up", f"{cold_ms / warm_ms:.1f}x" if warm_ms > 0 else "n/a"),
     ]
     width = max(len(label) for label, _ in rows) + 2

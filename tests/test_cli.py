@@ -130,6 +130,13 @@ def test_demo_on_null_runs_the_function_every_time(capsys: pytest.CaptureFixture
     assert float(shown["warm"].split()[0]) >= 4.5
 
 
+def test_demo_of_one_round_has_no_warm_calls_to_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "simple://", "--keys", "2", "--rounds", "1", "--delay-ms", "1"]) == 0
+    shown = fields(capsys.readouterr().out)
+    assert (shown["calls"], shown["executions"]) == ("2", "2")
+    assert (shown["warm"], shown["speed-up"]) == ("n/a (one round)", "n/a")
+
+
 def test_demo_takes_its_url_from_cache_url() -> None:
     result = run("demo", *FAST_DEMO, module=True, env={"CACHE_URL": "null://"})
     assert result.returncode == 0, result.stderr
