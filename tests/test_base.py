@@ -7,6 +7,7 @@ import hmac
 import logging
 import pickle
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -303,6 +304,121 @@ def test_memoize_does_not_cache_none() -> None:
     nothing()
     nothing()
     assert len(calls) == 2
+
+
+def test_memoized_lambdas_of_one_module_keep_their_own_results() -> None:
+    # Every lambda's qualname is "<lambda>": without more, double(3) was served square(3).
+    cache = SimpleCache()
+    square = cache.memoize()(lambda x: x * x)
+    double = cache.memoize()(lambda x: 2 * x)
+    assert (square(3), double(3), square(3)) == (9, 6, 9)
+    assert square.cache_key(3) != double.cache_key(3)
+    assert square.cache_key(3) == cache.memoize()(lambda x: x * x).cache_key(3)
+
+
+def test_memoize_keyword_arguments_in_any_order_are_one_call() -> None:
+    cache, calls = SimpleCache(), []
+
+    @cache.memoize()
+    def search(text: str, **filters: int) -> int:
+        calls.append(filters)
+        return len(calls)
+
+    assert search("a", year=2020, page=1) == search("a", page=1, year=2020) == 1
+    # invalidating the same call, written the other way round, forgets the cached result
+    assert search.invalidate("a", page=1, year=2020) is True
+    assert search("a", year=2020, page=1) == 2
+
+
+def test_memoize_on_static_and_class_methods_either_way_round() -> None:
+    class Maths:
+        calls = 0
+
+        def __repr__(self) -> str:
+            return "Maths()"
+
+        @staticmethod
+        def _count(result: int) -> int:
+            Maths.calls += 1
+            return result
+
+        @SimpleCache().memoize()
+        @staticmethod
+        def twice(x: int) -> int:
+            return Maths._count(2 * x)
+
+        @SimpleCache().memoize()
+        @classmethod
+        def named(cls, x: int) -> str:
+            return f"{cls.__name__}:{Maths._count(x)}"
+
+        @staticmethod
+        @SimpleCache().memoize()
+        def thrice(x: int) -> int:
+            return Maths._count(3 * x)
+
+        @classmethod
+        @SimpleCache().memoize()
+        def tagged(cls, x: int) -> str:
+            return f"{cls.__name__}-{Maths._count(x)}"
+
+    maths = Maths()
+    assert Maths.twice(2) == maths.twice(2) == 4
+    assert Maths.thrice(2) == maths.thrice(2) == 6
+    assert Maths.named(5) == maths.named(5) == "Maths:5"
+    assert Maths.tagged(5) == maths.tagged(5) == "Maths-5"
+    assert Maths.calls == 4  # each computed once, whether called on the class or an instance
+    assert maths.twice.invalidate(2) is True
+    assert maths.named.invalidate(5) is True
+    assert Maths.named.uncached(7) == maths.named.uncached(7) == "Maths:7"
+    assert Maths.calls == 6
+
+
+def test_memoized_method_has_its_uncached_method() -> None:
+    class Repo:
+        def __repr__(self) -> str:
+            return "Repo()"
+
+        @SimpleCache().memoize()
+        def load(self, key: str) -> str:
+            return f"loaded {key}"
+
+    assert Repo().load.uncached("x") == "loaded x"
+    assert Repo.load.__name__ == "load"
+
+
+def run_within(seconds: float, work: Any) -> list[Any]:
+    """``work()``'s result in a list, or an empty list when it did not return in time (a hang)."""
+    done, result = threading.Event(), []
+
+    def run() -> None:
+        result.append(work())
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    done.wait(seconds)
+    return result
+
+
+def test_get_or_set_factory_may_use_its_own_key_again() -> None:
+    # The per-key lock was not re-entrant: these hung forever.
+    cache = SimpleCache()
+    nested = run_within(10, lambda: cache.get_or_set("k", lambda: cache.get_or_set("k", f) * 2))
+    assert nested == [2]
+    backend = DictBackend({})  # inc from the base class takes the same per-key lock
+    assert run_within(10, lambda: backend.get_or_set("n", lambda: backend.inc("n", 5))) == [5]
+
+
+def f() -> int:
+    return 1
+
+
+@pytest.mark.parametrize("timeout", ["60", True])
+def test_get_or_set_refuses_a_bad_timeout_before_calling_the_factory(timeout: Any) -> None:
+    calls: list[int] = []
+    with pytest.raises(TypeError, match="timeout"):
+        SimpleCache().get_or_set("k", lambda: calls.append(1), timeout)
+    assert calls == []
 
 
 # -- NullCache ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
+from types import CodeType, MethodType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Self, TypeVar
 
 from cacheplug.core.errors import ConfigurationError, SerializationError
@@ -267,6 +268,7 @@ class BaseCache(ABC):
         with self._single_flight(key):
             value = self.get(key)
             if value is None:
+                normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
                 value = factory()
                 if value is not None:
                     self.set(key, value, timeout)
@@ -440,11 +442,14 @@ class BaseCache(ABC):
 
     @contextmanager
     def _single_flight(self, key: str) -> Iterator[None]:
-        """Hold the per-key lock of this process for ``key``."""
+        """Hold the per-key lock of this process for ``key``.
+
+        Re-entrant: a factory that uses its own key again in the same thread must not hang.
+        """
         with self._flights_lock:
             flight = self._flights.get(key)
             if flight is None:
-                flight = self._flights[key] = [threading.Lock(), 0]
+                flight = self._flights[key] = [threading.RLock(), 0]
             flight[1] += 1
         try:
             with flight[0]:
@@ -495,8 +500,21 @@ def _address_shown(value: object, seen: set[int]) -> str | None:
     return shown if len(shown) <= 120 else f"{shown[:60]}...{shown[-50:]}"
 
 
+def _code_fingerprint(code: CodeType) -> str:
+    """Text that tells apart code objects doing different things, the same in every process."""
+    consts = [
+        _code_fingerprint(const) if isinstance(const, CodeType) else repr(const)
+        for const in code.co_consts
+    ]
+    return repr((code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars, consts))
+
+
 class Memoized(Generic[P, R]):
     """A function whose results are cached; made by :meth:`BaseCache.memoize`."""
+
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[P, R]
 
     def __init__(
         self,
@@ -505,13 +523,28 @@ class Memoized(Generic[P, R]):
         timeout: Timeout,
         key_prefix: str | None,
     ) -> None:
+        # memoize written above @staticmethod / @classmethod: wrap the function they hold
+        self._binding: str | None = None
+        if isinstance(func, (staticmethod, classmethod)):
+            self._binding = type(func).__name__
+            func = func.__func__
         self.cache = cache
         self.uncached = func
         self.timeout = timeout
         self._signature = inspect.signature(func)
+        self._var_keyword = next(
+            (p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD),
+            None,
+        )
         module = getattr(func, "__module__", None) or "?"
         qualname = getattr(func, "__qualname__", None) or repr(func)
-        self._prefix = key_prefix if key_prefix is not None else f"memoize:{module}.{qualname}"
+        prefix = f"memoize:{module}.{qualname}"
+        code = getattr(func, "__code__", None)
+        if qualname.endswith("<lambda>") and isinstance(code, CodeType):
+            # every lambda of a module has this qualname: their code tells them apart
+            fingerprint = _code_fingerprint(code).encode()
+            prefix += f"#{hashlib.blake2b(fingerprint, digest_size=4).hexdigest()}"
+        self._prefix = key_prefix if key_prefix is not None else prefix
         wraps(func)(self)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
@@ -530,7 +563,9 @@ class Memoized(Generic[P, R]):
         else:
             bound.apply_defaults()
             parts = []
-            for name, value in sorted(bound.arguments.items()):
+            for name, argument in sorted(bound.arguments.items()):
+                # f(a=1, b=2) and f(b=2, a=1) are one call
+                value = dict(sorted(argument.items())) if name == self._var_keyword else argument
                 shown = repr(value)
                 self._check_stable(f"argument {name!r}", value, shown)
                 parts.append(f"({name!r}, {shown})")
@@ -560,6 +595,10 @@ class Memoized(Generic[P, R]):
         return self.cache.delete(self.cache_key(*args, **kwargs))
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if self._binding == "staticmethod":
+            return self
+        if self._binding == "classmethod":
+            return _BoundMemoized(self, owner if owner is not None else type(instance))
         if instance is None:
             return self
         return _BoundMemoized(self, instance)
@@ -577,6 +616,11 @@ class _BoundMemoized:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._memoized(self._instance, *args, **kwargs)
+
+    @property
+    def uncached(self) -> Callable[..., Any]:
+        """The method itself, bound, without the cache."""
+        return MethodType(self._memoized.uncached, self._instance)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         return self._memoized.cache_key(self._instance, *args, **kwargs)
