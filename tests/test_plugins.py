@@ -219,7 +219,7 @@ def test_strict_mode_raises_and_a_later_use_retries(
     with pytest.raises(PluginError, match=r"'flaky'.*ImportError: not yet") as caught:
         get_plugins()
     assert isinstance(caught.value.__cause__, ImportError)
-    (site / "flaky_plugin.py").write_text("")
+    (site / "flaky_plugin.py").write_text(backend_module("flaky"))
     assert "flaky" in [p["name"] for p in get_plugins()]
 
 
@@ -378,3 +378,116 @@ def test_import_cacheplug_loads_no_plugin_machinery() -> None:
     assert "cacheplug.backends.simple" in after_use
     assert "importlib.metadata" not in after_use
     assert not any(m.startswith(("redis", "pymemcache")) for m in after_use)
+
+
+# -- an author's mistakes -------------------------------------------------------------------------
+
+
+def _load_warning(site: Path, module: str, source: str) -> str:
+    """The PluginLoadWarning of entry point 'mistake' naming ``module`` written from ``source``."""
+    write_distribution(site, "cacheplug-mistake", "0.1", {"mistake": module}, {module: source})
+    with pytest.warns(PluginLoadWarning) as caught:
+        assert get_backend_class("simple") is SimpleCache
+    (message,) = [str(w.message) for w in caught if "'mistake'" in str(w.message)]
+    assert "(cacheplug-mistake 0.1)" in message
+    listed = next(p for p in get_plugins() if p["name"] == "mistake")
+    assert listed["error"]
+    return message
+
+
+def test_a_hook_without_the_marker_is_reported_not_ignored(site: Path) -> None:
+    message = _load_warning(
+        site,
+        "unmarked_plugin",
+        """
+        from cacheplug import SimpleCache
+        def cacheplug_register_backends(register):
+            register("unmarked", SimpleCache)
+        """,
+    )
+    assert "cacheplug_register_backends() without the @cacheplug.hookimpl marker" in message
+
+
+def test_an_entry_point_naming_a_module_without_hooks_is_reported(site: Path) -> None:
+    message = _load_warning(site, "hookless_plugin", "from cacheplug import SimpleCache\n")
+    assert "implements no cacheplug hook" in message
+    assert "must name the module holding the @cacheplug.hookimpl functions" in message
+
+
+def test_a_plugin_calling_sys_exit_at_import_fails_alone(site: Path) -> None:
+    message = _load_warning(
+        site, "exiting_plugin", "import sys\nsys.exit('usage: mistake [--flag]')\n"
+    )
+    assert "SystemExit: usage: mistake [--flag]" in message
+
+
+@pytest.mark.parametrize(
+    ("backends", "serializers"),
+    [
+        ({"MyCache": RuntimeCache}, {}),
+        ({"my_cache": RuntimeCache}, {}),
+        ({"my cache": RuntimeCache}, {}),
+        ({"mine://": RuntimeCache}, {}),
+        ({"2cache": RuntimeCache}, {}),
+        ({}, {" padded ": ReversedSerializer}),
+        ({}, {"a&b": ReversedSerializer}),
+        ({}, {"line\nbreak": ReversedSerializer}),
+    ],
+    ids=["upper", "underscore", "space", "url", "digit-first", "padded", "ampersand", "newline"],
+)
+def test_a_name_no_url_can_reach_is_refused(
+    backends: dict[str, Any], serializers: dict[str, Any]
+) -> None:
+    with pytest.raises(PluginError, match=r"plugin 'odd' .* which cannot be used: a .* name is"):
+        register_plugin(_Plugin(backends, serializers), name="odd")
+    assert "odd" not in [p["name"] for p in get_plugins()]
+
+
+def test_usable_names_are_accepted() -> None:
+    register_plugin(
+        _Plugin({"my-cache+tls.v2": RuntimeCache}, {"Zstd_pickle-2.0": ReversedSerializer})
+    )
+    assert isinstance(from_url("my-cache+tls.v2://?serializer=Zstd_pickle-2.0"), RuntimeCache)
+
+
+def test_a_serializer_that_needs_arguments_is_a_plugin_error() -> None:
+    class Leveled(ReversedSerializer):
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    register_plugin(_Plugin(serializers={"leveled": Leveled}), name="leveled-plugin")
+    with pytest.raises(
+        PluginError, match="serializer 'leveled' from plugin 'leveled-plugin'"
+    ) as caught:
+        SimpleCache(serializer="leveled")
+    assert "every parameter needs a default" in str(caught.value)
+    assert isinstance(caught.value.__cause__, TypeError)
+
+
+def test_an_abstract_backend_is_a_plugin_error() -> None:
+    class Half(cacheplug.BaseCache):
+        def get(self, key: str) -> Any:
+            return None
+
+    register_plugin(_Plugin({"half": Half}), name="half-plugin")
+    with pytest.raises(PluginError, match="an abstract class: it must implement add, clear"):
+        from_url("half://")
+
+
+def test_an_entry_point_in_a_misspelt_group_is_named_by_the_unknown_scheme(site: Path) -> None:
+    write_distribution(
+        site,
+        "cacheplug-misgrouped",
+        "1.0",
+        {"misgrouped": "misgrouped_plugin"},
+        {"misgrouped_plugin": backend_module("misgrouped")},
+        group="cacheplugs",
+    )
+    with pytest.raises(ConfigurationError, match="unknown cache scheme 'misgrouped'") as caught:
+        from_url("misgrouped://")
+    assert (
+        "cacheplug-misgrouped declares misgrouped = 'misgrouped_plugin' in group 'cacheplugs'"
+        in str(caught.value)
+    )
+    assert "declare it under [project.entry-points.cacheplug]" in str(caught.value)
+    assert not imported(site, "misgrouped_plugin")

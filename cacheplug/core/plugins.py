@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
+import re
 import sys
 import threading
 import warnings
@@ -56,6 +58,7 @@ STRICT_ENV = "CACHEPLUG_STRICT_PLUGINS"
 DISABLE_ENV = "CACHEPLUG_DISABLE_PLUGINS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _HOOKS = ("cacheplug_register_backends", "cacheplug_register_serializers")
+_HOOK_PREFIX = "cacheplug_register"
 _RUNTIME = "registered at runtime"
 
 
@@ -99,6 +102,9 @@ class _Table:
 
     kind: str
     hook: str
+    #: the names usable where this kind is named (a URL scheme, a query value)
+    valid: re.Pattern[str]
+    rule: str
     entries: dict[str, _Entry] = field(default_factory=dict)
 
 
@@ -110,11 +116,22 @@ class _Registry:
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, _Origin] = {}
         self.broken: list[_Broken] = []
-        self.backends = _Table("cache scheme", "cacheplug_register_backends")
-        self.serializers = _Table("serializer", "cacheplug_register_serializers")
+        self.backends = _Table(
+            "cache scheme",
+            "cacheplug_register_backends",
+            re.compile(r"[a-z][a-z0-9+.\-]*\Z"),
+            "a URL scheme: a lowercase letter, then lowercase letters, digits, '+', '-' or '.'",
+        )
+        self.serializers = _Table(
+            "serializer",
+            "cacheplug_register_serializers",
+            re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*\Z"),
+            "letters, digits, '_', '.', '+' or '-', starting with a letter or digit",
+        )
         self.serializer_instances: dict[str, SerializerLike] = {}
         self.lock = threading.RLock()
         self.strict = False
+        self.entry_points_read = False
 
     def load(self) -> None:
         from cacheplug import __version__
@@ -136,6 +153,7 @@ class _Registry:
             return
         for name in disabled.difference(BUILTIN_PLUGINS):
             self.pm.set_blocked(name)
+        self.entry_points_read = True
         import importlib.metadata
 
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -152,7 +170,9 @@ class _Registry:
                 if taken is not None:
                     raise PluginError(f"its entry-point name is already used by {taken}")
                 self.add(ep.load(), origin)
-            except Exception as err:
+            # SystemExit too: a plugin calling sys.exit() (argparse at import...) must not end
+            # the program that merely asked for a cache.
+            except (Exception, SystemExit) as err:
                 message = (
                     f"cacheplug {origin} failed to load from {ep.value!r}: "
                     f"{type(err).__name__}: {err}; set {DISABLE_ENV}={ep.name} to skip it"
@@ -196,7 +216,23 @@ class _Registry:
         return self.backends, self.serializers
 
     def _check_hooks(self, plugin: object, origin: _Origin) -> None:
-        for caller in self.pm.get_hookcallers(plugin) or []:
+        for name in dir(plugin):
+            if (
+                name.startswith(_HOOK_PREFIX)
+                and self.pm.parse_hookimpl_opts(plugin, name) is None
+                and callable(getattr(plugin, name, None))
+            ):
+                raise PluginError(
+                    f"{origin} defines {name}() without the @cacheplug.hookimpl marker, so "
+                    f"cacheplug would never call it; decorate it with @cacheplug.hookimpl"
+                )
+        callers = self.pm.get_hookcallers(plugin) or []
+        if not callers:
+            raise PluginError(
+                f"{origin} implements no cacheplug hook; its entry point must name the module "
+                f"holding the @cacheplug.hookimpl functions ({', '.join(_HOOKS)})"
+            )
+        for caller in callers:
             if caller.has_spec():
                 continue
             if any(
@@ -214,6 +250,11 @@ class _Registry:
         def register(name: str, target: type[Any] | str) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"{origin} registered a {table.kind} with invalid name {name!r}")
+            if not table.valid.match(name):
+                raise PluginError(
+                    f"{origin} registered {table.kind} {name!r}, which cannot be used: "
+                    f"a {table.kind} name is {table.rule}"
+                )
             if not _is_target(target):
                 raise PluginError(
                     f"{origin} registered {table.kind} {name!r} as {target!r}; expected a class "
@@ -262,6 +303,7 @@ class _Registry:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         message = f"unknown {table.kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
+        message += self._misplaced_entry_points()
         if not self.broken:
             return ConfigurationError(message)
         failed = "; ".join(
@@ -275,6 +317,31 @@ class _Registry:
         error = PluginError(f"{message}; it may come from a broken plugin: {failed}")
         error.__cause__ = suspect.error
         return error
+
+    def _misplaced_entry_points(self) -> str:
+        """A note on entry points declared in a group that looks like, but is not, ``cacheplug``."""
+        if not self.entry_points_read:
+            return ""
+        import importlib.metadata
+
+        found: dict[str, None] = {}  # ordered, and one line for a distribution seen twice
+        for dist in importlib.metadata.distributions():
+            for ep in dist.entry_points:
+                squeezed = re.sub(r"[\W_]", "", ep.group.lower())
+                if ep.group != ENTRY_POINT_GROUP and (
+                    squeezed.startswith(ENTRY_POINT_GROUP)
+                    or difflib.SequenceMatcher(None, squeezed, ENTRY_POINT_GROUP).ratio() >= 0.8
+                ):
+                    found[
+                        f"{dist.name} declares {ep.name} = {ep.value!r} in group {ep.group!r}"
+                    ] = None
+        if not found:
+            return ""
+        return (
+            f"; cacheplug reads only the {ENTRY_POINT_GROUP!r} entry-point group, but "
+            + "; ".join(found)
+            + f": declare it under [project.entry-points.{ENTRY_POINT_GROUP}]"
+        )
 
 
 def _is_target(target: object) -> bool:
@@ -411,6 +478,9 @@ def _check_backend(value: object) -> str | None:
     from cacheplug.core.base import BaseCache
 
     if isinstance(value, type) and issubclass(value, BaseCache):
+        if inspect.isabstract(value):
+            missing = ", ".join(sorted(value.__abstractmethods__))
+            return f"is {value!r}, an abstract class: it must implement {missing}"
         return None
     return f"is {value!r}, not a subclass of cacheplug.BaseCache"
 
@@ -451,7 +521,15 @@ def get_serializer(name: str) -> SerializerLike:
     with registry.lock:
         instance = registry.serializer_instances.get(name)
         if instance is None:
-            instance = registry.serializer_instances[name] = cls()
+            try:
+                instance = cls()
+            except Exception as err:
+                raise PluginError(
+                    f"serializer {name!r} from {entry.origin} cannot be created as {cls.__name__}()"
+                    f": {type(err).__name__}: {err}; cacheplug creates serializers with no "
+                    f"arguments, so every parameter needs a default"
+                ) from err
+            registry.serializer_instances[name] = instance
     return instance
 
 

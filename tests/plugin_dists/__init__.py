@@ -16,14 +16,19 @@ MARK = "import pathlib\npathlib.Path(__file__).with_suffix('.imported').touch()\
 
 
 def write_distribution(
-    site: Path, name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+    site: Path,
+    name: str,
+    version: str,
+    entry_points: dict[str, str],
+    modules: dict[str, str],
+    group: str = "cacheplug",
 ) -> None:
-    """Write an installed distribution with ``cacheplug`` entry points, and its modules."""
+    """Write an installed distribution with entry points in ``group``, and its modules."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[cacheplug]\n{lines}")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
     for module, source in modules.items():
         (site / f"{module}.py").write_text(textwrap.dedent(source))
 
