@@ -179,6 +179,19 @@ def test_clear_leaves_no_file_of_its_prefix_behind(tmp_path: Path) -> None:
     assert (cache.get("a"), other.get("k")) == (3, 1)
 
 
+def test_a_reassigned_key_prefix_is_that_prefix_in_full(tmp_path: Path) -> None:
+    left = FileSystemCache(tmp_path, key_prefix="left:")
+    left.set("k", "left")
+    moved = FileSystemCache(tmp_path, key_prefix="left:")
+    moved.key_prefix = "right:"
+    right = FileSystemCache(tmp_path, key_prefix="right:")
+    assert moved.get("k") is None
+    assert moved.set("k", "right") is True
+    assert (right.get("k"), left.get("k")) == ("right", "left")
+    assert moved.clear() is True  # clears right:, never the prefix it was built with
+    assert (right.get("k"), left.get("k")) == (None, "left")
+
+
 def test_threshold_applies_per_prefix(tmp_path: Path) -> None:
     left = FileSystemCache(tmp_path, threshold=5, key_prefix="left:")
     right = FileSystemCache(tmp_path, threshold=5, key_prefix="right:")
@@ -386,7 +399,7 @@ def test_cachelib_serializer_object_is_accepted(tmp_path: Path) -> None:
     from cachelib.serializers import FileSystemSerializer
 
     cache = FileSystemCache(tmp_path)
-    cache.serializer = FileSystemSerializer()  # type: ignore[assignment]  # dumps may give None
+    cache.serializer = FileSystemSerializer()
     cache.set("k", {"a": 1})
     assert cache.get("k") == {"a": 1}
 

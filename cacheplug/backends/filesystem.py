@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from cacheplug.core.base import (
     BaseCache,
@@ -61,6 +61,14 @@ _TALLY_CHECK = 0x3C5A_17C0_DE5A_17C0
 
 # (absolute expiry, payload, mtime) of an entry file
 _Entry = tuple[float, bytes, float]
+
+
+class _Namespace(NamedTuple):
+    """Where the entries and the lock file of one ``key_prefix`` live."""
+
+    prefix: str
+    head: str  # entry names start with it
+    lock_path: str
 
 
 class FileSystemCache(BaseCache):
@@ -137,13 +145,44 @@ class FileSystemCache(BaseCache):
         self._mode_as_created = created_mode if self.mode & ~0o700 == 0 else -1
         self._dir_mode = stat.S_IMODE(os.stat(self.cache_dir).st_mode)
         hex_len = len(self._hash(b"").hexdigest())
-        namespace = self._hash(key_prefix.encode("utf-8", "surrogatepass")).hexdigest()[:_NS_HEX]
-        self._ns_head = f"cp-{namespace}-"
-        self._lock_path = os.path.join(self.cache_dir, f".cacheplug-{namespace}.lock")
-        self._own_head = self._ns_head if key_prefix else "cp-"
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
         self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+
+    @property
+    def key_prefix(self) -> str:
+        """Prepended to every key; reassigned, the cache moves to that prefix's files and lock."""
+        return self._key_prefix
+
+    @key_prefix.setter
+    def key_prefix(self, prefix: str) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"key_prefix must be str, got {type(prefix).__name__}")
+        self._key_prefix = prefix
+        self._namespace: _Namespace | None = None  # derived on first use: needs the hash
+
+    def _names(self) -> _Namespace:
+        names = self._namespace
+        if names is None:
+            prefix = self._key_prefix
+            tag = self._hash(prefix.encode("utf-8", "surrogatepass")).hexdigest()[:_NS_HEX]
+            lock = os.path.join(self.cache_dir, f".cacheplug-{tag}.lock")
+            names = self._namespace = _Namespace(prefix, f"cp-{tag}-", lock)
+        return names
+
+    @property
+    def _ns_head(self) -> str:
+        return self._names().head
+
+    @property
+    def _lock_path(self) -> str:
+        return self._names().lock_path
+
+    @property
+    def _own_head(self) -> str:
+        """Start of the names ``clear`` removes: every prefix's entries when there is none."""
+        names = self._names()
+        return names.head if names.prefix else "cp-"
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
@@ -286,8 +325,9 @@ class FileSystemCache(BaseCache):
         return self._path(key), expires, self._encode(value)
 
     def _path(self, key: str) -> str:
-        digest = self._hash((self.key_prefix + key).encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(self.cache_dir, self._ns_head + digest)
+        names = self._names()
+        digest = self._hash((names.prefix + key).encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.cache_dir, names.head + digest)
 
     def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
