@@ -364,6 +364,24 @@ def test_check_and_demo_against_memcached(memcached_server: MemcachedServer) -> 
     assert fields(demo.stdout)["cache"].startswith("MemcachedCache(")
 
 
+@pytest.mark.parametrize("engine", ["redis", "memcached"])
+def test_check_and_demo_follow_a_server_that_goes_down_and_comes_back(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    server: RedisServer | MemcachedServer = request.getfixturevalue(f"fresh_{engine}_server")
+    url = server.url
+    assert run("check", url).returncode == 0
+    server.kill()
+    for command in (("check", url), ("demo", url, *FAST_DEMO)):
+        result = run(*command)
+        assert result.returncode == 1
+        assert f"cannot reach the cache at {engine}://127.0.0.1:{server.port}" in result.stderr
+    server.restart()
+    checked = run("check", url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert check_lines(checked.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
+
+
 def test_check_on_a_closed_memcached_port_says_it_is_unreachable() -> None:
     result = run("check", f"memcached://127.0.0.1:{closed_port()}")
     assert result.returncode == 1
