@@ -214,6 +214,7 @@ def test_a_hung_cluster_node_costs_one_timeout_per_call_and_live_nodes_answer() 
         }
         answers: dict[str, list[Any]] = {}
         seconds: dict[str, float] = {}
+        misses = cache.stats()["misses"]
         assert hung.pid is not None
         with paused_process(hung.pid):
             for name, call in calls.items():
@@ -227,6 +228,7 @@ def test_a_hung_cluster_node_costs_one_timeout_per_call_and_live_nodes_answer() 
             "delete_many": [],  # expired just before
         }
         assert all(spent < 1.8 * timeout for spent in seconds.values()), seconds
+        assert cache.stats()["misses"] == misses  # the hung node's keys are errors, not misses
         assert wait_until(lambda: cache.set_many(dict.fromkeys(keys, 4)) == keys) < WAIT
         assert cache.get_many(*keys) == [4] * len(keys)
         assert sorted(cache.delete_many(*keys)) == sorted(keys)
@@ -243,10 +245,12 @@ def test_a_cluster_down_after_a_node_died_costs_one_wait_per_call() -> None:
         dead, live = cluster.servers[1], cluster.servers[0]
         dead.kill()
         wait_until(lambda: b"cluster_state:fail" in bytes(live.command("CLUSTER", "INFO")))  # type: ignore[arg-type]
+        misses = cache.stats()["misses"]
         started = time.monotonic()
         answers = (cache.get_many(*keys), cache.set_many(dict.fromkeys(keys, 2)), cache.inc("n"))
         spent = time.monotonic() - started
         assert answers == ([None] * len(keys), [], None)
+        assert cache.stats()["misses"] == misses  # keys not read are errors, not misses
         # redis-py waits 0.25 s before it gives up on a CLUSTERDOWN command: once per call here
         assert spent < 2.5, spent
         cluster.start()  # the dead node again, on its port

@@ -64,22 +64,25 @@ def mget(
     client: Any,
     names: Sequence[str | bytes],
     pipeline: Callable[[list[tuple[Any, ...]]], list[Any] | None],
-) -> list[Any]:
-    """The payloads of ``names`` on a cluster, one ``MGET`` per slot, all sent by ``pipeline``;
-    ``None`` for the names whose ``MGET`` failed (``pipeline`` logs it).
+) -> tuple[list[Any], int]:
+    """The payloads of ``names`` on a cluster, one ``MGET`` per slot, all sent by ``pipeline``,
+    ``None`` for the names whose ``MGET`` failed (``pipeline`` logs it), and how many failed.
     """
     slots: dict[int, list[int]] = {}
     for index, name in enumerate(names):
         slots.setdefault(client.keyslot(name), []).append(index)
     replies = pipeline([("MGET", *(names[i] for i in indexes)) for indexes in slots.values()])
     if replies is None:
-        return [None] * len(names)
+        return [None] * len(names), len(names)
     payloads: list[Any] = [None] * len(names)
+    unread = 0
     for indexes, reply in zip(slots.values(), replies, strict=True):
-        if not isinstance(reply, Exception):
+        if isinstance(reply, Exception):
+            unread += len(indexes)
+        else:
             for index, payload in zip(indexes, reply, strict=True):
                 payloads[index] = payload
-    return payloads
+    return payloads, unread
 
 
 def node_pipelines(

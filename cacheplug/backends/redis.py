@@ -371,9 +371,10 @@ class RedisCache(BaseCache):
             for key in keys:
                 check_key(key)  # raises with the contract's message
             raise
+        unread = 0  # names on a cluster node that failed: errors, not misses
         try:
             if self._cluster:
-                payloads = cluster.mget(
+                payloads, unread = cluster.mget(
                     self._client, sent, lambda commands: self._pipeline(commands, "get_many")
                 )
             elif packed is not None:
@@ -402,11 +403,11 @@ class RedisCache(BaseCache):
         except Exception:  # an unreadable entry: decode one by one, counting and logging each
             pairs = zip(keys, payloads, strict=True)
             values = [None if p is None else self._load(k, p) for k, p in pairs]
-            self._misses += payloads.count(None)
+            self._misses += payloads.count(None) - unread
             return values
         found = len(keys) - payloads.count(None)
         self._hits += found
-        self._misses += len(keys) - found
+        self._misses += len(keys) - found - unread
         return values
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
