@@ -19,8 +19,8 @@ __all__ = ["MsgpackSerializer"]
 class MsgpackSerializer(Serializer):
     """Serializes with msgpack.
 
-    ``str`` and ``bytes`` stay distinct; tuples come back as lists; map keys may be any
-    hashable msgpack value.
+    ``str`` and ``bytes`` stay distinct; tuples come back as lists, except in map keys, where
+    they stay tuples (a list cannot be a key); map keys may be any hashable msgpack value.
     """
 
     name = "msgpack"
@@ -36,9 +36,23 @@ class MsgpackSerializer(Serializer):
 
     def loads(self, data: bytes) -> Any:
         try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            try:
+                return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            except TypeError:  # unhashable: a tuple key, written as an array, read as a list
+                return msgpack.unpackb(
+                    data, raw=False, strict_map_key=False, object_pairs_hook=_dict_of_pairs
+                )
         except Exception as err:  # msgpack raises ExtraData, ValueError, FormatError...
             raise SerializationError(f"not a readable msgpack payload: {err}") from err
+
+
+def _dict_of_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A map whose array keys are tuples again, as they were when written."""
+    return {_as_key(key): value for key, value in pairs}
+
+
+def _as_key(key: Any) -> Any:
+    return tuple(map(_as_key, key)) if isinstance(key, list) else key
 
 
 @hookimpl
