@@ -61,9 +61,17 @@ class _Target:
         return text
 
     def unreachable(self) -> str:
+        from cacheplug.backends.filesystem import FileSystemCache
+
+        shown = self.scrub(repr(self.cache))
+        if isinstance(self.cache, FileSystemCache):  # no server: the directory refused
+            return (
+                f"cannot write to the cache at {self.url.redacted()}: may this process write "
+                f"there, and is the disk not full? ({shown})"
+            )
         return (
             f"cannot reach the cache at {self.url.redacted()}: is the server running "
-            f"and reachable from here? ({self.scrub(repr(self.cache))})"
+            f"and reachable from here? ({shown})"
         )
 
     def probe(self, key: str) -> None:

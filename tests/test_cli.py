@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -411,6 +412,27 @@ def test_check_leaves_a_directory_as_it_found_it(tmp_path: Path) -> None:
         assert run("check", url).returncode == 0
     assert sorted(os.listdir(tmp_path)) == before
     assert cacheplug.from_url(url).get("mine") == 1
+
+
+def no_file_growth() -> None:
+    """In the child: a file-size limit of 0, as a full disk refuses every write."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+@pytest.mark.parametrize("command", ["check", "demo"])
+def test_a_directory_refusing_writes_is_not_called_a_server(tmp_path: Path, command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cacheplug", command, f"file://{tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=no_file_growth,
+    )
+    assert result.returncode == 1
+    assert "File too large" in result.stderr  # the logged cause
+    assert f"cannot write to the cache at file://{tmp_path}: " in result.stderr
+    assert "server" not in result.stderr
 
 
 # -- plugins -------------------------------------------------------------------------------------
