@@ -413,6 +413,17 @@ def f() -> int:
     return 1
 
 
+@pytest.mark.parametrize("make", [SimpleCache, lambda: DictBackend({}), NullCache])
+def test_get_or_set_counts_a_miss_once(make: Any) -> None:
+    # The check again under the per-key lock counted every miss twice: hit ratios were wrong.
+    cache = make()
+    square = cache.memoize()(lambda x: x * x)
+    assert [square(1), square(1), square(2)] == [1, 1, 4]
+    stats = cache.stats()
+    expected = {"hits": 1, "misses": 2} if not isinstance(cache, NullCache) else {"misses": 3}
+    assert {name: stats[name] for name in expected} == expected
+
+
 @pytest.mark.parametrize("timeout", ["60", True])
 def test_get_or_set_refuses_a_bad_timeout_before_calling_the_factory(timeout: Any) -> None:
     calls: list[int] = []

@@ -266,8 +266,11 @@ class BaseCache(ABC):
         if value is not None:
             return value
         with self._single_flight(key):
+            misses = self._misses
             value = self.get(key)
             if value is None:
+                if self._misses > misses:
+                    self._misses -= 1  # the miss the first get counted, not a second one
                 normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
                 value = factory()
                 if value is not None:
