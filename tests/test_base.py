@@ -387,6 +387,28 @@ def test_memoized_method_has_its_uncached_method() -> None:
     assert Repo.load.__name__ == "load"
 
 
+@SimpleCache().memoize()
+def cube(x: int) -> int:
+    return x**3
+
+
+@dataclass
+class Shelf:
+    name: str
+
+    @SimpleCache().memoize()
+    def label(self, n: int) -> str:
+        return f"{self.name}{n}"
+
+
+def test_memoized_functions_pickle_by_reference() -> None:
+    # Process pools pickle what they run: the wrapper took the cache, and its locks, along.
+    assert pickle.loads(pickle.dumps(cube)) is cube
+    method = pickle.loads(pickle.dumps(Shelf("a").label))
+    assert method(1) == "a1"
+    assert method.cache_key(1) == Shelf("a").label.cache_key(1)
+
+
 def run_within(seconds: float, work: Any) -> list[Any]:
     """``work()``'s result in a list, or an empty list when it did not return in time (a hang)."""
     done, result = threading.Event(), []

@@ -609,6 +609,10 @@ class Memoized(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<memoized {self._prefix} on {self.cache!r}>"
 
+    def __reduce__(self) -> str:
+        # by reference, as pickle sends functions (to process pools), not with the cache's locks
+        return self.__qualname__
+
 
 class _BoundMemoized:
     """A memoized method bound to its instance."""
@@ -624,6 +628,9 @@ class _BoundMemoized:
     def uncached(self) -> Callable[..., Any]:
         """The method itself, bound, without the cache."""
         return MethodType(self._memoized.uncached, self._instance)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (self._instance, self._memoized.__name__)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         return self._memoized.cache_key(self._instance, *args, **kwargs)
