@@ -329,6 +329,19 @@ def test_inc_on_a_value_that_looks_numeric_is_type_error(cache: MemcachedCache) 
     assert cache.get("float") == 15.0
 
 
+@pytest.mark.parametrize("stored", [b"5", b"0", b"18446744073709551615"])
+def test_inc_on_a_number_another_client_stored_is_type_error_and_it_stays(
+    cache: MemcachedCache, memcached_server: MemcachedServer, stored: bytes
+) -> None:
+    # python-memcached and pylibmc (cachelib's clients) store an int as its digits, flags 2
+    client = raw_client(memcached_server)
+    client.set("hits", stored, flags=2)
+    assert cache.get("hits") is None  # not a cacheplug entry: a miss
+    with pytest.raises(TypeError, match="did not write"):
+        cache.inc("hits")
+    assert (client.get("hits"), raw_flags(memcached_server, "hits")) == (stored, 2)
+
+
 def test_inc_keeps_the_expiry_and_new_counters_get_the_default(
     memcached_server: MemcachedServer,
 ) -> None:

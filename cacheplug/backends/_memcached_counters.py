@@ -76,7 +76,8 @@ def increment(cache: MemcachedCache, server: Server, name: str, key: str, delta:
     """``cache.inc(key, delta)`` on the entry ``name`` of ``server``, ``delta`` a signed 64-bit
     int: the new value, or None on engine errors (logged by ``cache``).
 
-    :raises TypeError: the stored value is not an integer (it stays).
+    :raises TypeError: the stored value is not an integer, or not one cacheplug wrote (it
+        stays).
     :raises OverflowError: the result or the stored integer is outside the signed 64-bit range
         (the value stays).
     """
@@ -100,6 +101,14 @@ def increment(cache: MemcachedCache, server: Server, name: str, key: str, delta:
             if created:
                 return delta
             continue
+        if flags is not None and flags not in BIASES:
+            # a number stored by another client (its flags): incr counted it, take that back
+            if not _add_raw(cache, server, name, -step % WRAP):
+                return None
+            raise TypeError(
+                f"cannot increment {key!r}: it holds an entry cacheplug did not write "
+                f"(memcached flags {flags}), read as a miss"
+            )
         result = counter_value(number - step, flags) + delta
         if not INT64_MIN <= result <= INT64_MAX:
             if not _add_raw(cache, server, name, -step % WRAP):  # undo the wrap-around
