@@ -120,7 +120,7 @@ def test_mutating_after_set_does_not_change_cache() -> None:
     value: dict[str, Any] = {"flat": 1}
     cache.set("flat", value)
     value["flat"] = 2
-    nested = {"list": [1], "obj": {"deep": [1]}}
+    nested: dict[str, Any] = {"list": [1], "obj": {"deep": [1]}}
     cache.set("nested", nested)
     nested["obj"]["deep"].append(2)
     assert cache.get("flat") == {"flat": 1}
