@@ -8,7 +8,7 @@ import logging
 import pickle
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,7 +29,7 @@ from cacheplug import (
     SerializationError,
     SimpleCache,
 )
-from cacheplug.core.base import PayloadSigner, Timeout, normalize_timeout
+from cacheplug.core.base import Memoized, PayloadSigner, Timeout, normalize_timeout
 from cacheplug.testing import CacheContract, CacheFactory
 
 
@@ -314,6 +314,58 @@ def test_memoized_lambdas_of_one_module_keep_their_own_results() -> None:
     assert (square(3), double(3), square(3)) == (9, 6, 9)
     assert square.cache_key(3) != double.cache_key(3)
     assert square.cache_key(3) == cache.memoize()(lambda x: x * x).cache_key(3)
+
+
+def test_memoized_closures_keep_the_results_of_what_they_close_over() -> None:
+    # One qualified name for every function these make: greet("ann") was served "hello ann"
+    # after make_greeter("bye"), and every function cached() wrapped shared one entry per call.
+    cache = SimpleCache()
+
+    def make_greeter(greeting: str) -> Memoized[[str], str]:
+        @cache.memoize()
+        def greet(name: str) -> str:
+            return f"{greeting} {name}"
+
+        return greet
+
+    def cached(func: Callable[[int], int]) -> Callable[[int], int]:
+        @cache.memoize()
+        def wrapper(x: int) -> int:
+            return func(x)
+
+        return wrapper
+
+    def increment(x: int) -> int:
+        return x + 1
+
+    assert make_greeter("hello")("ann") == "hello ann"
+    assert make_greeter("bye")("ann") == "bye ann"
+    assert [cached(increment)(3), cached(lambda x: -x)(3), cached(abs)(-3)] == [4, -3, 3]
+    # the same closure made again shares its entries; an object shown by address is left out
+    assert make_greeter("bye").cache_key("x") == make_greeter("bye").cache_key("x")
+    lock = threading.Lock()
+
+    @cache.memoize()
+    def guarded(x: int) -> int:
+        with lock:
+            return x * 2
+
+    assert guarded(2) == 4
+
+
+def test_memoized_recursive_closure() -> None:
+    cache, calls = SimpleCache(), []
+
+    def make() -> Callable[[int], int]:
+        @cache.memoize()
+        def fib(n: int) -> int:
+            calls.append(n)
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        return fib
+
+    assert make()(20) == 6765
+    assert len(calls) == 21
 
 
 def test_memoize_keyword_arguments_in_any_order_are_one_call() -> None:

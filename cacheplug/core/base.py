@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
-from types import CodeType, MethodType
+from types import CodeType, FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Self, TypeVar
 
 from cacheplug.core.errors import ConfigurationError, SerializationError
@@ -512,6 +512,40 @@ def _code_fingerprint(code: CodeType) -> str:
     return repr((code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars, consts))
 
 
+def _short_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def _function_name(func: object) -> str:
+    """Module and qualified name, the same in every process; a lambda's code tells it apart."""
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or repr(func)
+    code = getattr(func, "__code__", None)
+    if qualname.endswith("<lambda>") and isinstance(code, CodeType):
+        # every lambda of a module has this qualname
+        return f"{module}.{qualname}#{_short_digest(_code_fingerprint(code))}"
+    return f"{module}.{qualname}"
+
+
+def _closure_text(func: object) -> str:
+    """What the variables a nested function closes over hold, where it can be named.
+
+    ``make_greeter("hi")`` and ``make_greeter("bye")`` return functions of one qualified name
+    that must not share results. Values shown only by an address are left out.
+    """
+    shown = []
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet: the function itself, when it recurses
+            continue
+        if isinstance(value, FunctionType):
+            shown.append(_function_name(value))
+        elif _address_shown(value, set()) is None:
+            shown.append(repr(value))
+    return repr(shown) if shown else ""
+
+
 class Memoized(Generic[P, R]):
     """A function whose results are cached; made by :meth:`BaseCache.memoize`."""
 
@@ -539,14 +573,10 @@ class Memoized(Generic[P, R]):
             (p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD),
             None,
         )
-        module = getattr(func, "__module__", None) or "?"
-        qualname = getattr(func, "__qualname__", None) or repr(func)
-        prefix = f"memoize:{module}.{qualname}"
-        code = getattr(func, "__code__", None)
-        if qualname.endswith("<lambda>") and isinstance(code, CodeType):
-            # every lambda of a module has this qualname: their code tells them apart
-            fingerprint = _code_fingerprint(code).encode()
-            prefix += f"#{hashlib.blake2b(fingerprint, digest_size=4).hexdigest()}"
+        prefix = f"memoize:{_function_name(func)}"
+        closure = _closure_text(func)
+        if closure:
+            prefix += f"~{_short_digest(closure)}"
         self._prefix = key_prefix if key_prefix is not None else prefix
         wraps(func)(self)
 
@@ -582,7 +612,7 @@ class Memoized(Generic[P, R]):
         address = _address_shown(value, set())
         if address is not None:  # not merely text that looks like an address
             raise TypeError(
-                f"cannot memoize {self._prefix.removeprefix('memoize:')}(): {what} is shown as "
+                f"cannot memoize {self.__module__}.{self.__qualname__}(): {what} is shown as "
                 f"{address}, a memory address that a later object can reuse and be served "
                 "this call's result; give its class a __repr__ that shows what identifies it "
                 "(a dataclass has one), or pass that identity instead"
