@@ -610,6 +610,16 @@ class TestBaseCacheDefaults(CacheContract):
         yield lambda **kwargs: DictBackend(store, **kwargs)
 
 
+def test_default_inc_on_a_stored_none_is_type_error() -> None:
+    # get() cannot tell a stored None from a miss: the default counted it from 0.
+    cache = DictBackend({})
+    cache.set("k", None)
+    with pytest.raises(TypeError, match="'k': it holds a NoneType, not an int"):
+        cache.inc("k")
+    assert cache.has("k") and cache.get("k") is None
+    assert cache.inc("fresh", 2) == 2
+
+
 def test_backend_errors_log_one_line_a_minute_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -227,6 +227,8 @@ class BaseCache(ABC):
         check_delta(delta)
         with self._single_flight(key):
             current = self.get(key)
+            if current is None and self.has(key):
+                checked_counter(key, current)  # a stored None is no counter: TypeError
             if current is None:
                 value = delta
                 ok = self.set(key, value)
