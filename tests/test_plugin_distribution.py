@@ -158,6 +158,18 @@ def test_example_plugin_passes_its_own_suite(venv: Path) -> None:
     assert " passed" in done.stdout and "failed" not in done.stdout
 
 
+def test_the_guide_s_contract_test_runs_as_written(venv: Path, tmp_path: Path) -> None:
+    guide = (REPO / "docs" / "plugins.md").read_text()
+    section = guide[guide.index("## 6. Test against the contract") :]
+    snippet = section[section.index("```python\n") + len("```python\n") :]
+    (tmp_path / "test_from_the_guide.py").write_text(snippet[: snippet.index("```")])
+    done = _run(
+        [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], tmp_path
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert " passed" in done.stdout
+
+
 # -- hand-made distributions on PYTHONPATH -------------------------------------------------------
 
 
