@@ -170,6 +170,100 @@ def test_the_guide_s_contract_test_runs_as_written(venv: Path, tmp_path: Path) -
     assert " passed" in done.stdout
 
 
+# -- the contract suite, from a third-party test file --------------------------------------------
+
+_THIRD_PARTY_SUITE = """
+import pytest
+from cacheplug import SimpleCache
+from cacheplug.testing import CacheContract
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+class AddOverwrites(SimpleCache):
+    def add(self, key, value, timeout=None):
+        return self.set(key, value, timeout)
+
+
+class IncRestartsExpiry(SimpleCache):
+    def inc(self, key, delta=1):
+        value = (self.get(key) or 0) + delta
+        self.set(key, value)
+        return value
+
+
+class SortedGetMany(SimpleCache):
+    def get_many(self, *keys):
+        found = {key: self.get(key) for key in keys}
+        return [found[key] for key in sorted(found)]
+
+
+class UncountedMisses(SimpleCache):
+    def get(self, key):
+        value = super().get(key)
+        if value is None:
+            self._misses -= 1
+        return value
+
+
+def contract_for(cls):
+    class Contract(CacheContract):
+        @pytest.fixture
+        def clock(self):
+            return FakeClock()
+
+        @pytest.fixture
+        def cache_factory(self, clock):
+            yield lambda **kwargs: cls(clock=clock, **kwargs)
+
+        @pytest.fixture
+        def advance(self, clock):
+            return clock.advance
+
+    return Contract
+
+
+TestSimpleCache = contract_for(SimpleCache)
+TestAddOverwrites = contract_for(AddOverwrites)
+TestIncRestartsExpiry = contract_for(IncRestartsExpiry)
+TestSortedGetMany = contract_for(SortedGetMany)
+TestUncountedMisses = contract_for(UncountedMisses)
+"""
+
+
+def test_the_contract_suite_catches_broken_backends(tmp_path: Path) -> None:
+    (tmp_path / "test_third_party.py").write_text(_THIRD_PARTY_SUITE)
+    done = _run(
+        [sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider"], cwd=tmp_path
+    )
+    failed: dict[str, set[str]] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("FAILED "):
+            _, cls, test = line.split()[1].split("::")
+            failed.setdefault(cls, set()).add(test.partition("[")[0])
+    assert "TestSimpleCache" not in failed, done.stdout[-3000:]
+    assert "test_add_does_not_overwrite" in failed["TestAddOverwrites"]
+    assert "test_inc_keeps_the_expiry_of_an_existing_counter" in failed["TestIncRestartsExpiry"]
+    assert "test_get_many_follows_its_arguments_with_repeats" in failed["TestSortedGetMany"]
+    # A backend that does not count misses fails the stats test instead of hanging the suite.
+    assert "test_stats_count_hits_misses_sets_deletes" in failed["TestUncountedMisses"]
+    assert set(failed) == {
+        "TestAddOverwrites",
+        "TestIncRestartsExpiry",
+        "TestSortedGetMany",
+        "TestUncountedMisses",
+    }
+
+
 # -- hand-made distributions on PYTHONPATH -------------------------------------------------------
 
 
