@@ -352,6 +352,18 @@ def test_memoized_closures_keep_the_results_of_what_they_close_over() -> None:
 
     assert guarded(2) == 4
 
+    class Unshowable:
+        def __repr__(self) -> str:
+            raise RuntimeError("not connected")
+
+    unshowable = Unshowable()
+
+    @cache.memoize()
+    def uses(x: int) -> int:
+        return x if unshowable else 0
+
+    assert uses(5) == 5
+
 
 def test_memoized_recursive_closure() -> None:
     cache, calls = SimpleCache(), []

@@ -543,8 +543,12 @@ def _closure_text(func: object) -> str:
             continue
         if isinstance(value, FunctionType):
             shown.append(_function_name(value))
-        elif _address_shown(value, set()) is None:
-            shown.append(repr(value))
+            continue
+        try:
+            if _address_shown(value, set()) is None:
+                shown.append(repr(value))
+        except Exception:  # a repr that fails names nothing, as an address does not
+            continue
     return repr(shown) if shown else ""
 
 
