@@ -491,3 +491,20 @@ def test_an_entry_point_in_a_misspelt_group_is_named_by_the_unknown_scheme(site:
     )
     assert "declare it under [project.entry-points.cacheplug]" in str(caught.value)
     assert not imported(site, "misgrouped_plugin")
+
+
+def test_a_hook_with_a_wrong_parameter_name_is_reported_on_one_line(site: Path) -> None:
+    message = _load_warning(
+        site,
+        "argname_plugin",
+        """
+        from cacheplug import SimpleCache, hookimpl
+        @hookimpl
+        def cacheplug_register_backends(reg):
+            reg("argname", SimpleCache)
+        """,
+    )
+    assert "Argument(s) {'reg'} are declared in the hookimpl" in message
+    listed = next(p for p in get_plugins() if p["name"] == "mistake")
+    # `cacheplug plugins` prints it in a table column
+    assert "\n" not in message and "\n" not in listed["error"]

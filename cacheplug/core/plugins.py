@@ -175,7 +175,7 @@ class _Registry:
             except (Exception, SystemExit) as err:
                 message = (
                     f"cacheplug {origin} failed to load from {ep.value!r}: "
-                    f"{type(err).__name__}: {err}; set {DISABLE_ENV}={ep.name} to skip it"
+                    f"{_describe(err)}; set {DISABLE_ENV}={ep.name} to skip it"
                 )
                 if self.strict:
                     raise PluginError(message) from err
@@ -288,7 +288,7 @@ class _Registry:
                     except Exception as err:
                         raise PluginError(
                             f"{kind} {entry.name!r} from {entry.origin} cannot be imported "
-                            f"from {target!r}: {type(err).__name__}: {err}"
+                            f"from {target!r}: {_describe(err)}"
                         ) from err
                 else:
                     value = target
@@ -306,9 +306,7 @@ class _Registry:
         message += self._misplaced_entry_points()
         if not self.broken:
             return ConfigurationError(message)
-        failed = "; ".join(
-            f"{b.origin} failed to load ({type(b.error).__name__}: {b.error})" for b in self.broken
-        )
+        failed = "; ".join(f"{b.origin} failed to load ({_describe(b.error)})" for b in self.broken)
         # The broken plugin named like the missing name is the likeliest provider.
         suspect = next(
             (b for b in self.broken if name in (b.origin.plugin, b.origin.distribution)),
@@ -342,6 +340,11 @@ class _Registry:
             + "; ".join(found)
             + f": declare it under [project.entry-points.{ENTRY_POINT_GROUP}]"
         )
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message`` on one line (pluggy's validation errors span several)."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def _is_target(target: object) -> bool:
@@ -453,7 +456,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
             raise
         except Exception as err:  # pluggy's validation errors, a hook that fails
             raise PluginError(
-                f"plugin {plugin_name!r} cannot be registered: {type(err).__name__}: {err}"
+                f"plugin {plugin_name!r} cannot be registered: {_describe(err)}"
             ) from err
     return plugin_name
 
@@ -526,7 +529,7 @@ def get_serializer(name: str) -> SerializerLike:
             except Exception as err:
                 raise PluginError(
                     f"serializer {name!r} from {entry.origin} cannot be created as {cls.__name__}()"
-                    f": {type(err).__name__}: {err}; cacheplug creates serializers with no "
+                    f": {_describe(err)}; cacheplug creates serializers with no "
                     f"arguments, so every parameter needs a default"
                 ) from err
             registry.serializer_instances[name] = instance
@@ -553,8 +556,7 @@ def get_plugins() -> list[dict[str, Any]]:
             )
         )
     for broken in registry.broken:
-        error = f"{type(broken.error).__name__}: {broken.error}"
-        plugins.append(_plugin_info(broken.origin, error=error))
+        plugins.append(_plugin_info(broken.origin, error=_describe(broken.error)))
     return plugins
 
 
