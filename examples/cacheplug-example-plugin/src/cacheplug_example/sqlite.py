@@ -11,7 +11,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from cacheplug import BaseCache, ConfigurationError
-from cacheplug.core.base import check_delta, check_key, checked_counter, normalize_timeout
+from cacheplug.core.base import (
+    Timeout,
+    check_delta,
+    check_key,
+    checked_counter,
+    normalize_timeout,
+)
 
 if TYPE_CHECKING:
     from cacheplug.core.serializer import SerializerLike
@@ -106,7 +112,7 @@ class SQLiteCache(BaseCache):
             raise
         db.execute("COMMIT")
 
-    def _expires(self, timeout: float | None) -> float | None:
+    def _expires(self, timeout: Timeout) -> float | None:
         """The absolute expiry for ``timeout``: ``None`` = never, in the past = already expired."""
         seconds = normalize_timeout(timeout, self.default_timeout)
         return None if seconds == 0 else self._clock() + seconds
@@ -142,7 +148,7 @@ class SQLiteCache(BaseCache):
         self._hits += 1
         return self._decode_or_miss(key, payload)
 
-    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         expires = self._expires(timeout)
         payload = self._encode(value)
@@ -157,7 +163,7 @@ class SQLiteCache(BaseCache):
 
         return self._run("set", False, work)
 
-    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         expires = self._expires(timeout)
         payload = self._encode(value)
