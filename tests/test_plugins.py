@@ -508,3 +508,16 @@ def test_a_hook_with_a_wrong_parameter_name_is_reported_on_one_line(site: Path) 
     listed = next(p for p in get_plugins() if p["name"] == "mistake")
     # `cacheplug plugins` prints it in a table column
     assert "\n" not in message and "\n" not in listed["error"]
+
+
+def test_one_plugin_registering_a_name_twice_is_refused() -> None:
+    class Twice:
+        @hookimpl
+        def cacheplug_register_backends(self, register: hookspecs.RegisterFn) -> None:
+            register("twice", RuntimeCache)
+            register("twice", "test_plugins:Holder.Cache")
+
+    with pytest.raises(PluginError, match="registers cache scheme 'twice' twice"):
+        register_plugin(Twice(), name="twice-plugin")
+    register_plugin(_Plugin({"once": RuntimeCache, "again": RuntimeCache}), name="same-target")
+    assert get_backend_class("once") is get_backend_class("again") is RuntimeCache

@@ -260,6 +260,11 @@ class _Registry:
                     f"{origin} registered {table.kind} {name!r} as {target!r}; expected a class "
                     f"or a 'package.module:Class' string"
                 )
+            if names.get(name, target) != target:
+                raise PluginError(
+                    f"{origin} registers {table.kind} {name!r} twice, as {names[name]!r} and "
+                    f"{target!r}; register each name once"
+                )
             names[name] = target
 
         arguments = {"register": register}
