@@ -128,6 +128,23 @@ def test_serializer_attribute_takes_cachelib_serializers(tmp_path: Path) -> None
         assert cache.get("k") == {"v": [1, 2]}
 
 
+# pickle fails to look this lambda up by name: PicklingError, which cachelib turns into None
+UNPICKLABLE = [lambda: 1]
+
+
+def test_cachelib_serializer_failure_says_what_it_could_not_encode() -> None:
+    from cachelib.serializers import SimpleSerializer
+
+    cache = cacheplug.SimpleCache()
+    cache.serializer = SimpleSerializer()
+    cache.set("k", [1])
+    # cachelib's serializer logs pickle's error and returns None; the text must not blame
+    # the serializer's return type ("encode text") for a value it could not encode
+    with pytest.raises(cacheplug.SerializationError, match="cannot encode a value of type list"):
+        cache.set("k", UNPICKLABLE)
+    assert cache.get("k") == [1]
+
+
 @pytest.mark.parametrize("name", ["SimpleCache", "FileSystemCache", "RedisCache", "MemcachedCache"])
 def test_same_class_names_and_methods(name: str) -> None:
     theirs, ours = getattr(cachelib, name), getattr(cacheplug, name)

@@ -352,6 +352,11 @@ class BaseCache(ABC):
             return data
         if isinstance(data, (bytes, bytearray, memoryview)):
             return bytes(data)  # stores, engines and HMAC all want bytes
+        if data is None:  # how cachelib's serializers say they could not encode a value
+            raise SerializationError(
+                f"{serializer_name(serializer)} cannot encode a value of type "
+                f"{type(value).__name__}: its dumps returned None"
+            )
         raise SerializationError(
             f"{serializer_name(serializer)}.dumps returned {type(data).__name__}, not bytes; "
             "a serializer must return bytes (encode text, e.g. json.dumps(value).encode())"
