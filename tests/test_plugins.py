@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pluggy
 import pytest
@@ -521,3 +521,23 @@ def test_one_plugin_registering_a_name_twice_is_refused() -> None:
         register_plugin(Twice(), name="twice-plugin")
     register_plugin(_Plugin({"once": RuntimeCache, "again": RuntimeCache}), name="same-target")
     assert get_backend_class("once") is get_backend_class("again") is RuntimeCache
+
+
+class NoSecretCache(SimpleCache):
+    """A plugin author's backend whose constructor forgot a shared option and its own option."""
+
+    url_options: ClassVar[Mapping[str, type]] = {"size": int}
+
+    def __init__(self, default_timeout: float = 300, key_prefix: str = "") -> None:
+        super().__init__(default_timeout=default_timeout, key_prefix=key_prefix)
+
+
+@pytest.mark.parametrize("query", ["secret=Zr9qK", "size=3"])
+def test_a_backend_not_taking_an_option_is_a_plugin_error(query: str) -> None:
+    register_plugin(_Plugin({"nosecret": NoSecretCache}), name="nosecret-plugin")
+    assert isinstance(from_url("nosecret://?default_timeout=5"), NoSecretCache)
+    with pytest.raises(PluginError, match="test_plugins:NoSecretCache, the backend of") as caught:
+        from_url(f"nosecret://?{query}")
+    assert f"has no constructor parameter for {query.partition('=')[0]!r}" in str(caught.value)
+    assert "Zr9qK" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, TypeError)

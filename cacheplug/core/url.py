@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote
 
-from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.errors import ConfigurationError, PluginError
 
 if TYPE_CHECKING:
     from cacheplug.core.base import BaseCache
@@ -337,7 +337,8 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
 
     :raises ConfigurationError: malformed URL, unknown scheme, unknown option or a value of the
         wrong type; the message says what is accepted.
-    :raises PluginError: the scheme's plugin is broken or claimed twice.
+    :raises PluginError: the scheme's plugin is broken or claimed twice, or its backend's
+        constructor does not take an option it declares.
     """
     from cacheplug.core.plugins import get_backend_class
 
@@ -356,8 +357,8 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
                 f"{parsed.redacted()!r}; accepted options: {', '.join(sorted(accepted))}"
             )
         options[name] = coerce_option(name, text, kind)
+    keywords = _keywords(cls)
     if overrides:
-        keywords = _keywords(cls)
         if keywords is not None:
             known = keywords | accepted.keys()
             for name in overrides:
@@ -373,7 +374,22 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
                 options[name] = coerce_option(name, value, kind)
             else:
                 options[name] = value
-    return cls.from_url_spec(parsed, options)
+    try:
+        return cls.from_url_spec(parsed, options)
+    except TypeError as err:
+        untaken = [
+            name
+            for name in sorted(options.keys() - (keywords or options.keys()))
+            if f"unexpected keyword argument {name!r}" in str(err)
+        ]
+        if not untaken:
+            raise
+        # A plugin's mistake, not the user's: say which backend and what it must take.
+        raise PluginError(
+            f"{cls.__module__}:{cls.__qualname__}, the backend of {parsed.scheme}://, has no "
+            f"constructor parameter for {', '.join(map(repr, untaken))}: a backend takes the "
+            f"shared options ({', '.join(SHARED_OPTIONS)}) and each of its url_options"
+        ) from err
 
 
 def from_env(name: str = "CACHE_URL", default: str = "simple://", **overrides: Any) -> BaseCache:
