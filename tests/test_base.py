@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 import pickle
 import re
@@ -445,10 +446,16 @@ def test_memoized_method_has_its_uncached_method() -> None:
 
         @SimpleCache().memoize()
         def load(self, key: str) -> str:
+            """Load it."""
             return f"loaded {key}"
 
     assert Repo().load.uncached("x") == "loaded x"
     assert Repo.load.__name__ == "load"
+    # what frameworks read off a bound method (Flask names an endpoint after __name__)
+    bound = Repo().load
+    assert (bound.__name__, bound.__module__, bound.__doc__) == ("load", __name__, "Load it.")
+    assert bound.__qualname__.endswith("Repo.load")
+    assert list(inspect.signature(bound).parameters) == ["key"]
 
 
 @SimpleCache().memoize()

@@ -661,6 +661,18 @@ class _BoundMemoized:
     def __init__(self, memoized: Memoized[Any, Any], instance: object) -> None:
         self._memoized = memoized
         self._instance = instance
+        self.__doc__ = memoized.__doc__
+        self.__module__ = memoized.__module__
+
+    def __getattr__(self, name: str) -> Any:
+        # __name__, __qualname__...: the method's, as a bound method shows them
+        if name == "_memoized":  # not set yet
+            raise AttributeError(name)
+        return getattr(self._memoized, name)
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        return self.uncached
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._memoized(self._instance, *args, **kwargs)
