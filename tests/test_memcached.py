@@ -456,6 +456,113 @@ def test_clear_without_prefix_flushes_the_servers(
         assert cache.get_many(*keys) == [None] * 20
 
 
+# -- key_prefix reassigned on a live cache (as cachelib allows) --------------------------------
+
+
+@pytest.fixture(params=[1, 2], ids=["one-server", "two-servers"])
+def spread(
+    request: pytest.FixtureRequest,
+    memcached_server: MemcachedServer,
+    second_memcached_server: MemcachedServer,
+) -> list[str]:
+    """Addresses of one or two flushed servers."""
+    servers = [memcached_server, second_memcached_server][: request.param]
+    for server in servers:
+        server.flush()
+    return [address(server) for server in servers]
+
+
+def test_reassigned_prefix_shares_every_method_with_a_cache_built_with_it(
+    spread: list[str],
+) -> None:
+    with (
+        MemcachedCache(spread, key_prefix="a:") as moved,
+        MemcachedCache(spread, key_prefix="b:") as built,
+    ):
+        moved.set("old", "a-value")
+        moved.key_prefix = "b:"
+        assert moved.key_prefix == "b:"
+        assert moved.get("old") is None
+        assert moved.set("s", "set") is True
+        assert moved.add("a", "added") is True
+        assert moved.set_many({"m1": 1, "m2": "two"}) == ["m1", "m2"]
+        assert moved.inc("n", 5) == 5
+        assert moved.dec("n") == 4
+        assert built.get_many("s", "a", "m1", "m2", "n") == ["set", "added", 1, "two", 4]
+        built.set_many({"x": "from-built", "y": "y"})
+        assert moved.get("x") == "from-built"
+        assert moved.has("x") is True
+        assert moved.add("x", "not stored") is False
+        assert moved.get_dict("x", "s") == {"x": "from-built", "s": "set"}
+        assert moved.delete("x") is True
+        assert built.has("x") is False
+        assert moved.delete_many("y", "s", "missing") == ["y", "s"]
+        assert built.get_many("y", "s") == [None, None]
+        assert built.inc("n") == 5
+    with MemcachedCache(spread, key_prefix="a:") as first:
+        assert first.get("old") == "a-value"
+
+
+def test_clear_after_reassigning_drops_only_the_new_prefix(spread: list[str]) -> None:
+    with (
+        MemcachedCache(spread, key_prefix="a:") as moved,
+        MemcachedCache(spread, key_prefix="a:") as a_cache,
+        MemcachedCache(spread, key_prefix="b:") as b_cache,
+    ):
+        a_cache.set("k", "a")
+        b_cache.set("k", "b")
+        moved.key_prefix = "b:"
+        assert moved.clear() is True
+        assert b_cache.get("k") is None
+        assert a_cache.get("k") == "a"
+
+
+def test_prefix_set_on_a_cache_built_without_one_keeps_clear_under_it(spread: list[str]) -> None:
+    with (
+        MemcachedCache(spread) as moved,
+        MemcachedCache(spread) as plain,
+        MemcachedCache(spread, key_prefix="c:") as c_cache,
+    ):
+        plain.set_many({f"p{i}": i for i in range(10)})
+        c_cache.set("k", "c")
+        moved.key_prefix = "c:"
+        assert moved.get("k") == "c"
+        assert moved.get("p1") is None
+        assert moved.set("m", "mine") is True
+        assert c_cache.get("m") == "mine"
+        assert moved.clear() is True
+        assert plain.get_many(*(f"p{i}" for i in range(10))) == list(range(10))
+        assert c_cache.get_many("k", "m") == [None, None]
+
+
+@pytest.mark.parametrize("no_prefix", ["", None])
+def test_prefix_reassigned_to_none_leaves_the_namespace(
+    spread: list[str], no_prefix: str | None
+) -> None:
+    with (
+        MemcachedCache(spread, key_prefix="a:") as moved,
+        MemcachedCache(spread) as plain,
+        MemcachedCache(spread, key_prefix="a:") as a_cache,
+    ):
+        plain.set("k", "plain")
+        moved.set("k", "a")
+        moved.key_prefix = no_prefix
+        assert moved.key_prefix == ""
+        assert moved.get("k") == "plain"
+        assert moved.get_many("k") == ["plain"]
+        assert moved.set("n", "moved") is True
+        assert plain.get("n") == "moved"
+        assert moved.clear() is True  # without a prefix: the whole servers
+        assert [plain.get("k"), a_cache.get("k")] == [None, None]
+
+
+def test_key_prefix_of_another_type_is_type_error(memcached_server: MemcachedServer) -> None:
+    with MemcachedCache([address(memcached_server)], key_prefix="a:") as cache:
+        with pytest.raises(TypeError, match="key_prefix must be str"):
+            cache.key_prefix = 5  # type: ignore[assignment]
+        assert cache.key_prefix == "a:"
+
+
 # -- construction ---------------------------------------------------------------------------------
 
 

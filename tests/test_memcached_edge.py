@@ -16,6 +16,7 @@ from test_memcached import address, raw_client, server_stat, server_ttl
 from waiting import paused_process
 
 from cacheplug import MemcachedCache
+from cacheplug.backends._memcached_counters import FLAG_COUNTER, FLAG_GUARDED, FLAG_SERIALIZED
 
 DAY = 24 * 3600
 YEAR = 365 * DAY
@@ -316,6 +317,32 @@ def test_inc_on_a_serialized_non_int_stays_type_error(cache: MemcachedCache, val
     with pytest.raises(TypeError):
         cache.inc("v")
     assert cache.get("v") == value
+
+
+@pytest.mark.parametrize(
+    ("flags", "data", "message"),
+    [
+        (FLAG_SERIALIZED, b"not a pickle", r"its stored value is unreadable \(.*pickle"),
+        (FLAG_GUARDED, b"!1 not a pickle", r"its stored value is unreadable \(.*pickle"),
+        (FLAG_COUNTER, b"abc", r"its stored value is unreadable \(a counter that holds no number"),
+        (77, b"abc", r"an entry cacheplug did not write \(memcached flags 77\)"),
+    ],
+    ids=["serialized", "guarded", "counter", "foreign"],
+)
+def test_inc_on_an_unreadable_entry_says_so_and_it_stays(
+    cache: MemcachedCache, raw: Client, flags: int, data: bytes, message: str
+) -> None:
+    """It said the entry 'holds a NoneType', as if None were stored."""
+    raw.set("bad", data, flags=flags)
+    with pytest.raises(TypeError, match=message):
+        cache.inc("bad")
+    assert raw.gets("bad")[0] == data
+
+
+def test_inc_on_a_stored_none_names_its_type(cache: MemcachedCache) -> None:
+    assert cache.set("none", None) is True
+    with pytest.raises(TypeError, match="holds a NoneType, not an int"):
+        cache.inc("none")
 
 
 # -- counters written by earlier versions ----------------------------------------------------------

@@ -19,6 +19,7 @@ from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS, FAILED
 from cacheplug.backends._memcached_keys import left_to_live
 from cacheplug.core.base import checked_counter
+from cacheplug.core.errors import SerializationError
 
 if TYPE_CHECKING:
     from cacheplug.backends._memcached_servers import Server
@@ -66,6 +67,31 @@ def counter_value(number: int, flags: int | None) -> int:
     return (number - bias - INT64_MIN) % WRAP + INT64_MIN
 
 
+def _foreign(key: str, flags: int) -> TypeError:
+    return TypeError(
+        f"cannot increment {key!r}: it holds an entry cacheplug did not write "
+        f"(memcached flags {flags}), read as a miss"
+    )
+
+
+def _stored_value(cache: MemcachedCache, key: str, flags: int, data: bytes) -> object:
+    """The value of an entry read for ``inc``.
+
+    :raises TypeError: the entry is foreign or unreadable, so there is nothing to count.
+    """
+    unreadable = f"cannot increment {key!r}: its stored value is unreadable"
+    if flags in BIASES:
+        if data.strip().isdigit():
+            return counter_value(int(data), flags)
+        raise TypeError(f"{unreadable} (a counter that holds no number)")
+    if flags not in (FLAG_SERIALIZED, FLAG_GUARDED):
+        raise _foreign(key, flags)
+    try:
+        return cache._decode(data if flags == FLAG_SERIALIZED else data[1:])
+    except SerializationError as err:
+        raise TypeError(f"{unreadable} ({err})") from err
+
+
 def _overflow(key: str, delta: int) -> OverflowError:
     return OverflowError(
         f"cannot increment {key!r} by {delta}: memcached counters hold signed 64-bit integers"
@@ -105,10 +131,7 @@ def increment(cache: MemcachedCache, server: Server, name: str, key: str, delta:
             # a number stored by another client (its flags): incr counted it, take that back
             if not _add_raw(cache, server, name, -step % WRAP):
                 return None
-            raise TypeError(
-                f"cannot increment {key!r}: it holds an entry cacheplug did not write "
-                f"(memcached flags {flags}), read as a miss"
-            )
+            raise _foreign(key, flags)
         result = counter_value(number - step, flags) + delta
         if not INT64_MIN <= result <= INT64_MAX:
             if not _add_raw(cache, server, name, -step % WRAP):  # undo the wrap-around
@@ -133,7 +156,7 @@ def _swap_counter(
         if entry is None:
             return _GONE
         flags, data, cas, ttl = entry
-        value = checked_counter(key, cache._unpack(key, (flags, data)))
+        value = checked_counter(key, _stored_value(cache, key, flags, data))
         result = value + delta
         if not INT64_MIN <= value <= INT64_MAX:
             raise OverflowError(

@@ -105,6 +105,7 @@ class MemcachedCache(BaseCache):
     :raises ConfigurationError: pymemcache is missing, or an argument is invalid.
     """
 
+    _servers: Sequence[Server] = ()  # until built: BaseCache sets key_prefix first
     url_options: ClassVar[Mapping[str, type]] = {
         "connect_timeout": float,
         "timeout": float,
@@ -156,8 +157,6 @@ class MemcachedCache(BaseCache):
         )
         self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
         self._ring = Ring(self._servers)
-        self._namespaced = bool(self.key_prefix)
-        self._token_key = namespace.token_key(self.key_prefix)
         self._default_exptime = (
             exptime_for(self.default_timeout)
             if self.default_timeout <= MAX_RELATIVE_EXPIRY
@@ -167,6 +166,21 @@ class MemcachedCache(BaseCache):
             for server in self._servers:
                 if self._run(server, "connect", client_class.version) is FAILED:
                     raise RuntimeError(f"could not connect to memcached server {server.name}")
+
+    @property
+    def key_prefix(self) -> str:
+        """Namespace of this cache; reassigned, the cache works as one built with that prefix."""
+        return self._key_prefix
+
+    @key_prefix.setter
+    def key_prefix(self, prefix: str | None) -> None:
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"key_prefix must be str or None, got {type(prefix).__name__}")
+        self._key_prefix = prefix or ""
+        # one attribute, so a call running meanwhile sees the old or the new prefix, not a mix
+        self._namespace = (prefix, namespace.token_key(prefix)) if prefix else None
+        for server in self._servers:
+            server.token = None  # the token of another namespace
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
@@ -254,32 +268,32 @@ class MemcachedCache(BaseCache):
         server.release(client)
         return result
 
-    def _names(self, server: Server, keys: Iterable[str], operation: str) -> dict[str, str] | None:
-        """``{memcached key: key}`` for writing ``keys`` on ``server``; None when it is down."""
-        if not self._namespaced:
+    def _names(
+        self,
+        server: Server,
+        keys: Iterable[str],
+        operation: str,
+        space: tuple[str, str] | None,
+    ) -> dict[str, str] | None:
+        """``{memcached key: key}`` for writing ``keys`` on ``server`` in ``space`` (prefix and
+        token key, None: no prefix); None when the server is down."""
+        if space is None:
             return {memcached_key(key): key for key in keys}
         # read, never trusted from memory: a clear elsewhere must not swallow this write
-        token = self._run(server, operation, namespace.load_token, server, self._token_key)
+        token = self._run(server, operation, namespace.load_token, server, space[1])
         if token is FAILED:
             return None
-        return namespace.names(self.key_prefix, token, keys)
+        return namespace.names(space[0], token, keys)
 
     def _fetch(self, keys: Iterable[str], operation: str) -> tuple[dict[str, Any], set[str]]:
         """Raw items of the present ``keys``, one round trip per server involved, and the keys
         whose server failed."""
         found: dict[str, Any] = {}
         lost: set[str] = set()
-        for server, group in self._by_server(keys).items():
-            if self._namespaced:
-                items = self._run(
-                    server,
-                    operation,
-                    namespace.fetch,
-                    server,
-                    group,
-                    self.key_prefix,
-                    self._token_key,
-                )
+        space = self._namespace
+        for server, group in self._by_server(keys, space).items():
+            if space is not None:
+                items = self._run(server, operation, namespace.fetch, server, group, *space)
                 if items is FAILED:
                     lost.update(group)
                 else:
@@ -294,17 +308,18 @@ class MemcachedCache(BaseCache):
                     found[names[name]] = item
         return found, lost
 
-    def _fetch_one(self, key: str, operation: str) -> Any:
-        """The raw item of ``key`` in this cache's namespace, None, or ``FAILED``."""
-        server = self._only or self._ring(self.key_prefix + key)
-        items = self._run(
-            server, operation, namespace.fetch, server, [key], self.key_prefix, self._token_key
-        )
+    def _fetch_one(self, key: str, operation: str, space: tuple[str, str]) -> Any:
+        """The raw item of ``key`` in the namespace ``space``, None, or ``FAILED``."""
+        server = self._only or self._ring(space[0] + key)
+        items = self._run(server, operation, namespace.fetch, server, [key], *space)
         return FAILED if items is FAILED else items.get(key)
 
-    def _by_server(self, keys: Iterable[str]) -> dict[Server, list[str]]:
+    def _by_server(
+        self, keys: Iterable[str], space: tuple[str, str] | None
+    ) -> dict[Server, list[str]]:
         groups: dict[Server, list[str]] = {}
-        only, ring, prefix = self._only, self._ring, self.key_prefix
+        only, ring = self._only, self._ring
+        prefix = "" if space is None else space[0]
         for key in dict.fromkeys(keys):
             if type(key) is not str:
                 check_key(key)
@@ -313,8 +328,9 @@ class MemcachedCache(BaseCache):
         return groups
 
     def _target(self, key: str, operation: str) -> tuple[Server, str] | None:
-        server = self._only or self._ring(self.key_prefix + key)
-        names = self._names(server, (key,), operation)
+        space = self._namespace
+        server = self._only or self._ring(key if space is None else space[0] + key)
+        names = self._names(server, (key,), operation, space)
         return None if names is None else (server, next(iter(names)))
 
     # -- the contract ---------------------------------------------------------------------------
@@ -322,8 +338,9 @@ class MemcachedCache(BaseCache):
     def get(self, key: str) -> Any:
         if type(key) is not str:
             check_key(key)
-        if self._namespaced:
-            item = self._fetch_one(key, "get")
+        space = self._namespace
+        if space is not None:
+            item = self._fetch_one(key, "get", space)
             if item is FAILED:
                 return None  # an error, not a miss
         else:
@@ -343,7 +360,7 @@ class MemcachedCache(BaseCache):
             check_key(key)
         exptime = self._timeout(timeout)
         packed = self._pack(value)
-        if self._namespaced:
+        if self._namespace is not None:
             target = self._target(key, "set")
             if target is None:
                 return False
@@ -385,8 +402,9 @@ class MemcachedCache(BaseCache):
     def has(self, key: str) -> bool:
         if type(key) is not str:
             check_key(key)
-        if self._namespaced:
-            item = self._fetch_one(key, "has")
+        space = self._namespace
+        if space is not None:
+            item = self._fetch_one(key, "has", space)
             return item is not None and item is not FAILED
         return (
             self._run(self._only or self._ring(key), "has", commands.exists, memcached_key(key))
@@ -395,14 +413,15 @@ class MemcachedCache(BaseCache):
 
     def clear(self) -> bool:
         ok = True
-        if not self._namespaced:
+        space = self._namespace
+        if space is None:
             for server in self._servers:
                 ok = self._run(server, "clear", _Client.flush_all, 0, False) is not FAILED and ok
             return ok
         token = namespace.new_token()
         for server in self._servers:
             stored = self._run(
-                server, "clear", _Client.set, self._token_key, (0, token.encode()), 0, False
+                server, "clear", _Client.set, space[1], (0, token.encode()), 0, False
             )
             if stored is FAILED:
                 ok = False
@@ -412,7 +431,7 @@ class MemcachedCache(BaseCache):
 
     def get_many(self, *keys: str) -> list[Any]:
         only = self._only
-        line = None if self._namespaced or only is None else plain_line(keys)
+        line = None if self._namespace is not None or only is None else plain_line(keys)
         if line is None or only is None:
             found, lost = self._fetch(keys, "get_many")
             unread = sum(key in lost for key in keys) if lost else 0
@@ -457,8 +476,9 @@ class MemcachedCache(BaseCache):
         exptime = self._timeout(timeout)
         packed = {key: self._pack(value) for key, value in mapping.items()}
         stored: set[str] = set()
-        for server, group in self._by_server(packed).items():
-            names = self._names(server, group, "set_many")
+        space = self._namespace
+        for server, group in self._by_server(packed, space).items():
+            names = self._names(server, group, "set_many", space)
             if names is None:
                 continue
             values = {name: packed[key] for name, key in names.items()}
@@ -478,8 +498,9 @@ class MemcachedCache(BaseCache):
 
     def delete_many(self, *keys: str) -> list[str]:
         deleted: set[str] = set()
-        for server, group in self._by_server(keys).items():
-            names = self._names(server, group, "delete_many")
+        space = self._namespace
+        for server, group in self._by_server(keys, space).items():
+            names = self._names(server, group, "delete_many", space)
             if names is None:
                 continue
             existed = self._run(server, "delete_many", commands.delete_reporting, list(names))
