@@ -541,3 +541,11 @@ def test_a_backend_not_taking_an_option_is_a_plugin_error(query: str) -> None:
     assert f"has no constructor parameter for {query.partition('=')[0]!r}" in str(caught.value)
     assert "Zr9qK" not in str(caught.value)
     assert isinstance(caught.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("options", [{"size": "int"}, {"size": 3}, ["size"]], ids=repr)
+def test_url_options_without_types_are_a_plugin_error(options: Any) -> None:
+    holder = type("BadOptionsCache", (SimpleCache,), {"url_options": options})
+    register_plugin(_Plugin({"badoptions": holder}), name="badoptions-plugin")
+    with pytest.raises(PluginError, match="it must map each option name to a type"):
+        from_url("badoptions://?size=3")

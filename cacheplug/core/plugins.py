@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -489,6 +490,14 @@ def _check_backend(value: object) -> str | None:
         if inspect.isabstract(value):
             missing = ", ".join(sorted(value.__abstractmethods__))
             return f"is {value!r}, an abstract class: it must implement {missing}"
+        options = value.url_options
+        if not isinstance(options, Mapping) or not all(
+            isinstance(name, str) and isinstance(kind, type) for name, kind in options.items()
+        ):
+            return (
+                f"is {value!r}, whose url_options is {options!r}: it must map each option "
+                f"name to a type (int, float, bool, str), e.g. {{'busy_timeout': float}}"
+            )
         return None
     return f"is {value!r}, not a subclass of cacheplug.BaseCache"
 
