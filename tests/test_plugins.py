@@ -549,3 +549,17 @@ def test_url_options_without_types_are_a_plugin_error(options: Any) -> None:
     register_plugin(_Plugin({"badoptions": holder}), name="badoptions-plugin")
     with pytest.raises(PluginError, match="it must map each option name to a type"):
         from_url("badoptions://?size=3")
+
+
+def test_a_plugin_class_given_instead_of_an_instance_says_so() -> None:
+    with pytest.raises(PluginError, match=r"is the class _Plugin, .* register _Plugin\(\) instead"):
+        register_plugin(_Plugin, name="a-class")
+
+    class Static:
+        @staticmethod
+        @hookimpl
+        def cacheplug_register_backends(register: hookspecs.RegisterFn) -> None:
+            register("static", RuntimeCache)
+
+    register_plugin(Static, name="static-hooks")  # a class whose hooks need no instance is fine
+    assert get_backend_class("static") is RuntimeCache

@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -227,6 +228,14 @@ class _Registry:
                     f"{origin} defines {name}() without the @cacheplug.hookimpl marker, so "
                     f"cacheplug would never call it; decorate it with @cacheplug.hookimpl"
                 )
+        if isinstance(plugin, type) and any(
+            isinstance(inspect.getattr_static(plugin, hook, None), FunctionType) for hook in _HOOKS
+        ):
+            name = plugin.__qualname__
+            raise PluginError(
+                f"{origin} is the class {name}, whose hooks are methods needing an instance; "
+                f"register {name}() instead, or name a module of @cacheplug.hookimpl functions"
+            )
         callers = self.pm.get_hookcallers(plugin) or []
         if not callers:
             raise PluginError(
