@@ -220,7 +220,10 @@ class BaseCache(ABC):
         """Add ``delta`` to the integer under ``key`` (a missing key counts as 0).
 
         The new value, or ``None`` on a backend error. This default is atomic within one
-        process only; engines override it with the engine's own atomic increment.
+        process only, and it rewrites the entry with ``default_timeout`` (the abstract methods
+        cannot read a remaining lifetime, as cachelib's default cannot); the contract keeps an
+        existing counter's expiry, so every backend with expiry overrides it, the built-in ones
+        with their engine's own atomic increment.
 
         :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
         """
