@@ -465,3 +465,40 @@ def test_nul_byte_in_directory_is_a_configuration_error(tmp_path: Path) -> None:
         FileSystemCache(str(tmp_path) + "/bad\0dir")
     with pytest.raises(ConfigurationError, match="NUL byte"):
         from_url("file:///\x00")
+
+
+_FSYNC_PROBE = """
+import os, sys
+from cacheplug import FileSystemCache
+
+cache = FileSystemCache(sys.argv[1], fsync=sys.argv[2] == "on")
+directory_opens = []
+
+def audit(event, args):
+    # os.open raises the audit event "open" with (path, mode, flags)
+    if event == "open" and args[0] == cache.cache_dir and args[2] & os.O_DIRECTORY:
+        directory_opens.append(args[0])
+
+sys.addaudithook(audit)
+for call in (lambda: cache.set("a", 1), lambda: cache.set("a", 2), lambda: cache.inc("n")):
+    before = len(directory_opens)
+    call()
+    print(len(directory_opens) - before)
+print(cache.get("a"), cache.get("n"))
+"""
+
+
+@pytest.mark.parametrize(("fsync", "synced"), [("on", "1"), ("off", "0")])
+def test_fsync_also_syncs_the_directory_after_each_rename(
+    tmp_path: Path, fsync: str, synced: str
+) -> None:
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, "-c", _FSYNC_PROBE, str(tmp_path), fsync],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # new entry, overwrite, counter: each rename is followed by a sync of the directory
+    assert run.stdout.split("\n") == [synced, synced, synced, "2 1", ""]

@@ -94,7 +94,8 @@ class FileSystemCache(BaseCache):
     :param hash_method: turns keys into file names: a ``hashlib`` constructor or its name.
     :param ignore_delete_many_errors: accepted for cachelib compatibility; ``delete_many``
         never raises.
-    :param fsync: flush every write to disk before it becomes visible (slower, survives power loss).
+    :param fsync: flush every write, and the directory after its rename, to disk (slower;
+        survives power loss).
     :param clock: wall-clock seconds for expiry; tests inject a fake one.
     :raises ConfigurationError: ``cache_dir`` is not a directory or not writable, or an option is
         out of range.
@@ -442,7 +443,16 @@ class FileSystemCache(BaseCache):
         except BaseException:
             _discard(tmp)
             raise
+        if self.fsync:  # the rename is durable only once the directory is on disk too
+            self._sync_directory()
         self._sets += 1
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
