@@ -12,6 +12,7 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheplug.core.base import (
+    LONGEST_TIMEOUT,
     BaseCache,
     Timeout,
     check_delta,
@@ -143,7 +144,7 @@ class SimpleCache(BaseCache):
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
         if timeout is None:
             timeout = self.default_timeout
-        elif type(timeout) is not int:
+        elif type(timeout) is not int or timeout > LONGEST_TIMEOUT:
             timeout = normalize_timeout(timeout, self.default_timeout)
         if timeout > 0:
             return self._clock() + timeout

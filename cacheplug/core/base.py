@@ -75,6 +75,10 @@ class PayloadSigner:
         return outer.digest()
 
 
+#: The longest timeout in seconds (about 285 million years); a longer int counts as this.
+LONGEST_TIMEOUT = 2**53
+
+
 def normalize_timeout(timeout: object, default: float) -> float:
     """Seconds until expiry: ``None`` → ``default``, ``0`` → never, negative → already expired.
 
@@ -85,7 +89,8 @@ def normalize_timeout(timeout: object, default: float) -> float:
     if timeout is None:
         return default
     if type(timeout) is int:
-        return timeout
+        # beyond a float's exact range an int cannot be added to a clock: it means "very long"
+        return timeout if timeout <= LONGEST_TIMEOUT else LONGEST_TIMEOUT
     seconds: float | None = None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         seconds = float(timeout)

@@ -212,6 +212,15 @@ class CacheContract:
         assert cache.set("key", "v", timeout=30.5) is True
         assert cache.get("key") == "v"
 
+    def test_an_int_timeout_too_long_for_a_clock_means_very_long(self, cache: BaseCache) -> None:
+        for key, method in (("s", cache.set), ("a", cache.add)):
+            assert method(key, "v", timeout=10**400) is True
+            assert cache.get(key) == "v"
+        assert cache.set_many({"m": "v"}, timeout=10**400) == ["m"]
+        assert cache.get("m") == "v"
+        assert cache.set("s", "gone", timeout=-(10**400)) is True
+        assert cache.get("s") is None
+
     def test_timedelta_timeout_accepted(self, cache: BaseCache) -> None:
         assert cache.set("key", "v", timeout=timedelta(minutes=5)) is True
         assert cache.get("key") == "v"
