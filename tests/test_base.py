@@ -231,6 +231,45 @@ def test_memoize_key_is_the_digest_of_the_bound_arguments_repr() -> None:
     assert f.cache_key(1, ["x", {"y": 2}]).endswith(f":{digest}")
 
 
+def test_memoize_equal_sets_and_dicts_in_any_order_are_one_call() -> None:
+    cache, calls = SimpleCache(), []
+
+    @cache.memoize()
+    def f(tags: object, options: object = None) -> int:
+        calls.append(tags)
+        return len(calls)
+
+    first = f({"b", "a", "c"}, {"x": 1, "y": frozenset({3, 1})})
+    assert f({"c", "a", "b"}, {"y": frozenset({1, 3}), "x": 1}) == first
+    assert f(["b", "a"]) != f(["a", "b"])  # lists keep their order
+    assert f({"a": 1}) != f(frozenset({"a"})) != f({"a"})
+    loop: list[object] = [1]
+    loop.append(loop)
+    assert f(loop) == f(loop)
+    assert len(calls) == 7  # the two lists, three distinct kinds, the loop once
+
+
+_SET_KEY = """
+from cacheplug import SimpleCache
+
+@SimpleCache().memoize()
+def f(words):
+    return len(words)
+
+print(f.cache_key({"alpha", "beta", "gamma", "delta", "epsilon"}))
+"""
+
+
+def test_memoize_keys_of_string_sets_are_the_same_in_every_process() -> None:
+    # str hashes, and so the iteration order of a set of str, differ from process to process
+    import os
+
+    keys = {
+        run_python(_SET_KEY, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in range(6)
+    }
+    assert len(keys) == 1
+
+
 class _NoRepr:
     def __init__(self, uid: int) -> None:
         self.uid = uid

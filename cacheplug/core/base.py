@@ -518,6 +518,40 @@ def _address_shown(value: object, seen: set[int]) -> str | None:
     return shown if len(shown) <= 120 else f"{shown[:60]}...{shown[-50:]}"
 
 
+_SHOWN_ITEM_BY_ITEM = frozenset({list, tuple, dict, set, frozenset})
+
+
+def _stable_repr(value: object, open_ids: set[int]) -> str:
+    """``repr(value)``, with the items of sets and dicts in sorted order.
+
+    Equal sets and dicts then give one text whatever their order, and sets of strings the same
+    text in every process (their order follows the per-process string hash); list and tuple
+    texts stay their repr. ``open_ids``: the containers being shown, for self-references.
+    """
+    kind = type(value)
+    if kind not in _SHOWN_ITEM_BY_ITEM:
+        return repr(value)
+    if id(value) in open_ids:
+        return "..."
+    open_ids.add(id(value))
+    try:
+        if kind is dict:
+            pairs = sorted(
+                f"{_stable_repr(k, open_ids)}: {_stable_repr(v, open_ids)}"
+                for k, v in value.items()  # type: ignore[attr-defined]
+            )
+            return "{" + ", ".join(pairs) + "}"
+        parts = [_stable_repr(item, open_ids) for item in value]  # type: ignore[attr-defined]
+        if kind is list:
+            return "[" + ", ".join(parts) + "]"
+        if kind is tuple:
+            return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+        body = "{" + ", ".join(sorted(parts)) + "}" if parts else ""
+        return (body or "set()") if kind is set else f"frozenset({body})"
+    finally:
+        open_ids.discard(id(value))
+
+
 def _code_fingerprint(code: CodeType) -> str:
     """Text that tells apart code objects doing different things, the same in every process."""
     consts = [
@@ -559,7 +593,7 @@ def _closure_text(func: object) -> str:
             continue
         try:
             if _address_shown(value, set()) is None:
-                shown.append(repr(value))
+                shown.append(_stable_repr(value, set()))
         except Exception:  # a repr that fails names nothing, as an address does not
             continue
     return repr(shown) if shown else ""
@@ -610,7 +644,7 @@ class Memoized(Generic[P, R]):
             bound = self._signature.bind(*args, **kwargs)
         except TypeError:
             arguments = (args, sorted(kwargs.items()))
-            text = repr(arguments)
+            text = _stable_repr(arguments, set())
             self._check_stable("the arguments", arguments, text)
         else:
             bound.apply_defaults()
@@ -618,7 +652,7 @@ class Memoized(Generic[P, R]):
             for name, argument in sorted(bound.arguments.items()):
                 # f(a=1, b=2) and f(b=2, a=1) are one call
                 value = dict(sorted(argument.items())) if name == self._var_keyword else argument
-                shown = repr(value)
+                shown = _stable_repr(value, set())
                 self._check_stable(f"argument {name!r}", value, shown)
                 parts.append(f"({name!r}, {shown})")
             text = f"[{', '.join(parts)}]"  # the repr of the sorted (name, value) list
