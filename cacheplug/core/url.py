@@ -284,7 +284,7 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
         if lowered in _FALSE:
             return False
         raise ConfigurationError(
-            f"option {name!r} must be a bool (true/false/1/0/yes/no), got {shown}"
+            f"option {name!r} must be a bool (true/false, 1/0, yes/no, on/off), got {shown}"
         )
     if kind is int:
         try:
