@@ -158,7 +158,11 @@ def test_coerce_option_turns_text_into_the_declared_type(
         ("fast", float, "option 'opt' must be a number, got 'fast'"),
         ("nan", float, "option 'opt' must be a finite number, got 'nan'"),
         ("inf", float, "option 'opt' must be a finite number, got 'inf'"),
-        ("maybe", bool, "option 'opt' must be a bool (true/false, 1/0, yes/no, on/off), got 'maybe'"),
+        (
+            "maybe",
+            bool,
+            "option 'opt' must be a bool (true/false, 1/0, yes/no, on/off), got 'maybe'",
+        ),
     ],
 )
 def test_coerce_option_names_the_option_and_the_expected_type(
