@@ -275,3 +275,10 @@ def test_born_expired_writes_count_as_sets_in_set_and_set_many() -> None:
     assert many.set_many({"a": 2, "b": 2}, timeout=-1) == ["a", "b"]
     assert one.stats()["sets"] == many.stats()["sets"] == 3
     assert one.get_many("a", "b") == many.get_many("a", "b") == [None, None]
+
+
+@pytest.mark.parametrize("third", ["json", get_serializer("json"), None])
+def test_a_serializer_given_third_says_to_pass_it_by_keyword(third: Any) -> None:
+    # cachelib's third argument is ignore_delete_many_errors: a serializer must not vanish there
+    with pytest.raises(TypeError, match="pass serializer= by keyword"):
+        SimpleCache(500, 300, third)

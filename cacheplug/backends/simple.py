@@ -81,6 +81,11 @@ class SimpleCache(BaseCache):
                 f"threshold must be an int >= 1 (or 0 for the default, 500), got {threshold!r}"
             )
         self.threshold = threshold or 500
+        if type(ignore_delete_many_errors) is not bool:  # e.g. a serializer given third
+            raise TypeError(
+                "SimpleCache's third argument is cachelib's ignore_delete_many_errors, a bool, "
+                f"got {type(ignore_delete_many_errors).__name__}; pass serializer= by keyword"
+            )
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
         self._lock = threading.RLock()
