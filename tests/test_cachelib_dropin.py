@@ -152,3 +152,11 @@ def test_same_class_names_and_methods(name: str) -> None:
     # cachelib's own client-library picker has no meaning with one driver per engine.
     public.discard("import_preferred_memcache_lib")
     assert public <= set(dir(ours))
+
+
+def test_null_cache_takes_cachelib_constructor_arguments() -> None:
+    for args, kwargs in (((60, False), {}), ((), {"ignore_delete_many_errors": False})):
+        theirs = cachelib.NullCache(*args, **kwargs)
+        ours = cacheplug.NullCache(*args, **kwargs)
+        assert ours.default_timeout == theirs.default_timeout
+        assert ours.ignore_delete_many_errors is theirs.ignore_delete_many_errors is False

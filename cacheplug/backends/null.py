@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
@@ -9,6 +10,7 @@ from cacheplug.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
+    from cacheplug.core.serializer import SerializerLike
 
 __all__ = ["NullCache"]
 
@@ -18,7 +20,24 @@ class NullCache(BaseCache):
 
     ``set`` and ``add`` accept (and encode, so a bad value still raises) but keep nothing;
     every read is a miss.
+
+    :param default_timeout: as for every backend; :param ignore_delete_many_errors: accepted
+        for cachelib compatibility (cachelib's ``NullCache`` takes both, in this order).
     """
+
+    def __init__(
+        self,
+        default_timeout: float | timedelta = 300,
+        ignore_delete_many_errors: bool = True,
+        *,
+        key_prefix: str = "",
+        serializer: str | SerializerLike | None = None,
+        secret: str | bytes | None = None,
+    ) -> None:
+        super().__init__(
+            default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
+        )
+        self.ignore_delete_many_errors = ignore_delete_many_errors
 
     def get(self, key: str) -> Any:
         check_key(key)
