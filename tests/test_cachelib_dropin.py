@@ -160,3 +160,42 @@ def test_null_cache_takes_cachelib_constructor_arguments() -> None:
         ours = cacheplug.NullCache(*args, **kwargs)
         assert ours.default_timeout == theirs.default_timeout
         assert ours.ignore_delete_many_errors is theirs.ignore_delete_many_errors is False
+
+
+def make_each(name: str, redis_server: Any, memcached_server: Any, tmp_path: Path) -> Any:
+    """``cacheplug.<name>`` on a real engine or directory, as a cachelib user builds it."""
+    if name == "RedisCache":
+        return cacheplug.RedisCache(redis_server.host, redis_server.port, None, 0, 300, "dt:")
+    if name == "MemcachedCache":
+        return cacheplug.MemcachedCache([f"{memcached_server.host}:{memcached_server.port}"])
+    if name == "FileSystemCache":
+        return cacheplug.FileSystemCache(str(tmp_path))
+    return getattr(cacheplug, name)()
+
+
+ENGINES = ["SimpleCache", "FileSystemCache", "RedisCache", "MemcachedCache"]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_reassigned_default_timeout_applies_to_later_sets(
+    name: str, redis_server: Any, memcached_server: Any, tmp_path: Path
+) -> None:
+    # cachelib reads default_timeout on every set: reassigning it is how its users change it
+    cache = make_each(name, redis_server, memcached_server, tmp_path)
+    cache.default_timeout = -1  # already expired: visible at once, with no clock to wait on
+    assert cache.set("k", "v") is True
+    assert cache.get("k") is None
+    assert cache.add("k", "v") is True
+    assert cache.has("k") is False
+    cache.default_timeout = 0
+    assert cache.set("k", "v") is True
+    assert cache.get("k") == "v"
+
+
+@pytest.mark.parametrize("name", [*ENGINES, "NullCache"])
+def test_cachelib_public_attributes(
+    name: str, redis_server: Any, memcached_server: Any, tmp_path: Path
+) -> None:
+    cache = make_each(name, redis_server, memcached_server, tmp_path)
+    assert cache.ignore_delete_many_errors is True
+    assert cache.default_timeout == 300

@@ -147,6 +147,7 @@ class MemcachedCache(BaseCache):
                     f"{name} must be a number of seconds >= {least:g}, got {number!r}"
                 )
         self.dead_timeout = float(dead_timeout)
+        self.ignore_delete_many_errors = ignore_delete_many_errors
         self._servers = make_servers(
             servers,
             client_class,
@@ -157,11 +158,6 @@ class MemcachedCache(BaseCache):
         )
         self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
         self._ring = Ring(self._servers)
-        self._default_exptime = (
-            exptime_for(self.default_timeout)
-            if self.default_timeout <= MAX_RELATIVE_EXPIRY
-            else None
-        )
         if check_connection:
             for server in self._servers:
                 if self._run(server, "connect", client_class.version) is FAILED:
@@ -219,6 +215,21 @@ class MemcachedCache(BaseCache):
             "decode", "entry %r is not a cacheplug entry (flags %d), read as a miss", key, flags
         )
         return None
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds an entry lives when ``set`` gets no timeout; reassignable, as in cachelib."""
+        return self._default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, seconds: float) -> None:
+        self._default_timeout = seconds
+        # a relative exptime is the same on every call: worked out once per value
+        self._default_exptime = (
+            exptime_for(seconds)
+            if isinstance(seconds, (int, float)) and seconds <= MAX_RELATIVE_EXPIRY
+            else None
+        )
 
     def _timeout(self, timeout: Timeout) -> int:
         if timeout is None and self._default_exptime is not None:
