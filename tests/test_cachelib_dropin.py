@@ -386,3 +386,20 @@ def test_memcached_cache_differential(
         return cls(servers=(address,), default_timeout=timedelta(minutes=5), key_prefix=prefix)
 
     replay(make(cachelib.MemcachedCache, "theirs"), make(cacheplug.MemcachedCache, "ours"), calls)
+
+
+@pytest.mark.parametrize("name", [*ENGINES, "NullCache"])
+def test_default_timeout_from_a_timedelta_reads_as_cachelib_has_it(
+    name: str, redis_server: Any, memcached_server: Any, tmp_path: Path
+) -> None:
+    # cachelib 0.17 keeps whole seconds: code formatting it (a max-age header) sees "60"
+    args: dict[str, Any] = {"default_timeout": timedelta(minutes=1)}
+    if name == "RedisCache":
+        args.update(host=redis_server.host, port=redis_server.port)
+    elif name == "MemcachedCache":
+        args.update(servers=[f"{memcached_server.host}:{memcached_server.port}"])
+    elif name == "FileSystemCache":
+        args.update(cache_dir=str(tmp_path))
+    theirs = getattr(cachelib, name)(**args)
+    ours = getattr(cacheplug, name)(**args)
+    assert f"max-age={ours.default_timeout}" == f"max-age={theirs.default_timeout}" == "max-age=60"

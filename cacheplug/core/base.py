@@ -96,6 +96,8 @@ def normalize_timeout(timeout: object, default: float) -> float:
         seconds = float(timeout)
     elif isinstance(timeout, timedelta):
         seconds = timeout.total_seconds()
+        if seconds.is_integer():
+            return int(seconds)  # whole seconds read as cachelib 0.17 has them: 60, not 60.0
     if seconds is not None and math.isfinite(seconds):
         return seconds
     raise TypeError(
