@@ -173,15 +173,19 @@ def test_null_cache_takes_cachelib_constructor_arguments() -> None:
         assert ours.ignore_delete_many_errors is theirs.ignore_delete_many_errors is False
 
 
-def make_each(name: str, redis_server: Any, memcached_server: Any, tmp_path: Path) -> Any:
-    """``cacheplug.<name>`` on a real engine or directory, as a cachelib user builds it."""
+def make_each(
+    name: str, redis_server: Any, memcached_server: Any, tmp_path: Path, subclass: Any = None
+) -> Any:
+    """``cacheplug.<name>`` (or ``subclass`` of it) on a real engine or directory, as a cachelib
+    user builds it."""
+    cls = subclass or getattr(cacheplug, name)
     if name == "RedisCache":
-        return cacheplug.RedisCache(redis_server.host, redis_server.port, None, 0, 300, "dt:")
+        return cls(redis_server.host, redis_server.port, None, 0, 300, "dt:")
     if name == "MemcachedCache":
-        return cacheplug.MemcachedCache([f"{memcached_server.host}:{memcached_server.port}"])
+        return cls([f"{memcached_server.host}:{memcached_server.port}"])
     if name == "FileSystemCache":
-        return cacheplug.FileSystemCache(str(tmp_path))
-    return getattr(cacheplug, name)()
+        return cls(str(tmp_path))
+    return cls()
 
 
 ENGINES = ["SimpleCache", "FileSystemCache", "RedisCache", "MemcachedCache"]
@@ -403,3 +407,47 @@ def test_default_timeout_from_a_timedelta_reads_as_cachelib_has_it(
     theirs = getattr(cachelib, name)(**args)
     ours = getattr(cacheplug, name)(**args)
     assert f"max-age={ours.default_timeout}" == f"max-age={theirs.default_timeout}" == "max-age=60"
+
+
+@differential
+@given(data=st.data())
+def test_null_cache_differential(data: st.DataObject) -> None:
+    replay(cachelib.NullCache(), cacheplug.NullCache(), data.draw(call_sequences(TIMEOUTS)))
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize(
+    "serializer", ["JSONSerializer", "RedisSerializer", "SimpleSerializer", "FileSystemSerializer"]
+)
+def test_subclass_with_a_cachelib_serializer_at_class_level(
+    name: str, serializer: str, redis_server: Any, memcached_server: Any, tmp_path: Path
+) -> None:
+    from cachelib import serializers
+
+    # class AppCache(RedisCache): serializer = RedisSerializer()
+    subclass = type(
+        "AppCache", (getattr(cacheplug, name),), {"serializer": getattr(serializers, serializer)()}
+    )
+    cache = make_each(name, redis_server, memcached_server, tmp_path, subclass)
+    cache.clear()
+    assert cache.set("a", {"x": [1, 2]}) is True
+    assert cache.get("a") == {"x": [1, 2]}
+    assert cache.set_many({"n": 5, "t": True}) == ["n", "t"]
+    assert cache.inc("n") == 6
+    assert [cache.get("n"), cache.get("t")] == [6, True]
+    assert cache.get_many("a", "zz") == [{"x": [1, 2]}, None]
+    # the class's serializer is the one in use: JSON has no tuples
+    assert cache.set("pair", (1, 2)) is True
+    assert cache.get("pair") == ([1, 2] if serializer == "JSONSerializer" else (1, 2))
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_subclass_overriding_get_many_feeds_get_dict(
+    name: str, redis_server: Any, memcached_server: Any, tmp_path: Path
+) -> None:
+    class AppCache(getattr(cacheplug, name)):  # type: ignore[misc]
+        def get_many(self, *keys: str) -> list[Any]:
+            return [f"seen {key}" for key in keys]
+
+    cache = make_each(name, redis_server, memcached_server, tmp_path, AppCache)
+    assert cache.get_dict("a", "b") == {"a": "seen a", "b": "seen b"}
