@@ -9,6 +9,7 @@ FileSystemCache answers True), a negative timeout (cachelib's RedisCache stores 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import os
 import tempfile
@@ -451,3 +452,17 @@ def test_subclass_overriding_get_many_feeds_get_dict(
 
     cache = make_each(name, redis_server, memcached_server, tmp_path, AppCache)
     assert cache.get_dict("a", "b") == {"a": "seen a", "b": "seen b"}
+
+
+@pytest.mark.parametrize("name", [*ENGINES, "NullCache"])
+def test_constructor_parameters_in_cachelib_order(name: str) -> None:
+    def positional(cls: Any) -> list[str]:
+        parameters = inspect.signature(cls).parameters.values()
+        return [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    theirs, ours = positional(getattr(cachelib, name)), positional(getattr(cacheplug, name))
+    assert ours[: len(theirs)] == theirs
+    takes_extra = inspect.Parameter.VAR_KEYWORD  # RedisCache passes the rest to redis.Redis
+    kinds = {p.kind for p in inspect.signature(getattr(cachelib, name)).parameters.values()}
+    ours_kinds = {p.kind for p in inspect.signature(getattr(cacheplug, name)).parameters.values()}
+    assert takes_extra not in kinds or takes_extra in ours_kinds
