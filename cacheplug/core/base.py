@@ -75,7 +75,8 @@ class PayloadSigner:
         return outer.digest()
 
 
-#: The longest timeout in seconds (about 285 million years); a longer int counts as this.
+#: The longest timeout in seconds (about 285 million years); a longer int counts as this
+#: (and a more negative one as its negative).
 LONGEST_TIMEOUT = 2**53
 
 
@@ -89,8 +90,10 @@ def normalize_timeout(timeout: object, default: float) -> float:
     if timeout is None:
         return default
     if type(timeout) is int:
+        if -LONGEST_TIMEOUT <= timeout <= LONGEST_TIMEOUT:
+            return timeout
         # beyond a float's exact range an int cannot be added to a clock: it means "very long"
-        return timeout if timeout <= LONGEST_TIMEOUT else LONGEST_TIMEOUT
+        return LONGEST_TIMEOUT if timeout > 0 else -LONGEST_TIMEOUT
     seconds: float | None = None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         seconds = float(timeout)
