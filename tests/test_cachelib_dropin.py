@@ -261,7 +261,11 @@ def call_sequences(
 def shown(value: Any) -> str:
     """Text that tells apart 1, 1.0 and True, lists and tuples, and ignores dict order."""
     if isinstance(value, dict):
-        return repr(sorted((k, shown(v)) for k, v in value.items()))
+        return repr(sorted((shown(k), shown(v)) for k, v in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}{sorted(map(shown, value))}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__}{[shown(item) for item in value]}"
     return repr(value)
 
 
