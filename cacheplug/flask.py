@@ -1,0 +1,45 @@
+"""A Flask-Caching backend factory: any cacheplug cache behind ``flask_caching.Cache``.
+
+Flask-Caching calls a ``CACHE_TYPE`` that is not one of its own classes as
+``factory(app, config, args, options)``; this module provides that factory, so an application
+configures its cache with one URL::
+
+    app.config["CACHE_TYPE"] = "cacheplug.flask.cache_factory"
+    app.config["CACHE_URL"] = "redis://cache:6379/0?serializer=msgpack"
+    cache = flask_caching.Cache(app)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cacheplug.core.base import BaseCache
+from cacheplug.core.errors import ConfigurationError
+
+__all__ = ["cache_factory"]
+
+
+def cache_factory(
+    app: object, config: Mapping[str, Any], args: Sequence[Any], options: Mapping[str, Any]
+) -> BaseCache:
+    """The cache at ``config["CACHE_URL"]`` (default ``simple://``) for Flask-Caching.
+
+    ``CACHE_DEFAULT_TIMEOUT`` and ``CACHE_OPTIONS`` arrive in ``options`` and win over the URL's
+    query; ``CACHE_KEY_PREFIX`` becomes ``key_prefix`` unless the URL or the options give one.
+
+    :raises ConfigurationError: ``CACHE_ARGS`` is not empty, or the URL or an option is wrong.
+    """
+    from cacheplug.core.url import from_url, parse_url
+
+    if args:
+        raise ConfigurationError(
+            "cacheplug takes no CACHE_ARGS; give its settings in CACHE_URL's query or in "
+            "CACHE_OPTIONS (keyword arguments)"
+        )
+    url = config.get("CACHE_URL") or "simple://"
+    overrides = dict(options)
+    prefix = config.get("CACHE_KEY_PREFIX")
+    if prefix and "key_prefix" not in overrides and "key_prefix" not in parse_url(url).query:
+        overrides["key_prefix"] = prefix
+    return from_url(url, **overrides)
