@@ -275,17 +275,20 @@ class BaseCache(ABC):
         """The cached value, or ``factory()`` stored and returned on a miss.
 
         Threads of this process missing the same key wait for one ``factory`` call. A
-        ``None`` result is returned but not told apart from a miss next time.
+        ``None`` result is returned but not told apart from a miss next time. Each call counts
+        one lookup in :meth:`stats`: a miss when it runs ``factory``, else a hit.
         """
+        misses = self._misses
         value = self.get(key)
         if value is not None:
             return value
+        counted = self._misses > misses  # an outage counts an error instead
         with self._single_flight(key):
-            misses = self._misses
             value = self.get(key)
+            if counted:
+                # the check above counts this call: a hit when another thread's factory ran
+                self._misses -= 1
             if value is None:
-                if self._misses > misses:
-                    self._misses -= 1  # the miss the first get counted, not a second one
                 normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
                 value = factory()
                 if value is not None:
