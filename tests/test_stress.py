@@ -330,3 +330,14 @@ def test_reassigning_key_prefix_and_serializer_under_load(make_cache: MakeCache)
 
     assert run_threads(4, work) == []
     assert wrong == []
+
+
+def test_an_unreadable_entry_counts_as_a_miss(make_cache: MakeCache) -> None:
+    # MemcachedCache counted it as a hit (and an error); the other backends as a miss
+    engine_only(make_cache)
+    prefix = unique_prefix()
+    make_cache(key_prefix=prefix).set_many({"a": {"x": 1}, "b": [1]})
+    reader = make_cache(key_prefix=prefix, serializer="json")
+    assert [reader.get("a"), *reader.get_many("a", "b", "c")] == [None] * 4
+    stats = reader.stats()
+    assert (stats["hits"], stats["misses"], stats["errors"]) == (0, 4, 3)

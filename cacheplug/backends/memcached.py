@@ -200,6 +200,15 @@ class MemcachedCache(BaseCache):
         return FLAG_SERIALIZED, data
 
     def _unpack(self, key: str, item: tuple[int, bytes]) -> Any:
+        """The value of a fetched item, counted as a hit; unreadable: ``None``, a miss."""
+        errors = self._errors
+        value = self._read_item(key, item)
+        if value is None and self._errors != errors:
+            self._hits -= 1
+            self._misses += 1
+        return value
+
+    def _read_item(self, key: str, item: tuple[int, bytes]) -> Any:
         flags, data = item
         if flags == FLAG_SERIALIZED:
             return self._decode_or_miss(key, data)
