@@ -120,15 +120,6 @@ class SimpleCache(BaseCache):
             return _SERIALIZED, data
         return _SIGNED, (self._signer.sign(data), data)
 
-    def _unpack(self, key: str, codec: int, payload: Any) -> Any:
-        if codec == _SHALLOW:
-            return payload.copy()
-        if codec == _RAW:
-            return payload
-        if codec == _SERIALIZED:
-            return self._decode_or_miss(key, payload)
-        return self._verified(key, payload)
-
     def _verified(self, key: str, payload: tuple[bytes, bytes]) -> Any:
         """The value of a signed entry; a miss, logged and counted, when it does not verify."""
         signature, data = payload
@@ -349,8 +340,8 @@ class SimpleCache(BaseCache):
             else:
                 expires = entry[0]
                 codec, payload = entry[1], entry[2]
-                if codec < _SERIALIZED:
-                    current = self._unpack(key, codec, payload)
+                if codec < _SERIALIZED:  # kept as it is: only its type is read
+                    current = payload
                 else:
                     blob = payload if codec == _SERIALIZED else payload[0] + payload[1]
                     try:  # not _decode_or_miss: a stored None is not an unreadable entry
