@@ -630,10 +630,6 @@ class Memoized(Generic[P, R]):
         self.uncached = func
         self.timeout = timeout
         self._signature = inspect.signature(func)
-        self._var_keyword = next(
-            (p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD),
-            None,
-        )
         prefix = f"memoize:{_function_name(func)}"
         closure = _closure_text(func)
         if closure:
@@ -657,9 +653,8 @@ class Memoized(Generic[P, R]):
         else:
             bound.apply_defaults()
             parts = []
-            for name, argument in sorted(bound.arguments.items()):
-                # f(a=1, b=2) and f(b=2, a=1) are one call
-                value = dict(sorted(argument.items())) if name == self._var_keyword else argument
+            for name, value in sorted(bound.arguments.items()):
+                # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
                 shown = _stable_repr(value, set())
                 self._check_stable(f"argument {name!r}", value, shown)
                 parts.append(f"({name!r}, {shown})")
