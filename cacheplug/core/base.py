@@ -278,11 +278,13 @@ class BaseCache(ABC):
         ``None`` result is returned but not told apart from a miss next time. Each call counts
         one lookup in :meth:`stats`: a miss when it runs ``factory``, else a hit.
         """
-        misses = self._misses
+        errors = self._errors
         value = self.get(key)
         if value is not None:
             return value
-        counted = self._misses > misses  # an outage counts an error instead
+        # An outage counts an error instead of a miss. Comparing the misses was wrong: another
+        # thread taking back its own miss meanwhile hid this one.
+        counted = self._errors == errors
         with self._single_flight(key):
             value = self.get(key)
             if counted:
