@@ -6,6 +6,7 @@ that just failed. A cluster's clients are in ``_redis_cluster``.
 from __future__ import annotations
 
 import queue
+import sys
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -143,8 +144,36 @@ def server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     from redis.retry import Retry
 
     retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
-    client = redis.Redis(**{"retry": retry, **kwargs})
-    return client, redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)})
+    clients = (
+        redis.Redis(**{"retry": retry, **kwargs}),
+        redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)}),
+    )
+    for client in clients:
+        _close_when_cut_short(client.connection_pool)
+    return clients
+
+
+def _close_when_cut_short(pool: Any) -> None:
+    """Make ``pool`` close a connection given back while an exception from outside the driver
+    (``KeyboardInterrupt``, a deadline a signal handler raises) cuts its call short.
+
+    redis-py closes the connection when such an exception lands in a read, but not when it lands
+    between sending a command and reading its reply: the reply arrives later, and the next call
+    on that connection would read it as its own. A pool gives connections back in a ``finally``
+    while the exception propagates, so ``sys.exception()`` sees it there.
+    """
+    release = pool.release
+    if getattr(release, "closes_when_cut_short", False):
+        return
+
+    def release_closing(connection: Any) -> None:
+        cut = sys.exception()
+        if cut is not None and not isinstance(cut, Exception):
+            connection.disconnect()
+        release(connection)
+
+    release_closing.closes_when_cut_short = True  # type: ignore[attr-defined]
+    pool.release = release_closing
 
 
 def pool_exhausted(err: BaseException) -> bool:
