@@ -24,6 +24,7 @@ from cacheplug import (
     BaseCache,
     CacheplugError,
     ConfigurationError,
+    FileSystemCache,
     NullCache,
     PluginError,
     PluginLoadWarning,
@@ -554,6 +555,26 @@ def test_get_or_set_counts_a_miss_once(make: Any) -> None:
     stats = cache.stats()
     expected = {"hits": 1, "misses": 2} if not isinstance(cache, NullCache) else {"misses": 3}
     assert {name: stats[name] for name in expected} == expected
+
+
+class TextSerializer:
+    """A serializer returning str, as the ``json`` module does: it can store nothing."""
+
+    def dumps(self, value: Any) -> str:
+        return repr(value)
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+@pytest.mark.parametrize("backend", ["simple", "file"])
+def test_inc_with_a_serializer_that_stores_nothing_says_why(backend: str, tmp_path: Any) -> None:
+    # inc reported every SerializationError as an overflow: "cannot count 'n' to 1".
+    cache = SimpleCache() if backend == "simple" else FileSystemCache(tmp_path)
+    cache.serializer = TextSerializer()
+    with pytest.raises(SerializationError, match="returned str, not bytes"):
+        cache.inc("missing")
+    assert cache.has("missing") is False
 
 
 @pytest.mark.parametrize("timeout", ["60", True])

@@ -392,10 +392,12 @@ class BaseCache(ABC):
         """:meth:`_encode` of the new value of a counter.
 
         :raises OverflowError: the serializer cannot hold it (json or msgpack beyond 64 bits).
+        :raises SerializationError: the serializer cannot store any int.
         """
         try:
             return self._encode(value)
         except SerializationError as err:
+            self._serialize(0)  # a serializer that stores no int at all raises what is wrong
             raise OverflowError(
                 f"cannot count {key!r} to {value}: {serializer_name(self.serializer)} cannot "
                 "store it, so the value stays as it was"
