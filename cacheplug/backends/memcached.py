@@ -249,8 +249,10 @@ class MemcachedCache(BaseCache):
 
     def _run(self, server: Server, operation: str, call: Callable[..., Any], *args: Any) -> Any:
         """``call(client, *args)`` on a pooled connection of ``server``; ``FAILED`` on errors."""
-        if server.down_until:
-            if time.monotonic() < server.down_until:
+        trying = server.down_until
+        if trying:
+            now = time.monotonic()
+            if now < trying:
                 self._backend_error(
                     operation,
                     ConnectionError(
@@ -259,7 +261,9 @@ class MemcachedCache(BaseCache):
                     ),
                 )
                 return FAILED
-            server.down_until = 0.0
+            # this call tries the server again; the others keep skipping it meanwhile, so a
+            # stalled server costs one timeout per dead_timeout, not one per waiting thread
+            server.down_until = now + self.dead_timeout
         client = server.acquire()
         try:
             reused = client.sock is not None
@@ -280,11 +284,16 @@ class MemcachedCache(BaseCache):
             if isinstance(err, self._connection_errors):
                 server.down_until = time.monotonic() + self.dead_timeout
                 server.discard_idle()
+                trying = 0.0
             self._backend_error(operation, err)
             result = FAILED
         except BaseException:
             client.close()  # interrupted mid-call: a reply may still be on its way to this socket
+            if trying:
+                server.down_until = 0.0
             raise
+        if trying:
+            server.down_until = 0.0  # it answered
         server.release(client)
         return result
 
