@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from servers import MemcachedServer
 from test_memcached import address
+from waiting import wait_until
 
-from cacheplug import MemcachedCache
+from cacheplug import BaseCache, ConfigurationError, MemcachedCache, from_url
 
 
 @pytest.fixture
@@ -73,3 +80,86 @@ def test_a_server_that_answers_again_is_used_again(
     assert server.down_until == 0.0
     assert cache.get("back") == "v"
     assert cache.stats()["errors"] <= 3  # the threads that came while one tried it
+
+
+# -- addresses: unix sockets, IPv6, names that do not resolve --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unix_socket() -> Iterator[str]:
+    """The path of a memcached listening on a unix socket only."""
+    directory = Path(tempfile.mkdtemp(prefix="cacheplug-mc-"))
+    path = str(directory / "memcached.sock")
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    process = subprocess.Popen(["memcached", "-s", path, "-U", "0", *user])
+    try:
+        wait_until(lambda: answers(path))
+        yield path
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def answers(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect(path)
+            sock.sendall(b"version\r\n")
+            return sock.recv(100).startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
+def works(cache: BaseCache) -> None:
+    cache.clear()
+    assert cache.set("a", "v") is True
+    assert cache.inc("n") == 1
+    assert cache.get_many("a", "n", "missing") == ["v", 1, None]
+    assert cache.has("a") is True
+    assert cache.delete("a") is True
+
+
+def fails_as_an_outage(cache: MemcachedCache) -> None:
+    began = time.monotonic()
+    assert cache.set("a", "v") is False
+    assert cache.get("a") is None
+    assert cache.inc("n") is None
+    assert cache.get_many("a", "b") == [None, None]
+    assert cache.clear() is False
+    assert time.monotonic() - began < 0.5
+    assert cache.stats()["errors"] == 5
+
+
+@pytest.mark.parametrize("form", ["path", "unix:path"])
+def test_a_unix_socket_server(unix_socket: str, form: str) -> None:
+    works(MemcachedCache([form.replace("path", unix_socket)], key_prefix="app:"))
+    works(MemcachedCache(form.replace("path", unix_socket)))
+
+
+def test_a_unix_socket_path_in_a_url(unix_socket: str) -> None:
+    """A percent-encoded socket path as the URL's host was sent to DNS as a host name with port
+    11211, so the cache never reached the server."""
+    cache = from_url(f"memcached://{quote(unix_socket, safe='')}?key_prefix=app:")
+    assert unix_socket in repr(cache) and "11211" not in repr(cache)
+    works(cache)
+    with pytest.raises(ConfigurationError, match="unix socket path takes no port"):
+        from_url(f"memcached://{quote(unix_socket, safe='')}:11211")
+
+
+def test_a_unix_socket_that_does_not_exist() -> None:
+    fails_as_an_outage(MemcachedCache(["/nonexistent/memcached.sock"]))
+
+
+def test_a_host_name_that_does_not_resolve() -> None:
+    fails_as_an_outage(MemcachedCache(["no-such-host.invalid:11211"]))
+
+
+def test_an_ipv6_server() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with MemcachedServer(extra_args=["-l", "::1"]) as server:
+        works(MemcachedCache([f"[::1]:{server.port}"]))
+        works(MemcachedCache([("::1", server.port)], key_prefix="app:"))
+        works(from_url(f"memcached://[::1]:{server.port}"))

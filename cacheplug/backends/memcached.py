@@ -180,14 +180,28 @@ class MemcachedCache(BaseCache):
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
-        """``memcached://host[:port][,host[:port]...]?option=value``; no path or credentials."""
+        """``memcached://host[:port][,host[:port]...]?option=value``; no path or credentials.
+
+        A host that is a percent-encoded absolute path (``%2Frun%2Fmemcached.sock``) is a unix
+        socket.
+        """
         if url.username or url.password is not None or url.path.strip("/"):
             raise ConfigurationError(
                 f"memcached:// takes hosts and options only (no path, no credentials), "
                 f"got {url.redacted()!r}; write memcached://host1:11211,host2:11211?option=value"
             )
-        servers = [(host, port or DEFAULT_PORT) for host, port in url.hosts] or None
-        return cls(servers, **options)
+        servers: list[str | tuple[str, int]] = []
+        for host, port in url.hosts:
+            if not host.startswith("/"):
+                servers.append((host, port or DEFAULT_PORT))
+            elif port is None:
+                servers.append(host)
+            else:
+                raise ConfigurationError(
+                    f"a unix socket path takes no port, got {host!r} with port {port} in "
+                    f"{url.redacted()!r}"
+                )
+        return cls(servers or None, **options)
 
     # -- encoding ------------------------------------------------------------------------------
 
