@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import pytest
-from servers import RedisServer
 from waiting import paused_process
 
 from cacheplug import RedisCache
@@ -58,27 +59,39 @@ INTERRUPTED_CALLS: dict[str, Callable[[RedisCache], Any]] = {
 }
 
 
-def filled_cache(server: RedisServer) -> RedisCache:
-    """A prefixed cache on ``server`` holding a, b, ä and the counter ``count`` at 10."""
-    cache = RedisCache(port=server.port, key_prefix="p:")
+@dataclass
+class Target:
+    """A cache holding a, b, ä and the counter ``count`` at 10, and its servers' pids."""
+
+    cache: RedisCache
+    pids: list[int]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every server stopped with SIGSTOP for the block: nothing is answered."""
+        with contextlib.ExitStack() as stack:
+            for pid in self.pids:
+                stack.enter_context(paused_process(pid))
+            yield
+
+
+@pytest.fixture(params=["server", "cluster"])
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    if request.param == "server":
+        servers = [request.getfixturevalue("fresh_redis_server")]
+        cache = RedisCache(port=servers[0].port, key_prefix="p:")
+    else:
+        servers = request.getfixturevalue("redis_cluster").servers
+        prefix = f"ops-{uuid.uuid4().hex}:"  # the cluster is shared with other tests
+        cache = RedisCache(startup_nodes=[s.address for s in servers], key_prefix=prefix)
     for key, value in {"a": "A", "b": "B", "ä": "AE", "count": 10}.items():
         assert cache.set(key, value) is True
-    return cache
+    yield Target(cache, [s.pid for s in servers if s.pid is not None])
+    cache.clear()
+    cache.close()
 
 
-@pytest.mark.parametrize("call", INTERRUPTED_CALLS.values(), ids=INTERRUPTED_CALLS.keys())
-def test_a_call_cut_short_leaves_no_reply_for_the_next_call(
-    fresh_redis_server: RedisServer, call: Callable[[RedisCache], Any]
-) -> None:
-    cache = filled_cache(fresh_redis_server)
-    assert fresh_redis_server.pid is not None
-    # Paused, the server answers the cut-off command only once the next call has begun.
-    with (
-        paused_process(fresh_redis_server.pid),
-        interrupted_before_reading(),
-        pytest.raises(Interrupted),
-    ):
-        call(cache)
+def assert_own_replies(cache: RedisCache) -> None:
     assert cache.get("b") == "B"
     assert cache.get("ä") == "AE"
     assert cache.get_many("b", "a") == ["B", "A"]
@@ -89,23 +102,28 @@ def test_a_call_cut_short_leaves_no_reply_for_the_next_call(
 
 
 @pytest.mark.parametrize("call", INTERRUPTED_CALLS.values(), ids=INTERRUPTED_CALLS.keys())
-def test_a_signal_handler_raising_while_the_server_hangs_leaves_the_cache_usable(
-    fresh_redis_server: RedisServer, call: Callable[[RedisCache], Any]
+def test_a_call_cut_short_leaves_no_reply_for_the_next_call(
+    target: Target, call: Callable[[RedisCache], Any]
 ) -> None:
-    cache = filled_cache(fresh_redis_server)
-    assert fresh_redis_server.pid is not None
+    # Paused, the servers answer the cut-off command only once the next call has begun.
+    with target.paused(), interrupted_before_reading(), pytest.raises(Interrupted):
+        call(target.cache)
+    assert_own_replies(target.cache)
 
+
+@pytest.mark.parametrize("call", INTERRUPTED_CALLS.values(), ids=INTERRUPTED_CALLS.keys())
+def test_a_signal_handler_raising_while_the_server_hangs_leaves_the_cache_usable(
+    target: Target, call: Callable[[RedisCache], Any]
+) -> None:
     def deadline(signum: int, frame: FrameType | None) -> None:
         raise Interrupted
 
     previous = signal.signal(signal.SIGALRM, deadline)
     try:
-        with paused_process(fresh_redis_server.pid), pytest.raises(Interrupted):
+        with target.paused(), pytest.raises(Interrupted):
             signal.setitimer(signal.ITIMER_REAL, 0.05)
-            call(cache)
+            call(target.cache)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert cache.get("b") == "B"
-    assert cache.get_many("b", "a") == ["B", "A"]
-    assert cache.inc("count") == 11
+    assert_own_replies(target.cache)

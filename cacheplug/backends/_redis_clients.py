@@ -26,6 +26,7 @@ __all__ = [
     "URL_OPTIONS",
     "DeadServer",
     "checked_options",
+    "close_when_cut_short",
     "options_from_url",
     "pool_exhausted",
     "refuse_decoding",
@@ -149,17 +150,17 @@ def server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
         redis.Redis(**{**kwargs, "retry": Retry(NoBackoff(), 0)}),
     )
     for client in clients:
-        _close_when_cut_short(client.connection_pool)
+        close_when_cut_short(client.connection_pool)
     return clients
 
 
-def _close_when_cut_short(pool: Any) -> None:
-    """Make ``pool`` close a connection given back while an exception from outside the driver
-    (``KeyboardInterrupt``, a deadline a signal handler raises) cuts its call short.
+def close_when_cut_short(pool: Any) -> None:
+    """Make ``pool`` close a connection it takes back from a call that an exception from outside
+    the driver (``KeyboardInterrupt``, a deadline a signal handler raises) cut short.
 
     redis-py closes the connection when such an exception lands in a read, but not when it lands
     between sending a command and reading its reply: the reply arrives later, and the next call
-    on that connection would read it as its own. A pool gives connections back in a ``finally``
+    on that connection would read it as its own. Pools take connections back in a ``finally``
     while the exception propagates, so ``sys.exception()`` sees it there.
     """
     release = pool.release

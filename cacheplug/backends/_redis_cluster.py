@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cacheplug.backends._redis_clients import close_when_cut_short
 from cacheplug.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -35,7 +36,21 @@ def _cluster_client(
     from redis.cluster import ClusterNode, RedisCluster
 
     startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
-    return RedisCluster(startup_nodes=startup, password=password, **kwargs)
+    client: Any = RedisCluster(startup_nodes=startup, password=password, **kwargs)
+    # Each node has a pool of its own, made when the client finds the node.
+    manager: Any = client.nodes_manager
+    create_redis_node = manager.create_redis_node
+
+    def create_closing_node(*args: Any, **node_kwargs: Any) -> Any:
+        node = create_redis_node(*args, **node_kwargs)
+        close_when_cut_short(node.connection_pool)
+        return node
+
+    manager.create_redis_node = create_closing_node
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            close_when_cut_short(node.redis_connection.connection_pool)
+    return client
 
 
 class PendingCluster:
