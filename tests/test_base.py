@@ -31,7 +31,8 @@ from cacheplug import (
     SerializationError,
     SimpleCache,
 )
-from cacheplug.core.base import Memoized, PayloadSigner, Timeout, normalize_timeout
+from cacheplug.core.base import PayloadSigner, Timeout, normalize_timeout
+from cacheplug.core.memoize import Memoized
 from cacheplug.testing import CacheContract, CacheFactory
 
 

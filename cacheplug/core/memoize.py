@@ -1,0 +1,358 @@
+"""``memoize``: the wrappers :meth:`BaseCache.memoize` returns, and how they build keys."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import re
+from collections.abc import Callable
+from functools import wraps
+from types import CodeType, FunctionType, MethodType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from cacheplug.core.base import normalize_timeout
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from cacheplug.core.base import BaseCache, Timeout
+
+__all__ = ["AsyncMemoized", "Memoized", "memoized"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# CPython's default repr ends in the object's address, which a later object can reuse
+_ADDRESS_REPR = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
+def _address_shown(value: object, seen: set[int]) -> str | None:
+    """The first address-bearing repr inside ``value``; text inside str or bytes does not count."""
+    kind = type(value)
+    if kind is str or kind is bytes or id(value) in seen:
+        return None
+    if kind in (list, tuple, set, frozenset, dict):
+        seen.add(id(value))
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        for item in items:  # type: ignore[attr-defined]
+            found = _address_shown(item, seen)
+            if found is not None:
+                return found
+        return None
+    shown = repr(value)
+    if _ADDRESS_REPR.search(shown) is None:
+        return None
+    return shown if len(shown) <= 120 else f"{shown[:60]}...{shown[-50:]}"
+
+
+_SHOWN_ITEM_BY_ITEM = frozenset({list, tuple, dict, set, frozenset})
+
+
+def _stable_repr(value: object, open_ids: set[int]) -> str:
+    """``repr(value)``, with the items of sets and dicts in sorted order.
+
+    Equal sets and dicts then give one text whatever their order, and sets of strings the same
+    text in every process (their order follows the per-process string hash); list and tuple
+    texts stay their repr. ``open_ids``: the containers being shown, for self-references.
+    """
+    kind = type(value)
+    if kind not in _SHOWN_ITEM_BY_ITEM:
+        return repr(value)
+    if id(value) in open_ids:
+        return "..."
+    open_ids.add(id(value))
+    try:
+        if kind is dict:
+            pairs = sorted(
+                f"{_stable_repr(k, open_ids)}: {_stable_repr(v, open_ids)}"
+                for k, v in value.items()  # type: ignore[attr-defined]
+            )
+            return "{" + ", ".join(pairs) + "}"
+        parts = [_stable_repr(item, open_ids) for item in value]  # type: ignore[attr-defined]
+        if kind is list:
+            return "[" + ", ".join(parts) + "]"
+        if kind is tuple:
+            return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+        body = "{" + ", ".join(sorted(parts)) + "}" if parts else ""
+        return (body or "set()") if kind is set else f"frozenset({body})"
+    finally:
+        open_ids.discard(id(value))
+
+
+def _code_fingerprint(code: CodeType) -> str:
+    """Text that tells apart code objects doing different things, the same in every process."""
+    consts = [
+        _code_fingerprint(const) if isinstance(const, CodeType) else repr(const)
+        for const in code.co_consts
+    ]
+    return repr((code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars, consts))
+
+
+def _short_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def _function_name(func: object) -> str:
+    """Module and qualified name, the same in every process; a lambda's code tells it apart."""
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or repr(func)
+    code = getattr(func, "__code__", None)
+    if qualname.endswith("<lambda>") and isinstance(code, CodeType):
+        # every lambda of a module has this qualname
+        return f"{module}.{qualname}#{_short_digest(_code_fingerprint(code))}"
+    return f"{module}.{qualname}"
+
+
+def _closure_text(func: object) -> str:
+    """What the variables a nested function closes over hold, where it can be named.
+
+    ``make_greeter("hi")`` and ``make_greeter("bye")`` return functions of one qualified name
+    that must not share results. Values shown only by an address are left out.
+    """
+    shown = []
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet: the function itself, when it recurses
+            continue
+        if isinstance(value, FunctionType):
+            shown.append(_function_name(value))
+            continue
+        try:
+            if _address_shown(value, set()) is None:
+                shown.append(_stable_repr(value, set()))
+        except Exception:  # a repr that fails names nothing, as an address does not
+            continue
+    return repr(shown) if shown else ""
+
+
+class Memoized(Generic[P, R]):
+    """A function whose results are cached; made by :meth:`BaseCache.memoize`."""
+
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[P, R]
+
+    def __init__(
+        self,
+        cache: BaseCache,
+        func: Callable[P, R],
+        timeout: Timeout,
+        key_prefix: str | None,
+    ) -> None:
+        # memoize written above @staticmethod / @classmethod: wrap the function they hold
+        self._binding: str | None = None
+        if isinstance(func, (staticmethod, classmethod)):
+            self._binding = type(func).__name__
+            func = func.__func__
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"cannot memoize {_function_name(func)}: it is a generator function, and the "
+                "generator it returns can be iterated only once and cannot be stored; memoize a "
+                "function that returns a list of the items instead"
+            )
+        self.cache = cache
+        self.uncached = func
+        self.timeout = timeout
+        self._signature = inspect.signature(func)
+        prefix = f"memoize:{_function_name(func)}"
+        closure = _closure_text(func)
+        if closure:
+            prefix += f"~{_short_digest(closure)}"
+        self._prefix = key_prefix if key_prefix is not None else prefix
+        wraps(func)(self)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of one call.
+
+        :raises TypeError: an argument's repr shows a memory address (the default
+            ``object.__repr__``, functions): a later object at that address would be served
+            this call's result, so there is no safe key.
+        """
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            arguments = (args, sorted(kwargs.items()))
+            text = _stable_repr(arguments, set())
+            self._check_stable("the arguments", arguments, text)
+        else:
+            bound.apply_defaults()
+            parts = []
+            for name, value in sorted(bound.arguments.items()):
+                # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
+                shown = _stable_repr(value, set())
+                self._check_stable(f"argument {name!r}", value, shown)
+                parts.append(f"({name!r}, {shown})")
+            text = f"[{', '.join(parts)}]"  # the repr of the sorted (name, value) list
+        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        return f"{self._prefix}:{digest}"
+
+    def _check_stable(self, what: str, value: object, shown: str) -> None:
+        if _ADDRESS_REPR.search(shown) is None:
+            return
+        address = _address_shown(value, set())
+        if address is not None:  # not merely text that looks like an address
+            raise TypeError(
+                f"cannot memoize {self.__module__}.{self.__qualname__}(): {what} is shown as "
+                f"{address}, a memory address that a later object can reuse and be served "
+                "this call's result; give its class a __repr__ that shows what identifies it "
+                "(a dataclass has one), or pass that identity instead"
+            )
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        key = self.cache_key(*args, **kwargs)
+        result: R = self.cache.get_or_set(key, lambda: self.uncached(*args, **kwargs), self.timeout)
+        return result
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the cached result of one call; whether there was one."""
+        return self.cache.delete(self.cache_key(*args, **kwargs))
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if self._binding == "staticmethod":
+            return self
+        if self._binding == "classmethod":
+            return _BoundMemoized(self, owner if owner is not None else type(instance))
+        if instance is None:
+            return self
+        return _BoundMemoized(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<memoized {self._prefix} on {self.cache!r}>"
+
+    def __reduce__(self) -> str:
+        # by reference, as pickle sends functions (to process pools), not with the cache's locks
+        return self.__qualname__
+
+
+class _BoundMemoized:
+    """A memoized method bound to its instance."""
+
+    def __init__(self, memoized: Memoized[Any, Any], instance: object) -> None:
+        self._memoized = memoized
+        self._instance = instance
+        self.__doc__ = memoized.__doc__
+        self.__module__ = memoized.__module__
+
+    def __getattr__(self, name: str) -> Any:
+        # __name__, __qualname__...: the method's, as a bound method shows them
+        if name == "_memoized":  # not set yet
+            raise AttributeError(name)
+        return getattr(self._memoized, name)
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        return self.uncached
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._memoized(self._instance, *args, **kwargs)
+
+    @property
+    def uncached(self) -> Callable[..., Any]:
+        """The method itself, bound, without the cache."""
+        return MethodType(self._memoized.uncached, self._instance)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (self._instance, self._memoized.__name__)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self._memoized.cache_key(self._instance, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return self._memoized.invalidate(self._instance, *args, **kwargs)
+
+
+def memoized(
+    cache: BaseCache, func: Callable[P, R], timeout: Timeout, key_prefix: str | None
+) -> Memoized[P, R]:
+    """The wrapper :meth:`BaseCache.memoize` puts around ``func``: async for ``async def``."""
+    target = func.__func__ if isinstance(func, (staticmethod, classmethod)) else func
+    if inspect.iscoroutinefunction(target):
+        return AsyncMemoized(cache, func, timeout, key_prefix)
+    return Memoized(cache, func, timeout, key_prefix)
+
+
+class _Flight:
+    """One call of an async memoized function that other tasks of its event loop wait for."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.value: Any = None
+        self.error: Exception | None = None
+        self.ended = False  # False when the call was cancelled: a waiter must call again
+
+
+class AsyncMemoized(Memoized[P, R]):
+    """An ``async def`` function whose results are cached; made by :meth:`BaseCache.memoize`.
+
+    Calling it returns a coroutine. Tasks of one event loop missing the same key await one
+    call; the others get its result (read back from the cache, as a private copy) or its
+    exception. When that call is cancelled, a waiting task calls the function in its place.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # (event loop, key) -> the call in progress; futures belong to one loop
+        self._flights: dict[tuple[asyncio.AbstractEventLoop, str], _Flight] = {}
+        target: Any = self.uncached
+        while isinstance(target, functools.partial):
+            target = target.func
+        code = getattr(target, "__code__", None)
+        if isinstance(code, CodeType):
+            # what inspect.iscoroutinefunction(self) reads, as frameworks check it
+            self.__code__ = code
+            self.__defaults__ = getattr(target, "__defaults__", None)
+            self.__kwdefaults__ = getattr(target, "__kwdefaults__", None)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self._cached(args, kwargs))
+
+    async def _cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import asyncio
+
+        key = self.cache_key(*args, **kwargs)
+        cache = self.cache
+        flight_key = (asyncio.get_running_loop(), key)
+        while True:
+            errors = cache._errors
+            value = cache.get(key)
+            if value is not None:
+                return value
+            flight = self._flights.get(flight_key)
+            if flight is None:
+                break
+            await asyncio.shield(flight.done)  # a waiter's cancellation leaves the call alone
+            if flight.error is not None:
+                raise flight.error  # counted as the miss of this call's lookup
+            if cache._errors == errors:  # the lookup below counts this call instead
+                cache._misses -= 1
+            if flight.ended:
+                value = cache.get(key)
+                return flight.value if value is None else value
+        return await self._lead(flight_key, args, kwargs)
+
+    async def _lead(
+        self,
+        flight_key: tuple[asyncio.AbstractEventLoop, str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Call the function for every task of this loop that misses the same key."""
+        cache = self.cache
+        normalize_timeout(self.timeout, cache.default_timeout)  # raises before the call
+        flight = self._flights[flight_key] = _Flight(flight_key[0].create_future())
+        try:
+            value = await cast(Any, self.uncached)(*args, **kwargs)
+            if value is not None:
+                cache.set(flight_key[1], value, self.timeout)
+            flight.value, flight.ended = value, True
+        except Exception as err:
+            flight.error = err
+            raise
+        finally:
+            # cancelled (or otherwise stopped): neither ended nor an error, so a waiter calls again
+            if self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]
+            flight.done.set_result(None)
+        return value
