@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -80,6 +81,65 @@ def test_a_server_that_answers_again_is_used_again(
     assert server.down_until == 0.0
     assert cache.get("back") == "v"
     assert cache.stats()["errors"] <= 3  # the threads that came while one tried it
+
+
+class Hung(Exception):
+    """A call still waited long after its timeout."""
+
+
+@pytest.fixture
+def ticking_signal() -> Iterator[None]:
+    """A signal every 20 ms with a handler that returns (a profiler, a SIGCHLD handler), and
+    ``Hung`` raised in a call still running 5 s later, so a hang fails instead of blocking."""
+
+    def hung(signum: int, frame: object) -> None:
+        raise Hung
+
+    previous = (
+        signal.signal(signal.SIGALRM, lambda signum, frame: None),
+        signal.getsignal(signal.SIGUSR1),
+    )
+    signal.signal(signal.SIGUSR1, hung)
+    signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+    guard = threading.Timer(5, os.kill, (os.getpid(), signal.SIGUSR1))
+    guard.start()
+    try:
+        yield
+    finally:
+        guard.cancel()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
+
+
+@pytest.mark.parametrize("prefix", [None, "app:"])
+def test_a_stalled_server_fails_within_the_timeout_while_signals_arrive(
+    silent_server: str, ticking_signal: None, prefix: str | None
+) -> None:
+    """With kernel socket timeouts, each signal restarted the wait (Python retries a read a
+    signal interrupted): a signal more often than the timeout made every call hang forever."""
+    cache = MemcachedCache([silent_server], timeout=0.2, dead_timeout=0, key_prefix=prefix)
+    for call in (
+        lambda: cache.get("k"),
+        lambda: cache.set("k", "v"),
+        lambda: cache.inc("n"),
+        lambda: cache.get_many("k", "j"),
+    ):
+        began = time.monotonic()
+        assert call() in (None, False, [None, None])
+        assert time.monotonic() - began < 1.5
+
+
+def test_a_large_value_to_a_stalled_server_fails_within_the_timeout(silent_server: str) -> None:
+    """A write of several MB waited one timeout per partial send: 3.5 timeouts for 8 MB."""
+    cache = MemcachedCache([silent_server], timeout=0.25, dead_timeout=0)
+    for value in (b"x" * (8 << 20), {"a": b"y" * (4 << 20), "b": b"z" * (4 << 20)}):
+        began = time.monotonic()
+        if isinstance(value, bytes):
+            assert cache.set("big", value) is False
+        else:
+            assert cache.set_many(value) == []
+        assert time.monotonic() - began < 0.6
 
 
 # -- addresses: unix sockets, IPv6, names that do not resolve --------------------------------------

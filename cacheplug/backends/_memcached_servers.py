@@ -2,7 +2,7 @@
 
 Server specs (``"host:port"``, ``(host, port)``, unix socket paths), one pool of pymemcache
 clients per server with its health and namespace token, consistent hashing of keys onto
-servers, kernel-level socket timeouts, and the fork hook that keeps a child from sharing its
+servers, and the fork hook that keeps a child from sharing its
 parent's pooled sockets. pymemcache itself is never imported here: the backend passes its
 ``Client`` class in.
 """
@@ -12,9 +12,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import select
 import socket
-import struct
-import sys
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -96,34 +95,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
-class _KernelTimeoutSockets:
-    """The :mod:`socket` module, with sockets whose reads and writes time out in the kernel.
-
-    A Python-level socket timeout costs a ``poll`` call before every send and receive, a
-    measurable share of a memcached round trip; ``SO_RCVTIMEO``/``SO_SNDTIMEO`` cost nothing
-    until they fire (as ``BlockingIOError``, an ``OSError``).
-    """
-
-    def __init__(self, timeout: float) -> None:
-        seconds = int(timeout)
-        self._timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
-
-    @classmethod
-    def for_timeout(cls, timeout: float) -> _KernelTimeoutSockets | None:
-        platform: str = sys.platform
-        # timeval layouts differ elsewhere: keep Python's own timeout there
-        return cls(timeout) if platform.startswith("linux") else None
-
-    def socket(self, *args: Any, **kwargs: Any) -> socket.socket:
-        sock = socket.socket(*args, **kwargs)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
-        return sock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-
 def make_servers(
     servers: Iterable[str | tuple[str, int]] | str | None,
     client_class: Any,
@@ -138,7 +109,6 @@ def make_servers(
 
     :raises ConfigurationError: ``servers`` or ``max_pool_size`` is invalid.
     """
-    sockets = _KernelTimeoutSockets.for_timeout(timeout)
     if type(max_pool_size) is not int or max_pool_size < 1:
         raise ConfigurationError(f"max_pool_size must be an int >= 1, got {max_pool_size!r}")
     if servers is None:
@@ -163,8 +133,10 @@ def make_servers(
                 address,
                 serde=_SERDE,
                 connect_timeout=connect_timeout,
-                timeout=None if sockets else timeout,
-                socket_module=sockets or socket,
+                # Python's socket timeout keeps its deadline when a signal interrupts a wait
+                # (and bounds a whole sendall); a kernel one (SO_RCVTIMEO) starts again on
+                # each retry, so signals more frequent than it made a call wait forever.
+                timeout=timeout,
                 no_delay=no_delay,
                 default_noreply=False,
             ),
@@ -228,13 +200,8 @@ def _hash(text: str) -> int:
 
 
 def idle_and_open(sock: socket.socket) -> bool:
-    """Whether a pooled connection is still open with nothing unread, by a non-blocking peek."""
-    if sock.gettimeout() is not None:
-        return True  # a socket with a Python timeout would wait in the peek: not checked
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        pass  # reset by the peer
-    return False  # closed by the peer, or a stray reply waiting
+    """Whether a pooled connection is still open with nothing unread, without waiting."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    # readable: closed or reset by the peer, or a stray reply waiting
+    return not poller.poll(0)
