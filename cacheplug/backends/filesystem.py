@@ -12,6 +12,7 @@ import secrets
 import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -125,6 +126,9 @@ class FileSystemCache(BaseCache):
     ) -> None:
         if sys.platform == "win32":
             raise ConfigurationError("FileSystemCache needs POSIX file locks (Linux, macOS, BSD)")
+        # descriptors of lock files held or being locked by this process's threads
+        self._lock_fds: set[int] = set()
+        self._lock_fds_guard = threading.Lock()
         super().__init__(
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
         )
@@ -492,19 +496,40 @@ class FileSystemCache(BaseCache):
         """
         while True:
             fd = self._open_lock()
+            with self._lock_fds_guard:
+                self._lock_fds.add(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if self._is_current_lock(fd):
                     break
             except BaseException:
-                os.close(fd)
+                self._close_lock(fd)
                 raise
             # The file was removed or replaced while we waited: a newcomer locks the new one.
-            os.close(fd)
+            self._close_lock(fd)
         try:
             yield fd
         finally:
+            self._close_lock(fd)
+
+    def _close_lock(self, fd: int) -> None:
+        # one step under the guard: another thread may open the same number once it is closed
+        with self._lock_fds_guard:
             os.close(fd)
+            self._lock_fds.discard(fd)
+
+    def _after_fork_in_child(self) -> None:
+        """Close the child's copies of lock files the parent's threads hold.
+
+        A copy keeps the ``flock`` held as long as it is open: the child would wait for itself
+        forever, and the parent for the child.
+        """
+        super()._after_fork_in_child()
+        self._lock_fds_guard = threading.Lock()
+        for fd in self._lock_fds:
+            with suppress(OSError):
+                os.close(fd)
+        self._lock_fds = set()
 
     def _open_lock(self) -> int:
         fd = self._open_lock_file()

@@ -356,6 +356,10 @@ class SimpleCache(BaseCache):
             self._put(key, (expires, _RAW, value))
         return value
 
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._lock = threading.RLock()
+
     def __len__(self) -> int:
         """Entries held, expired ones not yet dropped included."""
         return len(self._cache)

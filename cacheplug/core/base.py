@@ -11,6 +11,7 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -103,6 +104,21 @@ def normalize_timeout(timeout: object, default: float) -> float:
     )
 
 
+#: Every cache of this process, so a forked child can re-create their locks.
+_live_caches: weakref.WeakSet[BaseCache] = weakref.WeakSet()
+
+
+def _reset_locks_in_child() -> None:
+    """In a forked child: new locks for every cache, as a lock held by another thread of the
+    parent stays held forever there (the logging module does the same for its handlers)."""
+    for cache in list(_live_caches):
+        cache._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+
 def check_key(key: object) -> None:
     """Raise :class:`TypeError` unless ``key`` is a ``str``."""
     if type(key) is not str and not isinstance(key, str):
@@ -173,6 +189,7 @@ class BaseCache(ABC):
         self._flights_lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
         self._held_back: dict[str, int] = {}
+        _live_caches.add(self)
 
     # -- the contract -----------------------------------------------------------------------
 
@@ -477,6 +494,14 @@ class BaseCache(ABC):
             message += f" ({held} more like this since the last such message, not logged)"
         logger.warning(message, *args)
 
+    def _after_fork_in_child(self) -> None:
+        """Drop the locks inherited from the parent, which its other threads may hold.
+
+        Backends with locks of their own extend this; the entries stay.
+        """
+        self._flights = {}
+        self._flights_lock = threading.Lock()
+
     @contextmanager
     def _single_flight(self, key: str) -> Iterator[None]:
         """Hold the per-key lock of this process for ``key``.
@@ -494,7 +519,7 @@ class BaseCache(ABC):
         finally:
             with self._flights_lock:
                 flight[1] -= 1
-                if flight[1] == 0:
+                if flight[1] == 0 and self._flights.get(key) is flight:  # a fork drops flights
                     del self._flights[key]
 
     def __repr__(self) -> str:
