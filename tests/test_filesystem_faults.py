@@ -342,3 +342,70 @@ def test_symlink_at_the_lock_path_is_replaced_never_written_through(
     assert lock.is_file()
     assert cache.get_many("k", "n", "before") == ["v", 1, None]
     assert cache.stats()["errors"] == 1
+
+
+def test_directory_removed_again_and_again_under_threads_never_raises(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    cache = FileSystemCache(directory, threshold=20)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    stored: list[bool] = []
+
+    def remove() -> None:
+        while not stop.is_set():
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def work(n: int) -> None:
+        try:
+            for i in range(200):
+                stored.append(cache.set(f"k{n}-{i % 30}", i))
+                assert cache.get(f"k{n}-{i % 30}") in (i, None)
+                counted = cache.inc(f"n{n}")
+                assert counted is None or type(counted) is int
+                assert cache.add(f"a{n}", i) in (True, False)
+                assert cache.delete(f"a{n}") in (True, False)
+                if i % 50 == 0:
+                    assert cache.clear() in (True, False)
+        except BaseException as err:  # reported below, not lost in the thread
+            failures.append(err)
+
+    remover = threading.Thread(target=remove)
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    remover.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    stop.set()
+    remover.join()
+    assert failures == []
+    assert True in stored  # writes came through between removals
+    assert (cache.set("after", 1), cache.get("after")) == (True, 1)
+
+
+def test_symlinked_directory_works_and_a_dangling_one_answers_false(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    cache = FileSystemCache(link, threshold=5)
+    for i in range(10):
+        assert cache.set(f"k{i}", i) is True
+    assert len(entry_names(target)) <= 5
+    assert cache.get("k9") == 9
+    assert cache.clear() is True
+    assert entry_names(target) == set()
+    shutil.rmtree(target)  # the link dangles: nothing to write through, never an exception
+    assert (cache.set("k", 1), cache.add("k", 1), cache.inc("n"), cache.clear()) == (
+        False,
+        False,
+        None,
+        False,
+    )
+    assert (cache.get("k"), cache.has("k"), cache.delete("k")) == (None, False, False)
+    assert "FileSystemCache.set failed" in caplog.text
+    link.unlink()  # the link gone: the directory comes back in its place
+    assert (cache.set("k", 2), cache.get("k")) == (True, 2)
+    assert link.is_dir() and not link.is_symlink()
