@@ -7,6 +7,7 @@ Exit status: 0 on success, 1 when the cache misbehaves or its server cannot be r
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from cacheplug import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from types import TracebackType
 
     from cacheplug.core.base import BaseCache
     from cacheplug.core.url import CacheURL
@@ -27,6 +29,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 _MASK = "***"
 _MAX_DELAY_MS = 3_600_000.0  # an hour per call: more is surely a typo
+# what BaseCache._backend_error writes before the engine's error
+_CONTRACT_SAYS = "answering as the contract says: "
 
 
 class _Problem(Exception):
@@ -37,8 +41,28 @@ class _Problem(Exception):
         self.status = status
 
 
+class _FirstFailure(logging.Filter):
+    """Keeps the engine error behind the first failure the cache logs, and lets it through.
+
+    A filter, not a handler: the line still reaches stderr as before.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cause = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _, said, cause = record.getMessage().partition(_CONTRACT_SAYS)
+        if said and not self.cause:
+            self.cause = cause
+        return True
+
+
 class _Target:
-    """A cache built from a URL, with what is needed to talk about it without leaking secrets."""
+    """A cache built from a URL, with what is needed to talk about it without leaking secrets.
+
+    Used as a context manager: it closes the cache and remembers why the engine failed.
+    """
 
     def __init__(self, url: str, **overrides: Any) -> None:
         from cacheplug.core.errors import CacheplugError
@@ -52,6 +76,20 @@ class _Target:
         self._secrets = [self.url.password or ""] + [
             value for name, value in self.url.query.items() if is_secret_value(name, value)
         ]
+        self._failure = _FirstFailure()
+
+    def __enter__(self) -> BaseCache:
+        logging.getLogger("cacheplug").addFilter(self._failure)
+        return self.cache.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        logging.getLogger("cacheplug").removeFilter(self._failure)
+        self.cache.__exit__(kind, error, traceback)
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret of the URL masked."""
@@ -64,15 +102,25 @@ class _Target:
         from cacheplug.backends.filesystem import FileSystemCache
 
         shown = self.scrub(repr(self.cache))
-        if isinstance(self.cache, FileSystemCache):  # no server: the directory refused
-            return (
-                f"cannot write to the cache at {self.url.redacted()}: may this process write "
-                f"there, and is the disk not full? ({shown})"
+        url = self.url.redacted()
+        cause = self.scrub(self._failure.cause)
+        # redis-py's names for a refused login and for a command the ACL forbids
+        if cause.startswith("AuthenticationError"):
+            message = (
+                f"the server at {url} refused the login: are the user name and password right?"
             )
-        return (
-            f"cannot reach the cache at {self.url.redacted()}: is the server running "
-            f"and reachable from here? ({shown})"
-        )
+        elif cause.startswith("NoPermissionError"):
+            message = f"the server at {url} refused a command: may this user (ACL) run it?"
+        elif isinstance(self.cache, FileSystemCache):  # no server: the directory refused
+            message = (
+                f"cannot write to the cache at {url}: may this process write there, "
+                "and is the disk not full?"
+            )
+        else:
+            message = (
+                f"cannot reach the cache at {url}: is the server running and reachable from here?"
+            )
+        return f"{message} ({shown})" + (f"\n  the error: {cause}" if cause else "")
 
     def probe(self, key: str) -> None:
         """Raise a :class:`_Problem` unless the cache stores and forgets a key."""
@@ -98,10 +146,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
     target = _Target(url)
-    cache = target.cache
     delay = args.delay_ms / 1000
     executions = 0
-    with cache:
+    with target as cache:
         target.probe(f"cacheplug-demo:{_token()}:probe")
 
         @cache.memoize(timeout=60, key_prefix=f"cacheplug-demo:{_token()}")
@@ -160,7 +207,7 @@ def _check(args: argparse.Namespace) -> int:
     target = _Target(args.url, key_prefix=f"{outer}cacheplug-check:{_token()}:")
     print(f"checking {target.url.redacted()} ({target.scrub(repr(target.cache))})")
     failed: list[str] = []
-    with target.cache as cache:
+    with target as cache:
         try:
             for name, run, expected in _round_trip(cache):
                 started = time.perf_counter()

@@ -318,17 +318,29 @@ def test_check_on_a_closed_port_says_the_server_is_unreachable() -> None:
     assert check_lines(result.stdout) == {"set": "FAILED"}
     assert "cannot reach the cache at redis://ada:***@127.0.0.1:" in result.stderr
     assert "is the server running" in result.stderr
+    assert "\n  the error: ConnectionError: " in result.stderr
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_check_with_a_wrong_password_fails_without_showing_it() -> None:
+def test_check_names_a_refused_login_or_command_without_the_password() -> None:
     from servers import RedisServer
 
     with RedisServer(password="right-one") as server:
-        result = run("check", f"redis://:{SECRET}@{server.host}:{server.port}/0")
-    assert result.returncode == 1
-    assert "cannot reach the cache at redis://:***@" in result.stderr
-    assert SECRET not in result.stdout + result.stderr
+        wrong = run("check", f"redis://:{SECRET}@{server.host}:{server.port}/0")
+        missing = run("check", f"redis://{server.host}:{server.port}/0")
+        server.command("ACL", "SETUSER", "reader", "on", f">{SECRET}", "~*", "+get")
+        forbidden = run("check", f"redis://reader:{SECRET}@{server.host}:{server.port}/0")
+    for result in (wrong, missing, forbidden):
+        assert result.returncode == 1
+        assert SECRET not in result.stdout + result.stderr
+    # the engine's own reason, not "is the server running?"
+    assert "server at redis://:***@127.0.0.1:" in wrong.stderr
+    assert "refused the login: are the user name and password right?" in wrong.stderr
+    assert "the error: AuthenticationError: invalid username-password pair" in wrong.stderr
+    assert "refused the login" in missing.stderr
+    assert "refused a command: may this user (ACL) run it?" in forbidden.stderr
+    assert "the error: NoPermissionError: " in forbidden.stderr
+    assert "is the server running" not in wrong.stderr + missing.stderr + forbidden.stderr
 
 
 def test_check_against_redis_touches_only_its_own_keys(redis_server: RedisServer) -> None:
