@@ -193,6 +193,54 @@ def test_a_hung_server_costs_one_timeout_per_dead_timeout(
     assert cache.inc("n") == 1
 
 
+def test_after_the_dead_time_one_call_tries_the_hung_server_and_the_others_do_not_wait(
+    fresh_redis_server: RedisServer,
+) -> None:
+    timeout, dead = 0.3, 0.3
+    cache = RedisCache(port=fresh_redis_server.port, socket_timeout=timeout, dead_timeout=dead)
+    assert cache.set("k", "v") is True
+    stalls: list[float] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            assert cache.get("k") is None
+            if time.monotonic() - started > timeout / 2:
+                stalls.append(started)
+            stop.wait(0.005)
+
+    with paused(fresh_redis_server):
+        assert cache.get("k") is None  # the first failure starts the dead time
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        stop.wait(2.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    # one waiting call per dead window (a wait, then the dead time); with every thread trying
+    # the server when the dead time ends, each window cost eight
+    assert 1 <= len(stalls) <= elapsed / (timeout + dead) + 2
+    assert wait_until(lambda: cache.get("k") == "v") < dead + 2
+    assert cache.inc("n") == 1
+
+
+def test_a_user_the_acl_forbids_ping_gets_the_server_back_after_the_dead_time(
+    fresh_redis_server: RedisServer,
+) -> None:
+    fresh_redis_server.command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+get", "+set")
+    cache = RedisCache(
+        port=fresh_redis_server.port, username="app", password="pw", socket_timeout=0.3
+    )
+    assert cache.set("k", "v") is True
+    with paused(fresh_redis_server):
+        assert cache.get("k") is None  # the server is asked again with a PING, which fails
+    assert wait_until(lambda: cache.get("k") == "v") < cache.dead_timeout + 2
+
+
 def test_a_hung_cluster_node_costs_one_timeout_per_call_and_live_nodes_answer() -> None:
     timeout = 0.5
     with RedisCluster() as cluster:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -192,13 +193,18 @@ class _ServerDownError(ConnectionError):
 
 
 class DeadServer:
-    """Stands in for the client of a server that just failed, until ``until`` (monotonic)."""
+    """Stands in for the client of a server that just failed, until ``until`` (monotonic).
+
+    When the dead time is over, one call pings the server while the others keep answering
+    as in an outage: a server that still hangs then costs one timeout, not one per thread.
+    """
 
     def __init__(self, cache: RedisCache, attribute: str, client: Any, until: float) -> None:
         self._cache = cache
         self._attribute = attribute
         self._real = client
         self._until = until
+        self._probing = threading.Lock()
 
     def restore(self) -> Any:
         """Put the real client back on the cache and return it."""
@@ -206,9 +212,23 @@ class DeadServer:
         return self._real
 
     def __getattr__(self, name: str) -> Any:
-        if time.monotonic() < self._until:
+        cache = self._cache
+        if time.monotonic() < self._until or not self._probing.acquire(blocking=False):
             raise _ServerDownError(
-                f"Redis at {self._cache._where} failed less than "
-                f"{self._cache.dead_timeout:g}s ago; not asked again before then"
+                f"Redis at {cache._where} failed less than {cache.dead_timeout:g}s ago; "
+                "not asked again before then"
             )
+        try:
+            self._real.ping()
+        except cache._outage_errors as err:
+            if not pool_exhausted(err):  # a full pool says the server is busy, not down
+                self._until = time.monotonic() + cache.dead_timeout
+                raise _ServerDownError(
+                    f"Redis at {cache._where} still fails ({type(err).__name__}: {err}); "
+                    f"asked again in {cache.dead_timeout:g}s"
+                ) from err
+        except Exception:
+            pass  # an answer, such as an ACL refusing PING: the server is up
+        finally:
+            self._probing.release()
         return getattr(self.restore(), name)
