@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import pickle
+import shutil
 import socket
 import subprocess
 import threading
@@ -634,6 +635,13 @@ def test_rediss_url_talks_tls(tmp_path: Any) -> None:
         assert plain.exists("t:k") == 1  # the same server, reached in clear on its plain port
         untrusted = from_url(f"rediss://127.0.0.1:{port}/0")  # system CAs do not know ours
         assert untrusted.get("k") is None
+        # a directory of CA certificates named by their hashes, as `openssl rehash` makes it
+        cas = tmp_path / "cas"
+        cas.mkdir()
+        shutil.copy(certs["ca"], cas / "test-ca.pem")
+        subprocess.run(["openssl", "rehash", str(cas)], check=True, capture_output=True)
+        by_directory = from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_path={cas}&key_prefix=t:")
+        assert by_directory.get("k") == {"tls": True}
         plain.close()
 
 

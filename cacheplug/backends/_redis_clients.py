@@ -57,6 +57,7 @@ URL_OPTIONS: Mapping[str, type] = {
     "ssl": bool,
     "ssl_cert_reqs": str,
     "ssl_ca_certs": str,
+    "ssl_ca_path": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
     "ssl_check_hostname": bool,
