@@ -128,3 +128,18 @@ def test_child_is_not_blocked_by_a_parent_thread_in_get_or_set(
     thread.join(CHILD_WAIT)
     in_memory = isinstance(cache, SimpleCache)
     assert cache.get("k") in (("parent",) if in_memory else ("parent", "child"))
+
+
+def test_a_backend_defining_eq_alone_still_builds_and_forks() -> None:
+    class Comparable(SimpleCache):  # noqa: PLW1641 (unhashable on purpose)
+        def __eq__(self, other: object) -> bool:  # makes instances unhashable
+            return isinstance(other, Comparable) and self.threshold == other.threshold
+
+    cache = Comparable()
+    assert cache.set("k", 1) is True
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if cache.get("k") == 1 and cache.set("k", 2) else WRONG)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.get("k") == 1

@@ -104,14 +104,15 @@ def normalize_timeout(timeout: object, default: float) -> float:
     )
 
 
-#: Every cache of this process, so a forked child can re-create their locks.
-_live_caches: weakref.WeakSet[BaseCache] = weakref.WeakSet()
+#: Every cache of this process, so a forked child can re-create their locks; keyed by id,
+#: as a backend defining ``__eq__`` alone is unhashable.
+_live_caches: weakref.WeakValueDictionary[int, BaseCache] = weakref.WeakValueDictionary()
 
 
 def _reset_locks_in_child() -> None:
     """In a forked child: new locks for every cache, as a lock held by another thread of the
     parent stays held forever there (the logging module does the same for its handlers)."""
-    for cache in list(_live_caches):
+    for cache in list(_live_caches.values()):
         cache._after_fork_in_child()
 
 
@@ -189,7 +190,7 @@ class BaseCache(ABC):
         self._flights_lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
         self._held_back: dict[str, int] = {}
-        _live_caches.add(self)
+        _live_caches[id(self)] = self
 
     # -- the contract -----------------------------------------------------------------------
 
