@@ -177,6 +177,38 @@ def test_json_writes_plain_json() -> None:
     assert JSONSerializer().dumps({"a": [1, 2.5, None, True]}) == b'{"a":[1,2.5,null,true]}'
 
 
+def test_json_returns_what_orjson_writes_on_its_own_as_plain_json() -> None:
+    import dataclasses
+    import datetime
+    import enum
+    import uuid
+    from collections import OrderedDict
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    ident = uuid.UUID(int=7)
+    value = {
+        "when": datetime.date(2024, 5, 1),
+        "id": ident,
+        "point": Point(1),
+        "color": Color.RED,
+        "ordered": OrderedDict(a=1),
+    }
+    serializer = JSONSerializer()
+    assert serializer.loads(serializer.dumps(value)) == {  # as docs/contract.md says
+        "when": "2024-05-01",
+        "id": str(ident),
+        "point": {"x": 1},
+        "color": "red",
+        "ordered": {"a": 1},
+    }
+
+
 def test_pickle_handles_nan_and_tuples() -> None:
     serializer = PickleSerializer()
     got = serializer.loads(serializer.dumps((math.nan, 1)))
