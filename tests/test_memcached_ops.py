@@ -223,3 +223,16 @@ def test_an_ipv6_server() -> None:
         works(MemcachedCache([f"[::1]:{server.port}"]))
         works(MemcachedCache([("::1", server.port)], key_prefix="app:"))
         works(from_url(f"memcached://[::1]:{server.port}"))
+
+
+def test_values_larger_than_the_socket_buffer_arrive_whole() -> None:
+    """A request the first write cannot take at once is finished by sendall, byte for byte."""
+    with MemcachedServer(extra_args=["-I", "32m"]) as server:
+        cache = MemcachedCache([f"{server.host}:{server.port}"], timeout=5)
+        value = os.urandom(12 << 20)
+        assert cache.set("big", value) is True
+        assert cache.get("big") == value
+        assert cache.set_many({"a": value[: 5 << 20], "b": value[5 << 20 :]}) == ["a", "b"]
+        assert b"".join(cache.get_many("a", "b")) == value
+        assert cache.add("big", b"other") is False
+        assert cache.get("big") == value

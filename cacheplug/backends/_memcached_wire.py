@@ -12,6 +12,8 @@ raise pymemcache's own exceptions, which the backend turns into the contract's o
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -19,6 +21,29 @@ __all__ = ["count", "fetch", "read_for_swap", "store", "swap"]
 
 _CHUNK = 65536
 _END = b"END"
+
+
+# os.write takes a socket's descriptor on POSIX only
+_WRITE_FIRST = os.name == "posix"
+
+
+def _send(sock: Any, data: bytes) -> None:
+    """``sock.sendall(data)`` in one system call when the socket buffer takes it all.
+
+    With a timeout, Python polls the socket before every send, a system call as costly as the
+    write; the socket is then non-blocking, so a plain write cannot hang, and what it leaves
+    over (a large value, a full buffer) goes through ``sendall``, which keeps the deadline.
+    """
+    # never past an SSLSocket (a subclass): the bytes would leave unencrypted
+    if not _WRITE_FIRST or type(sock) is not socket.socket:
+        sock.sendall(data)
+        return
+    try:
+        sent = os.write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def _socket(client: Any) -> Any:
@@ -31,7 +56,7 @@ def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
     """``get`` of the space-separated ``names``, one round trip: ``{name: (flags, data)}``."""
     sock = _socket(client)
     try:
-        sock.sendall(b"get " + names + b"\r\n")
+        _send(sock, b"get " + names + b"\r\n")
         buf = _more(sock, b"", 1)
         if buf.endswith(b"END\r\n"):
             found = _split_values(buf)
@@ -60,8 +85,8 @@ def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bo
     try:
         # Flags change only when the entry is rewritten: these are the ones incr meets unless
         # another client replaces the entry between the two commands.
-        sock.sendall(
-            b"mg %s f\r\nincr %s %d\r\n" % (name.encode("ascii"), name.encode("ascii"), step)
+        _send(
+            sock, b"mg %s f\r\nincr %s %d\r\n" % (name.encode("ascii"), name.encode("ascii"), step)
         )
         head, reply = _read_lines(sock, 2)
         flags = None if head == b"EN" else _meta_flag(head, b"HD", b"f")
@@ -81,7 +106,7 @@ def read_for_swap(client: Any, name: str) -> tuple[int, bytes, int, int] | None:
     """``(flags, data, cas, seconds left or -1 for never)`` of an entry; None when missing."""
     sock = _socket(client)
     try:
-        sock.sendall(b"mg %s f c t v\r\n" % name.encode("ascii"))
+        _send(sock, b"mg %s f c t v\r\n" % name.encode("ascii"))
         buf = _more(sock, b"", 1)
         eol = buf.find(b"\r\n")
         while eol < 0:
@@ -120,7 +145,7 @@ def _ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> b
     """Send ``request`` and give the answer its one reply line maps to (other lines raise)."""
     sock = _socket(client)
     try:
-        sock.sendall(request)
+        _send(sock, request)
         line = _read_line(sock)
         if line in answers:
             return answers[line]
