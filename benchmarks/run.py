@@ -23,6 +23,7 @@ from benchmarks.backends import backend_matrix_section, get_many_section
 from benchmarks.drivers import drivers_section
 from benchmarks.engines import Engines, MissingEngine
 from benchmarks.filesystem import filesystem_section
+from benchmarks.memoize import memoize_section
 from benchmarks.report import Context, SectionResult, load_average, write_report
 from benchmarks.serialization import serializers_section
 from benchmarks.signing import signing_section
@@ -45,6 +46,7 @@ SECTIONS: dict[str, tuple[Section, int]] = {
     "threads": (threads_section, 6),
     "signing": (signing_section, 2),
     "filesystem": (filesystem_section, 3),
+    "memoize": (memoize_section, 5),
 }
 TITLES = {
     "filesystem": "FileSystemCache vs cachelib's FileSystemCache",
