@@ -25,8 +25,9 @@ def cache_factory(
 ) -> BaseCache:
     """The cache at ``config["CACHE_URL"]`` (default ``simple://``) for Flask-Caching.
 
-    ``CACHE_DEFAULT_TIMEOUT`` and ``CACHE_OPTIONS`` arrive in ``options`` and win over the URL's
-    query; ``CACHE_KEY_PREFIX`` becomes ``key_prefix`` unless the URL or the options give one.
+    ``CACHE_OPTIONS`` (keyword arguments) win over the URL's query, and the query wins over
+    ``CACHE_DEFAULT_TIMEOUT`` and ``CACHE_KEY_PREFIX``, which Flask-Caching always fills in.
+    Flask-Caching's ``ignore_delete_many_errors`` is dropped: ``delete_many`` never raises here.
 
     :raises ConfigurationError: ``CACHE_ARGS`` is not empty, or the URL or an option is wrong.
     """
@@ -38,8 +39,13 @@ def cache_factory(
             "CACHE_OPTIONS (keyword arguments)"
         )
     url = config.get("CACHE_URL") or "simple://"
+    query = parse_url(url).query
     overrides = dict(options)
+    # a plugin's constructor need not take it, and no cacheplug delete_many raises
+    overrides.pop("ignore_delete_many_errors", None)
+    if "default_timeout" in query and "default_timeout" not in (config.get("CACHE_OPTIONS") or {}):
+        overrides.pop("default_timeout", None)
     prefix = config.get("CACHE_KEY_PREFIX")
-    if prefix and "key_prefix" not in overrides and "key_prefix" not in parse_url(url).query:
+    if prefix and "key_prefix" not in overrides and "key_prefix" not in query:
         overrides["key_prefix"] = prefix
     return from_url(url, **overrides)
