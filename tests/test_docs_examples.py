@@ -9,8 +9,8 @@ block is gone. The handlers:
   point it at this session's real servers and a temporary directory). A trailing comment that
   shows a value (``# True``, ``# {'name': 'Ada'}``, ``# [1, 2, 3], a fresh copy``) is asserted.
   Every cache the block builds then makes a real round trip, unless its line is listed as
-  ``offline`` (hosts that exist only in the example). Lines shaped like a signature are compared
-  with the real one instead of being run.
+  ``offline`` (hosts that exist only in the example: its repr must show them). Lines shaped
+  like a signature are compared with the real one instead of being run.
 - :class:`Shell`: ``bash``/``console`` blocks; every command is either run (``cacheplug ...``,
   in a new interpreter) or listed with the reason it is not.
 - :class:`Doctest`, :class:`Synopsis`, :class:`Custom`: ``>>>`` sessions, the command summaries
