@@ -6,8 +6,10 @@ import functools
 import hashlib
 import inspect
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from functools import wraps
+from operator import itemgetter
 from types import CodeType, FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
@@ -78,6 +80,144 @@ def _stable_repr(value: object, open_ids: set[int]) -> str:
         return (body or "set()") if kind is set else f"frozenset({body})"
     finally:
         open_ids.discard(id(value))
+
+
+# the most keys of recent calls each memoized function remembers, and their longest text
+_REMEMBERED_KEYS = 256
+_REMEMBERED_TEXT = 200
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+_all_plain = _PLAIN.issuperset
+_blake2b = hashlib.blake2b
+
+
+def _plain_text(value: object) -> str | None:
+    """``_stable_repr(value)`` when ``value`` is made only of types whose repr shows no address.
+
+    None for other values: they take ``_stable_repr`` and the address check.
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return repr(value)
+    if kind is tuple or kind is list:
+        if _all_plain(map(type, value)):  # type: ignore[call-overload]
+            return repr(value)
+    elif kind is dict:
+        items: dict[Any, Any] = value  # type: ignore[assignment]
+        if _all_plain(map(type, items)) and _all_plain(map(type, items.values())):
+            return "{" + ", ".join(sorted([f"{k!r}: {v!r}" for k, v in items.items()])) + "}"
+    return None
+
+
+def _immutable_plain(value: object) -> bool:
+    """Whether ``value``'s key text can never change: a plain value or a tuple of them."""
+    kind = type(value)
+    return kind in _PLAIN or (kind is tuple and _all_plain(map(type, value)))  # type: ignore[call-overload]
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+class _Binder:
+    """Binds calls to one signature as ``Signature.bind`` + ``apply_defaults`` do, faster.
+
+    Calls that fail to bind, or that are unusual (a positional-only name passed by keyword),
+    go to ``Signature.bind`` itself.
+    """
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self._signature = signature
+        params = list(signature.parameters.values())
+        kinds = [param.kind for param in params]
+        names = [param.name for param in params]
+        order = sorted(range(len(params)), key=names.__getitem__)
+        #: the parameter names, sorted, as the key text lists them
+        self.names = tuple(names[i] for i in order)
+        # the repr of the sorted (name, value) list, with %s for the values' texts (a name
+        # holds no %) and %r for the values themselves when their repr is their text
+        self.template = "[" + ", ".join(f"({name!r}, %s)" for name in self.names) + "]"
+        self.repr_template = self.template.replace("%s", "%r")
+        self._reorder: Callable[[Sequence[Any]], Sequence[Any]] | None = None
+        if len(order) > 1 and order != sorted(order):
+            self._reorder = itemgetter(*order)
+        self._defaults = tuple(
+            () if kind is inspect.Parameter.VAR_POSITIONAL else param.default
+            for param, kind in zip(params, kinds, strict=True)
+        )
+        self._positional = sum(kind in _POSITIONAL for kind in kinds)
+        self._var_positional = _index(kinds, inspect.Parameter.VAR_POSITIONAL)
+        self._var_keyword = _index(kinds, inspect.Parameter.VAR_KEYWORD)
+        self._by_keyword = {n: i for i, n in enumerate(names) if kinds[i] in _BY_KEYWORD}
+        self._positional_only = frozenset(
+            n
+            for n, kind in zip(names, kinds, strict=True)
+            if kind is inspect.Parameter.POSITIONAL_ONLY
+        )
+        self._required = tuple(
+            i
+            for i, param in enumerate(params)
+            if param.default is inspect.Parameter.empty
+            and kinds[i] not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        )
+        # fewest positional arguments a keyword-free call needs to be bound by slicing alone
+        self._fewest = max(self._required, default=-1) + 1
+        if (
+            self._var_positional is not None
+            or self._var_keyword is not None
+            or any(kinds[i] is inspect.Parameter.KEYWORD_ONLY for i in self._required)
+        ):
+            self._fewest = sys.maxsize  # never: such calls take the general path
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[Any] | None:
+        """The bound values of a call, in sorted name order; None when the call cannot bind."""
+        count = len(args)
+        values: Sequence[Any] | None
+        if not kwargs and self._fewest <= count <= self._positional:
+            values = args + self._defaults[count:] if count < len(self._defaults) else args
+        else:
+            values = self._bind_keywords(args, kwargs)
+            if values is None:
+                return self._bind_slowly(args, kwargs)
+        return values if self._reorder is None else self._reorder(values)
+
+    def _bind_slowly(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        return [bound.arguments[name] for name in self.names]
+
+    def _bind_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
+        """Bound values in signature order; None when ``Signature.bind`` must decide."""
+        if len(args) > self._positional and self._var_positional is None:
+            return None
+        values = list(self._defaults)
+        filled = min(len(args), self._positional)
+        values[:filled] = args[:filled]
+        if self._var_positional is not None:
+            values[self._var_positional] = args[self._positional :]
+        extra = {}
+        for name, value in kwargs.items():
+            i = self._by_keyword.get(name)
+            if i is None:
+                if self._var_keyword is None or name in self._positional_only:
+                    return None
+                extra[name] = value
+            elif i < filled:  # given twice
+                return None
+            else:
+                values[i] = value
+        if self._var_keyword is not None:
+            values[self._var_keyword] = extra
+        for i in self._required:
+            if values[i] is inspect.Parameter.empty:
+                return None
+        return values
+
+
+def _index(kinds: list[inspect._ParameterKind], kind: inspect._ParameterKind) -> int | None:
+    return kinds.index(kind) if kind in kinds else None
 
 
 def _code_fingerprint(code: CodeType) -> str:
@@ -156,11 +296,19 @@ class Memoized(Generic[P, R]):
         self.uncached = func
         self.timeout = timeout
         self._signature = inspect.signature(func)
+        self._binder = _Binder(self._signature)
         prefix = f"memoize:{_function_name(func)}"
         closure = _closure_text(func)
         if closure:
             prefix += f"~{_short_digest(closure)}"
         self._prefix = key_prefix if key_prefix is not None else prefix
+        # key text -> key, of recent calls: the digest costs more than the text
+        self._keys: dict[str, str] = {}
+        # the key of a call without arguments, when no default can change its text
+        self._bare_key: str | None = None
+        bare = self._binder.bind((), {})
+        if bare is not None and all(map(_immutable_plain, bare)):
+            self._bare_key = self._key((), {})
         wraps(func)(self)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
@@ -170,26 +318,44 @@ class Memoized(Generic[P, R]):
             ``object.__repr__``, functions): a later object at that address would be served
             this call's result, so there is no safe key.
         """
-        try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError:
+        return self._key(args, kwargs)
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self._bare_key is not None and not args and not kwargs:
+            return self._bare_key
+        binder = self._binder
+        values = binder.bind(args, kwargs)
+        if values is None:
             arguments = (args, sorted(kwargs.items()))
             text = _stable_repr(arguments, set())
             self._check_stable("the arguments", arguments, text)
+        elif _all_plain(map(type, values)):
+            text = binder.repr_template % tuple(values)
         else:
-            bound.apply_defaults()
-            parts = []
-            for name, value in sorted(bound.arguments.items()):
+            text = binder.template % tuple(self._shown(values))
+        key = self._keys.get(text)
+        if key is None:
+            key = f"{self._prefix}:{_blake2b(text.encode(), digest_size=16).hexdigest()}"
+            if len(text) <= _REMEMBERED_TEXT:
+                if len(self._keys) >= _REMEMBERED_KEYS:
+                    self._keys.clear()
+                self._keys[text] = key
+        return key
+
+    def _shown(self, values: Sequence[Any]) -> list[str]:
+        """The key texts of bound values, in sorted name order."""
+        shown = []
+        for name, value in zip(self._binder.names, values, strict=False):
+            part = _plain_text(value)
+            if part is None:
                 # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
-                shown = _stable_repr(value, set())
-                self._check_stable(f"argument {name!r}", value, shown)
-                parts.append(f"({name!r}, {shown})")
-            text = f"[{', '.join(parts)}]"  # the repr of the sorted (name, value) list
-        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        return f"{self._prefix}:{digest}"
+                part = _stable_repr(value, set())
+                self._check_stable(f"argument {name!r}", value, part)
+            shown.append(part)
+        return shown
 
     def _check_stable(self, what: str, value: object, shown: str) -> None:
-        if _ADDRESS_REPR.search(shown) is None:
+        if " at 0x" not in shown or _ADDRESS_REPR.search(shown) is None:
             return
         address = _address_shown(value, set())
         if address is not None:  # not merely text that looks like an address
@@ -201,15 +367,21 @@ class Memoized(Generic[P, R]):
             )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        key = self.cache_key(*args, **kwargs)
-        result: R = self.cache.get_or_set(key, lambda: self.uncached(*args, **kwargs), self.timeout)
+        result: R = self._call(args, kwargs)
         return result
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.cache.get_or_set(
+            self._key(args, kwargs), lambda: self.uncached(*args, **kwargs), self.timeout
+        )
 
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the cached result of one call; whether there was one."""
-        return self.cache.delete(self.cache_key(*args, **kwargs))
+        return self.cache.delete(self._key(args, kwargs))
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if self._binding is None and instance is not None:
+            return _BoundMemoized(self, instance)
         if self._binding == "staticmethod":
             return self
         if self._binding == "classmethod":
@@ -246,7 +418,7 @@ class _BoundMemoized:
         return self.uncached
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._memoized(self._instance, *args, **kwargs)
+        return self._memoized._call((self._instance, *args), kwargs)
 
     @property
     def uncached(self) -> Callable[..., Any]:
@@ -305,13 +477,10 @@ class AsyncMemoized(Memoized[P, R]):
             self.__defaults__ = getattr(target, "__defaults__", None)
             self.__kwdefaults__ = getattr(target, "__kwdefaults__", None)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return cast(R, self._cached(args, kwargs))
-
-    async def _cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         import asyncio
 
-        key = self.cache_key(*args, **kwargs)
+        key = self._key(args, kwargs)
         cache = self.cache
         flight_key = (asyncio.get_running_loop(), key)
         while True:
