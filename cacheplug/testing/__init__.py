@@ -3,6 +3,12 @@
 See :class:`CacheContract` and docs/plugins.md.
 """
 
-from cacheplug.testing.contract import PORTABLE_VALUES, CacheContract, CacheFactory
+import pytest
+
+# The suite's asserts live in this package, not in the author's test module: without this,
+# pytest reports a failing contract test as a bare AssertionError.
+pytest.register_assert_rewrite("cacheplug.testing.contract")
+
+from cacheplug.testing.contract import PORTABLE_VALUES, CacheContract, CacheFactory  # noqa: E402
 
 __all__ = ["PORTABLE_VALUES", "CacheContract", "CacheFactory"]

@@ -24,12 +24,17 @@ returning a new, empty cache on the same store each time::
                 cache.close()
 
 Optional: override ``advance`` (a fixture returning ``advance(seconds)``) when the backend takes
-an injectable clock, so expiry is tested without sleeping; set ``shared_store = True`` when two
-caches from the factory see the same data (prefix isolation is then tested too).
+an injectable clock, so expiry is tested without sleeping; override ``outage`` (a fixture returning
+a context manager factory: inside ``with outage():`` the caches cannot reach their store, after it
+they can again) so the answers during an engine outage and the recovery are tested; set
+``shared_store = True`` when two caches from the factory see the same data (prefix isolation is
+then tested too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +99,13 @@ class CacheContract:
             "advance(seconds) when the backend takes an injectable clock)"
         )
 
+    @pytest.fixture
+    def outage(self) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        pytest.skip(
+            "engine outages are not tested: no outage fixture (override it to return a "
+            "context manager factory inside which the caches cannot reach their store)"
+        )
+
     # -- get / set -------------------------------------------------------------------------
 
     def test_get_missing_key_is_none(self, cache: BaseCache) -> None:
@@ -103,8 +115,8 @@ class CacheContract:
     def test_set_then_get_round_trips(self, cache: BaseCache, value: Any) -> None:
         assert cache.set("key", value) is True
         got = cache.get("key")
-        assert got == value
-        assert type(got) is type(value)
+        assert got == value, f"get returned {got!r} after set({value!r})"
+        assert type(got) is type(value), f"a {type(value).__name__} came back as {got!r}"
 
     def test_set_overwrites(self, cache: BaseCache) -> None:
         cache.set("key", "old")
@@ -116,9 +128,11 @@ class CacheContract:
         cache.set("key", value)
         value["items"].append(3)
         got = cache.get("key")
-        assert got == {"items": [1, 2]}
+        assert got == {"items": [1, 2]}, "mutating a value after set changed the cached copy"
         got["items"].append(4)
-        assert cache.get("key") == {"items": [1, 2]}
+        assert cache.get("key") == {"items": [1, 2]}, (
+            "mutating what get returned changed the cached copy: get must return a copy"
+        )
 
     def test_non_str_key_is_type_error(self, cache: BaseCache) -> None:
         for call in (
@@ -157,8 +171,8 @@ class CacheContract:
 
     def test_add_does_not_overwrite(self, cache: BaseCache) -> None:
         cache.set("key", "first")
-        assert cache.add("key", "second") is False
-        assert cache.get("key") == "first"
+        assert cache.add("key", "second") is False, "add on an existing key must return False"
+        assert cache.get("key") == "first", "add overwrote an existing key"
 
     def test_delete_reports_whether_key_existed(self, cache: BaseCache) -> None:
         cache.set("key", "v")
@@ -186,17 +200,17 @@ class CacheContract:
         left, right = cache_factory(key_prefix="left:"), cache_factory(key_prefix="right:")
         left.set("key", "L")
         right.set("key", "R")
-        assert (left.get("key"), right.get("key")) == ("L", "R")
+        assert (left.get("key"), right.get("key")) == ("L", "R"), "key_prefix does not isolate"
         assert left.clear() is True
         assert left.get("key") is None
-        assert right.get("key") == "R"
+        assert right.get("key") == "R", "clear removed keys of another key_prefix"
 
     # -- timeouts ---------------------------------------------------------------------------------
 
     def test_negative_timeout_is_already_expired(self, cache: BaseCache) -> None:
         cache.set("key", "old")
         assert cache.set("key", "new", timeout=-1) is True
-        assert cache.get("key") is None
+        assert cache.get("key") is None, "an entry set with a negative timeout did not expire"
         assert cache.has("key") is False
 
     @pytest.mark.parametrize(
@@ -233,11 +247,11 @@ class CacheContract:
         cache.set("key", "v", timeout=10)
         cache.set("td", "v", timeout=timedelta(seconds=10))
         advance(9)
-        assert cache.get("key") == "v"
+        assert cache.get("key") == "v", "an entry expired before its timeout"
         advance(2)
-        assert cache.get("key") is None
-        assert cache.get("td") is None
-        assert cache.has("key") is False
+        assert cache.get("key") is None, "an entry did not expire after its timeout"
+        assert cache.get("td") is None, "an entry did not expire after its timedelta timeout"
+        assert cache.has("key") is False, "has is True for an expired entry"
 
     def test_default_timeout_applies(
         self, cache_factory: CacheFactory, advance: Callable[[float], None]
@@ -325,6 +339,9 @@ class CacheContract:
     def test_concurrent_inc_loses_nothing(self, cache: BaseCache) -> None:
         threads, per_thread = 8, 200
         barrier = threading.Barrier(threads)
+        # Switch threads often, or a read-then-write inc finishes its slice and looks atomic.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
         failures: list[BaseException] = []
 
         def work() -> None:
@@ -336,12 +353,60 @@ class CacheContract:
                 failures.append(err)
 
         workers = [threading.Thread(target=work) for _ in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            sys.setswitchinterval(interval)
         assert failures == []
-        assert cache.get("counter") == threads * per_thread
+        total = cache.get("counter")
+        assert total == threads * per_thread, (
+            f"concurrent inc lost updates: {threads} threads x {per_thread} left {total!r}"
+        )
+
+    # -- outages ---------------------------------------------------------------------------------
+
+    def test_outage_answers_with_the_contract_values_and_recovers(
+        self,
+        cache: BaseCache,
+        outage: Callable[[], contextlib.AbstractContextManager[object]],
+    ) -> None:
+        cache.set("key", "before")
+        expected: dict[str, tuple[Callable[[], Any], Any]] = {
+            "get": (lambda: cache.get("key"), None),
+            "set": (lambda: cache.set("key", "during"), False),
+            "add": (lambda: cache.add("new", "during"), False),
+            "delete": (lambda: cache.delete("key"), False),
+            "has": (lambda: cache.has("key"), False),
+            "inc": (lambda: cache.inc("n"), None),
+            "dec": (lambda: cache.dec("n"), None),
+            "get_many": (lambda: cache.get_many("key", "other"), [None, None]),
+            "get_dict": (lambda: cache.get_dict("key"), {"key": None}),
+            "set_many": (lambda: cache.set_many({"key": "during"}), []),
+            "delete_many": (lambda: cache.delete_many("key"), []),
+            "clear": (cache.clear, False),
+        }
+        errors_before = cache.stats()["errors"]
+        wrong: list[str] = []
+        with outage():
+            for name, (call, answer) in expected.items():
+                try:
+                    got = call()
+                except Exception as err:  # the point of the test: none may escape
+                    wrong.append(f"{name} raised {type(err).__name__}: {err}")
+                else:
+                    if got != answer or type(got) is not type(answer):
+                        wrong.append(f"{name} returned {got!r}, expected {answer!r}")
+        assert not wrong, "during an outage: " + "; ".join(wrong)
+        assert cache.stats()["errors"] > errors_before, "outage failures are not counted"
+        # Engines may skip a failed server for a while: wait, bounded, for the first success.
+        deadline, pause = time.monotonic() + 30, threading.Event()
+        while not cache.set("key", "after"):
+            assert time.monotonic() < deadline, "the cache did not recover after the outage"
+            pause.wait(0.01)
+        assert cache.get("key") == "after", "the cache did not recover after the outage"
 
     # -- many ------------------------------------------------------------------------------------
 

@@ -1,0 +1,370 @@
+"""cacheplug.testing as a plugin author uses it: a correct backend passes, broken ones fail.
+
+The backends live here, outside the package; each run of the contract happens in a pytest
+session of its own (``pytester``), as it would in the plugin's own repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cacheplug import BaseCache
+from cacheplug.core.base import check_delta, check_key, checked_counter, normalize_timeout
+
+pytest_plugins = ["pytester"]
+
+EXAMPLE_PLUGIN_SRC = Path(__file__).parents[1] / "examples" / "cacheplug-example-plugin" / "src"
+PLUGINS_DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
+
+Timeout = float | timedelta | None
+
+
+class FakeClock:
+    """Seconds that move only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class DictStore:
+    """One in-memory store several caches can share; ``outage()`` makes it unreachable."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Any, float | None]] = {}
+        self.clock = FakeClock()
+        self.lock = threading.Lock()
+        self.down = False
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.down = True
+        try:
+            yield
+        finally:
+            self.down = False
+
+
+class StoreDownError(ConnectionError):
+    """What the store's 'driver' raises while it is down."""
+
+
+class DictCache(BaseCache):
+    """A correct minimal backend: payloads in a shared dict, expiry on an injectable clock."""
+
+    def __init__(
+        self,
+        store: DictStore,
+        default_timeout: float | timedelta = 300,
+        *,
+        key_prefix: str = "",
+        serializer: Any = None,
+        secret: str | bytes | None = None,
+    ) -> None:
+        super().__init__(
+            default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
+        )
+        self.store = store
+
+    # -- what a driver would do ---------------------------------------------------------------
+
+    def _reach(self) -> None:
+        if self.store.down:
+            raise StoreDownError("store unreachable")
+
+    def _unreachable(self, operation: str) -> bool:
+        try:
+            self._reach()
+        except StoreDownError as err:
+            self._backend_error(operation, err)
+            return True
+        return False
+
+    def _expiry(self, timeout: Timeout) -> float | None:
+        seconds = normalize_timeout(timeout, self.default_timeout)
+        return None if seconds == 0 else self.store.clock() + seconds
+
+    def _live(self, name: str) -> tuple[Any, float | None] | None:
+        entry = self.store.entries.get(name)
+        if entry is not None and entry[1] is not None and entry[1] <= self.store.clock():
+            del self.store.entries[name]
+            return None
+        return entry
+
+    def _payload(self, value: Any) -> Any:
+        return self._encode(value)
+
+    def _value(self, key: str, payload: Any) -> Any:
+        return self._decode_or_miss(key, payload)
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        check_key(key)
+        if self._unreachable("get"):
+            return None
+        with self.store.lock:
+            entry = self._live(self.key_prefix + key)
+        if entry is None:
+            self._misses += 1
+            return None
+        value = self._value(key, entry[0])
+        if value is not None:
+            self._hits += 1
+        return value
+
+    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
+        check_key(key)
+        expiry, payload = self._expiry(timeout), self._payload(value)
+        if self._unreachable("set"):
+            return False
+        with self.store.lock:
+            self.store.entries[self.key_prefix + key] = (payload, expiry)
+        self._sets += 1
+        return True
+
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
+        check_key(key)
+        expiry, payload = self._expiry(timeout), self._payload(value)
+        if self._unreachable("add"):
+            return False
+        with self.store.lock:
+            if self._live(self.key_prefix + key) is not None:
+                return False
+            self.store.entries[self.key_prefix + key] = (payload, expiry)
+        self._sets += 1
+        return True
+
+    def delete(self, key: str) -> bool:
+        check_key(key)
+        if self._unreachable("delete"):
+            return False
+        with self.store.lock:
+            existed = self._live(self.key_prefix + key) is not None
+            self.store.entries.pop(self.key_prefix + key, None)
+        self._deletes += existed
+        return existed
+
+    def has(self, key: str) -> bool:
+        check_key(key)
+        if self._unreachable("has"):
+            return False
+        with self.store.lock:
+            return self._live(self.key_prefix + key) is not None
+
+    def clear(self) -> bool:
+        if self._unreachable("clear"):
+            return False
+        with self.store.lock:
+            for name in [name for name in self.store.entries if name.startswith(self.key_prefix)]:
+                del self.store.entries[name]
+        return True
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        check_key(key)
+        check_delta(delta)
+        if self._unreachable("inc"):
+            return None
+        with self.store.lock:
+            return self._add_to_counter(key, delta)
+
+    def _add_to_counter(self, key: str, delta: int) -> int:
+        entry = self._live(self.key_prefix + key)
+        if entry is None:
+            value, expiry = delta, self._expiry(None)
+        else:
+            value, expiry = checked_counter(key, self._value(key, entry[0])) + delta, entry[1]
+        self.store.entries[self.key_prefix + key] = (self._payload(value), expiry)
+        return value
+
+
+# -- one mistake each ---------------------------------------------------------------------------
+
+
+class IgnoresTimeouts(DictCache):
+    def _expiry(self, timeout: Timeout) -> float | None:
+        normalize_timeout(timeout, self.default_timeout)
+        return None
+
+
+class AddOverwrites(DictCache):
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
+        return self.set(key, value, timeout)
+
+
+class RacyInc(DictCache):
+    """Reads, then writes: two threads may read the same value and lose an increment."""
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        check_delta(delta)
+        with self.store.lock:
+            entry = self._live(self.key_prefix + key)
+        current = 0 if entry is None else checked_counter(key, self._value(key, entry[0]))
+        with self.store.lock:
+            self.store.entries[self.key_prefix + key] = (
+                self._payload(current + delta),
+                entry[1] if entry else self._expiry(None),
+            )
+        return current + delta
+
+
+class ReturnsTheStoredObject(DictCache):
+    def _payload(self, value: Any) -> Any:
+        self._encode(value)  # still refuses what cannot be serialized
+        return value
+
+    def _value(self, key: str, payload: Any) -> Any:
+        return payload
+
+
+class RaisesOnOutage(DictCache):
+    def get(self, key: str) -> Any:
+        self._reach()
+        return super().get(key)
+
+
+class ClearsOtherPrefixes(DictCache):
+    def clear(self) -> bool:
+        with self.store.lock:
+            self.store.entries.clear()
+        return True
+
+
+# -- running the contract as a plugin's repository would ------------------------------------------
+
+CONTRACT_MODULE = """
+import pytest
+from cacheplug.testing import CacheContract
+import test_testing_kit
+
+
+@pytest.fixture(params={serializers!r})
+def serializer(request):
+    return request.param
+
+
+class Backend(CacheContract):
+    backend = None
+    shared_store = True
+
+    @pytest.fixture
+    def store(self):
+        return test_testing_kit.DictStore()
+
+    @pytest.fixture
+    def cache_factory(self, store, serializer):
+        def make(**kwargs):
+            kwargs.setdefault("serializer", serializer)
+            return self.backend(store, **kwargs)
+
+        yield make
+
+    @pytest.fixture
+    def advance(self, store):
+        return store.clock.advance
+
+    @pytest.fixture
+    def outage(self, store):
+        return store.outage
+"""
+
+CONTRACT_CLASS = """
+
+class Test{name}(Backend):
+    backend = test_testing_kit.{name}
+"""
+
+
+def _run_contract(
+    pytester: pytest.Pytester, backends: list[type[DictCache]], serializers: list[str]
+) -> pytest.RunResult:
+    module = CONTRACT_MODULE.format(serializers=serializers) + "".join(
+        CONTRACT_CLASS.format(name=backend.__name__) for backend in backends
+    )
+    pytester.makepyfile(test_contract=module)
+    return pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", "-rfEs")
+
+
+def test_a_correct_backend_passes_the_whole_contract(pytester: pytest.Pytester) -> None:
+    result = _run_contract(pytester, [DictCache], ["pickle", "json", "msgpack"])
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes.get("skipped", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] > 150
+
+
+#: each broken backend, a contract test it must fail, and words its failure message must say
+BROKEN = {
+    IgnoresTimeouts: ("test_entry_expires_after_timeout", "did not expire after its timeout"),
+    AddOverwrites: ("test_add_does_not_overwrite", "add on an existing key must return False"),
+    RacyInc: ("test_concurrent_inc_loses_nothing", "concurrent inc lost updates"),
+    ReturnsTheStoredObject: ("test_value_is_a_copy", "changed the cached copy"),
+    RaisesOnOutage: (
+        "test_outage_answers_with_the_contract_values_and_recovers",
+        "during an outage: get raised StoreDownError: store unreachable",
+    ),
+    ClearsOtherPrefixes: (
+        "test_prefixes_isolate_caches_on_one_store",
+        "clear removed keys of another key_prefix",
+    ),
+}
+
+
+def test_each_broken_backend_fails_the_contract_saying_why(pytester: pytest.Pytester) -> None:
+    result = _run_contract(pytester, list(BROKEN), ["pickle"])
+    output = result.stdout.str()
+    # the report's sections: "____ TestName.test_name[pickle] ____" and the lines under it
+    parts = re.split(r"^_+ (Test\w+\.\w+)\[pickle\] _+$", output, flags=re.M)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
+    missed = []
+    for backend, (test, message) in BROKEN.items():
+        report = sections.get(f"Test{backend.__name__}.{test}")
+        if report is None:
+            missed.append(f"{backend.__name__} passed {test}")
+        elif not re.search(rf"^E\s+AssertionError: .*{re.escape(message)}", report, re.M):
+            missed.append(f"{backend.__name__} failed {test} without saying {message!r}")
+    assert not missed, "\n".join(missed) + "\n" + output
+    # and pytest shows the values too: the contract's asserts are rewritten like a test's own
+    unreadable = sections["TestReturnsTheStoredObject.test_unreadable_entry_is_a_miss"]
+    assert "assert {'a': 1} is None" in unreadable, unreadable
+
+
+def test_without_the_optional_fixtures_only_the_documented_skips(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_contract="""
+import pytest
+from cacheplug.testing import CacheContract
+from test_testing_kit import DictStore, DictCache
+
+
+class TestBackend(CacheContract):
+    @pytest.fixture
+    def cache_factory(self):
+        yield lambda **kwargs: DictCache(DictStore(), **kwargs)
+"""
+    )
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == outcomes.get("errors", 0) == 0, result.stdout.str()
+    reasons = set(re.findall(r"^SKIPPED \[\d+\] \S+: (.+?)(?: \(|$)", result.stdout.str(), re.M))
+    assert reasons == {
+        "expiry over time is not tested: no advance fixture",
+        "engine outages are not tested: no outage fixture",
+        "key_prefix isolation is not tested: set shared_store = True when two caches from "
+        "cache_factory see the same data",
+    }, result.stdout.str()
