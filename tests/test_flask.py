@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cachelib.serializers import RedisSerializer
 from conftest import FakeClock
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, render_template_string, request
 from flask_caching import Cache
 from servers import MemcachedServer, RedisServer
 from waiting import wait_until
@@ -131,6 +131,22 @@ def _flask_app_story(app: Flask, cache: Cache) -> list[Any]:
     ):
         app.route(f"/{name}")(decorate(counted(name)))
 
+    @app.route("/missing")
+    @cache.cached()
+    def missing() -> str:
+        calls.append("missing")
+        abort(404)  # Flask-Caching caches the HTTPException and raises it again on a hit
+
+    @app.route("/fragment/<name>")
+    def fragment(name: str) -> str:
+        calls.append("fragment")
+        page = "{% cache 60, 'frag', name %}{{ name }} #{{ count }}{% endcache %}"
+        return render_template_string(page, name=name, count=len(calls))
+
+    @cache.memoize(cache_none=True)
+    def nothing(x: int) -> None:
+        calls.append(("nothing", x))
+
     @cache.memoize(timeout=60)
     def square(x: int) -> int:
         calls.append(("square", x))
@@ -159,9 +175,11 @@ def _flask_app_story(app: Flask, cache: Cache) -> list[Any]:
             "/filtered", "/filtered", "/filtered?keep", "/filtered?keep",
             "/forced", "/forced", "/forced?force=1", "/forced",
             "/own-key?id=1", "/own-key?id=1", "/own-key?id=2",
+            "/missing", "/missing", "/fragment/a", "/fragment/a", "/fragment/b",
         ):  # fmt: skip
             response = client.get(path)
             seen.append((path, response.status_code, response.data, response.headers.get("X-Kind")))
+        seen.append((nothing(1), nothing(1)))
         seen.append((square(3), square(3), square(4)))
         cache.delete_memoized(square, 3)
         seen.append((square(3), square(4)))

@@ -7,6 +7,7 @@ session of its own (``pytester``), as it would in the plugin's own repository.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from cacheplug import BaseCache
 from cacheplug.core.base import check_delta, check_key, checked_counter, normalize_timeout
+from cacheplug.core.plugins import register_plugin, reset_plugins
 
 pytest_plugins = ["pytester"]
 
@@ -368,3 +370,29 @@ class TestBackend(CacheContract):
         "key_prefix isolation is not tested: set shared_store = True when two caches from "
         "cache_factory see the same data",
     }, result.stdout.str()
+
+
+def _plugins_doc_contract_example() -> str:
+    """The test module docs/plugins.md step 6 shows a plugin author, as written there."""
+    step = PLUGINS_DOC.read_text().split("## 6. Test against the contract", 1)[1]
+    return step.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def example_plugin(pytester: pytest.Pytester) -> Iterator[None]:
+    pytester.syspathinsert(EXAMPLE_PLUGIN_SRC)  # as if the example were installed
+    reset_plugins()
+    register_plugin(importlib.import_module("cacheplug_example.plugin"), name="example")
+    yield
+    reset_plugins()
+
+
+@pytest.mark.usefixtures("example_plugin")
+def test_the_plugins_doc_example_runs_the_contract_as_written(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_sqlite=_plugins_doc_contract_example())
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", "-rfEs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] > 150
+    skipped = set(re.findall(r"^SKIPPED \[\d+\] \S+: (.+?) \(", result.stdout.str(), re.M))
+    assert skipped <= {"engine outages are not tested: no outage fixture"}, result.stdout.str()
