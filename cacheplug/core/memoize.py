@@ -90,21 +90,13 @@ _all_plain = _PLAIN.issuperset
 _blake2b = hashlib.blake2b
 
 
-def _plain_text(value: object) -> str | None:
-    """``_stable_repr(value)`` when ``value`` is made only of types whose repr shows no address.
-
-    None for other values: they take ``_stable_repr`` and the address check.
-    """
-    kind = type(value)
-    if kind in _PLAIN:
-        return repr(value)
-    if kind is tuple or kind is list:
-        if _all_plain(map(type, value)):  # type: ignore[call-overload]
-            return repr(value)
-    elif kind is dict:
-        items: dict[Any, Any] = value  # type: ignore[assignment]
-        if _all_plain(map(type, items)) and _all_plain(map(type, items.values())):
-            return "{" + ", ".join(sorted([f"{k!r}: {v!r}" for k, v in items.items()])) + "}"
+def _plain_items_text(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str | None:
+    """``_stable_repr(value)`` for a list, tuple or dict made only of plain values; else None."""
+    if type(value) is dict:
+        if _all_plain(map(type, value)) and _all_plain(map(type, value.values())):
+            return "{" + ", ".join(sorted([f"{k!r}: {v!r}" for k, v in value.items()])) + "}"
+    elif _all_plain(map(type, value)):
+        return repr(value)  # items in order, as _stable_repr shows them
     return None
 
 
@@ -190,29 +182,34 @@ class _Binder:
 
     def _bind_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
         """Bound values in signature order; None when ``Signature.bind`` must decide."""
-        if len(args) > self._positional and self._var_positional is None:
+        count = len(args)
+        positional = self._positional
+        if count <= positional:
+            values = [*args, *self._defaults[count:]]
+        elif self._var_positional is None:
             return None
-        values = list(self._defaults)
-        filled = min(len(args), self._positional)
-        values[:filled] = args[:filled]
-        if self._var_positional is not None:
-            values[self._var_positional] = args[self._positional :]
+        else:
+            values = [*args[:positional], *self._defaults[positional:]]
+            values[self._var_positional] = args[positional:]
+            count = positional
+        by_keyword = self._by_keyword
         extra = {}
         for name, value in kwargs.items():
-            i = self._by_keyword.get(name)
+            i = by_keyword.get(name)
             if i is None:
                 if self._var_keyword is None or name in self._positional_only:
                     return None
                 extra[name] = value
-            elif i < filled:  # given twice
+            elif i < count:  # given twice
                 return None
             else:
                 values[i] = value
         if self._var_keyword is not None:
             values[self._var_keyword] = extra
-        for i in self._required:
-            if values[i] is inspect.Parameter.empty:
-                return None
+        if count < self._fewest:  # a required parameter may have no value
+            for i in self._required:
+                if values[i] is inspect.Parameter.empty:
+                    return None
         return values
 
 
@@ -321,7 +318,7 @@ class Memoized(Generic[P, R]):
         return self._key(args, kwargs)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        if self._bare_key is not None and not args and not kwargs:
+        if not args and not kwargs and self._bare_key is not None:
             return self._bare_key
         binder = self._binder
         values = binder.bind(args, kwargs)
@@ -346,10 +343,15 @@ class Memoized(Generic[P, R]):
         """The key texts of bound values, in sorted name order."""
         shown = []
         for name, value in zip(self._binder.names, values, strict=False):
-            part = _plain_text(value)
-            if part is None:
-                # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
+            kind = type(value)
+            # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
+            if kind is list or kind is tuple or kind is dict:
+                part = _plain_items_text(value) or _stable_repr(value, set())
+            elif kind in _SHOWN_ITEM_BY_ITEM:
                 part = _stable_repr(value, set())
+            else:
+                part = repr(value)
+            if " at 0x" in part:
                 self._check_stable(f"argument {name!r}", value, part)
             shown.append(part)
         return shown
@@ -380,15 +382,11 @@ class Memoized(Generic[P, R]):
         return self.cache.delete(self._key(args, kwargs))
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if self._binding is None and instance is not None:
-            return _BoundMemoized(self, instance)
+        if self._binding is None:
+            return self if instance is None else _BoundMemoized(self, instance)
         if self._binding == "staticmethod":
             return self
-        if self._binding == "classmethod":
-            return _BoundMemoized(self, owner if owner is not None else type(instance))
-        if instance is None:
-            return self
-        return _BoundMemoized(self, instance)
+        return _BoundMemoized(self, owner if owner is not None else type(instance))
 
     def __repr__(self) -> str:
         return f"<memoized {self._prefix} on {self.cache!r}>"
