@@ -329,7 +329,7 @@ class Memoized(Generic[P, R]):
         elif _all_plain(map(type, values)):
             text = binder.repr_template % tuple(values)
         else:
-            text = binder.template % tuple(self._shown(values))
+            text = binder.template % tuple(map(self._shown, binder.names, values))
         key = self._keys.get(text)
         if key is None:
             key = f"{self._prefix}:{_blake2b(text.encode(), digest_size=16).hexdigest()}"
@@ -339,22 +339,21 @@ class Memoized(Generic[P, R]):
                 self._keys[text] = key
         return key
 
-    def _shown(self, values: Sequence[Any]) -> list[str]:
-        """The key texts of bound values, in sorted name order."""
-        shown = []
-        for name, value in zip(self._binder.names, values, strict=False):
-            kind = type(value)
-            # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
-            if kind is list or kind is tuple or kind is dict:
-                part = _plain_items_text(value) or _stable_repr(value, set())
-            elif kind in _SHOWN_ITEM_BY_ITEM:
-                part = _stable_repr(value, set())
-            else:
-                part = repr(value)
-            if " at 0x" in part:
-                self._check_stable(f"argument {name!r}", value, part)
-            shown.append(part)
-        return shown
+    def _shown(self, name: str, value: object) -> str:
+        """The key text of the bound value of parameter ``name``."""
+        kind = type(value)
+        if kind in _PLAIN:
+            return repr(value)
+        # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
+        if kind is list or kind is tuple or kind is dict:
+            part = _plain_items_text(value) or _stable_repr(value, set())  # type: ignore[arg-type]
+        elif kind in _SHOWN_ITEM_BY_ITEM:
+            part = _stable_repr(value, set())
+        else:
+            part = repr(value)
+        if " at 0x" in part:
+            self._check_stable(f"argument {name!r}", value, part)
+        return part
 
     def _check_stable(self, what: str, value: object, shown: str) -> None:
         if " at 0x" not in shown or _ADDRESS_REPR.search(shown) is None:
