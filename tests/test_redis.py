@@ -816,6 +816,29 @@ def test_decode_responses_is_refused() -> None:
         RedisCache(decode_responses=True)
 
 
+def test_a_keyword_no_client_takes_says_what_is_accepted() -> None:
+    # redis.Redis raised a bare TypeError; RedisCluster dropped it without a word
+    builds = {
+        "server": lambda: RedisCache(bogus=1),
+        "url override": lambda: from_url("redis://localhost/0", bogus=1, sockt_timeout=2),
+        "cluster": lambda: RedisCache(startup_nodes=[("localhost", 7000)], bogus=1),
+        "cluster url": lambda: from_url("redis+cluster://h1:7000?health_check_interval=5"),
+    }
+    for where, build in builds.items():
+        with pytest.raises(ConfigurationError) as raised:
+            build()
+        message = str(raised.value)
+        assert isinstance(raised.value, TypeError), where  # as for any unexpected keyword
+        assert message.startswith("unknown keyword '"), where
+        assert "its own (check_connection, db, dead_timeout," in message, where
+        assert "socket_timeout" in message, where
+    with pytest.raises(TypeError, match="unknown keyword 'bogus', 'sockt_timeout' for RedisCache"):
+        builds["url override"]()
+    # what redis-py takes still passes, on a server and on a cluster
+    RedisCache(socket_keepalive_options={}, ssl_password="x", client_name="c").close()
+    RedisCache(startup_nodes=[("localhost", 7000)], read_from_replicas=True).close()
+
+
 def test_check_connection_raises_when_unreachable() -> None:
     with pytest.raises(RuntimeError, match="could not connect"):
         RedisCache(port=servers._free_port(), check_connection=True)

@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.core.errors import ConfigurationError
@@ -31,6 +31,7 @@ __all__ = [
     "options_from_url",
     "pool_exhausted",
     "refuse_decoding",
+    "refuse_unknown_keywords",
     "server_clients",
 ]
 
@@ -129,6 +130,43 @@ def refuse_decoding(host: Any, kwargs: Mapping[str, Any]) -> None:
     )
     if kwargs.get("decode_responses") or given.get("decode_responses"):
         raise ConfigurationError("RedisCache stores bytes; decode_responses is not supported")
+
+
+class UnknownKeywordError(ConfigurationError, TypeError):
+    """A keyword that neither ``RedisCache`` nor the redis-py client it builds takes.
+
+    A ``TypeError`` too, as Python raises for an unexpected keyword argument.
+    """
+
+
+def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], cluster: bool) -> None:
+    """Raise unless the redis-py client to build takes every keyword of ``kwargs``.
+
+    ``RedisCluster`` would drop an unknown one silently, ``redis.Redis`` raise a bare
+    ``TypeError`` that names neither the cache nor what is accepted.
+    """
+    import inspect
+
+    import redis
+
+    client: Any
+    if cluster:
+        from redis.cluster import REDIS_ALLOWED_KEYS
+
+        client = redis.RedisCluster
+        driver = set(inspect.signature(client.__init__).parameters) | set(REDIS_ALLOWED_KEYS)
+    else:
+        client = redis.Redis
+        driver = set(inspect.signature(client.__init__).parameters)
+    own = set(own)
+    driver -= own | {"self", "kwargs", "startup_nodes", "url"}
+    unknown = sorted(set(kwargs) - driver)
+    if unknown:
+        raise UnknownKeywordError(
+            f"unknown keyword {', '.join(map(repr, unknown))} for RedisCache; accepted: its own "
+            f"({', '.join(sorted(own))}) and those of redis-py's {client.__name__} "
+            f"({', '.join(sorted(driver))})"
+        )
 
 
 def checked_options(retries: int, dead_timeout: float) -> float:

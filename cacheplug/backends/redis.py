@@ -11,6 +11,7 @@ the clients of one server and maps URLs, ``_redis_cluster`` holds the cluster su
 from __future__ import annotations
 
 import codecs
+import inspect
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from cacheplug.backends._redis_clients import (
     options_from_url,
     pool_exhausted,
     refuse_decoding,
+    refuse_unknown_keywords,
     server_clients,
 )
 from cacheplug.backends._redis_counters import (
@@ -120,6 +122,8 @@ class RedisCache(BaseCache):
         if host is None:
             raise ConfigurationError("RedisCache host may not be None; give a name or a client")
         refuse_decoding(host, kwargs)
+        if isinstance(host, str) or startup_nodes is not None:  # a client it builds
+            refuse_unknown_keywords(_OWN_KEYWORDS, kwargs, startup_nodes is not None)
         self.dead_timeout = checked_options(retries, dead_timeout)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._response_error = redis.ResponseError
@@ -583,6 +587,9 @@ class RedisCache(BaseCache):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
+
+
+_OWN_KEYWORDS = tuple(inspect.signature(RedisCache.__init__).parameters)[1:-1]
 
 
 @hookimpl
