@@ -31,7 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeAlias
@@ -44,6 +44,7 @@ __all__ = [
     "RedisServer",
     "fresh_memcached_server",
     "fresh_redis_server",
+    "killed",
     "memcached_server",
     "redis_cluster",
     "redis_server",
@@ -621,6 +622,19 @@ class RedisCluster:
 
     def __repr__(self) -> str:
         return f"<RedisCluster {self.url if self.running else 'stopped'}>"
+
+
+@contextlib.contextmanager
+def killed(servers: Iterable[_ServerProcess]) -> Iterator[None]:
+    """The ``servers`` killed (SIGKILL) for the block, then started again on their ports."""
+    stopped = list(servers)
+    for server in stopped:
+        server.kill()
+    try:
+        yield
+    finally:
+        for server in stopped:
+            server.restart()
 
 
 @atexit.register

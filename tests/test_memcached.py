@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from interpreter import run_python
 from pymemcache.client.base import Client
-from servers import MemcachedServer
+from servers import MemcachedServer, killed
 from waiting import paused_process, wait_until
 
 from cacheplug import ConfigurationError, MemcachedCache, SerializationError, from_url
@@ -91,6 +92,14 @@ class MemcachedContract(CacheContract):
         self, servers: list[MemcachedServer], serializer: str
     ) -> Iterator[CacheFactory]:
         yield from caches_on(servers, serializer)
+
+    @pytest.fixture
+    def outage(
+        self, servers: list[MemcachedServer], serializer: str
+    ) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        if serializer != "pickle":
+            pytest.skip("one serializer is enough: an outage never reaches the serializer")
+        return partial(killed, servers)
 
 
 class TestMemcachedOneServer(MemcachedContract):

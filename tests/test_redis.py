@@ -14,13 +14,14 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, ClassVar
 
 import pytest
 import redis
 import servers
 from interpreter import run_python
-from servers import RedisCluster, RedisServer
+from servers import RedisCluster, RedisServer, killed
 from waiting import paused_process, wait_until
 
 from cacheplug import ConfigurationError, RedisCache, SerializationError, from_url
@@ -85,6 +86,14 @@ class TestRedisContract(CacheContract):
     def advance(self, cache_factory: RedisCaches) -> Callable[[float], None]:
         return cache_factory.advance
 
+    @pytest.fixture
+    def outage(
+        self, redis_server: RedisServer, serializer: str
+    ) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        if serializer != "pickle":
+            pytest.skip("one serializer is enough: an outage never reaches the serializer")
+        return partial(killed, [redis_server])
+
 
 class TestRedisClusterContract(TestRedisContract):
     @pytest.fixture
@@ -92,6 +101,10 @@ class TestRedisClusterContract(TestRedisContract):
         factory = RedisCaches(serializer, startup_nodes=redis_cluster.nodes)
         yield factory
         factory.close()
+
+    @pytest.fixture
+    def outage(self) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        pytest.skip("cluster outages: test_redis_faults.py kills nodes under a workload")
 
 
 @pytest.fixture
