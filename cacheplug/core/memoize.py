@@ -83,8 +83,8 @@ def _stable_repr(value: object, open_ids: set[int]) -> str:
 
 
 # the most keys of recent calls each memoized function remembers, and their longest text
-_REMEMBERED_KEYS = 256
-_REMEMBERED_TEXT = 200
+_REMEMBERED_KEYS = 128
+_REMEMBERED_TEXT = 160
 _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 _all_plain = _PLAIN.issuperset
 _blake2b = hashlib.blake2b
@@ -137,8 +137,9 @@ class _Binder:
             for param, kind in zip(params, kinds, strict=True)
         )
         self._positional = sum(kind in _POSITIONAL for kind in kinds)
-        self._var_positional = _index(kinds, inspect.Parameter.VAR_POSITIONAL)
-        self._var_keyword = _index(kinds, inspect.Parameter.VAR_KEYWORD)
+        where = {kind: i for i, kind in enumerate(kinds)}  # of *args and **kwargs: one each
+        self._var_positional = where.get(inspect.Parameter.VAR_POSITIONAL)
+        self._var_keyword = where.get(inspect.Parameter.VAR_KEYWORD)
         self._by_keyword = {n: i for i, n in enumerate(names) if kinds[i] in _BY_KEYWORD}
         self._positional_only = frozenset(
             n
@@ -182,16 +183,16 @@ class _Binder:
 
     def _bind_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
         """Bound values in signature order; None when ``Signature.bind`` must decide."""
-        count = len(args)
+        filled = len(args)  # parameters given positionally
         positional = self._positional
-        if count <= positional:
-            values = [*args, *self._defaults[count:]]
+        if filled <= positional:
+            values = [*args, *self._defaults[filled:]]
         elif self._var_positional is None:
             return None
         else:
             values = [*args[:positional], *self._defaults[positional:]]
             values[self._var_positional] = args[positional:]
-            count = positional
+            filled = positional
         by_keyword = self._by_keyword
         extra = {}
         for name, value in kwargs.items():
@@ -200,21 +201,17 @@ class _Binder:
                 if self._var_keyword is None or name in self._positional_only:
                     return None
                 extra[name] = value
-            elif i < count:  # given twice
+            elif i < filled:  # given twice
                 return None
             else:
                 values[i] = value
         if self._var_keyword is not None:
             values[self._var_keyword] = extra
-        if count < self._fewest:  # a required parameter may have no value
+        if filled < self._fewest:  # a required parameter may have no value
             for i in self._required:
                 if values[i] is inspect.Parameter.empty:
                     return None
         return values
-
-
-def _index(kinds: list[inspect._ParameterKind], kind: inspect._ParameterKind) -> int | None:
-    return kinds.index(kind) if kind in kinds else None
 
 
 def _code_fingerprint(code: CodeType) -> str:
@@ -372,6 +369,7 @@ class Memoized(Generic[P, R]):
         return result
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The result of one call, cached; what calling this or a bound method runs."""
         return self.cache.get_or_set(
             self._key(args, kwargs), lambda: self.uncached(*args, **kwargs), self.timeout
         )
