@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -215,6 +216,7 @@ class RacyInc(DictCache):
         with self.store.lock:
             entry = self._live(self.key_prefix + key)
         current = 0 if entry is None else checked_counter(key, self._value(key, entry[0]))
+        os.sched_yield()  # as a round trip to a store would: other threads run in between
         with self.store.lock:
             self.store.entries[self.key_prefix + key] = (
                 self._payload(current + delta),
