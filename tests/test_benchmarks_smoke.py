@@ -45,6 +45,7 @@ def test_report_is_written_in_the_output_dir(report: tuple[Path, str]) -> None:
         "## Throughput with 1, 2 and 8 threads",
         "## Signing cost (secret=) on SimpleCache",
         "## FileSystemCache vs cachelib's FileSystemCache",
+        "## memoize on a hit: cacheplug vs lru_cache, cachetools, Flask-Caching",
     ],
 )
 def test_report_has_every_section(report: tuple[Path, str], heading: str) -> None:
