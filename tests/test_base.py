@@ -209,6 +209,30 @@ def test_unreadable_entry_logged_once(caplog: pytest.LogCaptureFixture) -> None:
 # -- memoize --------------------------------------------------------------------------------
 
 
+def test_stacked_memoize_keeps_each_its_own_cache() -> None:
+    """A local cache in front of a shared one: the outer wrapper took the inner one's cache."""
+    local, shared = SimpleCache(), SimpleCache()
+    calls: list[int] = []
+
+    @local.memoize(timeout=5, key_prefix="local")
+    @shared.memoize(timeout=300)
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    assert (double(1), double(1)) == (2, 2)
+    assert calls == [1]
+    assert (double.cache, double.timeout, double.uncached.cache) == (local, 5, shared)
+    assert (len(local), len(shared)) == (1, 1)
+    assert double.cache_key(1).startswith("local")
+    shared.clear()
+    assert double(1) == 2 and calls == [1]  # the local entry answers
+    local.clear()
+    assert double(1) == 2 and calls == [1, 1]
+    assert double.invalidate(1) and local.get(double.cache_key(1)) is None
+    assert shared.get(double.uncached.cache_key(1)) == 2
+
+
 def test_memoize_keys_are_stable_and_distinct() -> None:
     cache = SimpleCache()
 

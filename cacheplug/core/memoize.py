@@ -276,9 +276,9 @@ class Memoized(Generic[P, R]):
         key_prefix: str | None,
     ) -> None:
         # memoize written above @staticmethod / @classmethod: wrap the function they hold
-        self._binding: str | None = None
+        binding: str | None = None
         if isinstance(func, (staticmethod, classmethod)):
-            self._binding = type(func).__name__
+            binding = type(func).__name__
             func = func.__func__
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
@@ -286,6 +286,10 @@ class Memoized(Generic[P, R]):
                 "generator it returns can be iterated only once and cannot be stored; memoize a "
                 "function that returns a list of the items instead"
             )
+        # first: wraps copies the attributes of ``func``, and a memoized function's own (its
+        # cache, prefix...) must not replace this one's
+        wraps(func)(self)
+        self._binding = binding
         self.cache = cache
         self.uncached = func
         self.timeout = timeout
@@ -303,7 +307,6 @@ class Memoized(Generic[P, R]):
         bare = self._binder.bind((), {})
         if bare is not None and all(map(_immutable_plain, bare)):
             self._bare_key = self._key((), {})
-        wraps(func)(self)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         """The cache key of one call.
