@@ -1,18 +1,31 @@
-"""``memoize``: the wrappers :meth:`BaseCache.memoize` returns, and how they build keys."""
+"""``memoize``: the wrappers :meth:`BaseCache.memoize` returns (keys: ``_memoize_keys``)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import inspect
-import re
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import wraps
-from operator import itemgetter
-from types import CodeType, FunctionType, MethodType
+from types import CodeType, MethodType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
+from cacheplug.core._memoize_keys import (
+    ADDRESS_REPR,
+    PLAIN,
+    REMEMBERED_KEYS,
+    REMEMBERED_TEXT,
+    SHOWN_ITEM_BY_ITEM,
+    Binder,
+    address_shown,
+    all_plain,
+    closure_text,
+    function_name,
+    immutable_plain,
+    plain_items_text,
+    short_digest,
+    stable_repr,
+)
 from cacheplug.core.base import normalize_timeout
 
 if TYPE_CHECKING:
@@ -22,243 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncMemoized", "Memoized", "memoized"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-# CPython's default repr ends in the object's address, which a later object can reuse
-_ADDRESS_REPR = re.compile(r" at 0x[0-9a-fA-F]+>")
-
-
-def _address_shown(value: object, seen: set[int]) -> str | None:
-    """The first address-bearing repr inside ``value``; text inside str or bytes does not count."""
-    kind = type(value)
-    if kind is str or kind is bytes or id(value) in seen:
-        return None
-    if kind in (list, tuple, set, frozenset, dict):
-        seen.add(id(value))
-        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-        for item in items:  # type: ignore[attr-defined]
-            found = _address_shown(item, seen)
-            if found is not None:
-                return found
-        return None
-    shown = repr(value)
-    if _ADDRESS_REPR.search(shown) is None:
-        return None
-    return shown if len(shown) <= 120 else f"{shown[:60]}...{shown[-50:]}"
-
-
-_SHOWN_ITEM_BY_ITEM = frozenset({list, tuple, dict, set, frozenset})
-
-
-def _stable_repr(value: object, open_ids: set[int]) -> str:
-    """``repr(value)``, with the items of sets and dicts in sorted order.
-
-    Equal sets and dicts then give one text whatever their order, and sets of strings the same
-    text in every process (their order follows the per-process string hash); list and tuple
-    texts stay their repr. ``open_ids``: the containers being shown, for self-references.
-    """
-    kind = type(value)
-    if kind not in _SHOWN_ITEM_BY_ITEM:
-        return repr(value)
-    if id(value) in open_ids:
-        return "..."
-    open_ids.add(id(value))
-    try:
-        if kind is dict:
-            pairs = sorted(
-                f"{_stable_repr(k, open_ids)}: {_stable_repr(v, open_ids)}"
-                for k, v in value.items()  # type: ignore[attr-defined]
-            )
-            return "{" + ", ".join(pairs) + "}"
-        parts = [_stable_repr(item, open_ids) for item in value]  # type: ignore[attr-defined]
-        if kind is list:
-            return "[" + ", ".join(parts) + "]"
-        if kind is tuple:
-            return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
-        body = "{" + ", ".join(sorted(parts)) + "}" if parts else ""
-        return (body or "set()") if kind is set else f"frozenset({body})"
-    finally:
-        open_ids.discard(id(value))
-
-
-# the most keys of recent calls each memoized function remembers, and their longest text
-_REMEMBERED_KEYS = 128
-_REMEMBERED_TEXT = 160
-_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
-_all_plain = _PLAIN.issuperset
 _blake2b = hashlib.blake2b
 
-
-def _plain_items_text(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str | None:
-    """``_stable_repr(value)`` for a list, tuple or dict made only of plain values; else None."""
-    if type(value) is dict:
-        if _all_plain(map(type, value)) and _all_plain(map(type, value.values())):
-            return "{" + ", ".join(sorted([f"{k!r}: {v!r}" for k, v in value.items()])) + "}"
-    elif _all_plain(map(type, value)):
-        return repr(value)  # items in order, as _stable_repr shows them
-    return None
-
-
-def _immutable_plain(value: object) -> bool:
-    """Whether ``value``'s key text can never change: a plain value or a tuple of them."""
-    kind = type(value)
-    return kind in _PLAIN or (kind is tuple and _all_plain(map(type, value)))  # type: ignore[call-overload]
-
-
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-class _Binder:
-    """Binds calls to one signature as ``Signature.bind`` + ``apply_defaults`` do, faster.
-
-    Calls that fail to bind, or that are unusual (a positional-only name passed by keyword),
-    go to ``Signature.bind`` itself.
-    """
-
-    def __init__(self, signature: inspect.Signature) -> None:
-        self._signature = signature
-        params = list(signature.parameters.values())
-        kinds = [param.kind for param in params]
-        names = [param.name for param in params]
-        order = sorted(range(len(params)), key=names.__getitem__)
-        #: the parameter names, sorted, as the key text lists them
-        self.names = tuple(names[i] for i in order)
-        # the repr of the sorted (name, value) list, with %s for the values' texts (a name
-        # holds no %) and %r for the values themselves when their repr is their text
-        self.template = "[" + ", ".join(f"({name!r}, %s)" for name in self.names) + "]"
-        self.repr_template = self.template.replace("%s", "%r")
-        self._reorder: Callable[[Sequence[Any]], Sequence[Any]] | None = None
-        if len(order) > 1 and order != sorted(order):
-            self._reorder = itemgetter(*order)
-        self._defaults = tuple(
-            () if kind is inspect.Parameter.VAR_POSITIONAL else param.default
-            for param, kind in zip(params, kinds, strict=True)
-        )
-        self._positional = sum(kind in _POSITIONAL for kind in kinds)
-        where = {kind: i for i, kind in enumerate(kinds)}  # of *args and **kwargs: one each
-        self._var_positional = where.get(inspect.Parameter.VAR_POSITIONAL)
-        self._var_keyword = where.get(inspect.Parameter.VAR_KEYWORD)
-        self._by_keyword = {n: i for i, n in enumerate(names) if kinds[i] in _BY_KEYWORD}
-        self._positional_only = frozenset(
-            n
-            for n, kind in zip(names, kinds, strict=True)
-            if kind is inspect.Parameter.POSITIONAL_ONLY
-        )
-        self._required = tuple(
-            i
-            for i, param in enumerate(params)
-            if param.default is inspect.Parameter.empty
-            and kinds[i] not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        )
-        # fewest positional arguments a keyword-free call needs to be bound by slicing alone
-        self._fewest = max(self._required, default=-1) + 1
-        if (
-            self._var_positional is not None
-            or self._var_keyword is not None
-            or any(kinds[i] is inspect.Parameter.KEYWORD_ONLY for i in self._required)
-        ):
-            self._fewest = sys.maxsize  # never: such calls take the general path
-
-    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[Any] | None:
-        """The bound values of a call, in sorted name order; None when the call cannot bind."""
-        count = len(args)
-        values: Sequence[Any] | None
-        if not kwargs and self._fewest <= count <= self._positional:
-            values = args + self._defaults[count:] if count < len(self._defaults) else args
-        else:
-            values = self._bind_keywords(args, kwargs)
-            if values is None:
-                return self._bind_slowly(args, kwargs)
-        return values if self._reorder is None else self._reorder(values)
-
-    def _bind_slowly(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
-        try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError:
-            return None
-        bound.apply_defaults()
-        return [bound.arguments[name] for name in self.names]
-
-    def _bind_keywords(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
-        """Bound values in signature order; None when ``Signature.bind`` must decide."""
-        filled = len(args)  # parameters given positionally
-        positional = self._positional
-        if filled <= positional:
-            values = [*args, *self._defaults[filled:]]
-        elif self._var_positional is None:
-            return None
-        else:
-            values = [*args[:positional], *self._defaults[positional:]]
-            values[self._var_positional] = args[positional:]
-            filled = positional
-        by_keyword = self._by_keyword
-        extra = {}
-        for name, value in kwargs.items():
-            i = by_keyword.get(name)
-            if i is None:
-                if self._var_keyword is None or name in self._positional_only:
-                    return None
-                extra[name] = value
-            elif i < filled:  # given twice
-                return None
-            else:
-                values[i] = value
-        if self._var_keyword is not None:
-            values[self._var_keyword] = extra
-        if filled < self._fewest:  # a required parameter may have no value
-            for i in self._required:
-                if values[i] is inspect.Parameter.empty:
-                    return None
-        return values
-
-
-def _code_fingerprint(code: CodeType) -> str:
-    """Text that tells apart code objects doing different things, the same in every process."""
-    consts = [
-        _code_fingerprint(const) if isinstance(const, CodeType) else repr(const)
-        for const in code.co_consts
-    ]
-    return repr((code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars, consts))
-
-
-def _short_digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
-
-
-def _function_name(func: object) -> str:
-    """Module and qualified name, the same in every process; a lambda's code tells it apart."""
-    module = getattr(func, "__module__", None) or "?"
-    qualname = getattr(func, "__qualname__", None) or repr(func)
-    code = getattr(func, "__code__", None)
-    if qualname.endswith("<lambda>") and isinstance(code, CodeType):
-        # every lambda of a module has this qualname
-        return f"{module}.{qualname}#{_short_digest(_code_fingerprint(code))}"
-    return f"{module}.{qualname}"
-
-
-def _closure_text(func: object) -> str:
-    """What the variables a nested function closes over hold, where it can be named.
-
-    ``make_greeter("hi")`` and ``make_greeter("bye")`` return functions of one qualified name
-    that must not share results. Values shown only by an address are left out.
-    """
-    shown = []
-    for cell in getattr(func, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # not assigned yet: the function itself, when it recurses
-            continue
-        if isinstance(value, FunctionType):
-            shown.append(_function_name(value))
-            continue
-        try:
-            if _address_shown(value, set()) is None:
-                shown.append(_stable_repr(value, set()))
-        except Exception:  # a repr that fails names nothing, as an address does not
-            continue
-    return repr(shown) if shown else ""
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Memoized(Generic[P, R]):
@@ -282,7 +62,7 @@ class Memoized(Generic[P, R]):
             func = func.__func__
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
-                f"cannot memoize {_function_name(func)}: it is a generator function, and the "
+                f"cannot memoize {function_name(func)}: it is a generator function, and the "
                 "generator it returns can be iterated only once and cannot be stored; memoize a "
                 "function that returns a list of the items instead"
             )
@@ -294,18 +74,18 @@ class Memoized(Generic[P, R]):
         self.uncached = func
         self.timeout = timeout
         self._signature = inspect.signature(func)
-        self._binder = _Binder(self._signature)
-        prefix = f"memoize:{_function_name(func)}"
-        closure = _closure_text(func)
+        self._binder = Binder(self._signature)
+        prefix = f"memoize:{function_name(func)}"
+        closure = closure_text(func)
         if closure:
-            prefix += f"~{_short_digest(closure)}"
+            prefix += f"~{short_digest(closure)}"
         self._prefix = key_prefix if key_prefix is not None else prefix
         # key text -> key, of recent calls: the digest costs more than the text
         self._keys: dict[str, str] = {}
         # the key of a call without arguments, when no default can change its text
         self._bare_key: str | None = None
         bare = self._binder.bind((), {})
-        if bare is not None and all(map(_immutable_plain, bare)):
+        if bare is not None and all(map(immutable_plain, bare)):
             self._bare_key = self._key((), {})
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
@@ -324,17 +104,17 @@ class Memoized(Generic[P, R]):
         values = binder.bind(args, kwargs)
         if values is None:
             arguments = (args, sorted(kwargs.items()))
-            text = _stable_repr(arguments, set())
+            text = stable_repr(arguments, set())
             self._check_stable("the arguments", arguments, text)
-        elif _all_plain(map(type, values)):
+        elif all_plain(map(type, values)):
             text = binder.repr_template % tuple(values)
         else:
             text = binder.template % tuple(map(self._shown, binder.names, values))
         key = self._keys.get(text)
         if key is None:
             key = f"{self._prefix}:{_blake2b(text.encode(), digest_size=16).hexdigest()}"
-            if len(text) <= _REMEMBERED_TEXT:
-                if len(self._keys) >= _REMEMBERED_KEYS:
+            if len(text) <= REMEMBERED_TEXT:
+                if len(self._keys) >= REMEMBERED_KEYS:
                     self._keys.clear()
                 self._keys[text] = key
         return key
@@ -342,13 +122,13 @@ class Memoized(Generic[P, R]):
     def _shown(self, name: str, value: object) -> str:
         """The key text of the bound value of parameter ``name``."""
         kind = type(value)
-        if kind in _PLAIN:
+        if kind in PLAIN:
             return repr(value)
         # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
         if kind is list or kind is tuple or kind is dict:
-            part = _plain_items_text(value) or _stable_repr(value, set())  # type: ignore[arg-type]
-        elif kind in _SHOWN_ITEM_BY_ITEM:
-            part = _stable_repr(value, set())
+            part = plain_items_text(value) or stable_repr(value, set())  # type: ignore[arg-type]
+        elif kind in SHOWN_ITEM_BY_ITEM:
+            part = stable_repr(value, set())
         else:
             part = repr(value)
         if " at 0x" in part:
@@ -356,9 +136,9 @@ class Memoized(Generic[P, R]):
         return part
 
     def _check_stable(self, what: str, value: object, shown: str) -> None:
-        if " at 0x" not in shown or _ADDRESS_REPR.search(shown) is None:
+        if " at 0x" not in shown or ADDRESS_REPR.search(shown) is None:
             return
-        address = _address_shown(value, set())
+        address = address_shown(value, set())
         if address is not None:  # not merely text that looks like an address
             raise TypeError(
                 f"cannot memoize {self.__module__}.{self.__qualname__}(): {what} is shown as "
