@@ -14,10 +14,11 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote
 
 from cacheplug.core.errors import ConfigurationError, PluginError
@@ -36,6 +37,8 @@ __all__ = [
     "parse_url",
     "redact_url",
 ]
+
+T = TypeVar("T")
 
 #: Options every backend takes, with their types.
 SHARED_OPTIONS: Mapping[str, type] = MappingProxyType(
@@ -309,13 +312,31 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
         raise ConfigurationError(f"option {name!r} must be a {kind.__name__}, got {shown}") from err
 
 
-@functools.cache
+def _per_class(compute: Callable[[type[BaseCache]], T]) -> Callable[[type[BaseCache]], T]:
+    """``compute`` remembered for each backend class while the class lives.
+
+    A plugin registered again after ``reset_plugins`` may bring a new class each time:
+    ``functools.cache`` kept every one of them (and its module's state) alive for good.
+    """
+    memo: weakref.WeakKeyDictionary[type[BaseCache], T] = weakref.WeakKeyDictionary()
+
+    def remembered(cls: type[BaseCache]) -> T:
+        try:
+            return memo[cls]
+        except KeyError:
+            result = memo[cls] = compute(cls)
+            return result
+
+    return remembered
+
+
+@_per_class
 def _accepted(cls: type[BaseCache]) -> Mapping[str, type]:
     """The URL options of a backend class: shared ones and its own ``url_options``."""
     return MappingProxyType({**SHARED_OPTIONS, **cls.url_options})
 
 
-@functools.cache
+@_per_class
 def _keywords(cls: type[BaseCache]) -> frozenset[str] | None:
     """The keyword arguments a backend class takes, ``None`` when it takes any."""
     parameters = inspect.signature(cls).parameters.values()
