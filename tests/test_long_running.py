@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import resource
+import signal
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -189,3 +191,42 @@ def test_outages_and_recoveries_leave_no_connection_behind(
         assert cache.get("long-running") == 1
     assert _open_sockets() <= sockets
     cache.close()
+
+
+@contextmanager
+def _files_limited_to(size: int) -> Iterator[None]:
+    """Writes past ``size`` bytes of a file fail with EFBIG, as on a full disk, for this
+    process only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_failed_writes_leave_no_descriptor_or_temp_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, "cacheplug")
+    cache = FileSystemCache(tmp_path, threshold=50)
+    _use(cache)
+    files = sorted(os.listdir(tmp_path))
+    descriptors = _open_files()
+    big = b"x" * 100_000
+    with _files_limited_to(50_000):
+        for i in range(200):
+            assert cache.set(f"big{i}", big) is False
+            assert cache.add(f"big-add{i}", big) is False
+            assert cache.set_many({f"many{i}": big, "long-running": 2}) == ["long-running"]
+            _use(cache)
+    assert _open_files() == descriptors
+    assert sorted(os.listdir(tmp_path)) == files
+    assert cache.set("after", big) is True
+    assert cache.get("after") == big
