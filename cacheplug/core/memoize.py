@@ -161,11 +161,14 @@ class Memoized(Generic[P, R]):
         """Forget the cached result of one call; whether there was one."""
         return self.cache.delete(self._key(args, kwargs))
 
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
+    def __get__(self, instance: object, owner: type | None = None) -> _BoundMemoized[R]:
+        # typed as bound even where it returns itself (a staticmethod, access on the class):
+        # its calls give R either way, and a class method's first argument is then no error
+        unbound = cast("_BoundMemoized[R]", self)
         if self._binding is None:
-            return self if instance is None else _BoundMemoized(self, instance)
+            return unbound if instance is None else _BoundMemoized(self, instance)
         if self._binding == "staticmethod":
-            return self
+            return unbound
         return _BoundMemoized(self, owner if owner is not None else type(instance))
 
     def __repr__(self) -> str:
@@ -176,10 +179,10 @@ class Memoized(Generic[P, R]):
         return self.__qualname__
 
 
-class _BoundMemoized:
+class _BoundMemoized(Generic[R]):
     """A memoized method bound to its instance."""
 
-    def __init__(self, memoized: Memoized[Any, Any], instance: object) -> None:
+    def __init__(self, memoized: Memoized[Any, R], instance: object) -> None:
         self._memoized = memoized
         self._instance = instance
         self.__doc__ = memoized.__doc__
@@ -195,8 +198,9 @@ class _BoundMemoized:
     def __wrapped__(self) -> Callable[..., Any]:
         return self.uncached
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._memoized._call((self._instance, *args), kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        result: R = self._memoized._call((self._instance, *args), kwargs)
+        return result
 
     @property
     def uncached(self) -> Callable[..., Any]:
