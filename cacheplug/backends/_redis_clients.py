@@ -201,19 +201,29 @@ def close_when_cut_short(pool: Any) -> None:
     redis-py closes the connection when such an exception lands in a read, but not when it lands
     between sending a command and reading its reply: the reply arrives later, and the next call
     on that connection would read it as its own. Pools take connections back in a ``finally``
-    while the exception propagates, so ``sys.exception()`` sees it there.
+    while the exception propagates, so ``sys.exception()`` sees it there; an exception that the
+    caller was already handling when the call took its connection (a cache used in an
+    ``except KeyboardInterrupt:`` block) cut nothing short.
     """
     release = pool.release
     if getattr(release, "closes_when_cut_short", False):
         return
+    get_connection = pool.get_connection
+    handled: dict[int, BaseException | None] = {}  # by id of a connection in use
+
+    def get_connection_noting(*args: Any, **kwargs: Any) -> Any:
+        connection = get_connection(*args, **kwargs)
+        handled[id(connection)] = sys.exception()
+        return connection
 
     def release_closing(connection: Any) -> None:
         cut = sys.exception()
-        if cut is not None and not isinstance(cut, Exception):
+        if cut is not handled.pop(id(connection), None) and not isinstance(cut, Exception | None):
             connection.disconnect()
         release(connection)
 
     release_closing.closes_when_cut_short = True  # type: ignore[attr-defined]
+    pool.get_connection = get_connection_noting
     pool.release = release_closing
 
 
