@@ -4,43 +4,30 @@ checked on real servers.
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from servers import RedisServer
-from test_redis_ops import Interrupted, assert_own_replies, interrupted_before_reading
-from waiting import paused_process
+from test_redis_ops import (
+    Interrupted,
+    Target,
+    assert_own_replies,
+    interrupted_before_reading,
+    target,
+)
 
 from cacheplug import RedisCache
 
-
-def connections_received(servers: list[RedisServer]) -> int:
-    """Connections the servers accepted so far (each count made here is one more)."""
-    total = 0
-    for server in servers:
-        info = server.command("INFO", "stats")
-        assert isinstance(info, bytes)
-        total += int(info.split(b"total_connections_received:")[1].split()[0])
-    return total
+__all__ = ["target"]  # the fixture, a cache on a server and on a cluster
 
 
-@pytest.fixture(params=["server", "cluster"])
-def redis_target(request: pytest.FixtureRequest) -> Iterator[tuple[RedisCache, list[RedisServer]]]:
-    """A cache holding a, b, ä and ``count`` at 10, and the servers it uses."""
-    if request.param == "server":
-        servers = [request.getfixturevalue("fresh_redis_server")]
-        cache = RedisCache(port=servers[0].port, key_prefix="p:")
+def connections_received(cache: RedisCache) -> int:
+    """Connections the cache's servers accepted so far, asked through the cache's client."""
+    client: Any = cache._client
+    if cache._cluster:
+        stats = client.info("stats", target_nodes=client.ALL_NODES).values()
     else:
-        servers = request.getfixturevalue("redis_cluster").servers
-        prefix = f"review-{uuid.uuid4().hex}:"  # the cluster is shared with other tests
-        cache = RedisCache(startup_nodes=[s.address for s in servers], key_prefix=prefix)
-    for key, value in {"a": "A", "b": "B", "ä": "AE", "count": 10}.items():
-        assert cache.set(key, value) is True
-    yield cache, servers
-    cache.clear()
-    cache.close()
+        stats = [client.info("stats")]
+    return sum(node["total_connections_received"] for node in stats)
 
 
 def every_call(cache: RedisCache) -> None:
@@ -55,34 +42,24 @@ def every_call(cache: RedisCache) -> None:
     cache.delete("absent")
 
 
-def test_calls_inside_an_except_block_keep_their_connections(
-    redis_target: tuple[RedisCache, list[RedisServer]],
-) -> None:
+def test_calls_inside_an_except_block_keep_their_connections(target: Target) -> None:
     # The pools closed every connection given back while any BaseException was being handled,
     # so a cache used in an `except KeyboardInterrupt:` block reconnected on every call.
-    cache, servers = redis_target
-    every_call(cache)  # every node connected once
+    every_call(target.cache)  # every node connected once
     try:
         raise Interrupted
     except Interrupted:
-        before = connections_received(servers)
+        before = connections_received(target.cache)
         for _ in range(20):
-            every_call(cache)
-        assert connections_received(servers) - before == len(servers)  # the counts' own
+            every_call(target.cache)
+        assert connections_received(target.cache) == before
 
 
-def test_a_call_cut_short_inside_an_except_block_leaves_no_reply(
-    redis_target: tuple[RedisCache, list[RedisServer]],
-) -> None:
-    cache, servers = redis_target
+def test_a_call_cut_short_inside_an_except_block_leaves_no_reply(target: Target) -> None:
     try:
         raise KeyboardInterrupt
     except KeyboardInterrupt:
         # Paused, the servers answer the cut-off GET only once the next call has begun.
-        with contextlib.ExitStack() as paused:
-            for server in servers:
-                assert server.pid is not None
-                paused.enter_context(paused_process(server.pid))
-            with interrupted_before_reading(), pytest.raises(Interrupted):
-                cache.get("a")
-        assert_own_replies(cache)
+        with target.paused(), interrupted_before_reading(), pytest.raises(Interrupted):
+            target.cache.get("a")
+        assert_own_replies(target.cache)
