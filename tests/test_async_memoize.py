@@ -6,6 +6,7 @@ import asyncio
 import gc
 import inspect
 import threading
+import traceback
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -309,3 +310,27 @@ def test_sync_memoize_of_a_function_returning_a_coroutine_is_refused(cache: Base
     with pytest.raises(TypeError, match="got a coroutine"):
         indirect()
     assert cache.has(indirect.cache_key()) is False
+
+
+def test_a_shared_exception_keeps_the_traceback_of_its_call(cache: BaseCache) -> None:
+    # each waiter re-raises the one exception object: its traceback must not pile up the
+    # frames of every task that raised it before (asyncio's futures reset it the same way)
+    def fail(n: int) -> Any:
+        raise ValueError(f"no result for {n}")
+
+    gated = Gated(fail)
+    compute = memoize_gated(cache, gated)
+    errors: list[BaseException] = []
+
+    async def call() -> int:
+        try:
+            await compute(1)
+        except ValueError as error:
+            errors.append(error)
+            return len(traceback.extract_tb(error.__traceback__))
+        raise AssertionError("no error")
+
+    depths = run(lambda: crowd(cache, gated, call, 20))
+    assert len({id(error) for error in errors}) == 1
+    assert len(set(depths)) <= 2, depths  # the first call's and the waiters'
+    assert gated.calls == 1

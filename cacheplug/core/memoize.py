@@ -30,6 +30,7 @@ from cacheplug.core.base import normalize_timeout
 
 if TYPE_CHECKING:
     import asyncio
+    from types import TracebackType
 
     from cacheplug.core.base import BaseCache, Timeout
 
@@ -234,6 +235,8 @@ class _Flight:
         self.done = done
         self.value: Any = None
         self.error: Exception | None = None
+        # as the call raised it: each waiter raising the shared error would add its frames
+        self.traceback: TracebackType | None = None
         self.ended = False  # False when the call was cancelled: a waiter must call again
 
 
@@ -275,7 +278,8 @@ class AsyncMemoized(Memoized[P, R]):
                 break
             await asyncio.shield(flight.done)  # a waiter's cancellation leaves the call alone
             if flight.error is not None:
-                raise flight.error  # counted as the miss of this call's lookup
+                # counted as the miss of this call's lookup
+                raise flight.error.with_traceback(flight.traceback)
             if cache._errors == errors:  # the lookup below counts this call instead
                 cache._misses -= 1
             if flight.ended:
@@ -299,7 +303,7 @@ class AsyncMemoized(Memoized[P, R]):
                 cache.set(flight_key[1], value, self.timeout)
             flight.value, flight.ended = value, True
         except Exception as err:
-            flight.error = err
+            flight.error, flight.traceback = err, err.__traceback__
             raise
         finally:
             # cancelled (or otherwise stopped): neither ended nor an error, so a waiter calls again
