@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from cacheplug.core.memoize import Memoized
     from cacheplug.core.url import CacheURL
 
-__all__ = ["BaseCache", "Timeout", "normalize_timeout"]
+__all__ = ["BaseCache", "Memoized", "Timeout", "normalize_timeout"]
 
 logger = logging.getLogger("cacheplug")
 
@@ -552,3 +552,12 @@ def checked_counter(key: str, value: object) -> int:
     if type(value) is int:
         return value
     raise TypeError(f"cannot increment {key!r}: it holds a {type(value).__name__}, not an int")
+
+
+def __getattr__(name: str) -> Any:
+    # Memoized, exported here before it moved to core/memoize.py, which imports this module
+    if name == "Memoized":
+        from cacheplug.core.memoize import Memoized
+
+        return Memoized
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
