@@ -14,7 +14,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 USER_CODE = """
+from typing import Any
+
 from cacheplug import BaseCache, SimpleCache, from_url
+from cacheplug.core.base import Memoized
 
 cache: BaseCache = from_url("simple://")
 
@@ -44,6 +47,11 @@ class Repo:
     def tag(cls, x: int) -> bytes:
         return b"x"
 
+    @cache.memoize()  # over a classmethod: called on the class with its arguments alone
+    @classmethod
+    def made(cls, x: int) -> str:
+        return "x"
+
 
 async def main() -> None:
     reveal_type(await fetch(1))
@@ -58,6 +66,16 @@ reveal_type(Repo.lookup(repo, "k"))
 reveal_type(Repo.half(2))
 reveal_type(Repo.tag(3))
 reveal_type(repo.tag(3))
+reveal_type(Repo.lookup.invalidate(repo, "k"))
+reveal_type(Repo.made(4))
+
+
+def warm(memoized: Memoized[..., Any]) -> None:
+    pass
+
+
+warm(area)
+warm(Repo.lookup)  # on the class: the Memoized itself, as before the typed methods
 reveal_type(SimpleCache().inc("n"))
 reveal_type(cache.get_many("a", "b"))
 area("a", 2)  # the one error expected
@@ -73,6 +91,8 @@ EXPECTED = [
     "float",
     "bytes",
     "bytes",
+    "bool",
+    "str",
     "int | None",
     "list[Any]",
 ]

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from functools import wraps
 from types import CodeType, MethodType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from cacheplug.core._memoize_keys import (
     ADDRESS_REPR,
@@ -162,14 +162,20 @@ class Memoized(Generic[P, R]):
         """Forget the cached result of one call; whether there was one."""
         return self.cache.delete(self._key(args, kwargs))
 
-    def __get__(self, instance: object, owner: type | None = None) -> _BoundMemoized[R]:
-        # typed as bound even where it returns itself (a staticmethod, access on the class):
-        # its calls give R either way, and a class method's first argument is then no error
-        unbound = cast("_BoundMemoized[R]", self)
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Memoized[..., R]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _BoundMemoized[R]: ...
+    def __get__(
+        self, instance: object, owner: type | None = None
+    ) -> Memoized[..., R] | _BoundMemoized[R]:
+        # typed on the class as itself taking any arguments (a class method's first comes
+        # bound), on an instance as bound even where it returns itself (a staticmethod): their
+        # calls give R either way
         if self._binding is None:
-            return unbound if instance is None else _BoundMemoized(self, instance)
+            return self if instance is None else _BoundMemoized(self, instance)
         if self._binding == "staticmethod":
-            return unbound
+            return self
         return _BoundMemoized(self, owner if owner is not None else type(instance))
 
     def __repr__(self) -> str:
