@@ -513,10 +513,13 @@ class FileSystemCache(BaseCache):
             self._close_lock(fd)
 
     def _close_lock(self, fd: int) -> None:
-        # one step under the guard: another thread may open the same number once it is closed
+        # A child forked since the open may hold a copy of fd, which would keep the flock:
+        # unlock it first. Out of the set before it is closed, or a child forked in between
+        # would close the file another thread opens under the same number.
+        fcntl.flock(fd, fcntl.LOCK_UN)
         with self._lock_fds_guard:
-            os.close(fd)
             self._lock_fds.discard(fd)
+            os.close(fd)
 
     def _after_fork_in_child(self) -> None:
         """Close the child's copies of lock files the parent's threads hold.
