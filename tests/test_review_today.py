@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from servers import RedisServer
 from test_redis_ops import (
     Interrupted,
     Target,
@@ -185,3 +186,30 @@ def test_a_fork_while_a_thread_closes_a_lock_file_closes_nothing_else_in_the_chi
         assert exit_status(child) == 0, "the child closed a file that is no lock file"
     finally:
         os.close(fd)
+
+
+# -- RedisCache: a fork while a thread asks a failed server whether it is back ----------------
+
+
+def test_a_child_forked_while_a_thread_probes_a_failed_server_gets_it_back(
+    fresh_redis_server: RedisServer,
+) -> None:
+    # The child inherited the probe's lock held by the parent's probing thread: it never
+    # asked the server again and answered as in an outage for good.
+    cache = RedisCache(port=fresh_redis_server.port, dead_timeout=0.001)
+    fresh_redis_server.kill()
+    assert cache.get("a") is None  # the server is now in its dead time
+    fresh_redis_server.restart()
+    fresh_redis_server.command("SET", "a", 7)  # a counter: read back as the int
+
+    def probing(frame: FrameType, event: str, arg: Any) -> bool:
+        return event == "call" and frame.f_code.co_name == "ping"
+
+    thread, go, _ = paused_in_thread(lambda: cache.get("a"), probing)
+    try:
+        child = forked(lambda: cache.get("a") == 7)
+    finally:
+        go.set()
+        thread.join(30)
+    assert exit_status(child) == 0, "the child never asked the server again"
+    assert cache.get("a") == 7

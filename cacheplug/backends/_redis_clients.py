@@ -255,6 +255,10 @@ class DeadServer:
         self._until = until
         self._probing = threading.Lock()
 
+    def after_fork_in_child(self) -> None:
+        """Drop the probe's lock, which a thread of the parent may have held at the fork."""
+        self._probing = threading.Lock()
+
     def restore(self) -> Any:
         """Put the real client back on the cache and return it."""
         setattr(self._cache, self._attribute, self._real)

@@ -568,6 +568,12 @@ class RedisCache(BaseCache):
                 self._once_client = DeadServer(self, "_once_client", self._once_client, until)
         super()._backend_error(operation, err)
 
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        for client in (self._client, self._once_client):
+            if isinstance(client, DeadServer):
+                client.after_fork_in_child()
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
