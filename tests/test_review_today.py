@@ -213,3 +213,30 @@ def test_a_child_forked_while_a_thread_probes_a_failed_server_gets_it_back(
         thread.join(30)
     assert exit_status(child) == 0, "the child never asked the server again"
     assert cache.get("a") == 7
+
+
+def test_a_child_forked_while_a_thread_connects_to_a_cluster_does_not_hang(
+    redis_cluster: Any,
+) -> None:
+    # The child inherited the lock the parent's thread held while it built the cluster
+    # client: the child's first call waited on it forever.
+    nodes = [s.address for s in redis_cluster.servers]
+    cache = RedisCache(startup_nodes=nodes, key_prefix=f"review-fork-{os.getpid()}:")
+
+    def connecting(frame: FrameType, event: str, arg: Any) -> bool:
+        return event == "call" and frame.f_code.co_name == "_cluster_client"
+
+    def answers_in_time() -> bool:
+        call = threading.Thread(target=cache.set, args=("a", 1), daemon=True)
+        call.start()
+        call.join(10)
+        return not call.is_alive()
+
+    thread, go, _ = paused_in_thread(lambda: cache.get("a"), connecting)
+    try:
+        child = forked(answers_in_time)
+    finally:
+        go.set()
+        thread.join(30)
+    assert exit_status(child) == 0, "the child's first call hung"
+    cache.clear()

@@ -67,6 +67,10 @@ class PendingCluster:
         self._connect: Callable[[], Any] = lambda: _cluster_client(nodes, password, kwargs)
         self._lock = threading.Lock()
 
+    def after_fork_in_child(self) -> None:
+        """Drop the lock, which a thread of the parent may have held at the fork."""
+        self._lock = threading.Lock()
+
     def __getattr__(self, name: str) -> Any:
         with self._lock:
             client = self._cache._client

@@ -570,6 +570,8 @@ class RedisCache(BaseCache):
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
+        if self._pending is not None:
+            self._pending.after_fork_in_child()
         for client in (self._client, self._once_client):
             if isinstance(client, DeadServer):
                 client.after_fork_in_child()
