@@ -754,3 +754,29 @@ def test_memoized_is_still_exported_by_core_base() -> None:
     assert base.Memoized is Memoized
     with pytest.raises(AttributeError, match="no attribute 'Memoised'"):
         getattr(base, "Memoised")  # noqa: B009
+
+
+def test_memoize_on_a_partial_names_it_the_same_in_every_process() -> None:
+    import functools
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    cache = SimpleCache()
+    plus_one = cache.memoize()(functools.partial(add, 1))
+    assert plus_one(2) == 3
+    # the partial's own repr shows an address: keys were different in each process
+    assert " at 0x" not in plus_one.cache_key(2)
+    assert plus_one.cache_key(2).startswith("memoize:test_base.")
+    assert plus_one.cache_key(2) != cache.memoize()(functools.partial(add, 2)).cache_key(2)
+    with pytest.raises(TypeError, match=r"argument 'b' is shown as <object object at 0x"):
+        plus_one(object())  # raised AttributeError ('Memoized' has no '__qualname__')
+    with pytest.raises(TypeError, match="the arguments it binds are shown by a memory address"):
+        cache.memoize()(functools.partial(add, object()))
+    code = (
+        "import functools, json\n"
+        "from cacheplug import SimpleCache\n"
+        "by_name = SimpleCache().memoize()(functools.partial(json.dumps, sort_keys=True))\n"
+        "print(by_name.cache_key([2]))\n"
+    )
+    assert run_python(code) == run_python(code)

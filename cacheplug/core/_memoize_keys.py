@@ -3,6 +3,7 @@ by a ``repr`` that is the same in every process, and the function's own name and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import re
@@ -234,7 +235,11 @@ def short_digest(text: str) -> str:
 
 
 def function_name(func: object) -> str:
-    """Module and qualified name, the same in every process; a lambda's code tells it apart."""
+    """Module and qualified name, the same in every process; a lambda's code tells it apart,
+    a ``functools.partial`` the arguments it binds (its repr shows an address)."""
+    if isinstance(func, functools.partial):
+        bound = stable_repr((func.args, sorted(func.keywords.items())), set())
+        return f"{function_name(func.func)}{bound}"
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or repr(func)
     code = getattr(func, "__code__", None)

@@ -76,7 +76,16 @@ class Memoized(Generic[P, R]):
         self.timeout = timeout
         self._signature = inspect.signature(func)
         self._binder = Binder(self._signature)
-        prefix = f"memoize:{function_name(func)}"
+        name = function_name(func)
+        if isinstance(func, functools.partial) and " at 0x" in name:
+            bound = (func.args, func.keywords)
+            if address_shown(bound, set()) is not None:
+                raise TypeError(
+                    f"cannot memoize {name}: the arguments it binds are shown by a memory "
+                    "address, which a later object can reuse and be served these results; "
+                    "bind values whose repr shows what identifies them"
+                )
+        prefix = f"memoize:{name}"
         closure = closure_text(func)
         if closure:
             prefix += f"~{short_digest(closure)}"
@@ -142,7 +151,7 @@ class Memoized(Generic[P, R]):
         address = address_shown(value, set())
         if address is not None:  # not merely text that looks like an address
             raise TypeError(
-                f"cannot memoize {self.__module__}.{self.__qualname__}(): {what} is shown as "
+                f"cannot memoize {function_name(self.uncached)}(): {what} is shown as "
                 f"{address}, a memory address that a later object can reuse and be served "
                 "this call's result; give its class a __repr__ that shows what identifies it "
                 "(a dataclass has one), or pass that identity instead"
