@@ -105,7 +105,7 @@ class _Target:
         url = self.url.redacted()
         cause = self.scrub(self._failure.cause)
         # redis-py's names for a refused login and for a command the ACL forbids
-        if cause.startswith("AuthenticationError"):
+        if cause.startswith("Authentication"):  # also AuthenticationWrongNumberOfArgsError
             message = (
                 f"the server at {url} refused the login: are the user name and password right?"
             )
