@@ -153,6 +153,12 @@ def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], clust
     if cluster:
         from redis.cluster import REDIS_ALLOWED_KEYS
 
+        if "connection_pool" in kwargs:  # redis-py would share it between all nodes
+            raise ConfigurationError(
+                "RedisCache with startup_nodes takes no connection_pool: every cluster node "
+                "needs its own; pass a ready RedisCluster as host instead"
+            )
+
         client = redis.RedisCluster
         driver = set(inspect.signature(client.__init__).parameters) | set(REDIS_ALLOWED_KEYS)
     else:
