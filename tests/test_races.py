@@ -1,5 +1,7 @@
-"""Defects found reviewing the day's changes to the backends, the CLI, Flask and URLs, each
-checked on real servers.
+"""Races pinned down on real servers: a fork at the exact moment another thread holds a lock or
+a half-registered descriptor, and calls made while an exception is being handled or cut short
+by one. Threads are paused at an exact point (sys.settrace/setprofile), so each race happens
+every run.
 """
 
 from __future__ import annotations
