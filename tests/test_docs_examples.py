@@ -892,6 +892,7 @@ SAMPLES = {
     "ssl_ca_path": "/etc/ssl/certs",
     "ssl_certfile": "/etc/ssl/client.pem",
     "ssl_keyfile": "/etc/ssl/client.key",
+    "ssl_password": "key-passphrase",
     "ssl_check_hostname": "false",
     "connect_timeout": "0.5",
     "timeout": "0.5",

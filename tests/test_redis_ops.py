@@ -29,6 +29,7 @@ from servers import RedisServer
 from waiting import paused_process, wait_until
 
 from cacheplug import RedisCache, from_url
+from cacheplug.core.url import parse_url
 
 
 def redis_from_url(url: str) -> RedisCache:
@@ -445,3 +446,14 @@ def test_rediss_with_a_client_certificate_from_the_url(tmp_path: pathlib.Path) -
         assert unverified.get("k") == [1]
         anonymous = redis_from_url(base)  # the server wants a client certificate
         assert test_redis.outage_answers(anonymous) == test_redis.OUTAGE
+        # a client key encrypted with a passphrase, given in the URL, never shown
+        locked = str(tmp_path / "client-key-locked.pem")
+        subprocess.run(
+            ["openssl", "pkey", "-in", client["key"], "-aes256", "-passout", "pass:k3y-phrase",
+             "-out", locked],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        url = f"{base}&ssl_certfile={client['cert']}&ssl_keyfile={locked}&ssl_password=k3y-phrase"
+        unlocked = from_url(url)
+        assert unlocked.get("k") == [1]
+        assert "k3y-phrase" not in repr(unlocked) + str(parse_url(url))

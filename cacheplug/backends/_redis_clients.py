@@ -61,6 +61,7 @@ URL_OPTIONS: Mapping[str, type] = {
     "ssl_ca_path": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
+    "ssl_password": str,
     "ssl_check_hostname": bool,
 }
 
