@@ -2,8 +2,7 @@
 
 Server specs (``"host:port"``, ``(host, port)``, unix socket paths), one pool of pymemcache
 clients per server with its health and namespace token, consistent hashing of keys onto
-servers, and the fork hook that keeps a child from sharing its
-parent's pooled sockets. pymemcache itself is never imported here: the backend passes its
+servers. pymemcache itself is never imported here: the backend passes its
 ``Client`` class in.
 """
 
@@ -11,10 +10,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import os
 import select
 import socket
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -56,7 +53,6 @@ class Server:
         self._max_idle = idle
         self.down_until = 0.0
         self.token: str | None = None
-        _live_servers.add(self)
 
     def acquire(self) -> Any:
         try:
@@ -80,19 +76,6 @@ class Server:
     def seen_token(self, token: str) -> str:
         self.token = token
         return token
-
-
-_live_servers: weakref.WeakSet[Server] = weakref.WeakSet()
-
-
-def _drop_inherited_connections() -> None:
-    """In a forked child: close its copies of the parent's pooled sockets, never to share them."""
-    for server in list(_live_servers):
-        server.discard_idle()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
 def make_servers(

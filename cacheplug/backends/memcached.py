@@ -575,6 +575,13 @@ class MemcachedCache(BaseCache):
         for server in self._servers:
             server.discard_idle()
 
+    def _after_fork_in_child(self) -> None:
+        """Close the child's copies of the parent's pooled sockets, never to share them."""
+        super()._after_fork_in_child()
+        # a fork while another thread was still building this cache: nothing pooled yet
+        for server in getattr(self, "_servers", ()):
+            server.discard_idle()
+
     def __repr__(self) -> str:
         names = ", ".join(server.name for server in self._servers)
         return f"{super().__repr__()[:-1]}, servers=[{names}])"
