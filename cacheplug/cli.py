@@ -29,8 +29,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 _MASK = "***"
 _MAX_DELAY_MS = 3_600_000.0  # an hour per call: more is surely a typo
-# what BaseCache._backend_error writes before the engine's error
-_CONTRACT_SAYS = "answering as the contract says: "
 
 
 class _Problem(Exception):
@@ -48,11 +46,14 @@ class _FirstFailure(logging.Filter):
     """
 
     def __init__(self) -> None:
+        from cacheplug.core.base import CONTRACT_SAYS
+
         super().__init__()
         self.cause = ""
+        self._said = CONTRACT_SAYS
 
     def filter(self, record: logging.LogRecord) -> bool:
-        _, said, cause = record.getMessage().partition(_CONTRACT_SAYS)
+        _, said, cause = record.getMessage().partition(self._said)
         if said and not self.cause:
             self.cause = cause
         return True

@@ -104,6 +104,9 @@ def normalize_timeout(timeout: object, default: float) -> float:
     )
 
 
+#: What an engine failure's log line says before the engine's error (``cacheplug check`` reads it).
+CONTRACT_SAYS = "answering as the contract says: "
+
 #: Every cache of this process, so a forked child can re-create their locks; keyed by id,
 #: as a backend defining ``__eq__`` alone is unhashable.
 _live_caches: weakref.WeakValueDictionary[int, BaseCache] = weakref.WeakValueDictionary()
@@ -475,7 +478,7 @@ class BaseCache(ABC):
         self._errors += 1
         self._log(
             "backend",
-            "%s.%s failed, answering as the contract says: %s: %s",
+            "%s.%s failed, " + CONTRACT_SAYS + "%s: %s",
             type(self).__name__,
             operation,
             type(err).__name__,
