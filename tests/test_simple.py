@@ -50,6 +50,25 @@ def test_least_recently_used_goes_first() -> None:
     assert cache.get_many("a", "b", "c", "d") == [1, None, 3, 4]
 
 
+@pytest.mark.parametrize(
+    "touch",
+    [
+        lambda cache: cache.set("a", 10),
+        lambda cache: cache.set("a", 10, timeout=0),
+        lambda cache: cache.set_many({"a": 10}),
+        lambda cache: cache.inc("a"),
+    ],
+    ids=["set", "set-forever", "set_many", "inc"],
+)
+def test_writing_a_key_makes_it_the_most_recently_used(touch: Any) -> None:
+    cache = SimpleCache(threshold=3)
+    cache.set_many({"a": 1, "b": 2, "c": 3})
+    touch(cache)  # a is rewritten in place, and now the most recently used
+    cache.set("d", 4)
+    assert cache.get("b") is None
+    assert cache.get("a") is not None and cache.get_many("c", "d") == [3, 4]
+
+
 def test_expired_entries_go_before_live_ones(clock: FakeClock) -> None:
     cache = SimpleCache(threshold=3, clock=clock)
     cache.set("old-but-live", 1, timeout=0)

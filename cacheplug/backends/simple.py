@@ -149,15 +149,19 @@ class SimpleCache(BaseCache):
     # -- storage, under the lock --------------------------------------------------------------
 
     def _put(self, key: str, entry: _Entry) -> None:
-        # pop + insert moves the key to the most recently used end in two dict operations.
-        self._place(key, entry, self._cache.pop(key, None))
+        self._place(key, entry, self._cache.get(key))
 
     def _place(self, key: str, entry: _Entry, old: _Entry | None) -> None:
-        """Store ``entry`` at the most recently used end; ``old`` was just popped for ``key``."""
+        """Store ``entry`` at the most recently used end; ``old`` is what ``key`` holds now."""
         cache = self._cache
-        if old is None and len(cache) >= self.threshold:
-            self._make_room()
-        cache[key] = entry
+        if old is None:
+            if len(cache) >= self.threshold:
+                self._make_room()
+            cache[key] = entry
+        else:
+            # overwrite + move_to_end: half the cost of pop + insert, which relinks a new node
+            cache[key] = entry
+            cache.move_to_end(key)
         # An old heap record bounds the new expiry from below unless there was none or the new
         # expiry is earlier; _make_room re-queues a record that fires too early.
         expires = entry[0]
@@ -258,12 +262,16 @@ class SimpleCache(BaseCache):
         lock = self._lock
         lock.acquire()
         try:
-            old = self._cache.pop(key, None)
+            cache = self._cache
+            old = cache.get(key)
             if expires is None:
+                if old is not None:
+                    del cache[key]
                 self._sets += 1
             elif old is not None and expires and old[0] and old[0] <= expires:
                 # an overwrite that expires no earlier: nothing to evict, its heap record holds
-                self._cache[key] = (expires, codec, payload)
+                cache[key] = (expires, codec, payload)
+                cache.move_to_end(key)
                 self._sets += 1
             else:
                 self._place(key, (expires, codec, payload), old)
