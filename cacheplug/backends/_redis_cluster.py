@@ -166,7 +166,7 @@ def node_pipelines(
             down and isinstance(reply, exceptions.ClusterDownError)
         ):
             try:
-                results[index] = client.execute_command(*commands[index])
+                results[index] = _resend(client, commands[index], reply)
             except failures as err:
                 results[index] = err
                 # the client waits 0.25 s before it gives up on each such command
@@ -175,6 +175,21 @@ def node_pipelines(
         with contextlib.suppress(*failures):
             client.nodes_manager.initialize()  # a failover may have moved its slots
     return results
+
+
+def _resend(client: Any, command: tuple[Any, ...], reply: Exception) -> Any:
+    """The reply to ``command`` sent again through ``client``, which follows redirections.
+
+    A node refuses an ``MGET`` on a slot in mid-migration (``ASK``, ``TRYAGAIN``) while its keys
+    are split between the two nodes, for as long as the migration lasts: its keys are then read
+    one by one, each where it is.
+    """
+    from redis import exceptions
+
+    moving = isinstance(reply, exceptions.AskError) and not isinstance(reply, exceptions.MovedError)
+    if command[0] == "MGET" and (moving or isinstance(reply, exceptions.TryAgainError)):
+        return [client.execute_command("GET", name) for name in command[1:]]
+    return client.execute_command(*command)
 
 
 def _fail(results: list[Any], indexes: Sequence[int], err: Exception) -> Exception:
