@@ -470,3 +470,34 @@ def test_constructor_parameters_in_cachelib_order(name: str) -> None:
     kinds = {p.kind for p in inspect.signature(getattr(cachelib, name)).parameters.values()}
     ours_kinds = {p.kind for p in inspect.signature(getattr(cacheplug, name)).parameters.values()}
     assert takes_extra not in kinds or takes_extra in ours_kinds
+
+
+@pytest.mark.parametrize("name", [*ENGINES, "NullCache"])
+def test_public_methods_take_cachelib_parameters_in_cachelib_order(name: str) -> None:
+    theirs, ours = getattr(cachelib, name), getattr(cacheplug, name)
+    for method in sorted(m for m in dir(theirs) if not m.startswith("_")):
+        if method == "import_preferred_memcache_lib" or not inspect.isfunction(
+            getattr(theirs, method)
+        ):
+            continue
+        expected = list(inspect.signature(getattr(theirs, method)).parameters)
+        got = list(inspect.signature(getattr(ours, method)).parameters)
+        assert got[: len(expected)] == expected, method
+
+
+def test_filesystem_cache_mgmt_element_entries_never_expire(tmp_path: Path) -> None:
+    # cachelib's FileSystemCache.set and delete take mgmt_element (its bookkeeping entries):
+    # such an entry is stored without expiry, whatever the timeout
+    def calls(cache: Any) -> list[Any]:
+        return [
+            cache.set("k", "v", -1, True),
+            cache.get("k"),
+            cache.set("j", [1], timeout=60, mgmt_element=True),
+            cache.get("j"),
+            cache.delete("k", True),
+            cache.delete("j", mgmt_element=True),
+            cache.get_many("k", "j"),
+        ]
+
+    expected = calls(cachelib.FileSystemCache(str(tmp_path / "theirs")))
+    assert calls(cacheplug.FileSystemCache(str(tmp_path / "ours"))) == expected

@@ -225,8 +225,12 @@ class FileSystemCache(BaseCache):
             self._hits += 1
         return value
 
-    def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
-        return self._write("set", *self._prepare(key, value, timeout))
+    def set(
+        self, key: str, value: Any, timeout: Timeout = None, mgmt_element: bool = False
+    ) -> bool:
+        """Store ``value``; with cachelib's ``mgmt_element`` (its bookkeeping entries), without
+        expiry whatever ``timeout`` says, as cachelib stores them."""
+        return self._write("set", *self._prepare(key, value, 0 if mgmt_element else timeout))
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
@@ -260,7 +264,8 @@ class FileSystemCache(BaseCache):
             return False
         return True
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, mgmt_element: bool = False) -> bool:
+        """Whether ``key`` existed and was deleted; cachelib's ``mgmt_element`` changes nothing."""
         check_key(key)
         path = self._path(key)
         try:
