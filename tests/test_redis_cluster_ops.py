@@ -7,6 +7,7 @@ behind the cache's back; the cache is never rebuilt.
 
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import threading
@@ -14,13 +15,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 from servers import RedisServer
 from waiting import wait_until
 
-from cacheplug import RedisCache
+from cacheplug import RedisCache, from_url
 
 WAIT = 30.0  # seconds; only reached when something is broken
 PASSWORD = "cluster-ops-pw"
+PREFIXES = ("gone", "stay")  # of the keys clear deletes, and of those it leaves
 WINDOW = 60  # calls of the workload while a slot is half-migrated, and again once it moved
 
 
@@ -32,6 +35,7 @@ class OpsCluster:
         self.password = password
         self.servers = [self._node() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
+        self._ids: dict[int, str] = {}
 
     def _node(self) -> RedisServer:
         config = {"repl-diskless-sync-delay": "0"}  # replicas sync at once, not after 5 s
@@ -76,19 +80,22 @@ class OpsCluster:
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def settled(self) -> bool:
-        """Every live node sees every node, all slots served, and each replica in sync."""
+        """Every live node sees every node and the same roles and slots, all slots are served
+        and each live replica is in sync."""
         live = self.live
         for server in live:
             info = self.cluster(server, "INFO")
             if "cluster_state:ok" not in info or f"known_nodes:{len(self.servers)}" not in info:
                 return False
-        table = self.table(live[0])
-        if sum(len(row["slots"]) for row in table if row["primary"]) != 16384:
+        views = [self.table(server) for server in live]
+        if any(view != views[0] for view in views):
             return False
-        replicas = [s for s in live if not self.row(s, table)["primary"]]
-        return len(replicas) == len(live) - sum(r["primary"] for r in table if r["live"]) and all(
+        if sum(len(row["slots"]) for row in views[0] if row["primary"]) != 16384:
+            return False
+        return all(
             b"master_link_status:up" in bytes(s.command("INFO", "replication"))  # type: ignore[arg-type]
-            for s in replicas
+            for s in live
+            if not self.row(s, views[0])["primary"]
         )
 
     def wait_settled(self) -> None:
@@ -114,31 +121,33 @@ class OpsCluster:
                     "slots": slots,
                 }
             )
-        return rows
+        return sorted(rows, key=lambda row: str(row["id"]))
 
     def row(self, server: RedisServer, table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return next(r for r in (table or self.table()) if r["port"] == server.port)
 
+    def node_id(self, server: RedisServer) -> str:
+        if server.port not in self._ids:
+            self._ids[server.port] = self.cluster(server, "MYID")
+        return self._ids[server.port]
+
     def server(self, node_id: str) -> RedisServer:
-        return next(s for s in self.servers if self.row(s)["id"] == node_id)
+        return next(s for s in self.servers if self.node_id(s) == node_id)
 
     def owner(self, key: str) -> RedisServer:
         """The primary serving ``key``'s slot."""
-        slot = self.slot(key)
+        slot = key_slot(key.encode())
         return self.server(next(r["id"] for r in self.table() if slot in r["slots"]))
 
-    def slot(self, key: str) -> int:
-        return int(self.cluster(self.live[0], "KEYSLOT", key))
-
     def replica_of(self, primary: RedisServer) -> RedisServer:
-        primary_id = self.row(primary)["id"]
+        primary_id = self.node_id(primary)
         return self.server(next(r["id"] for r in self.table() if r["of"] == primary_id))
 
     def begin_move(self, slot: int, target: RedisServer) -> RedisServer:
         """Mark ``slot`` as migrating to ``target``, its keys still on its source (returned)."""
         source = self.server(next(r["id"] for r in self.table() if slot in r["slots"]))
-        self.cluster(target, "SETSLOT", slot, "IMPORTING", self.row(source)["id"])
-        self.cluster(source, "SETSLOT", slot, "MIGRATING", self.row(target)["id"])
+        self.cluster(target, "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        self.cluster(source, "SETSLOT", slot, "MIGRATING", self.node_id(target))
         return source
 
     def migrate(self, source: RedisServer, target: RedisServer, *names: str) -> None:
@@ -147,8 +156,9 @@ class OpsCluster:
 
     def end_move(self, slot: int, source: RedisServer, target: RedisServer) -> None:
         """Give ``slot`` to ``target`` on every primary, target and source first."""
-        target_id = self.row(target)["id"]
-        rest = [s for s in self.live if s not in (source, target) and self.row(s)["primary"]]
+        target_id = self.node_id(target)
+        primaries = [self.server(r["id"]) for r in self.table() if r["primary"] and r["live"]]
+        rest = [s for s in primaries if s not in (source, target)]
         for server in (target, source, *rest):
             self.cluster(server, "SETSLOT", slot, "NODE", target_id)
 
@@ -206,7 +216,7 @@ def test_every_call_on_a_slot_in_mid_migration_answers_as_before(
     keys = tagged(1, 10)
     assert cache.set_many({key: key for key in keys}) == keys
     assert cache.inc(keys[0] + ":n") == 1
-    slot = cluster.slot("mid" + keys[0])
+    slot = key_slot(("mid" + keys[0]).encode())
     target = next(s for s in cluster.servers if s is not cluster.owner("mid" + keys[0]))
     source = cluster.begin_move(slot, target)
     # half of the keys on each side: MGET of both halves gets TRYAGAIN, one key ASK
@@ -300,7 +310,7 @@ def test_resharding_under_load_keeps_every_answer_right(
         primaries = list(cluster.servers)
         for step in range(3):
             for group in groups:
-                slot = cluster.slot("load:" + group[0])
+                slot = key_slot(("load:" + group[0]).encode())
                 owner = cluster.owner("load:" + group[0])
                 target = primaries[(primaries.index(owner) + 1 + step) % len(primaries)]
                 if target is not owner:
@@ -314,3 +324,158 @@ def test_resharding_under_load_keeps_every_answer_right(
     assert [cache.get(f"{{c{n}}}") for n in range(threads)] == [c or None for c in counted]
     assert cache.get_many(*keys) == [cache.get(key) for key in keys]
     assert cache.stats()["errors"] == 0
+
+
+# -- 3. a new node -----------------------------------------------------------------------------
+
+
+def test_a_primary_added_and_given_slots_is_found_without_a_restart(
+    clusters: Callable[..., OpsCluster],
+) -> None:
+    cluster = clusters()
+    cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="grow:")
+    keys = [f"k{i}" for i in range(60)]
+    assert cache.set_many({key: key for key in keys}) == keys
+    assert cache.inc("n") == 1
+    new = cluster.add_primary()
+    slots = sorted({key_slot(("grow:" + key).encode()) for key in [*keys, "n"]})
+    for slot in [key_slot(b"grow:n"), *slots[::2]]:
+        cluster.move_slot(slot, new)
+    held = cluster.names(new, key_slot(b"grow:n"), 10)
+    assert held == ["grow:n"]
+    assert cache.get_many(*keys) == keys
+    assert [cache.get(key) for key in keys] == keys
+    assert cache.inc("n") == 2
+    assert cache.set_many({key: key + "2" for key in keys}) == keys
+    assert cache.get_dict(*keys) == {key: key + "2" for key in keys}
+    assert cache.add("n", 0) is False
+    assert cache.delete_many(*keys) == keys
+    assert cache.stats()["errors"] == 0
+    assert new.command("DBSIZE") == 1  # the counter; the keys it got were deleted there
+
+
+# -- 5. clear after the topology changed ----------------------------------------------------------
+
+
+CLEARED = [f"k{i}" for i in range(300)]
+
+
+def slots_of(keys: list[str]) -> list[int]:
+    """The slots of ``keys`` under both prefixes of the ``clear`` test."""
+    return sorted({key_slot(f"{prefix}:{key}".encode()) for key in keys for prefix in PREFIXES})
+
+
+def reshard(cluster: OpsCluster) -> None:
+    """Move a third of the keys' slots of the first primary to the second."""
+    first, second = cluster.servers[:2]
+    for slot in sorted(set(slots_of(CLEARED[::3])) & cluster.row(first)["slots"]):
+        cluster.move_slot(slot, second)
+
+
+def scale_out(cluster: OpsCluster) -> None:
+    """Add a primary and move to it the slots of a quarter of the keys."""
+    new = cluster.add_primary()
+    for slot in slots_of(CLEARED[::4]):
+        cluster.move_slot(slot, new)
+
+
+def fail_over(cluster: OpsCluster, replica: RedisServer | None = None) -> None:
+    """Promote ``replica`` (by default the first primary's) with ``CLUSTER FAILOVER``."""
+    replica = replica or cluster.replica_of(cluster.servers[0])
+    cluster.cluster(replica, "FAILOVER")
+    wait_until(lambda: promoted(cluster, replica), WAIT)
+    cluster.wait_settled()
+
+
+@pytest.mark.parametrize(
+    ("change", "replicas"),
+    [(reshard, 0), (scale_out, 0), (fail_over, 1)],
+    ids=["resharded", "scaled-out", "failed-over"],
+)
+def test_clear_reaches_every_primary_after_the_topology_changed(
+    clusters: Callable[..., OpsCluster], change: Callable[[OpsCluster], None], replicas: int
+) -> None:
+    cluster = clusters(replicas=replicas)
+    # clients that learnt the topology before the change and have not been used since
+    gone, stay = PREFIXES
+    prefixed = RedisCache(startup_nodes=cluster.nodes, key_prefix=f"{gone}:")
+    plain = RedisCache(startup_nodes=cluster.nodes)
+    other = RedisCache(startup_nodes=cluster.nodes, key_prefix=f"{stay}:")
+    keys = CLEARED
+    for cache in (prefixed, other):
+        assert cache.set_many(dict.fromkeys(keys, 1)) == keys
+    assert plain.get("k") is None
+    change(cluster)
+
+    def count(pattern: str) -> list[int]:
+        primaries = [s for s in cluster.live if cluster.row(s)["primary"]]
+        return [len(s.command("KEYS", pattern)) for s in primaries]  # type: ignore[arg-type]
+
+    assert all(count("gone:*")), "keys under the prefix on every primary, new ones included"
+    assert prefixed.clear() is True
+    assert sum(count("gone:*")) == 0
+    assert sum(count("stay:*")) == len(keys)
+    assert plain.clear() is True
+    assert sum(count("*")) == 0
+    assert (prefixed.stats()["errors"], plain.stats()["errors"]) == (0, 0)
+
+
+# -- 2. failover ---------------------------------------------------------------------------------
+
+
+def promoted(cluster: OpsCluster, replica: RedisServer) -> bool:
+    """Whether ``replica`` took over as a primary, as it sees itself."""
+    return bool(cluster.row(replica, cluster.table(replica))["primary"])
+
+
+def test_a_graceful_then_a_hard_failover_answer_outage_values_then_recover_by_themselves(
+    clusters: Callable[..., OpsCluster], caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = clusters(replicas=1, password=PASSWORD)
+    cache = from_url(cluster.url.replace("//", f"//:{PASSWORD}@") + "?key_prefix=fo:")
+    assert isinstance(cache, RedisCache)
+    keys = [f"k{i}" for i in range(60)]
+    assert cache.set_many({key: key for key in keys}) == keys
+    assert cache.inc("n") == 1
+    caplog.set_level(logging.WARNING, logger="cacheplug")
+
+    # graceful: the replica takes over with every write the primary had
+    replica = cluster.replica_of(cluster.owner("fo:n"))
+    fail_over(cluster, replica)
+    assert cache.get_many(*keys) == keys
+    assert cache.inc("n") == 2
+    assert cache.set_many({key: key + "2" for key in keys}) == keys
+    assert cache.stats()["errors"] == 0
+
+    # hard: the new primary killed; its replica (the old primary) takes over after node-timeout
+    victim, heir = replica, cluster.replica_of(replica)
+    assert victim.command("WAIT", 1, int(WAIT * 1000)) == 1  # the replica has every write
+    count = 2
+    victim.kill()
+    outages = 0
+    while not promoted(cluster, heir):
+        got, new = cache.get("n"), cache.inc("n")
+        assert got in (None, count)
+        if new is None:
+            outages += 1
+        else:
+            count += 1
+            assert new == count
+        assert all(
+            v in (None, key + "2") for key, v in zip(keys, cache.get_many(*keys), strict=True)
+        )
+        assert set(cache.set_many({key: key + "2" for key in keys[:10]})) <= set(keys[:10])
+        assert cache.set("x", 1) in (True, False)
+        assert cache.add("y", 1) in (True, False)
+        assert cache.has("x") in (True, False)
+    assert outages > 0
+    assert wait_until(lambda: cache.inc("n") is not None, WAIT) < WAIT
+    assert cache.get("n") == count + 1  # no increment lost, none counted twice
+    assert wait_until(lambda: cache.get_many(*keys) == [key + "2" for key in keys], WAIT)
+    assert cache.set_many(dict.fromkeys(keys, 3)) == keys
+    assert cache.delete_many(*keys) == keys
+    assert cache.clear() is True
+    assert cache.stats()["errors"] >= outages
+    lines = [r.getMessage() for r in caplog.records if r.name == "cacheplug"]
+    assert len(lines) == 1, lines  # one line for the whole outage
+    assert PASSWORD not in caplog.text + repr(cache)

@@ -15,7 +15,7 @@ from cacheplug.core.errors import ConfigurationError
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
 
-__all__ = ["PendingCluster", "cluster_nodes", "mget", "node_pipelines"]
+__all__ = ["PendingCluster", "cluster_nodes", "mget", "node_pipelines", "refresh"]
 
 
 def cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tuple[str, int]]:
@@ -77,6 +77,16 @@ class PendingCluster:
             if client is self:
                 client = self._cache._client = self._connect()
         return getattr(client, name)
+
+
+def refresh(client: Any) -> None:
+    """Ask the cluster for its nodes and slots now.
+
+    Commands for every primary (``FLUSHDB``, ``SCAN``) go to the primaries the client knows: a
+    node that joined since it last asked would be left out, and a primary turned replica by a
+    failover would refuse to be flushed.
+    """
+    client.nodes_manager.initialize()
 
 
 def mget(

@@ -342,6 +342,8 @@ class RedisCache(BaseCache):
 
     def clear(self) -> bool:
         try:
+            if self._cluster:
+                cluster.refresh(self._client)
             prefix = self.key_prefix
             if not prefix:
                 self._client.flushdb()
