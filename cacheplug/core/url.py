@@ -190,12 +190,15 @@ def _parse(url: str) -> CacheURL:
 
 
 def _parse_query(text: str, shown: str) -> dict[str, str]:
+    pairs: list[tuple[str, str]] | None
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
-    except ValueError as err:
+    except ValueError:
+        pairs = None
+    if pairs is None:  # raised out here: urllib's error, even as context, shows the bad field
         raise ConfigurationError(
             f"malformed query in cache URL {shown!r}: expected 'option=value&...'"
-        ) from err
+        )
     query: dict[str, str] = {}
     for name, value in pairs:
         if name in query:
@@ -293,23 +296,31 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ConfigurationError(f"option {name!r} must be an int, got {shown}") from None
+            pass
+        # out of the except block: the ValueError, kept as context, would show the text
+        raise ConfigurationError(f"option {name!r} must be an int, got {shown}")
     if kind is float:
         try:
             return int(text)
         except ValueError:
             pass
         try:
-            number = float(text)
+            number: float | None = float(text)
         except ValueError:
-            raise ConfigurationError(f"option {name!r} must be a number, got {shown}") from None
+            number = None
+        if number is None:
+            raise ConfigurationError(f"option {name!r} must be a number, got {shown}")
         if not math.isfinite(number):
             raise ConfigurationError(f"option {name!r} must be a finite number, got {shown}")
         return number
     try:
         return kind(text)
     except (TypeError, ValueError) as err:
-        raise ConfigurationError(f"option {name!r} must be a {kind.__name__}, got {shown}") from err
+        if shown != _MASK:
+            raise ConfigurationError(
+                f"option {name!r} must be a {kind.__name__}, got {shown}"
+            ) from err
+    raise ConfigurationError(f"option {name!r} must be a {kind.__name__}, got {shown}")
 
 
 def _per_class(compute: Callable[[type[BaseCache]], T]) -> Callable[[type[BaseCache]], T]:
