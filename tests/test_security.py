@@ -7,24 +7,37 @@ files and links; memoize keys of different calls never meet.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import io
 import logging
 import pathlib
 import pickle
+import secrets
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-from servers import RedisServer
+import redis
+from pymemcache.client.base import Client
+from servers import MemcachedServer, RedisServer
 
 from cacheplug import (
+    BaseCache,
     ConfigurationError,
+    FileSystemCache,
+    JSONSerializer,
+    MemcachedCache,
+    MsgpackSerializer,
     PluginError,
     RedisCache,
     SimpleCache,
     from_url,
 )
+from cacheplug.backends._memcached_counters import FLAG_SERIALIZED
 from cacheplug.cli import main
 
 SECRET = "Zr9qK"  # distinctive: any piece of a URL's secrets in a text is found
@@ -170,3 +183,228 @@ def test_secret_from_the_environment_is_never_shown(
     assert status == 0
     assert "signed=True" in shown
     assert SECRET not in shown + repr(cache) + caplog.text
+
+
+# -- signed payloads: forged entries never run ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Unpickling it creates a file: proof that a payload reached ``pickle.loads``."""
+
+    path: pathlib.Path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path.touch, (self.path,))
+
+
+def signed(data: bytes, secret: str = SIGNING_KEY) -> bytes:
+    """``data`` as a cache with ``secret`` and the pickle serializer stores it."""
+    return hmac.digest(secret.encode(), data, hashlib.sha256) + data
+
+
+@dataclass
+class Store:
+    """A real store, its caches, and a way to write raw payloads into it as a cache would."""
+
+    name: str
+    make: Callable[..., BaseCache]
+    forge: Callable[[BaseCache, str, bytes], None]
+
+
+def _forge_redis(raw: redis.Redis, prefix: str) -> Callable[[BaseCache, str, bytes], None]:
+    def forge(cache: BaseCache, key: str, payload: bytes) -> None:
+        raw.set(prefix + key, payload)
+
+    return forge
+
+
+def _forge_memcached(raw: Client) -> Callable[[BaseCache, str, bytes], None]:
+    def forge(cache: BaseCache, key: str, payload: bytes) -> None:
+        assert raw.set(key, payload, flags=FLAG_SERIALIZED) is True
+
+    return forge
+
+
+def _forge_file(directory: pathlib.Path) -> Callable[[BaseCache, str, bytes], None]:
+    def forge(cache: BaseCache, key: str, payload: bytes) -> None:
+        # the entry file a set makes for key, its payload replaced (header: magic and expiry)
+        cache.delete(key)
+        before = set(directory.glob("cp-*"))
+        assert cache.set(key, "placeholder", 0) is True
+        (entry,) = set(directory.glob("cp-*")) - before
+        entry.write_bytes(entry.read_bytes()[:12] + payload)
+
+    return forge
+
+
+@pytest.fixture(params=["redis", "memcached", "file"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    monkeypatch.delenv("CACHEPLUG_SECRET", raising=False)
+    made: list[BaseCache] = []
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        prefix = f"security-{secrets.token_hex(4)}:"
+        raw = redis.Redis(port=server.port)
+
+        def make(**options: Any) -> BaseCache:
+            return RedisCache(port=server.port, key_prefix=prefix, **options)
+
+        forge = _forge_redis(raw, prefix)
+    elif request.param == "memcached":
+        memcached: MemcachedServer = request.getfixturevalue("memcached_server")
+        memcached.flush()
+        raw_mc = Client(memcached.address, default_noreply=False)
+
+        def make(**options: Any) -> BaseCache:
+            return MemcachedCache([f"{memcached.host}:{memcached.port}"], **options)
+
+        forge = _forge_memcached(raw_mc)
+    else:
+
+        def make(**options: Any) -> BaseCache:
+            return FileSystemCache(tmp_path / "store", **options)
+
+        forge = _forge_file(tmp_path / "store")
+
+    def tracked(**options: Any) -> BaseCache:
+        cache = make(**options)
+        made.append(cache)
+        return cache
+
+    yield Store(request.param, tracked, forge)
+    for cache in made:
+        cache.clear()
+        cache.close()
+
+
+def reads_of(cache: BaseCache, key: str, marker: pathlib.Path) -> dict[str, Any]:
+    """What every reading method answers for ``key``; none may unpickle a forged payload."""
+    answers: dict[str, Any] = {
+        "get": cache.get(key),
+        "get_many": cache.get_many(key, "missing"),
+        "get_dict": cache.get_dict(key),
+        "has": cache.has(key),
+    }
+    try:
+        answers["inc"] = cache.inc(key)
+    except TypeError:
+        answers["inc"] = TypeError
+    assert not marker.exists(), "a forged payload was unpickled"
+    return answers
+
+
+def test_a_forged_pickle_never_runs_on_a_signed_cache(store: Store, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(Marker(marker))
+    cache = store.make(secret=SIGNING_KEY)
+    genuine = signed(pickle.dumps({"amount": 10}))
+    forgeries = {
+        "unsigned": evil,
+        "signed with another secret": signed(evil, "another-secret"),
+        "a valid signature on other bytes": genuine[:32] + evil,
+        "tampered": genuine[:-2] + bytes([genuine[-2] ^ 1]) + genuine[-1:],
+        "truncated": genuine[:40],
+        "signature only": genuine[:32],
+        "shorter than a signature": genuine[:7],
+        "empty": b"",
+    }
+    errors = cache.stats()["errors"]
+    for name, payload in forgeries.items():
+        store.forge(cache, "evil", payload)
+        answers = reads_of(cache, "evil", marker)
+        assert answers["get"] is None, name
+        assert answers["get_many"] == [None, None], name
+        assert answers["get_dict"] == {"evil": None}, name
+        assert answers["inc"] is TypeError, name  # unreadable: no counter...
+        assert answers["has"] is True and cache.has("evil") is True, name  # ...and it stays
+        store.forge(cache, "evil", payload)
+        assert cache.get_or_set("evil", lambda: "fresh", 60) == "fresh", name
+    assert cache.stats()["errors"] > errors
+
+    @cache.memoize(timeout=60)
+    def balance(user: str) -> int:
+        return len(user)
+
+    store.forge(cache, balance.cache_key("ada"), evil)
+    assert balance("ada") == 3
+    assert not marker.exists()
+    # The same bytes do run where nothing verifies them: the forgery above is a real threat.
+    store.forge(cache, "evil", evil)
+    store.make(secret=None).get("evil")
+    assert marker.exists()
+
+
+def test_a_genuine_signed_payload_still_reads(store: Store) -> None:
+    cache = store.make(secret=SIGNING_KEY)
+    store.forge(cache, "ours", signed(pickle.dumps({"amount": 10})))
+    assert cache.get("ours") == {"amount": 10}
+
+
+def profile_of(text: str) -> dict[str, Any]:
+    """A user's profile with 10 fields: msgpack starts it with 0x8a, pickle's LONG1 opcode, which
+    swallows the next 0xa1 bytes (field name, the str16 header of its text and 157 characters),
+    so pickle reads on from ``text``; what follows pickle's STOP is ignored."""
+    profile: dict[str, Any] = {"a": "A" * 157 + text.ljust(256, "B")}
+    profile.update((f"field{n}", n) for n in range(9))
+    return profile
+
+
+def test_a_value_signed_through_another_serializer_never_verifies(
+    store: Store, tmp_path: pathlib.Path
+) -> None:
+    """A deployment switching serializers runs both against one store with one secret. The
+    msgpack bytes of a profile whose text a user chose unpickled to a call of os.system."""
+    marker = tmp_path / "pwned"
+    gadget = f"cposix\nsystem\n(S'touch {marker}'\ntR."
+    writer = store.make(secret=SIGNING_KEY, serializer="msgpack")
+    assert writer.set("profile", profile_of(gadget)) is True
+    assert writer.get("profile") == profile_of(gadget)
+    reader = store.make(secret=SIGNING_KEY)  # pickle
+    assert reads_of(reader, "profile", marker)["get"] is None
+    for serializer in ("json", "msgpack"):
+        assert store.make(secret=SIGNING_KEY, serializer=serializer).set("value", [1, "x"])
+        assert reader.get("value") is None
+        other = "json" if serializer == "msgpack" else "msgpack"
+        assert store.make(secret=SIGNING_KEY, serializer=other).get("value") is None
+    assert not marker.exists()
+    # without a secret nothing tells them apart: docs/security.md says so
+    store.make(serializer="msgpack").set("profile", profile_of(gadget))
+    store.make().get("profile")
+    assert marker.exists()
+    assert "same serializer" in DOCS.read_text()
+
+
+def test_a_reassigned_serializer_signs_and_verifies_for_itself(tmp_path: pathlib.Path) -> None:
+    """``serializer`` is reassignable (as in cachelib): the MAC follows it."""
+    marker = tmp_path / "pwned"
+    cache = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY, serializer="msgpack")
+    assert cache.set("k", [1, 2]) is True
+    cache.serializer = MsgpackSerializer()  # another object of the same serializer
+    assert cache.get("k") == [1, 2]
+    cache.serializer = JSONSerializer()
+    assert cache.get("k") is None
+    assert cache.set("j", [3]) is True
+    assert FileSystemCache(tmp_path / "store", secret=SIGNING_KEY, serializer="json").get("j") == [
+        3
+    ]
+    pickled = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY)
+    assert pickled.get("j") is None
+    was_pickle = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY)
+    was_pickle.serializer = MsgpackSerializer()
+    was_pickle.set("profile", profile_of(f"cposix\nsystem\n(S'touch {marker}'\ntR."))
+    assert pickled.get("profile") is None
+    assert not marker.exists()
+
+
+def test_a_signed_entry_copied_under_another_key_reads_there_as_documented(store: Store) -> None:
+    """The MAC covers the payload, not the key it is stored under: whoever can write the store
+    can move a genuine value to another key. docs/security.md says so."""
+    cache = store.make(secret=SIGNING_KEY)
+    store.forge(cache, "user:2:role", signed(pickle.dumps("admin")))
+    assert cache.get("user:2:role") == "admin"
+    store.forge(cache, "user:1:role", signed(pickle.dumps("admin")))
+    assert cache.get("user:1:role") == "admin"
+    assert "not bound to its key" in DOCS.read_text()

@@ -53,12 +53,13 @@ class PayloadSigner:
     the result is byte for byte the same.
     """
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, context: bytes = b"") -> None:
         block_size = hashlib.sha256().block_size
         if len(secret) > block_size:
             secret = hashlib.sha256(secret).digest()
         block = secret.ljust(block_size, b"\0")
-        self._inner = hashlib.sha256(block.translate(_IPAD))
+        # every MAC covers ``context`` before the payload: HMAC(secret, context + data)
+        self._inner = hashlib.sha256(block.translate(_IPAD) + context)
         self._outer = hashlib.sha256(block.translate(_OPAD))
 
     def sign(self, data: bytes) -> bytes:
@@ -68,6 +69,49 @@ class PayloadSigner:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+
+def signing_context(serializer: object) -> bytes:
+    """What a payload's MAC covers before its bytes: the serializer's name (nothing for pickle).
+
+    An entry signed through one serializer then never verifies for a cache reading with
+    another: the bytes of a msgpack value holding a user's text can be a pickle that runs code.
+    """
+    name = serializer_name(serializer)
+    if name == "pickle":
+        return b""
+    return b"cacheplug-serializer:" + name.encode("utf-8", "surrogatepass") + b"\0"
+
+
+class CacheSigner:
+    """The signer of one cache, keyed to the serializer the cache has at each call, as
+    ``serializer`` is reassignable."""
+
+    __slots__ = ("_cache", "_keyed", "_secret")
+
+    def __init__(self, cache: BaseCache, secret: bytes) -> None:
+        # a proxy, not the cache: a cycle would keep a dropped cache (and its sockets) alive
+        self._cache = weakref.proxy(cache)
+        self._secret = secret
+        # (serializer, its signer's hash states), replaced as one so threads never mix them
+        self._keyed = self._rekey(cache.serializer)
+
+    def _rekey(self, serializer: object) -> tuple[object, Any, Any]:
+        signer = PayloadSigner(self._secret, signing_context(serializer))
+        self._keyed = (serializer, signer._inner, signer._outer)
+        return self._keyed
+
+    def sign(self, data: bytes) -> bytes:
+        """The 32-byte HMAC-SHA256 of the serializer's context and ``data``."""
+        serializer, inner, outer = self._keyed
+        if serializer is not self._cache.serializer:
+            serializer, inner, outer = self._rekey(self._cache.serializer)
+        inner = inner.copy()
+        inner.update(data)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        signature: bytes = outer.digest()
+        return signature
 
 
 #: The longest timeout in seconds (about 285 million years); a longer int counts as this
@@ -186,7 +230,7 @@ class BaseCache(ABC):
             secret = secret.encode()
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ConfigurationError("secret must be a non-empty str or bytes")
-        self._signer = PayloadSigner(secret) if secret is not None else None
+        self._signer = CacheSigner(self, secret) if secret is not None else None
         self._hits = self._misses = self._sets = self._deletes = 0
         self._errors = self._evictions = 0
         self._flights: dict[str, list[Any]] = {}
