@@ -11,9 +11,11 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import pathlib
 import pickle
 import secrets
+import stat
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -408,3 +410,110 @@ def test_a_signed_entry_copied_under_another_key_reads_there_as_documented(store
     store.forge(cache, "user:1:role", signed(pickle.dumps("admin")))
     assert cache.get("user:1:role") == "admin"
     assert "not bound to its key" in DOCS.read_text()
+
+
+# -- the cache directory ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode_of(path: pathlib.Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize(("mode", "directories"), [(None, 0o700), (0o640, 0o750), (0o660, 0o770)])
+def test_directories_it_creates_let_in_only_whom_mode_lets_read_whatever_the_umask(
+    tmp_path: pathlib.Path, mode: int | None, directories: int
+) -> None:
+    """With umask 0 they were 0o777: any local user could plant an entry that unpickles."""
+    for mask in (0, 0o022):
+        top = tmp_path / f"umask{mask}"
+        with umask(mask):
+            cache = FileSystemCache(top / "app" / "cache", mode=mode)
+            assert cache.set("k", 1) is True
+        assert mode_of(top / "app") == directories
+        assert mode_of(top / "app" / "cache") == directories
+        files = {mode_of(path) for path in (top / "app" / "cache").iterdir()}
+        assert files == {mode or 0o600}  # the entry and the lock file
+
+
+def test_an_existing_directory_keeps_its_mode(tmp_path: pathlib.Path) -> None:
+    tmp_path.chmod(0o755)
+    FileSystemCache(tmp_path).set("k", 1)
+    assert mode_of(tmp_path) == 0o755
+
+
+@pytest.fixture
+def planted(tmp_path: pathlib.Path) -> tuple[FileSystemCache, pathlib.Path, pathlib.Path]:
+    """A cache, the path of its entry for "k", and a file outside the directory."""
+    directory = tmp_path / "cache"
+    cache = FileSystemCache(directory, secret=None)
+    before = set(directory.iterdir())
+    cache.set("k", "ours")
+    (entry,) = set(directory.iterdir()) - before - {*directory.glob(".cacheplug-*.lock")}
+    outside = tmp_path / "outside"
+    outside.write_bytes(entry.read_bytes()[:12] + pickle.dumps("planted"))  # a valid entry
+    entry.unlink()
+    return cache, entry, outside
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_a_link_planted_at_an_entry_never_reaches_outside(
+    planted: tuple[FileSystemCache, pathlib.Path, pathlib.Path], link: str
+) -> None:
+    cache, entry, outside = planted
+    content = outside.read_bytes()
+
+    def plant() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+        (entry.symlink_to if link == "symlink" else entry.hardlink_to)(outside)
+
+    plant()
+    if link == "symlink":  # never followed: a symlink is no entry
+        assert cache.get("k") is None
+        assert cache.has("k") is False
+    assert cache.set("k", "new") is True
+    assert cache.get("k") == "new"
+    assert not entry.is_symlink()
+    plant()
+    cache.delete("k")
+    assert not entry.exists() and not entry.is_symlink()
+    plant()
+    assert cache.clear() is True
+    assert not entry.exists() and not entry.is_symlink()
+    assert outside.read_bytes() == content
+
+
+def test_a_symlink_planted_at_the_lock_file_is_dropped_not_written_through(
+    planted: tuple[FileSystemCache, pathlib.Path, pathlib.Path],
+) -> None:
+    cache, entry, outside = planted
+    content = outside.read_bytes()
+    (lock,) = entry.parent.glob(".cacheplug-*.lock")
+    lock.unlink()
+    lock.symlink_to(outside)
+    assert cache.set("k", 1) is True
+    assert cache.inc("n") == 1
+    assert not lock.is_symlink()
+    assert outside.read_bytes() == content
+
+
+def test_a_world_writable_directory_cannot_make_a_signed_cache_unpickle(
+    tmp_path: pathlib.Path,
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o1777)
+    cache = FileSystemCache(directory, secret=SIGNING_KEY)
+    marker = tmp_path / "pwned"
+    _forge_file(directory)(cache, "k", pickle.dumps(Marker(marker)))
+    assert cache.get("k") is None
+    assert not marker.exists()

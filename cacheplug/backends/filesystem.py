@@ -730,7 +730,7 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
             f"cache_dir {path!r} exists and is not a directory; give a directory path"
         )
     try:
-        os.makedirs(path, exist_ok=True)
+        _make_dirs(path, _dir_mode_for(mode))
         probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
         fd = os.open(probe, _WRITE_FLAGS, mode)
         created_mode = stat.S_IMODE(os.fstat(fd).st_mode)
@@ -742,6 +742,28 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
             f"directory this process may create files in"
         ) from err
     return path, created_mode
+
+
+def _dir_mode_for(mode: int) -> int:
+    """Permissions for a directory of entries with ``mode``: search for those who may read,
+    write and search for those who may write, nothing for the others (0o600 gives 0o700)."""
+    return (mode & 0o666) | (mode & 0o444) >> 2 | (mode & 0o222) >> 1
+
+
+def _make_dirs(path: str, mode: int) -> None:
+    """Create ``path`` and its missing parents with ``mode`` whatever the umask: with umask 0,
+    ``os.makedirs`` gives 0o777, and whoever may write the directory may plant entries there.
+
+    :raises OSError: a directory cannot be created.
+    """
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        _make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return  # there already (a file there is refused by the caller's own checks)
+    os.chmod(path, mode)
 
 
 @hookimpl
