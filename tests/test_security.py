@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymemcache.client.base import Client
 from servers import MemcachedServer, RedisServer
 
@@ -517,3 +519,62 @@ def test_a_world_writable_directory_cannot_make_a_signed_cache_unpickle(
     _forge_file(directory)(cache, "k", pickle.dumps(Marker(marker)))
     assert cache.get("k") is None
     assert not marker.exists()
+
+
+# -- memoize keys ----------------------------------------------------------------------------------
+
+_TEXT = st.text(alphabet="ab'\",:()[]{}\\ =~-_0", max_size=8)
+_ARGUMENT = st.one_of(
+    _TEXT,
+    st.integers(-3, 3),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=3),
+    st.floats(allow_nan=False, width=16),
+    st.tuples(_TEXT, st.integers(-2, 2)),
+    st.lists(_TEXT, max_size=2),
+    st.frozensets(_TEXT, max_size=2),
+    st.dictionaries(_TEXT, st.integers(0, 2), max_size=2),
+)
+
+
+def _canonical(value: object) -> object:
+    """``value`` as memoize must tell it apart: by type and content (equal sets/dicts are one)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_canonical(item) for item in value))
+    if isinstance(value, frozenset):
+        return ("frozenset", frozenset(_canonical(item) for item in value))
+    if isinstance(value, dict):
+        return ("dict", frozenset((k, _canonical(v)) for k, v in value.items()))
+    if isinstance(value, float) and value == 0:
+        return ("float", str(value))  # -0.0 and 0.0: two reprs, two keys
+    return (type(value).__name__, value)
+
+
+_memo_cache = SimpleCache()
+
+
+@_memo_cache.memoize(timeout=60)
+def _lookup(user: Any, *rest: Any, scope: Any = "", **extra: Any) -> None:
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_ARGUMENT, min_size=1, max_size=3),
+    st.lists(_ARGUMENT, min_size=1, max_size=3),
+    st.dictionaries(st.sampled_from(["scope", "x", "user_"]), _ARGUMENT, max_size=2),
+    st.dictionaries(st.sampled_from(["scope", "x", "user_"]), _ARGUMENT, max_size=2),
+)
+def test_memoize_keys_of_different_calls_never_meet(
+    first: list[Any], second: list[Any], first_kw: dict[str, Any], second_kw: dict[str, Any]
+) -> None:
+    """Arguments holding quotes, commas, brackets or the key's separators cannot make one
+    user's call answer another's."""
+    one = ([_canonical(v) for v in first], {k: _canonical(v) for k, v in first_kw.items()})
+    two = ([_canonical(v) for v in second], {k: _canonical(v) for k, v in second_kw.items()})
+    one[1].setdefault("scope", _canonical(""))
+    two[1].setdefault("scope", _canonical(""))
+    same_call = one == two
+    same_key = _lookup.cache_key(*first, **first_kw) == _lookup.cache_key(*second, **second_kw)
+    assert same_key == same_call
