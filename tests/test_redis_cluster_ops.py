@@ -479,3 +479,37 @@ def test_a_graceful_then_a_hard_failover_answer_outage_values_then_recover_by_th
     lines = [r.getMessage() for r in caplog.records if r.name == "cacheplug"]
     assert len(lines) == 1, lines  # one line for the whole outage
     assert PASSWORD not in caplog.text + repr(cache)
+
+
+# -- 4. a client built while a node was down -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dead_slot", [0, 16383], ids=["first-slots-node", "last-slots-node"])
+def test_a_client_built_while_a_node_was_down_serves_the_others_and_then_all(
+    clusters: Callable[..., OpsCluster], dead_slot: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = clusters()
+    for server in cluster.servers:  # live nodes keep their slots while one is down
+        server.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+    keys = [f"k{i}" for i in range(60)]
+    dead = cluster.server(next(r["id"] for r in cluster.table() if dead_slot in r["slots"]))
+    on_dead = {key for key in keys if cluster.owner("down:" + key) is dead}
+    alive = [key for key in keys if key not in on_dead]
+    assert 0 < len(alive) < len(keys)
+    names = [f"n{i}" for i in range(30)]
+    counters = [n for n in names if cluster.owner("down:" + n) is not dead][:3]
+    counters.append(next(n for n in names if cluster.owner("down:" + n) is dead))
+    dead.kill()
+    cache = from_url(cluster.url + "?key_prefix=down:")
+    assert isinstance(cache, RedisCache)
+    assert sorted(cache.set_many({key: key for key in keys})) == sorted(alive)
+    assert cache.get_many(*keys) == [None if key in on_dead else key for key in keys]
+    assert [cache.get(key) for key in alive] == alive
+    assert [cache.inc(name) for name in counters] == [1, 1, 1, None]
+    assert cache.delete_many(*keys) == alive
+    dead.start()  # on its port, from its saved cluster config
+    cluster.wait_settled()
+    assert wait_until(lambda: cache.set_many({key: key for key in keys}) == keys, WAIT) < WAIT
+    assert cache.get_many(*keys) == keys
+    assert cache.clear() is True
+    assert cache.get_many(*keys) == [None] * len(keys)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PendingCluster", "cluster_nodes", "mget", "node_pipelines", "refresh"]
 
+BUILD_RETRIES = 3  # other primaries the constructor may ask when one is down
+
 
 def cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tuple[str, int]]:
     """The ``(host, port)`` startup nodes of a cluster, once they and ``db`` fit one."""
@@ -33,10 +35,16 @@ def cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tup
 def _cluster_client(
     nodes: list[tuple[str, int]], password: str | None, kwargs: dict[str, Any]
 ) -> Any:
+    from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.retry import Retry
 
     startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
-    client: Any = RedisCluster(startup_nodes=startup, password=password, **kwargs)
+    # The constructor asks one primary (the one holding slot 0) for the server's commands; it
+    # asks another only on a retry, so without one no client is built while that node is down.
+    building = {**kwargs, "retry": Retry(NoBackoff(), BUILD_RETRIES)}
+    client: Any = RedisCluster(startup_nodes=startup, password=password, **building)
+    client.set_retry(kwargs["retry"])
     # Each node has a pool of its own, made when the client finds the node.
     manager: Any = client.nodes_manager
     create_redis_node = manager.create_redis_node
