@@ -446,6 +446,21 @@ def test_directories_it_creates_let_in_only_whom_mode_lets_read_whatever_the_uma
         assert files == {mode or 0o600}  # the entry and the lock file
 
 
+def test_parents_of_a_removed_directory_come_back_as_they_were_made(
+    tmp_path: pathlib.Path,
+) -> None:
+    cache = FileSystemCache(tmp_path / "app" / "cache")
+    cache.set("k", 1)
+    for directory in (tmp_path / "app" / "cache", tmp_path / "app"):
+        for path in directory.iterdir():
+            path.unlink()
+        directory.rmdir()
+    with umask(0):
+        assert cache.set("k", 2) is True
+    assert mode_of(tmp_path / "app") == 0o700
+    assert cache.get("k") == 2
+
+
 def test_an_existing_directory_keeps_its_mode(tmp_path: pathlib.Path) -> None:
     tmp_path.chmod(0o755)
     FileSystemCache(tmp_path).set("k", 1)

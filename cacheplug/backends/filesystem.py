@@ -571,7 +571,7 @@ class FileSystemCache(BaseCache):
 
     def _recreate_dir(self) -> None:
         """Create the removed ``cache_dir`` again, parents included, with its permissions of old."""
-        os.makedirs(os.path.dirname(self.cache_dir), exist_ok=True)
+        _make_dirs(os.path.dirname(self.cache_dir), _dir_mode_for(self.mode))
         try:
             os.mkdir(self.cache_dir, self._dir_mode)
         except FileExistsError:  # another thread or process was first
