@@ -428,17 +428,7 @@ def test_views_keep_answering_through_an_outage_and_cache_again_after(
 
 @pytest.mark.parametrize(
     "kind",
-    [
-        "redis_server",
-        pytest.param(
-            "memcached_server",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="MemcachedCache leaves its pooled sockets to the garbage collector "
-                "(ResourceWarning: unclosed socket); the fix belongs in the memcached backend",
-            ),
-        ),
-    ],
+    ["redis_server", "memcached_server"],
 )
 def test_an_app_dropped_without_close_leaves_no_open_socket(
     kind: str, request: pytest.FixtureRequest

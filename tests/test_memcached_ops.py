@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -236,3 +239,25 @@ def test_values_larger_than_the_socket_buffer_arrive_whole() -> None:
         assert b"".join(cache.get_many("a", "b")) == value
         assert cache.add("big", b"other") is False
         assert cache.get("big") == value
+
+
+def test_a_cache_dropped_without_close_closes_its_sockets_and_is_freed(
+    memcached_server: MemcachedServer,
+) -> None:
+    # apps that never close their cache (Flask-Caching, app factories in test suites) must not
+    # leave pooled sockets behind for the garbage collector to warn about
+    gc.collect()
+    cache = MemcachedCache([memcached_server.url.removeprefix("memcached://")], max_pool_size=4)
+    threads = [threading.Thread(target=cache.set_many, args=({"a": 1, "b": 2},)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.get_many("a", "b") == [1, 2]
+    alive = weakref.ref(cache)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        del cache
+        gc.collect()
+    assert alive() is None
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

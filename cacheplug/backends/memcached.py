@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -158,6 +159,9 @@ class MemcachedCache(BaseCache):
         )
         self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
         self._ring = Ring(self._servers)
+        # a cache dropped without close() (Flask-Caching never closes one) closes its sockets
+        # then, instead of leaving them to the garbage collector's ResourceWarning
+        weakref.finalize(self, _discard_idle, self._servers)
         if check_connection:
             for server in self._servers:
                 if self._run(server, "connect", client_class.version) is FAILED:
@@ -572,19 +576,22 @@ class MemcachedCache(BaseCache):
 
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""
-        for server in self._servers:
-            server.discard_idle()
+        _discard_idle(self._servers)
 
     def _after_fork_in_child(self) -> None:
         """Close the child's copies of the parent's pooled sockets, never to share them."""
         super()._after_fork_in_child()
         # a fork while another thread was still building this cache: nothing pooled yet
-        for server in getattr(self, "_servers", ()):
-            server.discard_idle()
+        _discard_idle(getattr(self, "_servers", ()))
 
     def __repr__(self) -> str:
         names = ", ".join(server.name for server in self._servers)
         return f"{super().__repr__()[:-1]}, servers=[{names}])"
+
+
+def _discard_idle(servers: Iterable[Server]) -> None:
+    for server in servers:
+        server.discard_idle()
 
 
 @hookimpl
