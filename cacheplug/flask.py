@@ -26,11 +26,13 @@ def cache_factory(
     """The cache at ``config["CACHE_URL"]`` (default ``simple://``) for Flask-Caching.
 
     ``CACHE_OPTIONS`` (keyword arguments) win over the URL's query, and the query wins over
-    ``CACHE_DEFAULT_TIMEOUT`` and ``CACHE_KEY_PREFIX``, which Flask-Caching always fills in.
+    ``CACHE_DEFAULT_TIMEOUT``, ``CACHE_KEY_PREFIX`` and ``CACHE_THRESHOLD`` (for backends
+    that take a ``threshold``), which Flask-Caching always fills in.
     Flask-Caching's ``ignore_delete_many_errors`` is dropped: ``delete_many`` never raises here.
 
     :raises ConfigurationError: ``CACHE_ARGS`` is not empty, or the URL or an option is wrong.
     """
+    from cacheplug.core.plugins import get_backend_class
     from cacheplug.core.url import from_url, parse_url
 
     if args:
@@ -39,7 +41,8 @@ def cache_factory(
             "CACHE_OPTIONS (keyword arguments)"
         )
     url = config.get("CACHE_URL") or "simple://"
-    query = parse_url(url).query
+    parsed = parse_url(url)
+    query = parsed.query
     overrides = dict(options)
     # a plugin's constructor need not take it, and no cacheplug delete_many raises
     overrides.pop("ignore_delete_many_errors", None)
@@ -48,4 +51,12 @@ def cache_factory(
     prefix = config.get("CACHE_KEY_PREFIX")
     if prefix and "key_prefix" not in overrides and "key_prefix" not in query:
         overrides["key_prefix"] = prefix
+    threshold = config.get("CACHE_THRESHOLD")
+    if (
+        threshold is not None
+        and "threshold" not in overrides
+        and "threshold" not in query
+        and "threshold" in get_backend_class(parsed.scheme).url_options
+    ):
+        overrides["threshold"] = threshold
     return from_url(url, **overrides)

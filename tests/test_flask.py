@@ -95,6 +95,22 @@ def test_options_and_the_url_query_win_over_flask_defaults(tmp_path: Path) -> No
     assert backend.key_prefix == "flask_cache_"
 
 
+def test_cache_threshold_applies_where_the_backend_has_a_threshold(
+    tmp_path: Path, memcached_server: MemcachedServer
+) -> None:
+    # an app moving over keeps its CACHE_THRESHOLD, as Flask-Caching's own backends read it
+    for url in ("simple://", f"file://{tmp_path}"):
+        app, cache = _app(CACHE_URL=url, CACHE_THRESHOLD=10_000)
+        assert app.extensions["cache"][cache].threshold == 10_000
+    app, cache = _app(CACHE_URL="simple://?threshold=7", CACHE_THRESHOLD=10_000)
+    assert app.extensions["cache"][cache].threshold == 7
+    app, cache = _app(CACHE_URL="simple://?threshold=7", CACHE_OPTIONS={"threshold": 9})
+    assert app.extensions["cache"][cache].threshold == 9
+    app, cache = _app(CACHE_URL=memcached_server.url, CACHE_THRESHOLD=10_000)  # none to set
+    with app.app_context():
+        assert cache.set("k", 1) is True
+
+
 def test_positional_cache_args_are_refused_with_the_way_out() -> None:
     with pytest.raises(ConfigurationError, match="CACHE_OPTIONS"):
         _app(CACHE_ARGS=["localhost"])
