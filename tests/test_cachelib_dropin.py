@@ -501,3 +501,42 @@ def test_filesystem_cache_mgmt_element_entries_never_expire(tmp_path: Path) -> N
 
     expected = calls(cachelib.FileSystemCache(str(tmp_path / "theirs")))
     assert calls(cacheplug.FileSystemCache(str(tmp_path / "ours"))) == expected
+
+
+def cachelib_style_redis_housekeeping(cache: Any, prefix: str) -> list[Any]:
+    """What code written for cachelib's RedisCache does with its client (seen in public
+    Flask apps): a raw counter, a ping, a pattern scan and delete by the cache's key names."""
+    client = cache._write_client
+    client.set(f"{prefix}raw", "42")
+    cache.set("a", 1)
+    cache.set("b", 2)
+    answers = [cache.get("raw"), client.ping()]
+    found = sorted(cache._read_client.keys(f"{prefix}*"))
+    client.delete(*found)
+    return [*answers, found, cache.get("a"), cache.has("b")]
+
+
+def test_redis_client_under_cachelibs_names(redis_server: Any) -> None:
+    answers = [
+        cachelib_style_redis_housekeeping(
+            cls(host=redis_server.host, port=redis_server.port, key_prefix=prefix), prefix
+        )
+        for cls, prefix in (
+            (cachelib.RedisCache, "dropin-c1:"),
+            (cacheplug.RedisCache, "dropin-c2:"),
+        )
+    ]
+    theirs, ours = ([*a[:2], [name.split(b":")[1] for name in a[2]], *a[3:]] for a in answers)
+    assert ours == theirs == [42, True, [b"a", b"b", b"raw"], None, False]
+
+
+def test_redis_client_under_cachelibs_names_during_an_outage(fresh_redis_server: Any) -> None:
+    cache = cacheplug.RedisCache(
+        host=fresh_redis_server.host, port=fresh_redis_server.port, socket_timeout=0.5
+    )
+    fresh_redis_server.kill()
+    assert cache.get("k") is None  # the cache now stands in for the failed server's client
+    assert isinstance(cache._write_client, redis.Redis)
+    assert cache._read_client is cache._write_client
+    fresh_redis_server.restart()
+    assert cache._write_client.ping() is True

@@ -266,6 +266,11 @@ class DeadServer:
         """Drop the probe's lock, which a thread of the parent may have held at the fork."""
         self._probing = threading.Lock()
 
+    @property
+    def real(self) -> Any:
+        """The client this stands in for."""
+        return self._real
+
     def restore(self) -> Any:
         """Put the real client back on the cache and return it."""
         setattr(self._cache, self._attribute, self._real)

@@ -578,6 +578,15 @@ class RedisCache(BaseCache):
             if isinstance(client, DeadServer):
                 client.after_fork_in_child()
 
+    @property
+    def _write_client(self) -> Any:
+        """The redis-py client, under the name cachelib's ``RedisCache`` gives it (and
+        ``_read_client``): code written for cachelib reaches the server through it."""
+        client = self._client
+        return client.real if isinstance(client, DeadServer) else client
+
+    _read_client = _write_client
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
