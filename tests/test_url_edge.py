@@ -62,3 +62,19 @@ def test_errors_never_show_the_tail_of_a_secret_holding_a_raw_hash_or_ampersand(
         from_url(url)
     assert SECRET not in str(info.value)
     assert SECRET not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://[::1]:6380/2", "RedisCache([::1]:6380/2,"),
+        (
+            "redis+cluster://[::1]:7000,[fe80::1%25eth0]:7001",
+            "cluster [::1]:7000,[fe80::1%eth0]:7001,",
+        ),
+        ("memcached://[::1]:11211,10.0.0.1", "servers=[[::1]:11211, 10.0.0.1:11211]"),
+    ],
+)
+def test_an_ipv6_server_is_shown_in_brackets(url: str, shown: str) -> None:
+    # "::1:6380" cannot be read back: is 6380 the port or the address's last group?
+    assert shown in repr(from_url(url))

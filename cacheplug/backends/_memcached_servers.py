@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.url import host_port
 
 __all__ = ["DEFAULT_PORT", "TIMEOUTS", "Ring", "Server", "idle_and_open", "make_servers"]
 
@@ -47,7 +48,7 @@ class Server:
 
     def __init__(self, address: tuple[str, int] | str, factory: Callable[[], Any], idle: int):
         self.address = address
-        self.name = address if isinstance(address, str) else _host_port(*address)
+        self.name = address if isinstance(address, str) else host_port(*address)
         self._factory = factory
         self._idle: deque[Any] = deque()
         self._max_idle = idle
@@ -127,10 +128,6 @@ def make_servers(
         )
         for address in dict.fromkeys(addresses)
     ]
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _parse_server(spec: object) -> tuple[str, int] | str:

@@ -46,6 +46,7 @@ from cacheplug.backends._redis_counters import (
 from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.url import host_port
 from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:
@@ -145,12 +146,12 @@ class RedisCache(BaseCache):
             # redis-py's cluster client retries time-outs whatever the Retry says.
             kwargs.setdefault("retry", Retry(NoBackoff(), 0))
             nodes = cluster.cluster_nodes(startup_nodes, db)
-            self._where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
+            self._where = "cluster " + ",".join(host_port(h, p) for h, p in nodes)
             self._pending = cluster.PendingCluster(self, nodes, password, kwargs)
             self._client: Any = self._pending
         elif isinstance(host, str):
             socket_path = kwargs.get("unix_socket_path")
-            self._where = f"unix:{socket_path}" if socket_path else f"{host}:{port}"
+            self._where = f"unix:{socket_path}" if socket_path else host_port(host, port)
             self._where += f"/{db}"
             kwargs.update(host=host, port=port, password=password, db=db)
             self._client, self._once_client = server_clients(retries, kwargs)

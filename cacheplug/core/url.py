@@ -32,6 +32,7 @@ __all__ = [
     "coerce_option",
     "from_env",
     "from_url",
+    "host_port",
     "is_secret_option",
     "is_secret_value",
     "parse_url",
@@ -241,6 +242,12 @@ def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
             f"invalid port {port_text!r} in cache URL {shown!r}: expected a number from 1 to 65535"
         )
     return host, int(port_text)
+
+
+def host_port(host: str, port: int | None) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets, no port when None."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
 
 
 def _is_ipv6(text: str) -> bool:
