@@ -65,7 +65,7 @@ class _Target:
     Used as a context manager: it closes the cache and remembers why the engine failed.
     """
 
-    def __init__(self, url: str, **overrides: Any) -> None:
+    def __init__(self, url: str, origin: str = "", **overrides: Any) -> None:
         from cacheplug.core.errors import CacheplugError
         from cacheplug.core.url import from_url, is_secret_value, parse_url
 
@@ -73,7 +73,7 @@ class _Target:
             self.url: CacheURL = parse_url(url)
             self.cache: BaseCache = from_url(url, **overrides)
         except (CacheplugError, ValueError) as err:
-            raise _Problem(str(err), EXIT_USAGE) from err
+            raise _Problem(f"{err} {origin}".rstrip(), EXIT_USAGE) from err
         self._secrets = [self.url.password or ""] + [
             value for name, value in self.url.query.items() if is_secret_value(name, value)
         ]
@@ -145,8 +145,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from cacheplug.core.serializer import serializer_name
 
+    from_env = not args.url and bool(os.environ.get(ENV_URL))
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
-    target = _Target(url)
+    target = _Target(url, f"(from environment variable {ENV_URL})" if from_env else "")
     delay = args.delay_ms / 1000
     executions = 0
     with target as cache:
@@ -177,7 +178,11 @@ def _demo(args: argparse.Namespace) -> int:
         ("cache", target.scrub(repr(cache))),
         ("url", target.url.redacted()),
         ("serializer", serializer_name(cache.serializer)),
-        ("workload", f"{args.rounds} rounds over {args.keys} arguments, {args.delay_ms:g} ms each"),
+        (
+            "workload",
+            f"{_count(args.rounds, 'round')} over {_count(args.keys, 'argument')}, "
+            f"{args.delay_ms:g} ms each",
+        ),
         ("calls", str(calls)),
         ("executions", str(executions)),
         ("hit ratio", f"{100 * (calls - executions) / calls:.1f}%"),
@@ -193,12 +198,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 # -- check -------------------------------------------------------------------------------------
 
 
 def _check(args: argparse.Namespace) -> int:
     import time
 
+    from cacheplug.backends.null import NullCache
     from cacheplug.core.url import parse_url
 
     try:
@@ -235,7 +245,13 @@ def _check(args: argparse.Namespace) -> int:
         return 0
     if errors:
         raise _Problem(target.unreachable())
-    raise _Problem(f"{len(failed)} of {len(_STEPS)} methods failed: {', '.join(failed)}")
+    message = f"{len(failed)} of {len(_STEPS)} methods failed: {', '.join(failed)}"
+    if isinstance(cache, NullCache):
+        message += (
+            f"; {target.url.scheme}:// (NullCache) stores nothing by design, so every read "
+            "misses: check the cache you mean to deploy instead"
+        )
+    raise _Problem(message)
 
 
 _STEPS = (
@@ -356,7 +372,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("url", help="cache URL, e.g. redis://localhost:6379/0")
     check.set_defaults(handler=_check)
 
-    plugins = commands.add_parser("plugins", help="list plugins, their schemes and serializers")
+    plugins = commands.add_parser(
+        "plugins",
+        help="list plugins, their schemes and serializers",
+        description="List the installed plugins (built-in ones included) with their "
+        "distribution, version, URL schemes and serializers, and any error loading them.",
+    )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plugins.set_defaults(handler=_plugins)
     return parser

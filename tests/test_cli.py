@@ -136,12 +136,21 @@ def test_demo_of_one_round_has_no_warm_calls_to_time(capsys: pytest.CaptureFixtu
     shown = fields(capsys.readouterr().out)
     assert (shown["calls"], shown["executions"]) == ("2", "2")
     assert (shown["warm"], shown["speed-up"]) == ("n/a (one round)", "n/a")
+    assert shown["workload"] == "1 round over 2 arguments, 1 ms each"
 
 
 def test_demo_takes_its_url_from_cache_url() -> None:
     result = run("demo", *FAST_DEMO, module=True, env={"CACHE_URL": "null://"})
     assert result.returncode == 0, result.stderr
     assert fields(result.stdout)["url"] == "null://"
+
+
+def test_demo_says_a_bad_url_came_from_cache_url() -> None:
+    result = run("demo", *FAST_DEMO, env={"CACHE_URL": "simpel://"})
+    assert result.returncode == 2
+    assert result.stderr.rstrip().endswith(
+        "did you mean 'simple'? (in 'simpel://') (from environment variable CACHE_URL)"
+    )
 
 
 def test_demo_with_a_bad_url_exits_2_with_the_message() -> None:
@@ -301,6 +310,7 @@ def test_check_reports_a_cache_that_keeps_nothing(capsys: pytest.CaptureFixture[
     assert lines["set"] == "ok"
     assert lines["get"] == "FAILED"
     assert "methods failed: get," in captured.err
+    assert "null:// (NullCache) stores nothing by design" in captured.err
 
 
 def test_check_with_a_bad_url_exits_2_with_the_message() -> None:
