@@ -7,6 +7,8 @@ files and links; memoize keys of different calls never meet.
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import hashlib
 import hmac
 import io
@@ -36,6 +38,7 @@ from cacheplug import (
     JSONSerializer,
     MemcachedCache,
     MsgpackSerializer,
+    PickleSerializer,
     PluginError,
     RedisCache,
     SimpleCache,
@@ -403,15 +406,52 @@ def test_a_reassigned_serializer_signs_and_verifies_for_itself(tmp_path: pathlib
     assert not marker.exists()
 
 
-def test_a_signed_entry_copied_under_another_key_reads_there_as_documented(store: Store) -> None:
-    """The MAC covers the payload, not the key it is stored under: whoever can write the store
-    can move a genuine value to another key. docs/security.md says so."""
-    cache = store.make(secret=SIGNING_KEY)
-    store.forge(cache, "user:2:role", signed(pickle.dumps("admin")))
-    assert cache.get("user:2:role") == "admin"
-    store.forge(cache, "user:1:role", signed(pickle.dumps("admin")))
-    assert cache.get("user:1:role") == "admin"
-    assert "not bound to its key" in DOCS.read_text()
+def test_a_copied_cache_signs_for_its_own_serializer_and_outlives_the_original(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A copy shares the original's signer: it must name the copy's serializer, and must not
+    depend on the original staying alive."""
+    marker = tmp_path / "pwned"
+    original = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY)
+    variant = copy.copy(original)
+    variant.serializer = MsgpackSerializer()
+    assert variant.set("profile", profile_of(f"cposix\nsystem\n(S'touch {marker}'\ntR."))
+    assert original.get("profile") is None
+    assert not marker.exists()
+    del original
+    gc.collect()
+    assert variant.set("k", [1, 2]) is True
+    assert variant.get("k") == [1, 2]
+
+
+class Switching(FileSystemCache):
+    """A cache whose ``serializer`` turns from msgpack to pickle after ``reads`` reads of it, as
+    another thread reassigning it in the middle of a call would."""
+
+    def __init__(self, cache_dir: pathlib.Path, reads: int) -> None:
+        self.switched: list[Any] = [MsgpackSerializer()]
+        super().__init__(cache_dir, secret=SIGNING_KEY)
+        self.switched = [MsgpackSerializer()] * reads + [PickleSerializer()]
+
+    @property
+    def serializer(self) -> Any:  # type: ignore[override]
+        return self.switched.pop(0) if len(self.switched) > 1 else self.switched[0]
+
+
+@pytest.mark.parametrize("reads", [1, 2, 3])
+def test_a_serializer_switched_in_the_middle_of_a_call_never_lets_msgpack_bytes_unpickle(
+    tmp_path: pathlib.Path, reads: int
+) -> None:
+    """The serializer that encodes is the one the MAC names; the one verified is the one that
+    decodes."""
+    marker = tmp_path / "pwned"
+    gadget = profile_of(f"cposix\nsystem\n(S'touch {marker}'\ntR.")
+    assert Switching(tmp_path / "store", reads).set("written", gadget) is True
+    assert FileSystemCache(tmp_path / "store", secret=SIGNING_KEY).get("written") is None
+    msgpack_writer = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY, serializer="msgpack")
+    assert msgpack_writer.set("read", gadget) is True
+    assert Switching(tmp_path / "store", reads).get("read") in (None, gadget)
+    assert not marker.exists()
 
 
 # -- the cache directory ---------------------------------------------------------------------------

@@ -115,19 +115,20 @@ class SimpleCache(BaseCache):
 
     def _sealed(self, value: Any) -> tuple[int, Any]:
         """``(codec, payload)`` of ``value`` through the serializer, signed with a secret."""
-        data = self._serialize(value)
+        serializer = self.serializer  # read once: the MAC must name the one that encoded
+        data = self._serialize(value, serializer)
         if self._signer is None:
             return _SERIALIZED, data
-        return _SIGNED, (self._signer.sign(data), data)
+        return _SIGNED, (self._signer.sign(data, serializer), data)
 
     def _verified(self, key: str, payload: tuple[bytes, bytes]) -> Any:
         """The value of a signed entry; a miss, logged and counted, when it does not verify."""
         signature, data = payload
-        signer = self._signer
+        signer, serializer = self._signer, self.serializer
         if (
             signer is not None
-            and type(self.serializer) is PickleSerializer
-            and compare_digest(signature, signer.sign(data))
+            and type(serializer) is PickleSerializer
+            and compare_digest(signature, signer.sign(data, serializer))
         ):
             try:
                 return pickle.loads(data)

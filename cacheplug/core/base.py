@@ -84,28 +84,26 @@ def signing_context(serializer: object) -> bytes:
 
 
 class CacheSigner:
-    """The signer of one cache, keyed to the serializer the cache has at each call, as
-    ``serializer`` is reassignable."""
+    """The signer of one cache, keyed to the serializer each call names, as ``serializer`` is
+    reassignable: the caller names the one it encodes or decodes with, read once."""
 
-    __slots__ = ("_cache", "_keyed", "_secret")
+    __slots__ = ("_keyed", "_secret")
 
-    def __init__(self, cache: BaseCache, secret: bytes) -> None:
-        # a proxy, not the cache: a cycle would keep a dropped cache (and its sockets) alive
-        self._cache = weakref.proxy(cache)
+    def __init__(self, secret: bytes, serializer: object) -> None:
         self._secret = secret
         # (serializer, its signer's hash states), replaced as one so threads never mix them
-        self._keyed = self._rekey(cache.serializer)
+        self._keyed = self._rekey(serializer)
 
     def _rekey(self, serializer: object) -> tuple[object, Any, Any]:
         signer = PayloadSigner(self._secret, signing_context(serializer))
         self._keyed = (serializer, signer._inner, signer._outer)
         return self._keyed
 
-    def sign(self, data: bytes) -> bytes:
-        """The 32-byte HMAC-SHA256 of the serializer's context and ``data``."""
-        serializer, inner, outer = self._keyed
-        if serializer is not self._cache.serializer:
-            serializer, inner, outer = self._rekey(self._cache.serializer)
+    def sign(self, data: bytes, serializer: object) -> bytes:
+        """The 32-byte HMAC-SHA256 of ``serializer``'s context and ``data``."""
+        keyed, inner, outer = self._keyed
+        if keyed is not serializer:
+            keyed, inner, outer = self._rekey(serializer)
         inner = inner.copy()
         inner.update(data)
         outer = outer.copy()
@@ -230,7 +228,7 @@ class BaseCache(ABC):
             secret = secret.encode()
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ConfigurationError("secret must be a non-empty str or bytes")
-        self._signer = CacheSigner(self, secret) if secret is not None else None
+        self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
         self._hits = self._misses = self._sets = self._deletes = 0
         self._errors = self._evictions = 0
         self._flights: dict[str, list[Any]] = {}
@@ -418,12 +416,13 @@ class BaseCache(ABC):
             )
         return cls(**options)
 
-    def _serialize(self, value: Any) -> bytes:
-        """The serializer's bytes for a value, unsigned.
+    def _serialize(self, value: Any, serializer: Any = None) -> bytes:
+        """The bytes of a value through ``serializer`` (by default the cache's), unsigned.
 
         :raises SerializationError: the serializer cannot encode it.
         """
-        serializer = self.serializer
+        if serializer is None:
+            serializer = self.serializer
         if type(serializer) is PickleSerializer:
             try:  # the default, without the serializer's own frame
                 return pickle.dumps(value, serializer.protocol)
@@ -457,8 +456,9 @@ class BaseCache(ABC):
 
         :raises SerializationError: the serializer cannot encode it.
         """
-        data = self._serialize(value)
-        return data if self._signer is None else self._signer.sign(data) + data
+        serializer = self.serializer  # read once: the MAC must name the one that encoded
+        data = self._serialize(value, serializer)
+        return data if self._signer is None else self._signer.sign(data, serializer) + data
 
     def _encode_count(self, key: str, value: int) -> bytes:
         """:meth:`_encode` of the new value of a counter.
@@ -480,27 +480,31 @@ class BaseCache(ABC):
 
         :raises SerializationError: bad signature or unreadable payload.
         """
+        serializer = self.serializer  # read once: the one verified is the one that loads
         if self._signer is not None:
             signature, data = payload[:SIGNATURE_SIZE], payload[SIGNATURE_SIZE:]
-            if not hmac.compare_digest(signature, self._signer.sign(data)):
+            if not hmac.compare_digest(signature, self._signer.sign(data, serializer)):
                 raise SerializationError("stored payload has no valid signature for this secret")
             payload = data
         try:
-            return self.serializer.loads(payload)
+            return serializer.loads(payload)
         except SerializationError:
             raise
         except Exception as err:
             raise SerializationError(
-                f"{serializer_name(self.serializer)} cannot decode the stored payload: {err}"
+                f"{serializer_name(serializer)} cannot decode the stored payload: {err}"
             ) from err
 
     def _decode_or_miss(self, key: str, payload: bytes) -> Any:
         """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``."""
-        if type(self.serializer) is PickleSerializer:
+        serializer = self.serializer
+        if type(serializer) is PickleSerializer:
             # the default, without the frames of _decode and the serializer
             signer = self._signer
             data = payload if signer is None else payload[SIGNATURE_SIZE:]
-            if signer is None or hmac.compare_digest(payload[:SIGNATURE_SIZE], signer.sign(data)):
+            if signer is None or hmac.compare_digest(
+                payload[:SIGNATURE_SIZE], signer.sign(data, serializer)
+            ):
                 try:
                     return pickle.loads(data)
                 except Exception:
