@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
@@ -557,6 +558,27 @@ def check_error_messages(block: Block, ctx: Context) -> None:
         assert str(raised.value) == message, url
 
 
+def check_outage_log_lines(block: Block, ctx: Context) -> None:
+    """A refused connection logs the first line; the next one a minute later, the second."""
+    import logging
+
+    from cacheplug import RedisCache
+
+    caplog: pytest.LogCaptureFixture = ctx.fixture("caplog")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cache = RedisCache(host="127.0.0.1", port=port)
+    with caplog.at_level(logging.WARNING, logger="cacheplug"), cache:
+        assert cache.set("k", 1) is False
+        for _ in range(41):
+            assert cache.get("k") is None
+        cache._last_logged = {kind: at - 61 for kind, at in cache._last_logged.items()}
+        assert cache.get("k") is None
+    logged = [r.getMessage().replace(f":{port}", ":6379") for r in caplog.records]
+    assert logged == block.text.strip().splitlines()
+
+
 def check_layout(block: Block, ctx: Context) -> None:
     """The tree of files of the example plugin exists under examples/."""
     stack: list[tuple[int, Path]] = [(-1, EXAMPLE.parent)]
@@ -749,6 +771,8 @@ BLOCKS: Mapping[tuple[str, str], Handler] = {
         subs={"    ...": "    CALLS.append(page); return f'{{page}}/{{lang}}'"},
         then=then_render_ran_once,
     ),
+    # docs/reliability.md
+    ("docs/reliability.md", "RedisCache.set failed"): Custom(check_outage_log_lines),
     # docs/plugins.md
     ("docs/plugins.md", "cacheplug-example-plugin/"): Custom(check_layout),
     ("docs/plugins.md", "[project]"): Custom(check_pyproject),
