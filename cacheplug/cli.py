@@ -106,7 +106,14 @@ class _Target:
         url = self.url.redacted()
         cause = self.scrub(self._failure.cause)
         # redis-py's names for a refused login and for a command the ACL forbids
-        if cause.startswith("Authentication"):  # also AuthenticationWrongNumberOfArgsError
+        if cause.startswith("Authentication") and not (
+            self.url.password or self.url.query.get("password")
+        ):
+            message = (
+                f"the server at {url} asks for a password and the URL gives none: put "
+                "':password@' before the host (or 'user:password@' for an ACL user)"
+            )
+        elif cause.startswith("Authentication"):  # also AuthenticationWrongNumberOfArgsError
             message = (
                 f"the server at {url} refused the login: are the user name and password right?"
             )

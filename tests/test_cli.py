@@ -347,7 +347,7 @@ def test_check_names_a_refused_login_or_command_without_the_password() -> None:
     assert "server at redis://:***@127.0.0.1:" in wrong.stderr
     assert "refused the login: are the user name and password right?" in wrong.stderr
     assert "the error: AuthenticationError: invalid username-password pair" in wrong.stderr
-    assert "refused the login" in missing.stderr
+    assert "asks for a password and the URL gives none: put ':password@'" in missing.stderr
     assert "refused a command: may this user (ACL) run it?" in forbidden.stderr
     assert "the error: NoPermissionError: " in forbidden.stderr
     assert "is the server running" not in wrong.stderr + missing.stderr + forbidden.stderr
