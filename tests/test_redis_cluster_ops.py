@@ -244,6 +244,25 @@ def test_every_call_on_a_slot_in_mid_migration_answers_as_before(
     assert cache.stats()["errors"] == 0
 
 
+def test_get_many_on_a_slot_that_moved_and_is_moving_again_reads_every_key(
+    clusters: Callable[..., OpsCluster],
+) -> None:
+    """The cache still maps the slot to its first owner: its MGET meets MOVED, then a slot in
+    mid-migration at the node it was moved to."""
+    cluster = clusters()
+    cache = RedisCache(startup_nodes=[cluster.servers[0].address], key_prefix="twice")
+    keys = tagged(1, 6)
+    assert cache.set_many({key: key for key in keys}) == keys
+    slot = key_slot(("twice" + keys[0]).encode())
+    first = cluster.owner("twice" + keys[0])
+    second, third = [server for server in cluster.servers if server is not first]
+    cluster.move_slot(slot, second)
+    source = cluster.begin_move(slot, third)
+    cluster.migrate(source, third, *("twice" + key for key in keys[:3]))
+    assert cache.get_many(*keys, "absent") == [*keys, None]
+    assert cache.stats()["errors"] == 0
+
+
 def move_under_load(
     cluster: OpsCluster, slot: int, target: RedisServer, calls: Callable[[], int]
 ) -> None:

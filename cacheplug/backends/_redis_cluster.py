@@ -200,14 +200,24 @@ def _resend(client: Any, command: tuple[Any, ...], reply: Exception) -> Any:
 
     A node refuses an ``MGET`` on a slot in mid-migration (``ASK``, ``TRYAGAIN``) while its keys
     are split between the two nodes, for as long as the migration lasts: its keys are then read
-    one by one, each where it is.
+    one by one, each where it is. After ``MOVED`` the slot's new owner may be moving it on.
     """
     from redis import exceptions
 
-    moving = isinstance(reply, exceptions.AskError) and not isinstance(reply, exceptions.MovedError)
-    if command[0] == "MGET" and (moving or isinstance(reply, exceptions.TryAgainError)):
-        return [client.execute_command("GET", name) for name in command[1:]]
-    return client.execute_command(*command)
+    redirects = (exceptions.AskError, exceptions.TryAgainError)  # MovedError is an AskError
+    if command[0] != "MGET" or not isinstance(reply, redirects):
+        return client.execute_command(*command)
+    names = command[1:]
+    if not isinstance(reply, exceptions.MovedError):
+        return [client.execute_command("GET", name) for name in names]
+    # the first GET teaches the client the slot's owner; the others in one MGET unless it moves
+    first = client.execute_command("GET", names[0])
+    owner = client.get_redis_connection(client.get_node_from_key(names[0]))
+    try:
+        rest = owner.execute_command("MGET", *names[1:]) if len(names) > 1 else []
+    except redirects:
+        rest = [client.execute_command("GET", name) for name in names[1:]]
+    return [first, *rest]
 
 
 def _fail(results: list[Any], indexes: Sequence[int], err: Exception) -> Exception:
