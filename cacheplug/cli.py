@@ -119,6 +119,11 @@ class _Target:
             )
         elif cause.startswith("NoPermissionError"):
             message = f"the server at {url} refused a command: may this user (ACL) run it?"
+        elif cause.startswith(_FOREIGN_REPLY):
+            message = (
+                f"the server at {url} answered, but not as {self.url.scheme}:// expects: "
+                "is another kind of server (Redis, memcached, ...) listening on that port?"
+            )
         elif isinstance(self.cache, FileSystemCache):  # no server: the directory refused
             message = (
                 f"cannot write to the cache at {url}: may this process write there, "
@@ -128,6 +133,8 @@ class _Target:
             message = (
                 f"cannot reach the cache at {url}: is the server running and reachable from here?"
             )
+            if self.url.scheme == "rediss" or self.url.query.get("ssl", "").lower() in _TRUE:
+                message += " Does it speak TLS on that port?"
         return f"{message} ({shown})" + (f"\n  the error: {cause}" if cause else "")
 
     def probe(self, key: str) -> None:
@@ -135,6 +142,11 @@ class _Target:
         if not self.cache.set(key, 1, 60):
             raise _Problem(self.unreachable())
         self.cache.delete(key)
+
+
+#: How redis-py and pymemcache name a reply in another protocol (a port of another server).
+_FOREIGN_REPLY = ("InvalidResponse", "MemcacheUnknownError")
+_TRUE = ("true", "1", "yes", "on")
 
 
 def _token() -> str:

@@ -405,6 +405,33 @@ def test_check_and_demo_follow_a_server_that_goes_down_and_comes_back(
     assert check_lines(checked.stdout) == dict.fromkeys(CHECKED_METHODS, "ok")
 
 
+def test_check_on_the_port_of_the_other_engine_says_another_server_answered(
+    redis_server: RedisServer, memcached_server: MemcachedServer
+) -> None:
+    for url in (
+        f"redis://{memcached_server.host}:{memcached_server.port}/0",
+        f"memcached://{redis_server.host}:{redis_server.port}",
+    ):
+        result = run("check", url)
+        assert result.returncode == 1
+        scheme = url.partition(":")[0]
+        assert f"answered, but not as {scheme}:// expects: is another kind of server" in (
+            result.stderr
+        )
+        assert "is the server running" not in result.stderr
+
+
+def test_check_with_tls_on_a_plain_server_asks_whether_it_speaks_tls(
+    redis_server: RedisServer,
+) -> None:
+    url = f"rediss://{redis_server.host}:{redis_server.port}/0?socket_timeout=0.2"
+    result = run("check", url)
+    assert result.returncode == 1
+    assert "is the server running and reachable from here? Does it speak TLS" in result.stderr
+    plain = run("check", f"memcached://127.0.0.1:{closed_port()}")
+    assert "TLS" not in plain.stderr
+
+
 def test_check_on_a_closed_memcached_port_says_it_is_unreachable() -> None:
     result = run("check", f"memcached://127.0.0.1:{closed_port()}")
     assert result.returncode == 1
