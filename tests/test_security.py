@@ -107,6 +107,16 @@ def test_url_errors_never_show_a_secret_in_their_chain_or_traceback(url: str) ->
     assert SECRET not in every_text(info.value)
 
 
+def test_a_raw_ampersand_in_a_secret_is_named_as_the_likely_fault() -> None:
+    """The masked URL hides the tail of the secret that broke the query: the message alone must
+    say what to fix."""
+    with pytest.raises(ConfigurationError) as info:
+        from_url(f"simple://?secret=k3y&{SECRET}")
+    assert "percent-encode '&'" in str(info.value)
+    assert "%26" in str(info.value)
+    assert SECRET not in every_text(info.value)
+
+
 PASSWORD = "p@ss:w/rd?#%" + SECRET  # every character a URL gives a meaning
 
 

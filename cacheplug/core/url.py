@@ -198,7 +198,8 @@ def _parse_query(text: str, shown: str) -> dict[str, str]:
         pairs = None
     if pairs is None:  # raised out here: urllib's error, even as context, shows the bad field
         raise ConfigurationError(
-            f"malformed query in cache URL {shown!r}: expected 'option=value&...'"
+            f"malformed query in cache URL {shown!r}: expected 'option=value&...'; "
+            "percent-encode '&' and '=' inside a value as %26 and %3D"
         )
     query: dict[str, str] = {}
     for name, value in pairs:
