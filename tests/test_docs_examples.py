@@ -649,6 +649,10 @@ def then_backend_fragment_builds(namespace: Namespace, ctx: Context) -> None:
     assert fragment.url_options == SQLiteCache.url_options
     url = parse_url(f"sqlite://{ctx.tmp_path}/f.db?busy_timeout=2")
     _round_trip(fragment.from_url_spec.__func__(SQLiteCache, url, {"busy_timeout": 2.0}), 7)
+    for refused in ("sqlite://host/f.db", "sqlite://user:pw@/f.db"):
+        with pytest.raises(cacheplug.ConfigurationError, match="no host") as info:
+            fragment.from_url_spec.__func__(SQLiteCache, parse_url(refused), {})
+        assert "pw" not in str(info.value)
 
 
 def then_serializer_round_trips(namespace: Namespace, ctx: Context) -> None:
@@ -778,7 +782,8 @@ BLOCKS: Mapping[tuple[str, str], Handler] = {
     ("docs/plugins.md", "[project]"): Custom(check_pyproject),
     ("docs/plugins.md", "# src/cacheplug_example/plugin.py"): Run(then=then_hooks_serve_urls),
     ("docs/plugins.md", "class SQLiteCache(BaseCache):"): Run(
-        setup="from cacheplug import BaseCache", then=then_backend_fragment_builds
+        setup="from cacheplug import BaseCache, ConfigurationError",
+        then=then_backend_fragment_builds,
     ),
     ("docs/plugins.md", "class ZlibPickleSerializer(Serializer):"): Run(
         setup="import pickle, zlib\nfrom cacheplug import Serializer, SerializationError",
