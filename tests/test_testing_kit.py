@@ -398,3 +398,19 @@ def test_the_plugins_doc_example_runs_the_contract_as_written(pytester: pytest.P
     assert outcomes["passed"] > 150
     skipped = set(re.findall(r"^SKIPPED \[\d+\] \S+: (.+?) \(", result.stdout.str(), re.M))
     assert skipped <= {"engine outages are not tested: no outage fixture"}, result.stdout.str()
+
+
+def test_contract_docstring_documents_every_fixture_a_subclass_provides() -> None:
+    from cacheplug.testing import CacheContract
+
+    doc = CacheContract.__doc__ or ""
+    provided = [
+        name
+        for name, value in vars(CacheContract).items()
+        if type(value).__name__ == "FixtureFunctionDefinition"
+        or hasattr(value, "_pytestfixturefunction")
+        if name != "cache"
+    ]
+    assert sorted(provided) == ["advance", "cache_factory", "outage"], provided
+    for name in [*provided, "shared_store = True", "Example::"]:
+        assert f"``{name}``" in doc or name in doc, f"CacheContract's docstring omits {name}"

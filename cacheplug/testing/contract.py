@@ -79,7 +79,40 @@ class _BrokenLoads:
 
 
 class CacheContract:
-    """The behaviour every backend owes its users; subclass it and provide ``cache_factory``."""
+    """The behaviour every backend owes its users; subclass it and provide ``cache_factory``.
+
+    Fixtures and attributes a subclass provides (each one left out is a skip that says so):
+
+    - ``cache_factory``: returns ``make(**kwargs)``, which builds a new, empty cache with
+      ``kwargs`` (``serializer=``, ``key_prefix=``, ``default_timeout=``...) on each call;
+      close what it built after the ``yield``.
+    - ``advance``: returns ``advance(seconds)``, moving the clock the factory's caches read.
+    - ``outage``: returns a context-manager factory; inside ``with outage():`` the caches
+      cannot reach their store, and after it they must recover by themselves.
+    - ``shared_store = True``: two caches from the factory see the same data (tests key
+      prefixes).
+
+    Example::
+
+        class TestMyCache(CacheContract):
+            shared_store = True
+
+            @pytest.fixture
+            def cache_factory(self, tmp_path, clock):
+                caches = []
+
+                def make(**kwargs):
+                    caches.append(MyCache(tmp_path / "db", clock=clock, **kwargs))
+                    return caches[-1]
+
+                yield make
+                for cache in caches:
+                    cache.close()
+
+            @pytest.fixture
+            def advance(self, clock):
+                return clock.advance
+    """
 
     #: Two caches from ``cache_factory`` share one store (enables the key_prefix tests).
     shared_store = False
