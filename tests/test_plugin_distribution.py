@@ -460,6 +460,9 @@ def test_two_distributions_claiming_one_scheme(tmp_path: Path) -> None:
     assert "cacheplug.backends.simple" in memory and "cacheplug-alpha 1.0" in memory
     assert memory.endswith("disable one of them with CACHEPLUG_DISABLE_PLUGINS=alpha")
     assert results["simple://"] == {"class": "SimpleCache", "value": "v"}
+    listed = {p["name"]: p["error"] for p in _report(tmp_path)["plugins"]}
+    assert dup["message"] in listed["alpha"] and memory in listed["alpha"]
+    assert listed["beta"] == dup["message"]
 
     settled = _report(tmp_path, "dup://", CACHEPLUG_DISABLE_PLUGINS="beta")["results"]
     assert settled["dup://"] == {"class": "PluginCache", "value": "v"}

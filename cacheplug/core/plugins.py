@@ -563,7 +563,8 @@ def get_plugins() -> list[dict[str, Any]]:
     """Every plugin, built-ins first, as plain dicts (what ``cacheplug plugins`` prints).
 
     Keys: ``name`` (entry-point or module name), ``distribution``, ``version``, ``hooks``,
-    ``schemes``, ``serializers`` and ``error``: ``None``, or why the plugin failed to load.
+    ``schemes``, ``serializers`` and ``error``: ``None``, or why the plugin failed to load or
+    which of its names another plugin also claims (those names cannot be used).
     """
     registry = _get_registry()
     plugins: list[dict[str, Any]] = []
@@ -576,6 +577,7 @@ def get_plugins() -> list[dict[str, Any]]:
                 hooks=sorted(caller.name for caller in callers),
                 schemes=_names_from(registry.backends, name),
                 serializers=_names_from(registry.serializers, name),
+                error="; ".join(_clashes_of(registry, name)) or None,
             )
         )
     for broken in registry.broken:
@@ -603,8 +605,22 @@ def _plugin_info(
 
 
 def _names_from(table: _Table, plugin: str) -> list[str]:
-    return sorted(
-        entry.name
+    return sorted(entry.name for entry in _entries_of(table, plugin))
+
+
+def _entries_of(table: _Table, plugin: str) -> list[_Entry]:
+    return [
+        entry
         for entry in table.entries.values()
         if entry.origin.plugin == plugin or any(o.plugin == plugin for o in entry.clashes)
-    )
+    ]
+
+
+def _clashes_of(registry: _Registry, plugin: str) -> list[str]:
+    """Why each name ``plugin`` claims together with another plugin cannot be used."""
+    return [
+        str(_clash_error(entry, table.kind))
+        for table in (registry.backends, registry.serializers)
+        for entry in _entries_of(table, plugin)
+        if entry.clashes
+    ]
