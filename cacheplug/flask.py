@@ -19,6 +19,21 @@ from cacheplug.core.errors import ConfigurationError
 
 __all__ = ["cache_factory"]
 
+#: Flask-Caching's settings of its own engines: without CACHE_URL they mean a mistake.
+_ENGINE_SETTINGS = (
+    "CACHE_REDIS_URL",
+    "CACHE_REDIS_HOST",
+    "CACHE_REDIS_PORT",
+    "CACHE_REDIS_PASSWORD",
+    "CACHE_REDIS_DB",
+    "CACHE_REDIS_CLUSTER",
+    "CACHE_REDIS_SENTINELS",
+    "CACHE_MEMCACHED_SERVERS",
+    "CACHE_MEMCACHED_USERNAME",
+    "CACHE_MEMCACHED_PASSWORD",
+    "CACHE_DIR",
+)
+
 
 def cache_factory(
     app: object, config: Mapping[str, Any], args: Sequence[Any], options: Mapping[str, Any]
@@ -30,7 +45,9 @@ def cache_factory(
     that take a ``threshold``), which Flask-Caching always fills in.
     Flask-Caching's ``ignore_delete_many_errors`` is dropped: ``delete_many`` never raises here.
 
-    :raises ConfigurationError: ``CACHE_ARGS`` is not empty, or the URL or an option is wrong.
+    :raises ConfigurationError: ``CACHE_ARGS`` is not empty, Flask-Caching's own engine
+        settings (``CACHE_REDIS_HOST``, ``CACHE_DIR``...) are given without ``CACHE_URL``, or
+        the URL or an option is wrong.
     """
     from cacheplug.core.plugins import get_backend_class
     from cacheplug.core.url import from_url, parse_url
@@ -40,7 +57,17 @@ def cache_factory(
             "cacheplug takes no CACHE_ARGS; give its settings in CACHE_URL's query or in "
             "CACHE_OPTIONS (keyword arguments)"
         )
-    url = config.get("CACHE_URL") or "simple://"
+    url = config.get("CACHE_URL")
+    if not url:
+        given = [name for name in _ENGINE_SETTINGS if config.get(name)]
+        if given:
+            # an app moving over keeps these and would silently get an in-process cache
+            raise ConfigurationError(
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} Flask-Caching's own "
+                "settings, which cacheplug does not read; say where the cache is in CACHE_URL "
+                "(e.g. redis://:password@host:6379/0, memcached://host:11211, file:///abs/dir)"
+            )
+        url = "simple://"
     parsed = parse_url(url)
     query = parsed.query
     overrides = dict(options)

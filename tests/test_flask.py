@@ -111,6 +111,25 @@ def test_cache_threshold_applies_where_the_backend_has_a_threshold(
         assert cache.set("k", 1) is True
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"CACHE_REDIS_HOST": "cache.internal", "CACHE_REDIS_PASSWORD": "hunter2-flask"},
+        {"CACHE_REDIS_URL": "redis://:hunter2-flask@cache.internal:6379/0"},
+        {"CACHE_DIR": "/var/cache/app"},
+        {"CACHE_MEMCACHED_SERVERS": ["cache.internal:11211"]},
+    ],
+)
+def test_flask_cachings_engine_settings_without_a_url_are_refused(settings: dict[str, Any]) -> None:
+    # an app moving over keeps its CACHE_REDIS_* and would silently get an in-process cache
+    with pytest.raises(ConfigurationError, match="CACHE_URL") as caught:
+        _app(**settings)
+    assert all(name in str(caught.value) for name in settings)
+    assert "hunter2" not in str(caught.value)
+    app, cache = _app(CACHE_URL="simple://", **settings)  # the URL says where: the rest is moot
+    assert repr(app.extensions["cache"][cache]).startswith("SimpleCache(")
+
+
 def test_positional_cache_args_are_refused_with_the_way_out() -> None:
     with pytest.raises(ConfigurationError, match="CACHE_OPTIONS"):
         _app(CACHE_ARGS=["localhost"])
