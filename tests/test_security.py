@@ -416,6 +416,35 @@ def test_a_reassigned_serializer_signs_and_verifies_for_itself(tmp_path: pathlib
     assert not marker.exists()
 
 
+def _foreign_serializer(module: str, encode: Any, decode: Any) -> Any:
+    """An object of a class ``Serializer`` of ``module``, without a ``name``."""
+
+    class Serializer:
+        def dumps(self, value: Any) -> bytes:
+            return bytes(encode(value))
+
+        def loads(self, data: bytes) -> Any:
+            return decode(data)
+
+    Serializer.__module__ = module
+    return Serializer()
+
+
+def test_foreign_serializers_with_one_class_name_sign_apart(tmp_path: pathlib.Path) -> None:
+    """Two user classes both called ``Serializer`` (one msgpack, one pickle) are still two
+    serializers to the MAC: the module and class name it, not the bare class name."""
+    import msgpack
+
+    marker = tmp_path / "pwned"
+    writer = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY)
+    writer.serializer = _foreign_serializer("app.codecs.fast", msgpack.packb, msgpack.unpackb)
+    assert writer.set("profile", profile_of(f"cposix\nsystem\n(S'touch {marker}'\ntR.")) is True
+    reader = FileSystemCache(tmp_path / "store", secret=SIGNING_KEY)
+    reader.serializer = _foreign_serializer("app.codecs.safe", pickle.dumps, pickle.loads)
+    assert reader.get("profile") is None
+    assert not marker.exists()
+
+
 def test_a_copied_cache_signs_for_its_own_serializer_and_outlives_the_original(
     tmp_path: pathlib.Path,
 ) -> None:

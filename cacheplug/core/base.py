@@ -77,8 +77,12 @@ def signing_context(serializer: object) -> bytes:
     An entry signed through one serializer then never verifies for a cache reading with
     another: the bytes of a msgpack value holding a user's text can be a pickle that runs code.
     """
-    name = serializer_name(serializer)
-    if name == "pickle":
+    name = getattr(serializer, "name", None)
+    if not isinstance(name, str) or not name:
+        # two foreign classes may share a bare name (``Serializer``) but not module and class
+        kind = type(serializer)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+    elif name == "pickle":
         return b""
     return b"cacheplug-serializer:" + name.encode("utf-8", "surrogatepass") + b"\0"
 
