@@ -26,6 +26,7 @@ __all__ = [
     "INSTALL_HINT",
     "URL_OPTIONS",
     "DeadServer",
+    "ServerDown",
     "checked_options",
     "close_when_cut_short",
     "options_from_url",
@@ -243,8 +244,8 @@ def pool_exhausted(err: BaseException) -> bool:
     return isinstance(err, MaxConnectionsError) or isinstance(err.__context__, queue.Empty)
 
 
-# Outage log lines show this name, so it stays the one it had in redis.py.
-class _ServerDownError(ConnectionError):
+# Outage log lines show this class's name: it is worded for whoever reads them.
+class ServerDown(ConnectionError):
     """The server failed moments ago and is not asked again until its dead time is over."""
 
 
@@ -279,7 +280,7 @@ class DeadServer:
     def __getattr__(self, name: str) -> Any:
         cache = self._cache
         if time.monotonic() < self._until or not self._probing.acquire(blocking=False):
-            raise _ServerDownError(
+            raise ServerDown(
                 f"Redis at {cache._where} failed less than {cache.dead_timeout:g}s ago; "
                 "not asked again before then"
             )
@@ -288,7 +289,7 @@ class DeadServer:
         except cache._outage_errors as err:
             if not pool_exhausted(err):  # a full pool says the server is busy, not down
                 self._until = time.monotonic() + cache.dead_timeout
-                raise _ServerDownError(
+                raise ServerDown(
                     f"Redis at {cache._where} still fails ({type(err).__name__}: {err}); "
                     f"asked again in {cache.dead_timeout:g}s"
                 ) from err

@@ -27,7 +27,7 @@ from cacheplug.backends._redis_clients import (
     INSTALL_HINT,
     URL_OPTIONS,
     DeadServer,
-    _ServerDownError,
+    ServerDown,
     checked_options,
     options_from_url,
     pool_exhausted,
@@ -561,7 +561,7 @@ class RedisCache(BaseCache):
             self.dead_timeout
             and not self._cluster
             and isinstance(err, self._outage_errors)
-            and not isinstance(err, _ServerDownError)
+            and not isinstance(err, ServerDown)
             and not isinstance(self._client, DeadServer)
             and not pool_exhausted(err)
         ):
