@@ -835,7 +835,7 @@ def test_a_keyword_no_client_takes_says_what_is_accepted() -> None:
         "server": lambda: RedisCache(bogus=1),
         "url override": lambda: from_url("redis://localhost/0", bogus=1, sockt_timeout=2),
         "cluster": lambda: RedisCache(startup_nodes=[("localhost", 7000)], bogus=1),
-        "cluster url": lambda: from_url("redis+cluster://h1:7000?health_check_interval=5"),
+        "cluster url override": lambda: from_url("redis+cluster://h1:7000", bogus=1),
     }
     for where, build in builds.items():
         with pytest.raises(ConfigurationError) as raised:
@@ -852,6 +852,18 @@ def test_a_keyword_no_client_takes_says_what_is_accepted() -> None:
     # what redis-py takes still passes, on a server and on a cluster
     RedisCache(socket_keepalive_options={}, ssl_password="x", client_name="c").close()
     RedisCache(startup_nodes=[("localhost", 7000)], read_from_replicas=True).close()
+
+
+def test_a_url_option_a_cluster_has_not_is_named_as_a_url_option() -> None:
+    # the user wrote a URL: "unknown keyword" and 60 redis-py names would not say what to fix
+    with pytest.raises(ConfigurationError) as raised:
+        from_url("redis+cluster://h1:7000?health_check_interval=5&socket_timeout=2")
+    message = str(raised.value)
+    assert message.startswith("URL option 'health_check_interval' does not apply to redis+cluster")
+    assert "socket_timeout" in message and "dead_timeout" in message
+    assert "address_remap" not in message  # only the URL options that fit
+    built = from_url("redis+cluster://h1:7000?socket_timeout=2&dead_timeout=1&retries=0&ssl=true")
+    built.close()
 
 
 def test_check_connection_raises_when_unreachable() -> None:

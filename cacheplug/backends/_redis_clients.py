@@ -29,6 +29,7 @@ __all__ = [
     "ServerDown",
     "checked_options",
     "close_when_cut_short",
+    "driver_keywords",
     "options_from_url",
     "pool_exhausted",
     "refuse_decoding",
@@ -67,9 +68,12 @@ URL_OPTIONS: Mapping[str, type] = {
 }
 
 
-def options_from_url(url: CacheURL, options: Mapping[str, Any]) -> dict[str, Any]:
+def options_from_url(
+    url: CacheURL, options: Mapping[str, Any], own: Iterable[str]
+) -> dict[str, Any]:
     """``options`` completed with what ``url`` says (credentials, db, TLS), once they fit its
-    scheme; the socket path, startup nodes or host and port are the caller's to take from ``url``.
+    scheme and the client to build (``own``: the cache's keywords); the socket path, startup
+    nodes or host and port are the caller's to take from ``url``.
 
     :raises ConfigurationError: the URL does not fit its scheme.
     """
@@ -109,6 +113,15 @@ def options_from_url(url: CacheURL, options: Mapping[str, Any]) -> dict[str, Any
             )
         if options.pop("db", 0) != 0:
             raise ConfigurationError(f"a Redis Cluster has only db 0, got {url.redacted()!r}")
+        takes = driver_keywords(cluster=True)[1] | set(own)
+        refused = sorted(name for name in url.query if name in URL_OPTIONS and name not in takes)
+        if refused:
+            fitting = sorted(name for name in URL_OPTIONS if name in takes and name != "db")
+            raise ConfigurationError(
+                f"URL option {', '.join(map(repr, refused))} does not apply to "
+                f"redis+cluster:// (redis-py's RedisCluster has no such setting); its Redis "
+                f"options: {', '.join(fitting)}"
+            )
         return options
     if len(url.hosts) > 1:
         raise ConfigurationError(
@@ -141,31 +154,33 @@ class UnknownKeywordError(ConfigurationError, TypeError):
     """
 
 
+def driver_keywords(cluster: bool) -> tuple[type[Any], set[str]]:
+    """The redis-py client class a cache builds and the keywords it takes."""
+    import inspect
+
+    import redis
+
+    if cluster:
+        from redis.cluster import REDIS_ALLOWED_KEYS
+
+        client: type[Any] = redis.RedisCluster
+        return client, set(inspect.signature(client.__init__).parameters) | set(REDIS_ALLOWED_KEYS)
+    client = redis.Redis
+    return client, set(inspect.signature(client.__init__).parameters)
+
+
 def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], cluster: bool) -> None:
     """Raise unless the redis-py client to build takes every keyword of ``kwargs``.
 
     ``RedisCluster`` would drop an unknown one silently, ``redis.Redis`` raise a bare
     ``TypeError`` that names neither the cache nor what is accepted.
     """
-    import inspect
-
-    import redis
-
-    client: Any
-    if cluster:
-        from redis.cluster import REDIS_ALLOWED_KEYS
-
-        if "connection_pool" in kwargs:  # redis-py would share it between all nodes
-            raise ConfigurationError(
-                "RedisCache with startup_nodes takes no connection_pool: every cluster node "
-                "needs its own; pass a ready RedisCluster as host instead"
-            )
-
-        client = redis.RedisCluster
-        driver = set(inspect.signature(client.__init__).parameters) | set(REDIS_ALLOWED_KEYS)
-    else:
-        client = redis.Redis
-        driver = set(inspect.signature(client.__init__).parameters)
+    if cluster and "connection_pool" in kwargs:  # redis-py would share it between all nodes
+        raise ConfigurationError(
+            "RedisCache with startup_nodes takes no connection_pool: every cluster node "
+            "needs its own; pass a ready RedisCluster as host instead"
+        )
+    client, driver = driver_keywords(cluster)
     own = set(own)
     driver -= own | {"self", "kwargs", "startup_nodes", "url"}
     unknown = sorted(set(kwargs) - driver)

@@ -197,7 +197,7 @@ class RedisCache(BaseCache):
 
         :raises ConfigurationError: the URL does not fit its scheme.
         """
-        options = options_from_url(url, options)
+        options = options_from_url(url, options, _OWN_KEYWORDS)
         if url.scheme in ("redis+unix", "unix"):
             return cls(unix_socket_path=url.path, **options)
         if url.scheme == "redis+cluster":
