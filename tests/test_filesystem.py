@@ -298,8 +298,9 @@ def test_directory_nobody_can_write_is_refused() -> None:
     [
         ({"threshold": -1}, "threshold"),
         ({"threshold": "10"}, "threshold"),
-        ({"mode": 0o400}, "mode"),
-        ({"mode": 0o10000}, "mode"),
+        ({"mode": 0o400}, r"mode .* got 0o400$"),  # in octal, as modes are written
+        ({"mode": 0o10000}, r"got 0o10000$"),
+        ({"mode": "600"}, r"got '600'$"),
         ({"hash_method": "nope"}, "unknown hash_method"),
         ({"hash_method": hashlib.shake_128}, "hash_method"),
         ({"hash_method": len}, "hash_method"),

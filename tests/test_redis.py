@@ -866,6 +866,17 @@ def test_a_url_option_a_cluster_has_not_is_named_as_a_url_option() -> None:
     built.close()
 
 
+def test_startup_nodes_may_be_redis_py_cluster_nodes(redis_cluster: RedisCluster) -> None:
+    from redis.cluster import ClusterNode
+
+    (host, port), *others = redis_cluster.nodes
+    with RedisCache(startup_nodes=[ClusterNode(host, port), *others], key_prefix="cn:") as cache:
+        assert cache.set("k", 1) is True and cache.get("k") == 1
+    for bad in ["h1", "h1:7000", ("h1",), ("h1", "port"), None]:
+        with pytest.raises(ConfigurationError, match=r"startup_nodes takes .* got"):
+            RedisCache(startup_nodes=[bad])  # type: ignore[list-item]
+
+
 def test_check_connection_raises_when_unreachable() -> None:
     with pytest.raises(RuntimeError, match="could not connect"):
         RedisCache(port=servers._free_port(), check_connection=True)

@@ -20,9 +20,24 @@ __all__ = ["PendingCluster", "cluster_nodes", "mget", "node_pipelines", "refresh
 BUILD_RETRIES = 3  # other primaries the constructor may ask when one is down
 
 
-def cluster_nodes(startup_nodes: Sequence[tuple[str, int]], db: int) -> list[tuple[str, int]]:
-    """The ``(host, port)`` startup nodes of a cluster, once they and ``db`` fit one."""
-    nodes = [(str(host), int(port)) for host, port in startup_nodes]
+def cluster_nodes(startup_nodes: Sequence[Any], db: int) -> list[tuple[str, int]]:
+    """The ``(host, port)`` startup nodes of a cluster, once they and ``db`` fit one.
+
+    :param startup_nodes: ``(host, port)`` pairs or redis-py ``ClusterNode`` objects.
+    """
+    nodes = []
+    for node in startup_nodes:
+        pair = (node.host, node.port) if hasattr(node, "host") and hasattr(node, "port") else node
+        try:
+            if isinstance(pair, str | bytes):  # "h1" would unpack into a host and a port
+                raise TypeError
+            host, port = pair
+            nodes.append((str(host), int(port)))
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"startup_nodes takes (host, port) pairs or redis-py ClusterNode objects, "
+                f"got {node!r}"
+            ) from None
     if not nodes:
         raise ConfigurationError("startup_nodes needs at least one (host, port)")
     if db != 0:

@@ -679,9 +679,10 @@ def _checked_mode(mode: object) -> int:
     if mode is None:
         return 0o600
     if type(mode) is not int or not 0 <= mode <= 0o7777 or mode & 0o600 != 0o600:
+        shown = oct(mode) if type(mode) is int and mode >= 0 else repr(mode)  # 0o400, not 256
         raise ConfigurationError(
             f"mode must be file permission bits from 0o600 to 0o7777 that let the owner read "
-            f"and write, got {mode!r}"
+            f"and write, got {shown}"
         )
     return mode
 

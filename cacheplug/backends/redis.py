@@ -50,6 +50,8 @@ from cacheplug.core.url import host_port
 from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:
+    from redis.cluster import ClusterNode
+
     from cacheplug.core.hookspecs import RegisterFn
     from cacheplug.core.serializer import SerializerLike
     from cacheplug.core.url import CacheURL
@@ -77,7 +79,8 @@ class RedisCache(BaseCache):
     :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
     :param key_prefix: prepended to every key; ``clear`` then deletes only keys under it. A
         callable (as cachelib allows) is called for the prefix on every operation.
-    :param startup_nodes: ``[(host, port), ...]`` of a Redis Cluster; builds a ``RedisCluster``.
+    :param startup_nodes: ``[(host, port), ...]`` (or redis-py ``ClusterNode`` objects) of a
+        Redis Cluster; builds a ``RedisCluster``.
     :param retries: how often an idempotent command (get, set, has, the ``*_many`` reads and
         writes, clear) is retried after a connection error on a single server (no backoff). A
         timeout is never retried, nor are ``inc``/``add``/``delete``/``delete_many``: the server
@@ -106,7 +109,7 @@ class RedisCache(BaseCache):
         *,
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
-        startup_nodes: Sequence[tuple[str, int]] | None = None,
+        startup_nodes: Sequence[tuple[str, int] | ClusterNode] | None = None,
         retries: int = DEFAULT_RETRIES,
         dead_timeout: float = DEFAULT_DEAD_TIMEOUT,
         **kwargs: Any,
