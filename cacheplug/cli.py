@@ -105,21 +105,29 @@ class _Target:
         shown = self.scrub(repr(self.cache))
         url = self.url.redacted()
         cause = self.scrub(self._failure.cause)
+        # redis-py's cluster client gives only the text of the last node's error
+        _, cluster, answer = cause.partition(_CLUSTER_UNREACHABLE)
         # redis-py's names for a refused login and for a command the ACL forbids
-        if cause.startswith("Authentication") and not (
-            self.url.password or self.url.query.get("password")
-        ):
+        login_refused = cause.startswith("Authentication") or (
+            bool(cluster) and answer.startswith(_LOGIN_REFUSED)
+        )
+        if login_refused and not (self.url.password or self.url.query.get("password")):
             message = (
                 f"the server at {url} asks for a password and the URL gives none: put "
                 "':password@' before the host (or 'user:password@' for an ACL user)"
             )
-        elif cause.startswith("Authentication"):  # also AuthenticationWrongNumberOfArgsError
+        elif login_refused:  # also AuthenticationWrongNumberOfArgsError
             message = (
                 f"the server at {url} refused the login: are the user name and password right?"
             )
         elif cause.startswith("NoPermissionError"):
             message = f"the server at {url} refused a command: may this user (ACL) run it?"
-        elif cause.startswith(_FOREIGN_REPLY):
+        elif cluster and answer.startswith("Cluster mode is not enabled"):
+            message = (
+                f"the server at {url} answered, but is not a Redis Cluster node (cluster mode "
+                "is not enabled): for a single Redis server write redis://host:port/0"
+            )
+        elif cause.startswith(_FOREIGN_REPLY) or (cluster and answer.startswith("Protocol error")):
             message = (
                 f"the server at {url} answered, but not as {self.url.scheme}:// expects: "
                 "is another kind of server (Redis, memcached, ...) listening on that port?"
@@ -147,6 +155,11 @@ class _Target:
 #: How redis-py and pymemcache name a reply in another protocol (a port of another server).
 _FOREIGN_REPLY = ("InvalidResponse", "MemcacheUnknownError")
 _TRUE = ("true", "1", "yes", "on")
+_CLUSTER_UNREACHABLE = (
+    "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+)
+#: How Redis words a refused login (no password given, a wrong one, a HELLO before AUTH).
+_LOGIN_REFUSED = ("NOAUTH", "Authentication required", "invalid username-password", "HELLO must")
 
 
 def _token() -> str:

@@ -432,6 +432,26 @@ def test_check_with_tls_on_a_plain_server_asks_whether_it_speaks_tls(
     assert "TLS" not in plain.stderr
 
 
+def test_check_of_a_cluster_url_names_what_the_server_answered(
+    redis_server: RedisServer, memcached_server: MemcachedServer
+) -> None:
+    from servers import RedisServer
+
+    single = run("check", f"redis+cluster://{redis_server.host}:{redis_server.port}")
+    foreign = run("check", f"redis+cluster://{memcached_server.host}:{memcached_server.port}")
+    with RedisServer(password="right-one") as server:
+        missing = run("check", f"redis+cluster://{server.host}:{server.port}")
+        wrong = run("check", f"redis+cluster://:{SECRET}@{server.host}:{server.port}")
+    for result in (single, foreign, missing, wrong):
+        assert result.returncode == 1
+        assert "is the server running" not in result.stderr
+        assert SECRET not in result.stdout + result.stderr
+    assert "is not a Redis Cluster node (cluster mode is not enabled)" in single.stderr
+    assert "answered, but not as redis+cluster:// expects" in foreign.stderr
+    assert "asks for a password and the URL gives none" in missing.stderr
+    assert "refused the login: are the user name and password right?" in wrong.stderr
+
+
 def test_check_on_a_closed_memcached_port_says_it_is_unreachable() -> None:
     result = run("check", f"memcached://127.0.0.1:{closed_port()}")
     assert result.returncode == 1
