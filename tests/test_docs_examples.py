@@ -789,7 +789,7 @@ BLOCKS: Mapping[tuple[str, str], Handler] = {
         setup="import pickle, zlib\nfrom cacheplug import Serializer, SerializationError",
         then=then_serializer_round_trips,
     ),
-    ("docs/plugins.md", "import pytest"): Custom(check_contract_class),
+    ("docs/plugins.md", "import contextlib"): Custom(check_contract_class),
     ("docs/plugins.md", "$ pip install -e '.[test]'"): Shell(
         skip={
             "pip install -e '.[test]'": "the example is put on PYTHONPATH as an installed dist",

@@ -43,14 +43,22 @@ class FakeClock:
         self.now += seconds
 
 
+#: what DictCache names its writes when it reports an error
+WRITES = frozenset({"set", "add", "delete", "clear", "inc"})
+
+
 class DictStore:
-    """One in-memory store several caches can share; ``outage()`` makes it unreachable."""
+    """One in-memory store several caches can share.
+
+    ``outage()`` makes it unreachable, ``read_only()`` refuses writes only.
+    """
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[Any, float | None]] = {}
         self.clock = FakeClock()
         self.lock = threading.Lock()
         self.down = False
+        self.refusing_writes = False
 
     @contextlib.contextmanager
     def outage(self) -> Iterator[None]:
@@ -59,6 +67,14 @@ class DictStore:
             yield
         finally:
             self.down = False
+
+    @contextlib.contextmanager
+    def read_only(self) -> Iterator[None]:
+        self.refusing_writes = True
+        try:
+            yield
+        finally:
+            self.refusing_writes = False
 
 
 class StoreDownError(ConnectionError):
@@ -84,13 +100,15 @@ class DictCache(BaseCache):
 
     # -- what a driver would do ---------------------------------------------------------------
 
-    def _reach(self) -> None:
+    def _reach(self, operation: str = "get") -> None:
         if self.store.down:
             raise StoreDownError("store unreachable")
+        if self.store.refusing_writes and operation in WRITES:
+            raise StoreDownError("store is read-only")
 
     def _unreachable(self, operation: str) -> bool:
         try:
-            self._reach()
+            self._reach(operation)
         except StoreDownError as err:
             self._backend_error(operation, err)
             return True
@@ -283,6 +301,10 @@ class Backend(CacheContract):
     @pytest.fixture
     def outage(self, store):
         return store.outage
+
+    @pytest.fixture
+    def write_outage(self, store):
+        return store.read_only
 """
 
 CONTRACT_CLASS = """
@@ -330,16 +352,8 @@ BROKEN = {
 def test_each_broken_backend_fails_the_contract_saying_why(pytester: pytest.Pytester) -> None:
     result = _run_contract(pytester, list(BROKEN), ["pickle"])
     output = result.stdout.str()
-    # the report's sections: "____ TestName.test_name[pickle] ____" and the lines under it
-    parts = re.split(r"^_+ (Test\w+\.\w+)\[pickle\] _+$", output, flags=re.M)
-    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
-    missed = []
-    for backend, (test, message) in BROKEN.items():
-        report = sections.get(f"Test{backend.__name__}.{test}")
-        if report is None:
-            missed.append(f"{backend.__name__} passed {test}")
-        elif not re.search(rf"^E\s+AssertionError: .*{re.escape(message)}", report, re.M):
-            missed.append(f"{backend.__name__} failed {test} without saying {message!r}")
+    sections = _failure_sections(output, "pickle")
+    missed = _missed_failures(sections, {b.__name__: why for b, why in BROKEN.items()})
     assert not missed, "\n".join(missed) + "\n" + output
     # and pytest shows the values too: the contract's asserts are rewritten like a test's own
     unreadable = sections["TestReturnsTheStoredObject.test_unreadable_entry_is_a_miss"]
@@ -369,9 +383,163 @@ class TestBackend(CacheContract):
     assert reasons == {
         "expiry over time is not tested: no advance fixture",
         "engine outages are not tested: no outage fixture",
+        "write outages are not tested: no write_outage fixture",
         "key_prefix isolation is not tested: set shared_store = True when two caches from "
         "cache_factory see the same data",
     }, result.stdout.str()
+
+
+# -- partial outages on a real engine: SQLite with another connection holding the write lock ------
+
+SQLITE_CONTRACT_MODULE = """
+import contextlib
+import sqlite3
+
+import pytest
+from cacheplug.testing import CacheContract
+from cacheplug_example.sqlite import SQLiteCache
+from test_testing_kit import FakeClock
+
+READS = ("get", "has")
+
+
+class RaisesOnLockedWrite(SQLiteCache):
+    def _run(self, operation, failed, work):
+        if operation in READS:
+            return super()._run(operation, failed, work)
+        with self._lock:
+            return work(self._db)
+
+
+class ReadsNothingAfterAFailedWrite(SQLiteCache):
+    # takes a refused write for a dead engine: reads miss until a write succeeds
+    dead = False
+
+    def _run(self, operation, failed, work):
+        if self.dead and operation in READS:
+            return failed
+        errors = self._errors
+        answer = super()._run(operation, failed, work)
+        if operation not in READS:
+            self.dead = self._errors > errors
+        return answer
+
+
+class DropsExpiredEntriesAsItReads(SQLiteCache):
+    def get(self, key):
+        name = self.key_prefix + key
+        with self._lock:
+            row = self._db.execute(
+                "SELECT expires FROM cacheplug_entries WHERE key = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] is not None and row[0] <= self._clock():
+                self._db.execute("DELETE FROM cacheplug_entries WHERE key = ?", (name,))
+        return super().get(key)
+
+
+class CountsNoRefusedWrite(SQLiteCache):
+    def _backend_error(self, operation, err):
+        if operation in READS:
+            super()._backend_error(operation, err)
+
+
+class Locked(CacheContract):
+    backend = SQLiteCache
+
+    @pytest.fixture
+    def clock(self):
+        return FakeClock()
+
+    @pytest.fixture
+    def cache_factory(self, tmp_path, clock):
+        caches = []
+
+        def make(**kwargs):
+            path = tmp_path / "cache.db"
+            caches.append(self.backend(path, clock=clock, busy_timeout=0.01, **kwargs))
+            return caches[-1]
+
+        yield make
+        for cache in caches:
+            cache.close()
+
+    @pytest.fixture
+    def advance(self, clock):
+        return clock.advance
+
+    @pytest.fixture
+    def write_outage(self, tmp_path):
+        @contextlib.contextmanager
+        def locked():
+            other = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+
+        return locked
+"""
+
+#: each SQLite backend with a write-outage mistake, the test it fails and what the failure says
+SQLITE_BROKEN = {
+    "RaisesOnLockedWrite": (
+        "test_write_outage_refuses_writes_and_reads_go_on",
+        "during a write outage: set raised OperationalError: database is locked",
+    ),
+    "ReadsNothingAfterAFailedWrite": (
+        "test_write_outage_refuses_writes_and_reads_go_on",
+        "after writes refused in a write outage (a refused write changes nothing, and reads go "
+        "on): get returned None, expected 'before'",
+    ),
+    "DropsExpiredEntriesAsItReads": (
+        "test_write_outage_reads_expired_entries_as_missing",
+        "expired entries during a write outage: get raised OperationalError: database is locked",
+    ),
+    "CountsNoRefusedWrite": (
+        "test_write_outage_refuses_writes_and_reads_go_on",
+        "9 refused writes counted 0 errors",
+    ),
+}
+
+
+def _failure_sections(output: str, param: str = "") -> dict[str, str]:
+    """``{"TestName.test_name": its failure report}`` from a pytest run's output."""
+    # the report's sections: "____ TestName.test_name[param] ____" and the lines under it
+    suffix = re.escape(f"[{param}]") if param else ""
+    parts = re.split(rf"^_+ (Test\w+\.\w+){suffix} _+$", output, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _missed_failures(sections: dict[str, str], expected: dict[str, tuple[str, str]]) -> list[str]:
+    """Each ``{backend: (test, message)}`` that passed its test or failed it saying otherwise."""
+    missed = []
+    for backend, (test, message) in expected.items():
+        report = sections.get(f"Test{backend}.{test}")
+        if report is None:
+            missed.append(f"{backend} passed {test}")
+        elif not re.search(rf"^E\s+AssertionError: .*{re.escape(message)}", report, re.M):
+            missed.append(f"{backend} failed {test} without saying {message!r}")
+    return missed
+
+
+def test_write_outages_on_a_locked_sqlite_catch_each_mistake(pytester: pytest.Pytester) -> None:
+    pytester.syspathinsert(EXAMPLE_PLUGIN_SRC)
+    classes = "".join(
+        f"\n\nclass Test{name}(Locked):\n    backend = {name}\n"
+        for name in ["SQLiteCache", *SQLITE_BROKEN]
+    )
+    pytester.makepyfile(test_locked=SQLITE_CONTRACT_MODULE + classes)
+    result = pytester.runpytest_inprocess(
+        "-q", "-p", "no:cacheprovider", "-rfEs", "-k", "write_outage"
+    )
+    output = result.stdout.str()
+    sections = _failure_sections(output)
+    assert not [name for name in sections if name.startswith("TestSQLiteCache.")], output
+    assert result.parseoutcomes()["passed"] >= 2, output
+    missed = _missed_failures(sections, SQLITE_BROKEN)
+    assert not missed, "\n".join(missed) + "\n" + output
 
 
 def _plugins_doc_contract_example() -> str:
@@ -411,6 +579,6 @@ def test_contract_docstring_documents_every_fixture_a_subclass_provides() -> Non
         or hasattr(value, "_pytestfixturefunction")
         if name != "cache"
     ]
-    assert sorted(provided) == ["advance", "cache_factory", "outage"], provided
+    assert sorted(provided) == ["advance", "cache_factory", "outage", "write_outage"], provided
     for name in [*provided, "shared_store = True", "Example::"]:
         assert f"``{name}``" in doc or name in doc, f"CacheContract's docstring omits {name}"

@@ -26,9 +26,10 @@ returning a new, empty cache on the same store each time::
 Optional: override ``advance`` (a fixture returning ``advance(seconds)``) when the backend takes
 an injectable clock, so expiry is tested without sleeping; override ``outage`` (a fixture returning
 a context manager factory: inside ``with outage():`` the caches cannot reach their store, after it
-they can again) so the answers during an engine outage and the recovery are tested; set
-``shared_store = True`` when two caches from the factory see the same data (prefix isolation is
-then tested too).
+they can again) so the answers during an engine outage and the recovery are tested; override
+``write_outage`` the same way when the store can refuse writes while it still answers reads (a
+locked or full file, a read-only replica); set ``shared_store = True`` when two caches from the
+factory see the same data (prefix isolation is then tested too).
 """
 
 from __future__ import annotations
@@ -78,6 +79,34 @@ class _BrokenLoads:
         raise ValueError("unreadable on purpose")
 
 
+#: name of a call -> (the call, the answer it owes)
+_Expected = dict[str, tuple[Callable[[], Any], Any]]
+
+
+def _wrong_answers(expected: _Expected) -> list[str]:
+    """What each call did that its expected answer (value and type) does not match."""
+    wrong: list[str] = []
+    for name, (call, answer) in expected.items():
+        try:
+            got = call()
+        except Exception as err:  # the point of the outage tests: none may escape
+            wrong.append(f"{name} raised {type(err).__name__}: {err}")
+        else:
+            if got != answer or type(got) is not type(answer):
+                wrong.append(f"{name} returned {got!r}, expected {answer!r}")
+    return wrong
+
+
+def _assert_recovers(cache: BaseCache) -> None:
+    """After an outage, ``cache`` stores and reads again by itself."""
+    # Engines may skip a failed server for a while: wait, bounded, for the first success.
+    deadline, pause = time.monotonic() + 30, threading.Event()
+    while not cache.set("key", "after"):
+        assert time.monotonic() < deadline, "the cache did not recover after the outage"
+        pause.wait(0.01)
+    assert cache.get("key") == "after", "the cache did not recover after the outage"
+
+
 class CacheContract:
     """The behaviour every backend owes its users; subclass it and provide ``cache_factory``.
 
@@ -89,6 +118,11 @@ class CacheContract:
     - ``advance``: returns ``advance(seconds)``, moving the clock the factory's caches read.
     - ``outage``: returns a context-manager factory; inside ``with outage():`` the caches
       cannot reach their store, and after it they must recover by themselves.
+    - ``write_outage``: the same for a partial outage, where the store refuses every write
+      but still answers reads (SQLite locked by another writer, a read-only replica, a full
+      disk). Each write must then give its outage answer, logged; reads must keep answering
+      as before: entries written before the outage read back, and a refused write changed
+      nothing. Provide it beside ``outage`` or instead of it.
     - ``shared_store = True``: two caches from the factory see the same data (tests key
       prefixes).
 
@@ -137,6 +171,13 @@ class CacheContract:
         pytest.skip(
             "engine outages are not tested: no outage fixture (override it to return a "
             "context manager factory inside which the caches cannot reach their store)"
+        )
+
+    @pytest.fixture
+    def write_outage(self) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        pytest.skip(
+            "write outages are not tested: no write_outage fixture (override it to return a "
+            "context manager factory inside which the store refuses writes and answers reads)"
         )
 
     # -- get / set -------------------------------------------------------------------------
@@ -407,7 +448,7 @@ class CacheContract:
         outage: Callable[[], contextlib.AbstractContextManager[object]],
     ) -> None:
         cache.set("key", "before")
-        expected: dict[str, tuple[Callable[[], Any], Any]] = {
+        expected: _Expected = {
             "get": (lambda: cache.get("key"), None),
             "set": (lambda: cache.set("key", "during"), False),
             "add": (lambda: cache.add("new", "during"), False),
@@ -422,24 +463,72 @@ class CacheContract:
             "clear": (cache.clear, False),
         }
         errors_before = cache.stats()["errors"]
-        wrong: list[str] = []
         with outage():
-            for name, (call, answer) in expected.items():
-                try:
-                    got = call()
-                except Exception as err:  # the point of the test: none may escape
-                    wrong.append(f"{name} raised {type(err).__name__}: {err}")
-                else:
-                    if got != answer or type(got) is not type(answer):
-                        wrong.append(f"{name} returned {got!r}, expected {answer!r}")
+            wrong = _wrong_answers(expected)
         assert not wrong, "during an outage: " + "; ".join(wrong)
         assert cache.stats()["errors"] > errors_before, "outage failures are not counted"
-        # Engines may skip a failed server for a while: wait, bounded, for the first success.
-        deadline, pause = time.monotonic() + 30, threading.Event()
-        while not cache.set("key", "after"):
-            assert time.monotonic() < deadline, "the cache did not recover after the outage"
-            pause.wait(0.01)
-        assert cache.get("key") == "after", "the cache did not recover after the outage"
+        _assert_recovers(cache)
+
+    def test_write_outage_refuses_writes_and_reads_go_on(
+        self,
+        cache: BaseCache,
+        write_outage: Callable[[], contextlib.AbstractContextManager[object]],
+    ) -> None:
+        cache.set_many({"key": "before", "n": 5})
+        reads: _Expected = {
+            "get": (lambda: cache.get("key"), "before"),
+            "get of a missing key": (lambda: cache.get("new"), None),
+            "has": (lambda: cache.has("key"), True),
+            "has of a missing key": (lambda: cache.has("new"), False),
+            "get_many": (lambda: cache.get_many("key", "n", "new"), ["before", 5, None]),
+            "get_dict": (lambda: cache.get_dict("key", "new"), {"key": "before", "new": None}),
+        }
+        writes: _Expected = {
+            "set": (lambda: cache.set("key", "during"), False),
+            "add": (lambda: cache.add("new", "during"), False),
+            "delete": (lambda: cache.delete("key"), False),
+            "inc": (lambda: cache.inc("n"), None),
+            "dec": (lambda: cache.dec("n"), None),
+            "inc of a missing key": (lambda: cache.inc("new"), None),
+            "set_many": (lambda: cache.set_many({"key": "during", "new": "during"}), []),
+            "delete_many": (lambda: cache.delete_many("key", "n"), []),
+            "clear": (cache.clear, False),
+        }
+        errors_before = cache.stats()["errors"]
+        with write_outage():
+            wrong_reads = _wrong_answers(reads)
+            wrong_writes = _wrong_answers(writes)
+            reads_after_writes = _wrong_answers(reads)
+        assert not wrong_reads, "a write outage stopped reads: " + "; ".join(wrong_reads)
+        assert not wrong_writes, "during a write outage: " + "; ".join(wrong_writes)
+        assert not reads_after_writes, (
+            "after writes refused in a write outage (a refused write changes nothing, and "
+            "reads go on): " + "; ".join(reads_after_writes)
+        )
+        errors = cache.stats()["errors"] - errors_before
+        assert errors >= len(writes), f"{len(writes)} refused writes counted {errors} errors"
+        _assert_recovers(cache)
+
+    def test_write_outage_reads_expired_entries_as_missing(
+        self,
+        cache: BaseCache,
+        write_outage: Callable[[], contextlib.AbstractContextManager[object]],
+        advance: Callable[[float], None],
+    ) -> None:
+        cache.set_many({"key": "short", "n": 1}, timeout=5)
+        advance(10)
+        # A backend may drop an expired entry as it reads it: that write fails here.
+        expired: _Expected = {
+            "get": (lambda: cache.get("key"), None),
+            "has": (lambda: cache.has("key"), False),
+            "get_many": (lambda: cache.get_many("key", "n"), [None, None]),
+            "add": (lambda: cache.add("key", "new"), False),
+            "inc": (lambda: cache.inc("n"), None),
+        }
+        with write_outage():
+            wrong = _wrong_answers(expired)
+        assert not wrong, "expired entries during a write outage: " + "; ".join(wrong)
+        _assert_recovers(cache)
 
     # -- many ------------------------------------------------------------------------------------
 
