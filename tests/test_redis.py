@@ -73,6 +73,16 @@ class RedisCaches:
             cache.close()
 
 
+@contextlib.contextmanager
+def refusing_writes(server: RedisServer) -> Iterator[None]:
+    """``server`` refusing every write (NOREPLICAS: it waits for a replica it lacks), reading on."""
+    server.command("CONFIG", "SET", "min-replicas-to-write", "1")
+    try:
+        yield
+    finally:
+        server.command("CONFIG", "SET", "min-replicas-to-write", "0")
+
+
 class TestRedisContract(CacheContract):
     shared_store = True
 
@@ -94,6 +104,14 @@ class TestRedisContract(CacheContract):
             pytest.skip("one serializer is enough: an outage never reaches the serializer")
         return partial(killed, [redis_server])
 
+    @pytest.fixture
+    def write_outage(
+        self, redis_server: RedisServer, serializer: str
+    ) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        if serializer != "pickle":
+            pytest.skip("one serializer is enough: a refused write never reaches the serializer")
+        return partial(refusing_writes, redis_server)
+
 
 class TestRedisClusterContract(TestRedisContract):
     @pytest.fixture
@@ -105,6 +123,10 @@ class TestRedisClusterContract(TestRedisContract):
     @pytest.fixture
     def outage(self) -> Callable[[], contextlib.AbstractContextManager[object]]:
         pytest.skip("cluster outages: test_redis_faults.py kills nodes under a workload")
+
+    @pytest.fixture
+    def write_outage(self) -> Callable[[], contextlib.AbstractContextManager[object]]:
+        pytest.skip("write outages on a cluster: the standalone server's run covers RedisCache")
 
 
 @pytest.fixture
