@@ -118,11 +118,11 @@ class CacheContract:
     - ``advance``: returns ``advance(seconds)``, moving the clock the factory's caches read.
     - ``outage``: returns a context-manager factory; inside ``with outage():`` the caches
       cannot reach their store, and after it they must recover by themselves.
-    - ``write_outage``: the same for a partial outage, where the store refuses every write
-      but still answers reads (SQLite locked by another writer, a read-only replica, a full
-      disk). Each write must then give its outage answer, logged; reads must keep answering
-      as before: entries written before the outage read back, and a refused write changed
-      nothing. Provide it beside ``outage`` or instead of it.
+    - ``write_outage``: the same for a partial outage, where the store refuses every write,
+      deletes included, but still answers reads (SQLite locked by another writer, a read-only
+      replica, a read-only file system). Each write must then give its outage answer,
+      logged; reads must keep answering as before: entries written before the outage read
+      back, and a refused write changed nothing. Provide it beside ``outage`` or instead of it.
     - ``shared_store = True``: two caches from the factory see the same data (tests key
       prefixes).
 
