@@ -823,6 +823,23 @@ def test_example(block: Block, request: pytest.FixtureRequest, tmp_path: Path) -
     BLOCKS[keys[0]](block, Context(request, tmp_path))
 
 
+def test_the_example_plugins_own_tests_pass(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The example a plugin author copies keeps passing its own suite (the contract included),
+    run as its README says, with the plugin installed (entry points and all)."""
+    env = Context(request, tmp_path).env(plugin=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        check=False,
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "write outages are not tested" not in done.stdout
+
+
 def test_every_table_entry_names_one_block() -> None:
     for key in BLOCKS:
         find_block(key)

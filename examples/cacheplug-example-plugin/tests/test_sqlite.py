@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["pickle", "json", "zpickle"])
+@pytest.fixture(params=["pickle", "json", "msgpack", "zpickle"])
 def serializer(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -50,6 +53,7 @@ class TestSQLiteCacheContract(CacheContract):
 
         def make(**kwargs: Any) -> SQLiteCache:
             kwargs.setdefault("serializer", serializer)
+            kwargs.setdefault("busy_timeout", 0.01)  # a locked write fails in 10 ms, not 5 s
             cache = SQLiteCache(tmp_path / "cache.db", clock=clock, **kwargs)
             caches.append(cache)
             return cache
@@ -61,6 +65,21 @@ class TestSQLiteCacheContract(CacheContract):
     @pytest.fixture
     def advance(self, clock: FakeClock) -> Callable[[float], None]:
         return clock.advance
+
+    @pytest.fixture
+    def write_outage(self, tmp_path: Path) -> Callable[[], AbstractContextManager[None]]:
+        # WAL readers never block: another writer holding the lock fails exactly the writes
+        @contextlib.contextmanager
+        def locked_by_another_writer() -> Iterator[None]:
+            other = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+
+        return locked_by_another_writer
 
 
 def test_entries_survive_reopening_the_file(tmp_path: Path) -> None:
