@@ -11,6 +11,7 @@ configures its cache with one URL::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,9 +46,10 @@ def cache_factory(
     that take a ``threshold``), which Flask-Caching always fills in.
     Flask-Caching's ``ignore_delete_many_errors`` is dropped: ``delete_many`` never raises here.
 
-    :raises ConfigurationError: ``CACHE_ARGS`` is not empty, Flask-Caching's own engine
-        settings (``CACHE_REDIS_HOST``, ``CACHE_DIR``...) are given without ``CACHE_URL``, or
-        the URL or an option is wrong.
+    Flask-Caching's own engine settings (``CACHE_REDIS_HOST``, ``CACHE_DIR``...) given without
+    ``CACHE_URL`` are warned about: the cache is then an in-process ``simple://``.
+
+    :raises ConfigurationError: ``CACHE_ARGS`` is not empty, or the URL or an option is wrong.
     """
     from cacheplug.core.plugins import get_backend_class
     from cacheplug.core.url import from_url, parse_url
@@ -61,11 +63,17 @@ def cache_factory(
     if not url:
         given = [name for name in _ENGINE_SETTINGS if config.get(name)]
         if given:
-            # an app moving over keeps these and would silently get an in-process cache
-            raise ConfigurationError(
-                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} Flask-Caching's own "
-                "settings, which cacheplug does not read; say where the cache is in CACHE_URL "
-                "(e.g. redis://:password@host:6379/0, memcached://host:11211, file:///abs/dir)"
+            # An app moving over keeps these and would silently get an in-process cache. Not an
+            # error: Flask-Caching merges app.config into every cache's, so a second cache of
+            # the same app sees the first one's settings.
+            warnings.warn(
+                f"{', '.join(given)}: {'a setting' if len(given) == 1 else 'settings'} of "
+                "Flask-Caching's own backends, which cacheplug does not read; without CACHE_URL "
+                "this cache is an in-process simple://. Say where the cache is in CACHE_URL "
+                "(e.g. redis://:password@host:6379/0, memcached://host:11211, file:///abs/dir), "
+                "or set CACHE_URL to simple:// to keep it in-process",
+                UserWarning,
+                stacklevel=2,
             )
         url = "simple://"
     parsed = parse_url(url)

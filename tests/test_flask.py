@@ -120,14 +120,33 @@ def test_cache_threshold_applies_where_the_backend_has_a_threshold(
         {"CACHE_MEMCACHED_SERVERS": ["cache.internal:11211"]},
     ],
 )
-def test_flask_cachings_engine_settings_without_a_url_are_refused(settings: dict[str, Any]) -> None:
+def test_flask_cachings_engine_settings_without_a_url_are_warned_about(
+    settings: dict[str, Any],
+) -> None:
     # an app moving over keeps its CACHE_REDIS_* and would silently get an in-process cache
-    with pytest.raises(ConfigurationError, match="CACHE_URL") as caught:
-        _app(**settings)
-    assert all(name in str(caught.value) for name in settings)
-    assert "hunter2" not in str(caught.value)
-    app, cache = _app(CACHE_URL="simple://", **settings)  # the URL says where: the rest is moot
+    with pytest.warns(UserWarning, match="CACHE_URL") as caught:
+        app, cache = _app(**settings)
+    message = str(caught[0].message)
+    assert all(name in message for name in settings) and "hunter2" not in message
     assert repr(app.extensions["cache"][cache]).startswith("SimpleCache(")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the URL says where: the rest is moot
+        _app(CACHE_URL="simple://", **settings)
+
+
+def test_a_second_cache_of_an_app_whose_first_is_flask_cachings_own_still_starts(
+    redis_server: RedisServer,
+) -> None:
+    # Flask-Caching merges app.config into each cache's config: the second cache sees the
+    # first one's CACHE_REDIS_URL, which is no mistake of its own
+    app = Flask(__name__)
+    app.config.update(CACHE_TYPE="RedisCache", CACHE_REDIS_URL=redis_server.url)
+    theirs = Cache(app)
+    with pytest.warns(UserWarning, match="CACHE_REDIS_URL"):
+        ours = Cache(app, config={"CACHE_TYPE": "cacheplug.flask.cache_factory"})
+    with app.app_context():
+        assert theirs.set("k", 1) and ours.set("k", 2)
+        assert (theirs.get("k"), ours.get("k")) == (1, 2)
 
 
 def test_positional_cache_args_are_refused_with_the_way_out() -> None:
