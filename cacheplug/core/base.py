@@ -100,8 +100,9 @@ class CacheSigner:
 
     def _rekey(self, serializer: object) -> tuple[object, Any, Any]:
         signer = PayloadSigner(self._secret, signing_context(serializer))
-        self._keyed = (serializer, signer._inner, signer._outer)
-        return self._keyed
+        # returned as built: another thread may replace self._keyed meanwhile
+        keyed = self._keyed = (serializer, signer._inner, signer._outer)
+        return keyed
 
     def sign(self, data: bytes, serializer: object) -> bytes:
         """The 32-byte HMAC-SHA256 of ``serializer``'s context and ``data``."""
