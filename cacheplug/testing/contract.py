@@ -29,7 +29,8 @@ a context manager factory: inside ``with outage():`` the caches cannot reach the
 they can again) so the answers during an engine outage and the recovery are tested; override
 ``write_outage`` the same way when the store can refuse writes while it still answers reads (a
 locked or full file, a read-only replica); set ``shared_store = True`` when two caches from the
-factory see the same data (prefix isolation is then tested too).
+factory see the same data (prefix isolation and signing across caches are then tested too).
+Every factory must pass ``secret=`` on: the suite checks signed caches.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class CacheContract:
       logged; reads must keep answering as before: entries written before the outage read
       back, and a refused write changed nothing. Provide it beside ``outage`` or instead of it.
     - ``shared_store = True``: two caches from the factory see the same data (tests key
-      prefixes).
+      prefixes, and that a cache with a ``secret`` misses entries it did not sign).
 
     Example::
 
@@ -278,6 +279,34 @@ class CacheContract:
         assert left.clear() is True
         assert left.get("key") is None
         assert right.get("key") == "R", "clear removed keys of another key_prefix"
+
+    # -- signing (secret=) -------------------------------------------------------------------------
+
+    def test_a_cache_with_a_secret_reads_back_what_it_stored(
+        self, cache_factory: CacheFactory
+    ) -> None:
+        cache = cache_factory(secret="contract-secret")
+        value = {"a": [1, "x"], "b": None}
+        assert cache.set("key", value) is True
+        assert cache.get("key") == value, "a cache with a secret did not read its own entry"
+        assert cache.get_many("key", "missing") == [value, None]
+        assert cache.get_dict("key") == {"key": value}
+        assert cache.add("key", 0) is False
+
+    def test_a_cache_with_a_secret_misses_entries_it_did_not_sign(
+        self, cache_factory: CacheFactory
+    ) -> None:
+        if not self.shared_store:
+            pytest.skip(
+                "signing is not tested across caches: set shared_store = True when two caches "
+                "from cache_factory see the same data"
+            )
+        signed = cache_factory(secret="contract-secret")
+        cache_factory(secret="another-secret").set("theirs", {"a": 1})
+        cache_factory().set("unsigned", {"a": 1})
+        assert signed.get("theirs") is None, "an entry signed with another secret was read"
+        assert signed.get("unsigned") is None, "an unsigned entry was read by a signed cache"
+        assert signed.get_many("theirs", "unsigned") == [None, None]
 
     # -- timeouts ---------------------------------------------------------------------------------
 
