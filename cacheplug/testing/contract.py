@@ -111,11 +111,12 @@ def _assert_recovers(cache: BaseCache) -> None:
 class CacheContract:
     """The behaviour every backend owes its users; subclass it and provide ``cache_factory``.
 
-    Fixtures and attributes a subclass provides (each one left out is a skip that says so):
+    Fixtures and attributes a subclass provides (``cache_factory`` is required; each other one
+    left out is a skip that says so):
 
     - ``cache_factory``: returns ``make(**kwargs)``, which builds a new, empty cache with
-      ``kwargs`` (``serializer=``, ``key_prefix=``, ``default_timeout=``...) on each call;
-      close what it built after the ``yield``.
+      ``kwargs`` (``serializer=``, ``key_prefix=``, ``default_timeout=``, ``secret=``...) on
+      each call; close what it built after the ``yield``.
     - ``advance``: returns ``advance(seconds)``, moving the clock the factory's caches read.
     - ``outage``: returns a context-manager factory; inside ``with outage():`` the caches
       cannot reach their store, and after it they must recover by themselves.
