@@ -440,3 +440,58 @@ def test_a_negative_value_length_is_an_error_not_an_endless_loop(size: int) -> N
     worker.join(timeout=5)
     assert not worker.is_alive(), "the parser never returned"
     assert len(outcome) == 1 and isinstance(outcome[0], MemcacheUnknownError)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    token=st.binary(min_size=1, max_size=16).map(lambda b: b.hex().encode()),
+    stored=st.sampled_from([b"STORED", b"NOT_STORED"]),
+    cuts=st.lists(st.integers(0, 200)),
+)
+def test_store_seeing_parses_a_reply_cut_anywhere(
+    token: bytes, stored: bytes, cuts: list[int]
+) -> None:
+    item = (FLAG_SERIALIZED, b"v")
+    seen = b"%s\r\nVA %d\r\n%s\r\n" % (stored, len(token), token)
+    answer = stored == b"STORED"
+    assert wire.store_seeing(PiecesClient(seen, cuts), "k", item, 0, "t") == (answer, token)
+    missing = PiecesClient(b"%s\r\nEN\r\n" % stored, cuts)
+    assert wire.store_seeing(missing, "k", item, 0, "t") == (answer, None)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"SERVER_ERROR object too large for cache\r\nEN\r\n",
+        b"STORED\r\nVA 3\r\nabcd\r\n",  # the value is not as long as announced
+        b"STORED\r\nVA x\r\nabc\r\n",
+        b"STORED\r\nXX\r\n",
+        b"STORED\r\nEN\r\nSTORED\r\n",  # a line too many: out of step
+    ],
+)
+def test_store_seeing_raises_on_a_damaged_reply(reply: bytes) -> None:
+    client = PiecesClient(reply, [])
+    with pytest.raises((MemcacheServerError, MemcacheUnknownError)):
+        wire.store_seeing(client, "k", (FLAG_SERIALIZED, b"v"), 0, "t")
+    assert client.sock is None  # the connection is dropped
+
+
+def test_a_prefixed_set_is_written_again_when_the_namespace_changed_meanwhile() -> None:
+    # the token this cache knows is "aaa"; the server answers, right after the write, that the
+    # namespace is now "bbb" (a clear elsewhere): the value is written again, into "bbb"
+    server = ScriptedServer(
+        [
+            b"VALUE %s 0 3\r\naaa\r\nEND\r\n" % memcached_key("p:~ns~").encode(),  # load_token
+            b"STORED\r\nVA 3\r\nbbb\r\n",
+            b"STORED\r\nVA 3\r\nbbb\r\n",
+        ]
+    )
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
+    try:
+        assert cache.set("k", "v") is True
+        assert cache._servers[0].token == "bbb"
+        assert server.script == []  # both writes were made
+        assert cache.stats()["errors"] == 0
+    finally:
+        cache.close()
+        server.close()

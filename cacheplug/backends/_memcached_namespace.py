@@ -1,8 +1,9 @@
 """The namespace of a ``MemcachedCache`` with a ``key_prefix``.
 
 Every key lives in a namespace named by a random token kept on each server; ``clear`` replaces
-the token, reads fetch it in the same ``get`` round trip and writes read it first, so a
-``clear`` by any process is seen by every later call.
+the token, reads fetch it in the same ``get`` round trip, ``set`` reads it in the round trip of
+the write (and writes again if it changed) and other writes read it first, so a ``clear`` by
+any process is seen by every later call.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cacheplug.backends._memcached_keys import memcached_key
 if TYPE_CHECKING:
     from cacheplug.backends._memcached_servers import Server
 
-__all__ = ["fetch", "load_token", "names", "new_token", "token_key"]
+__all__ = ["fetch", "load_token", "names", "new_token", "store", "token_key"]
 
 
 def token_key(key_prefix: str) -> str:
@@ -68,3 +69,31 @@ def fetch(
             return {names[name]: item for name, item in items.items()}
         token = server.seen_token(seen)  # cleared elsewhere: read the new namespace
     return {}
+
+
+def store(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)
+    client: Any,
+    server: Server,
+    space: tuple[str, str],
+    key: str,
+    item: tuple[int, bytes],
+    exptime: int,
+) -> bool:
+    """``set`` of ``key`` in the namespace, one round trip unless the namespace changed: the
+    write goes under the token last seen, and the token read right after it tells whether
+    that was still the namespace; if not (a clear elsewhere, a lost token), it is written
+    again under the current one. ``space``: the key prefix and its token key. Whether
+    memcached stored it."""
+    key_prefix, token_key = space
+    token = server.token or load_token(client, server, token_key)
+    for _ in range(CREATE_ATTEMPTS):
+        name = memcached_key(f"{key_prefix}{token}:{key}")
+        stored, seen = wire.store_seeing(client, name, item, exptime, token_key)
+        if seen is None:  # namespace lost (restart, eviction): write into the new one
+            token = load_token(client, server, token_key)
+            continue
+        current = seen.decode("ascii", "replace")
+        if current == token:
+            return stored
+        token = server.seen_token(current)
+    raise ConnectionError(f"memcached {server.name} keeps replacing the namespace token")

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-__all__ = ["count", "fetch", "read_for_swap", "store", "swap"]
+__all__ = ["count", "fetch", "read_for_swap", "store", "store_seeing", "swap"]
 
 _CHUNK = 65536
 _END = b"END"
@@ -73,6 +73,45 @@ def store(client: Any, name: str, item: tuple[int, bytes], exptime: int) -> bool
     flags, data = item
     request = b"set %s %d %d %d\r\n%s\r\n" % (name.encode("ascii"), flags, exptime, len(data), data)
     return _ask(client, request, _STORED) is True
+
+
+def store_seeing(
+    client: Any, name: str, item: tuple[int, bytes], exptime: int, seen_key: str
+) -> tuple[bool, bytes | None]:
+    """``set`` of one entry, then ``get`` of ``seen_key``, one round trip: ``(whether
+    memcached stored it, the value of seen_key right after, None when missing)``."""
+    flags, data = item
+    request = b"set %s %d %d %d\r\n%s\r\nmg %s v\r\n" % (
+        name.encode("ascii"),
+        flags,
+        exptime,
+        len(data),
+        data,
+        seen_key.encode("ascii"),
+    )
+    sock = _socket(client)
+    try:
+        _send(sock, request)
+        buf = _more(sock, b"", 1)
+        while True:
+            lines = buf.split(b"\r\n")
+            # STORED, then EN, or VA <size> and the value (no CRLF in it: a token)
+            expected = 4 if len(lines) > 1 and lines[1].startswith(b"VA ") else 3
+            if len(lines) >= expected and buf.endswith(b"\r\n"):
+                break
+            buf = _more(sock, buf, len(buf) + 1)
+        if len(lines) != expected or lines[0] not in _STORED:
+            _raise_reply(lines[0] if lines[0] not in _STORED else b"more reply lines than asked")
+        if expected == 3:
+            if lines[1] != b"EN":
+                _raise_reply(lines[1])
+            return _STORED[lines[0]], None
+        if len(lines[2]) != _meta_flag(lines[1], b"VA", b""):
+            _raise_reply(lines[1])
+        return _STORED[lines[0]], lines[2]
+    except BaseException:
+        client.close()
+        raise
 
 
 def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bool]:

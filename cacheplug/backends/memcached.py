@@ -407,15 +407,14 @@ class MemcachedCache(BaseCache):
             check_key(key)
         exptime = self._timeout(timeout)
         packed = self._pack(value)
-        if self._namespace is not None:
-            target = self._target(key, "set")
-            if target is None:
-                return False
-            server, name = target
+        space = self._namespace
+        if space is not None:
+            server = self._only or self._ring(space[0] + key)
+            stored = self._run(server, "set", namespace.store, server, space, key, packed, exptime)
         else:
-            name = memcached_key(key)
             server = self._only or self._ring(key)
-        if self._run(server, "set", wire.store, name, packed, exptime) is not True:
+            stored = self._run(server, "set", wire.store, memcached_key(key), packed, exptime)
+        if stored is not True:
             return False
         self._sets += 1
         return True
