@@ -452,21 +452,22 @@ def test_store_seeing_parses_a_reply_cut_anywhere(
     token: bytes, stored: bytes, cuts: list[int]
 ) -> None:
     item = (FLAG_SERIALIZED, b"v")
-    seen = b"%s\r\nVA %d\r\n%s\r\n" % (stored, len(token), token)
+    seen = b"%s\r\nVALUE t 0 %d\r\n%s\r\nEND\r\n" % (stored, len(token), token)
     answer = stored == b"STORED"
     assert wire.store_seeing(PiecesClient(seen, cuts), "k", item, 0, "t") == (answer, token)
-    missing = PiecesClient(b"%s\r\nEN\r\n" % stored, cuts)
+    missing = PiecesClient(b"%s\r\nEND\r\n" % stored, cuts)
     assert wire.store_seeing(missing, "k", item, 0, "t") == (answer, None)
 
 
 @pytest.mark.parametrize(
     "reply",
     [
-        b"SERVER_ERROR object too large for cache\r\nEN\r\n",
-        b"STORED\r\nVA 3\r\nabcd\r\n",  # the value is not as long as announced
-        b"STORED\r\nVA x\r\nabc\r\n",
+        b"SERVER_ERROR object too large for cache\r\nEND\r\n",
+        b"STORED\r\nVALUE t 0 3\r\nabcd\r\nEND\r\n",  # not as long as announced
+        b"STORED\r\nVALUE t 0 x\r\nabc\r\nEND\r\n",
+        b"STORED\r\nVALUE u 0 3\r\nabc\r\nEND\r\n",  # another key than asked
         b"STORED\r\nXX\r\n",
-        b"STORED\r\nEN\r\nSTORED\r\n",  # a line too many: out of step
+        b"STORED\r\nEND\r\nSTORED\r\n",  # a line too many: out of step
     ],
 )
 def test_store_seeing_raises_on_a_damaged_reply(reply: bytes) -> None:
@@ -482,8 +483,8 @@ def test_a_prefixed_set_is_written_again_when_the_namespace_changed_meanwhile() 
     server = ScriptedServer(
         [
             b"VALUE %s 0 3\r\naaa\r\nEND\r\n" % memcached_key("p:~ns~").encode(),  # load_token
-            b"STORED\r\nVA 3\r\nbbb\r\n",
-            b"STORED\r\nVA 3\r\nbbb\r\n",
+            b"STORED\r\nVALUE %s 0 3\r\nbbb\r\nEND\r\n" % memcached_key("p:~ns~").encode(),
+            b"STORED\r\nVALUE %s 0 3\r\nbbb\r\nEND\r\n" % memcached_key("p:~ns~").encode(),
         ]
     )
     cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)

@@ -81,13 +81,14 @@ def store_seeing(
     """``set`` of one entry, then ``get`` of ``seen_key``, one round trip: ``(whether
     memcached stored it, the value of seen_key right after, None when missing)``."""
     flags, data = item
-    request = b"set %s %d %d %d\r\n%s\r\nmg %s v\r\n" % (
+    seen_name = seen_key.encode("ascii")
+    request = b"set %s %d %d %d\r\n%s\r\nget %s\r\n" % (
         name.encode("ascii"),
         flags,
         exptime,
         len(data),
         data,
-        seen_key.encode("ascii"),
+        seen_name,
     )
     sock = _socket(client)
     try:
@@ -95,20 +96,21 @@ def store_seeing(
         buf = _more(sock, b"", 1)
         while True:
             lines = buf.split(b"\r\n")
-            # STORED, then EN, or VA <size> and the value (no CRLF in it: a token)
-            expected = 4 if len(lines) > 1 and lines[1].startswith(b"VA ") else 3
+            # STORED, then END, or VALUE, the value (no CRLF in it: a token) and END
+            expected = 5 if len(lines) > 1 and lines[1].startswith(b"VALUE ") else 3
             if len(lines) >= expected and buf.endswith(b"\r\n"):
                 break
             buf = _more(sock, buf, len(buf) + 1)
-        if len(lines) != expected or lines[0] not in _STORED:
-            _raise_reply(lines[0] if lines[0] not in _STORED else b"more reply lines than asked")
-        if expected == 3:
-            if lines[1] != b"EN":
-                _raise_reply(lines[1])
-            return _STORED[lines[0]], None
-        if len(lines[2]) != _meta_flag(lines[1], b"VA", b""):
+        if lines[0] not in _STORED:
+            _raise_reply(lines[0])
+        if len(lines) != expected or lines[-2] != _END:
             _raise_reply(lines[1])
-        return _STORED[lines[0]], lines[2]
+        if expected == 3:
+            return _STORED[lines[0]], None
+        found = _split_values(b"\r\n".join(lines[1:]))
+        if found is None or set(found) != {seen_name}:
+            _raise_reply(lines[1])
+        return _STORED[lines[0]], found[seen_name][1]
     except BaseException:
         client.close()
         raise
