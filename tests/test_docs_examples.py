@@ -49,7 +49,7 @@ from typing import Any, TypeAlias
 
 import pytest
 import redis
-from plugin_dists import write_distribution
+from plugin_dists import installed_in_place, write_distribution
 from servers import RedisServer
 
 import cacheplug
@@ -153,7 +153,7 @@ class Context:
         """A directory on which ``cacheplug-example-plugin`` looks installed (dist-info only;
         its sources stay in examples/, added to ``PYTHONPATH`` by :meth:`env`)."""
         site = self.tmp_path / "site"
-        if not site.exists():
+        if not site.exists() and not installed_in_place(EXAMPLE / "src"):
             write_distribution(
                 site,
                 "cacheplug-example-plugin",

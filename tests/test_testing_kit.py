@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plugin_dists import installed_in_place
 
 from cacheplug import BaseCache
 from cacheplug.core.base import check_delta, check_key, checked_counter, normalize_timeout
@@ -563,7 +564,8 @@ def _plugins_doc_contract_example() -> str:
 def example_plugin(pytester: pytest.Pytester) -> Iterator[None]:
     pytester.syspathinsert(EXAMPLE_PLUGIN_SRC)  # as if the example were installed
     reset_plugins()
-    register_plugin(importlib.import_module("cacheplug_example.plugin"), name="example")
+    if not installed_in_place(EXAMPLE_PLUGIN_SRC):  # else its entry point registers it
+        register_plugin(importlib.import_module("cacheplug_example.plugin"), name="example")
     yield
     reset_plugins()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-__all__ = ["MARK", "backend_module", "imported", "write_distribution"]
+__all__ = ["MARK", "backend_module", "imported", "installed_in_place", "write_distribution"]
 
 #: Module source that leaves ``<module>.imported`` next to the module when it is imported.
 MARK = "import pathlib\npathlib.Path(__file__).with_suffix('.imported').touch()\n"
@@ -49,3 +49,9 @@ def backend_module(*schemes: str, body: str = "") -> str:
 def imported(site: Path, module: str) -> bool:
     """Whether ``module`` (written with :data:`MARK`) has been imported by any process."""
     return (site / f"{module}.imported").exists()
+
+
+def installed_in_place(src: Path) -> bool:
+    """Whether ``pip install -e`` left metadata in ``src`` (as docs/plugins.md has authors do):
+    the distribution's entry points are then found from ``src`` itself."""
+    return any(src.glob("*.egg-info")) or any(src.glob("*.dist-info"))
