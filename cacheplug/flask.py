@@ -20,7 +20,7 @@ from cacheplug.core.errors import ConfigurationError
 
 __all__ = ["cache_factory"]
 
-#: Flask-Caching's settings of its own engines: without CACHE_URL they mean a mistake.
+#: Flask-Caching's settings of its own engines: without CACHE_URL, most likely a missed move.
 _ENGINE_SETTINGS = (
     "CACHE_REDIS_URL",
     "CACHE_REDIS_HOST",
