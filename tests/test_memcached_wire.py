@@ -448,15 +448,17 @@ def test_a_negative_value_length_is_an_error_not_an_endless_loop(size: int) -> N
     stored=st.sampled_from([b"STORED", b"NOT_STORED"]),
     cuts=st.lists(st.integers(0, 200)),
 )
-def test_store_seeing_parses_a_reply_cut_anywhere(
+def test_a_write_with_the_token_read_back_parses_a_reply_cut_anywhere(
     token: bytes, stored: bytes, cuts: list[int]
 ) -> None:
     item = (FLAG_SERIALIZED, b"v")
     seen = b"%s\r\nVALUE t 0 %d\r\n%s\r\nEND\r\n" % (stored, len(token), token)
     answer = stored == b"STORED"
-    assert wire.store_seeing(PiecesClient(seen, cuts), "k", item, 0, "t") == (answer, token)
+    request = wire.storage_request(b"set", "k", item, 0)
+    got = wire.write_seeing(PiecesClient(seen, cuts), request, wire.STORED, "t")
+    assert got == (answer, token)
     missing = PiecesClient(b"%s\r\nEND\r\n" % stored, cuts)
-    assert wire.store_seeing(missing, "k", item, 0, "t") == (answer, None)
+    assert wire.write_seeing(missing, request, wire.STORED, "t") == (answer, None)
 
 
 @pytest.mark.parametrize(
@@ -470,10 +472,10 @@ def test_store_seeing_parses_a_reply_cut_anywhere(
         b"STORED\r\nEND\r\nSTORED\r\n",  # a line too many: out of step
     ],
 )
-def test_store_seeing_raises_on_a_damaged_reply(reply: bytes) -> None:
+def test_a_write_with_the_token_read_back_raises_on_a_damaged_reply(reply: bytes) -> None:
     client = PiecesClient(reply, [])
     with pytest.raises((MemcacheServerError, MemcacheUnknownError)):
-        wire.store_seeing(client, "k", (FLAG_SERIALIZED, b"v"), 0, "t")
+        wire.write_seeing(client, wire.delete_request("k"), {b"STORED": True}, "t")
     assert client.sock is None  # the connection is dropped
 
 

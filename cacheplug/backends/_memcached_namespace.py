@@ -1,15 +1,16 @@
 """The namespace of a ``MemcachedCache`` with a ``key_prefix``.
 
 Every key lives in a namespace named by a random token kept on each server; ``clear`` replaces
-the token, reads fetch it in the same ``get`` round trip, ``set`` reads it in the round trip of
-the write (and writes again if it changed) and other writes read it first, so a ``clear`` by
-any process is seen by every later call.
+the token, reads fetch it in the same ``get`` round trip, ``set``/``add``/``delete`` read it in
+the round trip of the write (and write again if it changed) and the other writes read it
+first, so a ``clear`` by any process is seen by every later call.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends import _memcached_wire as wire
@@ -19,7 +20,7 @@ from cacheplug.backends._memcached_keys import memcached_key
 if TYPE_CHECKING:
     from cacheplug.backends._memcached_servers import Server
 
-__all__ = ["fetch", "load_token", "names", "new_token", "store", "token_key"]
+__all__ = ["add", "delete", "fetch", "load_token", "names", "new_token", "store", "token_key"]
 
 
 def token_key(key_prefix: str) -> str:
@@ -71,7 +72,37 @@ def fetch(
     return {}
 
 
-def store(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)
+def _write(
+    client: Any,
+    server: Server,
+    space: tuple[str, str],
+    key: str,
+    *,
+    request: Callable[[str], bytes],
+    answers: Mapping[bytes, bool],
+) -> bool:
+    """A write of ``key`` in the namespace, one round trip unless the namespace changed: it
+    goes under the token last seen, and the token read right after it tells whether that was
+    still the namespace; if not (a clear elsewhere, a lost token), it is made again under the
+    current one. ``space``: the key prefix and its token key; ``request``: the command for a
+    memcached key. What the command's reply says was done."""
+    key_prefix, token_key = space
+    token = server.token or load_token(client, server, token_key)
+    for _ in range(CREATE_ATTEMPTS):
+        name = memcached_key(f"{key_prefix}{token}:{key}")
+        done, seen = wire.write_seeing(client, request(name), answers, token_key)
+        if seen is None:  # namespace lost (restart, eviction): write into the new one
+            token = load_token(client, server, token_key)
+            continue
+        current = seen.decode("ascii", "replace")
+        if current == token:
+            return done
+        token = server.seen_token(current)
+    raise ConnectionError(f"memcached {server.name} keeps replacing the namespace token")
+
+
+def _storage(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)
+    command: bytes,
     client: Any,
     server: Server,
     space: tuple[str, str],
@@ -79,21 +110,17 @@ def store(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by
     item: tuple[int, bytes],
     exptime: int,
 ) -> bool:
-    """``set`` of ``key`` in the namespace, one round trip unless the namespace changed: the
-    write goes under the token last seen, and the token read right after it tells whether
-    that was still the namespace; if not (a clear elsewhere, a lost token), it is written
-    again under the current one. ``space``: the key prefix and its token key. Whether
-    memcached stored it."""
-    key_prefix, token_key = space
-    token = server.token or load_token(client, server, token_key)
-    for _ in range(CREATE_ATTEMPTS):
-        name = memcached_key(f"{key_prefix}{token}:{key}")
-        stored, seen = wire.store_seeing(client, name, item, exptime, token_key)
-        if seen is None:  # namespace lost (restart, eviction): write into the new one
-            token = load_token(client, server, token_key)
-            continue
-        current = seen.decode("ascii", "replace")
-        if current == token:
-            return stored
-        token = server.seen_token(current)
-    raise ConnectionError(f"memcached {server.name} keeps replacing the namespace token")
+    """A storage ``command`` of ``key`` in the namespace; whether memcached stored it."""
+    request = partial(wire.storage_request, command, item=item, exptime=exptime)
+    return _write(client, server, space, key, request=request, answers=wire.STORED)
+
+
+#: ``set`` of a key in the namespace: ``store(client, server, space, key, item, exptime)``.
+store = partial(_storage, b"set")
+#: ``add`` of a key in the namespace, with ``store``'s arguments: whether it was missing.
+add = partial(_storage, b"add")
+
+
+def delete(client: Any, server: Server, space: tuple[str, str], key: str) -> bool:
+    """``delete`` of ``key`` in the namespace; whether it existed."""
+    return _write(client, server, space, key, request=wire.delete_request, answers=wire.DELETED)

@@ -17,7 +17,18 @@ import socket
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-__all__ = ["count", "fetch", "read_for_swap", "store", "store_seeing", "swap"]
+__all__ = [
+    "DELETED",
+    "STORED",
+    "count",
+    "delete_request",
+    "fetch",
+    "read_for_swap",
+    "storage_request",
+    "store",
+    "swap",
+    "write_seeing",
+]
 
 _CHUNK = 65536
 _END = b"END"
@@ -70,47 +81,55 @@ def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
 
 def store(client: Any, name: str, item: tuple[int, bytes], exptime: int) -> bool:
     """``set`` of one entry; whether memcached stored it."""
-    flags, data = item
-    request = b"set %s %d %d %d\r\n%s\r\n" % (name.encode("ascii"), flags, exptime, len(data), data)
-    return _ask(client, request, _STORED) is True
+    return _ask(client, storage_request(b"set", name, item, exptime), STORED) is True
 
 
-def store_seeing(
-    client: Any, name: str, item: tuple[int, bytes], exptime: int, seen_key: str
-) -> tuple[bool, bytes | None]:
-    """``set`` of one entry, then ``get`` of ``seen_key``, one round trip: ``(whether
-    memcached stored it, the value of seen_key right after, None when missing)``."""
+def storage_request(command: bytes, name: str, item: tuple[int, bytes], exptime: int) -> bytes:
+    """A storage command (``set``, ``add``) of one entry, as sent."""
     flags, data = item
-    seen_name = seen_key.encode("ascii")
-    request = b"set %s %d %d %d\r\n%s\r\nget %s\r\n" % (
+    return b"%s %s %d %d %d\r\n%s\r\n" % (
+        command,
         name.encode("ascii"),
         flags,
         exptime,
         len(data),
         data,
-        seen_name,
     )
+
+
+def delete_request(name: str) -> bytes:
+    """``delete`` of one entry, as sent."""
+    return b"delete %s\r\n" % name.encode("ascii")
+
+
+def write_seeing(
+    client: Any, request: bytes, answers: Mapping[bytes, bool], seen_key: str
+) -> tuple[bool, bytes | None]:
+    """``request`` (one command with a one-line reply), then ``get`` of ``seen_key``, in one
+    round trip: ``(what the command's reply means in answers, the value of seen_key right
+    after, None when missing)``."""
+    seen_name = seen_key.encode("ascii")
     sock = _socket(client)
     try:
-        _send(sock, request)
+        _send(sock, b"%sget %s\r\n" % (request, seen_name))
         buf = _more(sock, b"", 1)
         while True:
             lines = buf.split(b"\r\n")
-            # STORED, then END, or VALUE, the value (no CRLF in it: a token) and END
+            # the reply line, then END, or VALUE, the value (no CRLF in it: a token) and END
             expected = 5 if len(lines) > 1 and lines[1].startswith(b"VALUE ") else 3
             if len(lines) >= expected and buf.endswith(b"\r\n"):
                 break
             buf = _more(sock, buf, len(buf) + 1)
-        if lines[0] not in _STORED:
+        if lines[0] not in answers:
             _raise_reply(lines[0])
         if len(lines) != expected or lines[-2] != _END:
             _raise_reply(lines[1])
         if expected == 3:
-            return _STORED[lines[0]], None
+            return answers[lines[0]], None
         found = _split_values(b"\r\n".join(lines[1:]))
         if found is None or set(found) != {seen_name}:
             _raise_reply(lines[1])
-        return _STORED[lines[0]], found[seen_name][1]
+        return answers[lines[0]], found[seen_name][1]
     except BaseException:
         client.close()
         raise
@@ -178,7 +197,9 @@ def swap(client: Any, name: str, item: tuple[int, bytes], cas: int, exptime: int
     return _ask(client, request, _SWAPPED)
 
 
-_STORED = {b"STORED": True, b"NOT_STORED": False}
+#: What the reply line of a storage command, or of ``delete``, says was done.
+STORED = {b"STORED": True, b"NOT_STORED": False}
+DELETED = {b"DELETED": True, b"NOT_FOUND": False}
 _SWAPPED = {b"HD": True, b"EX": False, b"NF": None}
 
 

@@ -285,7 +285,7 @@ class MemcachedCache(BaseCache):
         client = server.acquire()
         try:
             reused = client.sock is not None
-            once = call in SENT_ONCE
+            once = call in _SENT_ONCE
             if once and reused and not idle_and_open(client.sock):
                 client.close()  # closed by a server restart: never retried, so check first
             try:
@@ -374,6 +374,23 @@ class MemcachedCache(BaseCache):
             groups.setdefault(server, []).append(key)
         return groups
 
+    def _write_one(
+        self,
+        operation: str,
+        key: str,
+        in_namespace: Callable[..., Any],
+        plain: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        """A write of ``key`` on its server: ``in_namespace(client, server, namespace, key,
+        *args)`` with a key_prefix, else ``plain(client, memcached key, *args)``."""
+        space = self._namespace
+        if space is not None:
+            server = self._only or self._ring(space[0] + key)
+            return self._run(server, operation, in_namespace, server, space, key, *args)
+        server = self._only or self._ring(key)
+        return self._run(server, operation, plain, memcached_key(key), *args)
+
     def _target(self, key: str, operation: str) -> tuple[Server, str] | None:
         space = self._namespace
         server = self._only or self._ring(key if space is None else space[0] + key)
@@ -407,13 +424,7 @@ class MemcachedCache(BaseCache):
             check_key(key)
         exptime = self._timeout(timeout)
         packed = self._pack(value)
-        space = self._namespace
-        if space is not None:
-            server = self._only or self._ring(space[0] + key)
-            stored = self._run(server, "set", namespace.store, server, space, key, packed, exptime)
-        else:
-            server = self._only or self._ring(key)
-            stored = self._run(server, "set", wire.store, memcached_key(key), packed, exptime)
+        stored = self._write_one("set", key, namespace.store, wire.store, packed, exptime)
         if stored is not True:
             return False
         self._sets += 1
@@ -424,10 +435,7 @@ class MemcachedCache(BaseCache):
             check_key(key)
         exptime = self._timeout(timeout)
         packed = self._pack(value)
-        target = self._target(key, "add")
-        if target is None:
-            return False
-        added = self._run(target[0], "add", commands.add, target[1], packed, exptime)
+        added = self._write_one("add", key, namespace.add, commands.add, packed, exptime)
         if added is FAILED or not added:
             return False
         self._sets += 1
@@ -436,10 +444,7 @@ class MemcachedCache(BaseCache):
     def delete(self, key: str) -> bool:
         if type(key) is not str:
             check_key(key)
-        target = self._target(key, "delete")
-        if target is None:
-            return False
-        deleted = self._run(target[0], "delete", commands.delete, target[1])
+        deleted = self._write_one("delete", key, namespace.delete, commands.delete)
         if deleted is FAILED or not deleted:
             return False
         self._deletes += 1
@@ -586,6 +591,11 @@ class MemcachedCache(BaseCache):
     def __repr__(self) -> str:
         names = ", ".join(server.name for server in self._servers)
         return f"{super().__repr__()[:-1]}, servers=[{names}])"
+
+
+#: Calls never sent a second time: applied once and only the reply lost, a second attempt
+#: would answer wrongly (an add or delete in a namespace is one too).
+_SENT_ONCE = SENT_ONCE | {namespace.add, namespace.delete}
 
 
 def _discard_idle(servers: Iterable[Server]) -> None:
