@@ -357,9 +357,13 @@ class MemcachedCache(BaseCache):
 
     def _fetch_one(self, key: str, operation: str, space: tuple[str, str]) -> Any:
         """The raw item of ``key`` in the namespace ``space``, None, or ``FAILED``."""
-        server = self._only or self._ring(space[0] + key)
+        server = self._server(key, space)
         items = self._run(server, operation, namespace.fetch, server, [key], *space)
         return FAILED if items is FAILED else items.get(key)
+
+    def _server(self, key: str, space: tuple[str, str] | None) -> Server:
+        """The server of ``key``; in a namespace, placed by the prefixed key."""
+        return self._only or self._ring(key if space is None else space[0] + key)
 
     def _by_server(
         self, keys: Iterable[str], space: tuple[str, str] | None
@@ -385,15 +389,14 @@ class MemcachedCache(BaseCache):
         """A write of ``key`` on its server: ``in_namespace(client, server, namespace, key,
         *args)`` with a key_prefix, else ``plain(client, memcached key, *args)``."""
         space = self._namespace
+        server = self._server(key, space)
         if space is not None:
-            server = self._only or self._ring(space[0] + key)
             return self._run(server, operation, in_namespace, server, space, key, *args)
-        server = self._only or self._ring(key)
         return self._run(server, operation, plain, memcached_key(key), *args)
 
     def _target(self, key: str, operation: str) -> tuple[Server, str] | None:
         space = self._namespace
-        server = self._only or self._ring(key if space is None else space[0] + key)
+        server = self._server(key, space)
         names = self._names(server, (key,), operation, space)
         return None if names is None else (server, next(iter(names)))
 
