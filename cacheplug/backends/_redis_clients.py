@@ -5,6 +5,7 @@ that just failed. A cluster's clients are in ``_redis_cluster``.
 
 from __future__ import annotations
 
+import functools
 import queue
 import sys
 import threading
@@ -154,19 +155,20 @@ class UnknownKeywordError(ConfigurationError, TypeError):
     """
 
 
-def driver_keywords(cluster: bool) -> tuple[type[Any], set[str]]:
+@functools.cache  # read once: every RedisCache built, and a cluster URL, asks
+def driver_keywords(cluster: bool) -> tuple[type[Any], frozenset[str]]:
     """The redis-py client class a cache builds and the keywords it takes."""
     import inspect
 
     import redis
 
+    client: type[Any] = redis.RedisCluster if cluster else redis.Redis
+    takes = frozenset(inspect.signature(client.__init__).parameters)
     if cluster:
         from redis.cluster import REDIS_ALLOWED_KEYS
 
-        client: type[Any] = redis.RedisCluster
-        return client, set(inspect.signature(client.__init__).parameters) | set(REDIS_ALLOWED_KEYS)
-    client = redis.Redis
-    return client, set(inspect.signature(client.__init__).parameters)
+        takes |= frozenset(REDIS_ALLOWED_KEYS)
+    return client, takes
 
 
 def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], cluster: bool) -> None:
@@ -180,9 +182,9 @@ def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], clust
             "RedisCache with startup_nodes takes no connection_pool: every cluster node "
             "needs its own; pass a ready RedisCluster as host instead"
         )
-    client, driver = driver_keywords(cluster)
+    client, takes = driver_keywords(cluster)
     own = set(own)
-    driver -= own | {"self", "kwargs", "startup_nodes", "url"}
+    driver = takes - (own | {"self", "kwargs", "startup_nodes", "url"})
     unknown = sorted(set(kwargs) - driver)
     if unknown:
         raise UnknownKeywordError(
