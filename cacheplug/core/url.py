@@ -106,10 +106,10 @@ class CacheURL:
             if self.password is not None:
                 userinfo += ":" + _MASK
             userinfo += "@"
+        # an IPv6 address keeps its colons, so host_port brackets it; any other host is
+        # quoted whole
         hosts = ",".join(
-            (f"[{quote(h, safe=':')}]" if _is_ipv6(h) else quote(h, safe="~"))
-            + (f":{p}" if p is not None else "")
-            for h, p in self.hosts
+            host_port(quote(h, safe=":" if _is_ipv6(h) else "~"), p) for h, p in self.hosts
         )
         query = "&".join(
             f"{quote(k, safe='')}={_MASK if is_secret_value(k, v) else quote(v, safe='')}"
