@@ -1,17 +1,14 @@
 """The memcached commands ``MemcachedCache`` sends through pymemcache's ``Client``.
 
-The hot ones and compare-and-swap are in ``_memcached_wire``; these are the others, and
-``SENT_ONCE`` says which calls must never be sent a second time. ``FAILED`` is what the
-backend's engine calls answer when one failed.
+The hot ones and compare-and-swap are in ``_memcached_wire``; these are the others.
+``FAILED`` is what the backend's engine calls answer when one failed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cacheplug.backends import _memcached_wire as wire
-
-__all__ = ["CREATE_ATTEMPTS", "FAILED", "SENT_ONCE", "add", "delete", "delete_reporting", "exists"]
+__all__ = ["CREATE_ATTEMPTS", "FAILED", "add", "delete", "delete_reporting", "exists"]
 
 
 class _Failed:
@@ -47,7 +44,3 @@ def delete_reporting(client: Any, keys: list[str]) -> list[bool]:
     commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
     # pymemcache's delete_many drops the per-key replies; its _misc_cmd pipeline keeps them.
     return [line == b"DELETED" for line in client._misc_cmd(commands, b"delete", False)]
-
-
-#: Calls a second attempt would answer wrongly when the first was applied and only its reply lost.
-SENT_ONCE = frozenset({wire.count, wire.swap, add, delete, delete_reporting})

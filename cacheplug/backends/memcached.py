@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_namespace as namespace
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends._memcached_commands import FAILED, SENT_ONCE
+from cacheplug.backends._memcached_commands import FAILED
 from cacheplug.backends._memcached_counters import (
     BIASES,
     COUNTER_BIAS,
@@ -597,8 +597,18 @@ class MemcachedCache(BaseCache):
 
 
 #: Calls never sent a second time: applied once and only the reply lost, a second attempt
-#: would answer wrongly (an add or delete in a namespace is one too).
-_SENT_ONCE = SENT_ONCE | {namespace.add, namespace.delete}
+#: would answer wrongly.
+_SENT_ONCE = frozenset(
+    {
+        wire.count,
+        wire.swap,
+        commands.add,
+        commands.delete,
+        commands.delete_reporting,
+        namespace.add,
+        namespace.delete,
+    }
+)
 
 
 def _discard_idle(servers: Iterable[Server]) -> None:
