@@ -44,6 +44,7 @@ __all__ = [
     "RedisServer",
     "fresh_memcached_server",
     "fresh_redis_server",
+    "join_cluster",
     "killed",
     "memcached_server",
     "redis_cluster",
@@ -57,6 +58,8 @@ PROBE_TIMEOUT = 1.0
 POLL_INTERVAL = 0.01
 PORT_ATTEMPTS = 5
 CLUSTER_SLOTS = 16384
+CLUSTER_JOIN_TIMEOUT = 30.0  # only reached when something is broken
+MEET_AGAIN = 1.5  # seconds; longer than the nodes' 1 s handshake timeout
 INSTALL_HINT = "apt-get install -y redis-server memcached"
 MEMCACHED_ONE_LINE = (b"VERSION ", b"SERVER_ERROR", b"CLIENT_ERROR")
 
@@ -571,16 +574,7 @@ class RedisCluster:
             server.flush()
 
     def _create(self) -> None:
-        count = len(self.servers)
-        first = self.servers[0]
-        for index, server in enumerate(self.servers):
-            start, end = CLUSTER_SLOTS * index // count, CLUSTER_SLOTS * (index + 1) // count
-            # Distinct epochs, as `redis-cli --cluster create` does, so no epoch collision
-            # has to be resolved before the cluster settles.
-            server.command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
-            server.command("CLUSTER", "ADDSLOTS", *range(start, end))
-            if server is not first:
-                first.command("CLUSTER", "MEET", server.host, server.port, server.bus_port)
+        join_cluster(self.servers)
         self._wait_ok()
 
     def _wait_ok(self) -> None:
@@ -605,8 +599,7 @@ class RedisCluster:
     @staticmethod
     def _info(server: RedisServer) -> dict[str, str]:
         reply = server.command("CLUSTER", "INFO")
-        text = reply.decode() if isinstance(reply, bytes) else ""
-        pairs = (line.partition(":") for line in text.splitlines())
+        pairs = (line.partition(":") for line in _text(reply).splitlines())
         return {name: value for name, _, value in pairs}
 
     def __enter__(self) -> RedisCluster:
@@ -622,6 +615,80 @@ class RedisCluster:
 
     def __repr__(self) -> str:
         return f"<RedisCluster {self.url if self.running else 'stopped'}>"
+
+
+def join_cluster(servers: Sequence[RedisServer], replicas: int = 0) -> None:
+    """Make started cluster nodes one cluster: the first ``len(servers) // (1 + replicas)`` are
+    primaries holding the slots in even spans, each of the others replicates one of them in turn.
+
+    Returns once every node knows every other and each replica follows its primary.
+
+    A node forgets a handshake that takes longer than ``cluster-node-timeout`` (1 s here, which a
+    loaded machine can exceed); ``redis-cli --cluster create`` then waits forever, so a meet is
+    sent again to a node the first one still does not know.
+
+    :raises RuntimeError: the nodes did not join within ``CLUSTER_JOIN_TIMEOUT``, with what each
+        node saw.
+    """
+    count = len(servers) // (1 + replicas)
+    primaries, first = servers[:count], servers[0]
+    for index, server in enumerate(primaries):
+        start, end = CLUSTER_SLOTS * index // count, CLUSTER_SLOTS * (index + 1) // count
+        # Distinct epochs, as `redis-cli --cluster create` does, so no epoch collision
+        # has to be resolved before the cluster settles.
+        server.command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+        server.command("CLUSTER", "ADDSLOTSRANGE", start, end - 1)
+    met: dict[RedisServer, float] = {}
+
+    def meet(server: RedisServer) -> None:
+        met[server] = time.monotonic()
+        # Refused while a handshake with that address is still in progress.
+        with contextlib.suppress(_RespError):
+            first.command("CLUSTER", "MEET", server.host, server.port, server.bus_port)
+
+    for server in servers[1:]:
+        meet(server)
+    deadline = time.monotonic() + CLUSTER_JOIN_TIMEOUT
+    ids = {server: _text(server.command("CLUSTER", "MYID")) for server in servers}
+    views = {server: _peers(server) for server in servers}
+    while not all(view >= set(ids.values()) for view in views.values()):
+        for server in servers[1:]:
+            if ids[server] not in views[first] and time.monotonic() - met[server] >= MEET_AGAIN:
+                meet(server)
+        _check_deadline(deadline, "join", views)
+        time.sleep(POLL_INTERVAL)
+        views = {server: _peers(server) for server in servers}
+    for index, server in enumerate(servers[count:]):
+        # Refused until the replica has heard that the node is a primary.
+        while True:
+            try:
+                server.command("CLUSTER", "REPLICATE", ids[primaries[index % count]])
+                break
+            except _RespError:
+                _check_deadline(deadline, "replicate", {server: _peers(server)})
+                time.sleep(POLL_INTERVAL)
+
+
+def _peers(server: RedisServer) -> set[str]:
+    """The ids of the nodes ``server`` knows and has completed a handshake with (itself too)."""
+    peers = set()
+    for line in _text(server.command("CLUSTER", "NODES")).splitlines():
+        node_id, _, flags = line.split()[:3]
+        if "handshake" not in flags and "noaddr" not in flags:
+            peers.add(node_id)
+    return peers
+
+
+def _check_deadline(deadline: float, step: str, views: Mapping[RedisServer, set[str]]) -> None:
+    if time.monotonic() > deadline:
+        seen = "; ".join(f"{server.port} knows {sorted(view)}" for server, view in views.items())
+        raise RuntimeError(
+            f"redis cluster nodes did not {step} within {CLUSTER_JOIN_TIMEOUT:.0f}s: {seen}"
+        )
+
+
+def _text(reply: Reply) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 @contextlib.contextmanager

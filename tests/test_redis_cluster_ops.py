@@ -1,7 +1,7 @@
 """RedisCache on a Redis Cluster in operation: slots resharded under load, a graceful and a hard
 failover, a node added, a client built while a node was down, and ``clear`` after each change.
 
-Every test builds a cluster of its own with ``redis-cli --cluster create`` and changes its topology
+Every test builds a cluster of its own (``servers.join_cluster``) and changes its topology
 behind the cache's back; the cache is never rebuilt.
 """
 
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from redis.crc import key_slot
-from servers import RedisServer
+from servers import RedisServer, join_cluster
 from waiting import wait_until
 
 from cacheplug import RedisCache, from_url
@@ -46,15 +45,7 @@ class OpsCluster:
     def start(self) -> OpsCluster:
         for server in self.servers:
             server.start()
-        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
-        subprocess.run(
-            ["redis-cli", *auth, "--cluster", "create"]
-            + [f"{server.host}:{server.port}" for server in self.servers]
-            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=WAIT,
-        )
+        join_cluster(self.servers, self.replicas)
         self.wait_settled()
         return self
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as RedisClusterClient
 from redis.retry import Retry
-from servers import MemcachedServer, RedisCluster, RedisServer
+from servers import MemcachedServer, RedisCluster, RedisServer, join_cluster
 
 pytest_plugins = ["servers"]
 
@@ -217,3 +219,27 @@ def test_a_missing_binary_fails_with_the_install_command(
     server = server_class(binary="cacheplug-no-such-server")
     with pytest.raises(RuntimeError, match="apt-get install -y redis-server memcached"):
         server.start()
+
+
+def test_a_node_that_stalls_through_its_handshake_still_joins_the_cluster() -> None:
+    # The first node forgets a handshake not answered within cluster-node-timeout (1 s); the
+    # stalled node then knows the first one but not the reverse, and without a second meet the
+    # cluster never forms (what `redis-cli --cluster create` waited on forever in CI).
+    servers = [RedisServer(cluster=True).start() for _ in range(2)]
+    stalled = servers[1]
+    assert stalled.pid is not None
+    os.kill(stalled.pid, signal.SIGSTOP)
+    resume = threading.Timer(2.5, os.kill, (stalled.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        join_cluster(servers, replicas=1)
+        for server in servers:
+            nodes = bytes(server.command("CLUSTER", "NODES"))  # type: ignore[arg-type]
+            assert nodes.count(b"\n") == 2 and b"handshake" not in nodes
+        role = bytes(stalled.command("INFO", "replication"))  # type: ignore[arg-type]
+        assert b"role:slave" in role
+    finally:
+        resume.cancel()
+        os.kill(stalled.pid, signal.SIGCONT)
+        for server in servers:
+            server.stop()
