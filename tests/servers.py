@@ -46,6 +46,7 @@ __all__ = [
     "fresh_redis_server",
     "join_cluster",
     "killed",
+    "meet_cluster",
     "memcached_server",
     "redis_cluster",
     "redis_server",
@@ -623,63 +624,76 @@ def join_cluster(servers: Sequence[RedisServer], replicas: int = 0) -> None:
 
     Returns once every node knows every other and each replica follows its primary.
 
-    A node forgets a handshake that takes longer than ``cluster-node-timeout`` (1 s here, which a
-    loaded machine can exceed); ``redis-cli --cluster create`` then waits forever, so a meet is
-    sent again to a node the first one still does not know.
-
     :raises RuntimeError: the nodes did not join within ``CLUSTER_JOIN_TIMEOUT``, with what each
         node saw.
     """
     count = len(servers) // (1 + replicas)
-    primaries, first = servers[:count], servers[0]
+    primaries = servers[:count]
     for index, server in enumerate(primaries):
         start, end = CLUSTER_SLOTS * index // count, CLUSTER_SLOTS * (index + 1) // count
         # Distinct epochs, as `redis-cli --cluster create` does, so no epoch collision
         # has to be resolved before the cluster settles.
         server.command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
         server.command("CLUSTER", "ADDSLOTSRANGE", start, end - 1)
-    met: dict[RedisServer, float] = {}
-
-    def meet(server: RedisServer) -> None:
-        met[server] = time.monotonic()
-        # Refused while a handshake with that address is still in progress.
-        with contextlib.suppress(_RespError):
-            first.command("CLUSTER", "MEET", server.host, server.port, server.bus_port)
-
-    for server in servers[1:]:
-        meet(server)
     deadline = time.monotonic() + CLUSTER_JOIN_TIMEOUT
-    ids = {server: _text(server.command("CLUSTER", "MYID")) for server in servers}
-    views = {server: _peers(server) for server in servers}
-    while not all(view >= set(ids.values()) for view in views.values()):
-        for server in servers[1:]:
-            if ids[server] not in views[first] and time.monotonic() - met[server] >= MEET_AGAIN:
-                meet(server)
-        _check_deadline(deadline, "join", views)
-        time.sleep(POLL_INTERVAL)
-        views = {server: _peers(server) for server in servers}
+    meet_cluster(servers, deadline)
     for index, server in enumerate(servers[count:]):
+        primary = _text(primaries[index % count].command("CLUSTER", "MYID"))
         # Refused until the replica has heard that the node is a primary.
         while True:
             try:
-                server.command("CLUSTER", "REPLICATE", ids[primaries[index % count]])
+                server.command("CLUSTER", "REPLICATE", primary)
                 break
             except _RespError:
                 _check_deadline(deadline, "replicate", {server: _peers(server)})
                 time.sleep(POLL_INTERVAL)
 
 
-def _peers(server: RedisServer) -> set[str]:
-    """The ids of the nodes ``server`` knows and has completed a handshake with (itself too)."""
+def meet_cluster(servers: Sequence[RedisServer], deadline: float | None = None) -> None:
+    """Introduce each node the first one does not know yet to it, and wait until every node
+    knows all the others.
+
+    A node forgets a handshake that takes longer than ``cluster-node-timeout`` (1 s here, which a
+    loaded machine can exceed), and the cluster then never forms (``redis-cli --cluster create``
+    waits forever): a node the first one still does not know is met again.
+
+    :raises RuntimeError: past ``deadline`` (``CLUSTER_JOIN_TIMEOUT`` from now by default).
+    """
+    if deadline is None:
+        deadline = time.monotonic() + CLUSTER_JOIN_TIMEOUT
+    first = servers[0]
+    met: dict[RedisServer, float] = {}
+    while True:
+        known = _peers(first)
+        for server in servers[1:]:
+            if server.address not in known and time.monotonic() - met.get(server, 0) >= MEET_AGAIN:
+                met[server] = time.monotonic()
+                # Refused while a handshake with that address is still in progress.
+                with contextlib.suppress(_RespError):
+                    first.command("CLUSTER", "MEET", server.host, server.port, server.bus_port)
+        views = {server: _peers(server) for server in servers}
+        if all(
+            views[server] >= {s.address for s in servers if s is not server} for server in servers
+        ):
+            return
+        _check_deadline(deadline, "join", views)
+        time.sleep(POLL_INTERVAL)
+
+
+def _peers(server: RedisServer) -> set[tuple[str, int]]:
+    """The addresses of the other nodes ``server`` knows and has completed a handshake with."""
     peers = set()
     for line in _text(server.command("CLUSTER", "NODES")).splitlines():
-        node_id, _, flags = line.split()[:3]
-        if "handshake" not in flags and "noaddr" not in flags:
-            peers.add(node_id)
+        _, address, flags = line.split()[:3]
+        if not {"myself", "handshake", "noaddr"} & set(flags.split(",")):
+            host, _, port = address.partition("@")[0].rpartition(":")
+            peers.add((host, int(port)))
     return peers
 
 
-def _check_deadline(deadline: float, step: str, views: Mapping[RedisServer, set[str]]) -> None:
+def _check_deadline(
+    deadline: float, step: str, views: Mapping[RedisServer, set[tuple[str, int]]]
+) -> None:
     if time.monotonic() > deadline:
         seen = "; ".join(f"{server.port} knows {sorted(view)}" for server, view in views.items())
         raise RuntimeError(

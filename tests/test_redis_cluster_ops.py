@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from redis.crc import key_slot
-from servers import RedisServer, join_cluster
+from servers import RedisServer, join_cluster, meet_cluster
 from waiting import wait_until
 
 from cacheplug import RedisCache, from_url
@@ -170,8 +170,7 @@ class OpsCluster:
         """A new empty primary, joined to the cluster and seen by every node."""
         server = self._node().start()
         self.servers.append(server)
-        first = self.servers[0]
-        self.cluster(first, "MEET", server.host, server.port, server.bus_port)
+        meet_cluster(self.servers)
         self.wait_settled()
         return server
 
