@@ -385,6 +385,17 @@ def test_delete_many_reports_only_existing_keys(cache: MemcachedCache) -> None:
     assert cache.delete_many("a", "b") == []
 
 
+def test_batches_with_more_replies_than_the_sockets_hold_complete() -> None:
+    # memcached stops reading while its replies wait unread: sent at once, 600k writes left
+    # both sides waiting until the timeout, and set_many answered [] with the server marked down
+    keys = [f"k{i}" for i in range(600_000)]
+    with MemcachedServer(memory_mb=256) as server, MemcachedCache([address(server)]) as cache:
+        assert cache.set_many(dict.fromkeys(keys, 1)) == keys
+        assert cache.get_many(keys[0], keys[-1]) == [1, 1]
+        assert cache.delete_many(*keys) == keys
+        assert cache.stats()["errors"] == 0
+
+
 @pytest.mark.parametrize("key_prefix", ["", "p:"])
 def test_set_many_with_one_value_too_large_reports_the_stored_keys(
     memcached_server: MemcachedServer, key_prefix: str

@@ -14,7 +14,7 @@ import logging
 import pickle
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -445,20 +445,22 @@ def test_a_negative_value_length_is_an_error_not_an_endless_loop(size: int) -> N
 @settings(max_examples=200, deadline=None)
 @given(
     token=st.binary(min_size=1, max_size=16).map(lambda b: b.hex().encode()),
-    stored=st.sampled_from([b"STORED", b"NOT_STORED"]),
+    stored=st.lists(st.sampled_from([b"STORED", b"NOT_STORED"]), min_size=1, max_size=5),
     cuts=st.lists(st.integers(0, 200)),
 )
-def test_a_write_with_the_token_read_back_parses_a_reply_cut_anywhere(
-    token: bytes, stored: bytes, cuts: list[int]
+def test_writes_with_or_without_the_token_read_back_parse_a_reply_cut_anywhere(
+    token: bytes, stored: list[bytes], cuts: list[int]
 ) -> None:
     item = (FLAG_SERIALIZED, b"v")
-    seen = b"%s\r\nVALUE t 0 %d\r\n%s\r\nEND\r\n" % (stored, len(token), token)
-    answer = stored == b"STORED"
-    request = wire.storage_request(b"set", "k", item, 0)
-    got = wire.write_seeing(PiecesClient(seen, cuts), request, wire.STORED, "t")
-    assert got == (answer, token)
-    missing = PiecesClient(b"%s\r\nEND\r\n" % stored, cuts)
-    assert wire.write_seeing(missing, request, wire.STORED, "t") == (answer, None)
+    lines = b"".join(line + b"\r\n" for line in stored)
+    seen = b"%sVALUE t 0 %d\r\n%s\r\nEND\r\n" % (lines, len(token), token)
+    answers = [line == b"STORED" for line in stored]
+    requests = [wire.storage_request(b"set", f"k{i}", item, 0) for i in range(len(stored))]
+    got = wire.write(PiecesClient(seen, cuts), requests, wire.STORED, "t")
+    assert got == (answers, token)
+    missing = PiecesClient(lines + b"END\r\n", cuts)
+    assert wire.write(missing, requests, wire.STORED, "t") == (answers, None)
+    assert wire.write(PiecesClient(lines, cuts), requests, wire.STORED) == (answers, None)
 
 
 @pytest.mark.parametrize(
@@ -475,26 +477,99 @@ def test_a_write_with_the_token_read_back_parses_a_reply_cut_anywhere(
 def test_a_write_with_the_token_read_back_raises_on_a_damaged_reply(reply: bytes) -> None:
     client = PiecesClient(reply, [])
     with pytest.raises((MemcacheServerError, MemcacheUnknownError)):
-        wire.write_seeing(client, wire.delete_request("k"), {b"STORED": True}, "t")
+        wire.write(client, [wire.delete_request("k")], {b"STORED": True}, "t")
     assert client.sock is None  # the connection is dropped
 
 
-def test_a_prefixed_set_is_written_again_when_the_namespace_changed_meanwhile() -> None:
-    # the token this cache knows is "aaa"; the server answers, right after the write, that the
-    # namespace is now "bbb" (a clear elsewhere): the value is written again, into "bbb"
+def test_prefixed_set_many_and_delete_many_take_one_round_trip_each() -> None:
+    # one scripted reply per request: a token read before the writes would take the next reply
+    token = b"VALUE %s 0 3\r\naaa\r\nEND\r\n" % memcached_key("p:~ns~").encode()
     server = ScriptedServer(
         [
-            b"VALUE %s 0 3\r\naaa\r\nEND\r\n" % memcached_key("p:~ns~").encode(),  # load_token
-            b"STORED\r\nVALUE %s 0 3\r\nbbb\r\nEND\r\n" % memcached_key("p:~ns~").encode(),
-            b"STORED\r\nVALUE %s 0 3\r\nbbb\r\nEND\r\n" % memcached_key("p:~ns~").encode(),
+            token,  # load_token, once per cache
+            b"STORED\r\nSTORED\r\n" + token,
+            b"DELETED\r\nNOT_FOUND\r\n" + token,
         ]
     )
     cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
     try:
-        assert cache.set("k", "v") is True
-        assert cache._servers[0].token == "bbb"
-        assert server.script == []  # both writes were made
+        assert cache.set_many({"a": 1, "b": 2}) == ["a", "b"]
+        assert cache.delete_many("a", "c") == ["a"]
+        assert server.script == []
         assert cache.stats()["errors"] == 0
     finally:
         cache.close()
         server.close()
+
+
+PREFIXED_WRITES: list[tuple[Callable[[MemcachedCache], object], bytes, object]] = [
+    (lambda cache: cache.set("k", "v"), b"STORED\r\n", True),
+    (lambda cache: cache.add("k", "v"), b"NOT_STORED\r\n", False),
+    (lambda cache: cache.delete("k"), b"DELETED\r\n", True),
+    (lambda cache: cache.set_many({"a": 1, "b": 2}), b"STORED\r\nNOT_STORED\r\n", ["a"]),
+    (lambda cache: cache.delete_many("a", "b"), b"NOT_FOUND\r\nDELETED\r\n", ["b"]),
+]
+PREFIXED_WRITE_IDS = ["set", "add", "delete", "set_many", "delete_many"]
+
+
+def token_reply(token: bytes) -> bytes:
+    return b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (
+        memcached_key("p:~ns~").encode(),
+        len(token),
+        token,
+    )
+
+
+@pytest.mark.parametrize(("write", "lines", "answer"), PREFIXED_WRITES, ids=PREFIXED_WRITE_IDS)
+def test_a_prefixed_write_is_made_again_when_a_clear_elsewhere_replaced_the_known_token(
+    write: Callable[[MemcachedCache], object], lines: bytes, answer: object
+) -> None:
+    # the token this cache knows is "aaa" from an earlier call; the server answers, right after
+    # the write, that the namespace is now "bbb": the write is made again, into "bbb"; a clear
+    # that replaces "bbb" too overlaps this call, so the second answer stands
+    for after in (b"bbb", b"ccc"):
+        server = ScriptedServer([lines + token_reply(b"bbb"), lines + token_reply(after)])
+        cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
+        cache._servers[0].seen_token("aaa")
+        try:
+            assert write(cache) == answer
+            assert cache._servers[0].token == after.decode()
+            assert server.script == []  # both writes were made
+            assert cache.stats()["errors"] == 0
+        finally:
+            cache.close()
+            server.close()
+
+
+@pytest.mark.parametrize(("write", "lines", "answer"), PREFIXED_WRITES, ids=PREFIXED_WRITE_IDS)
+def test_a_prefixed_write_under_a_token_read_in_the_same_call_is_made_once(
+    write: Callable[[MemcachedCache], object], lines: bytes, answer: object
+) -> None:
+    # the token is read during the call, so a change after it is a clear that overlaps the
+    # call: the writes count as made before it (a storm of clears cannot starve a write)
+    server = ScriptedServer([token_reply(b"aaa"), lines + token_reply(b"bbb"), b"unused"])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
+    try:
+        assert write(cache) == answer
+        assert cache._servers[0].token == "bbb"
+        assert server.script == [b"unused"]
+        assert cache.stats()["errors"] == 0
+    finally:
+        cache.close()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"STORED\r\nSERVER_ERROR object too large for cache\r\n",
+        b"STORED\r\nSTORED\r\nSTORED\r\n",  # a line too many: out of step
+        b"STORED\r\nEND\r\n",
+    ],
+)
+def test_a_batch_of_writes_raises_on_a_damaged_reply(reply: bytes) -> None:
+    client = PiecesClient(reply, [])
+    requests = [wire.storage_request(b"set", name, (0, b"v"), 0) for name in ("a", "b")]
+    with pytest.raises((MemcacheServerError, MemcacheUnknownError)):
+        wire.write(client, requests, wire.STORED)
+    assert client.sock is None  # the connection is dropped

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CREATE_ATTEMPTS", "FAILED", "add", "delete", "delete_reporting", "exists"]
+__all__ = ["CREATE_ATTEMPTS", "FAILED", "add", "delete", "exists"]
 
 
 class _Failed:
@@ -37,10 +37,3 @@ def exists(client: Any, key: str) -> bool:
     """Whether ``key`` is stored, by a meta get that asks for no value back."""
     command = b"mg " + client.check_key(key, client.key_prefix) + b"\r\n"
     return bool(client._misc_cmd([command], b"mg", False) == [b"HD"])
-
-
-def delete_reporting(client: Any, keys: list[str]) -> list[bool]:
-    """Delete ``keys`` in one round trip; whether each existed."""
-    commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in keys]
-    # pymemcache's delete_many drops the per-key replies; its _misc_cmd pipeline keeps them.
-    return [line == b"DELETED" for line in client._misc_cmd(commands, b"delete", False)]

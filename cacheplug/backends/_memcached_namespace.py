@@ -1,15 +1,15 @@
 """The namespace of a ``MemcachedCache`` with a ``key_prefix``.
 
 Every key lives in a namespace named by a random token kept on each server; ``clear`` replaces
-the token, reads fetch it in the same ``get`` round trip, ``set``/``add``/``delete`` read it in
-the round trip of the write (and write again if it changed) and the other writes read it
-first, so a ``clear`` by any process is seen by every later call.
+the token, reads fetch it in the same ``get`` round trip, writes read it in the round trip of
+the write (and write again if it changed) and ``inc`` reads it first, so a ``clear`` by any
+process is seen by every later call.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,17 @@ from cacheplug.backends._memcached_keys import memcached_key
 if TYPE_CHECKING:
     from cacheplug.backends._memcached_servers import Server
 
-__all__ = ["add", "delete", "fetch", "load_token", "names", "new_token", "store", "token_key"]
+__all__ = [
+    "add",
+    "delete",
+    "delete_many",
+    "fetch",
+    "load_token",
+    "new_token",
+    "store",
+    "store_many",
+    "token_key",
+]
 
 
 def token_key(key_prefix: str) -> str:
@@ -31,12 +41,6 @@ def token_key(key_prefix: str) -> str:
 def new_token() -> str:
     """A fresh token: the name of a new, empty namespace."""
     return secrets.token_hex(6)
-
-
-def names(key_prefix: str, token: str, keys: Iterable[str]) -> dict[str, str]:
-    """``{memcached key: key}`` of ``keys`` in the namespace named ``token``."""
-    prefix = f"{key_prefix}{token}:"
-    return {memcached_key(prefix + key): key for key in keys}
 
 
 def load_token(client: Any, server: Server, token_key: str) -> str:
@@ -76,29 +80,59 @@ def _write(
     client: Any,
     server: Server,
     space: tuple[str, str],
-    key: str,
+    keys: list[str],
     *,
-    request: Callable[[str], bytes],
+    requests: Callable[[list[str]], list[bytes]],
     answers: Mapping[bytes, bool],
-) -> bool:
-    """A write of ``key`` in the namespace, one round trip unless the namespace changed: it
-    goes under the token last seen, and the token read right after it tells whether that was
-    still the namespace; if not (a clear elsewhere, a lost token), it is made again under the
-    current one. ``space``: the key prefix and its token key; ``request``: the command for a
-    memcached key. What the command's reply says was done."""
+) -> list[bool]:
+    """Writes of ``keys`` in the namespace, one round trip unless the namespace changed: they
+    go under the token last seen, and the token read right after them tells whether that was
+    still the namespace; if not (a clear elsewhere, a lost token), they are made again, once,
+    under the current one. ``space``: the key prefix and its token key; ``requests``: the
+    commands for the keys' memcached names, in order. What each command's reply says was
+    done."""
     key_prefix, token_key = space
-    token = server.token or load_token(client, server, token_key)
-    for _ in range(CREATE_ATTEMPTS):
-        name = memcached_key(f"{key_prefix}{token}:{key}")
-        done, seen = wire.write_seeing(client, request(name), answers, token_key)
-        if seen is None:  # namespace lost (restart, eviction): write into the new one
-            token = load_token(client, server, token_key)
-            continue
-        current = seen.decode("ascii", "replace")
+    token = server.token
+    # Once the token was read during this call, a change after it comes from a clear that
+    # overlaps the call and may count as made after these writes: no further rewrite, so a
+    # storm of clears cannot starve a write.
+    fresh = not token
+    if fresh:
+        token = load_token(client, server, token_key)
+    while True:
+        prefix = f"{key_prefix}{token}:"
+        names = [memcached_key(prefix + key) for key in keys]
+        done, seen = wire.write(client, requests(names), answers, token_key)
+        current = None if seen is None else seen.decode("ascii", "replace")
         if current == token:
             return done
-        token = server.seen_token(current)
-    raise ConnectionError(f"memcached {server.name} keeps replacing the namespace token")
+        if fresh:
+            if current is not None:
+                server.seen_token(current)
+            return done
+        if current is None:  # namespace lost (restart, eviction): write into a new one
+            token = load_token(client, server, token_key)
+        else:
+            token = server.seen_token(current)
+        fresh = True
+
+
+def store_many(
+    client: Any,
+    server: Server,
+    space: tuple[str, str],
+    items: Mapping[str, tuple[int, bytes]],
+    exptime: int,
+) -> list[bool]:
+    """``set`` of each of ``items`` in the namespace; whether memcached stored each."""
+
+    def requests(names: list[str]) -> list[bytes]:
+        return [
+            wire.storage_request(b"set", name, item, exptime)
+            for name, item in zip(names, items.values(), strict=True)
+        ]
+
+    return _write(client, server, space, list(items), requests=requests, answers=wire.STORED)
 
 
 def _storage(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)
@@ -111,8 +145,11 @@ def _storage(  # noqa: PLR0917 (called through MemcachedCache._run, which passes
     exptime: int,
 ) -> bool:
     """A storage ``command`` of ``key`` in the namespace; whether memcached stored it."""
-    request = partial(wire.storage_request, command, item=item, exptime=exptime)
-    return _write(client, server, space, key, request=request, answers=wire.STORED)
+
+    def request(names: list[str]) -> list[bytes]:
+        return [wire.storage_request(command, names[0], item, exptime)]
+
+    return _write(client, server, space, [key], requests=request, answers=wire.STORED)[0]
 
 
 #: ``set`` of a key in the namespace: ``store(client, server, space, key, item, exptime)``.
@@ -121,6 +158,15 @@ store = partial(_storage, b"set")
 add = partial(_storage, b"add")
 
 
+def delete_many(client: Any, server: Server, space: tuple[str, str], keys: list[str]) -> list[bool]:
+    """``delete`` of ``keys`` in the namespace; whether each existed."""
+
+    def requests(names: list[str]) -> list[bytes]:
+        return [wire.delete_request(name) for name in names]
+
+    return _write(client, server, space, keys, requests=requests, answers=wire.DELETED)
+
+
 def delete(client: Any, server: Server, space: tuple[str, str], key: str) -> bool:
     """``delete`` of ``key`` in the namespace; whether it existed."""
-    return _write(client, server, space, key, request=wire.delete_request, answers=wire.DELETED)
+    return delete_many(client, server, space, [key])[0]

@@ -1,4 +1,5 @@
-"""memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``, ``incr``)
+"""memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``, ``incr``),
+for batches of writes (``set_many``, ``delete_many``, writes that read a namespace token back)
 and for the compare-and-swap of counters (meta ``mg``/``ms``).
 
 They run on the socket of a connected pymemcache ``Client``, which keeps doing everything else
@@ -21,16 +22,19 @@ __all__ = [
     "DELETED",
     "STORED",
     "count",
+    "delete_many",
     "delete_request",
     "fetch",
     "read_for_swap",
     "storage_request",
     "store",
+    "store_many",
     "swap",
-    "write_seeing",
+    "write",
 ]
 
 _CHUNK = 65536
+_BATCH = 2048  # writes sent before their replies are read (at most 12 bytes of reply each)
 _END = b"END"
 
 
@@ -102,37 +106,70 @@ def delete_request(name: str) -> bytes:
     return b"delete %s\r\n" % name.encode("ascii")
 
 
-def write_seeing(
-    client: Any, request: bytes, answers: Mapping[bytes, bool], seen_key: str
-) -> tuple[bool, bytes | None]:
-    """``request`` (one command with a one-line reply), then ``get`` of ``seen_key``, in one
-    round trip: ``(what the command's reply means in answers, the value of seen_key right
-    after, None when missing)``."""
-    seen_name = seen_key.encode("ascii")
+def write(
+    client: Any, requests: list[bytes], answers: Mapping[bytes, bool], seen_key: str | None = None
+) -> tuple[list[bool], bytes | None]:
+    """``requests`` (commands with a one-line reply each), then, when ``seen_key`` is given,
+    ``get`` of it: ``(what each command's reply means in answers, the value of seen_key right
+    after, None when missing or not asked)``. A reply line not in ``answers`` raises.
+
+    One round trip per ``_BATCH`` requests: memcached stops reading while its replies are not
+    read, so a larger batch sent at once would leave both sides waiting on each other.
+    """
     sock = _socket(client)
     try:
-        _send(sock, b"%sget %s\r\n" % (request, seen_name))
-        buf = _more(sock, b"", 1)
-        while True:
-            lines = buf.split(b"\r\n")
-            # the reply line, then END, or VALUE, the value (no CRLF in it: a token) and END
-            expected = 5 if len(lines) > 1 and lines[1].startswith(b"VALUE ") else 3
-            if len(lines) >= expected and buf.endswith(b"\r\n"):
-                break
-            buf = _more(sock, buf, len(buf) + 1)
-        if lines[0] not in answers:
-            _raise_reply(lines[0])
-        if len(lines) != expected or lines[-2] != _END:
-            _raise_reply(lines[1])
-        if expected == 3:
-            return answers[lines[0]], None
-        found = _split_values(b"\r\n".join(lines[1:]))
-        if found is None or set(found) != {seen_name}:
-            _raise_reply(lines[1])
-        return answers[lines[0]], found[seen_name][1]
+        done: list[bool] = []
+        batches = [requests[i : i + _BATCH] for i in range(0, len(requests), _BATCH)] or [[]]
+        for batch in batches[:-1] if seen_key else batches:
+            if batch:
+                _send(sock, b"".join(batch))
+                if _read_answers(sock, batch, answers, done):
+                    _raise_reply(b"more reply lines than commands")
+        if seen_key is None:
+            return done, None
+        seen_name = seen_key.encode("ascii")
+        _send(sock, b"%sget %s\r\n" % (b"".join(batches[-1]), seen_name))
+        rest = _read_answers(sock, batches[-1], answers, done)
+        found = _split_values(rest) if rest.endswith(b"END\r\n") else None
+        if found is None:
+            found = _read_values(sock, rest)
+        if not found.keys() <= {seen_name}:
+            _raise_reply(b"a value of another key than " + seen_name)
+        item = found.get(seen_name)
+        return done, None if item is None else item[1]
     except BaseException:
         client.close()
         raise
+
+
+def _read_answers(
+    sock: Any, batch: list[bytes], answers: Mapping[bytes, bool], done: list[bool]
+) -> bytes:
+    """Read the one-line replies to the ``batch`` of commands just sent onto ``done`` (what
+    each means in ``answers``); what arrived after them."""
+    buf, pos = b"", 0
+    for _ in batch:
+        eol = buf.find(b"\r\n", pos)
+        while eol < 0:
+            buf, pos = _more(sock, buf[pos:], len(buf) - pos + 1), 0
+            eol = buf.find(b"\r\n")
+        line = buf[pos:eol]
+        if line not in answers:
+            _raise_reply(line)
+        done.append(answers[line])
+        pos = eol + 2
+    return buf[pos:]
+
+
+def store_many(client: Any, items: Mapping[str, tuple[int, bytes]], exptime: int) -> list[bool]:
+    """``set`` of each of ``items`` (by memcached key); whether each was stored."""
+    requests = [storage_request(b"set", name, item, exptime) for name, item in items.items()]
+    return write(client, requests, STORED)[0]
+
+
+def delete_many(client: Any, names: list[str]) -> list[bool]:
+    """``delete`` of each of ``names``; whether each existed."""
+    return write(client, [delete_request(name) for name in names], DELETED)[0]
 
 
 def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bool]:

@@ -315,23 +315,6 @@ class MemcachedCache(BaseCache):
         server.release(client)
         return result
 
-    def _names(
-        self,
-        server: Server,
-        keys: Iterable[str],
-        operation: str,
-        space: tuple[str, str] | None,
-    ) -> dict[str, str] | None:
-        """``{memcached key: key}`` for writing ``keys`` on ``server`` in ``space`` (prefix and
-        token key, None: no prefix); None when the server is down."""
-        if space is None:
-            return {memcached_key(key): key for key in keys}
-        # read, never trusted from memory: a clear elsewhere must not swallow this write
-        token = self._run(server, operation, namespace.load_token, server, space[1])
-        if token is FAILED:
-            return None
-        return namespace.names(space[0], token, keys)
-
     def _fetch(self, keys: Iterable[str], operation: str) -> tuple[dict[str, Any], set[str]]:
         """Raw items of the present ``keys``, one round trip per server involved, and the keys
         whose server failed."""
@@ -395,10 +378,17 @@ class MemcachedCache(BaseCache):
         return self._run(server, operation, plain, memcached_key(key), *args)
 
     def _target(self, key: str, operation: str) -> tuple[Server, str] | None:
+        """The server of ``key`` and its memcached key, in the namespace as it is now (read,
+        never trusted from memory: a clear elsewhere must not swallow the write); None when
+        the server is down."""
         space = self._namespace
         server = self._server(key, space)
-        names = self._names(server, (key,), operation, space)
-        return None if names is None else (server, next(iter(names)))
+        if space is None:
+            return server, memcached_key(key)
+        token = self._run(server, operation, namespace.load_token, server, space[1])
+        if token is FAILED:
+            return None
+        return server, memcached_key(f"{space[0]}{token}:{key}")
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -529,37 +519,45 @@ class MemcachedCache(BaseCache):
                 check_key(key)
         exptime = self._timeout(timeout)
         packed = {key: self._pack(value) for key, value in mapping.items()}
-        stored: set[str] = set()
-        space = self._namespace
-        for server, group in self._by_server(packed, space).items():
-            names = self._names(server, group, "set_many", space)
-            if names is None:
-                continue
-            values = {name: packed[key] for name, key in names.items()}
-            failed = self._run(server, "set_many", _Client.set_many, values, exptime, False)
-            if failed is FAILED and len(values) > 1 and not server.down_until:
-                # the server refused the batch (a value too large, out of memory): find which
-                failed = [
-                    name
-                    for name, value in values.items()
-                    if self._run(server, "set_many", _Client.set, name, value, exptime, False)
-                    is not True
-                ]
-            if failed is not FAILED:
-                stored.update(key for name, key in names.items() if name not in failed)
+        stored: list[str] = []
+        for server, group in self._by_server(packed, self._namespace).items():
+            stored += self._store_group(server, {key: packed[key] for key in group}, exptime)
         self._sets += len(stored)
-        return [key for key in packed if key in stored]
+        done = set(stored)
+        return [key for key in packed if key in done]
+
+    def _store_group(
+        self, server: Server, items: dict[str, tuple[int, bytes]], exptime: int
+    ) -> list[str]:
+        """The keys of ``items`` stored on ``server``: in one batch, or key by key when the
+        server refused the batch (a value too large, out of memory)."""
+        space = self._namespace
+        if space is not None:
+            store = namespace.store_many
+            done = self._run(server, "set_many", store, server, space, items, exptime)
+        else:
+            values = {memcached_key(key): item for key, item in items.items()}
+            done = self._run(server, "set_many", wire.store_many, values, exptime)
+        if done is FAILED and len(items) > 1 and not server.down_until:
+            done = [
+                self._write_one("set_many", key, namespace.store, wire.store, item, exptime) is True
+                for key, item in items.items()
+            ]
+        return [] if done is FAILED else [key for key, ok in zip(items, done, strict=True) if ok]
 
     def delete_many(self, *keys: str) -> list[str]:
         deleted: set[str] = set()
         space = self._namespace
         for server, group in self._by_server(keys, space).items():
-            names = self._names(server, group, "delete_many", space)
-            if names is None:
-                continue
-            existed = self._run(server, "delete_many", commands.delete_reporting, list(names))
+            if space is not None:
+                existed = self._run(
+                    server, "delete_many", namespace.delete_many, server, space, group
+                )
+            else:
+                names = [memcached_key(key) for key in group]
+                existed = self._run(server, "delete_many", wire.delete_many, names)
             if existed is not FAILED:
-                deleted.update(key for key, hit in zip(names.values(), existed, strict=True) if hit)
+                deleted.update(key for key, hit in zip(group, existed, strict=True) if hit)
         self._deletes += len(deleted)
         return [key for key in dict.fromkeys(keys) if key in deleted]
 
@@ -604,9 +602,10 @@ _SENT_ONCE = frozenset(
         wire.swap,
         commands.add,
         commands.delete,
-        commands.delete_reporting,
+        wire.delete_many,
         namespace.add,
         namespace.delete,
+        namespace.delete_many,
     }
 )
 
