@@ -386,13 +386,27 @@ def test_delete_many_reports_only_existing_keys(cache: MemcachedCache) -> None:
 
 
 def test_batches_with_more_replies_than_the_sockets_hold_complete() -> None:
-    # memcached stops reading while its replies wait unread: sent at once, 600k writes left
-    # both sides waiting until the timeout, and set_many answered [] with the server marked down
+    # memcached stops reading while its replies wait unread: sent at once, 600k writes (or a
+    # get of 600k keys) left both sides waiting until the timeout, and set_many answered []
+    # (get_many all None) with the server marked down
     keys = [f"k{i}" for i in range(600_000)]
     with MemcachedServer(memory_mb=256) as server, MemcachedCache([address(server)]) as cache:
         assert cache.set_many(dict.fromkeys(keys, 1)) == keys
-        assert cache.get_many(keys[0], keys[-1]) == [1, 1]
+        assert cache.get_many(*keys) == [1] * len(keys)
         assert cache.delete_many(*keys) == keys
+        assert cache.stats()["errors"] == 0
+
+
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_get_many_of_long_keys_is_cut_into_gets_between_keys(
+    memcached_server: MemcachedServer, key_prefix: str
+) -> None:
+    # 3000 keys of 240 characters: 720 kB of names, cut into several gets
+    mapping = {f"{i:06d}" + "k" * 234: i for i in range(3000)}
+    with MemcachedCache([address(memcached_server)], key_prefix=key_prefix) as cache:
+        assert cache.set_many(mapping) == list(mapping)
+        assert cache.get_many(*mapping) == list(mapping.values())
+        assert cache.get_dict(*reversed(mapping)) == dict(reversed(mapping.items()))
         assert cache.stats()["errors"] == 0
 
 

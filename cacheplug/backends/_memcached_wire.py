@@ -35,6 +35,7 @@ __all__ = [
 
 _CHUNK = 65536
 _BATCH = 2048  # writes sent before their replies are read (at most 12 bytes of reply each)
+_GET_BYTES = 32768  # of names in one get, sent before its reply is read
 _END = b"END"
 
 
@@ -68,19 +69,36 @@ def _socket(client: Any) -> Any:
 
 
 def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
-    """``get`` of the space-separated ``names``, one round trip: ``{name: (flags, data)}``."""
+    """``get`` of the space-separated ``names``: ``{name: (flags, data)}``. One round trip
+    per ``_GET_BYTES`` of names: memcached answers a long ``get`` while it still reads it and
+    stops reading while its replies wait unread, so a longer one sent at once would leave both
+    sides waiting on each other."""
     sock = _socket(client)
     try:
-        _send(sock, b"get " + names + b"\r\n")
-        buf = _more(sock, b"", 1)
-        if buf.endswith(b"END\r\n"):
-            found = _split_values(buf)
-            if found is not None:
-                return found
-        return _read_values(sock, buf)
+        if len(names) <= _GET_BYTES:
+            return _fetch_once(sock, names)
+        found: dict[bytes, tuple[int, bytes]] = {}
+        start = 0
+        while start < len(names):
+            end = len(names)
+            if end - start > _GET_BYTES:  # cut at a space: a name is at most 250 bytes
+                end = names.rindex(b" ", start, start + _GET_BYTES)
+            found.update(_fetch_once(sock, names[start:end]))
+            start = end + 1
+        return found
     except BaseException:
         client.close()
         raise
+
+
+def _fetch_once(sock: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
+    _send(sock, b"get " + names + b"\r\n")
+    buf = _more(sock, b"", 1)
+    if buf.endswith(b"END\r\n"):
+        found = _split_values(buf)
+        if found is not None:
+            return found
+    return _read_values(sock, buf)
 
 
 def store(client: Any, name: str, item: tuple[int, bytes], exptime: int) -> bool:
