@@ -23,7 +23,7 @@ def serializers_section(ctx: Context) -> SectionResult:
     sizes: dict[str, dict[str, int]] = {}
     for label, value in SERIALIZER_PAYLOADS.items():
         ctx.tick(f"serializers: {label}")
-        encoded = {name: s.dumps(value) for name, s in serializers.items()}
+        encoded = {name: bytes(s.dumps(value) or b"") for name, s in serializers.items()}
         sizes[label] = {name: len(data) for name, data in encoded.items()}
         # ~2 ms of work per repeat whatever the payload's size
         number = max(1, ctx.scale(2_000_000, 20_000) // max(64, min(sizes[label].values())))
