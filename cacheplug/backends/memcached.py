@@ -497,6 +497,7 @@ class MemcachedCache(BaseCache):
         self._hits += len(items) - missing
         if self._signer is None and type(self.serializer) is PickleSerializer:
             loads = pickle.loads
+            counted = self._hits, self._misses, self._errors
             try:  # the default, without a call of _unpack per value
                 return [
                     None
@@ -507,7 +508,9 @@ class MemcachedCache(BaseCache):
                     for key, item in zip(keys, items, strict=True)
                 ]
             except Exception:
-                pass  # an unreadable entry: _unpack logs and counts it
+                # an unreadable entry: _unpack logs and counts it, and reads again the
+                # entries before it, which must not be counted twice
+                self._hits, self._misses, self._errors = counted
         return [
             None if item is None else self._unpack(key, item)
             for key, item in zip(keys, items, strict=True)
