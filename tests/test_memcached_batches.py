@@ -28,6 +28,22 @@ def raw_set(server: MemcachedServer, key: str, flags: int, data: bytes) -> None:
         assert sock.recv(64) == b"STORED\r\n"
 
 
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_set_many_of_more_bytes_than_the_link_carries_within_the_timeout_stores_them(
+    key_prefix: str,
+) -> None:
+    # 160 MB sent in one go took longer than the 0.05 s timeout on a healthy server: set_many
+    # answered [] and marked the server down; the timeout bounds a wait for a reply, not a call
+    values = {f"k{i}": bytes([i]) * 1_000_000 for i in range(160)}
+    with (
+        MemcachedServer(memory_mb=512) as server,
+        MemcachedCache([address(server)], key_prefix=key_prefix, timeout=0.05) as cache,
+    ):
+        assert cache.set_many(values) == list(values)
+        assert cache.stats()["errors"] == 0
+        assert cache.get_many("k0", "k159") == [values["k0"], values["k159"]]
+
+
 def test_get_many_counts_each_unreadable_entry_once(
     cache: MemcachedCache, memcached_server: MemcachedServer
 ) -> None:

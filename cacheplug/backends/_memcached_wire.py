@@ -35,6 +35,7 @@ __all__ = [
 
 _CHUNK = 65536
 _BATCH = 2048  # writes sent before their replies are read (at most 12 bytes of reply each)
+_BATCH_BYTES = 1 << 20  # and their bytes (or one request): the timeout bounds each send
 _GET_BYTES = 32768  # of names in one get, sent before its reply is read
 _END = b"END"
 
@@ -132,12 +133,14 @@ def write(
     after, None when missing or not asked)``. A reply line not in ``answers`` raises.
 
     One round trip per ``_BATCH`` requests: memcached stops reading while its replies are not
-    read, so a larger batch sent at once would leave both sides waiting on each other.
+    read, so a larger batch sent at once would leave both sides waiting on each other. And per
+    ``_BATCH_BYTES``: the timeout bounds each send, which must not carry more than the link
+    delivers in that time.
     """
     sock = _socket(client)
     try:
         done: list[bool] = []
-        batches = [requests[i : i + _BATCH] for i in range(0, len(requests), _BATCH)] or [[]]
+        batches = _batches(requests)
         for batch in batches[:-1] if seen_key else batches:
             if batch:
                 _send(sock, b"".join(batch))
@@ -158,6 +161,24 @@ def write(
     except BaseException:
         client.close()
         raise
+
+
+def _batches(requests: list[bytes]) -> list[list[bytes]]:
+    """``requests`` cut into batches of at most ``_BATCH`` requests and ``_BATCH_BYTES`` bytes
+    (or one request); one empty batch when there are none."""
+    if len(requests) <= _BATCH and sum(map(len, requests)) <= _BATCH_BYTES:
+        return [requests]
+    batches: list[list[bytes]] = []
+    batch: list[bytes] = []
+    size = 0
+    for request in requests:
+        if batch and (len(batch) == _BATCH or size + len(request) > _BATCH_BYTES):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(request)
+        size += len(request)
+    batches.append(batch)
+    return batches
 
 
 def _read_answers(
