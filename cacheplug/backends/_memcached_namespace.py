@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
@@ -19,6 +19,8 @@ from cacheplug.backends._memcached_keys import memcached_key
 
 if TYPE_CHECKING:
     from cacheplug.backends._memcached_servers import Server
+
+_Answer = TypeVar("_Answer")
 
 __all__ = [
     "add",
@@ -83,8 +85,8 @@ def _write(
     keys: list[str],
     *,
     requests: Callable[[list[str]], list[bytes]],
-    answers: Mapping[bytes, bool],
-) -> list[bool]:
+    answers: Mapping[bytes, _Answer],
+) -> list[_Answer]:
     """Writes of ``keys`` in the namespace, one round trip unless the namespace changed: they
     go under the token last seen, and the token read right after them tells whether that was
     still the namespace; if not (a clear elsewhere, a lost token), they are made again, once,
@@ -123,8 +125,9 @@ def store_many(
     space: tuple[str, str],
     items: Mapping[str, tuple[int, bytes]],
     exptime: int,
-) -> list[bool]:
-    """``set`` of each of ``items`` in the namespace; whether memcached stored each."""
+) -> list[bool | None]:
+    """``set`` of each of ``items`` in the namespace; whether memcached stored each, None when
+    it refused one (too large, out of memory)."""
 
     def requests(names: list[str]) -> list[bytes]:
         return [
@@ -132,7 +135,9 @@ def store_many(
             for name, item in zip(names, items.values(), strict=True)
         ]
 
-    return _write(client, server, space, list(items), requests=requests, answers=wire.STORED)
+    return _write(
+        client, server, space, list(items), requests=requests, answers=wire.STORED_OR_REFUSED
+    )
 
 
 def _storage(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)

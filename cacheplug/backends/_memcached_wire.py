@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "DELETED",
     "STORED",
+    "STORED_OR_REFUSED",
     "count",
     "delete_many",
     "delete_request",
@@ -38,6 +39,8 @@ _BATCH = 2048  # writes sent before their replies are read (at most 12 bytes of 
 _BATCH_BYTES = 1 << 20  # and their bytes (or one request): the timeout bounds each send
 _GET_BYTES = 32768  # of names in one get, sent before its reply is read
 _END = b"END"
+_REFUSED = b"SERVER_ERROR"
+_Answer = TypeVar("_Answer")
 
 
 # os.write takes a socket's descriptor on POSIX only
@@ -126,11 +129,15 @@ def delete_request(name: str) -> bytes:
 
 
 def write(
-    client: Any, requests: list[bytes], answers: Mapping[bytes, bool], seen_key: str | None = None
-) -> tuple[list[bool], bytes | None]:
+    client: Any,
+    requests: list[bytes],
+    answers: Mapping[bytes, _Answer],
+    seen_key: str | None = None,
+) -> tuple[list[_Answer], bytes | None]:
     """``requests`` (commands with a one-line reply each), then, when ``seen_key`` is given,
     ``get`` of it: ``(what each command's reply means in answers, the value of seen_key right
-    after, None when missing or not asked)``. A reply line not in ``answers`` raises.
+    after, None when missing or not asked)``. A reply line not in ``answers`` raises, except a
+    ``SERVER_ERROR`` when ``answers`` has an answer for ``b"SERVER_ERROR"``.
 
     One round trip per ``_BATCH`` requests: memcached stops reading while its replies are not
     read, so a larger batch sent at once would leave both sides waiting on each other. And per
@@ -139,7 +146,7 @@ def write(
     """
     sock = _socket(client)
     try:
-        done: list[bool] = []
+        done: list[_Answer] = []
         batches = _batches(requests)
         for batch in batches[:-1] if seen_key else batches:
             if batch:
@@ -182,7 +189,7 @@ def _batches(requests: list[bytes]) -> list[list[bytes]]:
 
 
 def _read_answers(
-    sock: Any, batch: list[bytes], answers: Mapping[bytes, bool], done: list[bool]
+    sock: Any, batch: list[bytes], answers: Mapping[bytes, _Answer], done: list[_Answer]
 ) -> bytes:
     """Read the one-line replies to the ``batch`` of commands just sent onto ``done`` (what
     each means in ``answers``); what arrived after them."""
@@ -194,16 +201,22 @@ def _read_answers(
             eol = buf.find(b"\r\n")
         line = buf[pos:eol]
         if line not in answers:
-            _raise_reply(line)
+            # memcached skipped the data of a write it refused: the next reply is the next one's
+            if not line.startswith(_REFUSED + b" ") or _REFUSED not in answers:
+                _raise_reply(line)
+            line = _REFUSED
         done.append(answers[line])
         pos = eol + 2
     return buf[pos:]
 
 
-def store_many(client: Any, items: Mapping[str, tuple[int, bytes]], exptime: int) -> list[bool]:
-    """``set`` of each of ``items`` (by memcached key); whether each was stored."""
+def store_many(
+    client: Any, items: Mapping[str, tuple[int, bytes]], exptime: int
+) -> list[bool | None]:
+    """``set`` of each of ``items`` (by memcached key); whether each was stored, None when
+    memcached refused it (too large, out of memory)."""
     requests = [storage_request(b"set", name, item, exptime) for name, item in items.items()]
-    return write(client, requests, STORED)[0]
+    return write(client, requests, STORED_OR_REFUSED)[0]
 
 
 def delete_many(client: Any, names: list[str]) -> list[bool]:
@@ -275,6 +288,8 @@ def swap(client: Any, name: str, item: tuple[int, bytes], cas: int, exptime: int
 
 #: What the reply line of a storage command, or of ``delete``, says was done.
 STORED = {b"STORED": True, b"NOT_STORED": False}
+#: The same, with None for a write memcached refused (SERVER_ERROR), where a batch goes on.
+STORED_OR_REFUSED: Mapping[bytes, bool | None] = {**STORED, _REFUSED: None}
 DELETED = {b"DELETED": True, b"NOT_FOUND": False}
 _SWAPPED = {b"HD": True, b"EX": False, b"NF": None}
 

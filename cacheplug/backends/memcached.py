@@ -546,7 +546,21 @@ class MemcachedCache(BaseCache):
                 self._write_one("set_many", key, namespace.store, wire.store, item, exptime) is True
                 for key, item in items.items()
             ]
-        return [] if done is FAILED else [key for key, ok in zip(items, done, strict=True) if ok]
+        if done is FAILED:
+            return []
+        refused = done.count(None)
+        if refused:  # each an error, as a set of it alone would be
+            from pymemcache.exceptions import MemcacheServerError
+
+            self._errors += refused - 1
+            self._backend_error(
+                "set_many",
+                MemcacheServerError(
+                    f"memcached {server.name} refused {refused} of {len(items)} values "
+                    f"(too large for its item size limit, or out of memory)"
+                ),
+            )
+        return [key for key, ok in zip(items, done, strict=True) if ok]
 
     def delete_many(self, *keys: str) -> list[str]:
         deleted: set[str] = set()
