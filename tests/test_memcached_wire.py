@@ -463,6 +463,29 @@ def test_writes_with_or_without_the_token_read_back_parse_a_reply_cut_anywhere(
     assert wire.write(PiecesClient(lines, cuts), requests, wire.STORED) == (answers, None)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    token=st.one_of(st.none(), st.binary(min_size=1, max_size=16).map(lambda b: b.hex().encode())),
+    reply=st.sampled_from(
+        [
+            (b"HD f17155\r\n42\r\n", (17155, 42, True)),
+            (b"EN\r\nNOT_FOUND\r\n", (None, None, True)),
+            (
+                b"HD f17152\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+                (17152, None, False),
+            ),
+        ]
+    ),
+    cuts=st.lists(st.integers(0, 200)),
+)
+def test_a_count_with_the_token_read_back_parses_a_reply_cut_anywhere(
+    token: bytes | None, reply: tuple[bytes, tuple[int | None, int | None, bool]], cuts: list[int]
+) -> None:
+    lines, counted = reply
+    seen = b"END\r\n" if token is None else b"VALUE t 0 %d\r\n%s\r\nEND\r\n" % (len(token), token)
+    assert wire.count_seeing(PiecesClient(lines + seen, cuts), "n", 1, "t") == (counted, token)
+
+
 @pytest.mark.parametrize(
     "reply",
     [
@@ -508,8 +531,10 @@ PREFIXED_WRITES: list[tuple[Callable[[MemcachedCache], object], bytes, object]] 
     (lambda cache: cache.delete("k"), b"DELETED\r\n", True),
     (lambda cache: cache.set_many({"a": 1, "b": 2}), b"STORED\r\nNOT_STORED\r\n", ["a"]),
     (lambda cache: cache.delete_many("a", "b"), b"NOT_FOUND\r\nDELETED\r\n", ["b"]),
+    # the counter held 4 (stored as 4 + COUNTER_BIAS under the counter flags): incr made it 5
+    (lambda cache: cache.inc("n"), b"HD f%d\r\n%d\r\n" % (FLAG_COUNTER, 5 + COUNTER_BIAS), 5),
 ]
-PREFIXED_WRITE_IDS = ["set", "add", "delete", "set_many", "delete_many"]
+PREFIXED_WRITE_IDS = ["set", "add", "delete", "set_many", "delete_many", "inc"]
 
 
 def token_reply(token: bytes) -> bytes:

@@ -98,9 +98,17 @@ def _overflow(key: str, delta: int) -> OverflowError:
     )
 
 
-def increment(cache: MemcachedCache, server: Server, name: str, key: str, delta: int) -> int | None:
+def increment(  # noqa: PLR0917 (internal, called in one place)
+    cache: MemcachedCache,
+    server: Server,
+    name: str,
+    key: str,
+    delta: int,
+    counted: tuple[int | None, int | None, bool] | None = None,
+) -> int | None:
     """``cache.inc(key, delta)`` on the entry ``name`` of ``server``, ``delta`` a signed 64-bit
-    int: the new value, or None on engine errors (logged by ``cache``).
+    int: the new value, or None on engine errors (logged by ``cache``). ``counted``: the answer
+    of an ``incr`` by ``delta`` already made (``wire.count``'s), to go on from.
 
     :raises TypeError: the stored value is not an integer, or not one cacheplug wrote (it
         stays).
@@ -109,10 +117,12 @@ def increment(cache: MemcachedCache, server: Server, name: str, key: str, delta:
     """
     step = delta % WRAP  # a negative delta is an incr that wraps around 2**64
     for _ in range(CREATE_ATTEMPTS):
-        counted = cache._run(server, "inc", wire.count, name, step)
-        if counted is FAILED:
-            return None
+        if counted is None:
+            counted = cache._run(server, "inc", wire.count, name, step)
+            if counted is FAILED:
+                return None
         flags, number, numeric = counted
+        counted = None
         if not numeric:  # not a counter, or one memcached misreads (#1105)
             swapped = _swap_counter(cache, server, name, key, delta)
             if isinstance(swapped, _Gone):

@@ -1,9 +1,9 @@
 """The namespace of a ``MemcachedCache`` with a ``key_prefix``.
 
 Every key lives in a namespace named by a random token kept on each server; ``clear`` replaces
-the token, reads fetch it in the same ``get`` round trip, writes read it in the round trip of
-the write (and write again if it changed) and ``inc`` reads it first, so a ``clear`` by any
-process is seen by every later call.
+the token, reads fetch it in the same ``get`` round trip, writes and ``incr`` read it in their
+own round trip (and are made again if it changed), so a ``clear`` by any process is seen by
+every later call.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ _Answer = TypeVar("_Answer")
 
 __all__ = [
     "add",
+    "count",
     "delete",
     "delete_many",
     "fetch",
@@ -78,6 +79,38 @@ def fetch(
     return {}
 
 
+def _seeing(
+    client: Any,
+    server: Server,
+    token_key: str,
+    attempt: Callable[[str], tuple[_Answer, bytes | None]],
+) -> _Answer:
+    """What ``attempt(token)`` answers, a call in the namespace named ``token`` that reads the
+    token back in its round trip: one round trip unless the namespace changed. The call goes
+    under the token last seen; if the token read back differs (a clear elsewhere, a lost
+    token), it is made again, once, under the current one."""
+    # Once the token was read during this call, a change after it comes from a clear that
+    # overlaps the call and may count as made after it: no further attempt, so a storm of
+    # clears cannot starve a write.
+    known = server.token
+    fresh = not known
+    token = known or load_token(client, server, token_key)
+    while True:
+        answer, seen = attempt(token)
+        current = None if seen is None else seen.decode("ascii", "replace")
+        if current == token:
+            return answer
+        if fresh:
+            if current is not None:
+                server.seen_token(current)
+            return answer
+        if current is None:  # namespace lost (restart, eviction): write into a new one
+            token = load_token(client, server, token_key)
+        else:
+            token = server.seen_token(current)
+        fresh = True
+
+
 def _write(
     client: Any,
     server: Server,
@@ -87,36 +120,31 @@ def _write(
     requests: Callable[[list[str]], list[bytes]],
     answers: Mapping[bytes, _Answer],
 ) -> list[_Answer]:
-    """Writes of ``keys`` in the namespace, one round trip unless the namespace changed: they
-    go under the token last seen, and the token read right after them tells whether that was
-    still the namespace; if not (a clear elsewhere, a lost token), they are made again, once,
-    under the current one. ``space``: the key prefix and its token key; ``requests``: the
-    commands for the keys' memcached names, in order. What each command's reply says was
-    done."""
+    """Writes of ``keys`` in the namespace, the token read back with them (``_seeing``).
+    ``space``: the key prefix and its token key; ``requests``: the commands for the keys'
+    memcached names, in order. What each command's reply says was done."""
     key_prefix, token_key = space
-    token = server.token
-    # Once the token was read during this call, a change after it comes from a clear that
-    # overlaps the call and may count as made after these writes: no further rewrite, so a
-    # storm of clears cannot starve a write.
-    fresh = not token
-    if fresh:
-        token = load_token(client, server, token_key)
-    while True:
-        prefix = f"{key_prefix}{token}:"
-        names = [memcached_key(prefix + key) for key in keys]
-        done, seen = wire.write(client, requests(names), answers, token_key)
-        current = None if seen is None else seen.decode("ascii", "replace")
-        if current == token:
-            return done
-        if fresh:
-            if current is not None:
-                server.seen_token(current)
-            return done
-        if current is None:  # namespace lost (restart, eviction): write into a new one
-            token = load_token(client, server, token_key)
-        else:
-            token = server.seen_token(current)
-        fresh = True
+
+    def attempt(token: str) -> tuple[list[_Answer], bytes | None]:
+        names = [memcached_key(f"{key_prefix}{token}:{key}") for key in keys]
+        return wire.write(client, requests(names), answers, token_key)
+
+    return _seeing(client, server, token_key, attempt)
+
+
+def count(
+    client: Any, server: Server, space: tuple[str, str], key: str, step: int
+) -> tuple[str, tuple[int | None, int | None, bool]]:
+    """``incr`` of ``key`` in the namespace by ``step``, the token read back with it
+    (``_seeing``): the memcached key it counted and ``wire.count``'s answer."""
+    key_prefix, token_key = space
+
+    def attempt(token: str) -> tuple[tuple[str, Any], bytes | None]:
+        name = memcached_key(f"{key_prefix}{token}:{key}")
+        counted, seen = wire.count_seeing(client, name, step, token_key)
+        return (name, counted), seen
+
+    return _seeing(client, server, token_key, attempt)
 
 
 def store_many(

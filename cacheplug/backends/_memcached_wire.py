@@ -23,6 +23,7 @@ __all__ = [
     "STORED",
     "STORED_OR_REFUSED",
     "count",
+    "count_seeing",
     "delete_many",
     "delete_request",
     "fetch",
@@ -155,16 +156,9 @@ def write(
                     _raise_reply(b"more reply lines than commands")
         if seen_key is None:
             return done, None
-        seen_name = seen_key.encode("ascii")
-        _send(sock, b"%sget %s\r\n" % (b"".join(batches[-1]), seen_name))
+        _send(sock, b"%sget %s\r\n" % (b"".join(batches[-1]), seen_key.encode("ascii")))
         rest = _read_answers(sock, batches[-1], answers, done)
-        found = _split_values(rest) if rest.endswith(b"END\r\n") else None
-        if found is None:
-            found = _read_values(sock, rest)
-        if not found.keys() <= {seen_name}:
-            _raise_reply(b"a value of another key than " + seen_name)
-        item = found.get(seen_name)
-        return done, None if item is None else item[1]
+        return done, _seen_value(sock, rest, seen_key)
     except BaseException:
         client.close()
         raise
@@ -186,6 +180,19 @@ def _batches(requests: list[bytes]) -> list[list[bytes]]:
         size += len(request)
     batches.append(batch)
     return batches
+
+
+def _seen_value(sock: Any, rest: bytes, seen_key: str) -> bytes | None:
+    """The value of ``seen_key`` from the reply to its ``get``, which starts in ``rest``; None
+    when missing."""
+    seen_name = seen_key.encode("ascii")
+    found = _split_values(rest) if rest.endswith(b"END\r\n") else None
+    if found is None:
+        found = _read_values(sock, rest)
+    if not found.keys() <= {seen_name}:
+        _raise_reply(b"a value of another key than " + seen_name)
+    item = found.get(seen_name)
+    return None if item is None else item[1]
 
 
 def _read_answers(
@@ -232,23 +239,48 @@ def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bo
     """
     sock = _socket(client)
     try:
-        # Flags change only when the entry is rewritten: these are the ones incr meets unless
-        # another client replaces the entry between the two commands.
-        _send(
-            sock, b"mg %s f\r\nincr %s %d\r\n" % (name.encode("ascii"), name.encode("ascii"), step)
-        )
-        head, reply = _read_lines(sock, 2)
-        flags = None if head == b"EN" else _meta_flag(head, b"HD", b"f")
-        if reply == b"NOT_FOUND":
-            return flags, None, True
-        if reply.isdigit():
-            return flags, int(reply), True
-        if reply.startswith(b"CLIENT_ERROR") and b"non-numeric" in reply:
-            return flags, None, False
-        _raise_reply(reply)
+        _send(sock, _count_request(name, step))
+        lines, rest = _take_lines(sock, 2)
+        if rest:
+            _raise_reply(b"more reply lines than commands")
+        return _counted(*lines)
     except BaseException:
         client.close()
         raise
+
+
+def count_seeing(
+    client: Any, name: str, step: int, seen_key: str
+) -> tuple[tuple[int | None, int | None, bool], bytes | None]:
+    """``count``, then ``get`` of ``seen_key``, in one round trip: ``(count's answer, the value
+    of seen_key right after, None when missing)``."""
+    sock = _socket(client)
+    try:
+        _send(sock, b"%sget %s\r\n" % (_count_request(name, step), seen_key.encode("ascii")))
+        lines, rest = _take_lines(sock, 2)
+        return _counted(*lines), _seen_value(sock, rest, seen_key)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _count_request(name: str, step: int) -> bytes:
+    # Flags change only when the entry is rewritten: these are the ones incr meets unless
+    # another client replaces the entry between the two commands.
+    encoded = name.encode("ascii")
+    return b"mg %s f\r\nincr %s %d\r\n" % (encoded, encoded, step)
+
+
+def _counted(head: bytes, reply: bytes) -> tuple[int | None, int | None, bool]:
+    """``count``'s answer from the replies to its meta get and its ``incr``."""
+    flags = None if head == b"EN" else _meta_flag(head, b"HD", b"f")
+    if reply == b"NOT_FOUND":
+        return flags, None, True
+    if reply.isdigit():
+        return flags, int(reply), True
+    if reply.startswith(b"CLIENT_ERROR") and b"non-numeric" in reply:
+        return flags, None, False
+    _raise_reply(reply)
 
 
 def read_for_swap(client: Any, name: str) -> tuple[int, bytes, int, int] | None:
@@ -394,17 +426,18 @@ def _read_line(sock: Any) -> bytes:
             return buf[:-2]
 
 
-def _read_lines(sock: Any, count: int) -> list[bytes]:
-    """The next ``count`` reply lines, without their CRLFs (each reply a single line)."""
-    buf = b""
-    while True:
-        buf = _more(sock, buf, len(buf) + 1)
-        if buf.endswith(b"\r\n"):
-            lines = buf.split(b"\r\n")[:-1]
-            if len(lines) == count:
-                return lines
-            if len(lines) > count:
-                _raise_reply(b"more reply lines than commands")
+def _take_lines(sock: Any, count: int) -> tuple[list[bytes], bytes]:
+    """The next ``count`` reply lines, without their CRLFs, and what arrived after them."""
+    buf, pos = b"", 0
+    lines: list[bytes] = []
+    while len(lines) < count:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            buf, pos = _more(sock, buf[pos:], len(buf) - pos + 1), 0
+            continue
+        lines.append(buf[pos:eol])
+        pos = eol + 2
+    return lines, buf[pos:]
 
 
 def _more(sock: Any, head: bytes, need: int) -> bytes:

@@ -377,19 +377,6 @@ class MemcachedCache(BaseCache):
             return self._run(server, operation, in_namespace, server, space, key, *args)
         return self._run(server, operation, plain, memcached_key(key), *args)
 
-    def _target(self, key: str, operation: str) -> tuple[Server, str] | None:
-        """The server of ``key`` and its memcached key, in the namespace as it is now (read,
-        never trusted from memory: a clear elsewhere must not swallow the write); None when
-        the server is down."""
-        space = self._namespace
-        server = self._server(key, space)
-        if space is None:
-            return server, memcached_key(key)
-        token = self._run(server, operation, namespace.load_token, server, space[1])
-        if token is FAILED:
-            return None
-        return server, memcached_key(f"{space[0]}{token}:{key}")
-
     # -- the contract ---------------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
@@ -590,11 +577,16 @@ class MemcachedCache(BaseCache):
         check_delta(delta)
         if not INT64_MIN <= delta <= INT64_MAX:
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
-        target = self._target(key, "inc")
-        if target is None:
+        space = self._namespace
+        server = self._server(key, space)
+        if space is None:
+            return increment(self, server, memcached_key(key), key, delta)
+        # the first incr reads the namespace token back in its round trip
+        counted = self._run(server, "inc", namespace.count, server, space, key, delta % WRAP)
+        if counted is FAILED:
             return None
-        server, name = target
-        return increment(self, server, name, key, delta)
+        name, first = counted
+        return increment(self, server, name, key, delta, first)
 
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""
@@ -621,6 +613,7 @@ _SENT_ONCE = frozenset(
         commands.delete,
         wire.delete_many,
         namespace.add,
+        namespace.count,
         namespace.delete,
         namespace.delete_many,
     }
