@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends._redis_clients import close_when_cut_short
+from cacheplug.backends._redis_wire import MGET_PIECE
 from cacheplug.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -123,12 +124,18 @@ def mget(
     slots: dict[int, list[int]] = {}
     for index, name in enumerate(names):
         slots.setdefault(client.keyslot(name), []).append(index)
-    replies = pipeline([("MGET", *(names[i] for i in indexes)) for indexes in slots.values()])
+    # a slot of many names (hash tags) is read in pieces, each bounded by the socket timeout
+    pieces = [
+        indexes[start : start + MGET_PIECE]
+        for indexes in slots.values()
+        for start in range(0, len(indexes), MGET_PIECE)
+    ]
+    replies = pipeline([("MGET", *(names[i] for i in indexes)) for indexes in pieces])
     if replies is None:
         return [None] * len(names), len(names)
     payloads: list[Any] = [None] * len(names)
     unread = 0
-    for indexes, reply in zip(slots.values(), replies, strict=True):
+    for indexes, reply in zip(pieces, replies, strict=True):
         if isinstance(reply, Exception):
             unread += len(indexes)
         else:

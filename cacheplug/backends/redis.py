@@ -388,9 +388,11 @@ class RedisCache(BaseCache):
                     self._client, sent, lambda commands: self._pipeline(commands, "get_many")
                 )
             elif packed is not None:
-                payloads = wire.send(self._client, packed)
-            else:
+                payloads = wire.send_mget(self._client, packed)
+            elif len(sent) <= wire.MGET_PIECE:
                 payloads = self._client.mget(sent)
+            else:
+                payloads = self._mget_pieces(sent)
         except self._failures as err:
             self._backend_error("get_many", err)
             return [None] * len(keys)
@@ -516,6 +518,13 @@ class RedisCache(BaseCache):
             return "value of another type"
 
     # -- pipelines ------------------------------------------------------------------------------
+
+    def _mget_pieces(self, names: Sequence[str | bytes]) -> list[Any]:
+        """The payloads of ``names``, one ``MGET`` per ``MGET_PIECE`` names in one pipeline."""
+        piece = wire.MGET_PIECE
+        commands = [("MGET", *names[i : i + piece]) for i in range(0, len(names), piece)]
+        replies = self._pipeline(commands, None) or []
+        return [payload for reply in replies for payload in reply]
 
     def _pipelined(
         self, command: str, names: list[Any], operation: str | None = None
