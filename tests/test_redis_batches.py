@@ -51,3 +51,63 @@ def test_get_many_of_more_names_than_one_timeout_reads_leaves_the_server_up(
     assert cache.stats()["hits"] == 3
     assert cache.stats()["misses"] == LONG_NAMES - 3
     assert cache.get(keys[-1]) == b"last"  # not taken for a server that is down
+
+
+BULK_LIMIT = 2**20  # the lowest proto-max-bulk-len Redis takes
+TOO_BIG = b"x" * (2 * BULK_LIMIT)
+NEAR_LIMIT = b"n" * (BULK_LIMIT - 2**15)  # under the limit, but sent alone like TOO_BIG
+
+
+@pytest.fixture(scope="module")
+def limited_server() -> Iterator[RedisServer]:
+    """A server refusing values over 1 MB: it answers an error and closes the connection."""
+    server = RedisServer(unix_socket=True, config={"proto-max-bulk-len": "1mb"}).start()
+    yield server
+    server.kill()
+    server.stop()
+
+
+@pytest.fixture(params=["tcp", "unix", "prefix", "cluster"])
+def limited_cache(
+    request: pytest.FixtureRequest, limited_server: RedisServer, redis_cluster: RedisCluster
+) -> Iterator[RedisCache]:
+    """A cache whose server (every node on a cluster) refuses values over ``BULK_LIMIT``."""
+    kind = request.param
+    if kind == "cluster":
+        for node in redis_cluster.servers:
+            node.command("CONFIG", "SET", "proto-max-bulk-len", "1mb")
+        cache = RedisCache(startup_nodes=redis_cluster.nodes)
+    elif kind == "unix":
+        cache = RedisCache(unix_socket_path=limited_server.unix_socket)
+    else:
+        cache = RedisCache(port=limited_server.port, key_prefix="p:" if kind == "prefix" else None)
+    try:
+        yield cache
+    finally:
+        cache.clear()
+        cache.close()
+        if kind == "cluster":
+            for node in redis_cluster.servers:
+                node.command("CONFIG", "SET", "proto-max-bulk-len", "512mb")
+
+
+def test_a_value_over_the_bulk_limit_is_left_out_and_the_rest_is_stored(
+    limited_cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = limited_cache
+    small = {f"k{i}": i if i % 2 else f"v{i}" for i in range(300)}
+    # refused first: on one connection it used to cut off every write after it
+    mapping = {"too-big": TOO_BIG, **small, "near": NEAR_LIMIT, "too-big-2": TOO_BIG}
+    stored = cache.set_many(mapping)
+    assert sorted(stored) == sorted([*small, "near"])
+    assert cache.stats()["sets"] == len(small) + 1
+    assert cache.stats()["errors"] == 2  # one per value refused
+    assert len([r for r in caplog.records if r.name == "cacheplug"]) == 1
+    assert cache.get_many("k0", "k1", "near", "too-big") == ["v0", 1, NEAR_LIMIT, None]
+    # a single write refused in turn leaves the server up for the next call
+    assert cache.set("too-big", TOO_BIG) is False
+    assert cache.get("k3") == 3
+    assert cache.add("too-big", TOO_BIG) is False
+    assert cache.has("k3") is True
+    assert cache.set("k3", "again") is True
+    assert cache.stats()["errors"] == 4

@@ -62,6 +62,9 @@ SCAN_BATCH = 1000
 # Redis refuses an expiry past 2**63 ms from now: longer timeouts get this (146 million years).
 MAX_TTL_SECONDS = 2**62 // 1000
 _GLOB_SPECIAL = frozenset("*?[]\\")
+# Values this long may pass Redis' lowest proto-max-bulk-len or client-query-buffer-limit (1 MB),
+# over which it closes the connection: set_many sends each alone, so one refusal loses no other.
+LONE_VALUE = 2**20 - 2**16
 
 
 class RedisCache(BaseCache):
@@ -305,7 +308,7 @@ class RedisCache(BaseCache):
             else:
                 self._client.delete(self._wire(name))
         except self._failures as err:
-            self._backend_error("set", err)
+            self._backend_error("set", self._write_failure(err, data))
             return False
         self._sets += 1
         return True
@@ -321,7 +324,7 @@ class RedisCache(BaseCache):
             expiry = ("PX", ms) if ms else ()
             added = bool(self._once.execute_command("SET", name, data, "NX", *expiry))
         except self._failures as err:
-            self._backend_error("add", err)
+            self._backend_error("add", self._write_failure(err, data))
             return False
         self._sets += added
         return added
@@ -444,11 +447,34 @@ class RedisCache(BaseCache):
             ("SET", self._wire(prefix + k), data, *expiry)
             for k, data in zip(keys, payloads, strict=True)
         ]
-        results = self._pipeline(commands, "set_many")
+        lone = [i for i, data in enumerate(payloads) if len(data) >= LONE_VALUE]
+        lone_keys = [keys[i] for i in lone]
+        lone_commands = [commands[i] for i in lone]
+        for i in reversed(lone):
+            del keys[i], commands[i]
+        results = self._pipeline(commands, "set_many") if commands else []
         if results is None:
             return []
         stored = [key for key, result in zip(keys, results, strict=True) if result is True]
+        stored += self._set_lone(lone_keys, lone_commands)
         self._sets += len(stored)
+        return stored
+
+    def _set_lone(self, keys: list[str], commands: list[tuple[Any, ...]]) -> list[str]:
+        """The keys of ``keys`` stored by their ``commands``, each sent alone; the first outage
+        leaves the rest unsent."""
+        stored = []
+        for key, command in zip(keys, commands, strict=True):
+            try:
+                reply = self._pipeline([command], None)
+            except self._failures as err:
+                err = self._write_failure(err, command[2])
+                self._backend_error("set_many", err)
+                if not isinstance(err, self._response_error):
+                    break
+            else:
+                if reply == [True]:
+                    stored.append(key)
         return stored
 
     def delete_many(self, *keys: str) -> list[str]:
@@ -562,6 +588,25 @@ class RedisCache(BaseCache):
         return results
 
     # -- failures --------------------------------------------------------------------------------
+
+    def _write_failure(self, err: Exception, data: Any) -> Exception:
+        """``err``, or a ``ResponseError`` when Redis closed the connection on a value over its
+        limits (``proto-max-bulk-len``, ``client-query-buffer-limit``) and answers still: a
+        refused value, not a server down."""
+        from redis import ConnectionError as Closed  # not a TimeoutError: the server answered
+
+        if len(data) < LONE_VALUE or not isinstance(err, Closed):
+            return err
+        try:
+            self._client.ping()
+        except self._failures:
+            return err
+        refused = self._response_error(
+            f"Redis closed the connection on a value of {len(data)} bytes, over its "
+            "proto-max-bulk-len or client-query-buffer-limit"
+        )
+        refused.__cause__ = err
+        return refused
 
     @property
     def _once(self) -> Any:
