@@ -456,22 +456,30 @@ class RedisCache(BaseCache):
         if results is None:
             return []
         stored = [key for key, result in zip(keys, results, strict=True) if result is True]
-        stored += self._set_lone(lone_keys, lone_commands)
+        if lone_keys:
+            counted = len(stored) < len(results)  # a write failed: logged and counted
+            stored += self._set_lone(lone_keys, lone_commands, counted)
         self._sets += len(stored)
         return stored
 
-    def _set_lone(self, keys: list[str], commands: list[tuple[Any, ...]]) -> list[str]:
+    def _set_lone(
+        self, keys: list[str], commands: list[tuple[Any, ...]], counted: bool
+    ) -> list[str]:
         """The keys of ``keys`` stored by their ``commands``, each sent alone; the first outage
-        leaves the rest unsent."""
+        leaves the rest unsent. A call counts one error for the writes refused (``counted``:
+        already done), as for those sent together."""
         stored = []
         for key, command in zip(keys, commands, strict=True):
             try:
                 reply = self._pipeline([command], None)
             except self._failures as err:
                 err = self._write_failure(err, command[2])
-                self._backend_error("set_many", err)
-                if not isinstance(err, self._response_error):
+                refused = isinstance(err, self._response_error)
+                if not (refused and counted):
+                    self._backend_error("set_many", err)
+                if not refused:
                     break
+                counted = True
             else:
                 if reply == [True]:
                     stored.append(key)
