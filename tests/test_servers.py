@@ -235,7 +235,9 @@ def test_a_node_that_stalls_through_its_handshake_still_joins_the_cluster() -> N
         join_cluster(servers, replicas=1)
         for server in servers:
             nodes = bytes(server.command("CLUSTER", "NODES"))  # type: ignore[arg-type]
-            assert nodes.count(b"\n") == 2 and b"handshake" not in nodes
+            # a second meet may leave a handshake entry behind, which expires on its own
+            joined = [line for line in nodes.splitlines() if b"handshake" not in line.split()[2]]
+            assert len(joined) == 2
         role = bytes(stalled.command("INFO", "replication"))  # type: ignore[arg-type]
         assert b"role:slave" in role
     finally:
