@@ -61,22 +61,19 @@ def load_token(client: Any, server: Server, token_key: str) -> str:
 def fetch(
     client: Any, server: Server, keys: list[str], key_prefix: str, token_key: str
 ) -> dict[str, Any]:
-    """Raw items of ``keys`` on ``server``, read with the namespace token in one round trip."""
-    token = server.token or load_token(client, server, token_key)
+    """Raw items of ``keys`` on ``server``, read with the namespace token in one round trip
+    (``_seeing``)."""
     token_name = token_key.encode("ascii")
-    for _ in range(2):
+
+    def attempt(token: str) -> tuple[dict[str, Any], bytes | None]:
         prefix = f"{key_prefix}{token}:"
         names = {memcached_key(prefix + key).encode("ascii"): key for key in keys}
         items = wire.fetch(client, b" ".join([token_name, *names]))
         current = items.pop(token_name, None)
-        if current is None:  # namespace lost (restart, eviction): a new one is empty
-            load_token(client, server, token_key)
-            return {}
-        seen = current[1].decode("ascii", "replace")
-        if seen == token:
-            return {names[name]: item for name, item in items.items()}
-        token = server.seen_token(seen)  # cleared elsewhere: read the new namespace
-    return {}
+        found = {names[name]: item for name, item in items.items()}
+        return found, None if current is None else current[1]
+
+    return _seeing(client, server, token_key, attempt)
 
 
 def _seeing(
@@ -91,7 +88,7 @@ def _seeing(
     token), it is made again, once, under the current one."""
     # Once the token was read during this call, a change after it comes from a clear that
     # overlaps the call and may count as made after it: no further attempt, so a storm of
-    # clears cannot starve a write.
+    # clears cannot starve a call.
     known = server.token
     fresh = not known
     token = known or load_token(client, server, token_key)
@@ -104,7 +101,7 @@ def _seeing(
             if current is not None:
                 server.seen_token(current)
             return answer
-        if current is None:  # namespace lost (restart, eviction): write into a new one
+        if current is None:  # namespace lost (restart, eviction): a new one, empty
             token = load_token(client, server, token_key)
         else:
             token = server.seen_token(current)
