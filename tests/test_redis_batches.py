@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -111,3 +114,71 @@ def test_a_value_over_the_bulk_limit_is_left_out_and_the_rest_is_stored(
     assert cache.has("k3") is True
     assert cache.set("k3", "again") is True
     assert cache.stats()["errors"] == 3
+
+
+class LateClosingProxy:
+    """A TCP relay to a server that shows the server's close of a connection to the client
+    only when the client sends on it again: the reply before the close, a protocol error, is
+    read first, as when Redis has not closed yet. Data the server no longer takes is dropped.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.target))
+            closed = threading.Event()  # the server closed this connection
+            for relay in (self._to_server, self._to_client):
+                threading.Thread(target=relay, args=(client, server, closed), daemon=True).start()
+
+    @staticmethod
+    def _to_server(client: socket.socket, server: socket.socket, closed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if closed.is_set() and data.startswith(b"*"):  # a new command
+                    break
+                with contextlib.suppress(OSError):
+                    server.sendall(data)
+        for sock in (client, server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    @staticmethod
+    def _to_client(client: socket.socket, server: socket.socket, closed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                client.sendall(data)
+        closed.set()
+        server.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_connection_redis_closes_on_a_refused_value_is_not_used_again(
+    limited_server: RedisServer,
+) -> None:
+    proxy = LateClosingProxy(limited_server.port)
+    cache = RedisCache(port=proxy.port, key_prefix="late:", socket_timeout=1)
+    over = b"x" * (BULK_LIMIT + 1)  # refused from its header on: Redis answers, then closes
+    try:
+        assert cache.set("k", "v") is True
+        for write in (cache.add, cache.set):
+            assert write("too-big", over) is False
+            # the same pools: add and delete never retry, set and get retry once
+            assert cache.delete("k") is True
+            assert cache.set("k", "v") is True
+            assert cache.get("k") == "v"
+        assert cache.stats()["errors"] == 2
+    finally:
+        cache.close()
+        proxy.close()

@@ -11,6 +11,7 @@ the clients of one server and maps URLs, ``_redis_cluster`` holds the cluster su
 from __future__ import annotations
 
 import codecs
+import contextlib
 import inspect
 import pickle
 import time
@@ -603,7 +604,13 @@ class RedisCache(BaseCache):
         refused value, not a server down."""
         from redis import ConnectionError as Closed  # not a TimeoutError: the server answered
 
-        if len(data) < LONE_VALUE or not isinstance(err, Closed):
+        if len(data) < LONE_VALUE:
+            return err
+        if isinstance(err, self._response_error):
+            if str(err).startswith("Protocol error"):
+                self._drop_idle_connections()
+            return err
+        if not isinstance(err, Closed):
             return err
         try:
             self._client.ping()
@@ -615,6 +622,17 @@ class RedisCache(BaseCache):
         )
         refused.__cause__ = err
         return refused
+
+    def _drop_idle_connections(self) -> None:
+        """Close the pooled connections no call is using: Redis closes the one that carried a
+        protocol error only after its reply was read, so the next command on it would fail."""
+        if self._cluster:
+            clients = [node.redis_connection for node in self._client.get_nodes()]
+        else:
+            clients = [self._client, self._once_client]
+        for client in clients:
+            with contextlib.suppress(AttributeError, *self._failures):  # None, or in dead time
+                client.connection_pool.disconnect(inuse_connections=False)
 
     @property
     def _once(self) -> Any:
