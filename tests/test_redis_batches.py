@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
+import test_redis
 from servers import RedisCluster, RedisServer
 
 from cacheplug import RedisCache
@@ -116,52 +116,32 @@ def test_a_value_over_the_bulk_limit_is_left_out_and_the_rest_is_stored(
     assert cache.stats()["errors"] == 3
 
 
-class LateClosingProxy:
+class LateClosingProxy(test_redis.CuttingProxy):
     """A TCP relay to a server that shows the server's close of a connection to the client
     only when the client sends on it again: the reply before the close, a protocol error, is
     read first, as when Redis has not closed yet. Data the server no longer takes is dropped.
     """
 
     def __init__(self, port: int) -> None:
-        self.target = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.closed: set[socket.socket] = set()  # client sockets whose server side closed
+        super().__init__(port, marker=b"", cuts=0)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            server = socket.create_connection(("127.0.0.1", self.target))
-            closed = threading.Event()  # the server closed this connection
-            for relay in (self._to_server, self._to_client):
-                threading.Thread(target=relay, args=(client, server, closed), daemon=True).start()
-
-    @staticmethod
-    def _to_server(client: socket.socket, server: socket.socket, closed: threading.Event) -> None:
+    def _relay(self, source: socket.socket, target: socket.socket, to_server: bool) -> None:
+        client = source if to_server else target
         with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                if closed.is_set() and data.startswith(b"*"):  # a new command
+            while data := source.recv(65536):
+                if client in self.closed and data.startswith(b"*"):  # a new command
                     break
                 with contextlib.suppress(OSError):
-                    server.sendall(data)
-        for sock in (client, server):
+                    target.sendall(data)
+        if not to_server:  # the server closed: the client sees it on its next command
+            self.closed.add(client)
+            source.close()
+            return
+        for sock in (source, target):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-
-    @staticmethod
-    def _to_client(client: socket.socket, server: socket.socket, closed: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := server.recv(65536):
-                client.sendall(data)
-        closed.set()
-        server.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_a_connection_redis_closes_on_a_refused_value_is_not_used_again(
