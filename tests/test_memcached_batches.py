@@ -82,7 +82,7 @@ def test_set_many_with_refused_values_in_any_batch_stores_the_others_in_one_go(
         assert cache.set_many(mapping) == stored
         # each sent once (memcached counts only the sets it could take)
         assert server_stat(small_items, "cmd_set") - sets == len(stored)
-        assert cache.stats()["errors"] == len(refused)
+        assert cache.stats()["errors"] == 1  # one per call, whatever was refused in it
         # a refused set drops the old value, and the connection is still in step
         assert cache.get_many(*mapping) == [None if i in refused else i for i in range(5000)]
         assert cache.set("after", "ok") is True

@@ -536,10 +536,9 @@ class MemcachedCache(BaseCache):
         if done is FAILED:
             return []
         refused = done.count(None)
-        if refused:  # each an error, as a set of it alone would be
+        if refused:  # one error for the call, as on Redis and for a batch that failed whole
             from pymemcache.exceptions import MemcacheServerError
 
-            self._errors += refused - 1
             self._backend_error(
                 "set_many",
                 MemcacheServerError(
