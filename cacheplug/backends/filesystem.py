@@ -129,6 +129,7 @@ class FileSystemCache(BaseCache):
         # descriptors of lock files held or being locked by this process's threads
         self._lock_fds: set[int] = set()
         self._lock_fds_guard = threading.Lock()
+        self._listed = 0  # files in the directory at this cache's last listing
         super().__init__(
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
         )
@@ -441,8 +442,10 @@ class FileSystemCache(BaseCache):
                 _replace(tmp, path)
             else:
                 count, added = _read_tally(lock)
-                # The tally drifts when a writer dies or files vanish: a listing repairs it.
-                if count < 0 or count >= self.threshold or added > count // 8 + 64:
+                # The tally drifts when a writer dies or files vanish: a listing repairs it. It
+                # reads the whole directory, other prefixes' files too: once per an eighth of that.
+                listed = max(count, self._listed)
+                if count < 0 or count >= self.threshold or added > listed // 8 + 64:
                     names = self._entry_names()
                     count, added = len(names), 0
                     if count >= self.threshold:
@@ -602,13 +605,16 @@ class FileSystemCache(BaseCache):
 
     def _entry_names(self) -> list[str]:
         names: list[str] = []
+        listed = 0
         with os.scandir(self.cache_dir) as listing:
             for item in listing:
+                listed += 1
                 name = item.name
                 if name.startswith(self._ns_head) and self._entry_name.fullmatch(name):
                     names.append(name)
                 elif self._temp_name.fullmatch(name) and self._is_stale_temp(name, item.path):
                     _discard(item.path)
+        self._listed = listed
         return names
 
     def _prune(self, names: list[str]) -> int:

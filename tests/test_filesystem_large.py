@@ -1,0 +1,109 @@
+"""FileSystemCache under large calls and a hostile disk: crowded directories, a full disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cacheplug import FileSystemCache
+
+PAGE = 4096  # tmpfs hands out space in pages
+
+_listings: list[object] | None = None
+
+
+def _count_listings(event: str, args: tuple[object, ...]) -> None:
+    if event == "os.scandir" and _listings is not None:
+        _listings.append(args[0])
+
+
+sys.addaudithook(_count_listings)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 1 MB mounted for the test (needs root), unmounted after it."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` with one file, then free ``leave`` bytes again; the file."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(PAGE))
+    except OSError as err:
+        assert err.errno == 28, err  # ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(filler, filler.stat().st_size - leave)
+    return filler
+
+
+def test_a_small_prefix_in_a_crowded_directory_lists_it_seldom(tmp_path: Path) -> None:
+    # The periodic recount of the entries listed the whole directory every 64 new entries of a
+    # prefix holding few: with 100k files of other prefixes there, a set + delete cost 20x more.
+    crowd = 5000
+    for i in range(crowd):
+        os.close(os.open(tmp_path / f"cp-{i:016x}-other", os.O_WRONLY | os.O_CREAT))
+    cache = FileSystemCache(tmp_path, threshold=500, key_prefix="few:")
+    global _listings
+    _listings = []
+    try:
+        for i in range(2000):
+            assert cache.set(f"k{i}", i) is True
+            assert cache.delete(f"k{i}") is True
+        listed = len(_listings) * crowd
+    finally:
+        _listings = None
+    assert listed / 2000 < 20, f"{listed / 2000:.0f} directory entries read per set"
+
+
+def test_set_many_as_the_disk_fills_up_lists_exactly_the_keys_stored(small_disk: Path) -> None:
+    cache = FileSystemCache(small_disk / "cache", key_prefix="p:")
+    cache.set("first", 0)  # the lock file has its count before the disk fills
+    values = {f"k{i}": os.urandom(100_000) for i in range(20)}
+    stored = cache.set_many(values)
+    assert 0 < len(stored) < len(values)
+    assert cache.get_many(*values) == [values[k] if k in stored else None for k in values]
+    assert not [name for name in os.listdir(small_disk / "cache") if name.endswith(".tmp")]
+    assert cache.stats()["errors"] == len(values) - len(stored)  # one per key not stored
+    # room again: the same cache stores the rest
+    cache.delete_many(*stored)
+    rest = {k: v for k, v in values.items() if k not in stored}
+    assert sorted(cache.set_many(rest)) == sorted(rest)
+    assert cache.get_many(*rest) == list(rest.values())
+
+
+def test_get_many_of_unreadable_entries_counts_each_once(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path, secret="one")
+    FileSystemCache(tmp_path, secret="two").set("other secret", 1)
+    FileSystemCache(tmp_path, secret="one", serializer="json").set("json", [1])
+    cache.set_many({"good": 1, "truncated": "x" * 100, "foreign": 2})
+    truncated = Path(cache._path("truncated"))
+    truncated.write_bytes(truncated.read_bytes()[:20])
+    Path(cache._path("foreign")).write_bytes(b"not a cacheplug entry")
+    keys = ["good", "other secret", "json", "truncated", "foreign", "missing", "good"]
+    assert cache.get_many(*keys) == [1, None, None, None, None, None, 1]
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["errors"]) == (2, 5, 4)
