@@ -79,6 +79,17 @@ def test_a_small_prefix_in_a_crowded_directory_lists_it_seldom(tmp_path: Path) -
     assert listed / 2000 < 20, f"{listed / 2000:.0f} directory entries read per set"
 
 
+def test_a_value_stored_as_the_disk_fills_up_is_reported_stored(small_disk: Path) -> None:
+    # The entry took the last page; the count of entries, written after the rename into a fresh
+    # lock file, found none: set answered False (and counted an error) for a value it stored.
+    cache = FileSystemCache(small_disk / "cache")
+    fill(small_disk, leave=PAGE)
+    assert cache.set("key", "value") is True
+    assert cache.get("key") == "value"
+    assert cache.stats()["sets"] == 1
+    assert cache.stats()["errors"] == 0
+
+
 def test_set_many_as_the_disk_fills_up_lists_exactly_the_keys_stored(small_disk: Path) -> None:
     cache = FileSystemCache(small_disk / "cache", key_prefix="p:")
     cache.set("first", 0)  # the lock file has its count before the disk fills

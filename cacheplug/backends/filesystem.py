@@ -451,7 +451,9 @@ class FileSystemCache(BaseCache):
                     if count >= self.threshold:
                         count = self._prune(names)
                 _replace(tmp, path)
-                _write_tally(lock, count + 1, added + 1)
+                # The entry is stored: a count the disk has no room for is recounted later.
+                with suppress(OSError):
+                    _write_tally(lock, count + 1, added + 1)
         except BaseException:
             _discard(tmp)
             raise
