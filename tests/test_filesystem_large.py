@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import FakeClock
 
 from cacheplug import FileSystemCache
+from cacheplug.testing import CacheContract, CacheFactory
+
+Outage = Callable[[], contextlib.AbstractContextManager[object]]
 
 PAGE = 4096  # tmpfs hands out space in pages
 
@@ -118,3 +125,49 @@ def test_get_many_of_unreadable_entries_counts_each_once(tmp_path: Path) -> None
     assert cache.get_many(*keys) == [1, None, None, None, None, None, 1]
     stats = cache.stats()
     assert (stats["hits"], stats["misses"], stats["errors"]) == (2, 5, 4)
+
+
+class TestOutagesOfTheContract:
+    """The contract's outage tests, which test_filesystem skips: a directory replaced by a file,
+    and a file system remounted read-only."""
+
+    cache = CacheContract.cache
+    test_outage = CacheContract.test_outage_answers_with_the_contract_values_and_recovers
+    test_write_outage = CacheContract.test_write_outage_refuses_writes_and_reads_go_on
+    test_write_outage_expired = CacheContract.test_write_outage_reads_expired_entries_as_missing
+
+    @pytest.fixture
+    def cache_factory(self, small_disk: Path, clock: FakeClock) -> CacheFactory:
+        def make(**kwargs: Any) -> FileSystemCache:
+            return FileSystemCache(small_disk / "cache", clock=clock, **kwargs)
+
+        return make
+
+    @pytest.fixture
+    def advance(self, clock: FakeClock) -> Callable[[float], None]:
+        return clock.advance
+
+    @pytest.fixture
+    def outage(self, small_disk: Path) -> Outage:
+        @contextlib.contextmanager
+        def replaced_by_a_file() -> Iterator[None]:
+            shutil.rmtree(small_disk / "cache")
+            (small_disk / "cache").write_text("not a directory")
+            try:
+                yield
+            finally:
+                (small_disk / "cache").unlink()
+
+        return replaced_by_a_file
+
+    @pytest.fixture
+    def write_outage(self, small_disk: Path) -> Outage:
+        @contextlib.contextmanager
+        def read_only() -> Iterator[None]:
+            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+            try:
+                yield
+            finally:
+                subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+
+        return read_only
