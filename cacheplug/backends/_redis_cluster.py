@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends._redis_clients import close_when_cut_short
-from cacheplug.backends._redis_wire import MGET_PIECE
+from cacheplug.backends._redis_wire import mget_pieces
 from cacheplug.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -125,11 +125,7 @@ def mget(
     for index, name in enumerate(names):
         slots.setdefault(client.keyslot(name), []).append(index)
     # a slot of many names (hash tags) is read in pieces, each bounded by the socket timeout
-    pieces = [
-        indexes[start : start + MGET_PIECE]
-        for indexes in slots.values()
-        for start in range(0, len(indexes), MGET_PIECE)
-    ]
+    pieces = [piece for indexes in slots.values() for piece in mget_pieces(indexes)]
     replies = pipeline([("MGET", *(names[i] for i in indexes)) for indexes in pieces])
     if replies is None:
         return [None] * len(names), len(names)

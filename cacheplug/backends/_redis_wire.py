@@ -9,12 +9,13 @@ redis-py's own take this path (``direct_ok``); names are ASCII, so lengths are b
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "COPY_LIMIT",
     "MGET_PIECE",
     "direct_ok",
+    "mget_pieces",
     "packed_mget",
     "packed_one",
     "packed_set",
@@ -29,6 +30,14 @@ COPY_LIMIT = 6000  # bytes of a value joined with its command's other parts, as 
 MGET_PIECE = 1000
 
 
+_Item = TypeVar("_Item")
+
+
+def mget_pieces(items: Sequence[_Item]) -> list[Sequence[_Item]]:
+    """``items`` cut into pieces of at most ``MGET_PIECE``, one ``MGET`` each."""
+    return [items[i : i + MGET_PIECE] for i in range(0, len(items), MGET_PIECE)]
+
+
 _HEADERS = tuple(f"\r\n${length}\r\n" for length in range(512))  # RESP bulk string headers
 
 
@@ -39,8 +48,8 @@ def packed_mget(names: Sequence[str]) -> list[bytes] | None:
     :raises TypeError: a name is not a ``str``.
     """
     packed = []
-    for start in range(0, len(names), MGET_PIECE):
-        piece = _packed_mget(names[start : start + MGET_PIECE])
+    for names_piece in mget_pieces(names):
+        piece = _packed_mget(names_piece)
         if piece is None:
             return None
         packed.append(piece)

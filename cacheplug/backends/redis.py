@@ -556,8 +556,7 @@ class RedisCache(BaseCache):
 
     def _mget_pieces(self, names: Sequence[str | bytes]) -> list[Any]:
         """The payloads of ``names``, one ``MGET`` per ``MGET_PIECE`` names in one pipeline."""
-        piece = wire.MGET_PIECE
-        commands = [("MGET", *names[i : i + piece]) for i in range(0, len(names), piece)]
+        commands = [("MGET", *piece) for piece in wire.mget_pieces(names)]
         replies = self._pipeline(commands, None) or []
         return [payload for reply in replies for payload in reply]
 
