@@ -309,7 +309,7 @@ class RedisCache(BaseCache):
             else:
                 self._client.delete(self._wire(name))
         except self._failures as err:
-            self._backend_error("set", self._write_failure(err, data))
+            self._backend_error("set", self._write_failure(err, self._wire(name), data))
             return False
         self._sets += 1
         return True
@@ -325,7 +325,7 @@ class RedisCache(BaseCache):
             expiry = ("PX", ms) if ms else ()
             added = bool(self._once.execute_command("SET", name, data, "NX", *expiry))
         except self._failures as err:
-            self._backend_error("add", self._write_failure(err, data))
+            self._backend_error("add", self._write_failure(err, name, data))
             return False
         self._sets += added
         return added
@@ -466,21 +466,27 @@ class RedisCache(BaseCache):
     def _set_lone(
         self, keys: list[str], commands: list[tuple[Any, ...]], counted: bool
     ) -> list[str]:
-        """The keys of ``keys`` stored by their ``commands``, each sent alone; the first outage
-        leaves the rest unsent. A call counts one error for the writes refused (``counted``:
-        already done), as for those sent together."""
+        """The keys of ``keys`` stored by their ``commands``, each sent alone; an outage leaves
+        the rest unsent (on a cluster, those of the node that failed). A call counts one error
+        for the writes refused (``counted``: already done), as for those sent together."""
         stored = []
+        down: set[str] = set()  # cluster nodes that failed in this call
         for key, command in zip(keys, commands, strict=True):
+            node = self._node_of(command[1])
+            if node in down:
+                continue
             try:
                 reply = self._pipeline([command], None)
             except self._failures as err:
-                err = self._write_failure(err, command[2])
+                err = self._write_failure(err, command[1], command[2])
                 refused = isinstance(err, self._response_error)
-                if not (refused and counted):
+                if not (counted and (refused or self._cluster)):  # no dead time on a cluster
                     self._backend_error("set_many", err)
-                if not refused:
-                    break
                 counted = True
+                if not refused:
+                    if not self._cluster:
+                        break
+                    down.add(node)
             else:
                 if reply == [True]:
                     stored.append(key)
@@ -597,10 +603,10 @@ class RedisCache(BaseCache):
 
     # -- failures --------------------------------------------------------------------------------
 
-    def _write_failure(self, err: Exception, data: Any) -> Exception:
+    def _write_failure(self, err: Exception, name: str | bytes, data: Any) -> Exception:
         """``err``, or a ``ResponseError`` when Redis closed the connection on a value over its
-        limits (``proto-max-bulk-len``, ``client-query-buffer-limit``) and answers still: a
-        refused value, not a server down."""
+        limits (``proto-max-bulk-len``, ``client-query-buffer-limit``) and the server of
+        ``name`` answers still: a refused value, not a server down."""
         from redis import ConnectionError as Closed  # not a TimeoutError: the server answered
 
         if len(data) < LONE_VALUE:
@@ -612,7 +618,11 @@ class RedisCache(BaseCache):
         if not isinstance(err, Closed):
             return err
         try:
-            self._client.ping()
+            if self._cluster:  # the node of the name, not the client's default node
+                client = self._client
+                client.get_redis_connection(client.get_node_from_key(name)).ping()
+            else:
+                self._client.ping()
         except self._failures:
             return err
         refused = self._response_error(
@@ -621,6 +631,15 @@ class RedisCache(BaseCache):
         )
         refused.__cause__ = err
         return refused
+
+    def _node_of(self, name: str | bytes) -> str:
+        """The cluster node holding ``name`` (``""`` on a single server, or when unknown)."""
+        if not self._cluster:
+            return ""
+        try:
+            return str(self._client.get_node_from_key(name).name)
+        except self._failures:
+            return ""
 
     def _drop_idle_connections(self) -> None:
         """Close the pooled connections no call is using: Redis closes the one that carried a
