@@ -7,6 +7,7 @@ of the cache layer over a hand-written driver call, round trip included.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import cachelib
@@ -15,6 +16,8 @@ from benchmarks.backends import BATCH, calls_per_repeat, per_backend
 from benchmarks.payloads import bytes_payload
 from benchmarks.report import Context, SectionResult, Target, fmt_ns, fmt_ratio
 from benchmarks.timing import Case, Timing, call_loop, compare
+from cacheplug.backends._redis_clients import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT
+from cacheplug.backends.memcached import MemcachedCache
 
 __all__ = ["drivers_section"]
 
@@ -24,6 +27,8 @@ OPS = ("get hit", "set", f"get_many({BATCH})", f"set_many({BATCH})")
 GOALS = dict(zip(OPS, (1.05, 1.08, 1.10), strict=False))
 #: cacheplug with a key_prefix, as most applications run it (memcached keeps a namespace token)
 PREFIXED = "cacheplug key_prefix="
+#: the raw driver with the socket timeouts cacheplug gives it by default (not the target's peer)
+TIMED = " with timeouts"
 
 
 class _Client:
@@ -44,26 +49,37 @@ def _redis_clients(ctx: Context) -> dict[str, _Client]:
     ours = ctx.engines.cache("redis")
     server = ctx.engines.server("redis")
     raw = redis.Redis(host=server.host, port=server.port, db=0)
+    timed = redis.Redis(
+        host=server.host,
+        port=server.port,
+        db=0,
+        socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+    )
     theirs = cachelib.RedisCache(host=server.host, port=server.port, default_timeout=TIMEOUT)
     prefixed = ctx.engines.cache("redis", key_prefix="kp:")
 
-    def raw_set_many(mapping: dict[str, bytes]) -> None:
-        pipe = raw.pipeline(transaction=False)
-        for key, value in mapping.items():
-            pipe.set(key, value, ex=TIMEOUT)
-        pipe.execute()
+    def driver(prefix: str, client: Any) -> _Client:
+        def set_many(mapping: dict[str, bytes]) -> None:
+            pipe = client.pipeline(transaction=False)
+            for key, value in mapping.items():
+                pipe.set(key, value, ex=TIMEOUT)
+            pipe.execute()
+
+        return _Client(
+            prefix,
+            client.get,
+            lambda k, v: client.set(k, v, ex=TIMEOUT),
+            lambda *k: client.mget(k),
+            set_many,
+        )
 
     return {
         "cacheplug": _cache_client("cp:", ours),
-        "redis-py": _Client(
-            "raw:",
-            raw.get,
-            lambda k, v: raw.set(k, v, ex=TIMEOUT),
-            lambda *k: raw.mget(k),
-            raw_set_many,
-        ),
+        "redis-py": driver("raw:", raw),
         "cachelib": _cache_client("cl:", theirs),
         PREFIXED: _cache_client("", prefixed),
+        "redis-py" + TIMED: driver("rawt:", timed),
     }
 
 
@@ -74,22 +90,35 @@ def _memcached_clients(ctx: Context) -> dict[str, _Client]:
     server = ctx.engines.server("memcached")
     # noreply off, as cacheplug does: set then reports whether memcached stored the value.
     raw = Client((server.host, server.port), default_noreply=False)
+    defaults = inspect.signature(MemcachedCache).parameters
+    timed = Client(
+        (server.host, server.port),
+        default_noreply=False,
+        connect_timeout=defaults["connect_timeout"].default,
+        timeout=defaults["timeout"].default,
+        no_delay=True,
+    )
     # cachelib finds no memcache library of its own here; it accepts a ready client.
     theirs = cachelib.MemcachedCache(
         Client((server.host, server.port), default_noreply=False), default_timeout=TIMEOUT
     )
     prefixed = ctx.engines.cache("memcached", key_prefix="kp:")
+
+    def driver(prefix: str, client: Any) -> _Client:
+        return _Client(
+            prefix,
+            client.get,
+            lambda k, v: client.set(k, v, expire=TIMEOUT),
+            lambda *k: client.get_many(k),
+            lambda mapping: client.set_many(mapping, expire=TIMEOUT),
+        )
+
     return {
         "cacheplug": _cache_client("cp:", ours),
-        "pymemcache": _Client(
-            "raw:",
-            raw.get,
-            lambda k, v: raw.set(k, v, expire=TIMEOUT),
-            lambda *k: raw.get_many(k),
-            lambda mapping: raw.set_many(mapping, expire=TIMEOUT),
-        ),
+        "pymemcache": driver("raw:", raw),
         "cachelib": _cache_client("cl:", theirs),
         PREFIXED: _cache_client("", prefixed),
+        "pymemcache" + TIMED: driver("rawt:", timed),
     }
 
 
@@ -150,13 +179,21 @@ def drivers_section(ctx: Context) -> SectionResult:
         )
         section.add(f"### {backend}", "")
         section.table(
-            ["operation", *clients, f"cacheplug/{raw}", "cacheplug/cachelib"],
+            [
+                "operation",
+                *clients,
+                f"cacheplug/{raw}",
+                f"cacheplug/{raw}{TIMED}",
+                "cacheplug/cachelib",
+            ],
             [
                 (
                     op,
                     *(fmt_ns(t[n].best_ns) for n in clients),
-                    fmt_ratio(t["cacheplug"].best_ns / t[raw].best_ns),
-                    fmt_ratio(t["cacheplug"].best_ns / t["cachelib"].best_ns),
+                    *(
+                        fmt_ratio(t["cacheplug"].best_ns / t[peer].best_ns)
+                        for peer in (raw, raw + TIMED, "cachelib")
+                    ),
                 )
                 for op, t in timings.items()
             ],
@@ -167,7 +204,12 @@ def drivers_section(ctx: Context) -> SectionResult:
         "each, to a server on the same machine. The targets compare cacheplug without a "
         "key_prefix (set_many has none; redis-py's is a pipeline of SETs); the "
         f"`{PREFIXED}` column shows the price of one (on memcached, reads fetch the namespace "
-        "token with the keys and writes check it in the same round trip).",
+        "token with the keys and writes check it in the same round trip). The raw drivers run "
+        "as their defaults have them, with no socket timeout (a stalled server hangs the "
+        f"caller); the `…{TIMED}` columns give them the timeouts cacheplug sets by default "
+        f"(redis-py: {DEFAULT_CONNECT_TIMEOUT:g} s to connect, {DEFAULT_SOCKET_TIMEOUT:g} s per "
+        "read; pymemcache: MemcachedCache's connect_timeout and timeout), which cost Python a "
+        "poll(2) before every read.",
         "",
     )
     per_backend(ctx, section, tuple(makers), run)
