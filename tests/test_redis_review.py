@@ -4,10 +4,12 @@ MGET pieces, and the pools after each failure."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
-from servers import RedisCluster
+from servers import RedisCluster, RedisServer
+from waiting import paused_process
 
 from cacheplug import RedisCache
 from cacheplug.backends.redis import LONE_VALUE
@@ -80,3 +82,97 @@ def test_cluster_lone_values_are_judged_on_their_own_node(
         assert "proto-max-bulk-len" in message
     assert cache.get_many(*on_third[:4]) == [LONE, None, LONE, LONE]
     cache.close()
+
+
+def test_a_hung_cluster_node_costs_set_many_one_timeout_with_lone_values(
+    partial_cluster: RedisCluster,
+) -> None:
+    # A lone value for the hung node timed out after its small values had, and the live
+    # nodes' lone values after it were left unsent.
+    timeout = 0.5
+    cache = RedisCache(
+        startup_nodes=partial_cluster.nodes, key_prefix="hung:", socket_timeout=timeout
+    )
+    client = cache._write_client
+    hung = partial_cluster.servers[1]
+    keys = [f"k{i}" for i in range(60)]
+    on_hung = [key for key in keys if client.get_node_from_key("hung:" + key).port == hung.port]
+    alive = [key for key in keys if key not in on_hung]
+    mapping = {key: LONE if i < 4 else i for i, key in enumerate([*on_hung, *alive])}
+    mapping |= {alive[-1]: LONE, alive[-2]: LONE}
+    assert hung.pid is not None
+    with paused_process(hung.pid):
+        started = time.monotonic()
+        stored = cache.set_many(mapping)
+        spent = time.monotonic() - started
+    assert sorted(stored) == sorted(alive)
+    assert spent < 1.8 * timeout
+    assert cache.stats()["errors"] == 1
+    cache.close()
+
+
+BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited servers: a value of it passes, one more not
+
+
+@pytest.fixture(scope="module")
+def limited_server() -> Iterator[RedisServer]:
+    server = RedisServer(config={"proto-max-bulk-len": "1mb"}).start()
+    yield server
+    server.kill()
+    server.stop()
+
+
+@pytest.fixture(params=["plain", "prefix-secret", "cluster"])
+def limited_cache(
+    request: pytest.FixtureRequest, limited_server: RedisServer, redis_cluster: RedisCluster
+) -> Iterator[RedisCache]:
+    if request.param == "cluster":
+        for node in redis_cluster.servers:
+            node.command("CONFIG", "SET", "proto-max-bulk-len", "1mb")
+        cache = RedisCache(startup_nodes=redis_cluster.nodes, key_prefix="edge:")
+    elif request.param == "plain":
+        cache = RedisCache(port=limited_server.port)
+    else:
+        cache = RedisCache(port=limited_server.port, key_prefix="edge:", secret="s3cret")
+    try:
+        yield cache
+    finally:
+        cache.clear()
+        cache.close()
+        if request.param == "cluster":
+            for node in redis_cluster.servers:
+                node.command("CONFIG", "SET", "proto-max-bulk-len", "512mb")
+
+
+def _sized(cache: RedisCache, size: int) -> bytes:
+    """A value whose payload, as ``cache`` sends it, is ``size`` bytes long."""
+    value = b"v" * size
+    return b"v" * (2 * size - len(cache._dump(value)))
+
+
+@pytest.mark.parametrize(
+    "size", [LONE_VALUE - 1, LONE_VALUE, BULK_LIMIT, BULK_LIMIT + 1], ids=lambda n: f"{n}B"
+)
+def test_writes_around_the_lone_and_bulk_limits_answer_exactly_what_was_stored(
+    limited_cache: RedisCache, size: int
+) -> None:
+    cache = limited_cache
+    value = _sized(cache, size)
+    assert len(cache._dump(value)) == size
+    fits = size <= BULK_LIMIT
+    small = {f"s{i}": i for i in range(50)}
+    assert sorted(cache.set_many({"big": value, **small, "big2": value})) == sorted(
+        [*small, *(["big", "big2"] if fits else [])]
+    )
+    assert cache.stats()["errors"] == (0 if fits else 1)
+    assert cache.set("one", value) is fits
+    assert cache.add("two", value) is fits
+    assert cache.add("two", value) is False
+    assert cache.get_many("big", "s1", "one", "two", "big2") == (
+        [value, 1, value, value, value] if fits else [None, 1, None, None, None]
+    )
+    assert cache.delete_many("big", "one", "two", "s1") == (
+        ["big", "one", "two", "s1"] if fits else ["s1"]
+    )
+    assert cache.stats()["errors"] == (0 if fits else 4)  # set_many, set, add twice
+    assert cache.set("after", "ok") is True and cache.get("after") == "ok"  # never marked down

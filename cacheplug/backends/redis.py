@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import pickle
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableSet, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from cacheplug.backends import _redis_cluster as cluster
@@ -459,18 +459,25 @@ class RedisCache(BaseCache):
         stored = [key for key, result in zip(keys, results, strict=True) if result is True]
         if lone_keys:
             counted = len(stored) < len(results)  # a write failed: logged and counted
-            stored += self._set_lone(lone_keys, lone_commands, counted)
+            down = {  # cluster nodes that failed: each costs one timeout per call
+                self._node_of(command[1])
+                for command, result in zip(commands, results, strict=True)
+                if self._cluster
+                and isinstance(result, Exception)
+                and not isinstance(result, self._response_error)
+            }
+            stored += self._set_lone(lone_keys, lone_commands, counted, down)
         self._sets += len(stored)
         return stored
 
     def _set_lone(
-        self, keys: list[str], commands: list[tuple[Any, ...]], counted: bool
+        self, keys: list[str], commands: list[tuple[Any, ...]], counted: bool, down: MutableSet[str]
     ) -> list[str]:
         """The keys of ``keys`` stored by their ``commands``, each sent alone; an outage leaves
-        the rest unsent (on a cluster, those of the node that failed). A call counts one error
-        for the writes refused (``counted``: already done), as for those sent together."""
+        the rest unsent (on a cluster, those of the node that failed: ``down`` holds the nodes
+        that failed already). A call counts one error for the writes refused (``counted``:
+        already done), as for those sent together."""
         stored = []
-        down: set[str] = set()  # cluster nodes that failed in this call
         for key, command in zip(keys, commands, strict=True):
             node = self._node_of(command[1])
             if node in down:
