@@ -3,11 +3,14 @@ MGET pieces, and the pools after each failure."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+import test_redis
 from servers import RedisCluster, RedisServer
 from waiting import paused_process
 
@@ -58,6 +61,11 @@ def test_cluster_lone_values_are_judged_on_their_own_node(
     on_third = [key for key in keys if port_of(key) == third]
     on_default = [key for key in keys if port_of(key) == default]
 
+    tag = next(f"{{t{i}}}" for i in range(100) if port_of(f"{{t{i}}}") == third)
+    tagged = [f"{tag}{i}" for i in range(2001)]  # one slot, three MGET pieces
+    stored = {key: i for i, key in enumerate(tagged) if i % 3 == 0} | {on_other[9]: "lost"}
+    assert sorted(cache.set_many(stored)) == sorted(stored)
+
     # 1. a non-default node down: its lone value is an outage, the others are stored
     ports[other].kill()
     with caplog.at_level(logging.WARNING, logger="cacheplug"):
@@ -69,6 +77,19 @@ def test_cluster_lone_values_are_judged_on_their_own_node(
         assert cache.set(on_other[2], LONE) is False
         (message,) = _messages(cache, caplog)
         assert "proto-max-bulk-len" not in message
+
+    # a slot read in pieces beside a node down: its keys, then duplicates across pieces
+    asked = [*tagged, on_other[9], *tagged[:1500]]
+    before = cache.stats()
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        answer = cache.get_many(*asked)
+    assert answer == [None if key == on_other[9] else stored.get(key) for key in asked]
+    hits = sum(key in stored for key in asked) - 1
+    after = cache.stats()
+    assert after["hits"] - before["hits"] == hits
+    assert after["misses"] - before["misses"] == len(asked) - hits - 1  # not the down node's key
+    assert after["errors"] - before["errors"] == 1
+    _messages(cache, caplog)
 
     # 2. the default node down too: a value the live node refuses is a refused value
     ports[default].kill()
@@ -109,6 +130,59 @@ def test_a_hung_cluster_node_costs_set_many_one_timeout_with_lone_values(
     assert spent < 1.8 * timeout
     assert cache.stats()["errors"] == 1
     cache.close()
+
+
+class KillingProxy(test_redis.CuttingProxy):
+    """A TCP relay that kills its server when a command carries ``marker``, then drops that
+    connection and takes no more: a server dying while a large value is on its way."""
+
+    def __init__(self, server: RedisServer, marker: bytes) -> None:
+        self.server = server
+        super().__init__(server.port, marker=marker, cuts=1)
+
+    def _relay(self, source: socket.socket, target: socket.socket, to_server: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if to_server and self.marker in data and self.cuts > 0:
+                    self.cuts -= 1
+                    # first: a retry finds the port closed (shutdown wakes the accept)
+                    self.listener.shutdown(socket.SHUT_RDWR)
+                    self.server.kill()
+                    break
+                target.sendall(data)
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.mark.parametrize("write", ["set", "add", "set_many"])
+def test_a_server_dying_under_a_lone_value_is_an_outage_not_a_refused_value(
+    write: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer().start()
+    proxy = KillingProxy(server, b"MARK")
+    cache = RedisCache(port=proxy.port, dead_timeout=60)
+    big = b"MARK" * (LONE_VALUE // 4)
+    try:
+        assert cache.set("before", 1) is True
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            if write == "set_many":
+                assert cache.set_many({"a": 1, "big": big, "big2": big}) == ["a"]
+            else:
+                assert getattr(cache, write)("big", big) is False
+            (message,) = _messages(cache, caplog)
+        assert "proto-max-bulk-len" not in message
+        assert "ConnectionError" in message
+        assert cache.stats()["errors"] == 1
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert cache.get("before") is None
+            (message,) = _messages(cache, caplog)
+        assert "ServerDown" in message  # in its dead time, not asked
+    finally:
+        cache.close()
+        proxy.close()
+        server.stop()
 
 
 BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited servers: a value of it passes, one more not
