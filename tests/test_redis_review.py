@@ -185,6 +185,27 @@ def test_a_server_dying_under_a_lone_value_is_an_outage_not_a_refused_value(
         server.stop()
 
 
+@pytest.mark.parametrize(("write", "command"), [("set", b"DEL"), ("add", b"EXISTS")])
+def test_a_lost_connection_on_a_born_expired_write_is_an_outage_whatever_the_value(
+    redis_server: RedisServer, write: str, command: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A negative timeout sends DEL or EXISTS, not the value; a large value made a cut
+    # connection a value refused for its size (no dead time), where a small one is an outage.
+    proxy = test_redis.CuttingProxy(redis_server.port, marker=command, cuts=2)  # and the retry
+    cache = RedisCache(port=proxy.port, dead_timeout=60)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert getattr(cache, write)("k", LONE, timeout=-1) is False
+            (message,) = _messages(cache, caplog)
+            assert "proto-max-bulk-len" not in message
+            assert cache.get("k") is None
+            (message,) = _messages(cache, caplog)
+        assert "ServerDown" in message  # in its dead time, as after any lost connection
+    finally:
+        cache.close()
+        proxy.close()
+
+
 BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited servers: a value of it passes, one more not
 
 

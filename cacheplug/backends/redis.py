@@ -309,7 +309,8 @@ class RedisCache(BaseCache):
             else:
                 self._client.delete(self._wire(name))
         except self._failures as err:
-            self._backend_error("set", self._write_failure(err, self._wire(name), data))
+            sent = data if ms >= 0 else b""  # a negative timeout sends DEL, not the value
+            self._backend_error("set", self._write_failure(err, self._wire(name), sent))
             return False
         self._sets += 1
         return True
@@ -325,7 +326,8 @@ class RedisCache(BaseCache):
             expiry = ("PX", ms) if ms else ()
             added = bool(self._once.execute_command("SET", name, data, "NX", *expiry))
         except self._failures as err:
-            self._backend_error("add", self._write_failure(err, name, data))
+            sent = data if ms >= 0 else b""  # a negative timeout sends EXISTS, not the value
+            self._backend_error("add", self._write_failure(err, name, sent))
             return False
         self._sets += added
         return added
