@@ -206,6 +206,19 @@ def test_a_lost_connection_on_a_born_expired_write_is_an_outage_whatever_the_val
         proxy.close()
 
 
+def test_set_many_answers_its_keys_in_the_mapping_order_with_lone_values(
+    redis_server: RedisServer,
+) -> None:
+    # cachelib answers the keys in the mapping's order; lone values came last
+    cache = RedisCache(port=redis_server.port, key_prefix="order:")
+    mapping = {"big": LONE, "a": 1, "big2": LONE, "b": 2}
+    try:
+        assert cache.set_many(mapping) == list(mapping)
+    finally:
+        cache.clear()
+        cache.close()
+
+
 BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited servers: a value of it passes, one more not
 
 

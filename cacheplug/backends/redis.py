@@ -469,6 +469,8 @@ class RedisCache(BaseCache):
                 and not isinstance(result, self._response_error)
             }
             stored += self._set_lone(lone_keys, lone_commands, counted, down)
+            done = set(stored)
+            stored = [key for key in mapping if key in done]  # in the mapping's order, as cachelib
         self._sets += len(stored)
         return stored
 
