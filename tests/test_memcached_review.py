@@ -5,6 +5,7 @@ while the known token is stale."""
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -270,3 +271,47 @@ def test_a_write_under_a_stale_token_whose_reply_was_lost_fails_once_and_recover
     finally:
         cache.close()
         proxy.close()
+
+
+# -- key_prefix reassigned on a live cache ---------------------------------------------------------
+
+
+class Reassigning(logging.Handler):
+    """Reassigns a cache's key_prefix on the first record logged: another thread doing so at
+    that moment of a call."""
+
+    def __init__(self, cache: MemcachedCache, prefix: str) -> None:
+        super().__init__()
+        self.cache, self.prefix, self.done = cache, prefix, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.done:
+            self.done = True
+            self.cache.key_prefix = self.prefix
+
+
+def test_set_many_overlapping_a_prefix_reassignment_stores_under_one_prefix(
+    two_servers: list[str],
+) -> None:
+    """set_many placed its keys on the servers by the prefix it began with, then wrote each
+    server's batch under the prefix of that moment: a batch after a reassignment went under the
+    new prefix onto the servers of the old one, where no cache with either prefix looks."""
+    too_large = b"x" * (2 << 20)  # refused by memcached: logged in the middle of the call
+    with (
+        MemcachedCache(two_servers, key_prefix="old:") as cache,
+        MemcachedCache(two_servers, key_prefix="old:") as old,
+        MemcachedCache(two_servers, key_prefix="new:") as new,
+    ):
+        first = cache._servers[0]
+        big = next(f"big{i}" for i in itertools.count() if cache._ring(f"old:big{i}") is first)
+        keys = [f"k{i}" for i in range(40)]
+        handler = Reassigning(cache, "new:")
+        logging.getLogger("cacheplug").addHandler(handler)
+        try:
+            stored = cache.set_many({big: too_large, **dict.fromkeys(keys, "v")})
+        finally:
+            logging.getLogger("cacheplug").removeHandler(handler)
+        assert handler.done and cache.key_prefix == "new:"
+        assert big not in stored and stored
+        unreadable = [key for key in stored if "v" not in (old.get(key), new.get(key))]
+        assert unreadable == []

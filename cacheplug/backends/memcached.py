@@ -364,14 +364,14 @@ class MemcachedCache(BaseCache):
     def _write_one(
         self,
         operation: str,
+        space: tuple[str, str] | None,
         key: str,
         in_namespace: Callable[..., Any],
         plain: Callable[..., Any],
         *args: Any,
     ) -> Any:
-        """A write of ``key`` on its server: ``in_namespace(client, server, namespace, key,
-        *args)`` with a key_prefix, else ``plain(client, memcached key, *args)``."""
-        space = self._namespace
+        """A write of ``key`` on its server: ``in_namespace(client, server, space, key, *args)``
+        in the namespace ``space``, else (None) ``plain(client, memcached key, *args)``."""
         server = self._server(key, space)
         if space is not None:
             return self._run(server, operation, in_namespace, server, space, key, *args)
@@ -404,7 +404,8 @@ class MemcachedCache(BaseCache):
             check_key(key)
         exptime = self._timeout(timeout)
         packed = self._pack(value)
-        stored = self._write_one("set", key, namespace.store, wire.store, packed, exptime)
+        space = self._namespace
+        stored = self._write_one("set", space, key, namespace.store, wire.store, packed, exptime)
         if stored is not True:
             return False
         self._sets += 1
@@ -415,7 +416,8 @@ class MemcachedCache(BaseCache):
             check_key(key)
         exptime = self._timeout(timeout)
         packed = self._pack(value)
-        added = self._write_one("add", key, namespace.add, commands.add, packed, exptime)
+        space = self._namespace
+        added = self._write_one("add", space, key, namespace.add, commands.add, packed, exptime)
         if added is FAILED or not added:
             return False
         self._sets += 1
@@ -424,7 +426,8 @@ class MemcachedCache(BaseCache):
     def delete(self, key: str) -> bool:
         if type(key) is not str:
             check_key(key)
-        deleted = self._write_one("delete", key, namespace.delete, commands.delete)
+        space = self._namespace
+        deleted = self._write_one("delete", space, key, namespace.delete, commands.delete)
         if deleted is FAILED or not deleted:
             return False
         self._deletes += 1
@@ -510,18 +513,23 @@ class MemcachedCache(BaseCache):
         exptime = self._timeout(timeout)
         packed = {key: self._pack(value) for key, value in mapping.items()}
         stored: list[str] = []
-        for server, group in self._by_server(packed, self._namespace).items():
-            stored += self._store_group(server, {key: packed[key] for key in group}, exptime)
+        # one namespace for the whole call, which places the keys and writes them
+        space = self._namespace
+        for server, group in self._by_server(packed, space).items():
+            stored += self._store_group(server, space, {key: packed[key] for key in group}, exptime)
         self._sets += len(stored)
         done = set(stored)
         return [key for key in packed if key in done]
 
     def _store_group(
-        self, server: Server, items: dict[str, tuple[int, bytes]], exptime: int
+        self,
+        server: Server,
+        space: tuple[str, str] | None,
+        items: dict[str, tuple[int, bytes]],
+        exptime: int,
     ) -> list[str]:
-        """The keys of ``items`` stored on ``server``: in one batch, or key by key when the
-        server refused the batch (a value too large, out of memory)."""
-        space = self._namespace
+        """The keys of ``items`` stored on ``server`` in the namespace ``space``: in one batch,
+        or key by key when the server refused the batch (a value too large, out of memory)."""
         if space is not None:
             store = namespace.store_many
             done = self._run(server, "set_many", store, server, space, items, exptime)
@@ -530,7 +538,8 @@ class MemcachedCache(BaseCache):
             done = self._run(server, "set_many", wire.store_many, values, exptime)
         if done is FAILED and len(items) > 1 and not server.down_until:
             done = [
-                self._write_one("set_many", key, namespace.store, wire.store, item, exptime) is True
+                self._write_one("set_many", space, key, namespace.store, wire.store, item, exptime)
+                is True
                 for key, item in items.items()
             ]
         if done is FAILED:
