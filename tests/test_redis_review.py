@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import test_redis
+import test_redis_batches
 from servers import RedisCluster, RedisServer
 from waiting import paused_process
 
@@ -284,3 +287,44 @@ def test_writes_around_the_lone_and_bulk_limits_answer_exactly_what_was_stored(
     )
     assert cache.stats()["errors"] == (0 if fits else 4)  # set_many, set, add twice
     assert cache.set("after", "ok") is True and cache.get("after") == "ok"  # never marked down
+
+
+def test_a_connection_that_carried_a_refused_value_goes_to_no_other_thread(
+    limited_server: RedisServer,
+) -> None:
+    # Redis closes the connection once its protocol error is out; it went back to the pool
+    # open and was closed a moment later with the idle ones: a thread taking it in between
+    # failed (add, delete, and with retries=0 set and get too; the server marked down).
+    proxy = test_redis_batches.LateClosingProxy(limited_server.port)
+    cache = RedisCache(port=proxy.port, key_prefix="race:", socket_timeout=2, retries=0)
+    over = b"x" * (BULK_LIMIT + 1)
+    stop = threading.Event()
+    wrong: list[str] = []
+
+    def work(worker: int) -> None:
+        for i in range(10**9):
+            if stop.is_set():
+                return
+            key = f"{worker}-{i}"
+            answers = (cache.add(key, i), cache.get(key), cache.set(key, -i), cache.delete(key))
+            if answers != (True, i, True, True):
+                wrong.append(f"{key}: {answers}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the window of the race is short
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+    try:
+        for thread in workers:
+            thread.start()
+        for _ in range(100):
+            assert cache.add("big", over) is False
+            assert cache.set_many({"big": over}) == []
+    finally:
+        stop.set()
+        for thread in workers:
+            thread.join()
+        sys.setswitchinterval(interval)
+        cache.close()
+        proxy.close()
+    assert wrong == []
+    assert cache.stats()["errors"] == 200

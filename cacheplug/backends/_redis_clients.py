@@ -229,7 +229,12 @@ def close_when_cut_short(pool: Any) -> None:
     while the exception propagates, so ``sys.exception()`` sees it there; an exception that the
     caller was already handling when the call took its connection (a cache used in an
     ``except KeyboardInterrupt:`` block) cut nothing short.
+
+    A connection whose reply was a protocol error (a value over ``proto-max-bulk-len``) is
+    closed too: Redis closes it just after that reply, and another thread could take it first.
     """
+    from redis.exceptions import ResponseError
+
     release = pool.release
     if getattr(release, "closes_when_cut_short", False):
         return
@@ -243,7 +248,10 @@ def close_when_cut_short(pool: Any) -> None:
 
     def release_closing(connection: Any) -> None:
         cut = sys.exception()
-        if cut is not handled.pop(id(connection), None) and not isinstance(cut, Exception | None):
+        if cut is not handled.pop(id(connection), None) and (
+            not isinstance(cut, Exception | None)
+            or (isinstance(cut, ResponseError) and str(cut).startswith("Protocol error"))
+        ):
             connection.disconnect()
         release(connection)
 

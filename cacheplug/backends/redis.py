@@ -487,7 +487,10 @@ class RedisCache(BaseCache):
             if node in down:
                 continue
             try:
-                reply = self._pipeline([command], None)
+                if self._cluster:
+                    reply = self._pipeline([command], None)
+                else:  # a refusal raised through the pool's release closes the connection
+                    reply = [self._client.execute_command(*command)]
             except self._failures as err:
                 err = self._write_failure(err, command[1], command[2])
                 refused = isinstance(err, self._response_error)
