@@ -560,18 +560,32 @@ class FileSystemCache(BaseCache):
             return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
         except FileNotFoundError:  # the directory was removed under us: bring it back
             self._recreate_dir()
+        except (PermissionError, IsADirectoryError):
+            self._drop_unusable_lock()
         except OSError:
             if not self._drop_symlinked_lock():
                 raise
         return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
 
     def _is_current_lock(self, fd: int) -> bool:
-        """Whether the open lock file ``fd`` is still the one at the lock path."""
+        """Whether the open lock file ``fd`` is still the one at the lock path.
+
+        One that is no regular file (a FIFO planted there) cannot keep the tally: its holder
+        removes it, so the next one to lock gets a proper one.
+        """
+        held = os.fstat(fd)
+        if not self._is_at_lock_path(held):
+            return False
+        if stat.S_ISREG(held.st_mode):
+            return True
+        self._remove_lock_path(held.st_mode, "no regular file")
+        return False
+
+    def _is_at_lock_path(self, held: os.stat_result) -> bool:
         try:
             current = os.stat(self._lock_path, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        held = os.fstat(fd)
         return (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
 
     def _recreate_dir(self) -> None:
@@ -583,25 +597,74 @@ class FileSystemCache(BaseCache):
             return
         os.chmod(self.cache_dir, self._dir_mode)  # the umask must not narrow it
 
-    def _drop_symlinked_lock(self) -> bool:
-        """Unlink a symlink planted at the lock path, never its target; whether there was one.
-
-        No process can hold a lock through a symlink, so removing it breaks no lock; the
-        directory's own ``flock`` keeps two repairers from removing a lock file just created.
-        """
-        if not os.path.islink(self._lock_path):
-            return False
+    @contextmanager
+    def _repairing(self) -> Iterator[None]:
+        """Hold the directory's own ``flock``, which keeps two processes replacing a damaged
+        lock file from removing the one the other has just created."""
         dir_fd = os.open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
-            if not os.path.islink(self._lock_path):
-                return True  # another repairer was first
-            os.unlink(self._lock_path)
-            self._errors += 1
-            self._log("lock", "symlink at lock file %r removed, never followed", self._lock_path)
-            return True
+            yield
         finally:
-            os.close(dir_fd)
+            _close_locked(dir_fd)
+
+    def _drop_symlinked_lock(self) -> bool:
+        """Unlink a symlink planted at the lock path, never its target; whether there was one.
+
+        No process can hold a lock through a symlink, so removing it breaks no lock.
+        """
+        if not os.path.islink(self._lock_path):
+            return False
+        with self._repairing():
+            if os.path.islink(self._lock_path):  # else another repairer was first
+                os.unlink(self._lock_path)
+                self._errors += 1
+                self._log(
+                    "lock", "symlink at lock file %r removed, never followed", self._lock_path
+                )
+        return True
+
+    def _drop_unusable_lock(self) -> None:
+        """Remove a lock file this process may not write (another user's, or made read-only), or
+        a directory at the lock path, once its holder is done with it.
+
+        One it may not even read cannot be waited for and is removed as it stands: a writer of
+        its owner busy at that moment may overlap one of ours once, which a cache survives
+        better than refusing every write for good.
+
+        :raises OSError: it cannot be removed (a sticky directory, a directory with files).
+        """
+        with self._repairing():
+            try:
+                os.close(os.open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
+                return  # another repairer was first
+            except (PermissionError, IsADirectoryError):
+                pass
+            except FileNotFoundError:
+                return
+            try:
+                fd = os.open(self._lock_path, _READ_FLAGS)
+            except PermissionError:
+                self._remove_lock_path(os.lstat(self._lock_path).st_mode, "unreadable")
+                return
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits for its holder
+                held = os.fstat(fd)
+                if self._is_at_lock_path(held):  # its holder may have been clear
+                    self._remove_lock_path(held.st_mode, "not writable")
+            finally:
+                _close_locked(fd)
+
+    def _remove_lock_path(self, mode: int, why: str) -> None:
+        """Remove what is at the lock path, which holds no tally this cache can keep."""
+        if stat.S_ISDIR(mode):
+            os.rmdir(self._lock_path)
+        else:
+            os.unlink(self._lock_path)
+        self._errors += 1
+        self._log("lock", "lock file %r replaced: %s", self._lock_path, why)
 
     # -- threshold --------------------------------------------------------------------------------
 
@@ -660,6 +723,12 @@ def _read_tally(lock: int) -> tuple[int, int]:
 
 def _write_tally(lock: int, count: int, added: int) -> None:
     os.pwrite(lock, _TALLY.pack(count, added, count ^ added ^ _TALLY_CHECK), 0)
+
+
+def _close_locked(fd: int) -> None:
+    # unlocked first: a child forked meanwhile holds a copy of fd, which would keep the flock
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _widen_to(fd: int, mode: int) -> None:
