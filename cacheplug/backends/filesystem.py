@@ -79,8 +79,10 @@ class FileSystemCache(BaseCache):
     reader or a crash never sees half a value. Several threads and processes may share the
     directory: every rename and unlink, and all of ``inc``, ``dec`` and ``add``, happen under an
     ``flock`` on the prefix's lock file (``.cacheplug-<prefix tag>.lock``); reads take no lock.
-    File names are ``cp-<prefix tag>-<key hash>``: ``clear`` removes only such files (with a
-    ``key_prefix``, only that prefix's) and its own lock file, never anything else.
+    A lock file this process may not write (another user's, say root's) is replaced, once its
+    holder is done when it can be read. File names are ``cp-<prefix tag>-<key hash>``:
+    ``clear`` removes only such files (with a ``key_prefix``, only that prefix's) and its own
+    lock file, never anything else.
 
     At most ``threshold`` entries per ``key_prefix``: a full cache drops expired entries, then the
     least recently written ones, until a tenth of ``threshold`` is free. The entry count lives in
