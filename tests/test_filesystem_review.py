@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import resource
+import signal
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -214,3 +216,30 @@ def test_processes_on_two_prefixes_keep_each_within_threshold_and_lose_no_increm
     for prefix in PREFIXES:
         cache = FileSystemCache(tmp_path, threshold=THRESHOLD, key_prefix=prefix)
         assert cache.get("shared counter") == 2 * rounds
+
+
+def _with_no_file_growth(action: Callable[[], object], results: Results) -> None:
+    # a write into any regular file now fails (EFBIG), as on a disk that refuses the tally
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    results.put(action())
+
+
+def test_a_delete_whose_count_cannot_be_written_answers_that_it_removed_the_entry(
+    tmp_path: Path,
+) -> None:
+    cache = FileSystemCache(tmp_path)
+    assert cache.set("k", "v") and cache.set("j", "w")
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(
+        target=_with_no_file_growth, args=(lambda: FileSystemCache(tmp_path).delete("k"), results)
+    )
+    process.start()
+    try:
+        assert results.get(timeout=60) is True
+    finally:
+        process.join(timeout=60)
+    assert cache.get("k") is None
+    assert cache.get("j") == "w"
+    assert cache.set("k", "again") and cache.get("k") == "again"

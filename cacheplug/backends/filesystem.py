@@ -496,7 +496,9 @@ class FileSystemCache(BaseCache):
             return False
         count, added = _read_tally(lock)
         if count > 0:
-            _write_tally(lock, count - 1, added)
+            # The entry is gone: a count left high only brings the next listing forward.
+            with suppress(OSError):
+                _write_tally(lock, count - 1, added)
         self._deletes += 1
         return True
 
