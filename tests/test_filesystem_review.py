@@ -6,8 +6,8 @@ import fcntl
 import multiprocessing
 import os
 import resource
-import signal
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
