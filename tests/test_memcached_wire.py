@@ -30,6 +30,7 @@ from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
 from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
 from cacheplug.backends._memcached_counters import COUNTER_BIAS, FLAG_COUNTER, FLAG_SERIALIZED
 from cacheplug.backends._memcached_keys import memcached_key
 from cacheplug.backends._memcached_keys import plain_line as _plain_line
@@ -280,6 +281,25 @@ def test_broken_inc_replies_are_outages_and_the_connection_is_dropped(
         assert cache.stats()["errors"] == 1
         assert cache.inc("k") == 6  # on a new connection
         assert server.connections == 2
+    finally:
+        cache.close()
+        server.close()
+
+
+def test_an_inc_that_loses_every_race_to_create_its_counter_is_a_logged_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # each time: incr finds no counter, then add finds one (another client created it, and
+    # deleted it again before the next incr)
+    lost = [b"EN\r\nNOT_FOUND\r\n", b"NOT_STORED\r\n"] * CREATE_ATTEMPTS
+    server = ScriptedServer([*lost, b"EN\r\nNOT_FOUND\r\n", b"STORED\r\n"])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], timeout=2, dead_timeout=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert cache.inc("k") is None
+        assert cache.stats()["errors"] == 1
+        assert "inc" in caplog.text and "created" in caplog.text
+        assert cache.inc("k") == 1  # a call that wins the race creates it
     finally:
         cache.close()
         server.close()

@@ -107,7 +107,8 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
     counted: tuple[int | None, int | None, bool] | None = None,
 ) -> int | None:
     """``cache.inc(key, delta)`` on the entry ``name`` of ``server``, ``delta`` a signed 64-bit
-    int: the new value, or None on engine errors (logged by ``cache``). ``counted``: the answer
+    int: the new value, or None on engine errors and when other clients keep creating and
+    removing the counter (logged by ``cache``). ``counted``: the answer
     of an ``incr`` by ``delta`` already made (``wire.count``'s), to go on from.
 
     :raises TypeError: the stored value is not an integer, or not one cacheplug wrote (it
@@ -148,6 +149,13 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
                 return None
             raise _overflow(key, delta)
         return result
+    cache._backend_error(
+        "inc",
+        RuntimeError(
+            f"other clients created and removed the counter {key!r} again and again while "
+            f"this call tried to create it; gave up after {CREATE_ATTEMPTS} attempts"
+        ),
+    )
     return None
 
 
