@@ -113,6 +113,48 @@ def test_set_many_as_the_disk_fills_up_lists_exactly_the_keys_stored(small_disk:
     assert cache.get_many(*rest) == list(rest.values())
 
 
+def fill_with_entries(cache: FileSystemCache, timeout: float) -> list[str]:
+    """Store 50 kB values in ``cache`` until the disk refuses one; the keys stored."""
+    keys: list[str] = []
+    while cache.set(f"old{len(keys)}", bytes(50_000), timeout=timeout):
+        keys.append(f"old{len(keys)}")
+    assert len(keys) > 5
+    return keys
+
+
+def test_a_disk_full_of_expired_entries_makes_room_for_new_ones(
+    small_disk: Path, clock: FakeClock
+) -> None:
+    # Expired entries were dropped only once the count reached the threshold: on a disk they
+    # filled first, every new write failed for good.
+    other = FileSystemCache(small_disk / "cache", key_prefix="other:", clock=clock)
+    assert other.set("live", "other prefix", timeout=0)
+    cache = FileSystemCache(small_disk / "cache", threshold=10_000, clock=clock)
+    old = fill_with_entries(cache, timeout=10)
+    clock.advance(11)
+    assert cache.set("new", b"fresh" * 10_000) is True
+    assert cache.get("new") == b"fresh" * 10_000
+    assert cache.stats()["evictions"] == len(old)
+    assert other.get("live") == "other prefix"  # another prefix's entries are not this one's
+    assert cache.set_many({f"more{i}": bytes(50_000) for i in range(5)})  # the room is there
+
+
+def test_a_disk_full_of_live_entries_keeps_every_one(small_disk: Path, clock: FakeClock) -> None:
+    cache = FileSystemCache(small_disk / "cache", threshold=10_000, clock=clock)
+    old = fill_with_entries(cache, timeout=0)
+    global _listings
+    _listings = []
+    try:
+        assert cache.set("new", bytes(50_000)) is False
+        assert cache.set("newer", bytes(50_000)) is False
+        listed = len(_listings)
+    finally:
+        _listings = None
+    assert listed <= 1  # a full disk lists the directory once in a while, not on every write
+    assert cache.stats()["evictions"] == 0
+    assert cache.get_many(*old) == [bytes(50_000)] * len(old)
+
+
 def test_get_many_of_unreadable_entries_counts_each_once(tmp_path: Path) -> None:
     cache = FileSystemCache(tmp_path, secret="one")
     FileSystemCache(tmp_path, secret="two").set("other secret", 1)

@@ -5,6 +5,7 @@ Scheme ``file`` (``file:///var/cache/myapp?threshold=10000``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -49,6 +50,8 @@ _NEVER = 0.0
 _NS_HEX = 16  # hex digits of the key_prefix tag in file names
 _TEMP_TOKEN_BYTES = 6
 _STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # NONBLOCK: a FIFO planted at an entry path must not hang a reader; NOFOLLOW: no symlinks.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
@@ -146,6 +149,7 @@ class FileSystemCache(BaseCache):
         self.fsync = bool(fsync)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
+        self._full_disk_until = 0.0  # no listing for room on a full disk before this
         self.cache_dir, created_mode = _prepared_dir(cache_dir, self.mode)
         # A umask takes group and other bits as a rule and may change at any time, so such modes
         # get an fchmod on every write. No sane umask takes the owner's bits: an owner-only mode
@@ -422,13 +426,16 @@ class FileSystemCache(BaseCache):
         """
         data = _HEADER.pack(_MAGIC, expires) + payload
         if lock is not None:
-            self._commit(lock, self._write_temp(path, data), path)
+            self._commit(lock, self._write_temp_making_room(lock, path, data), path)
             return
         try:
             tmp = self._write_temp(path, data)
-        except FileNotFoundError:  # the directory is gone: taking the lock brings it back
+        except OSError as err:
+            # the directory is gone (taking the lock brings it back), or the disk is full
+            if not isinstance(err, FileNotFoundError) and err.errno not in _DISK_FULL:
+                raise
             with self._locked() as held:
-                self._commit(held, self._write_temp(path, data), path)
+                self._commit(held, self._write_temp_making_room(held, path, data), path)
             return
         try:
             with self._locked() as held:
@@ -469,6 +476,30 @@ class FileSystemCache(BaseCache):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _write_temp_making_room(self, lock: int, path: str, data: bytes) -> str:
+        """``_write_temp``, tried again on a full disk once this prefix's dead entries are gone."""
+        try:
+            return self._write_temp(path, data)
+        except OSError as err:
+            if err.errno not in _DISK_FULL or not self._drop_dead_entries(lock):
+                raise
+        return self._write_temp(path, data)
+
+    def _drop_dead_entries(self, lock: int) -> bool:
+        """Drop this prefix's expired and unreadable entries, never a live one, for a disk that
+        is full below ``threshold``; whether any went. It lists the directory, so at most once
+        per ``_FULL_DISK_PAUSE`` seconds.
+        """
+        now = self._clock()  # the clock of expiry: waiting on it lets entries expire
+        if now < self._full_disk_until:
+            return False
+        self._full_disk_until = now + _FULL_DISK_PAUSE
+        names = self._entry_names()
+        kept = self._drop_dead(names)
+        with suppress(OSError):
+            _write_tally(lock, len(kept), 0)
+        return len(kept) < len(names)
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
@@ -689,6 +720,15 @@ class FileSystemCache(BaseCache):
     def _prune(self, names: list[str]) -> int:
         """Drop expired and unreadable entries, then the least recently written; entries left."""
         target = self.threshold - max(1, self.threshold // 10)
+        kept = self._drop_dead(names)
+        kept.sort()
+        for _, path in kept[: max(0, len(kept) - target)]:
+            self._evict(path)
+        return min(len(kept), target)
+
+    def _drop_dead(self, names: list[str]) -> list[tuple[float, str]]:
+        """Drop the expired and unreadable entries of ``names``; ``(written at, path)`` of the
+        others."""
         kept: list[tuple[float, str]] = []
         for name in names:
             path = os.path.join(self.cache_dir, name)
@@ -697,10 +737,7 @@ class FileSystemCache(BaseCache):
                 self._evict(path)
             else:
                 kept.append((entry[2], path))
-        kept.sort()
-        for _, path in kept[: max(0, len(kept) - target)]:
-            self._evict(path)
-        return min(len(kept), target)
+        return kept
 
     def _evict(self, path: str) -> None:
         _discard(path)
