@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import inspect
@@ -259,8 +260,9 @@ class AsyncMemoized(Memoized[P, R]):
     """An ``async def`` function whose results are cached; made by :meth:`BaseCache.memoize`.
 
     Calling it returns a coroutine. Tasks of one event loop missing the same key await one
-    call; the others get its result (read back from the cache, as a private copy) or its
-    exception. When that call is cancelled, a waiting task calls the function in its place.
+    call; the others get its result (read back from the cache, or a deep copy when the cache
+    no longer holds it: never the first caller's object) or its exception. When that call is
+    cancelled, a waiting task calls the function in its place.
     """
 
     def __init__(self, *args: Any) -> None:
@@ -299,7 +301,12 @@ class AsyncMemoized(Memoized[P, R]):
                 cache._misses -= 1
             if flight.ended:
                 value = cache.get(key)
-                return flight.value if value is None else value
+                if value is not None or flight.value is None:
+                    return value
+                try:  # gone from the cache (evicted, a failed write): never the shared object
+                    return copy.deepcopy(flight.value)
+                except Exception:
+                    continue  # cannot be copied: this task calls the function itself
         return await self._lead(flight_key, args, kwargs)
 
     async def _lead(

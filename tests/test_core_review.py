@@ -1,0 +1,85 @@
+"""Adversarial review of the core (BaseCache, SimpleCache, memoize): each test proves a defect
+that was found and fixed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cacheplug import SimpleCache
+
+
+def test_async_waiters_get_private_copies_when_the_entry_is_gone() -> None:
+    # The first caller's result went to every waiting task as one shared object when the cache
+    # no longer held it (evicted from a small cache here; a failed write on an engine does the
+    # same): a task appending to its list changed the other tasks' results.
+    cache = SimpleCache(threshold=1)
+    gate: asyncio.Event | None = None
+
+    @cache.memoize()
+    async def load(n: int) -> list[int]:
+        assert gate is not None
+        await gate.wait()
+        return [n]
+
+    async def first() -> list[int]:
+        result = await load(1)
+        cache.set("other", 1)  # before the waiters run: evicts the entry they would read
+        return result
+
+    async def main() -> list[list[int]]:
+        nonlocal gate
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(first())]
+        tasks += [asyncio.create_task(load(1)) for _ in range(3)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gate.set()
+        return list(await asyncio.gather(*tasks))
+
+    results = asyncio.run(asyncio.wait_for(main(), 10))
+    assert results == [[1]] * 4
+    assert len({id(result) for result in results}) == 4
+    results[1].append(2)
+    assert results[2] == [1]
+    assert results[0] == [1]
+
+
+def test_async_waiters_get_private_copies_of_a_result_born_expired() -> None:
+    cache = SimpleCache()
+    calls: list[Any] = []
+
+    @cache.memoize(timeout=-1)
+    async def load(n: int) -> list[int]:
+        calls.append(n)
+        await asyncio.sleep(0)
+        return [n]
+
+    async def main() -> list[list[int]]:
+        return list(await asyncio.gather(load(1), load(1), load(1)))
+
+    results = asyncio.run(asyncio.wait_for(main(), 10))
+    assert results == [[1]] * 3 and len({id(r) for r in results}) == 3
+    assert len(calls) == 1
+
+
+class Uncopyable(list[int]):
+    def __deepcopy__(self, memo: dict[int, Any]) -> Uncopyable:
+        raise TypeError("no copies")
+
+
+def test_an_async_waiter_calls_again_when_a_gone_result_cannot_be_copied() -> None:
+    cache, calls = SimpleCache(), []
+
+    @cache.memoize(timeout=-1)
+    async def load(n: int) -> Uncopyable:
+        calls.append(n)
+        await asyncio.sleep(0)
+        return Uncopyable([n])
+
+    async def main() -> list[Uncopyable]:
+        return list(await asyncio.gather(load(1), load(1)))
+
+    results = asyncio.run(asyncio.wait_for(main(), 10))
+    assert results == [[1], [1]] and results[0] is not results[1]
+    assert len(calls) == 2
