@@ -83,3 +83,38 @@ def test_an_async_waiter_calls_again_when_a_gone_result_cannot_be_copied() -> No
     results = asyncio.run(asyncio.wait_for(main(), 10))
     assert results == [[1], [1]] and results[0] is not results[1]
     assert len(calls) == 2
+
+
+class Named:
+    """Shows its name as it is, as many hand-written reprs do."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Named({self.name})"
+
+
+def test_memoize_keys_arguments_and_closures_shown_with_lone_surrogates() -> None:
+    # A name decoded with surrogateescape (a file name, os.environ, sys.argv) in a hand-written
+    # repr raised UnicodeEncodeError from the call, and from the decoration when closed over.
+    cache = SimpleCache()
+    undecodable = b"caf\xe9".decode("utf-8", "surrogateescape")
+
+    @cache.memoize()
+    def size(item: Named) -> int:
+        return len(item.name)
+
+    assert size(Named(undecodable)) == size(Named(undecodable)) == 4
+    assert size.cache_key(Named(undecodable)) != size.cache_key(Named("caf\\udce9"))
+    assert cache.stats()["hits"] == 1
+
+    def make(owner: Named) -> Any:
+        @cache.memoize()
+        def owned(n: int) -> str:
+            return f"{owner.name}{n}"
+
+        return owned
+
+    assert make(Named(undecodable))(1) == f"{undecodable}1"
+    assert make(Named("x"))(1) == "x1"

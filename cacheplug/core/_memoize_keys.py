@@ -231,7 +231,7 @@ def code_fingerprint(code: CodeType) -> str:
 
 
 def short_digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
 
 
 def function_name(func: object) -> str:

@@ -123,7 +123,9 @@ class Memoized(Generic[P, R]):
             text = binder.template % tuple(map(self._shown, binder.names, values))
         key = self._keys.get(text)
         if key is None:
-            key = f"{self._prefix}:{_blake2b(text.encode(), digest_size=16).hexdigest()}"
+            # surrogatepass: a repr may hold a lone surrogate (a name read with surrogateescape)
+            digest = _blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
+            key = f"{self._prefix}:{digest.hexdigest()}"
             if len(text) <= REMEMBERED_TEXT:
                 if len(self._keys) >= REMEMBERED_KEYS:
                     self._keys.clear()
