@@ -30,6 +30,7 @@ __all__ = [
     "ServerDown",
     "checked_options",
     "close_when_cut_short",
+    "closes_connection",
     "driver_keywords",
     "options_from_url",
     "pool_exhausted",
@@ -233,8 +234,6 @@ def close_when_cut_short(pool: Any) -> None:
     A connection whose reply was a protocol error (a value over ``proto-max-bulk-len``) is
     closed too: Redis closes it just after that reply, and another thread could take it first.
     """
-    from redis.exceptions import ResponseError
-
     release = pool.release
     if getattr(release, "closes_when_cut_short", False):
         return
@@ -249,8 +248,7 @@ def close_when_cut_short(pool: Any) -> None:
     def release_closing(connection: Any) -> None:
         cut = sys.exception()
         if cut is not handled.pop(id(connection), None) and (
-            not isinstance(cut, Exception | None)
-            or (isinstance(cut, ResponseError) and str(cut).startswith("Protocol error"))
+            not isinstance(cut, Exception | None) or closes_connection(cut)
         ):
             connection.disconnect()
         release(connection)
@@ -258,6 +256,14 @@ def close_when_cut_short(pool: Any) -> None:
     release_closing.closes_when_cut_short = True  # type: ignore[attr-defined]
     pool.get_connection = get_connection_noting
     pool.release = release_closing
+
+
+def closes_connection(err: BaseException | None) -> bool:
+    """Whether ``err`` is a reply after which Redis closes its connection: a protocol error,
+    such as a value over ``proto-max-bulk-len``."""
+    from redis.exceptions import ResponseError
+
+    return isinstance(err, ResponseError) and str(err).startswith("Protocol error")
 
 
 def pool_exhausted(err: BaseException) -> bool:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cacheplug.backends._redis_clients import close_when_cut_short
+from cacheplug.backends._redis_clients import close_when_cut_short, closes_connection
 from cacheplug.backends._redis_wire import mget_pieces
 from cacheplug.core.errors import ConfigurationError
 
@@ -179,15 +179,7 @@ def node_pipelines(
             else:
                 sent.append((server, conn, indexes))
         for server, conn, indexes in sent:
-            for position, index in enumerate(indexes):
-                try:
-                    results[index] = server.parse_response(conn, commands[index][0])
-                except exceptions.ResponseError as err:
-                    results[index] = err
-                except failures as err:
-                    conn.disconnect()
-                    lost = _fail(results, indexes[position:], err)
-                    break
+            lost = _read(server, conn, commands, indexes, results, failures=failures) or lost
             read += 1
     finally:
         for position, (server, conn, _) in enumerate(sent):
@@ -211,6 +203,35 @@ def node_pipelines(
         with contextlib.suppress(*failures):
             client.nodes_manager.initialize()  # a failover may have moved its slots
     return results
+
+
+def _read(
+    server: Any,
+    conn: Any,
+    commands: Sequence[tuple[Any, ...]],
+    indexes: Sequence[int],
+    results: list[Any],
+    *,
+    failures: tuple[type[Exception], ...],
+) -> Exception | None:
+    """Read the replies of the ``commands`` at ``indexes``, sent on ``conn``, into
+    ``results``; the failure that left the rest unread (``conn`` is closed then), if any."""
+    from redis import exceptions
+
+    for position, index in enumerate(indexes):
+        try:
+            results[index] = server.parse_response(conn, commands[index][0])
+        except exceptions.ResponseError as err:
+            results[index] = err
+            if closes_connection(err):  # Redis runs none of the rest, and closes it
+                conn.disconnect()  # before another thread takes it from the pool
+                closed = exceptions.ConnectionError(f"Redis closed the connection: {err}")
+                _fail(results, indexes[position + 1 :], closed)
+                return None
+        except failures as err:
+            conn.disconnect()
+            return _fail(results, indexes[position:], err)
+    return None
 
 
 def _resend(client: Any, command: tuple[Any, ...], reply: Exception) -> Any:

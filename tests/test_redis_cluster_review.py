@@ -1,0 +1,111 @@
+"""Adversarial review of RedisCache on a Redis Cluster: connections after a refused value, pools
+under load, calls across nodes, outages and failovers."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import test_redis_batches
+from redis.exceptions import ConnectionError as Closed
+from redis.exceptions import ResponseError
+from servers import RedisCluster
+
+from cacheplug import RedisCache
+from cacheplug.backends import _redis_cluster
+
+BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited nodes: a value one byte longer is refused
+
+
+@pytest.fixture
+def late_closing_cluster() -> Iterator[int]:
+    """The port of a one-primary cluster refusing values over 1 MB, reached through a
+    ``LateClosingProxy`` it announces as its own address: a connection Redis closed after a
+    protocol error fails only on the next command sent on it."""
+    with RedisCluster(masters=1) as cluster:
+        (server,) = cluster.servers
+        server.command("CONFIG", "SET", "proto-max-bulk-len", "1mb")
+        proxy = test_redis_batches.LateClosingProxy(server.port)
+        server.command("CONFIG", "SET", "cluster-announce-port", str(proxy.port))
+        try:
+            yield proxy.port
+        finally:
+            proxy.close()
+
+
+def test_node_pipelines_closes_the_connection_of_a_protocol_error(
+    late_closing_cluster: int,
+) -> None:
+    cache = RedisCache(startup_nodes=[("127.0.0.1", late_closing_cluster)], socket_timeout=2)
+    try:
+        assert cache.set("k", "v") is True
+        client = cache._write_client
+        over = ("SET", "big", b"x" * (BULK_LIMIT + 1))
+        replies = _redis_cluster.node_pipelines(client, [over, ("GET", "k")], cache._failures)
+        assert isinstance(replies[0], ResponseError)
+        assert isinstance(replies[1], Closed)  # Redis ran nothing after the error
+        # the same pool, without the idle connections dropped: the next call's connection works
+        assert cache.delete("k") is True
+        assert cache.stats()["errors"] == 0
+    finally:
+        cache.close()
+
+
+def _refusing_under_load(cache: RedisCache, refuse: Callable[[], object], rounds: int) -> list[str]:
+    """Call ``refuse`` ``rounds`` times while three threads add, read, count, overwrite and
+    delete keys of their own on ``cache``; the wrong answers those threads got."""
+    stop = threading.Event()
+    wrong: list[str] = []
+
+    def work(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            key = f"{worker}-{i}"
+            answers = (
+                cache.add(key, i),
+                cache.get(key),
+                cache.inc(key + "#"),
+                cache.set(key, -i),
+                cache.delete_many(key, key + "#"),
+            )
+            if answers != (True, i, 1, True, [key, key + "#"]):
+                wrong.append(f"{key}: {answers}")
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+    interval = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(1e-6)  # threads switch often: the window of a race is short
+        for thread in workers:
+            thread.start()
+        for _ in range(rounds):
+            refuse()
+    finally:
+        stop.set()
+        for thread in workers:
+            thread.join()
+        sys.setswitchinterval(interval)
+    return wrong
+
+
+def test_a_cluster_connection_that_carried_a_refused_value_goes_to_no_other_thread(
+    late_closing_cluster: int,
+) -> None:
+    # node_pipelines read the protocol error as a reply and gave the connection back open;
+    # the idle connections were closed only after: a thread taking it in between failed
+    # (3 wrong answers and 3 more errors per 300 refusals with 3 threads).
+    cache = RedisCache(
+        startup_nodes=[("127.0.0.1", late_closing_cluster)], key_prefix="race:", socket_timeout=2
+    )
+    over = b"x" * (BULK_LIMIT + 1)
+
+    def refuse() -> None:
+        assert cache.set_many({"big": over}) == []
+
+    try:
+        assert _refusing_under_load(cache, refuse, 300) == []
+    finally:
+        cache.close()
+    assert cache.stats()["errors"] == 300
