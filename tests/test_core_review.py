@@ -118,3 +118,21 @@ def test_memoize_keys_arguments_and_closures_shown_with_lone_surrogates() -> Non
 
     assert make(Named(undecodable))(1) == f"{undecodable}1"
     assert make(Named("x"))(1) == "x1"
+
+
+def test_inc_under_a_default_timeout_reassigned_below_zero() -> None:
+    # cachelib's users reassign default_timeout (-1: entries born expired); a new counter then
+    # raised AssertionError (under python -O it was stored as never expiring). cachelib answers
+    # the count and stores nothing, as set does.
+    cache = SimpleCache()
+    cache.set("kept", 5, timeout=0)
+    cache.default_timeout = -1
+    assert cache.inc("new") == 1
+    assert cache.dec("other", 2) == -2
+    assert (cache.has("new"), cache.get("other")) == (False, None)
+    assert cache.inc("kept") == 6  # an existing counter keeps its own expiry
+    assert cache.get("kept") == 6
+    json_cache = SimpleCache(serializer="json")
+    json_cache.default_timeout = -1
+    assert json_cache.inc("new", 3) == 3
+    assert not json_cache.has("new")

@@ -345,7 +345,6 @@ class SimpleCache(BaseCache):
             if entry is None:
                 value = delta
                 expires = self._expiry(None)
-                assert expires is not None  # default_timeout is never negative
             else:
                 expires = entry[0]
                 codec, payload = entry[1], entry[2]
@@ -362,7 +361,10 @@ class SimpleCache(BaseCache):
                 value = checked_counter(key, current) + delta
             if type(self.serializer) is not PickleSerializer:
                 self._encode_count(key, value)  # kept as it is, but only if it could be stored
-            self._put(key, (expires, _RAW, value))
+            if expires is None:  # a default_timeout reassigned below 0: born expired, as in set
+                self._sets += 1
+            else:
+                self._put(key, (expires, _RAW, value))
         return value
 
     def _after_fork_in_child(self) -> None:
