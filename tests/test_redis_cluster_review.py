@@ -11,12 +11,21 @@ import pytest
 import test_redis_batches
 from redis.exceptions import ConnectionError as Closed
 from redis.exceptions import ResponseError
-from servers import RedisCluster
+from servers import RedisCluster, RedisServer
 
 from cacheplug import RedisCache
 from cacheplug.backends import _redis_cluster
+from cacheplug.backends._redis_clients import DeadServer
 
 BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited nodes: a value one byte longer is refused
+
+
+@pytest.fixture(scope="module")
+def limited_server() -> Iterator[RedisServer]:
+    """A server refusing values over 1 MB."""
+    server = RedisServer(config={"proto-max-bulk-len": "1mb"}).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -109,3 +118,22 @@ def test_a_cluster_connection_that_carried_a_refused_value_goes_to_no_other_thre
     finally:
         cache.close()
     assert cache.stats()["errors"] == 300
+
+
+def test_a_refused_value_whose_ping_meets_a_full_pool_gives_a_live_server_no_dead_time(
+    limited_server: RedisServer,
+) -> None:
+    # Redis cuts the sending of a value over its limit short (a lost connection); the ping
+    # telling that from an outage failed when other threads held every pooled connection, and
+    # the live server was not asked again for dead_timeout (10 to 20 times in 200 refusals).
+    cache = RedisCache(port=limited_server.port, key_prefix="full:", max_connections=2)
+    over = b"x" * (8 * BULK_LIMIT)
+
+    def refuse() -> None:
+        assert cache.set("big", over) is False
+        assert not isinstance(cache._client, DeadServer)
+
+    try:
+        _refusing_under_load(cache, refuse, 100)  # the pool refuses these threads often
+    finally:
+        cache.close()

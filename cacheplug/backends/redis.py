@@ -620,7 +620,8 @@ class RedisCache(BaseCache):
     def _write_failure(self, err: Exception, name: str | bytes, data: Any) -> Exception:
         """``err``, or a ``ResponseError`` when Redis closed the connection on a value over its
         limits (``proto-max-bulk-len``, ``client-query-buffer-limit``) and the server of
-        ``name`` answers still: a refused value, not a server down."""
+        ``name`` answers still, or every pooled connection is in use (a busy client says
+        nothing of the server): a refused value, not a server down."""
         from redis import ConnectionError as Closed  # not a TimeoutError: the server answered
 
         if len(data) < LONE_VALUE:
@@ -637,8 +638,9 @@ class RedisCache(BaseCache):
                 client.get_redis_connection(client.get_node_from_key(name)).ping()
             else:
                 self._client.ping()
-        except self._failures:
-            return err
+        except self._failures as ping_err:
+            if not pool_exhausted(ping_err):  # a full pool says nothing of the server
+                return err
         refused = self._response_error(
             f"Redis closed the connection on a value of {len(data)} bytes, over its "
             "proto-max-bulk-len or client-query-buffer-limit"
