@@ -4,7 +4,10 @@ that was found and fixed."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from cacheplug import SimpleCache
 
@@ -136,3 +139,54 @@ def test_inc_under_a_default_timeout_reassigned_below_zero() -> None:
     json_cache.default_timeout = -1
     assert json_cache.inc("new", 3) == 3
     assert not json_cache.has("new")
+
+
+@dataclass
+class Repo:
+    db: str
+
+    def lookup(self, n: int) -> str:
+        return f"{self.db}:{n}"
+
+
+class Anonymous:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def add(self, m: int) -> int:
+        return self.n + m
+
+    def __call__(self, m: int) -> int:
+        return self.n * m
+
+
+def test_memoized_bound_methods_keep_their_instances_apart() -> None:
+    # memoize(repo.lookup), as an object does in __init__, keyed the calls without the object
+    # the method is bound to: Repo("b").lookup(1) was served Repo("a")'s result.
+    cache = SimpleCache()
+    a, b = cache.memoize()(Repo("a").lookup), cache.memoize()(Repo("b").lookup)
+    assert (a(1), b(1)) == ("a:1", "b:1")
+    assert a.cache_key(1) == cache.memoize()(Repo("a").lookup).cache_key(1)
+    assert cache.memoize()(Repo.lookup)(Repo("c"), 1) == "c:1"  # plain function: as before
+    # bound to an object shown by its address: refused, as such an argument is
+    with pytest.raises(TypeError, match=r"bound to <.*Anonymous object at 0x"):
+        cache.memoize()(Anonymous(1).add)
+
+
+def test_a_memoized_callable_object_shown_by_address_is_refused() -> None:
+    # Its key prefix held the object's address: no hit from another process, and a later
+    # object at that address was served the first one's results.
+    cache = SimpleCache()
+    with pytest.raises(TypeError, match=r"Anonymous object at 0x.*__repr__"):
+        cache.memoize()(Anonymous(2))
+    double, triple = cache.memoize()(Scale(2)), cache.memoize()(Scale(3))
+    assert (double(5), triple(5)) == (10, 15)
+    assert double.cache_key(5) == cache.memoize()(Scale(2)).cache_key(5)
+
+
+@dataclass
+class Scale:
+    k: int
+
+    def __call__(self, m: int) -> int:
+        return self.k * m

@@ -86,7 +86,24 @@ class Memoized(Generic[P, R]):
                     "address, which a later object can reuse and be served these results; "
                     "bind values whose repr shows what identifies them"
                 )
+        elif ADDRESS_REPR.search(name) is not None:  # a callable object named by its repr
+            raise TypeError(
+                f"cannot memoize {name}: it is shown by a memory address, which a later object "
+                "can reuse and be served these results; give its class a __repr__ that shows "
+                "what identifies it"
+            )
         prefix = f"memoize:{name}"
+        if isinstance(func, MethodType):
+            # its calls do not pass the object it is bound to: the key must name that object
+            instance = func.__self__
+            shown = address_shown(instance, set())
+            if shown is not None:
+                raise TypeError(
+                    f"cannot memoize {name} bound to {shown}: a memory address, which a later "
+                    "object can reuse and be served these results; give its class a __repr__ "
+                    "that shows what identifies it, or memoize the method in the class body"
+                )
+            prefix += f"@{short_digest(stable_repr(instance, set()))}"
         closure = closure_text(func)
         if closure:
             prefix += f"~{short_digest(closure)}"
