@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,12 +13,15 @@ import test_redis_batches
 from redis.exceptions import ConnectionError as Closed
 from redis.exceptions import ResponseError
 from servers import RedisCluster, RedisServer
+from waiting import wait_until
 
 from cacheplug import RedisCache
 from cacheplug.backends import _redis_cluster
 from cacheplug.backends._redis_clients import DeadServer
+from cacheplug.backends.redis import LONE_VALUE
 
 BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited nodes: a value one byte longer is refused
+LONE = b"l" * LONE_VALUE  # sent alone by set_many, stored
 
 
 @pytest.fixture(scope="module")
@@ -136,4 +140,29 @@ def test_a_refused_value_whose_ping_meets_a_full_pool_gives_a_live_server_no_dea
     try:
         _refusing_under_load(cache, refuse, 100)  # the pool refuses these threads often
     finally:
+        cache.close()
+
+
+def test_set_many_of_large_values_on_a_cluster_that_is_down_waits_once() -> None:
+    # CLUSTERDOWN is a ResponseError to redis-py: each value sent alone was taken for a value
+    # refused, and each waited the 0.25 s redis-py gives a cluster down (1.3 s for 8 values).
+    with RedisCluster() as cluster:
+        cache = RedisCache(startup_nodes=cluster.nodes, key_prefix="down:", socket_timeout=0.5)
+        keys = [f"k{i}" for i in range(12)]
+        mapping = {key: LONE if i % 4 else i for i, key in enumerate(keys)}
+        assert cache.set_many(mapping) == keys
+        for server in cluster.servers:  # the live nodes give the dead one up sooner
+            server.command("CONFIG", "SET", "cluster-node-timeout", "200")
+        live = cluster.servers[0]
+        cluster.servers[1].kill()
+        wait_until(lambda: b"cluster_state:fail" in bytes(live.command("CLUSTER", "INFO")))  # type: ignore[arg-type]
+        for lone in (mapping, dict.fromkeys(keys, LONE)):
+            errors = cache.stats()["errors"]
+            started = time.monotonic()
+            assert cache.set_many(lone) == []
+            assert time.monotonic() - started < 0.8  # one wait of 0.25 s, and the call's work
+            assert cache.stats()["errors"] == errors + 1
+        cluster.start()  # the dead node again, on its port
+        assert wait_until(lambda: cache.set_many(mapping) == keys) < 10
+        assert cache.get_many(*keys) == list(mapping.values())
         cache.close()

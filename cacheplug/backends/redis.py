@@ -123,7 +123,7 @@ class RedisCache(BaseCache):
         try:
             import redis
             from redis.backoff import NoBackoff
-            from redis.exceptions import RedisClusterException
+            from redis.exceptions import ClusterDownError, RedisClusterException
             from redis.retry import Retry
         except ImportError as err:
             raise ConfigurationError(INSTALL_HINT) from err
@@ -134,7 +134,8 @@ class RedisCache(BaseCache):
             refuse_unknown_keywords(_OWN_KEYWORDS, kwargs, startup_nodes is not None)
         self.dead_timeout = checked_options(retries, dead_timeout)
         self.ignore_delete_many_errors = ignore_delete_many_errors
-        self._response_error = redis.ResponseError
+        # CLUSTERDOWN is a ResponseError to redis-py, yet no refusal of a command: an outage
+        self._response_error, self._cluster_down = redis.ResponseError, ClusterDownError
         self._no_script_error = redis.exceptions.NoScriptError
         self._failures: tuple[type[Exception], ...] = (
             redis.RedisError,
@@ -468,7 +469,8 @@ class RedisCache(BaseCache):
                 and isinstance(result, Exception)
                 and not isinstance(result, self._response_error)
             }
-            stored += self._set_lone(lone_keys, lone_commands, counted, down)
+            if not any(isinstance(result, self._cluster_down) for result in results):
+                stored += self._set_lone(lone_keys, lone_commands, counted, down)
             done = set(stored)
             stored = [key for key in mapping if key in done]  # in the mapping's order, as cachelib
         self._sets += len(stored)
@@ -479,8 +481,9 @@ class RedisCache(BaseCache):
     ) -> list[str]:
         """The keys of ``keys`` stored by their ``commands``, each sent alone; an outage leaves
         the rest unsent (on a cluster, those of the node that failed: ``down`` holds the nodes
-        that failed already). A call counts one error for the writes refused (``counted``:
-        already done), as for those sent together."""
+        that failed already; all of them once the cluster answers that it is down). A call
+        counts one error for the writes refused (``counted``: already done), as for those sent
+        together."""
         stored = []
         for key, command in zip(keys, commands, strict=True):
             node = self._node_of(command[1])
@@ -493,12 +496,13 @@ class RedisCache(BaseCache):
                     reply = [self._client.execute_command(*command)]
             except self._failures as err:
                 err = self._write_failure(err, command[1], command[2])
-                refused = isinstance(err, self._response_error)
+                cluster_down = isinstance(err, self._cluster_down)  # each costs a wait
+                refused = isinstance(err, self._response_error) and not cluster_down
                 if not (counted and (refused or self._cluster)):  # no dead time on a cluster
                     self._backend_error("set_many", err)
                 counted = True
                 if not refused:
-                    if not self._cluster:
+                    if not self._cluster or cluster_down:
                         break
                     down.add(node)
             else:
