@@ -166,3 +166,44 @@ def test_set_many_of_large_values_on_a_cluster_that_is_down_waits_once() -> None
         assert wait_until(lambda: cache.set_many(mapping) == keys) < 10
         assert cache.get_many(*keys) == list(mapping.values())
         cache.close()
+
+
+def _connections_received(cluster: RedisCluster) -> int:
+    """Connections the cluster's nodes accepted so far (each count itself opens one)."""
+    infos = [bytes(server.command("INFO", "stats")) for server in cluster.servers]  # type: ignore[arg-type]
+    return sum(
+        int(line.split(b":")[1])
+        for info in infos
+        for line in info.splitlines()
+        if line.startswith(b"total_connections_received:")
+    )
+
+
+def test_a_full_node_pool_leaves_the_cluster_topology_and_connections_alone(
+    redis_cluster: RedisCluster,
+) -> None:
+    # A pool with every connection in use (max_connections) made node_pipelines refresh the
+    # topology, as after a lost connection: CLUSTER SLOTS asked and the free connections of
+    # every startup node closed, on each call (redis-py refreshes nothing for it).
+    cache = RedisCache(startup_nodes=redis_cluster.nodes, key_prefix="full:", max_connections=1)
+    keys = [f"k{i}" for i in range(30)]
+    try:
+        assert cache.set_many(dict.fromkeys(keys, 1)) == keys
+        client = cache._write_client
+        node = client.get_node_from_key("full:k0")
+        full = {key for key in keys if client.get_node_from_key("full:" + key) is node}
+        pool = node.redis_connection.connection_pool
+        held = pool.get_connection()  # another thread's call, in flight
+        try:
+            received = _connections_received(redis_cluster)
+            errors = cache.stats()["errors"]
+            for _ in range(20):
+                assert cache.get_many(*keys) == [None if key in full else 1 for key in keys]
+            assert cache.stats()["errors"] == errors + 20
+            assert _connections_received(redis_cluster) == received + len(redis_cluster.servers)
+        finally:
+            pool.release(held)
+        assert cache.get_many(*keys) == [1] * len(keys)
+    finally:
+        cache.clear()
+        cache.close()

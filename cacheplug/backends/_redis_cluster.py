@@ -9,7 +9,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cacheplug.backends._redis_clients import close_when_cut_short, closes_connection
+from cacheplug.backends._redis_clients import (
+    close_when_cut_short,
+    closes_connection,
+    pool_exhausted,
+)
 from cacheplug.backends._redis_wire import mget_pieces
 from cacheplug.core.errors import ConfigurationError
 
@@ -199,7 +203,7 @@ def node_pipelines(
                 results[index] = err
                 # the client waits 0.25 s before it gives up on each such command
                 down = down or isinstance(err, exceptions.ClusterDownError)
-    if isinstance(lost, exceptions.ConnectionError):
+    if isinstance(lost, exceptions.ConnectionError) and not pool_exhausted(lost):
         with contextlib.suppress(*failures):
             client.nodes_manager.initialize()  # a failover may have moved its slots
     return results
