@@ -30,6 +30,7 @@ from cacheplug.backends._redis_clients import (
     DeadServer,
     ServerDown,
     checked_options,
+    closes_connection,
     options_from_url,
     pool_exhausted,
     refuse_decoding,
@@ -631,7 +632,7 @@ class RedisCache(BaseCache):
         if len(data) < LONE_VALUE:
             return err
         if isinstance(err, self._response_error):
-            if str(err).startswith("Protocol error"):
+            if closes_connection(err):
                 self._drop_idle_connections()
             return err
         if not isinstance(err, Closed):
