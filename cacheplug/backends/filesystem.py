@@ -460,9 +460,7 @@ class FileSystemCache(BaseCache):
                     if count >= self.threshold:
                         count = self._prune(names)
                 _replace(tmp, path)
-                # The entry is stored: a count the disk has no room for is recounted later.
-                with suppress(OSError):
-                    _write_tally(lock, count + 1, added + 1)
+                _keep_tally(lock, count + 1, added + 1)  # the entry is stored whatever it says
         except BaseException:
             _discard(tmp)
             raise
@@ -497,8 +495,7 @@ class FileSystemCache(BaseCache):
         self._full_disk_until = now + _FULL_DISK_PAUSE
         names = self._entry_names()
         kept = self._drop_dead(names)
-        with suppress(OSError):
-            _write_tally(lock, len(kept), 0)
+        _keep_tally(lock, len(kept), 0)
         return len(kept) < len(names)
 
     def _write_temp(self, path: str, data: bytes) -> str:
@@ -527,9 +524,7 @@ class FileSystemCache(BaseCache):
             return False
         count, added = _read_tally(lock)
         if count > 0:
-            # The entry is gone: a count left high only brings the next listing forward.
-            with suppress(OSError):
-                _write_tally(lock, count - 1, added)
+            _keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
         self._deletes += 1
         return True
 
@@ -764,6 +759,13 @@ def _read_tally(lock: int) -> tuple[int, int]:
 
 def _write_tally(lock: int, count: int, added: int) -> None:
     os.pwrite(lock, _TALLY.pack(count, added, count ^ added ^ _TALLY_CHECK), 0)
+
+
+def _keep_tally(lock: int, count: int, added: int) -> None:
+    """``_write_tally`` after a change that is made already: a count the disk refuses (full,
+    EIO) stays as it was, and the listing that repairs a drifting count corrects it later."""
+    with suppress(OSError):
+        _write_tally(lock, count, added)
 
 
 def _close_locked(fd: int) -> None:
