@@ -1,9 +1,9 @@
 """The namespace of a ``MemcachedCache`` with a ``key_prefix``.
 
 Every key lives in a namespace named by a random token kept on each server; ``clear`` replaces
-the token, reads fetch it in the same ``get`` round trip, writes and ``incr`` read it in their
-own round trip (and are made again if it changed), so a ``clear`` by any process is seen by
-every later call.
+the token, reads fetch it in the same ``get`` round trip, ``has``, writes and ``incr`` read it
+back in their own round trip (and are made again if it changed), so a ``clear`` by any process
+is seen by every later call.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "count",
     "delete",
     "delete_many",
+    "exists",
     "fetch",
     "load_token",
     "new_token",
@@ -72,6 +73,17 @@ def fetch(
         current = items.pop(token_name, None)
         found = {names[name]: item for name, item in items.items()}
         return found, None if current is None else current[1]
+
+    return _seeing(client, server, token_key, attempt)
+
+
+def exists(client: Any, server: Server, space: tuple[str, str], key: str) -> bool:
+    """Whether ``key`` is stored in the namespace, without its value, the token read back
+    with it (``_seeing``)."""
+    key_prefix, token_key = space
+
+    def attempt(token: str) -> tuple[bool, bytes | None]:
+        return wire.exists_seeing(client, memcached_key(f"{key_prefix}{token}:{key}"), token_key)
 
     return _seeing(client, server, token_key, attempt)
 

@@ -1,6 +1,6 @@
 """memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``, ``incr``),
-for batches of writes (``set_many``, ``delete_many``, writes that read a namespace token back)
-and for the compare-and-swap of counters (meta ``mg``/``ms``).
+for batches of writes (``set_many``, ``delete_many``, writes that read a namespace token back),
+for ``has`` in a namespace and for the compare-and-swap of counters (meta ``mg``/``ms``).
 
 They run on the socket of a connected pymemcache ``Client``, which keeps doing everything else
 (connecting, pooling, the other commands). pymemcache reads a multi-key reply a line at a time
@@ -26,6 +26,7 @@ __all__ = [
     "count_seeing",
     "delete_many",
     "delete_request",
+    "exists_seeing",
     "fetch",
     "read_for_swap",
     "storage_request",
@@ -264,6 +265,22 @@ def count_seeing(
         raise
 
 
+def exists_seeing(client: Any, name: str, seen_key: str) -> tuple[bool, bytes | None]:
+    """Whether ``name`` is stored, by a meta get that asks for no value back, then ``get`` of
+    ``seen_key``, in one round trip: ``(stored, the value of seen_key right after, None when
+    missing)``."""
+    sock = _socket(client)
+    try:
+        _send(sock, b"mg %s\r\nget %s\r\n" % (name.encode("ascii"), seen_key.encode("ascii")))
+        lines, rest = _take_lines(sock, 1)
+        if lines[0] not in _EXISTS:
+            _raise_reply(lines[0])
+        return _EXISTS[lines[0]], _seen_value(sock, rest, seen_key)
+    except BaseException:
+        client.close()
+        raise
+
+
 def _count_request(name: str, step: int) -> bytes:
     # Flags change only when the entry is rewritten: these are the ones incr meets unless
     # another client replaces the entry between the two commands.
@@ -324,6 +341,7 @@ STORED = {b"STORED": True, b"NOT_STORED": False}
 STORED_OR_REFUSED: Mapping[bytes, bool | None] = {**STORED, _REFUSED: None}
 DELETED = {b"DELETED": True, b"NOT_FOUND": False}
 _SWAPPED = {b"HD": True, b"EX": False, b"NF": None}
+_EXISTS = {b"HD": True, b"EN": False}
 
 
 def _ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> bool | None:

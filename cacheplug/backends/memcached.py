@@ -361,7 +361,7 @@ class MemcachedCache(BaseCache):
             groups.setdefault(server, []).append(key)
         return groups
 
-    def _write_one(
+    def _call_one(
         self,
         operation: str,
         space: tuple[str, str] | None,
@@ -370,7 +370,7 @@ class MemcachedCache(BaseCache):
         plain: Callable[..., Any],
         *args: Any,
     ) -> Any:
-        """A write of ``key`` on its server: ``in_namespace(client, server, space, key, *args)``
+        """A call about ``key`` on its server: ``in_namespace(client, server, space, key, *args)``
         in the namespace ``space``, else (None) ``plain(client, memcached key, *args)``."""
         server = self._server(key, space)
         if space is not None:
@@ -405,7 +405,7 @@ class MemcachedCache(BaseCache):
         exptime = self._timeout(timeout)
         packed = self._pack(value)
         space = self._namespace
-        stored = self._write_one("set", space, key, namespace.store, wire.store, packed, exptime)
+        stored = self._call_one("set", space, key, namespace.store, wire.store, packed, exptime)
         if stored is not True:
             return False
         self._sets += 1
@@ -417,7 +417,7 @@ class MemcachedCache(BaseCache):
         exptime = self._timeout(timeout)
         packed = self._pack(value)
         space = self._namespace
-        added = self._write_one("add", space, key, namespace.add, commands.add, packed, exptime)
+        added = self._call_one("add", space, key, namespace.add, commands.add, packed, exptime)
         if added is FAILED or not added:
             return False
         self._sets += 1
@@ -427,7 +427,7 @@ class MemcachedCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         space = self._namespace
-        deleted = self._write_one("delete", space, key, namespace.delete, commands.delete)
+        deleted = self._call_one("delete", space, key, namespace.delete, commands.delete)
         if deleted is FAILED or not deleted:
             return False
         self._deletes += 1
@@ -437,13 +437,7 @@ class MemcachedCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         space = self._namespace
-        if space is not None:
-            item = self._fetch_one(key, "has", space)
-            return item is not None and item is not FAILED
-        return (
-            self._run(self._only or self._ring(key), "has", commands.exists, memcached_key(key))
-            is True
-        )
+        return self._call_one("has", space, key, namespace.exists, commands.exists) is True
 
     def clear(self) -> bool:
         ok = True
@@ -538,7 +532,7 @@ class MemcachedCache(BaseCache):
             done = self._run(server, "set_many", wire.store_many, values, exptime)
         if done is FAILED and len(items) > 1 and not server.down_until:
             done = [
-                self._write_one("set_many", space, key, namespace.store, wire.store, item, exptime)
+                self._call_one("set_many", space, key, namespace.store, wire.store, item, exptime)
                 is True
                 for key, item in items.items()
             ]
