@@ -1,5 +1,6 @@
 """MemcachedCache.has in a namespace (key_prefix): existence only, never the value, with the
-namespace token read back in the same round trip."""
+namespace token read back in the same round trip; and what a namespace token that other
+clients keep removing does to the server's health."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pymemcache.exceptions import MemcacheServerError, MemcacheUnknownError
 from servers import MemcachedServer
 from test_memcached import address, raw_client
 from test_memcached_wire import (
+    PREFIXED_WRITES,
     PiecesClient,
     ScriptedServer,
     token_reply,
@@ -24,6 +26,7 @@ from test_memcached_wire import (
 
 from cacheplug import MemcachedCache
 from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
 from cacheplug.backends._memcached_namespace import token_key
 
 MB = 1_000_000
@@ -286,3 +289,64 @@ def test_has_in_a_namespace_during_an_outage_is_false_logged_and_counted(
         assert cache.set("k", "v") is True
         assert cache.has("k") is True
         assert cache.stats()["errors"] == 1
+
+
+# -- a token that other clients keep removing ----------------------------------------------------
+
+#: Every attempt to read the token misses, and every attempt to create it finds one: another
+#: client created it meanwhile and removed it again before the next read.
+DROPPED = [b"END\r\n", b"NOT_STORED\r\n"] * CREATE_ATTEMPTS
+
+CALLS: list[tuple[Callable[[MemcachedCache], object], bytes, object, object]] = [
+    (lambda cache: cache.has("k"), b"HD\r\n", True, False),
+    (*PREFIXED_WRITES[0], False),  # set
+    (*PREFIXED_WRITES[-1], None),  # inc
+]
+
+
+@pytest.mark.parametrize(("call", "lines", "answer", "outage"), CALLS, ids=["has", "set", "inc"])
+def test_a_token_dropped_through_every_attempt_fails_the_call_not_the_server(
+    call: Callable[[MemcachedCache], object],
+    lines: bytes,
+    answer: object,
+    outage: object,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """load_token gave up with a ConnectionError: the healthy server was marked down for
+    dead_timeout (every call of every thread answered outage values meanwhile) and its idle
+    connections closed."""
+    script = [*DROPPED, token_reply(b"aaa"), lines + token_reply(b"aaa")]
+    server = ScriptedServer(list(script))
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert call(cache) == outage
+        assert cache.stats()["errors"] == 1
+        assert "namespace token" in caplog.text
+        assert cache._servers[0].down_until == 0.0
+        assert call(cache) == answer  # at once, on the same connection
+        assert server.script == [] and server.connections == 1
+        assert cache.stats()["errors"] == 1
+    finally:
+        cache.close()
+        server.close()
+
+
+def test_a_token_lost_then_dropped_through_every_attempt_is_not_sent_again() -> None:
+    """On a pooled connection, the ConnectionError also made the call run again whole on a new
+    connection (as after a server restart), another CREATE_ATTEMPTS tries, and closed the
+    server's idle connections."""
+    hit = b"HD\r\n" + token_reply(b"aaa")
+    lost = b"EN\r\nEND\r\n"  # the token is gone: has reads it again (load_token)
+    server = ScriptedServer([token_reply(b"aaa"), hit, lost, *DROPPED, hit])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
+    try:
+        assert cache.has("k") is True
+        assert cache.has("k") is False
+        assert cache.stats()["errors"] == 1
+        assert cache._servers[0].down_until == 0.0
+        assert cache.has("k") is True
+        assert server.script == [] and server.connections == 1
+    finally:
+        cache.close()
+        server.close()

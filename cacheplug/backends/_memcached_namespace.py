@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _Answer = TypeVar("_Answer")
 
 __all__ = [
+    "TokenDroppedError",
     "add",
     "count",
     "delete",
@@ -35,6 +36,13 @@ __all__ = [
     "store_many",
     "token_key",
 ]
+
+
+class TokenDroppedError(RuntimeError):
+    """Other clients removed the namespace token through every attempt to read or create it.
+
+    The call fails as in an outage, but the server answered: it is not marked down.
+    """
 
 
 def token_key(key_prefix: str) -> str:
@@ -56,7 +64,10 @@ def load_token(client: Any, server: Server, token_key: str) -> str:
         fresh = new_token()
         if client.add(token_key, (0, fresh.encode()), 0, False):
             return server.seen_token(fresh)
-    raise ConnectionError(f"memcached {server.name} keeps dropping the namespace token")
+    raise TokenDroppedError(
+        f"other clients kept removing the namespace token on memcached {server.name} while "
+        f"this call tried to read or create it; gave up after {CREATE_ATTEMPTS} attempts"
+    )
 
 
 def fetch(

@@ -69,7 +69,8 @@ _Client: Any = None
 
 
 def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], ...]]:
-    """pymemcache's ``Client``, its engine errors and its connection errors."""
+    """pymemcache's ``Client``, the engine errors (its own, and a namespace token other clients
+    keep removing) and the connection errors."""
     global _Client
     try:
         from pymemcache.client.base import Client
@@ -79,7 +80,8 @@ def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], 
             f"MemcachedCache needs the pymemcache driver, which is not installed: {INSTALL_HINT}"
         ) from err
     _Client = Client
-    return Client, (OSError, MemcacheError), (OSError, MemcacheUnexpectedCloseError)
+    engine_errors = (OSError, MemcacheError, namespace.TokenDroppedError)
+    return Client, engine_errors, (OSError, MemcacheUnexpectedCloseError)
 
 
 class MemcachedCache(BaseCache):
