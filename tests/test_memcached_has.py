@@ -350,3 +350,15 @@ def test_a_token_lost_then_dropped_through_every_attempt_is_not_sent_again() -> 
     finally:
         cache.close()
         server.close()
+
+
+def test_an_empty_token_stored_by_another_client_is_known_after_one_read(
+    server: MemcachedServer, cache: MemcachedCache
+) -> None:
+    """An empty token was taken for none seen yet: every later call read it again first."""
+    raw = raw_client(server)
+    raw.set(token_key("has:"), b"", noreply=False)
+    counts = counted(cache)
+    assert counts.during(lambda: cache.set("k", "v"))[:2] == (True, 2)  # get of the token, set
+    assert counts.during(lambda: cache.has("k"))[:2] == (True, 1)
+    assert counts.during(lambda: cache.get("k"))[:2] == ("v", 1)

@@ -113,8 +113,8 @@ def _seeing(
     # overlaps the call and may count as made after it: no further attempt, so a storm of
     # clears cannot starve a call.
     known = server.token
-    fresh = not known
-    token = known or load_token(client, server, token_key)
+    fresh = known is None  # an empty token, stored by another client, is a token too
+    token = load_token(client, server, token_key) if known is None else known
     while True:
         answer, seen = attempt(token)
         current = None if seen is None else seen.decode("ascii", "replace")
