@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
+import random
 import re
 import secrets
 import stat
@@ -15,6 +17,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from functools import partial
@@ -57,6 +60,11 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+# A busy lock is tried again after pauses growing from about the time a writer holds it
+# (tens of microseconds) to half a millisecond, jittered so waiters do not retry in step:
+# longer ones leave a waiter behind the others for tens of milliseconds under contention.
+_FIRST_PAUSE = 0.000025
+_LONGEST_PAUSE = 0.0005
 
 # A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing,
 # and a check word, so a zeroed or scribbled file reads as unknown, never as a low count.
@@ -82,6 +90,8 @@ class FileSystemCache(BaseCache):
     reader or a crash never sees half a value. Several threads and processes may share the
     directory: every rename and unlink, and all of ``inc``, ``dec`` and ``add``, happen under an
     ``flock`` on the prefix's lock file (``.cacheplug-<prefix tag>.lock``); reads take no lock.
+    A writer waits at most ``lock_timeout`` for a lock another holds (a process stopped or
+    hung inside its write), then answers as in an outage (``False``, ``None``), logged.
     A lock file this process may not write (another user's, say root's) is replaced, once its
     holder is done when it can be read. File names are ``cp-<prefix tag>-<key hash>``:
     ``clear`` removes only such files (with a ``key_prefix``, only that prefix's) and its own
@@ -102,6 +112,8 @@ class FileSystemCache(BaseCache):
         never raises.
     :param fsync: flush every write, and the directory after its rename, to disk (slower;
         survives power loss).
+    :param lock_timeout: seconds a write waits for the lock (or a repair of it) that another
+        thread or process holds; ``None`` waits as long as it is held.
     :param clock: wall-clock seconds for expiry; tests inject a fake one.
     :raises ConfigurationError: ``cache_dir`` is not a directory or not writable, or an option is
         out of range.
@@ -112,6 +124,7 @@ class FileSystemCache(BaseCache):
         "mode": str,
         "hash_method": str,
         "fsync": bool,
+        "lock_timeout": float,
     }
 
     def __init__(  # noqa: PLR0917 (cachelib's positional order)
@@ -127,6 +140,7 @@ class FileSystemCache(BaseCache):
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
         fsync: bool = False,
+        lock_timeout: float | None = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if sys.platform == "win32":
@@ -147,6 +161,7 @@ class FileSystemCache(BaseCache):
         self.hash_method = hash_method
         self._hash = _resolved_hash(hash_method)
         self.fsync = bool(fsync)
+        self.lock_timeout = lock_timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
         self._full_disk_until = 0.0  # no listing for room on a full disk before this
@@ -160,6 +175,28 @@ class FileSystemCache(BaseCache):
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
         self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+
+    @property
+    def lock_timeout(self) -> float | None:
+        """Seconds a write waits for a lock another writer holds before it fails as an outage;
+        ``None`` waits as long as the holder holds it."""
+        return self._lock_timeout
+
+    @lock_timeout.setter
+    def lock_timeout(self, seconds: float | None) -> None:
+        if seconds is not None and (
+            type(seconds) not in {int, float} or not 0 < seconds < math.inf
+        ):
+            raise ConfigurationError(
+                f"lock_timeout must be a number of seconds > 0, or None to wait as long as "
+                f"another writer holds the lock, got {seconds!r}"
+            )
+        self._lock_timeout = seconds
+
+    def _lock_deadline(self) -> float | None:
+        """When a wait for a lock that starts now gives up, on ``time.monotonic``'s clock."""
+        seconds = self._lock_timeout
+        return None if seconds is None else time.monotonic() + seconds
 
     @property
     def key_prefix(self) -> str:
@@ -198,7 +235,7 @@ class FileSystemCache(BaseCache):
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
-        """``file:///absolute/dir?threshold=…&mode=…&hash_method=…&fsync=…``.
+        """``file:///absolute/dir?threshold=…&mode=…&hash_method=…&fsync=…&lock_timeout=…``.
 
         :raises ConfigurationError: a host, credentials or a relative path in the URL, or a
             ``mode`` that is not octal text.
@@ -330,7 +367,8 @@ class FileSystemCache(BaseCache):
 
     def __repr__(self) -> str:
         return (
-            f"{super().__repr__()[:-1]}, cache_dir={self.cache_dir!r}, threshold={self.threshold})"
+            f"{super().__repr__()[:-1]}, cache_dir={self.cache_dir!r}, threshold={self.threshold}, "
+            f"lock_timeout={self._lock_timeout!r})"
         )
 
     # -- files ------------------------------------------------------------------------------------
@@ -532,14 +570,33 @@ class FileSystemCache(BaseCache):
     def _locked(self) -> Iterator[int]:
         """Hold this prefix's lock file, exclusive across threads and processes; its descriptor.
 
-        Every holder opens its own descriptor, so threads of one process exclude each other too.
+        The threads of this process take turns first, in the order they came: each wakes as
+        soon as the one before it is done, where polling the ``flock`` would leave some behind
+        and take the interpreter's lock from the holder.
+
+        :raises TimeoutError: another writer held it (or a repair of it) past ``lock_timeout``.
         """
+        deadline = self._lock_deadline()
+        path = self._lock_path
+        with _turn(path) as turn:
+            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not turn.acquire(timeout=wait):
+                raise _lock_timeout_error(path, self._lock_timeout)
+            try:
+                with self._holding(deadline) as fd:
+                    yield fd
+            finally:
+                turn.release()
+
+    @contextmanager
+    def _holding(self, deadline: float | None) -> Iterator[int]:
+        """Hold this prefix's lock file on a descriptor of its own, waiting until ``deadline``."""
         while True:
-            fd = self._open_lock()
+            fd = self._open_lock(deadline)
             with self._lock_fds_guard:
                 self._lock_fds.add(fd)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _flock_by(fd, self._lock_path, deadline, self._lock_timeout)
                 if self._is_current_lock(fd):
                     break
             except BaseException:
@@ -574,8 +631,8 @@ class FileSystemCache(BaseCache):
                 os.close(fd)
         self._lock_fds = set()
 
-    def _open_lock(self) -> int:
-        fd = self._open_lock_file()
+    def _open_lock(self, deadline: float | None) -> int:
+        fd = self._open_lock_file(deadline)
         if self.mode != self._mode_as_created:
             # The umask narrows a new lock file too; the users ``mode`` lets write must open it.
             try:
@@ -585,15 +642,15 @@ class FileSystemCache(BaseCache):
                 raise
         return fd
 
-    def _open_lock_file(self) -> int:
+    def _open_lock_file(self, deadline: float | None) -> int:
         try:
             return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
         except FileNotFoundError:  # the directory was removed under us: bring it back
             self._recreate_dir()
         except (PermissionError, IsADirectoryError):
-            self._drop_unusable_lock()
+            self._drop_unusable_lock(deadline)
         except OSError:
-            if not self._drop_symlinked_lock():
+            if not self._drop_symlinked_lock(deadline):
                 raise
         return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
 
@@ -628,24 +685,27 @@ class FileSystemCache(BaseCache):
         os.chmod(self.cache_dir, self._dir_mode)  # the umask must not narrow it
 
     @contextmanager
-    def _repairing(self) -> Iterator[None]:
+    def _repairing(self, deadline: float | None) -> Iterator[None]:
         """Hold the directory's own ``flock``, which keeps two processes replacing a damaged
-        lock file from removing the one the other has just created."""
+        lock file from removing the one the other has just created.
+
+        :raises TimeoutError: another repairer held it past ``deadline``.
+        """
         dir_fd = os.open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
         try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            _flock_by(dir_fd, self.cache_dir, deadline, self._lock_timeout)
             yield
         finally:
             _close_locked(dir_fd)
 
-    def _drop_symlinked_lock(self) -> bool:
+    def _drop_symlinked_lock(self, deadline: float | None) -> bool:
         """Unlink a symlink planted at the lock path, never its target; whether there was one.
 
         No process can hold a lock through a symlink, so removing it breaks no lock.
         """
         if not os.path.islink(self._lock_path):
             return False
-        with self._repairing():
+        with self._repairing(deadline):
             if os.path.islink(self._lock_path):  # else another repairer was first
                 os.unlink(self._lock_path)
                 self._errors += 1
@@ -654,7 +714,7 @@ class FileSystemCache(BaseCache):
                 )
         return True
 
-    def _drop_unusable_lock(self) -> None:
+    def _drop_unusable_lock(self, deadline: float | None) -> None:
         """Remove a lock file this process may not write (another user's, or made read-only), or
         a directory at the lock path, once its holder is done with it.
 
@@ -663,8 +723,9 @@ class FileSystemCache(BaseCache):
         better than refusing every write for good.
 
         :raises OSError: it cannot be removed (a sticky directory, a directory with files).
+        :raises TimeoutError: its holder or another repairer kept it past ``deadline``.
         """
-        with self._repairing():
+        with self._repairing(deadline):
             try:
                 os.close(os.open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
                 return  # another repairer was first
@@ -680,7 +741,7 @@ class FileSystemCache(BaseCache):
             except FileNotFoundError:
                 return
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # waits for its holder
+                _flock_by(fd, self._lock_path, deadline, self._lock_timeout)  # waits for its holder
                 held = os.fstat(fd)
                 if self._is_at_lock_path(held):  # its holder may have been clear
                     self._remove_lock_path(held.st_mode, "not writable")
@@ -766,6 +827,106 @@ def _keep_tally(lock: int, count: int, added: int) -> None:
     EIO) stays as it was, and the listing that repairs a drifting count corrects it later."""
     with suppress(OSError):
         _write_tally(lock, count, added)
+
+
+@contextmanager
+def _turn(path: str) -> Iterator[_Turn]:
+    """The turns of this process's threads at the lock file ``path``, while they are used."""
+    with _turns_guard:
+        turn = _turns.get(path)
+        if turn is None:
+            turn = _turns[path] = _Turn()
+        turn.users += 1
+    try:
+        yield turn
+    finally:
+        with _turns_guard:
+            turn.users -= 1
+            if not turn.users and _turns.get(path) is turn:
+                del _turns[path]
+
+
+def _forget_turns() -> None:
+    # in a forked child: the parent's threads that held or awaited turns are not there
+    global _turns_guard
+    _turns_guard = threading.Lock()
+    _turns.clear()
+
+
+class _Turn:
+    """A lock given in the order it was asked for, with a bounded wait: a released
+    ``threading.Lock`` goes to the thread running, so a waiter may lose it again and again."""
+
+    def __init__(self) -> None:
+        self.users = 0  # threads holding or awaiting it, kept by _turn
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Lock] = deque()
+
+    def acquire(self, timeout: float) -> bool:
+        """Whether it was acquired within ``timeout`` seconds (-1: as long as it takes)."""
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return True
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        try:
+            if waiter.acquire(timeout=timeout):
+                return True
+        except BaseException:  # a signal handler raised: pass on a turn handed over meanwhile
+            if not self._withdraw(waiter):
+                self.release()
+            raise
+        return not self._withdraw(waiter)
+
+    def _withdraw(self, waiter: threading.Lock) -> bool:
+        """Take ``waiter`` out of the queue; whether it was there (else it was handed the turn)."""
+        with self._guard:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                return True
+        return False
+
+    def release(self) -> None:
+        """Hand it to the longest waiter, if any."""
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
+def _flock_by(fd: int, path: str, deadline: float | None, timeout: float | None) -> None:
+    """Lock ``fd``, the file at ``path``, exclusively, waiting for its holder until ``deadline``
+    (``time.monotonic``) or, without one, for as long as it holds it.
+
+    :param timeout: the seconds ``deadline`` stands for, for the error.
+    :raises TimeoutError: the holder kept it past ``deadline``.
+    """
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _lock_timeout_error(path, timeout)
+        # a flock taken without waiting cannot be interrupted, so the wait is slept in steps
+        time.sleep(min(left, pause * (0.5 + random.random())))
+        pause = min(2 * pause, _LONGEST_PAUSE)
+
+
+def _lock_timeout_error(path: str, timeout: float | None) -> TimeoutError:
+    return TimeoutError(
+        errno.ETIMEDOUT, f"lock held by another writer for over lock_timeout={timeout!r}s", path
+    )
 
 
 def _close_locked(fd: int) -> None:
@@ -885,6 +1046,12 @@ def _make_dirs(path: str, mode: int) -> None:
     except FileExistsError:
         return  # there already (a file there is refused by the caller's own checks)
     os.chmod(path, mode)
+
+
+_turns: dict[str, _Turn] = {}
+_turns_guard = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_turns)
 
 
 @hookimpl
