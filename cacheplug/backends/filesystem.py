@@ -112,8 +112,8 @@ class FileSystemCache(BaseCache):
         never raises.
     :param fsync: flush every write, and the directory after its rename, to disk (slower;
         survives power loss).
-    :param lock_timeout: seconds a write waits for the lock (or a repair of it) that another
-        thread or process holds; ``None`` waits as long as it is held.
+    :param lock_timeout: seconds (default 5) a write waits for the lock, or a repair of it,
+        that another thread or process holds; ``None`` waits as long as it is held.
     :param clock: wall-clock seconds for expiry; tests inject a fake one.
     :raises ConfigurationError: ``cache_dir`` is not a directory or not writable, or an option is
         out of range.
@@ -918,7 +918,7 @@ def _flock_by(fd: int, path: str, deadline: float | None, timeout: float | None)
         left = deadline - time.monotonic()
         if left <= 0:
             raise _lock_timeout_error(path, timeout)
-        # a flock taken without waiting cannot be interrupted, so the wait is slept in steps
+        # a blocking flock takes no deadline and no signal of ours may cut it short
         time.sleep(min(left, pause * (0.5 + random.random())))
         pause = min(2 * pause, _LONGEST_PAUSE)
 
