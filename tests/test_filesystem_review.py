@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from test_filesystem import entry_names
-from test_filesystem_edge import needs_proc_locks, wait_for, waiters_on
+from test_filesystem_edge import needs_proc_locks, openers_of, wait_for
 from test_filesystem_faults import lock_file
 
 from cacheplug import FileSystemCache
@@ -135,15 +135,15 @@ def test_a_read_only_lock_file_is_replaced_only_once_its_holder_is_done(app_dir:
     holder = context.Process(target=_hold_lock, args=(path, locked, release))
     holder.start()
     assert locked.wait(60)
-    seen = os.open(path, os.O_RDONLY)
+    held = path.stat()
 
     def release_once_waited_on() -> None:
         try:
-            wait_for(lambda: waiters_on(seen) == 1, "inc waits on the read-only lock file")
+            # the holder and the waiting inc have it open
+            wait_for(lambda: openers_of(held) == 2, "inc waits on the read-only lock file")
             assert path.exists()
         finally:
             release.set()
-            os.close(seen)
 
     try:
         answer = as_app(lambda: FileSystemCache(app_dir).inc("n"), started=release_once_waited_on)
