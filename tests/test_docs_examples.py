@@ -920,6 +920,7 @@ SAMPLES = {
     "mode": "0640",
     "hash_method": "sha1",
     "fsync": "true",
+    "lock_timeout": "2",
     "db": "0",
     "username": "ada",
     "password": "pw",
