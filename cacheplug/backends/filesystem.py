@@ -578,19 +578,26 @@ class FileSystemCache(BaseCache):
         """
         deadline = self._lock_deadline()
         path = self._lock_path
-        with _turn(path) as turn:
+        # plain calls, no nested context managers: every write pays for this
+        turn = _join_turns(path)
+        try:
             wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if not turn.acquire(timeout=wait):
                 raise _lock_timeout_error(path, self._lock_timeout)
             try:
-                with self._holding(deadline) as fd:
+                fd = self._hold(deadline)
+                try:
                     yield fd
+                finally:
+                    self._close_lock(fd)
             finally:
                 turn.release()
+        finally:
+            _leave_turns(path, turn)
 
-    @contextmanager
-    def _holding(self, deadline: float | None) -> Iterator[int]:
-        """Hold this prefix's lock file on a descriptor of its own, waiting until ``deadline``."""
+    def _hold(self, deadline: float | None) -> int:
+        """A descriptor of its own holding this prefix's lock file, waited for until
+        ``deadline``."""
         while True:
             fd = self._open_lock(deadline)
             with self._lock_fds_guard:
@@ -598,15 +605,11 @@ class FileSystemCache(BaseCache):
             try:
                 _flock_by(fd, self._lock_path, deadline, self._lock_timeout)
                 if self._is_current_lock(fd):
-                    break
+                    return fd
             except BaseException:
                 self._close_lock(fd)
                 raise
             # The file was removed or replaced while we waited: a newcomer locks the new one.
-            self._close_lock(fd)
-        try:
-            yield fd
-        finally:
             self._close_lock(fd)
 
     def _close_lock(self, fd: int) -> None:
@@ -829,21 +832,23 @@ def _keep_tally(lock: int, count: int, added: int) -> None:
         _write_tally(lock, count, added)
 
 
-@contextmanager
-def _turn(path: str) -> Iterator[_Turn]:
-    """The turns of this process's threads at the lock file ``path``, while they are used."""
+def _join_turns(path: str) -> _Turn:
+    """The turns of this process's threads at the lock file ``path``, counting this thread
+    among their users until ``_leave_turns``."""
     with _turns_guard:
         turn = _turns.get(path)
         if turn is None:
             turn = _turns[path] = _Turn()
         turn.users += 1
-    try:
-        yield turn
-    finally:
-        with _turns_guard:
-            turn.users -= 1
-            if not turn.users and _turns.get(path) is turn:
-                del _turns[path]
+    return turn
+
+
+def _leave_turns(path: str, turn: _Turn) -> None:
+    """Count this thread out of ``turn``'s users; the last one drops it."""
+    with _turns_guard:
+        turn.users -= 1
+        if not turn.users and _turns.get(path) is turn:
+            del _turns[path]
 
 
 def _forget_turns() -> None:
@@ -858,7 +863,7 @@ class _Turn:
     ``threading.Lock`` goes to the thread running, so a waiter may lose it again and again."""
 
     def __init__(self) -> None:
-        self.users = 0  # threads holding or awaiting it, kept by _turn
+        self.users = 0  # threads holding or awaiting it, kept by _join_turns/_leave_turns
         self._guard = threading.Lock()
         self._held = False
         self._waiters: deque[threading.Lock] = deque()
