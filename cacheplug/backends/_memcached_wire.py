@@ -269,16 +269,8 @@ def exists_seeing(client: Any, name: str, seen_key: str) -> tuple[bool, bytes | 
     """Whether ``name`` is stored, by a meta get that asks for no value back, then ``get`` of
     ``seen_key``, in one round trip: ``(stored, the value of seen_key right after, None when
     missing)``."""
-    sock = _socket(client)
-    try:
-        _send(sock, b"mg %s\r\nget %s\r\n" % (name.encode("ascii"), seen_key.encode("ascii")))
-        lines, rest = _take_lines(sock, 1)
-        if lines[0] not in _EXISTS:
-            _raise_reply(lines[0])
-        return _EXISTS[lines[0]], _seen_value(sock, rest, seen_key)
-    except BaseException:
-        client.close()
-        raise
+    answers, seen = write(client, [b"mg %s\r\n" % name.encode("ascii")], _EXISTS, seen_key)
+    return answers[0], seen
 
 
 def _count_request(name: str, step: int) -> bytes:
