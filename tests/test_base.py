@@ -679,7 +679,7 @@ class DictBackend(BaseCache):
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         seconds = normalize_timeout(timeout, self.default_timeout)
-        payload = self._encode(value)
+        payload = self._encode(value, key)
         if seconds < 0:
             self.store.pop(self._k(key), None)
         else:

@@ -311,7 +311,7 @@ class _DictCache(BaseCache):
 
     def set(self, key: str, value: Any, timeout: Any = None) -> bool:
         check_key(key)
-        self.entries[key] = self._encode(value)
+        self.entries[key] = self._encode(value, key)
         return True
 
     def add(self, key: str, value: Any, timeout: Any = None) -> bool:

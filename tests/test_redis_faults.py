@@ -405,8 +405,12 @@ def test_entry_signed_with_another_secret_is_a_miss(
     assert other.get("k") == "theirs"
     assert signed.get("k") is None
     data = pickle.dumps("ours")
-    raw.set("signed:k", hmac.digest(b"s3cret-key", data, hashlib.sha256) + data)
+    # the MAC covers the entry: key_prefix and key, each after its length in bytes
+    entry = b"cacheplug-entry:7:1:signed:k"
+    raw.set("signed:k", hmac.digest(b"s3cret-key", entry + data, hashlib.sha256) + data)
     assert signed.get("k") == "ours"
+    raw.set("signed:k", hmac.digest(b"s3cret-key", data, hashlib.sha256) + data)
+    assert signed.get("k") is None  # signed for no entry
 
 
 def test_counters_stay_plain_integers_when_signed(signed: RedisCache, raw: redis.Redis) -> None:

@@ -17,6 +17,7 @@ import os
 import pathlib
 import pickle
 import secrets
+import shutil
 import stat
 import traceback
 from collections.abc import Callable, Iterator
@@ -215,9 +216,12 @@ class Marker:
         return (pathlib.Path.touch, (self.path,))
 
 
-def signed(data: bytes, secret: str = SIGNING_KEY) -> bytes:
-    """``data`` as a cache with ``secret`` and the pickle serializer stores it."""
-    return hmac.digest(secret.encode(), data, hashlib.sha256) + data
+def signed(data: bytes, key: str, prefix: str = "", secret: str = SIGNING_KEY) -> bytes:
+    """``data`` as a cache with ``secret``, ``key_prefix=prefix`` and the pickle serializer
+    stores it for ``key``: the MAC covers the prefix and the key, each after its length."""
+    entry = b"cacheplug-entry:%d:%d:" % (len(prefix.encode()), len(key.encode()))
+    message = entry + prefix.encode() + key.encode() + data
+    return hmac.digest(secret.encode(), message, hashlib.sha256) + data
 
 
 @dataclass
@@ -227,6 +231,9 @@ class Store:
     name: str
     make: Callable[..., BaseCache]
     forge: Callable[[BaseCache, str, bytes], None]
+    #: copies the stored entry of one key over another's, as anyone who can write the store can
+    copy: Callable[[BaseCache, str, str], None]
+    prefix: str = ""
 
 
 def _forge_redis(raw: redis.Redis, prefix: str) -> Callable[[BaseCache, str, bytes], None]:
@@ -236,11 +243,37 @@ def _forge_redis(raw: redis.Redis, prefix: str) -> Callable[[BaseCache, str, byt
     return forge
 
 
+def _copy_redis(raw: redis.Redis, prefix: str) -> Callable[[BaseCache, str, str], None]:
+    def copy(cache: BaseCache, source: str, target: str) -> None:
+        assert raw.copy(prefix + source, prefix + target, replace=True)
+
+    return copy
+
+
 def _forge_memcached(raw: Client) -> Callable[[BaseCache, str, bytes], None]:
     def forge(cache: BaseCache, key: str, payload: bytes) -> None:
         assert raw.set(key, payload, flags=FLAG_SERIALIZED) is True
 
     return forge
+
+
+class _WithFlags:
+    """A pymemcache serde that hands out and takes ``(data, flags)``: entries copied whole."""
+
+    def serialize(self, key: str, value: tuple[bytes, int]) -> tuple[bytes, int]:
+        return value
+
+    def deserialize(self, key: str, value: bytes, flags: int) -> tuple[bytes, int]:
+        return value, flags
+
+
+def _copy_memcached(address: tuple[str, int]) -> Callable[[BaseCache, str, str], None]:
+    raw = Client(address, serde=_WithFlags(), default_noreply=False)
+
+    def copy(cache: BaseCache, source: str, target: str) -> None:
+        assert raw.set(target, raw.get(source)) is True
+
+    return copy
 
 
 def _forge_file(directory: pathlib.Path) -> Callable[[BaseCache, str, bytes], None]:
@@ -255,12 +288,18 @@ def _forge_file(directory: pathlib.Path) -> Callable[[BaseCache, str, bytes], No
     return forge
 
 
+def _copy_file(cache: BaseCache, source: str, target: str) -> None:
+    assert isinstance(cache, FileSystemCache)
+    shutil.copyfile(cache._path(source), cache._path(target))
+
+
 @pytest.fixture(params=["redis", "memcached", "file"])
 def store(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Store]:
     monkeypatch.delenv("CACHEPLUG_SECRET", raising=False)
     made: list[BaseCache] = []
+    prefix = ""
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         prefix = f"security-{secrets.token_hex(4)}:"
@@ -269,7 +308,7 @@ def store(
         def make(**options: Any) -> BaseCache:
             return RedisCache(port=server.port, key_prefix=prefix, **options)
 
-        forge = _forge_redis(raw, prefix)
+        forge, copy = _forge_redis(raw, prefix), _copy_redis(raw, prefix)
     elif request.param == "memcached":
         memcached: MemcachedServer = request.getfixturevalue("memcached_server")
         memcached.flush()
@@ -278,20 +317,20 @@ def store(
         def make(**options: Any) -> BaseCache:
             return MemcachedCache([f"{memcached.host}:{memcached.port}"], **options)
 
-        forge = _forge_memcached(raw_mc)
+        forge, copy = _forge_memcached(raw_mc), _copy_memcached(memcached.address)
     else:
 
         def make(**options: Any) -> BaseCache:
             return FileSystemCache(tmp_path / "store", **options)
 
-        forge = _forge_file(tmp_path / "store")
+        forge, copy = _forge_file(tmp_path / "store"), _copy_file
 
     def tracked(**options: Any) -> BaseCache:
         cache = make(**options)
         made.append(cache)
         return cache
 
-    yield Store(request.param, tracked, forge)
+    yield Store(request.param, tracked, forge, copy, prefix)
     for cache in made:
         cache.clear()
         cache.close()
@@ -317,10 +356,12 @@ def test_a_forged_pickle_never_runs_on_a_signed_cache(store: Store, tmp_path: pa
     marker = tmp_path / "pwned"
     evil = pickle.dumps(Marker(marker))
     cache = store.make(secret=SIGNING_KEY)
-    genuine = signed(pickle.dumps({"amount": 10}))
+    genuine = signed(pickle.dumps({"amount": 10}), "evil", store.prefix)
     forgeries = {
         "unsigned": evil,
-        "signed with another secret": signed(evil, "another-secret"),
+        "signed with another secret": signed(evil, "evil", store.prefix, "another-secret"),
+        "signed for another key": signed(evil, "evil2", store.prefix),
+        "signed for another key_prefix": signed(evil, "evil", store.prefix + "other:"),
         "a valid signature on other bytes": genuine[:32] + evil,
         "tampered": genuine[:-2] + bytes([genuine[-2] ^ 1]) + genuine[-1:],
         "truncated": genuine[:40],
@@ -356,8 +397,29 @@ def test_a_forged_pickle_never_runs_on_a_signed_cache(store: Store, tmp_path: pa
 
 def test_a_genuine_signed_payload_still_reads(store: Store) -> None:
     cache = store.make(secret=SIGNING_KEY)
-    store.forge(cache, "ours", signed(pickle.dumps({"amount": 10})))
+    store.forge(cache, "ours", signed(pickle.dumps({"amount": 10}), "ours", store.prefix))
     assert cache.get("ours") == {"amount": 10}
+
+
+def test_a_genuine_entry_copied_to_another_key_is_a_miss(
+    store: Store, tmp_path: pathlib.Path
+) -> None:
+    """Whoever can write the store cannot give user 1 the role stored for user 2."""
+    cache = store.make(secret=SIGNING_KEY)
+    assert cache.set_many({"role:1": "reader", "role:2": {"role": "admin"}}) == ["role:1", "role:2"]
+    assert cache.get("role:2") == {"role": "admin"}
+    store.copy(cache, "role:2", "role:1")
+    answers = reads_of(cache, "role:1", tmp_path / "pwned")
+    assert answers["get"] is None
+    assert answers["get_many"] == [None, None]
+    assert answers["get_dict"] == {"role:1": None}
+    assert answers["inc"] is TypeError
+    assert cache.get_many("role:1", "role:2") == [None, {"role": "admin"}]
+    # the same copy between two keys of an unsigned cache reads as the copied value
+    unsigned = store.make(secret=None)
+    unsigned.set("role:2", {"role": "admin"})
+    store.copy(unsigned, "role:2", "role:1")
+    assert unsigned.get("role:1") == {"role": "admin"}
 
 
 def profile_of(text: str) -> dict[str, Any]:

@@ -126,8 +126,8 @@ class DictCache(BaseCache):
             return None
         return entry
 
-    def _payload(self, value: Any) -> Any:
-        return self._encode(value)
+    def _payload(self, value: Any, key: str) -> Any:
+        return self._encode(value, key)
 
     def _value(self, key: str, payload: Any) -> Any:
         return self._decode_or_miss(key, payload)
@@ -150,7 +150,7 @@ class DictCache(BaseCache):
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
-        expiry, payload = self._expiry(timeout), self._payload(value)
+        expiry, payload = self._expiry(timeout), self._payload(value, key)
         if self._unreachable("set"):
             return False
         with self.store.lock:
@@ -160,7 +160,7 @@ class DictCache(BaseCache):
 
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
-        expiry, payload = self._expiry(timeout), self._payload(value)
+        expiry, payload = self._expiry(timeout), self._payload(value, key)
         if self._unreachable("add"):
             return False
         with self.store.lock:
@@ -209,7 +209,7 @@ class DictCache(BaseCache):
             value, expiry = delta, self._expiry(None)
         else:
             value, expiry = checked_counter(key, self._value(key, entry[0])) + delta, entry[1]
-        self.store.entries[self.key_prefix + key] = (self._payload(value), expiry)
+        self.store.entries[self.key_prefix + key] = (self._payload(value, key), expiry)
         return value
 
 
@@ -238,15 +238,15 @@ class RacyInc(DictCache):
         os.sched_yield()  # as a round trip to a store would: other threads run in between
         with self.store.lock:
             self.store.entries[self.key_prefix + key] = (
-                self._payload(current + delta),
+                self._payload(current + delta, key),
                 entry[1] if entry else self._expiry(None),
             )
         return current + delta
 
 
 class ReturnsTheStoredObject(DictCache):
-    def _payload(self, value: Any) -> Any:
-        self._encode(value)  # still refuses what cannot be serialized
+    def _payload(self, value: Any, key: str) -> Any:
+        self._encode(value, key)  # still refuses what cannot be serialized
         return value
 
     def _value(self, key: str, payload: Any) -> Any:

@@ -87,7 +87,7 @@ def _stored_value(cache: MemcachedCache, key: str, flags: int, data: bytes) -> o
     if flags not in (FLAG_SERIALIZED, FLAG_GUARDED):
         raise _foreign(key, flags)
     try:
-        return cache._decode(data if flags == FLAG_SERIALIZED else data[1:])
+        return cache._decode(data if flags == FLAG_SERIALIZED else data[1:], key)
     except SerializationError as err:
         raise TypeError(f"{unreadable} ({err})") from err
 
@@ -131,7 +131,7 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
             return swapped
         if number is None:  # missing: create it, unless another client just did
             created = cache._run(
-                server, "inc", commands.add, name, cache._pack(delta), cache._timeout(None)
+                server, "inc", commands.add, name, cache._pack(delta, key), cache._timeout(None)
             )
             if created is FAILED:
                 return None
@@ -184,7 +184,7 @@ def _swap_counter(
         if not INT64_MIN <= result <= INT64_MAX:
             raise _overflow(key, delta)
         swapped = cache._run(
-            server, "inc", wire.swap, name, cache._pack(result), cas, left_to_live(ttl)
+            server, "inc", wire.swap, name, cache._pack(result, key), cas, left_to_live(ttl)
         )
         if swapped is FAILED:
             return None

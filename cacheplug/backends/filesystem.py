@@ -353,7 +353,7 @@ class FileSystemCache(BaseCache):
                 else:
                     expires = entry[0]
                     try:
-                        current = self._decode(entry[1])
+                        current = self._decode(entry[1], key)
                     except SerializationError as err:
                         raise TypeError(
                             f"cannot increment {key!r}: its stored value is unreadable"
@@ -377,7 +377,7 @@ class FileSystemCache(BaseCache):
         """Entry path, absolute expiry and encoded payload, checked before any file is touched."""
         check_key(key)
         expires = self._expiry(timeout)
-        return self._path(key), expires, self._encode(value)
+        return self._path(key), expires, self._encode(value, key)
 
     def _path(self, key: str) -> str:
         names = self._names()

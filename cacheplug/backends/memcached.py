@@ -211,10 +211,11 @@ class MemcachedCache(BaseCache):
 
     # -- encoding ------------------------------------------------------------------------------
 
-    def _pack(self, value: Any) -> tuple[int, bytes]:
+    def _pack(self, value: Any, key: str) -> tuple[int, bytes]:
+        """``(flags, data)`` of ``key``'s ``value`` as stored."""
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return FLAG_COUNTER, b"%d" % ((value + COUNTER_BIAS) % WRAP)
-        data = self._encode(value)
+        data = self._encode(value, key)
         if data and data[0] in NUMERIC_START:
             return FLAG_GUARDED, b"!" + data
         return FLAG_SERIALIZED, data
@@ -405,7 +406,7 @@ class MemcachedCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         exptime = self._timeout(timeout)
-        packed = self._pack(value)
+        packed = self._pack(value, key)
         space = self._namespace
         stored = self._call_one("set", space, key, namespace.store, wire.store, packed, exptime)
         if stored is not True:
@@ -417,7 +418,7 @@ class MemcachedCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         exptime = self._timeout(timeout)
-        packed = self._pack(value)
+        packed = self._pack(value, key)
         space = self._namespace
         added = self._call_one("add", space, key, namespace.add, commands.add, packed, exptime)
         if added is FAILED or not added:
@@ -507,7 +508,7 @@ class MemcachedCache(BaseCache):
             if type(key) is not str:
                 check_key(key)
         exptime = self._timeout(timeout)
-        packed = {key: self._pack(value) for key, value in mapping.items()}
+        packed = {key: self._pack(value, key) for key, value in mapping.items()}
         stored: list[str] = []
         # one namespace for the whole call, which places the keys and writes them
         space = self._namespace

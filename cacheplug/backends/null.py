@@ -47,7 +47,7 @@ class NullCache(BaseCache):
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         normalize_timeout(timeout, self.default_timeout)
-        self._encode(value)
+        self._encode(value, key)
         self._sets += 1
         return True
 

@@ -216,29 +216,29 @@ class RedisCache(BaseCache):
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def _dump(self, value: Any) -> Any:
+    def _dump(self, value: Any, key: str) -> Any:
+        """The payload of ``key``'s ``value`` as stored."""
         # Plain decimals keep counters usable by INCRBY (bools are not counters). Other ints
         # are the serializer's to keep or refuse, as on every other backend.
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return b"%d" % value
-        return self._encode(value)
+        return self._encode(value, key)
 
-    def _decoder(self) -> Callable[[bytes], Any]:
-        """The most direct decoding function for this cache's payloads (it may raise)."""
-        serializer = self.serializer
+    def _decoded(self, payload: bytes, key: str) -> Any:
+        """The value in ``key``'s ``payload`` (it may raise): a plain decimal is a counter."""
+        if 44 < payload[0] < 58 and is_decimal(payload):
+            return int(payload)
         if self._signer is not None:
-            return self._decode
+            return self._decode(payload, key)
+        serializer = self.serializer
         if type(serializer) is PickleSerializer:
-            return pickle.loads
-        return serializer.loads
+            return pickle.loads(payload)
+        return serializer.loads(payload)
 
     def _load(self, key: str, payload: bytes) -> Any:
         """The value in ``payload``, counted as a hit; unreadable: ``None``, a miss and an error."""
         try:
-            if 44 < payload[0] < 58 and is_decimal(payload):
-                value = int(payload)
-            else:
-                value = self._decoder()(payload)
+            value = self._decoded(payload, key)
         except Exception:
             errors = self._errors
             value = self._decode_or_miss(key, payload)  # logs and counts the unreadable entry
@@ -286,10 +286,7 @@ class RedisCache(BaseCache):
             self._misses += 1
             return None
         try:
-            if 44 < payload[0] < 58 and is_decimal(payload):
-                value = int(payload)
-            else:
-                value = self._decoder()(payload)
+            value = self._decoded(payload, key)
         except Exception:
             return self._load(key, payload)
         self._hits += 1
@@ -299,7 +296,7 @@ class RedisCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         ms = self._ttl_ms(timeout)
-        data = self._dump(value)
+        data = self._dump(value, key)
         name = self.key_prefix + key
         try:
             if self._direct and name.isascii() and type(data) is bytes:
@@ -320,7 +317,7 @@ class RedisCache(BaseCache):
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         ms = self._ttl_ms(timeout)
-        data = self._dump(value)
+        data = self._dump(value, key)
         name = self._name(key)
         try:
             if ms < 0:
@@ -414,11 +411,10 @@ class RedisCache(BaseCache):
             else:
                 self._hits += len(values)
                 return values
-        decode = self._decoder()
+        decoded = self._decoded
         try:
             values = [
-                None if p is None else int(p) if 44 < p[0] < 58 and is_decimal(p) else decode(p)
-                for p in payloads
+                None if p is None else decoded(p, k) for k, p in zip(keys, payloads, strict=True)
             ]
         except Exception:  # an unreadable entry: decode one by one, counting and logging each
             pairs = zip(keys, payloads, strict=True)
@@ -438,7 +434,7 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        payloads = list(map(self._dump, mapping.values()))  # unencodable: raises, as set does
+        payloads = [self._dump(value, key) for key, value in mapping.items()]  # raises as set does
         if ms < 0:
             results = self._pipelined("DEL", [self._wire(prefix + key) for key in keys], "set_many")
             if results is None:
@@ -562,10 +558,7 @@ class RedisCache(BaseCache):
             payload = self._client.get(self._name(key))
             if payload is None:
                 return False
-            if 44 < payload[0] < 58 and is_decimal(payload):
-                value = int(payload)
-            else:
-                value = self._decoder()(payload)
+            value = self._decoded(payload, key)
             return type(value) is int and not INT64_MIN <= value <= INT64_MAX
         except Exception:
             return False

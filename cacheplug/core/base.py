@@ -87,6 +87,14 @@ def signing_context(serializer: object) -> bytes:
     return b"cacheplug-serializer:" + name.encode("utf-8", "surrogatepass") + b"\0"
 
 
+def entry_binding(key_prefix: str, key: str) -> bytes:
+    """What a MAC covers between the serializer's context and the payload: the entry's
+    ``key_prefix`` and key, each preceded by its length, so no two entries share it."""
+    prefix = key_prefix.encode("utf-8", "surrogatepass")
+    name = key.encode("utf-8", "surrogatepass")
+    return b"cacheplug-entry:%d:%d:" % (len(prefix), len(name)) + prefix + name
+
+
 class CacheSigner:
     """The signer of one cache, keyed to the serializer each call names, as ``serializer`` is
     reassignable: the caller names the one it encodes or decodes with, read once."""
@@ -104,12 +112,18 @@ class CacheSigner:
         keyed = self._keyed = (serializer, signer._inner, signer._outer)
         return keyed
 
-    def sign(self, data: bytes, serializer: object) -> bytes:
-        """The 32-byte HMAC-SHA256 of ``serializer``'s context and ``data``."""
+    def sign(self, data: bytes, serializer: object, entry: bytes = b"") -> bytes:
+        """The 32-byte HMAC-SHA256 of ``serializer``'s context, ``entry`` and ``data``.
+
+        ``entry`` names the entry the payload belongs to (:func:`entry_binding`), so that a
+        genuine payload copied to another key does not verify there.
+        """
         keyed, inner, outer = self._keyed
         if keyed is not serializer:
             keyed, inner, outer = self._rekey(serializer)
         inner = inner.copy()
+        if entry:
+            inner.update(entry)
         inner.update(data)
         outer = outer.copy()
         outer.update(inner.digest())
@@ -207,6 +221,9 @@ class BaseCache(ABC):
     serializer: SerializerLike = PickleSerializer()
     #: Options this backend accepts in a URL query, beyond the shared ones, with their types.
     url_options: ClassVar[Mapping[str, type]] = {}
+    #: Whether a signature covers its entry's key_prefix and key: on any store that others
+    #: can write, so a genuine payload copied to another key reads as a miss there.
+    _signs_entries: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -456,14 +473,20 @@ class BaseCache(ABC):
             "a serializer must return bytes (encode text, e.g. json.dumps(value).encode())"
         )
 
-    def _encode(self, value: Any) -> bytes:
-        """Serialize (and sign, with a secret) a value for storage.
+    def _entry(self, key: str) -> bytes:
+        """What the MAC of ``key``'s payload covers besides it (see :func:`entry_binding`)."""
+        return entry_binding(self.key_prefix, key) if self._signs_entries else b""
+
+    def _encode(self, value: Any, key: str) -> bytes:
+        """Serialize (and sign, with a secret) the value of ``key`` for storage.
 
         :raises SerializationError: the serializer cannot encode it.
         """
         serializer = self.serializer  # read once: the MAC must name the one that encoded
         data = self._serialize(value, serializer)
-        return data if self._signer is None else self._signer.sign(data, serializer) + data
+        if self._signer is None:
+            return data
+        return self._signer.sign(data, serializer, self._entry(key)) + data
 
     def _encode_count(self, key: str, value: int) -> bytes:
         """:meth:`_encode` of the new value of a counter.
@@ -472,7 +495,7 @@ class BaseCache(ABC):
         :raises SerializationError: the serializer cannot store any int.
         """
         try:
-            return self._encode(value)
+            return self._encode(value, key)
         except SerializationError as err:
             self._serialize(0)  # a serializer that stores no int at all raises what is wrong
             raise OverflowError(
@@ -480,15 +503,16 @@ class BaseCache(ABC):
                 "store it, so the value stays as it was"
             ) from err
 
-    def _decode(self, payload: bytes) -> Any:
-        """Verify (with a secret) and deserialize a stored payload.
+    def _decode(self, payload: bytes, key: str) -> Any:
+        """Verify (with a secret) and deserialize the stored payload of ``key``.
 
         :raises SerializationError: bad signature or unreadable payload.
         """
         serializer = self.serializer  # read once: the one verified is the one that loads
         if self._signer is not None:
             signature, data = payload[:SIGNATURE_SIZE], payload[SIGNATURE_SIZE:]
-            if not hmac.compare_digest(signature, self._signer.sign(data, serializer)):
+            expected = self._signer.sign(data, serializer, self._entry(key))
+            if not hmac.compare_digest(signature, expected):
                 raise SerializationError("stored payload has no valid signature for this secret")
             payload = data
         try:
@@ -508,7 +532,7 @@ class BaseCache(ABC):
             signer = self._signer
             data = payload if signer is None else payload[SIGNATURE_SIZE:]
             if signer is None or hmac.compare_digest(
-                payload[:SIGNATURE_SIZE], signer.sign(data, serializer)
+                payload[:SIGNATURE_SIZE], signer.sign(data, serializer, self._entry(key))
             ):
                 try:
                     return pickle.loads(data)
@@ -516,7 +540,7 @@ class BaseCache(ABC):
                     pass
             # _decode says what is wrong
         try:
-            return self._decode(payload)
+            return self._decode(payload, key)
         except SerializationError as err:
             self._errors += 1
             self._log("decode", "unreadable entry %r read as a miss: %s", key, err)

@@ -151,7 +151,7 @@ class SQLiteCache(BaseCache):
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         expires = self._expires(timeout)
-        payload = self._encode(value)
+        payload = self._encode(value, key)
 
         def work(db: sqlite3.Connection) -> bool:
             if expires is not None and expires <= self._clock():
@@ -166,7 +166,7 @@ class SQLiteCache(BaseCache):
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         expires = self._expires(timeout)
-        payload = self._encode(value)
+        payload = self._encode(value, key)
         full = self.key_prefix + key
 
         def work(db: sqlite3.Connection) -> bool:
@@ -243,7 +243,7 @@ class SQLiteCache(BaseCache):
                 else:
                     current = self._decode_or_miss(key, bytes(row[0]))
                     value, expires = checked_counter(key, current) + delta, row[1]
-                self._store(db, full, self._encode(value), expires)
+                self._store(db, full, self._encode(value, key), expires)
             return value
 
         return self._run("inc", None, work)
