@@ -599,7 +599,7 @@ def test_url_options_reach_redis_py(redis_server: RedisServer) -> None:
         ("redis://localhost?ssl_cert_reqs=maybe", "none, optional, required"),
         ("redis://localhost?socket_timeout=soon", "socket_timeout"),
         ("redis://localhost?pool=3", "max_connections"),
-        ("redis://localhost?dead_timeout=-1", "dead_timeout must be seconds >= 0"),
+        ("redis://localhost?dead_timeout=-1", "dead_timeout must be a number of seconds >= 0"),
         ("redis://localhost?retries=-1", "retries must be an int >= 0"),
     ],
 )

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_seconds
 from cacheplug.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
 DEFAULT_DEAD_TIMEOUT = 1.0
+_NO_LIMIT = "to wait without limit"  # what None means for a socket timeout
 _CERT_REQS = ("none", "optional", "required")
 
 URL_OPTIONS: Mapping[str, type] = {
@@ -195,13 +197,17 @@ def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], clust
         )
 
 
-def checked_options(retries: int, dead_timeout: float) -> float:
-    """``dead_timeout`` as a float, once both options are known to be valid."""
+def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -> float:
+    """``dead_timeout`` as a float, once it, ``retries`` and the socket timeouts in the
+    client's ``kwargs`` are known to be valid (redis-py would only fail the first call)."""
     if type(retries) is not int or retries < 0:
         raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
-    if type(dead_timeout) not in (int, float) or not 0 <= dead_timeout < float("inf"):
-        raise ConfigurationError(f"dead_timeout must be seconds >= 0, got {dead_timeout!r}")
-    return float(dead_timeout)
+    for name in ("socket_connect_timeout", "socket_timeout"):
+        if kwargs.get(name) is not None:
+            kwargs[name] = check_seconds(
+                name, kwargs[name], above=True, most=LONGEST_SOCKET_TIMEOUT, none=_NO_LIMIT
+            )
+    return check_seconds("dead_timeout", dead_timeout)
 
 
 def server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import math
 import os
 import random
 import re
@@ -28,6 +27,7 @@ from cacheplug.core.base import (
     Timeout,
     check_delta,
     check_key,
+    check_seconds,
     checked_counter,
     normalize_timeout,
 )
@@ -184,13 +184,9 @@ class FileSystemCache(BaseCache):
 
     @lock_timeout.setter
     def lock_timeout(self, seconds: float | None) -> None:
-        if seconds is not None and (
-            type(seconds) not in {int, float} or not 0 < seconds < math.inf
-        ):
-            raise ConfigurationError(
-                f"lock_timeout must be a number of seconds > 0, or None to wait as long as "
-                f"another writer holds the lock, got {seconds!r}"
-            )
+        if seconds is not None:
+            holds = "to wait as long as another writer holds it"
+            seconds = check_seconds("lock_timeout", seconds, above=True, none=holds)
         self._lock_timeout = seconds
 
     def _lock_deadline(self) -> float | None:

@@ -49,7 +49,15 @@ from cacheplug.backends._memcached_servers import (
     idle_and_open,
     make_servers,
 )
-from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
+from cacheplug.core.base import (
+    LONGEST_SOCKET_TIMEOUT,
+    BaseCache,
+    Timeout,
+    check_delta,
+    check_key,
+    check_seconds,
+    normalize_timeout,
+)
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.serializers.pickle import PickleSerializer
@@ -140,16 +148,9 @@ class MemcachedCache(BaseCache):
         super().__init__(
             default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
         )
-        for name, number, least in (
-            ("connect_timeout", connect_timeout, 0.001),
-            ("timeout", timeout, 0.001),
-            ("dead_timeout", dead_timeout, 0),
-        ):
-            if not isinstance(number, (int, float)) or isinstance(number, bool) or number < least:
-                raise ConfigurationError(
-                    f"{name} must be a number of seconds >= {least:g}, got {number!r}"
-                )
-        self.dead_timeout = float(dead_timeout)
+        for name, seconds in (("connect_timeout", connect_timeout), ("timeout", timeout)):
+            check_seconds(name, seconds, 0.001, most=LONGEST_SOCKET_TIMEOUT)
+        self.dead_timeout = check_seconds("dead_timeout", dead_timeout)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._servers = make_servers(
             servers,

@@ -133,7 +133,7 @@ class RedisCache(BaseCache):
         refuse_decoding(host, kwargs)
         if isinstance(host, str) or startup_nodes is not None:  # a client it builds
             refuse_unknown_keywords(_OWN_KEYWORDS, kwargs, startup_nodes is not None)
-        self.dead_timeout = checked_options(retries, dead_timeout)
+        self.dead_timeout = checked_options(retries, dead_timeout, kwargs)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         # CLUSTERDOWN is a ResponseError to redis-py, yet no refusal of a command: an outage
         self._response_error, self._cluster_down = redis.ResponseError, ClusterDownError

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -162,6 +163,46 @@ def normalize_timeout(timeout: object, default: float) -> float:
     raise TypeError(
         f"timeout must be None, 0 (never expires), a finite number of seconds or a timedelta, "
         f"got {type(timeout).__name__} {timeout!r}"
+    )
+
+
+#: The longest socket timeout an option may give, in seconds (about 31 years): the socket
+#: module refuses a few times more.
+LONGEST_SOCKET_TIMEOUT = 1e9
+
+
+def check_seconds(
+    name: str,
+    value: object,
+    least: float = 0.0,
+    *,
+    above: bool = False,
+    most: float = math.inf,
+    none: str = "",
+) -> float:
+    """The option ``name`` as a float number of seconds, checked when the cache is built.
+
+    ``value`` must be an int or float, not a bool, at least ``least`` (more than it when
+    ``above``) and at most ``most``; NaN and infinity never pass. ``none`` says what ``None``
+    means for an option that takes it (the caller lets it through).
+
+    :raises ConfigurationError: says what was given and what is accepted.
+    """
+    # comparisons, not float(): an int too large for a float still fails them cleanly
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value > least if above else value >= least)
+        and value <= most
+        and value <= sys.float_info.max  # not infinity, nor an int no float can hold
+    ):
+        return float(value)
+    bounds = f"{'>' if above else '>='} {least:g}"
+    if most < math.inf:
+        bounds += f" and <= {most:g}"
+    alternative = f", or None {none}" if none else ""
+    raise ConfigurationError(
+        f"{name} must be a number of seconds {bounds}{alternative}, got {value!r}"
     )
 
 
