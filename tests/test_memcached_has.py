@@ -352,6 +352,29 @@ def test_a_token_lost_then_dropped_through_every_attempt_is_not_sent_again() -> 
         server.close()
 
 
+def test_set_many_under_a_token_dropped_through_every_attempt_is_not_sent_key_by_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The failed batch was sent again key by key, and each key met the same vanishing token:
+    up to 2 * CREATE_ATTEMPTS more round trips per key, in the middle of a clear storm."""
+    mapping = {"a": 1, "b": "two", "c": [3]}
+    stored = b"STORED\r\n" * len(mapping)
+    server = ScriptedServer([*DROPPED, token_reply(b"aaa"), stored + token_reply(b"aaa")])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix="p:", timeout=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert cache.set_many(mapping) == []
+        assert "namespace token" in caplog.text
+        assert cache.stats()["errors"] == 1
+        assert cache._servers[0].down_until == 0.0
+        assert cache.set_many(mapping) == list(mapping)  # the next call: one batch
+        assert server.script == [] and server.connections == 1
+        assert cache.stats()["errors"] == 1
+    finally:
+        cache.close()
+        server.close()
+
+
 def test_an_empty_token_stored_by_another_client_is_known_after_one_read(
     server: MemcachedServer, cache: MemcachedCache
 ) -> None:

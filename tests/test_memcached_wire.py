@@ -618,3 +618,22 @@ def test_a_batch_of_writes_raises_on_a_damaged_reply(reply: bytes) -> None:
     with pytest.raises((MemcacheServerError, MemcacheUnknownError)):
         wire.write(client, requests, wire.STORED)
     assert client.sock is None  # the connection is dropped
+
+
+@pytest.mark.parametrize("key_prefix", ["", "p:"])
+def test_a_batch_answered_with_an_error_is_written_again_key_by_key(key_prefix: str) -> None:
+    # the server took the first set and answered the second with an error, which leaves the
+    # rest of the reply unknown: the connection is dropped and each key is sent alone
+    known = token_reply(b"aaa") if key_prefix else b""
+    first = [known] if key_prefix else []
+    alone = [b"STORED\r\n" + known] * 3
+    server = ScriptedServer([*first, b"STORED\r\nCLIENT_ERROR bad data chunk\r\n", *alone])
+    cache = MemcachedCache([f"127.0.0.1:{server.port}"], key_prefix=key_prefix, timeout=2)
+    try:
+        assert cache.set_many({"a": 1, "b": 2, "c": 3}) == ["a", "b", "c"]
+        assert cache.stats()["errors"] == 1  # the batch's error, logged once
+        assert cache._servers[0].down_until == 0.0
+        assert server.script == [] and server.connections == 2
+    finally:
+        cache.close()
+        server.close()

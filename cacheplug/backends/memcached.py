@@ -527,14 +527,17 @@ class MemcachedCache(BaseCache):
         exptime: int,
     ) -> list[str]:
         """The keys of ``items`` stored on ``server`` in the namespace ``space``: in one batch,
-        or key by key when the server refused the batch (a value too large, out of memory)."""
+        or key by key when the server answered the batch with an error."""
+        dropped: list[namespace.TokenDroppedError] = []
         if space is not None:
-            store = namespace.store_many
-            done = self._run(server, "set_many", store, server, space, items, exptime)
+            store = _store_many_in
+            done = self._run(server, "set_many", store, server, space, items, exptime, dropped)
         else:
             values = {memcached_key(key): item for key, item in items.items()}
             done = self._run(server, "set_many", wire.store_many, values, exptime)
-        if done is FAILED and len(items) > 1 and not server.down_until:
+        # key by key, unless the server is down or the namespace token kept vanishing: every
+        # key would meet it again, 2 * CREATE_ATTEMPTS round trips each
+        if done is FAILED and len(items) > 1 and not server.down_until and not dropped:
             done = [
                 self._call_one("set_many", space, key, namespace.store, wire.store, item, exptime)
                 is True
@@ -624,6 +627,22 @@ _SENT_ONCE = frozenset(
         namespace.delete_many,
     }
 )
+
+
+def _store_many_in(  # noqa: PLR0917 (called through MemcachedCache._run, by position)
+    client: Any,
+    server: Server,
+    space: tuple[str, str],
+    items: Mapping[str, tuple[int, bytes]],
+    exptime: int,
+    dropped: list[namespace.TokenDroppedError],
+) -> list[bool | None]:
+    """``namespace.store_many``, its ``TokenDroppedError`` also kept in ``dropped``."""
+    try:
+        return namespace.store_many(client, server, space, items, exptime)
+    except namespace.TokenDroppedError as err:
+        dropped.append(err)
+        raise
 
 
 def _discard_idle(servers: Iterable[Server]) -> None:
