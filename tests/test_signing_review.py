@@ -27,12 +27,14 @@ from pymemcache.client.base import Client
 from servers import MemcachedServer, RedisCluster, RedisServer
 
 from cacheplug import (
+    ConfigurationError,
     FileSystemCache,
     JSONSerializer,
     MemcachedCache,
     MsgpackSerializer,
     PickleSerializer,
     RedisCache,
+    SimpleCache,
 )
 from cacheplug.backends._memcached_counters import FLAG_COUNTER_V1, FLAG_GUARDED, NUMERIC_START
 from cacheplug.backends._memcached_keys import memcached_key
@@ -379,3 +381,32 @@ def test_caches_sharing_a_secret_prefix_and_key_accept_each_others_entries_acros
     finally:
         raw_roles.delete(key, key + "-file", "roles:" + key)
         raw_sessions.delete(key)
+
+
+# -- the secret itself ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a CACHEPLUG_SECRET that is not UTF-8 (os.environ holds it with lone surrogates) "
+    "makes every cache raise UnicodeEncodeError, whose message shows a character of the secret",
+)
+def test_a_secret_from_the_environment_that_is_not_utf8_signs_with_its_bytes(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = b"k3y\xff\xfe-of-latin-1"
+    monkeypatch.setenv("CACHEPLUG_SECRET", secret.decode("utf-8", "surrogateescape"))
+    from_env = FileSystemCache(tmp_path / "env")
+    assert from_env.set("role:1", ADMIN)
+    assert FileSystemCache(tmp_path / "env", secret=secret).get("role:1") == ADMIN
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a secret str with a lone surrogate raises UnicodeEncodeError naming that character, "
+    "not ConfigurationError",
+)
+def test_a_secret_utf8_cannot_encode_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        SimpleCache(secret="k3y-\udcff-hidden")
+    assert "\\udcff" not in str(refused.value) and "\udcff" not in str(refused.value)
