@@ -72,7 +72,7 @@ _TALLY = struct.Struct("<qqq")
 _TALLY_CHECK = 0x3C5A_17C0_DE5A_17C0
 
 # (absolute expiry, payload, mtime) of an entry file
-_Entry = tuple[float, bytes, float]
+_Entry = tuple[float, memoryview, float]
 
 
 class _Namespace(NamedTuple):
@@ -411,10 +411,12 @@ class FileSystemCache(BaseCache):
             if header_only:
                 data = os.read(fd, _HEADER.size)
             else:
-                chunks = [os.read(fd, size + 1)]
-                while chunks[-1]:
-                    chunks.append(os.read(fd, 1 << 20))
-                data = b"".join(chunks)
+                data = os.read(fd, size + 1)
+                if len(data) > size:  # grown since fstat (not by cacheplug): read to the end
+                    chunks = [data]
+                    while chunks[-1]:
+                        chunks.append(os.read(fd, 1 << 20))
+                    data = b"".join(chunks)
         except OSError as err:
             self._unreadable(path, err.strerror or str(err))
             return None
@@ -423,7 +425,8 @@ class FileSystemCache(BaseCache):
         if len(data) < _HEADER.size or data[:4] != _MAGIC:
             self._unreadable(path, "not a cacheplug entry (truncated or foreign)")
             return None
-        return _HEADER.unpack_from(data)[1], data[_HEADER.size :], info.st_mtime
+        # a view, not a slice: a large value is then held once, not twice, until decoded
+        return _HEADER.unpack_from(data)[1], memoryview(data)[_HEADER.size :], info.st_mtime
 
     def _unreadable(self, path: str, reason: str) -> None:
         self._errors += 1

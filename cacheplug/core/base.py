@@ -113,7 +113,7 @@ class CacheSigner:
         keyed = self._keyed = (serializer, signer._inner, signer._outer)
         return keyed
 
-    def sign(self, data: bytes, serializer: object, entry: bytes = b"") -> bytes:
+    def sign(self, data: bytes | memoryview, serializer: object, entry: bytes = b"") -> bytes:
         """The 32-byte HMAC-SHA256 of ``serializer``'s context, ``entry`` and ``data``.
 
         ``entry`` names the entry the payload belongs to (:func:`entry_binding`), so that a
@@ -544,7 +544,7 @@ class BaseCache(ABC):
                 "store it, so the value stays as it was"
             ) from err
 
-    def _decode(self, payload: bytes, key: str) -> Any:
+    def _decode(self, payload: bytes | memoryview, key: str) -> Any:
         """Verify (with a secret) and deserialize the stored payload of ``key``.
 
         :raises SerializationError: bad signature or unreadable payload.
@@ -556,6 +556,8 @@ class BaseCache(ABC):
             if not hmac.compare_digest(signature, expected):
                 raise SerializationError("stored payload has no valid signature for this secret")
             payload = data
+        if isinstance(payload, memoryview):  # a serializer's loads is promised bytes
+            payload = payload.tobytes()
         try:
             return serializer.loads(payload)
         except SerializationError:
@@ -565,8 +567,11 @@ class BaseCache(ABC):
                 f"{serializer_name(serializer)} cannot decode the stored payload: {err}"
             ) from err
 
-    def _decode_or_miss(self, key: str, payload: bytes) -> Any:
-        """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``."""
+    def _decode_or_miss(self, key: str, payload: bytes | memoryview) -> Any:
+        """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``.
+
+        ``payload`` may be a view of a larger buffer: pickle, the default, reads it in place.
+        """
         serializer = self.serializer
         if type(serializer) is PickleSerializer:
             # the default, without the frames of _decode and the serializer
