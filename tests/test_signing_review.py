@@ -351,6 +351,24 @@ class _Touch:
         return (pathlib.Path.touch, (self.path,))
 
 
+def test_a_cleared_memcached_namespace_comes_back_whole_with_its_old_token(
+    memcached_server: MemcachedServer, raw_memcached: Client
+) -> None:
+    """clear() with a key_prefix replaces the token and leaves the entries to expire: whoever
+    writes the old token back brings every one back, and they verify (the doc text proposed
+    in the report says so)."""
+    prefix = unique("cleared")
+    cache = memcached(memcached_server, key_prefix=prefix)
+    assert cache.set("role:1", ADMIN)
+    old_token = raw_memcached.get(token_key(prefix))
+    assert cache.clear()
+    assert cache.get("role:1") is None
+    assert cache.set("role:1", "reader")
+    assert raw_memcached.set(token_key(prefix), old_token)
+    assert cache.get("role:1") == ADMIN
+    cache.close()
+
+
 # -- what the MAC does not cover: the store ------------------------------------------------------
 
 
