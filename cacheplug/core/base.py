@@ -286,9 +286,19 @@ class BaseCache(ABC):
         if serializer is not None:
             self.serializer = resolve_serializer(serializer)
         if secret is None:
-            secret = os.environ.get(SECRET_ENV) or None
+            from_env = os.environ.get(SECRET_ENV)
+            # the variable's very bytes, even those that are not UTF-8 (kept as surrogates)
+            secret = os.fsencode(from_env) if from_env else None
         if isinstance(secret, str):
-            secret = secret.encode()
+            try:
+                encoded: bytes | None = secret.encode()
+            except UnicodeEncodeError:
+                encoded = None
+            if encoded is None:  # raised here, not chained: the encoding error shows the secret
+                raise ConfigurationError(
+                    "secret must be text UTF-8 can encode (no lone surrogates) or bytes"
+                )
+            secret = encoded
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ConfigurationError("secret must be a non-empty str or bytes")
         self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
