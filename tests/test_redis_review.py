@@ -258,7 +258,7 @@ def limited_cache(
 def _sized(cache: RedisCache, size: int) -> bytes:
     """A value whose payload, as ``cache`` sends it, is ``size`` bytes long."""
     value = b"v" * size
-    return b"v" * (2 * size - len(cache._dump(value, "big")))
+    return b"v" * (2 * size - len(cache._dump(value, "big", cache.key_prefix)))
 
 
 @pytest.mark.parametrize(
@@ -269,7 +269,7 @@ def test_writes_around_the_lone_and_bulk_limits_answer_exactly_what_was_stored(
 ) -> None:
     cache = limited_cache
     value = _sized(cache, size)
-    assert len(cache._dump(value, "big")) == size
+    assert len(cache._dump(value, "big", cache.key_prefix)) == size
     fits = size <= BULK_LIMIT
     small = {f"s{i}": i for i in range(50)}
     assert sorted(cache.set_many({"big": value, **small, "big2": value})) == sorted(

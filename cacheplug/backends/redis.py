@@ -186,7 +186,7 @@ class RedisCache(BaseCache):
 
     @property
     def key_prefix(self) -> str:
-        """Prepended to every key; a callable given as ``key_prefix`` is asked on each use."""
+        """Prepended to every key; a callable given as ``key_prefix`` is asked once per call."""
         prefix = self._key_prefix
         return prefix if isinstance(prefix, str) else prefix()
 
@@ -216,32 +216,33 @@ class RedisCache(BaseCache):
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def _dump(self, value: Any, key: str) -> Any:
-        """The payload of ``key``'s ``value`` as stored."""
+    def _dump(self, value: Any, key: str, prefix: str) -> Any:
+        """The payload of ``key``'s ``value`` as stored under ``prefix``."""
         # Plain decimals keep counters usable by INCRBY (bools are not counters). Other ints
         # are the serializer's to keep or refuse, as on every other backend.
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return b"%d" % value
-        return self._encode(value, key)
+        return self._encode(value, key, prefix)
 
-    def _decoded(self, payload: bytes, key: str) -> Any:
-        """The value in ``key``'s ``payload`` (it may raise): a plain decimal is a counter."""
+    def _decoded(self, payload: bytes, key: str, prefix: str) -> Any:
+        """The value in the ``payload`` of ``key`` under ``prefix`` (it may raise): a plain
+        decimal is a counter."""
         if 44 < payload[0] < 58 and is_decimal(payload):
             return int(payload)
         if self._signer is not None:
-            return self._decode(payload, key)
+            return self._decode(payload, key, prefix)
         serializer = self.serializer
         if type(serializer) is PickleSerializer:
             return pickle.loads(payload)
         return serializer.loads(payload)
 
-    def _load(self, key: str, payload: bytes) -> Any:
+    def _load(self, key: str, payload: bytes, prefix: str) -> Any:
         """The value in ``payload``, counted as a hit; unreadable: ``None``, a miss and an error."""
         try:
-            value = self._decoded(payload, key)
+            value = self._decoded(payload, key, prefix)
         except Exception:
             errors = self._errors
-            value = self._decode_or_miss(key, payload)  # logs and counts the unreadable entry
+            value = self._decode_or_miss(key, payload, prefix)  # logs and counts it
             if self._errors != errors:
                 self._misses += 1
                 return None
@@ -273,7 +274,8 @@ class RedisCache(BaseCache):
     def get(self, key: str) -> Any:
         if type(key) is not str:
             check_key(key)
-        name = self.key_prefix + key
+        prefix = self.key_prefix  # once: a callable's next answer may differ
+        name = prefix + key
         try:
             if self._direct and name.isascii():
                 payload = wire.send(self._client, wire.packed_one("GET", name))
@@ -286,9 +288,9 @@ class RedisCache(BaseCache):
             self._misses += 1
             return None
         try:
-            value = self._decoded(payload, key)
+            value = self._decoded(payload, key, prefix)
         except Exception:
-            return self._load(key, payload)
+            return self._load(key, payload, prefix)
         self._hits += 1
         return value
 
@@ -296,8 +298,9 @@ class RedisCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         ms = self._ttl_ms(timeout)
-        data = self._dump(value, key)
-        name = self.key_prefix + key
+        prefix = self.key_prefix
+        data = self._dump(value, key, prefix)
+        name = prefix + key
         try:
             if self._direct and name.isascii() and type(data) is bytes:
                 wire.send(self._client, wire.packed_set(name, data, ms))
@@ -317,8 +320,9 @@ class RedisCache(BaseCache):
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
         ms = self._ttl_ms(timeout)
-        data = self._dump(value, key)
-        name = self._name(key)
+        prefix = self.key_prefix
+        data = self._dump(value, key, prefix)
+        name = self._wire(prefix + key)
         try:
             if ms < 0:
                 return not self._client.exists(name)
@@ -414,11 +418,12 @@ class RedisCache(BaseCache):
         decoded = self._decoded
         try:
             values = [
-                None if p is None else decoded(p, k) for k, p in zip(keys, payloads, strict=True)
+                None if p is None else decoded(p, k, prefix)
+                for k, p in zip(keys, payloads, strict=True)
             ]
         except Exception:  # an unreadable entry: decode one by one, counting and logging each
             pairs = zip(keys, payloads, strict=True)
-            values = [None if p is None else self._load(k, p) for k, p in pairs]
+            values = [None if p is None else self._load(k, p, prefix) for k, p in pairs]
             self._misses += payloads.count(None) - unread
             return values
         found = len(keys) - payloads.count(None)
@@ -434,7 +439,8 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        payloads = [self._dump(value, key) for key, value in mapping.items()]  # raises as set does
+        # raises as set does
+        payloads = [self._dump(value, key, prefix) for key, value in mapping.items()]
         if ms < 0:
             results = self._pipelined("DEL", [self._wire(prefix + key) for key in keys], "set_many")
             if results is None:
@@ -531,13 +537,16 @@ class RedisCache(BaseCache):
         check_delta(delta)
         if not INT64_MIN <= delta <= INT64_MAX:
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
-        args = (1, self._name(key), delta, self._ttl_ms(None))
+        prefix = self.key_prefix
+        args = (1, self._wire(prefix + key), delta, self._ttl_ms(None))
         try:
             return int(self._once.evalsha(INC_SHA, *args))
         except self._failures as err:
-            return self._inc_failed(key, args, err)
+            return self._inc_failed(key, prefix, args, err)
 
-    def _inc_failed(self, key: str, args: tuple[Any, ...], err: Exception) -> int | None:
+    def _inc_failed(
+        self, key: str, prefix: str, args: tuple[Any, ...], err: Exception
+    ) -> int | None:
         if isinstance(err, self._no_script_error):
             try:  # first use on this server: EVAL also caches the script there
                 return int(self._once.eval(INC_SCRIPT, *args))
@@ -545,28 +554,33 @@ class RedisCache(BaseCache):
                 err = retry_err
         if isinstance(err, self._response_error):
             refused = refusal(
-                key, args[2], str(err), lambda: self._type(key), lambda: self._holds_big_int(key)
+                key,
+                args[2],
+                str(err),
+                lambda: self._type(args[1]),
+                lambda: self._holds_big_int(args[1], key, prefix),
             )
             if refused is not None:
                 raise refused
         self._backend_error("inc", err)
         return None
 
-    def _holds_big_int(self, key: str) -> bool:
-        """Whether ``key`` holds an int beyond 64 bits (which INCRBY cannot count)."""
+    def _holds_big_int(self, name: str | bytes, key: str, prefix: str) -> bool:
+        """Whether ``name`` (``key`` under ``prefix``) holds an int beyond 64 bits, which
+        INCRBY cannot count."""
         try:
-            payload = self._client.get(self._name(key))
+            payload = self._client.get(name)
             if payload is None:
                 return False
-            value = self._decoded(payload, key)
+            value = self._decoded(payload, key, prefix)
             return type(value) is int and not INT64_MIN <= value <= INT64_MAX
         except Exception:
             return False
 
-    def _type(self, key: str) -> str:
-        """The Redis type of ``key`` (``list``, ``hash``...), for error messages."""
+    def _type(self, name: str | bytes) -> str:
+        """The Redis type of ``name`` (``list``, ``hash``...), for error messages."""
         try:
-            return bytes(self._client.type(self._name(key))).decode()
+            return bytes(self._client.type(name)).decode()
         except self._failures:
             return "value of another type"
 

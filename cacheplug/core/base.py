@@ -524,11 +524,17 @@ class BaseCache(ABC):
             "a serializer must return bytes (encode text, e.g. json.dumps(value).encode())"
         )
 
-    def _entry(self, key: str) -> bytes:
-        """What the MAC of ``key``'s payload covers besides it (see :func:`entry_binding`)."""
-        return entry_binding(self.key_prefix, key) if self._signs_entries else b""
+    def _entry(self, key: str, prefix: str | None = None) -> bytes:
+        """What the MAC of ``key``'s payload covers besides it (see :func:`entry_binding`).
 
-    def _encode(self, value: Any, key: str) -> bytes:
+        ``prefix``: the ``key_prefix`` the call named the entry with, when it read it already
+        (a callable prefix may answer otherwise when asked again); by default the current one.
+        """
+        if not self._signs_entries:
+            return b""
+        return entry_binding(self.key_prefix if prefix is None else prefix, key)
+
+    def _encode(self, value: Any, key: str, prefix: str | None = None) -> bytes:
         """Serialize (and sign, with a secret) the value of ``key`` for storage.
 
         :raises SerializationError: the serializer cannot encode it.
@@ -537,7 +543,7 @@ class BaseCache(ABC):
         data = self._serialize(value, serializer)
         if self._signer is None:
             return data
-        return self._signer.sign(data, serializer, self._entry(key)) + data
+        return self._signer.sign(data, serializer, self._entry(key, prefix)) + data
 
     def _encode_count(self, key: str, value: int) -> bytes:
         """:meth:`_encode` of the new value of a counter.
@@ -554,7 +560,7 @@ class BaseCache(ABC):
                 "store it, so the value stays as it was"
             ) from err
 
-    def _decode(self, payload: bytes | memoryview, key: str) -> Any:
+    def _decode(self, payload: bytes | memoryview, key: str, prefix: str | None = None) -> Any:
         """Verify (with a secret) and deserialize the stored payload of ``key``.
 
         :raises SerializationError: bad signature or unreadable payload.
@@ -562,7 +568,7 @@ class BaseCache(ABC):
         serializer = self.serializer  # read once: the one verified is the one that loads
         if self._signer is not None:
             signature, data = payload[:SIGNATURE_SIZE], payload[SIGNATURE_SIZE:]
-            expected = self._signer.sign(data, serializer, self._entry(key))
+            expected = self._signer.sign(data, serializer, self._entry(key, prefix))
             if not hmac.compare_digest(signature, expected):
                 raise SerializationError("stored payload has no valid signature for this secret")
             payload = data
@@ -577,7 +583,9 @@ class BaseCache(ABC):
                 f"{serializer_name(serializer)} cannot decode the stored payload: {err}"
             ) from err
 
-    def _decode_or_miss(self, key: str, payload: bytes | memoryview) -> Any:
+    def _decode_or_miss(
+        self, key: str, payload: bytes | memoryview, prefix: str | None = None
+    ) -> Any:
         """:meth:`_decode`, with an unreadable payload logged, counted and read as ``None``.
 
         ``payload`` may be a view of a larger buffer: pickle, the default, reads it in place.
@@ -588,7 +596,7 @@ class BaseCache(ABC):
             signer = self._signer
             data = payload if signer is None else payload[SIGNATURE_SIZE:]
             if signer is None or hmac.compare_digest(
-                payload[:SIGNATURE_SIZE], signer.sign(data, serializer, self._entry(key))
+                payload[:SIGNATURE_SIZE], signer.sign(data, serializer, self._entry(key, prefix))
             ):
                 try:
                     return pickle.loads(data)
@@ -596,7 +604,7 @@ class BaseCache(ABC):
                     pass
             # _decode says what is wrong
         try:
-            return self._decode(payload, key)
+            return self._decode(payload, key, prefix)
         except SerializationError as err:
             self._errors += 1
             self._log("decode", "unreadable entry %r read as a miss: %s", key, err)
