@@ -85,7 +85,9 @@ def signing_context(serializer: object) -> bytes:
         name = f"{kind.__module__}.{kind.__qualname__}"
     elif name == "pickle":
         return b""
-    return b"cacheplug-serializer:" + name.encode("utf-8", "surrogatepass") + b"\0"
+    # its length first: a name may hold any character, a NUL included
+    encoded = name.encode("utf-8", "surrogatepass")
+    return b"cacheplug-serializer:%d:" % len(encoded) + encoded
 
 
 def entry_binding(key_prefix: str, key: str) -> bytes:
