@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import host_port
+from cacheplug.core.url import check_host, host_port
 
 __all__ = ["DEFAULT_PORT", "TIMEOUTS", "Ring", "Server", "idle_and_open", "make_servers"]
 
@@ -135,22 +135,23 @@ def _parse_server(spec: object) -> tuple[str, int] | str:
     if isinstance(spec, tuple) and len(spec) == 2:
         host, port = spec
         if isinstance(host, str) and host and type(port) is int and 0 < port < 65536:
-            return host, port
+            return check_host(host), port
     elif isinstance(spec, str) and spec.strip():
         text = spec.strip()
-        if text.startswith("unix:"):
-            return text[5:]
-        if text.startswith("/"):
-            return text
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
+        if text.startswith(("unix:", "/")):
+            path = text.removeprefix("unix:")
+            if path:
+                return path
         else:
-            host, _, port_text = text.partition(":")
-        if not port_text:
-            return host, DEFAULT_PORT
-        if port_text.isdigit() and 0 < int(port_text) < 65536 and host:
-            return host, int(port_text)
+            if text.startswith("["):
+                host, _, rest = text[1:].partition("]")
+                port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
+            else:
+                host, _, port_text = text.partition(":")
+            if host and not port_text:
+                return check_host(host), DEFAULT_PORT
+            if host and port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
+                return check_host(host), int(port_text)
     raise ConfigurationError(
         f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
         f"'[ipv6]:port', (host, port) or a unix socket path"

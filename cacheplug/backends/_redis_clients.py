@@ -5,6 +5,7 @@ that just failed. A cluster's clients are in ``_redis_cluster``.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import queue
 import sys
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_seconds
 from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.url import check_host
 
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
@@ -47,6 +49,8 @@ DEFAULT_RETRIES = 1
 DEFAULT_DEAD_TIMEOUT = 1.0
 _NO_LIMIT = "to wait without limit"  # what None means for a socket timeout
 _CERT_REQS = ("none", "optional", "required")
+MAX_RETRIES = 10  # each retry of a refused connection or failed lookup adds its whole cost
+MAX_DB = 2**31  # SELECT's index is a C int on the server
 
 URL_OPTIONS: Mapping[str, type] = {
     "db": int,
@@ -143,7 +147,13 @@ def options_from_url(
 
 
 def refuse_decoding(host: Any, kwargs: Mapping[str, Any]) -> None:
-    """Raise unless replies stay bytes, on a client built here or one given as ``host``."""
+    """Raise unless ``host`` is a name or a client, and replies stay bytes, on a client built
+    here or one given as ``host``."""
+    if not isinstance(host, str) and not callable(getattr(host, "execute_command", None)):
+        raise TypeError(
+            f"RedisCache host must be a host name (str) or a redis-py client, "
+            f"got {type(host).__name__}"
+        )
     given: Mapping[str, Any] = (
         {} if isinstance(host, str) else getattr(host, "get_connection_kwargs", dict)()
     )
@@ -197,16 +207,83 @@ def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], clust
         )
 
 
+def checked_port(port: object) -> int:
+    """``port`` as an int from 1 to 65535; text of digits counts (a port read from the
+    environment), as redis-py connects to it."""
+    if isinstance(port, str) and port.isascii() and port.isdigit():
+        port = int(port)
+    if type(port) is not int or not 0 < port < 65536:
+        raise ConfigurationError(f"port must be a number from 1 to 65535, got {port!r}")
+    return port
+
+
+def checked_server(
+    host: str, port: object, db: object, kwargs: Mapping[str, Any]
+) -> tuple[str, int, int, str | None]:
+    """``host``, ``port``, ``db`` and the unix socket path in ``kwargs`` of one server, once
+    redis-py can connect with them (it would fail, or raise from, every call).
+
+    :raises ConfigurationError: one of them is invalid.
+    """
+    path = kwargs.get("unix_socket_path")
+    if path is not None and not isinstance(path, str):
+        raise TypeError(f"unix_socket_path must be a str, got {type(path).__name__}")
+    return check_host(host), checked_port(port), checked_db(db), path
+
+
+def checked_db(db: object) -> int:
+    """``db`` once it is a database number Redis' SELECT can take."""
+    if type(db) is not int or not 0 <= db < MAX_DB:
+        raise ConfigurationError(f"db must be a database number, an int >= 0, got {db!r}")
+    return db
+
+
 def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -> float:
-    """``dead_timeout`` as a float, once it, ``retries`` and the socket timeouts in the
-    client's ``kwargs`` are known to be valid (redis-py would only fail the first call)."""
-    if type(retries) is not int or retries < 0:
-        raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+    """``dead_timeout`` as a float, once it, ``retries`` and the client's ``kwargs`` that
+    redis-py takes unchecked are known to be valid (redis-py would only fail the first call,
+    or every connection)."""
+    if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
+        raise ConfigurationError(
+            f"retries must be an int >= 0 and <= {MAX_RETRIES}, got {retries!r}"
+        )
     for name in ("socket_connect_timeout", "socket_timeout"):
         if kwargs.get(name) is not None:
             kwargs[name] = check_seconds(
                 name, kwargs[name], above=True, most=LONGEST_SOCKET_TIMEOUT, none=_NO_LIMIT
             )
+    if kwargs.get("health_check_interval") is not None:
+        kwargs["health_check_interval"] = check_seconds(
+            "health_check_interval", kwargs["health_check_interval"], none="for no checks"
+        )
+    client = kwargs.get("client_name")
+    if client is not None and (
+        not isinstance(client, str) or not all("!" <= c <= "~" for c in client)
+    ):
+        raise ConfigurationError(
+            f"client_name must be printable ASCII without spaces, as CLIENT SETNAME takes it, "
+            f"got {client!r}"
+        )
+    if kwargs.get("protocol") not in (None, 2, 3, "2", "3"):
+        raise ConfigurationError(
+            f"protocol must be 2 or 3 (RESP2, RESP3), got {kwargs['protocol']!r}"
+        )
+    reqs = kwargs.get("ssl_cert_reqs")
+    if isinstance(reqs, str) and reqs not in _CERT_REQS:
+        raise ConfigurationError(
+            f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)} or an ssl.VerifyMode, "
+            f"got {reqs!r}"
+        )
+    pool = kwargs.get("max_connections")
+    if pool is not None and (type(pool) is not int or pool < 0):
+        raise ConfigurationError(
+            f"max_connections must be an int >= 1 (or 0, redis-py's no limit), got {pool!r}"
+        )
+    for option, lookup in (("encoding", codecs.lookup), ("encoding_errors", codecs.lookup_error)):
+        if option in kwargs:
+            try:
+                lookup(kwargs[option])
+            except (LookupError, TypeError):
+                raise ConfigurationError(f"unknown {option} {kwargs[option]!r}") from None
     return check_seconds("dead_timeout", dead_timeout)
 
 

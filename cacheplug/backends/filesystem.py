@@ -160,7 +160,9 @@ class FileSystemCache(BaseCache):
         self.mode = _checked_mode(mode)
         self.hash_method = hash_method
         self._hash = _resolved_hash(hash_method)
-        self.fsync = bool(fsync)
+        if type(fsync) is not bool:
+            raise TypeError(f"fsync must be a bool, got {type(fsync).__name__} {fsync!r}")
+        self.fsync = fsync
         self.lock_timeout = lock_timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
@@ -988,7 +990,7 @@ def _resolved_hash(method: HashMethod | str) -> HashMethod:
         if name not in hashlib.algorithms_available:
             raise ConfigurationError(
                 f"unknown hash_method {method!r}; use a hashlib name such as "
-                f"{', '.join(sorted(hashlib.algorithms_guaranteed))}"
+                f"{', '.join(sorted(n for n in hashlib.algorithms_guaranteed if 'shake' not in n))}"
             )
         method = partial(hashlib.new, name)
     try:
@@ -1008,7 +1010,17 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
 
     :returns: the path, and the permission bits a file created there with ``mode`` gets.
     """
-    path = os.path.abspath(os.fspath(cache_dir))
+    if not isinstance(cache_dir, (str, bytes, os.PathLike)):
+        raise TypeError(f"cache_dir must be a str or a path, got {type(cache_dir).__name__}")
+    if not os.fspath(cache_dir):
+        raise ConfigurationError("cache_dir is empty; give a directory path")
+    path = os.path.abspath(os.fsdecode(cache_dir))
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"cache_dir {path!r} cannot be a file name (a lone surrogate); give a directory path"
+        ) from None
     if "\0" in path:
         raise ConfigurationError(f"cache_dir {path!r} contains a NUL byte; give a directory path")
     if os.path.exists(path) and not os.path.isdir(path):

@@ -30,6 +30,7 @@ from cacheplug.backends._redis_clients import (
     DeadServer,
     ServerDown,
     checked_options,
+    checked_server,
     closes_connection,
     options_from_url,
     pool_exhausted,
@@ -159,7 +160,7 @@ class RedisCache(BaseCache):
             self._pending = cluster.PendingCluster(self, nodes, password, kwargs)
             self._client: Any = self._pending
         elif isinstance(host, str):
-            socket_path = kwargs.get("unix_socket_path")
+            host, port, db, socket_path = checked_server(host, port, db, kwargs)
             self._where = f"unix:{socket_path}" if socket_path else host_port(host, port)
             self._where += f"/{db}"
             kwargs.update(host=host, port=port, password=password, db=db)
@@ -188,7 +189,12 @@ class RedisCache(BaseCache):
     def key_prefix(self) -> str:
         """Prepended to every key; a callable given as ``key_prefix`` is asked once per call."""
         prefix = self._key_prefix
-        return prefix if isinstance(prefix, str) else prefix()
+        if isinstance(prefix, str):
+            return prefix
+        asked = prefix()
+        if not isinstance(asked, str):
+            raise TypeError(f"key_prefix callable must return str, got {type(asked).__name__}")
+        return asked
 
     @key_prefix.setter
     def key_prefix(self, prefix: str | Callable[[], str] | None) -> None:

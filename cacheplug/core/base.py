@@ -276,7 +276,13 @@ class BaseCache(ABC):
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
     ) -> None:
-        self.default_timeout = normalize_timeout(default_timeout, 300)
+        try:
+            self.default_timeout = normalize_timeout(default_timeout, 300)
+        except TypeError:
+            raise TypeError(
+                f"default_timeout must be 0 (never expires), a finite number of seconds or a "
+                f"timedelta, got {type(default_timeout).__name__} {default_timeout!r}"
+            ) from None
         if self.default_timeout < 0:
             raise ConfigurationError(
                 f"default_timeout must be 0 (never expires) or a positive number of seconds, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from cacheplug.core.errors import ConfigurationError
@@ -74,6 +75,11 @@ def resolve_serializer(spec: str | SerializerLike) -> SerializerLike:
         from cacheplug.core.plugins import get_serializer
 
         return get_serializer(spec)
+    if isinstance(spec, type) and inspect.isfunction(inspect.getattr_static(spec, "dumps", None)):
+        raise ConfigurationError(
+            f"serializer must be a serializer object, got the class {spec.__name__}; "
+            f"pass an instance: serializer={spec.__name__}()"
+        )
     if callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None)):
         return spec
     raise ConfigurationError(

@@ -245,6 +245,22 @@ def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+def check_host(host: str) -> str:
+    """``host`` once the socket module can look it up: it encodes every name with IDNA.
+
+    :raises ConfigurationError: an empty label (``a..b``), one over 63 characters, or a
+        character IDNA refuses (a lone surrogate).
+    """
+    try:
+        host.encode("idna")
+    except UnicodeError as err:
+        raise ConfigurationError(
+            f"invalid host {host!r}: {err}; expected a host name (labels of 1 to 63 "
+            f"characters between dots) or an IP address"
+        ) from None
+    return host
+
+
 def host_port(host: str, port: int | None) -> str:
     """``host:port`` as a URL writes it: an IPv6 address in brackets, no port when None."""
     shown = f"[{host}]" if ":" in host else host
