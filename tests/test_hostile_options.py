@@ -748,3 +748,50 @@ def test_a_serializer_class_instead_of_an_instance_is_refused(
 ) -> None:
     with pytest.raises((ConfigurationError, TypeError), match="JSONSerializer"):
         maker(request, backend)(serializer=JSONSerializer)
+
+
+@pytest.mark.parametrize("text", ["no", "false", 0, 1], ids=repr)
+@pytest.mark.parametrize(
+    ("backend", "option"),
+    [
+        ("redis", "ssl"),
+        ("redis", "socket_keepalive"),
+        ("redis", "ssl_check_hostname"),
+        ("memcached", "no_delay"),
+        ("file", "fsync"),
+    ],
+)
+def test_text_for_a_bool_option_is_refused_by_keyword(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, backend: str, option: str, text: Any
+) -> None:
+    # "no" read as true: ssl="no" turned TLS on (every call an outage), fsync="no" fsync on
+    if backend == "file":
+        make: Callable[..., BaseCache] = lambda **kw: FileSystemCache(tmp_path, **kw)  # noqa: E731
+    else:
+        make = request.getfixturevalue(f"{backend}_cache")
+    with pytest.raises(TypeError, match=rf"^{option} must be a bool \(True or False\)"):
+        make(**{option: text})
+
+
+def test_text_for_a_bool_option_is_read_in_a_url_and_its_overrides(
+    redis_server: RedisServer, tmp_path: pathlib.Path
+) -> None:
+    cache = from_url(f"redis://127.0.0.1:{redis_server.port}/0?ssl=no", socket_keepalive="no")
+    try:
+        assert cache.set("k", 1) is True and cache.get("k") == 1
+    finally:
+        cache.delete("k")
+        cache.close()
+    assert from_url(f"file://{tmp_path}?fsync=no").fsync is False  # type: ignore[attr-defined]
+    assert from_url(f"file://{tmp_path}", fsync="yes").fsync is True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "node",
+    [(None, 7000), ("127.0.0.1", 1.9), ("127.0.0.1", 70000), ("a..b", 7000), ("", 7000)],
+    ids=repr,
+)
+def test_cluster_startup_nodes_that_cannot_be_reached_are_refused(node: Any) -> None:
+    # (None, 7000) became the host "None", a port of 1.9 became 1, 70000 was taken
+    with pytest.raises(ConfigurationError):
+        RedisCache(startup_nodes=[node])

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_seconds
+from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.url import check_host
 
@@ -273,6 +273,9 @@ def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -
             f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)} or an ssl.VerifyMode, "
             f"got {reqs!r}"
         )
+    for option, kind in URL_OPTIONS.items():
+        if kind is bool and kwargs.get(option) is not None:
+            check_bool(option, kwargs[option])
     pool = kwargs.get("max_connections")
     if pool is not None and (type(pool) is not int or pool < 0):
         raise ConfigurationError(

@@ -10,12 +10,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends._redis_clients import (
+    checked_port,
     close_when_cut_short,
     closes_connection,
     pool_exhausted,
 )
 from cacheplug.backends._redis_wire import mget_pieces
 from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.url import check_host
 
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
@@ -37,11 +39,13 @@ def cluster_nodes(startup_nodes: Sequence[Any], db: int) -> list[tuple[str, int]
             if isinstance(pair, str | bytes):  # "h1" would unpack into a host and a port
                 raise TypeError
             host, port = pair
-            nodes.append((str(host), int(port)))
-        except (TypeError, ValueError):
+            if not isinstance(host, str):
+                raise TypeError
+            nodes.append((check_host(host), checked_port(port)))
+        except (TypeError, ValueError):  # a ConfigurationError is a ValueError too
             raise ConfigurationError(
-                f"startup_nodes takes (host, port) pairs or redis-py ClusterNode objects, "
-                f"got {node!r}"
+                f"startup_nodes takes (host, port) pairs (a host name and a port from 1 to "
+                f"65535) or redis-py ClusterNode objects, got {node!r}"
             ) from None
     if not nodes:
         raise ConfigurationError("startup_nodes needs at least one (host, port)")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 from cacheplug.core.base import (
     BaseCache,
     Timeout,
+    check_bool,
     check_delta,
     check_key,
     check_seconds,
@@ -160,9 +161,7 @@ class FileSystemCache(BaseCache):
         self.mode = _checked_mode(mode)
         self.hash_method = hash_method
         self._hash = _resolved_hash(hash_method)
-        if type(fsync) is not bool:
-            raise TypeError(f"fsync must be a bool, got {type(fsync).__name__} {fsync!r}")
-        self.fsync = fsync
+        self.fsync = check_bool("fsync", fsync)
         self.lock_timeout = lock_timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock

@@ -53,6 +53,7 @@ from cacheplug.core.base import (
     LONGEST_SOCKET_TIMEOUT,
     BaseCache,
     Timeout,
+    check_bool,
     check_delta,
     check_key,
     check_seconds,
@@ -151,6 +152,7 @@ class MemcachedCache(BaseCache):
         for name, seconds in (("connect_timeout", connect_timeout), ("timeout", timeout)):
             check_seconds(name, seconds, 0.001, most=LONGEST_SOCKET_TIMEOUT)
         self.dead_timeout = check_seconds("dead_timeout", dead_timeout)
+        check_bool("no_delay", no_delay)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._servers = make_servers(
             servers,

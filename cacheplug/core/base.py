@@ -208,6 +208,19 @@ def check_seconds(
     )
 
 
+def check_bool(name: str, value: object) -> bool:
+    """The option ``name``, once it is a bool: text such as ``"no"`` would read as true.
+
+    :raises TypeError: says what was given; ``from_url`` reads text (``?fsync=no``) itself.
+    """
+    if type(value) is not bool:
+        raise TypeError(
+            f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}; "
+            "text such as 'no' is read only in a URL"
+        )
+    return value
+
+
 #: What an engine failure's log line says before the engine's error (``cacheplug check`` reads it).
 CONTRACT_SAYS = "answering as the contract says: "
 

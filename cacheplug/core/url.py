@@ -248,16 +248,19 @@ def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
 def check_host(host: str) -> str:
     """``host`` once the socket module can look it up: it encodes every name with IDNA.
 
-    :raises ConfigurationError: an empty label (``a..b``), one over 63 characters, or a
+    :raises ConfigurationError: an empty host or label (``a..b``), one over 63 characters, or a
         character IDNA refuses (a lone surrogate).
     """
     try:
+        problem = "empty" if not host else None
         host.encode("idna")
     except UnicodeError as err:
+        problem = str(err)
+    if problem is not None:
         raise ConfigurationError(
-            f"invalid host {host!r}: {err}; expected a host name (labels of 1 to 63 "
+            f"invalid host {host!r}: {problem}; expected a host name (labels of 1 to 63 "
             f"characters between dots) or an IP address"
-        ) from None
+        )
     return host
 
 
