@@ -591,7 +591,9 @@ class BaseCache(ABC):
             signature, data = payload[:SIGNATURE_SIZE], payload[SIGNATURE_SIZE:]
             expected = self._signer.sign(data, serializer, self._entry(key, prefix))
             if not hmac.compare_digest(signature, expected):
-                raise SerializationError("stored payload has no valid signature for this secret")
+                raise SerializationError(
+                    "stored payload has no valid signature for this secret, serializer and key"
+                )
             payload = data
         if isinstance(payload, memoryview):  # a serializer's loads is promised bytes
             payload = payload.tobytes()
