@@ -28,6 +28,7 @@ from cacheplug.core.base import (
     check_bool,
     check_delta,
     check_key,
+    check_mapping,
     check_seconds,
     checked_counter,
     normalize_timeout,
@@ -274,6 +275,7 @@ class FileSystemCache(BaseCache):
         return self._write("set", *self._prepare(key, value, 0 if mgmt_element else timeout))
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        check_mapping(mapping)
         normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
         # every value is encoded before any file is written, so a bad one stores nothing
         prepared = [(key, self._prepare(key, value, timeout)) for key, value in mapping.items()]

@@ -56,6 +56,7 @@ from cacheplug.core.base import (
     check_bool,
     check_delta,
     check_key,
+    check_mapping,
     check_seconds,
     normalize_timeout,
 )
@@ -360,9 +361,10 @@ class MemcachedCache(BaseCache):
         groups: dict[Server, list[str]] = {}
         only, ring = self._only, self._ring
         prefix = "" if space is None else space[0]
-        for key in dict.fromkeys(keys):
+        for key in keys:  # before dict.fromkeys, which cannot hash a list
             if type(key) is not str:
                 check_key(key)
+        for key in dict.fromkeys(keys):
             server = only or ring(prefix + key)
             groups.setdefault(server, []).append(key)
         return groups
@@ -507,6 +509,7 @@ class MemcachedCache(BaseCache):
         ]
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        check_mapping(mapping)
         for key in mapping:
             if type(key) is not str:
                 check_key(key)

@@ -46,7 +46,14 @@ from cacheplug.backends._redis_counters import (
     is_decimal,
     refusal,
 )
-from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
+from cacheplug.core.base import (
+    BaseCache,
+    Timeout,
+    check_delta,
+    check_key,
+    check_mapping,
+    normalize_timeout,
+)
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.core.url import host_port
@@ -438,6 +445,7 @@ class RedisCache(BaseCache):
         return values
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        check_mapping(mapping)
         for key in mapping:
             check_key(key)
         ms = self._ttl_ms(timeout)

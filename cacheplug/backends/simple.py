@@ -17,6 +17,7 @@ from cacheplug.core.base import (
     Timeout,
     check_delta,
     check_key,
+    check_mapping,
     checked_counter,
     normalize_timeout,
 )
@@ -324,6 +325,7 @@ class SimpleCache(BaseCache):
             return [self.get(key) for key in keys]
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        check_mapping(mapping)
         items = list(mapping.items())
         for key, _ in items:
             if type(key) is not str:

@@ -246,6 +246,15 @@ def check_key(key: object) -> None:
         raise TypeError(f"cache key must be str, got {type(key).__name__} {key!r}")
 
 
+def check_mapping(mapping: object) -> None:
+    """Raise :class:`TypeError` unless ``mapping`` has ``items()``, as a dict does."""
+    if not callable(getattr(mapping, "items", None)):
+        raise TypeError(
+            "set_many takes a mapping of str keys to values, such as a dict, got "
+            f"{type(mapping).__name__}; make one from (key, value) pairs with dict(pairs)"
+        )
+
+
 class BaseCache(ABC):
     """The contract of a cacheplug cache, with cachelib-compatible semantics.
 
@@ -370,11 +379,14 @@ class BaseCache(ABC):
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         """Store every item; the keys that were stored."""
+        check_mapping(mapping)
         normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
         return [key for key, value in mapping.items() if self.set(key, value, timeout)]
 
     def delete_many(self, *keys: str) -> list[str]:
         """Delete ``keys``; the keys that existed and were deleted."""
+        for key in keys:  # a bad key raises before anything is deleted, as on the engines
+            check_key(key)
         return [key for key in keys if self.delete(key)]
 
     def inc(self, key: str, delta: int = 1) -> int | None:
