@@ -139,12 +139,13 @@ class CacheSigner:
 LONGEST_TIMEOUT = 2**53
 
 
-def normalize_timeout(timeout: object, default: float) -> float:
+def normalize_timeout(timeout: object, default: float, name: str = "timeout") -> float:
     """Seconds until expiry: ``None`` → ``default``, ``0`` → never, negative → already expired.
 
     A :class:`datetime.timedelta` counts as its total seconds, as cachelib 0.17 accepts it.
 
-    :raises TypeError: ``timeout`` is not ``None``, an int, a finite float or a timedelta.
+    :raises TypeError: ``timeout`` is not ``None``, an int, a finite float or a timedelta; the
+        message names the argument as ``name``.
     """
     if timeout is None:
         return default
@@ -163,7 +164,7 @@ def normalize_timeout(timeout: object, default: float) -> float:
     if seconds is not None and math.isfinite(seconds):
         return seconds
     raise TypeError(
-        f"timeout must be None, 0 (never expires), a finite number of seconds or a timedelta, "
+        f"{name} must be None, 0 (never expires), a finite number of seconds or a timedelta, "
         f"got {type(timeout).__name__} {timeout!r}"
     )
 
@@ -298,13 +299,7 @@ class BaseCache(ABC):
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
     ) -> None:
-        try:
-            self.default_timeout = normalize_timeout(default_timeout, 300)
-        except TypeError:
-            raise TypeError(
-                f"default_timeout must be 0 (never expires), a finite number of seconds or a "
-                f"timedelta, got {type(default_timeout).__name__} {default_timeout!r}"
-            ) from None
+        self.default_timeout = normalize_timeout(default_timeout, 300, "default_timeout")
         if self.default_timeout < 0:
             raise ConfigurationError(
                 f"default_timeout must be 0 (never expires) or a positive number of seconds, "
