@@ -361,10 +361,15 @@ class MemcachedCache(BaseCache):
         groups: dict[Server, list[str]] = {}
         only, ring = self._only, self._ring
         prefix = "" if space is None else space[0]
-        for key in keys:  # before dict.fromkeys, which cannot hash a list
+        try:
+            unique = dict.fromkeys(keys)
+        except TypeError:  # an unhashable key (a list given for *keys): say what keys must be
+            for key in keys:
+                check_key(key)
+            raise
+        for key in unique:
             if type(key) is not str:
                 check_key(key)
-        for key in dict.fromkeys(keys):
             server = only or ring(prefix + key)
             groups.setdefault(server, []).append(key)
         return groups
