@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import check_host, host_port
+from cacheplug.core.url import check_host, host_port, port_number
 
 __all__ = ["DEFAULT_PORT", "TIMEOUTS", "Ring", "Server", "idle_and_open", "make_servers"]
 
@@ -134,7 +134,7 @@ def _parse_server(spec: object) -> tuple[str, int] | str:
     """``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)`` or a unix socket path."""
     if isinstance(spec, tuple) and len(spec) == 2:
         host, port = spec
-        if isinstance(host, str) and host and type(port) is int and 0 < port < 65536:
+        if isinstance(host, str) and host and type(port) is int and port_number(port):
             return check_host(host), port
     elif isinstance(spec, str) and spec.strip():
         text = spec.strip()
@@ -150,8 +150,9 @@ def _parse_server(spec: object) -> tuple[str, int] | str:
                 host, _, port_text = text.partition(":")
             if host and not port_text:
                 return check_host(host), DEFAULT_PORT
-            if host and port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
-                return check_host(host), int(port_text)
+            port = port_number(port_text) if host else None
+            if port is not None:
+                return check_host(host), port
     raise ConfigurationError(
         f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
         f"'[ipv6]:port', (host, port) or a unix socket path"

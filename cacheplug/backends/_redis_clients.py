@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import check_host
+from cacheplug.core.url import check_host, port_number
 
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
@@ -210,11 +210,10 @@ def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], clust
 def checked_port(port: object) -> int:
     """``port`` as an int from 1 to 65535; text of digits counts (a port read from the
     environment), as redis-py connects to it."""
-    if isinstance(port, str) and port.isascii() and port.isdigit():
-        port = int(port)
-    if type(port) is not int or not 0 < port < 65536:
+    number = port_number(port)
+    if number is None:
         raise ConfigurationError(f"port must be a number from 1 to 65535, got {port!r}")
-    return port
+    return number
 
 
 def checked_server(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SHARED_OPTIONS",
     "CacheURL",
+    "check_host",
     "coerce_option",
     "from_env",
     "from_url",
@@ -36,6 +37,7 @@ __all__ = [
     "is_secret_option",
     "is_secret_value",
     "parse_url",
+    "port_number",
     "redact_url",
 ]
 
@@ -238,11 +240,19 @@ def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
             f"no port after {part!r} in cache URL {shown!r}: give one from 1 to 65535 or drop "
             f"the ':'{hint if shown.lower().startswith('file:') else ''}"
         )
-    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+    port = port_number(port_text)
+    if port is None:
         raise ConfigurationError(
             f"invalid port {port_text!r} in cache URL {shown!r}: expected a number from 1 to 65535"
         )
-    return host, int(port_text)
+    return host, port
+
+
+def port_number(port: object) -> int | None:
+    """``port`` as a TCP port, 1 to 65535, from an int or ASCII digits; None when it is none."""
+    if isinstance(port, str) and port.isascii() and port.isdigit():
+        port = int(port)
+    return port if type(port) is int and 0 < port < 65536 else None
 
 
 def check_host(host: str) -> str:
