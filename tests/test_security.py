@@ -257,7 +257,7 @@ def _forge_memcached(raw: Client) -> Callable[[BaseCache, str, bytes], None]:
     return forge
 
 
-class _WithFlags:
+class WithFlags:
     """A pymemcache serde that hands out and takes ``(data, flags)``: entries copied whole."""
 
     def serialize(self, key: str, value: tuple[bytes, int]) -> tuple[bytes, int]:
@@ -268,7 +268,7 @@ class _WithFlags:
 
 
 def _copy_memcached(address: tuple[str, int]) -> Callable[[BaseCache, str, str], None]:
-    raw = Client(address, serde=_WithFlags(), default_noreply=False)
+    raw = Client(address, serde=WithFlags(), default_noreply=False)
 
     def copy(cache: BaseCache, source: str, target: str) -> None:
         assert raw.set(target, raw.get(source)) is True

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymemcache.client.base import Client
 from servers import MemcachedServer, RedisCluster, RedisServer
+from test_security import WithFlags
 
 from cacheplug import (
     ConfigurationError,
@@ -231,19 +232,9 @@ def test_a_callable_prefix_read_once_per_call_names_and_verifies_one_entry(
 # -- memcached: namespace tokens, long keys, flags --------------------------------------------
 
 
-class _WithFlags:
-    """A pymemcache serde that hands out and takes ``(data, flags)``: entries copied whole."""
-
-    def serialize(self, key: str, value: tuple[bytes, int]) -> tuple[bytes, int]:
-        return value
-
-    def deserialize(self, key: str, value: bytes, flags: int) -> tuple[bytes, int]:
-        return value, flags
-
-
 @pytest.fixture
 def raw_memcached(memcached_server: MemcachedServer) -> Iterator[Client]:
-    client = Client(memcached_server.address, serde=_WithFlags(), default_noreply=False)
+    client = Client(memcached_server.address, serde=WithFlags(), default_noreply=False)
     yield client
     client.close()
 
