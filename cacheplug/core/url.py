@@ -261,8 +261,8 @@ def check_host(host: str) -> str:
     :raises ConfigurationError: an empty host or label (``a..b``), one over 63 characters, or a
         character IDNA refuses (a lone surrogate).
     """
+    problem = "empty" if not host else None
     try:
-        problem = "empty" if not host else None
         host.encode("idna")
     except UnicodeError as err:
         problem = str(err)
