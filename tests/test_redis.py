@@ -375,9 +375,13 @@ def test_inc_on_a_key_of_another_redis_type_raises_type_error(
         cache.inc("list")
     assert raw.lrange(name, 0, -1) == [b"item"]
     cache.set("text", "12a")
-    with pytest.raises(TypeError, match="does not hold an integer"):
+    with pytest.raises(TypeError, match="'text': it holds a str, not an int"):
         cache.inc("text")
     assert cache.get("text") == "12a"
+    raw.set(cache.key_prefix + "junk", b"\x80junk")  # no payload of any serializer
+    with pytest.raises(TypeError, match="'junk': its stored value is unreadable"):
+        cache.inc("junk")
+    assert raw.get(cache.key_prefix + "junk") == b"\x80junk"
     assert cache.stats()["errors"] == 0
 
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-__all__ = ["INC_SCRIPT", "INC_SHA", "INT64_MAX", "INT64_MIN", "is_decimal", "refusal"]
+__all__ = [
+    "INC_SCRIPT",
+    "INC_SHA",
+    "INT64_MAX",
+    "INT64_MIN",
+    "UNREADABLE",
+    "is_decimal",
+    "refusal",
+]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 
@@ -35,12 +43,16 @@ def is_decimal(payload: bytes) -> bool:
     return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
 
 
+#: What ``stored`` answers in :func:`refusal` for a value it could not read.
+UNREADABLE = object()
+
+
 def refusal(
     key: str,
     delta: int,
     message: str,
     redis_type: Callable[[], str],
-    holds_big_int: Callable[[], bool],
+    stored: Callable[[], object],
 ) -> Exception | None:
     """The exception ``inc`` raises when Redis refused to add ``delta`` to ``key``, or None
     when the error reply is about the server (out of memory, read-only, cluster down), not
@@ -48,14 +60,26 @@ def refusal(
 
     :param message: Redis' error reply.
     :param redis_type: asked for the key's Redis type when it holds no string.
-    :param holds_big_int: asked whether the key holds an int beyond 64 bits, when Redis found
-        no integer there.
+    :param stored: asked for the value the key holds when Redis found no integer there:
+        ``None`` when it is gone, :data:`UNREADABLE` when it cannot be decoded.
     """
     if message.startswith("WRONGTYPE"):
         return TypeError(f"cannot increment {key!r}: it holds a Redis {redis_type()}")
     if "not an integer" in message:
-        if not holds_big_int():
+        value = stored()
+        if value is UNREADABLE:
+            return TypeError(f"cannot increment {key!r}: its stored value is unreadable")
+        if value is None:  # removed meanwhile, or a stored None
             return TypeError(f"cannot increment {key!r}: it does not hold an integer")
+        if type(value) is not int:
+            return TypeError(
+                f"cannot increment {key!r}: it holds a {type(value).__name__}, not an int"
+            )
+        if INT64_MIN <= value <= INT64_MAX:
+            return TypeError(
+                f"cannot increment {key!r}: it does not hold an integer Redis can count "
+                "(another client wrote it, not as a plain decimal)"
+            )
     elif "overflow" not in message:
         return None
     return OverflowError(

@@ -43,6 +43,7 @@ from cacheplug.backends._redis_counters import (
     INC_SHA,
     INT64_MAX,
     INT64_MIN,
+    UNREADABLE,
     is_decimal,
     refusal,
 )
@@ -572,24 +573,26 @@ class RedisCache(BaseCache):
                 args[2],
                 str(err),
                 lambda: self._type(args[1]),
-                lambda: self._holds_big_int(args[1], key, prefix),
+                lambda: self._stored(args[1], key, prefix),
             )
             if refused is not None:
                 raise refused
         self._backend_error("inc", err)
         return None
 
-    def _holds_big_int(self, name: str | bytes, key: str, prefix: str) -> bool:
-        """Whether ``name`` (``key`` under ``prefix``) holds an int beyond 64 bits, which
-        INCRBY cannot count."""
+    def _stored(self, name: str | bytes, key: str, prefix: str) -> Any:
+        """The value ``name`` (``key`` under ``prefix``) holds, for the error of an ``inc``
+        that Redis refused: ``None`` when gone, ``UNREADABLE`` when it does not decode."""
         try:
             payload = self._client.get(name)
-            if payload is None:
-                return False
-            value = self._decoded(payload, key, prefix)
-            return type(value) is int and not INT64_MIN <= value <= INT64_MAX
+        except self._failures:
+            return None  # Redis said it holds no integer: say that much
+        if payload is None:
+            return None
+        try:
+            return self._decoded(payload, key, prefix)
         except Exception:
-            return False
+            return UNREADABLE
 
     def _type(self, name: str | bytes) -> str:
         """The Redis type of ``name`` (``list``, ``hash``...), for error messages."""
