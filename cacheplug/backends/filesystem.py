@@ -340,7 +340,7 @@ class FileSystemCache(BaseCache):
 
     def inc(self, key: str, delta: int = 1) -> int | None:
         check_key(key)
-        delta = check_delta(delta)
+        check_delta(delta)
         path = self._path(key)
         try:
             with self._locked() as lock:

@@ -593,7 +593,7 @@ class MemcachedCache(BaseCache):
         """
         if type(key) is not str:
             check_key(key)
-        delta = check_delta(delta)
+        check_delta(delta)
         if not INT64_MIN <= delta <= INT64_MAX:
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
         space = self._namespace

@@ -67,7 +67,7 @@ class NullCache(BaseCache):
 
     def inc(self, key: str, delta: int = 1) -> int | None:
         check_key(key)
-        delta = check_delta(delta)
+        check_delta(delta)
         return delta
 
 

@@ -549,7 +549,7 @@ class RedisCache(BaseCache):
         :raises OverflowError: the result would leave the signed 64-bit range (the value stays).
         """
         check_key(key)
-        delta = check_delta(delta)
+        check_delta(delta)
         if not INT64_MIN <= delta <= INT64_MAX:
             raise OverflowError(f"delta {delta} is outside the signed 64-bit range of counters")
         prefix = self.key_prefix

@@ -344,7 +344,7 @@ class SimpleCache(BaseCache):
     def inc(self, key: str, delta: int = 1) -> int | None:
         if type(key) is not str:
             check_key(key)
-        delta = check_delta(delta)
+        check_delta(delta)
         with self._lock:
             entry = self._live(key)
             if entry is None:

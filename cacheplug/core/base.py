@@ -7,7 +7,6 @@ import hmac
 import inspect
 import logging
 import math
-import operator
 import os
 import pickle
 import sys
@@ -143,57 +142,31 @@ LONGEST_TIMEOUT = 2**53
 def normalize_timeout(timeout: object, default: float, name: str = "timeout") -> float:
     """Seconds until expiry: ``None`` → ``default``, ``0`` → never, negative → already expired.
 
-    Any integer (an ``int``, or a type with ``__index__`` such as numpy's) counts as whole
-    seconds, any other real number (a float, ``Fraction``, ``Decimal``) as its float, as
-    cachelib takes them; a :class:`datetime.timedelta` as its total seconds, as cachelib 0.17
-    accepts it.
+    A :class:`datetime.timedelta` counts as its total seconds, as cachelib 0.17 accepts it.
 
-    :raises TypeError: ``timeout`` is a bool or not a number of seconds, or not finite; the
+    :raises TypeError: ``timeout`` is not ``None``, an int, a finite float or a timedelta; the
         message names the argument as ``name``.
     """
     if timeout is None:
         return default
-    if type(timeout) is int or type(timeout) is float:
-        seconds: int | float | None = timeout
-    else:
-        seconds = _seconds_of(timeout)
-    if type(seconds) is int:
-        if -LONGEST_TIMEOUT <= seconds <= LONGEST_TIMEOUT:
-            return seconds
+    if type(timeout) is int:
+        if -LONGEST_TIMEOUT <= timeout <= LONGEST_TIMEOUT:
+            return timeout
         # beyond a float's exact range an int cannot be added to a clock: it means "very long"
-        return LONGEST_TIMEOUT if seconds > 0 else -LONGEST_TIMEOUT
+        return LONGEST_TIMEOUT if timeout > 0 else -LONGEST_TIMEOUT
+    seconds: float | None = None
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    elif isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+        if seconds.is_integer():
+            return int(seconds)  # whole seconds read as cachelib 0.17 has them: 60, not 60.0
     if seconds is not None and math.isfinite(seconds):
         return seconds
     raise TypeError(
         f"{name} must be None, 0 (never expires), a finite number of seconds or a timedelta, "
         f"got {type(timeout).__name__} {timeout!r}"
     )
-
-
-def _seconds_of(timeout: object) -> int | float | None:
-    """``timeout`` (not an exact int) as an int or float of seconds; ``None`` when it is none."""
-    if isinstance(timeout, bool):
-        return None  # True is no duration
-    if isinstance(timeout, float):
-        return float(timeout)
-    if isinstance(timeout, timedelta):
-        seconds = timeout.total_seconds()
-        # whole seconds read as cachelib 0.17 has them: 60, not 60.0
-        return int(seconds) if seconds.is_integer() else seconds
-    if hasattr(type(timeout), "__index__"):  # int subclasses, numpy's and gmpy's integers
-        try:
-            return operator.index(timeout)  # type: ignore[arg-type]  # it has __index__
-        except TypeError:  # numpy's bool declares __index__ and refuses it
-            return None
-    import decimal
-    import numbers
-
-    if isinstance(timeout, (numbers.Real, decimal.Decimal)):
-        try:
-            return float(timeout)
-        except (ArithmeticError, TypeError, ValueError):  # a signaling NaN
-            return None
-    return None
 
 
 #: The longest socket timeout an option may give, in seconds (about 31 years): the socket
@@ -422,7 +395,7 @@ class BaseCache(ABC):
 
         :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
         """
-        delta = check_delta(delta)
+        check_delta(delta)
         with self._single_flight(key):
             current = self.get(key)
             if current is None and self.has(key):
@@ -437,7 +410,7 @@ class BaseCache(ABC):
 
     def dec(self, key: str, delta: int = 1) -> int | None:
         """Subtract ``delta``; see :meth:`inc`."""
-        delta = check_delta(delta)
+        check_delta(delta)
         return self.inc(key, -delta)
 
     def close(self) -> None:
@@ -742,19 +715,10 @@ def _refuse_awaitable(key: str, value: Any) -> None:
     )
 
 
-def check_delta(delta: object) -> int:
-    """``delta`` as an int: an int, or an integer of another type (numpy's), not a bool.
-
-    :raises TypeError: ``delta`` is anything else.
-    """
-    if type(delta) is int:
-        return delta
-    if not isinstance(delta, bool) and hasattr(type(delta), "__index__"):
-        try:
-            return operator.index(delta)  # type: ignore[arg-type]  # it has __index__
-        except TypeError:
-            pass  # numpy's bool declares __index__ and refuses it
-    raise TypeError(f"delta must be an int, got {type(delta).__name__} {delta!r}")
+def check_delta(delta: object) -> None:
+    """Raise :class:`TypeError` unless ``delta`` is an int."""
+    if type(delta) is not int:
+        raise TypeError(f"delta must be int, got {type(delta).__name__} {delta!r}")
 
 
 def checked_counter(key: str, value: object) -> int:

@@ -229,7 +229,7 @@ class SQLiteCache(BaseCache):
 
     def inc(self, key: str, delta: int = 1) -> int | None:
         check_key(key)
-        delta = check_delta(delta)
+        check_delta(delta)
         full = self.key_prefix + key
 
         def work(db: sqlite3.Connection) -> int:
