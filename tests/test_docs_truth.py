@@ -1079,3 +1079,323 @@ def test_documented_ranges() -> None:
             from_url(f"redis://h/0?{bad}")
     with pytest.raises((ConfigurationError, TypeError)):
         SimpleCache(default_timeout=-1)
+
+
+# -- more of the contract ------------------------------------------------------------------------
+
+
+def test_contract_timeouts_table(make: Callable[..., BaseCache]) -> None:
+    """contract.md's Timeouts table: a timedelta is accepted; every example of the "anything
+    else" row is a TypeError that loses nothing."""
+    import ast
+    import datetime
+
+    rows = table(section(page("docs/contract.md"), "## Timeouts"))
+    (other,) = [row for row in rows if row["`timeout`"].startswith("anything else")]
+    examples = [ast.literal_eval(text) for text in names(other["`timeout`"])]
+    assert examples
+    cache = make()
+    assert cache.set("k", 1, timeout=datetime.timedelta(seconds=60)) is True
+    for bad in [*examples, [60]]:
+        with pytest.raises(TypeError):
+            cache.set("k", 2, timeout=bad)
+    assert cache.get("k") == 1
+
+
+def test_huge_int_timeouts_count_as_2_to_the_53() -> None:
+    from conftest import FakeClock
+
+    clock = FakeClock(start=0.0)
+    cache = SimpleCache(clock=clock)
+    cache.set("k", 1, timeout=2**80)
+    clock.advance(2**53 - 2)
+    assert cache.get("k") == 1
+    clock.advance(4)
+    assert cache.get("k") is None
+
+
+def test_get_or_set_and_memoize_refusals(make: Callable[..., BaseCache]) -> None:
+    """contract.md: a factory returning a coroutine raises TypeError and stores nothing; a
+    generator function raises TypeError at decoration; a None result is not cached."""
+    cache = make()
+
+    async def coroutine() -> int:
+        return 1
+
+    with pytest.raises(TypeError):
+        cache.get_or_set("c", coroutine)
+    assert cache.has("c") is False
+    calls: list[int] = []
+    assert cache.get_or_set("none", lambda: calls.append(1)) is None
+    assert cache.get_or_set("none", lambda: calls.append(1)) is None
+    assert calls == [1, 1]
+
+    def generator() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError):
+        cache.memoize()(generator)
+
+
+def mac_input(serializer: str, prefix: str, key: str) -> bytes:
+    """security.md: context + entry, as the page spells them."""
+    context = (
+        "" if serializer == "pickle" else f"cacheplug-serializer:{len(serializer)}:{serializer}"
+    )
+    entry = f"cacheplug-entry:{len(prefix.encode())}:{len(key.encode())}:{prefix}{key}"
+    return (context + entry).encode()
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_signed_payload_is_the_documented_hmac(
+    serializer: str, redis_url: str, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    """security.md: every stored payload is HMAC-SHA256(secret, context + entry + data) + data."""
+    import hmac
+
+    prefix, key = "app:é", "user:ü"
+    options = {"secret": SECRET, "serializer": serializer, "key_prefix": prefix}
+    with from_url(redis_url, **options) as cache:
+        cache.set(key, {"role": "admin"})
+    stored = redis_db.get(prefix + key)
+    assert stored is not None
+    files = FileSystemCache(tmp_path / "c", **options)  # type: ignore[arg-type]
+    files.set(key, {"role": "admin"})
+    (name,) = [n for n in os.listdir(tmp_path / "c") if n.startswith("cp-")]
+    on_disk = (tmp_path / "c" / name).read_bytes()[12:]
+    for payload in (stored, on_disk):
+        mac, data = payload[:32], payload[32:]
+        expected = hmac.new(SECRET.encode(), mac_input(serializer, prefix, key) + data, "sha256")
+        assert mac == expected.digest()
+
+
+def test_file_symlinks_are_never_followed(tmp_path: Path) -> None:
+    """security.md: reads refuse symlinks; delete and clear remove only the link."""
+    cache = FileSystemCache(tmp_path / "c")
+    cache.set("k", "mine")
+    (name,) = [n for n in os.listdir(tmp_path / "c") if n.startswith("cp-")]
+    target = tmp_path / "target"
+    target.write_bytes((tmp_path / "c" / name).read_bytes())
+    os.unlink(tmp_path / "c" / name)
+    os.symlink(target, tmp_path / "c" / name)
+    assert cache.get("k") is None
+    assert cache.delete("k") is False or not (tmp_path / "c" / name).exists()
+    os.symlink(target, tmp_path / "c" / name) if not os.path.lexists(
+        tmp_path / "c" / name
+    ) else None
+    assert cache.clear() is True
+    assert target.exists() and not os.path.lexists(tmp_path / "c" / name)
+
+
+def test_redis_inc_refusals(redis_url: str, redis_db: redis.Redis) -> None:
+    """backends.md: `inc` on a list another client made is a TypeError; a result outside
+    signed 64 bits an OverflowError; either way the value stays."""
+    redis_db.rpush("list", b"x")
+    redis_db.set("big", str(2**63 - 1))
+    with from_url(redis_url) as cache:
+        with pytest.raises(TypeError):
+            cache.inc("list")
+        with pytest.raises(OverflowError):
+            cache.inc("big")
+        with pytest.raises(OverflowError):
+            cache.inc("n", 2**63)
+    assert (
+        redis_db.lrange("list", 0, -1) == [b"x"] and redis_db.get("big") == str(2**63 - 1).encode()
+    )
+
+
+def test_memcached_too_large_value_is_false_and_logged(
+    memcached_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """backends.md: a value over memcached's item size limit gives False, logged; in a
+    set_many, it is left out and the rest stored."""
+    big = os.urandom(2 * 1024 * 1024)
+    with caplog.at_level(logging.WARNING, logger="cacheplug"), from_url(memcached_url) as cache:
+        assert cache.set("big", big) is False
+        assert cache.set_many({"big": big, "small": 1}) == ["small"]
+        assert cache.get("small") == 1
+    assert caplog.records
+
+
+def test_memcached_server_specs() -> None:
+    """backends.md: `"host:port"`, `"host"`, `"[ipv6]:port"`, `(host, port)` or a socket path."""
+    specs = ["a:1", "b", "[::1]:2", ("c", 3), "/run/m.sock", "unix:/run/n.sock"]
+    with MemcachedCache(specs) as cache:  # type: ignore[arg-type]
+        assert effective(cache, "servers") == [
+            "a:1",
+            "b:11211",
+            "[::1]:2",
+            "c:3",
+            "/run/m.sock",
+            "/run/n.sock",
+        ]
+
+
+# -- memoize keys and runtime plugins ------------------------------------------------------------
+
+
+def test_memoize_keys_of_string_sets_agree_across_processes() -> None:
+    """contract.md: items of sets are sorted, so sets of strings give the same key in every
+    process (whatever its hash seed)."""
+    code = (
+        "from cacheplug import SimpleCache\n"
+        "cache = SimpleCache()\n"
+        "@cache.memoize()\n"
+        "def f(tags): return len(tags)\n"
+        "print(f.cache_key({'alpha', 'beta', 'gamma', 'delta'}))"
+    )
+    keys = {run_python(code, PYTHONHASHSEED=seed) for seed in ("1", "2", "3")}
+    assert len(keys) == 1
+
+
+def test_memoize_refuses_arguments_shown_by_address() -> None:
+    cache = SimpleCache()
+
+    @cache.memoize()
+    def f(x: object) -> int:
+        return 1
+
+    with pytest.raises(TypeError):
+        f(object())
+    assert f(5) == 1
+
+
+class _NoSecret(BaseCache):
+    """A backend whose constructor lacks the shared option `secret`."""
+
+    def __init__(
+        self, default_timeout: float = 300, *, serializer: Any = None, key_prefix: str = ""
+    ) -> None:
+        super().__init__(default_timeout, serializer=serializer, key_prefix=key_prefix)
+
+    def get(self, key: str) -> Any:
+        return None
+
+    def set(self, key: str, value: Any, timeout: Any = None) -> bool:
+        return True
+
+    def add(self, key: str, value: Any, timeout: Any = None) -> bool:
+        return True
+
+    def delete(self, key: str) -> bool:
+        return False
+
+    def has(self, key: str) -> bool:
+        return False
+
+    def clear(self) -> bool:
+        return True
+
+
+def test_runtime_plugin_failures_are_plugin_errors() -> None:
+    """plugins.md: a runtime plugin claiming a held name raises PluginError at once and
+    registers nothing; a constructor without a shared option is a PluginError naming both."""
+    from cacheplug import hookimpl
+    from cacheplug.core.plugins import register_plugin, reset_plugins
+
+    class Claims:
+        @hookimpl
+        def cacheplug_register_backends(self, register: Any) -> None:
+            register("docs-truth", _NoSecret)
+            register("redis", _NoSecret)
+
+    class Lacks:
+        @hookimpl
+        def cacheplug_register_backends(self, register: Any) -> None:
+            register("docs-truth", _NoSecret)
+
+    try:
+        with pytest.raises(cacheplug.PluginError):
+            register_plugin(Claims(), name="docs-truth-claims")
+        assert "docs-truth" not in cacheplug.core.plugins.backend_schemes()
+        register_plugin(Lacks(), name="docs-truth-lacks")
+        with pytest.raises(cacheplug.PluginError) as raised:
+            from_url(f"docs-truth://?secret={SECRET}")
+        assert "_NoSecret" in str(raised.value) and "secret" in str(raised.value)
+        assert SECRET not in str(raised.value)
+    finally:
+        reset_plugins()
+
+
+# -- what goes over the wire ---------------------------------------------------------------------
+
+#: backends.md, *How operations map to Redis*: each operation, a call, and the commands (as
+#: Redis counts them) it must send; each must be named in the operation's row.
+REDIS_COMMANDS: dict[str, tuple[Callable[[BaseCache], object], dict[str, int]]] = {
+    "`get`, `has`": (lambda c: (c.get("k1"), c.has("k1")), {"GET": 1, "EXISTS": 1}),
+    "`set`": (
+        lambda c: (c.set("x", 1, timeout=5), c.set("x", 1, timeout=0), c.set("x", 1, timeout=-1)),
+        {"SET": 2, "DEL": 1},
+    ),
+    "`add`": (lambda c: c.add("k1", 1), {"SET": 1}),
+    "`delete`": (lambda c: c.delete("k1"), {"DEL": 1}),
+    "`inc`, `dec`": (lambda c: c.inc("n"), {"EVALSHA": 1, "SET": 1, "INCRBY": 1, "GET": 1}),
+    "`get_many`, `get_dict`": (lambda c: c.get_many(*(f"k{i}" for i in range(2500))), {"MGET": 3}),
+    "`set_many`": (lambda c: c.set_many({"a": 1, "b": 2}), {"SET": 2}),
+    "`delete_many`": (lambda c: c.delete_many("a", "b"), {"DEL": 2}),
+}
+
+
+def test_redis_operations_send_the_documented_commands(
+    redis_server: RedisServer, redis_url: str, redis_db: redis.Redis
+) -> None:
+    rows = table(section(page("docs/backends.md"), "### How operations map to Redis"))
+    documented = {row["operation"]: row["commands"] for row in rows}
+    assert set(REDIS_COMMANDS) | {"`clear`"} == set(documented)
+    with from_url(redis_url + "?key_prefix=p:") as cache:
+        cache.set_many({f"k{i}": i for i in range(2500)})
+        cache.inc("n")  # the script is loaded: EVALSHA from now on
+        for operation, (call, commands) in REDIS_COMMANDS.items():
+            redis_db.config_resetstat()
+            call(cache)
+            sent = {
+                name.removeprefix("cmdstat_").upper(): stats["calls"]
+                for name, stats in redis_db.info("commandstats").items()
+                if not name.startswith(("cmdstat_config", "cmdstat_info", "cmdstat_hello"))
+            }
+            assert sent == commands, operation
+            for command in commands:
+                assert command in documented[operation], (operation, command)
+        redis_db.config_resetstat()
+        cache.clear()
+        sent_by_clear = set(redis_db.info("commandstats"))
+    assert "cmdstat_scan" in sent_by_clear and "cmdstat_flushdb" not in sent_by_clear
+
+
+def test_memcached_expiry_times(memcached_server: MemcachedServer, memcached_url: str) -> None:
+    """backends.md: fractions round up to whole seconds, over 30 days absolute unix times,
+    capped at 2038-01-19; timeout 0 never expires."""
+    import time
+
+    with from_url(memcached_url) as cache:
+        for timeout, low, high in (
+            (0.2, 1, 1),
+            (40 * 86400, 40 * 86400 - 1, 40 * 86400 + 2),
+            (2**40, 2**31 - time.time() - 3, 2**31 - time.time() + 1),
+            (0, -1, -1),
+        ):
+            cache.set("k", 1, timeout=timeout)
+            reply = meta(memcached_server.address, b"mg k t")
+            ttl = int(re.search(rb" t(-?\d+)", reply).group(1))  # type: ignore[union-attr]
+            assert low <= ttl <= high, (timeout, ttl)
+
+
+def test_check_says_what_is_wrong_with_the_server(
+    memcached_server: MemcachedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """configuration.md: another protocol on the port, a password the URL does not give and a
+    refused login each get their own message, with exit 1."""
+    server = RedisServer(password=SECRET).start()
+    try:
+        cases = {
+            f"redis://{memcached_server.host}:{memcached_server.port}/0": "another kind of server",
+            f"redis://{server.host}:{server.port}/0": "asks for a password and the URL gives none",
+            f"redis://:wrong@{server.host}:{server.port}/0": "refused the login",
+        }
+        for url, said in cases.items():
+            assert cli_main(["check", url]) == 1
+            out = capsys.readouterr()
+            assert said in out.err, url
+            assert SECRET not in out.out + out.err
+    finally:
+        server.stop()
