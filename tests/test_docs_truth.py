@@ -307,11 +307,16 @@ def test_configuration_table_defaults_are_the_real_ones(tmp_path: Path) -> None:
     reason="docs/configuration.md says max_connections=0 is redis-py's no limit; with "
     "redis-py 8 a pool given 0 holds at most 100 connections (redis-py's default)",
 )
-def test_max_connections_zero_is_no_limit() -> None:
-    text = page("docs/configuration.md")
-    assert "(0: redis-py's no limit)" in text
+def test_max_connections_zero_does_what_the_table_says() -> None:
+    rows = table(section(page("docs/configuration.md"), "## Options").split("Backend options:")[1])
+    (row,) = [row for row in rows if row["option"] == "`max_connections`"]
     with from_url("redis://127.0.0.1:1/0?max_connections=0") as cache:
-        assert effective(cache, "max_connections") >= 2**31 - 1
+        pool = effective(cache, "max_connections")
+    if "(0: redis-py's no limit)" in row["meaning (default)"]:
+        assert pool >= 2**31 - 1
+    else:  # 0 leaves the pool at redis-py's default
+        assert "default" in row["meaning (default)"]
+        assert pool == redis.ConnectionPool().max_connections
 
 
 @pytest.mark.xfail(
