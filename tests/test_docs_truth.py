@@ -5,7 +5,7 @@ the inline URLs. This file checks what the prose and the tables say: defaults, w
 means, which class a scheme builds, what each backend answers, what ``clear`` touches, what is
 masked, what is logged and what the command prints. Wherever a table holds the claim, the test
 reads the table from the page, so a change on either side that breaks the agreement fails here.
-A claim that does not hold is a strict xfail whose reason says both sides.
+Where a claim and the code disagreed, the wrong side was fixed; the test stays as the guard.
 """
 
 from __future__ import annotations
@@ -302,11 +302,6 @@ def test_configuration_table_defaults_are_the_real_ones(tmp_path: Path) -> None:
             assert effective(cache, option) == default, (scheme, option)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/configuration.md says max_connections=0 is redis-py's no limit; with "
-    "redis-py 8 a pool given 0 holds at most 100 connections (redis-py's default)",
-)
 def test_max_connections_zero_does_what_the_table_says() -> None:
     rows = table(section(page("docs/configuration.md"), "## Options").split("Backend options:")[1])
     (row,) = [row for row in rows if row["option"] == "`max_connections`"]
@@ -319,11 +314,6 @@ def test_max_connections_zero_does_what_the_table_says() -> None:
         assert pool == redis.ConnectionPool().max_connections
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the max_connections error message repeats 'or 0, redis-py's no limit'; on redis-py 8 "
-    "0 gives redis-py's default pool of 100 (fix: /tmp/s17/docs-code-fixes.patch)",
-)
 def test_max_connections_error_says_what_zero_does() -> None:
     with pytest.raises(ConfigurationError) as raised:
         from_url("redis://127.0.0.1:1/0?max_connections=-1")

@@ -73,7 +73,8 @@ def exptime_for(seconds: float) -> int:
         return 0 if seconds == 0 else -1  # memcached stores a negative exptime as expired
     whole = math.ceil(seconds)
     if whole > MAX_RELATIVE_EXPIRY:
-        return min(math.ceil(time.time()) + whole, MAX_EXPTIME)
+        # from the current whole second, as memcached counts relative ones: N-1 to N seconds
+        return min(int(time.time()) + whole, MAX_EXPTIME)
     return whole
 
 

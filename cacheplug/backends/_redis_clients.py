@@ -278,7 +278,7 @@ def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -
     pool = kwargs.get("max_connections")
     if pool is not None and (type(pool) is not int or pool < 0):
         raise ConfigurationError(
-            f"max_connections must be an int >= 1 (or 0, redis-py's no limit), got {pool!r}"
+            f"max_connections must be an int >= 1 (or 0, redis-py's default size), got {pool!r}"
         )
     for option, lookup in (("encoding", codecs.lookup), ("encoding_errors", codecs.lookup_error)):
         if option in kwargs:
