@@ -255,6 +255,11 @@ def test_memoize_applied_twice_on_one_cache_calls_once() -> None:
     assert square(4) == 16 and calls == [4, 4]
 
 
+def _keys_by_hash_seed(code: str) -> set[str]:
+    """What ``code`` prints, run by interpreters with four string-hash seeds."""
+    return {run_python(code, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in range(4)}
+
+
 def test_functions_defined_in_main_have_one_key_in_every_process() -> None:
     code = (
         "from cacheplug import SimpleCache\n"
@@ -264,7 +269,7 @@ def test_functions_defined_in_main_have_one_key_in_every_process() -> None:
         "    return 1\n"
         "print(f.cache_key(frozenset({'alpha', 'beta', 'gamma'}), {'x': {'p', 'q'}, 'y': 2}))\n"
     )
-    keys = {run_python(code, env={**os.environ, "PYTHONHASHSEED": str(seed)}) for seed in (1, 2, 3)}
+    keys = _keys_by_hash_seed(code)
     assert len(keys) == 1
     assert keys.pop().startswith("memoize:__main__.f:")
 
@@ -385,11 +390,7 @@ print(search.cache_key(Query(TAGS)), search.cache_key(namedtuple("Pair", "left r
     "string-hash order: the same call has another key in another process (never a hit)",
 )
 def test_a_dataclass_holding_a_set_of_strings_has_one_key_in_every_process() -> None:
-    keys = {
-        run_python(_DATACLASS_KEY, env={**os.environ, "PYTHONHASHSEED": str(seed)})
-        for seed in range(4)
-    }
-    assert len(keys) == 1
+    assert len(_keys_by_hash_seed(_DATACLASS_KEY)) == 1
 
 
 _LAMBDA_KEY = """
@@ -407,11 +408,7 @@ print(known.cache_key("beta"))
     "frozenset constant shown in per-process hash order: another key in every process",
 )
 def test_a_lambda_with_a_set_literal_has_one_key_in_every_process() -> None:
-    keys = {
-        run_python(_LAMBDA_KEY, env={**os.environ, "PYTHONHASHSEED": str(seed)})
-        for seed in range(4)
-    }
-    assert len(keys) == 1
+    assert len(_keys_by_hash_seed(_LAMBDA_KEY)) == 1
 
 
 # -- get_or_set: timeouts, failing factories, threads ----------------------------------------------
