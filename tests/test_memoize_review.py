@@ -1,7 +1,7 @@
 """Review of memoize / get_or_set as a demanding and a hostile user: which calls share a key,
 which get two, keys across processes and engines, re-entry, failing factories.
 
-Tests marked ``xfail(strict=True)`` pin defects found and not fixed yet."""
+Each finding's test failed before its fix."""
 
 from __future__ import annotations
 
@@ -194,11 +194,6 @@ def test_wrappers_of_one_decorator_made_with_other_values_keep_their_results() -
     assert [cache.memoize()(_times(n)(_identity))(5) for n in (2, 3)] == [10, 15]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: functools.wraps wrappers of one function made by two decorators share "
-    "keys (wraps copies __qualname__; the closure names only the wrapped function)",
-)
 def test_wrappers_of_one_function_made_by_two_decorators_keep_their_results() -> None:
     cache = SimpleCache()
     doubled = cache.memoize()(_double(_identity))
@@ -206,11 +201,6 @@ def test_wrappers_of_one_function_made_by_two_decorators_keep_their_results() ->
     assert (doubled(5), negated(5)) == (10, -5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: what a closure closes over is left out of the key when it is reached "
-    "through a nested helper function or a functools.partial: the calls that made them share",
-)
 def test_closures_reached_through_a_helper_or_a_partial_keep_their_results() -> None:
     cache = SimpleCache()
 
@@ -277,11 +267,6 @@ def test_functions_defined_in_main_have_one_key_in_every_process() -> None:
 # -- arguments whose repr abbreviates, rounds, fails or is huge ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: numpy arrays are keyed by their repr, which elides long arrays and rounds "
-    "floats to 8 digits: two different arrays share a key and get each other's result",
-)
 def test_numpy_arrays_that_differ_keep_their_results() -> None:
     cache = SimpleCache()
 
@@ -297,11 +282,6 @@ def test_numpy_arrays_that_differ_keep_their_results() -> None:
     assert total.cache_key(np.array([0.1234567891])) != total.cache_key(np.array([0.1234567892]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a compiled pattern's repr stops after 200 characters: two long patterns "
-    "differing after that share a key",
-)
 def test_long_compiled_patterns_that_differ_keep_their_results() -> None:
     cache = SimpleCache()
 
@@ -314,11 +294,6 @@ def test_long_compiled_patterns_that_differ_keep_their_results() -> None:
     assert matches(re.compile("a" * 300 + "c"), text) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: an int beyond sys.get_int_max_str_digits has no repr: the memoized call "
-    "raises ValueError where the function itself works",
-)
 def test_an_int_too_long_for_a_repr_is_an_argument_like_any_other() -> None:
     cache = SimpleCache()
 
@@ -384,11 +359,6 @@ print(search.cache_key(Query(TAGS)), search.cache_key(namedtuple("Pair", "left r
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a set inside a dataclass or a named tuple is shown in the per-process "
-    "string-hash order: the same call has another key in another process (never a hit)",
-)
 def test_a_dataclass_holding_a_set_of_strings_has_one_key_in_every_process() -> None:
     assert len(_keys_by_hash_seed(_DATACLASS_KEY)) == 1
 
@@ -402,11 +372,6 @@ print(known.cache_key("beta"))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a lambda's key digests its constants by repr, and a set literal is a "
-    "frozenset constant shown in per-process hash order: another key in every process",
-)
 def test_a_lambda_with_a_set_literal_has_one_key_in_every_process() -> None:
     assert len(_keys_by_hash_seed(_LAMBDA_KEY)) == 1
 
@@ -511,11 +476,6 @@ def test_async_and_threads_on_one_cache_each_make_one_call_per_loop() -> None:
     assert wrapper._flights == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: an async memoized function using its own key again from its own task (a "
-    "retry by recursion) waits for itself forever; the sync wrapper re-enters",
-)
 def test_an_async_call_retrying_itself_by_recursion_does_not_hang() -> None:
     cache = SimpleCache()
     attempts: list[str] = []

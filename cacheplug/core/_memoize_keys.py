@@ -3,6 +3,7 @@ by a ``repr`` that is the same in every process, and the function's own name and
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
@@ -28,6 +29,7 @@ __all__ = [
     "code_fingerprint",
     "function_name",
     "immutable_plain",
+    "item_text",
     "plain_items_text",
     "short_digest",
     "stable_repr",
@@ -68,7 +70,7 @@ def stable_repr(value: object, open_ids: set[int]) -> str:
     """
     kind = type(value)
     if kind not in SHOWN_ITEM_BY_ITEM:
-        return repr(value)
+        return item_text(value, open_ids)
     if id(value) in open_ids:
         return "..."
     open_ids.add(id(value))
@@ -90,6 +92,53 @@ def stable_repr(value: object, open_ids: set[int]) -> str:
         open_ids.discard(id(value))
 
 
+def item_text(value: object, open_ids: set[int]) -> str:
+    """``repr(value)``, or a text showing all of it where the repr elides, rounds or fails.
+
+    numpy arrays and compiled patterns abbreviate long contents (and numpy rounds floats), so
+    two different values would share one text; an int past ``sys.get_int_max_str_digits``
+    has no repr; dataclasses and named tuples with their generated repr show their fields as
+    ``stable_repr`` does, so a set inside them has one text in every process.
+    """
+    kind = type(value)
+    if kind in PLAIN:
+        try:
+            return repr(value)
+        except ValueError:  # only an int past sys.get_int_max_str_digits has no repr
+            return hex(value)  # type: ignore[arg-type]
+    if kind is re.Pattern and isinstance(value, re.Pattern):
+        return f"re.compile({value.pattern!r}, {value.flags!r})"
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        items = stable_repr(value.tolist(), open_ids)
+        return f"numpy.ndarray({value.shape!r}, {value.dtype.str!r}, {items})"
+    fields = _generated_repr_fields(value)
+    if fields is None or id(value) in open_ids:
+        return repr(value)
+    open_ids.add(id(value))
+    try:
+        shown = ", ".join(f"{name}={stable_repr(item, open_ids)}" for name, item in fields)
+    finally:
+        open_ids.discard(id(value))
+    return f"{kind.__qualname__}({shown})"
+
+
+def _generated_repr_fields(value: object) -> list[tuple[str, Any]] | None:
+    """The (name, value) pairs a named tuple's or dataclass's generated repr shows; else None."""
+    method = getattr(type(value), "__repr__", None)
+    if isinstance(value, tuple) and getattr(method, "__code__", None) is _NAMEDTUPLE_REPR:
+        return list(zip(type(value)._fields, value, strict=True))  # type: ignore[attr-defined]
+    wrapped = getattr(method, "__wrapped__", None)
+    if getattr(wrapped, "__qualname__", None) != "__create_fn__.<locals>.__repr__":
+        return None
+    import dataclasses
+
+    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr]  # type: ignore[arg-type]
+
+
+_NAMEDTUPLE_REPR = collections.namedtuple("_Sample", "")().__repr__.__code__
+
+
 # the most keys of recent calls each memoized function remembers, and their longest text
 REMEMBERED_KEYS = 128
 REMEMBERED_TEXT = 160
@@ -101,9 +150,15 @@ def plain_items_text(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str
     """``stable_repr(value)`` for a list, tuple or dict made only of plain values; else None."""
     if type(value) is dict:
         if all_plain(map(type, value)) and all_plain(map(type, value.values())):
-            return "{" + ", ".join(sorted([f"{k!r}: {v!r}" for k, v in value.items()])) + "}"
+            try:
+                return "{" + ", ".join(sorted([f"{k!r}: {v!r}" for k, v in value.items()])) + "}"
+            except ValueError:  # an int too long for a repr
+                return None
     elif all_plain(map(type, value)):
-        return repr(value)  # items in order, as stable_repr shows them
+        try:
+            return repr(value)  # items in order, as stable_repr shows them
+        except ValueError:  # an int too long for a repr
+            return None
     return None
 
 
@@ -224,7 +279,8 @@ class Binder:
 def code_fingerprint(code: CodeType) -> str:
     """Text that tells apart code objects doing different things, the same in every process."""
     consts = [
-        code_fingerprint(const) if isinstance(const, CodeType) else repr(const)
+        # stable_repr: a set literal is a frozenset constant, shown in per-process hash order
+        code_fingerprint(const) if isinstance(const, CodeType) else stable_repr(const, set())
         for const in code.co_consts
     ]
     return repr((code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars, consts))
@@ -246,15 +302,25 @@ def function_name(func: object) -> str:
     if qualname.endswith("<lambda>") and isinstance(code, CodeType):
         # every lambda of a module has this qualname
         return f"{module}.{qualname}#{short_digest(code_fingerprint(code))}"
+    if isinstance(code, CodeType) and code.co_qualname != qualname:
+        # functools.wraps gave it the name of the function it wraps: wrappers made by
+        # different decorators do different things
+        return f"{module}.{qualname}/{code.co_qualname}"
     return f"{module}.{qualname}"
 
 
-def closure_text(func: object) -> str:
+def closure_text(func: object, open_ids: set[int] | None = None) -> str:
     """What the variables a nested function closes over hold, where it can be named.
 
     ``make_greeter("hi")`` and ``make_greeter("bye")`` return functions of one qualified name
     that must not share results. Values shown only by an address are left out.
     """
+    while isinstance(func, functools.partial):  # a partial of a closure: the closure's values
+        func = func.func
+    open_ids = set() if open_ids is None else open_ids
+    if id(func) in open_ids:  # a function closing over itself (recursion)
+        return ""
+    open_ids.add(id(func))
     shown = []
     for cell in getattr(func, "__closure__", None) or ():
         try:
@@ -262,7 +328,8 @@ def closure_text(func: object) -> str:
         except ValueError:  # not assigned yet: the function itself, when it recurses
             continue
         if isinstance(value, FunctionType):
-            shown.append(function_name(value))
+            # a helper made by the same call: what it closes over tells the calls apart
+            shown.append(function_name(value) + closure_text(value, open_ids))
             continue
         try:
             if address_shown(value, set()) is None:

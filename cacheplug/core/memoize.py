@@ -23,6 +23,7 @@ from cacheplug.core._memoize_keys import (
     closure_text,
     function_name,
     immutable_plain,
+    item_text,
     plain_items_text,
     short_digest,
     stable_repr,
@@ -135,7 +136,10 @@ class Memoized(Generic[P, R]):
             text = stable_repr(arguments, set())
             self._check_stable("the arguments", arguments, text)
         elif all_plain(map(type, values)):
-            text = binder.repr_template % tuple(values)
+            try:
+                text = binder.repr_template % tuple(values)
+            except ValueError:  # an int too long for a repr
+                text = binder.template % tuple(map(self._shown, binder.names, values))
         else:
             text = binder.template % tuple(map(self._shown, binder.names, values))
         key = self._keys.get(text)
@@ -153,14 +157,14 @@ class Memoized(Generic[P, R]):
         """The key text of the bound value of parameter ``name``."""
         kind = type(value)
         if kind in PLAIN:
-            return repr(value)
+            return item_text(value, set())
         # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
         if kind is list or kind is tuple or kind is dict:
             part = plain_items_text(value) or stable_repr(value, set())  # type: ignore[arg-type]
         elif kind in SHOWN_ITEM_BY_ITEM:
             part = stable_repr(value, set())
         else:
-            part = repr(value)
+            part = item_text(value, set())
         if " at 0x" in part:
             self._check_stable(f"argument {name!r}", value, part)
         return part
@@ -273,6 +277,7 @@ class _Flight:
         # as the call raised it: each waiter raising the shared error would add its frames
         self.traceback: TracebackType | None = None
         self.ended = False  # False when the call was cancelled: a waiter must call again
+        self.task: asyncio.Task[Any] | None = None  # the task making the call
 
 
 class AsyncMemoized(Memoized[P, R]):
@@ -312,6 +317,12 @@ class AsyncMemoized(Memoized[P, R]):
             flight = self._flights.get(flight_key)
             if flight is None:
                 break
+            if flight.task is asyncio.current_task():
+                # the call uses its own key again (a retry by recursion): waiting would hang
+                value = await cast(Any, self.uncached)(*args, **kwargs)
+                if value is not None:
+                    cache.set(key, value, self.timeout)
+                return value
             await asyncio.shield(flight.done)  # a waiter's cancellation leaves the call alone
             if flight.error is not None:
                 # counted as the miss of this call's lookup
@@ -335,9 +346,12 @@ class AsyncMemoized(Memoized[P, R]):
         kwargs: dict[str, Any],
     ) -> Any:
         """Call the function for every task of this loop that misses the same key."""
+        import asyncio
+
         cache = self.cache
         normalize_timeout(self.timeout, cache.default_timeout)  # raises before the call
         flight = self._flights[flight_key] = _Flight(flight_key[0].create_future())
+        flight.task = asyncio.current_task()
         try:
             value = await cast(Any, self.uncached)(*args, **kwargs)
             if value is not None:
