@@ -323,6 +323,20 @@ def test_an_argument_whose_repr_raises_raises_that_error_and_caches_nothing() ->
     assert echo(1) == "ran"
 
 
+def test_a_builtin_without_a_signature_is_keyed_on_its_arguments_as_given() -> None:
+    # inspect.signature(max) raises ValueError: memoize raised it at decoration
+    cache = SimpleCache()
+    biggest = cache.memoize()(max)
+    assert biggest(1, 5) == biggest(1, 5) == 5
+    assert biggest(3, 2) == 3
+    assert biggest([4, 9]) == 9
+    assert biggest(1, 5, key=abs) == 5
+    assert cache.stats()["hits"] == 1 and len(cache) == 4
+    assert biggest.cache_key(1, 5) != biggest.cache_key(5, 1)
+    assert biggest.invalidate(1, 5) is True
+    assert biggest.invalidate(1, 5) is False
+
+
 def test_a_one_megabyte_argument_hits_and_differs_from_its_neighbour() -> None:
     cache = SimpleCache()
     calls: list[int] = []

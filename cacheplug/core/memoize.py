@@ -44,6 +44,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: The signature memoize binds a callable to when it has none of its own.
+_ANY_ARGUMENTS = inspect.Signature(
+    [
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
+
+
 class Memoized(Generic[P, R]):
     """A function whose results are cached; made by :meth:`BaseCache.memoize`."""
 
@@ -76,7 +85,10 @@ class Memoized(Generic[P, R]):
         self.cache = cache
         self.uncached = func
         self.timeout = timeout
-        self._signature = inspect.signature(func)
+        try:
+            self._signature = inspect.signature(func)
+        except ValueError:  # a builtin without one (max): keyed on its arguments as given
+            self._signature = _ANY_ARGUMENTS
         self._binder = Binder(self._signature)
         name = function_name(func)
         if isinstance(func, functools.partial) and " at 0x" in name:
