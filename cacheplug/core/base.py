@@ -373,9 +373,18 @@ class BaseCache(ABC):
         return dict(zip(keys, self.get_many(*keys), strict=True))
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
-        """Store every item; the keys that were stored."""
+        """Store every item; the keys that were stored.
+
+        Every key is checked and every value encoded before anything is stored, so a bad one
+        stores nothing. This default then calls ``set`` per item, which encodes again: a
+        backend with a batch operation overrides it.
+        """
         check_mapping(mapping)
         normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
+        serializer = self.serializer
+        for key, value in mapping.items():
+            check_key(key)
+            self._serialize(value, serializer)
         return [key for key, value in mapping.items() if self.set(key, value, timeout)]
 
     def delete_many(self, *keys: str) -> list[str]:

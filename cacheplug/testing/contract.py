@@ -215,15 +215,30 @@ class CacheContract:
             lambda: cache.set(1, "v"),  # type: ignore[arg-type]
             lambda: cache.get(b"k"),  # type: ignore[arg-type]
             lambda: cache.delete(None),  # type: ignore[arg-type]
+            lambda: cache.add(1, "v"),  # type: ignore[arg-type]
+            lambda: cache.has(1),  # type: ignore[arg-type]
+            lambda: cache.inc(1),  # type: ignore[arg-type]
+            lambda: cache.dec(b"k"),  # type: ignore[arg-type]
+            lambda: cache.get_many("k", 1),  # type: ignore[arg-type]
+            lambda: cache.get_dict(1),  # type: ignore[arg-type]
+            lambda: cache.set_many({1: "v"}),  # type: ignore[dict-item]
+            lambda: cache.delete_many("k", 1),  # type: ignore[arg-type]
+            lambda: cache.get_or_set(1, lambda: "v"),  # type: ignore[arg-type]
         ):
             with pytest.raises(TypeError, match="key must be str"):
                 call()
+        assert cache.has("1") is False, "a non-str key was stored under its str()"
 
     def test_unencodable_value_raises_and_keeps_old_value(self, cache: BaseCache) -> None:
         cache.set("key", "kept")
         with pytest.raises(SerializationError):
             cache.set("key", threading.Lock())
         assert cache.get("key") == "kept"
+        with pytest.raises(SerializationError):
+            cache.set_many({"new": 1, "key": threading.Lock(), "last": 3})
+        assert cache.get_many("new", "key", "last") == [None, "kept", None], (
+            "set_many stored items of a call that raised: encode every value first"
+        )
 
     def test_serialization_error_is_a_pickle_error(self, cache: BaseCache) -> None:
         import pickle
@@ -261,11 +276,21 @@ class CacheContract:
         cache.set("key", 0)
         assert cache.has("key") is True
 
+    def test_a_stored_none_is_present(self, cache: BaseCache) -> None:
+        assert cache.set("key", None) is True
+        assert cache.get("key") is None
+        assert cache.has("key") is True, "has is False for a stored None"
+        assert cache.add("key", "other") is False, "add overwrote a stored None"
+        with pytest.raises(TypeError):
+            cache.inc("key")  # None is not a counter
+        assert (cache.has("key"), cache.get("key")) == (True, None), "inc changed a stored None"
+
     def test_clear_removes_everything(self, cache: BaseCache) -> None:
         cache.set_many({"a": 1, "b": 2})
         assert cache.clear() is True
         assert cache.get_many("a", "b") == [None, None]
         assert cache.has("a") is False
+        assert cache.clear() is True, "clear of an empty cache must return True"
 
     def test_prefixes_isolate_caches_on_one_store(self, cache_factory: CacheFactory) -> None:
         if not self.shared_store:
@@ -280,6 +305,7 @@ class CacheContract:
         assert left.clear() is True
         assert left.get("key") is None
         assert right.get("key") == "R", "clear removed keys of another key_prefix"
+        assert left.clear() is True, "clear with no key under its key_prefix must return True"
 
     # -- signing (secret=) -------------------------------------------------------------------------
 
@@ -322,9 +348,15 @@ class CacheContract:
     )
     def test_bad_timeout_is_type_error(self, cache: BaseCache, timeout: Any) -> None:
         cache.set("key", "kept")
-        with pytest.raises(TypeError, match="timeout"):
-            cache.set("key", "lost", timeout=timeout)
-        assert cache.get("key") == "kept"
+        for call in (
+            lambda: cache.set("key", "lost", timeout=timeout),
+            lambda: cache.add("new", "stored", timeout=timeout),
+            lambda: cache.set_many({"key": "lost", "new": "stored"}, timeout=timeout),
+            lambda: cache.get_or_set("new", lambda: "stored", timeout=timeout),
+        ):
+            with pytest.raises(TypeError, match="timeout"):
+                call()
+        assert cache.get_many("key", "new") == ["kept", None]
 
     def test_float_timeout_accepted(self, cache: BaseCache) -> None:
         assert cache.set("key", "v", timeout=30.5) is True
@@ -348,14 +380,21 @@ class CacheContract:
     def test_entry_expires_after_timeout(
         self, cache: BaseCache, advance: Callable[[float], None]
     ) -> None:
-        cache.set("key", "v", timeout=10)
-        cache.set("td", "v", timeout=timedelta(seconds=10))
-        advance(9)
-        assert cache.get("key") == "v", "an entry expired before its timeout"
-        advance(2)
-        assert cache.get("key") is None, "an entry did not expire after its timeout"
-        assert cache.get("td") is None, "an entry did not expire after its timedelta timeout"
-        assert cache.has("key") is False, "has is True for an expired entry"
+        for timeout, seconds in (
+            (10, 10.0),
+            (timedelta(seconds=10), 10.0),
+            (2.5, 2.5),  # fractions are exact: not rounded up to whole seconds
+            (timedelta(milliseconds=200), 0.2),
+        ):
+            cache.set("key", "v", timeout=timeout)
+            advance(seconds * 0.9)
+            assert cache.get("key") == "v", f"an entry expired before its timeout {timeout!r}"
+            advance(seconds * 0.2)
+            assert cache.get("key") is None, (
+                f"an entry did not expire after its timeout {timeout!r}"
+            )
+            assert cache.has("key") is False, "has is True for an expired entry"
+            assert cache.delete("key") is False, "delete of an expired entry must return False"
 
     def test_default_timeout_applies(
         self, cache_factory: CacheFactory, advance: Callable[[float], None]
@@ -391,9 +430,9 @@ class CacheContract:
     # -- counters ---------------------------------------------------------------------------------
 
     def test_inc_missing_key_starts_at_delta(self, cache: BaseCache) -> None:
-        assert cache.inc("n") == 1
-        assert cache.inc("m", 5) == 5
-        assert cache.dec("d", 3) == -3
+        answers = [cache.inc("n"), cache.inc("m", 5), cache.dec("d", 3), cache.inc("n", 2)]
+        assert answers == [1, 5, -3, 3]
+        assert [type(answer) for answer in answers] == [int] * 4, f"inc answered {answers!r}"
 
     def test_inc_and_dec_existing(self, cache: BaseCache) -> None:
         cache.set("n", 10)
@@ -684,9 +723,26 @@ class CacheContract:
         assert {"errors", "evictions"} <= set(after)
 
     def test_context_manager_closes(self, cache_factory: CacheFactory) -> None:
-        with cache_factory() as cache:
+        cache = cache_factory()
+        closes: list[int] = []
+        close = cache.close
+
+        def counted_close() -> None:
+            closes.append(1)
+            close()
+
+        cache.close = counted_close  # type: ignore[method-assign]
+        with cache as entered:
+            assert entered is cache, "with cache as c: c must be the cache"
             assert cache.set("key", "v") is True
             assert cache.get("key") == "v"
+        assert closes == [1], "leaving the with block did not call close()"
+
+    def test_close_twice_is_harmless(self, cache_factory: CacheFactory) -> None:
+        cache = cache_factory()
+        cache.set("key", "v")
+        cache.close()
+        cache.close()
 
     def test_serializer_attribute_is_reassignable(self, cache: BaseCache) -> None:
         from cacheplug.core.plugins import get_serializer
