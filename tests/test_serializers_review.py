@@ -357,11 +357,6 @@ def test_thread_unsafe_serializers_under_eight_threads(make: Factory, secret: st
     assert cache.set("end", [1]) is True and cache.get("end") == [1]
 
 
-DIGITS = (
-    "RedisCache took a serializer's payload made only of digits (a text serializer's '12') "
-    "for a counter: get answered the int 12 and inc counted it"
-)
-
 CACHELIB = ["SimpleSerializer", "RedisSerializer", "FileSystemSerializer", "UWSGISerializer"]
 
 
@@ -398,8 +393,6 @@ def test_fast_paths_read_what_the_serializer_reads(
 ) -> None:
     # After cache.serializer = X, a flat dict, a list, text and floats read back as X's own
     # round trip would give them, whatever SimpleCache or the engines keep them as.
-    if secret is None and type(serializer) is Text and "redis" in request.node.callspec.id:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=DIGITS))
     cache = make(secret=secret)
     cache.set("before", {"flat": 1})
     cache.serializer = serializer
@@ -477,8 +470,6 @@ def test_serializer_reassigned_between_set_and_get_or_inc(
 def test_a_serializers_digits_are_not_taken_for_a_counter(
     make: Factory, secret: str | None, request: pytest.FixtureRequest
 ) -> None:
-    if secret is None and "redis" in request.node.callspec.id:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=DIGITS))
     cache = make(secret=secret, serializer=Text())
     for text in ("12", "-7", "007", "12\n", "12\n\n", "-", "1.5"):
         cache.set("s", text)

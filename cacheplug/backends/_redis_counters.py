@@ -13,8 +13,10 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "UNREADABLE",
+    "escaped",
     "is_decimal",
     "refusal",
+    "unescaped",
 ]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
@@ -41,6 +43,21 @@ def is_decimal(payload: bytes) -> bool:
     sends every serializer payload straight to its decoder.
     """
     return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
+
+
+def escaped(data: bytes) -> bytes:
+    """A serializer's ``data`` as stored: only counters are plain decimals, so data that would
+    read as one (a decimal, with any newlines after it) gets one newline more."""
+    if data and 44 < data[0] < 58 and is_decimal(data.rstrip(b"\n")):
+        return data + b"\n"
+    return data
+
+
+def unescaped(payload: bytes) -> bytes:
+    """The serializer's data in a stored ``payload`` that is no counter: :func:`escaped` undone."""
+    if payload[-1:] == b"\n" and 44 < payload[0] < 58 and is_decimal(payload.rstrip(b"\n")):
+        return payload[:-1]
+    return payload
 
 
 #: What ``stored`` answers in :func:`refusal` for a value it could not read.

@@ -44,8 +44,10 @@ from cacheplug.backends._redis_counters import (
     INT64_MAX,
     INT64_MIN,
     UNREADABLE,
+    escaped,
     is_decimal,
     refusal,
+    unescaped,
 )
 from cacheplug.core.base import (
     BaseCache,
@@ -236,13 +238,16 @@ class RedisCache(BaseCache):
         # are the serializer's to keep or refuse, as on every other backend.
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return b"%d" % value
-        return self._encode(value, key, prefix)
+        # a serializer's data that reads as a decimal (text "12") must not pass for a counter
+        return escaped(self._encode(value, key, prefix))
 
     def _decoded(self, payload: bytes, key: str, prefix: str) -> Any:
         """The value in the ``payload`` of ``key`` under ``prefix`` (it may raise): a plain
         decimal is a counter."""
-        if 44 < payload[0] < 58 and is_decimal(payload):
-            return int(payload)
+        if 44 < payload[0] < 58:
+            if is_decimal(payload):
+                return int(payload)
+            payload = unescaped(payload)
         if self._signer is not None:
             return self._decode(payload, key, prefix)
         serializer = self.serializer
@@ -256,7 +261,7 @@ class RedisCache(BaseCache):
             value = self._decoded(payload, key, prefix)
         except Exception:
             errors = self._errors
-            value = self._decode_or_miss(key, payload, prefix)  # logs and counts it
+            value = self._decode_or_miss(key, unescaped(payload), prefix)  # logs, counts it
             if self._errors != errors:
                 self._misses += 1
                 return None
