@@ -145,22 +145,11 @@ def test_keyboard_interrupt_while_loading_is_not_swallowed(site: Path) -> None:
     assert get_backend_class("ki").__name__ == "PluginCache"  # nothing was left half-built
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plugin module raising a BaseException other than SystemExit (a custom one, "
-    "pytest.skip's) escapes the load: every lookup of every scheme raises it, every time",
-)
 def test_a_base_exception_at_import_fails_alone(site: Path) -> None:
     (message,) = _broken(site, "class Stop(BaseException):\n    pass\nraise Stop('halt')\n")
     assert "Stop: halt" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sys.exit() in a lazily imported 'module:Class' target, in a serializer's "
-    "constructor or in a runtime plugin's hook escapes as SystemExit (ends the program) "
-    "instead of a PluginError chained to it, as at load time",
-)
 @pytest.mark.parametrize(
     "where", ["backend-module", "serializer-module", "serializer-init", "hook"]
 )
@@ -228,11 +217,6 @@ def test_a_serializer_without_loads_is_refused_on_use() -> None:
         SimpleCache(serializer="half")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="register_plugin(None) leaves pluggy's 'blocked' marker under its name: the name is "
-    "then refused to every plugin with 'implements no cacheplug hook' until reset_plugins()",
-)
 def test_a_none_plugin_leaves_its_name_free() -> None:
     with pytest.raises(PluginError, match="None"):
         register_plugin(None, name="nothing")
@@ -240,22 +224,12 @@ def test_a_none_plugin_leaves_its_name_free() -> None:
     assert get_backend_class("nothing") is SimpleCache
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a runtime plugin named like a disabled entry point is refused with the false "
-    "'implements no cacheplug hook' instead of naming CACHEPLUG_DISABLE_PLUGINS",
-)
 def test_a_runtime_plugin_under_a_disabled_name_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHEPLUG_DISABLE_PLUGINS", "mine")
     with pytest.raises(PluginError, match="CACHEPLUG_DISABLE_PLUGINS"):
         register_plugin(Registers({"mine": SimpleCache}), name="mine")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="register() kept by a plugin and called after its hook returned is silently "
-    "ignored: the name never appears and nothing says why",
-)
 def test_register_after_the_hook_returned_is_refused() -> None:
     kept: list[RegisterFn] = []
 
@@ -272,11 +246,6 @@ def test_register_after_the_hook_returned_is_refused() -> None:
 # -- names -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a serializer name with '+' is accepted, but ?serializer=a+b reads as 'a b' (form "
-    "encoding): docs/plugins.md promises names usable where written",
-)
 def test_a_serializer_name_a_url_cannot_reach_is_refused() -> None:
     with pytest.raises(PluginError, match="'z\\+pickle', which cannot be used"):
         register_plugin(Registers(serializers={"z+pickle": TextSerializer}), name="plus")
@@ -311,11 +280,6 @@ def test_a_plugin_claiming_a_builtin_scheme_blocks_only_that_scheme(site: Path) 
     assert get_backend_class("rediss").__name__ == "RedisCache"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one module under two entry-point names: the warning is pluggy's ValueError with "
-    "the repr of every registered plugin (kilobytes), not which entry point has it already",
-)
 def test_one_module_under_two_entry_points_is_reported_briefly(site: Path) -> None:
     write_distribution(
         site,

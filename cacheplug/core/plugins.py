@@ -127,8 +127,9 @@ class _Registry:
         self.serializers = _Table(
             "serializer",
             "cacheplug_register_serializers",
-            re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*\Z"),
-            "letters, digits, '_', '.', '+' or '-', starting with a letter or digit",
+            # no '+': a query string reads it as a space (?serializer=a+b is 'a b')
+            re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z"),
+            "letters, digits, '_', '.' or '-', starting with a letter or digit",
         )
         self.serializer_instances: dict[str, SerializerLike] = {}
         self.lock = threading.RLock()
@@ -172,9 +173,10 @@ class _Registry:
                 if taken is not None:
                     raise PluginError(f"its entry-point name is already used by {taken}")
                 self.add(ep.load(), origin)
-            # SystemExit too: a plugin calling sys.exit() (argparse at import...) must not end
-            # the program that merely asked for a cache.
-            except (Exception, SystemExit) as err:
+            # SystemExit and the like too: a plugin calling sys.exit() (argparse at import...)
+            # must not end the program that merely asked for a cache.
+            except BaseException as err:
+                _reraise_interrupt(err)
                 message = (
                     f"cacheplug {origin} failed to load from {ep.value!r}: "
                     f"{_describe(err)}; set {DISABLE_ENV}={ep.name} to skip it"
@@ -189,6 +191,15 @@ class _Registry:
 
         :param exclusive: a name another plugin already holds raises instead of clashing on use.
         """
+        if plugin is None:
+            raise PluginError(f"{origin} is None, not a module or object with hooks")
+        # pluggy's own error dumps the repr of every registered plugin
+        other = self.pm.get_name(plugin)
+        if other is not None:
+            raise PluginError(
+                f"{origin} is {plugin!r}, already registered as plugin {other!r}; "
+                f"give one module a single entry point"
+            )
         try:
             self.pm.register(plugin, name=origin.plugin)
             self._check_hooks(plugin, origin)
@@ -256,8 +267,14 @@ class _Registry:
     def _call_hooks(self, table: _Table, origin: _Origin) -> dict[str, type[Any] | str]:
         """The names ``origin``'s implementation of ``table.hook`` registers."""
         names: dict[str, type[Any] | str] = {}
+        returned = False
 
         def register(name: str, target: type[Any] | str) -> None:
+            if returned:
+                raise PluginError(
+                    f"{origin} called register({name!r}, ...) after its hook returned; "
+                    f"a name must be registered while the hook runs"
+                )
             if not isinstance(name, str) or not name:
                 raise PluginError(f"{origin} registered a {table.kind} with invalid name {name!r}")
             if not table.valid.match(name):
@@ -280,9 +297,12 @@ class _Registry:
         arguments = {"register": register}
         hook = getattr(self.pm.hook, table.hook)
         # Called one plugin at a time (not through pm.hook) so every name knows its plugin.
-        for impl in hook.get_hookimpls():
-            if impl.plugin_name == origin.plugin:
-                impl.function(*(arguments[arg] for arg in impl.argnames))
+        try:
+            for impl in hook.get_hookimpls():
+                if impl.plugin_name == origin.plugin:
+                    impl.function(*(arguments[arg] for arg in impl.argnames))
+        finally:
+            returned = True
         return names
 
     def resolve(self, entry: _Entry, kind: str, check: Callable[[Any], str | None]) -> type[Any]:
@@ -300,7 +320,8 @@ class _Registry:
                         value: Any = importlib.import_module(module_name)
                         for part in attr.split("."):
                             value = getattr(value, part)
-                    except Exception as err:
+                    except BaseException as err:
+                        _reraise_interrupt(err)
                         raise PluginError(
                             f"{kind} {entry.name!r} from {entry.origin} cannot be imported "
                             f"from {target!r}: {_describe(err)}"
@@ -360,6 +381,12 @@ class _Registry:
 def _describe(err: BaseException) -> str:
     """``Type: message`` on one line (pluggy's validation errors span several)."""
     return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _reraise_interrupt(err: BaseException) -> None:
+    """Raise ``err`` again if it is Ctrl-C: the one exception a plugin's failure must not hide."""
+    if isinstance(err, KeyboardInterrupt):
+        raise err
 
 
 def _is_target(target: object) -> bool:
@@ -465,11 +492,17 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         taken = registry.origins.get(plugin_name)
         if taken is not None:
             raise PluginError(f"plugin name {plugin_name!r} is already used by {taken}")
+        if registry.pm.is_blocked(plugin_name):
+            raise PluginError(
+                f"plugin name {plugin_name!r} is disabled by {DISABLE_ENV}; "
+                f"register the plugin under another name"
+            )
         try:
             registry.add(plugin, _Origin(plugin_name, _RUNTIME, ""), exclusive=True)
         except PluginError:
             raise
-        except Exception as err:  # pluggy's validation errors, a hook that fails
+        except BaseException as err:  # pluggy's validation errors, a hook that fails or exits
+            _reraise_interrupt(err)
             raise PluginError(
                 f"plugin {plugin_name!r} cannot be registered: {_describe(err)}"
             ) from err
@@ -549,7 +582,8 @@ def get_serializer(name: str) -> SerializerLike:
         if instance is None:
             try:
                 instance = cls()
-            except Exception as err:
+            except BaseException as err:
+                _reraise_interrupt(err)
                 raise PluginError(
                     f"serializer {name!r} from {entry.origin} cannot be created as {cls.__name__}()"
                     f": {_describe(err)}; cacheplug creates serializers with no "
