@@ -125,11 +125,14 @@ def item_text(value: object, open_ids: set[int]) -> str:
 
 def _generated_repr_fields(value: object) -> list[tuple[str, Any]] | None:
     """The (name, value) pairs a named tuple's or dataclass's generated repr shows; else None."""
-    method = getattr(type(value), "__repr__", None)
-    if isinstance(value, tuple) and getattr(method, "__code__", None) is _NAMEDTUPLE_REPR:
-        return list(zip(type(value)._fields, value, strict=True))  # type: ignore[attr-defined]
+    method = type(value).__repr__
+    if isinstance(value, tuple):
+        if getattr(method, "__code__", None) is _NAMEDTUPLE_REPR:
+            return list(zip(type(value)._fields, value, strict=True))  # type: ignore[attr-defined]
+        return None
+    # dataclasses wrap their generated repr (reprlib.recursive_repr); most reprs are unwrapped
     wrapped = getattr(method, "__wrapped__", None)
-    if getattr(wrapped, "__qualname__", None) != "__create_fn__.<locals>.__repr__":
+    if wrapped is None or getattr(wrapped, "__qualname__", None) != _DATACLASS_REPR:
         return None
     import dataclasses
 
@@ -137,6 +140,7 @@ def _generated_repr_fields(value: object) -> list[tuple[str, Any]] | None:
 
 
 _NAMEDTUPLE_REPR = collections.namedtuple("_Sample", "")().__repr__.__code__
+_DATACLASS_REPR = "__create_fn__.<locals>.__repr__"
 
 
 # the most keys of recent calls each memoized function remembers, and their longest text
