@@ -7,6 +7,7 @@ Exit status: 0 on success, 1 when the cache misbehaves or its server cannot be r
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -108,6 +109,7 @@ class _Target:
         # redis-py's cluster client gives only the text of the last node's error
         _, cluster, answer = cause.partition(_CLUSTER_UNREACHABLE)
         # redis-py's names for a refused login and for a command the ACL forbids
+        tls = self.url.scheme == "rediss" or self.url.query.get("ssl", "").lower() in _TRUE
         login_refused = cause.startswith("Authentication") or (
             bool(cluster) and answer.startswith(_LOGIN_REFUSED)
         )
@@ -132,6 +134,18 @@ class _Target:
                 f"the server at {url} answered, but not as {self.url.scheme}:// expects: "
                 "is another kind of server (Redis, memcached, ...) listening on that port?"
             )
+        elif _CERTIFICATE_REFUSED in cause:
+            message = (
+                f"the server at {url} speaks TLS, but its certificate was refused: give the CA "
+                "that signed it as ?ssl_ca_certs=/path/to/ca.pem, and connect by a host name "
+                "the certificate names"
+            )
+        elif not tls and self.url.scheme in _TLS_SCHEMES and cause.endswith(_HUNG_UP):
+            message = (
+                f"the server at {url} accepted the connection and closed it without a reply: "
+                "if that port speaks only TLS, write rediss:// (or add ?ssl=true); otherwise, "
+                "is a Redis server listening there?"
+            )
         elif isinstance(self.cache, FileSystemCache):  # no server: the directory refused
             message = (
                 f"cannot write to the cache at {url}: may this process write there, "
@@ -141,7 +155,7 @@ class _Target:
             message = (
                 f"cannot reach the cache at {url}: is the server running and reachable from here?"
             )
-            if self.url.scheme == "rediss" or self.url.query.get("ssl", "").lower() in _TRUE:
+            if tls:
                 message += " Does it speak TLS on that port?"
         return f"{message} ({shown})" + (f"\n  the error: {cause}" if cause else "")
 
@@ -158,6 +172,11 @@ _TRUE = ("true", "1", "yes", "on")
 _CLUSTER_UNREACHABLE = (
     "Redis Cluster cannot be connected. Please provide at least one reachable node: "
 )
+#: How redis-py says a server hung up on the first command (a TLS-only port hears plain text).
+_HUNG_UP = ("Connection reset by peer')", "Connection closed by server.")
+_TLS_SCHEMES = ("redis", "redis+cluster")  # plain-text URLs that ?ssl=true turns to TLS
+#: How OpenSSL says it did not trust the server's certificate (self-signed, other host name).
+_CERTIFICATE_REFUSED = "CERTIFICATE_VERIFY_FAILED"
 #: How Redis words a refused login (no password given, a wrong one, a HELLO before AUTH).
 _LOGIN_REFUSED = ("NOAUTH", "Authentication required", "invalid username-password", "HELLO must")
 
@@ -437,6 +456,10 @@ def _delay_ms(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cacheplug`` command; the exit status."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # a path or prefix the terminal's encoding cannot show (ascii, latin-1) is escaped, as
+        # Python does on stderr, instead of ending the command in a UnicodeEncodeError
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         try:
             return _run(argv)

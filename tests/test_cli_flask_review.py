@@ -203,11 +203,6 @@ def test_tls_urls_that_match_the_server_work(tls_redis: _TLSRedis) -> None:
         assert SECRET not in result.stdout + result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a redis:// URL on a TLS-only port (the server hangs up on plain text) was told 'is "
-    "the server running and reachable from here?', with no word of TLS or rediss://",
-)
 def test_a_plain_url_on_a_tls_port_suggests_tls(tls_redis: _TLSRedis) -> None:
     port = tls_redis.tls_port
     for url in (
@@ -220,11 +215,6 @@ def test_a_plain_url_on_a_tls_port_suggests_tls(tls_redis: _TLSRedis) -> None:
         assert "rediss://" in _verdict(result.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rediss:// URL whose server certificate is refused (self-signed, or another host "
-    "name) was asked 'Does it speak TLS on that port?': it does; the certificate is the matter",
-)
 def test_a_refused_certificate_is_named_as_such(tls_redis: _TLSRedis) -> None:
     port, ca = tls_redis.tls_port, tls_redis.ca
     for url in (
@@ -288,11 +278,6 @@ def test_a_very_long_url_is_refused_or_served_without_a_traceback() -> None:
         assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on a terminal that cannot show a character of the URL (PYTHONIOENCODING=ascii, a "
-    "latin-1 locale) check and demo died with a UnicodeEncodeError traceback",
-)
 def test_a_non_utf8_terminal_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
     folder = tmp_path / "café"
     folder.mkdir()
