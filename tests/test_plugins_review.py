@@ -449,3 +449,31 @@ def test_import_cacheplug_stays_cheap_with_plugins_installed(site: Path) -> None
     assert json.loads(run_python(_IMPORT_COST, env)) == []
     assert not imported(site, "cheap_plugin")
     assert not imported(site, "cheap_target")
+
+
+@pytest.mark.parametrize("value", ["Good", "god", "redis"])
+def test_a_disabled_name_no_plugin_has_is_warned_about(
+    site: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # a typo (or a built-in's name) used to leave every plugin running without a word
+    _with_good_plugin(site)
+    monkeypatch.setenv("CACHEPLUG_DISABLE_PLUGINS", f"{value}, ")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = [p["name"] for p in get_plugins()]
+    assert "good" in names
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    assert f"CACHEPLUG_DISABLE_PLUGINS names {value!r}, which no installed plugin has" in message
+    assert "good" in message and "cannot be disabled" in message
+
+
+def test_a_disabled_name_of_an_installed_plugin_is_not_warned_about(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_good_plugin(site)
+    monkeypatch.setenv("CACHEPLUG_DISABLE_PLUGINS", "good")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = [p["name"] for p in get_plugins()]
+    assert "good" not in names
+    assert [w for w in caught if issubclass(w.category, PluginLoadWarning)] == []

@@ -159,7 +159,18 @@ class _Registry:
         self.entry_points_read = True
         import importlib.metadata
 
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        installed = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        unknown = disabled.difference(ep.name for ep in installed)
+        if unknown:  # an operator's typo would leave the plugin running without a word
+            known = ", ".join(sorted({ep.name for ep in installed})) or "none"
+            warnings.warn(
+                f"{DISABLE_ENV} names {', '.join(map(repr, sorted(unknown)))}, which no "
+                f"installed plugin has (entry-point names, case-sensitive: {known}; "
+                "cacheplug's own backends and serializers cannot be disabled)",
+                PluginLoadWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+        for ep in installed:
             if self.pm.is_blocked(ep.name):
                 continue
             dist = ep.dist
