@@ -385,8 +385,13 @@ def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(item) for item in value) or "-"
-    return str(value)
+        text = ",".join(str(item) for item in value) or "-"
+    else:
+        text = str(value)
+    if text.isprintable():
+        return text
+    # a plugin's error text is foreign: escape sequences must not drive the terminal
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -395,6 +395,18 @@ def test_cli_lists_a_failed_plugin_on_one_line(
     assert json.loads(capsys.readouterr().out) == get_plugins()
 
 
+def test_cli_escapes_control_characters_of_a_plugins_error(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a terminal escape sequence in a plugin's message must not reach the operator's terminal
+    _broken(site, "raise RuntimeError('\\x1b[2Jcleared \\x07bell \\x9bcsi')\n")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert not any(char in out for char in "\x1b\x07\x9b")
+    (row,) = [line for line in out.splitlines() if line.startswith("bad ")]
+    assert row.endswith("RuntimeError: \\x1b[2Jcleared \\x07bell \\x9bcsi")
+
+
 # -- threads, reset, import cost -------------------------------------------------------------------
 
 
