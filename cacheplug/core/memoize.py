@@ -169,7 +169,10 @@ class Memoized(Generic[P, R]):
         """The key text of the bound value of parameter ``name``."""
         kind = type(value)
         if kind in PLAIN:
-            return item_text(value, set())
+            try:
+                return repr(value)
+            except ValueError:  # an int too long for a repr
+                return item_text(value, set())
         # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
         if kind is list or kind is tuple or kind is dict:
             part = plain_items_text(value) or stable_repr(value, set())  # type: ignore[arg-type]
