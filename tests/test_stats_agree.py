@@ -16,6 +16,7 @@ the past; both engines then hold an entry they no longer serve, as after a real 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -451,6 +452,23 @@ def memoize_none(h: Harness) -> Callable[[], Any]:
     return lambda: compute(1)
 
 
+@step({"misses": 1, "errors": 1, "sets": 1, "hits": 1})
+def memoize_async_unreadable_waiter(h: Harness) -> Callable[[], Any]:
+    prefix = key()
+
+    @h.cache.memoize(key_prefix=prefix)
+    async def compute(n: int) -> Any:
+        await asyncio.sleep(0)  # the other task finds the call in progress and waits
+        return [n]
+
+    h.cache.set(compute.cache_key(1), Unreadable())  # type: ignore[attr-defined]
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(compute(1), compute(1)))
+
+    return lambda: asyncio.run(both())
+
+
 @step({"deletes": 1})
 def memoize_invalidate(h: Harness) -> Callable[[], Any]:
     compute = _memoized(h, [1])
@@ -507,7 +525,11 @@ FINDINGS: dict[tuple[str, str], str] = {
     },
     **{
         (name, backend): LOOKUP_TWICE
-        for name in ("get_or_set_unreadable", "memoize_unreadable")
+        for name in (
+            "get_or_set_unreadable",
+            "memoize_unreadable",
+            "memoize_async_unreadable_waiter",
+        )
         for backend in BACKENDS
     },
     **{
