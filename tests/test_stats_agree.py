@@ -476,94 +476,10 @@ def memoize_invalidate(h: Harness) -> Callable[[], Any]:
     return lambda: compute.invalidate(1)  # type: ignore[attr-defined]
 
 
-# -- findings: calls whose counts differ between backends with no word of it in the docs ----------
-
-UNREADABLE_HIT = (
-    "SimpleCache counts an unreadable entry as a hit (and an error), where every other backend "
-    "and docs/contract.md count a miss and an error"
-)
-STORED_NONE = (
-    "a stored None counts as a hit on SimpleCache, RedisCache and MemcachedCache, as a miss on "
-    "FileSystemCache; get returns None, which reads like a miss (docs/contract.md)"
-)
-STORED_NONE_NEGATIVE = (
-    "get_or_set on a stored None counts 2 hits and -1 misses (a fresh cache shows misses == -1): "
-    "it takes back a miss its first lookup never counted"
-)
-LOOKUP_TWICE = (
-    "get_or_set (and memoize) on an unreadable entry counts 2 misses and 2 errors, where the docs "
-    "say each call counts one lookup: the first lookup is taken back only when no error was "
-    "counted meanwhile"
-)
-FILE_BORN_EXPIRED = (
-    "FileSystemCache counts a born-expired set/set_many as a delete (when an entry was there) "
-    "and not as a set; the other backends count a set"
-)
-BORN_EXPIRED_ADD = (
-    "add(timeout<0) of an absent key answers True and counts a set on SimpleCache and "
-    "MemcachedCache, nothing on FileSystemCache and RedisCache"
-)
-FILE_DELETE_EXPIRED = (
-    "FileSystemCache.delete of an expired entry answers False but counts a delete "
-    "(delete_many too); the other backends count nothing"
-)
-INC_SETS = (
-    "inc/dec count a set on SimpleCache and FileSystemCache, nothing on RedisCache and "
-    "MemcachedCache"
-)
-FINDINGS: dict[tuple[str, str], str] = {
-    **{(name, "simple"): UNREADABLE_HIT for name in ("get_unreadable", "get_many_mixed")},
-    ("get_dict_mixed", "simple"): UNREADABLE_HIT,
-    **{
-        (name, backend): STORED_NONE
-        for name in ("get_stored_none", "get_many_stored_none")
-        for backend in ("simple", *ENGINES)
-    },
-    **{
-        ("get_or_set_stored_none", backend): STORED_NONE_NEGATIVE
-        for backend in ("simple", *ENGINES)
-    },
-    **{
-        (name, backend): LOOKUP_TWICE
-        for name in (
-            "get_or_set_unreadable",
-            "memoize_unreadable",
-            "memoize_async_unreadable_waiter",
-        )
-        for backend in BACKENDS
-    },
-    **{
-        (name, "file"): FILE_BORN_EXPIRED
-        for name in ("set_born_expired_over", "set_born_expired_new", "set_many_born_expired")
-    },
-    **{("add_born_expired_new", backend): BORN_EXPIRED_ADD for backend in ("file", "redis")},
-    ("add_born_expired_new", "redis-cluster"): BORN_EXPIRED_ADD,
-    **{(name, "file"): FILE_DELETE_EXPIRED for name in ("delete_expired", "delete_many_mixed")},
-    **{
-        (name, backend): INC_SETS
-        for name in ("inc_new", "inc_existing", "inc_over_expired", "dec_existing")
-        for backend in ENGINES
-    },
-}
-THREADS_DOUBLE_COUNT = (
-    "under 8 threads, hits + misses exceeds the lookups made (by 250-350 of 7200 here): "
-    "get_or_set takes its first miss back only when no thread counted an error meanwhile"
-)
-
-
-def mark(step_name: str, backend: str) -> list[pytest.MarkDecorator]:
-    reason = FINDINGS.get((step_name, backend))
-    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize(
     ("step_name", "backend"),
-    [
-        pytest.param(name, backend, id=f"{name}-{backend}", marks=mark(name, backend))
-        for name in STEPS
-        for backend in BACKENDS
-    ],
+    [pytest.param(name, backend, id=f"{name}-{backend}") for name in STEPS for backend in BACKENDS],
 )
 def test_one_call_moves_the_same_counters(
     step_name: str, backend: str, variant: str, request: pytest.FixtureRequest
@@ -654,22 +570,7 @@ def _lookups(cache: BaseCache, hit: str, bad: str, shared: list[str], worker: in
     return made
 
 
-#: Backends that read no unreadable entry in the threads' run: without the fix they double
-#: counted 0 to 9 lookups of 7200 a run, too few to fail every time.
-RACE_TOO_RARE = ("simple", "file")
-
-
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "simple",
-        "file",
-        *(
-            pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=THREADS_DOUBLE_COUNT))
-            for b in ("redis", "memcached")
-        ),
-    ],
-)
+@pytest.mark.parametrize("backend", ["simple", "file", "redis", "memcached"])
 def test_threads_count_each_lookup_once(backend: str, request: pytest.FixtureRequest) -> None:
     import sys
 
@@ -677,7 +578,7 @@ def test_threads_count_each_lookup_once(backend: str, request: pytest.FixtureReq
     cache = h.cache
     hit, bad = key(), key()
     cache.set(hit, [1])
-    cache.set(bad, [1] if backend in RACE_TOO_RARE else Unreadable())
+    cache.set(bad, Unreadable())
     shared = [key() for _ in range(4)]
     made = [0] * THREADS
     seen_negative: list[dict[str, int]] = []

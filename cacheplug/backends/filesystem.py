@@ -287,6 +287,7 @@ class FileSystemCache(BaseCache):
             if expires is None:
                 with self._locked() as lock:
                     self._remove(lock, path)
+                self._sets += 1  # born expired: a write, as on every backend
             else:
                 self._store(path, expires, payload)
         except OSError as err:
@@ -302,6 +303,8 @@ class FileSystemCache(BaseCache):
                     return False
                 if expires is not None:
                     self._store(path, expires, payload, lock)
+                else:
+                    self._sets += 1  # born expired: a write, as on every backend
         except OSError as err:
             self._backend_error("add", err)
             return False
@@ -314,10 +317,12 @@ class FileSystemCache(BaseCache):
         try:
             with self._locked() as lock:
                 live = self._is_live(path)
-                return self._remove(lock, path) and live
+                deleted = self._remove(lock, path) and live
         except OSError as err:
             self._backend_error("delete", err)
             return False
+        self._deletes += deleted  # an expired entry's file goes too, but it no longer existed
+        return deleted
 
     def has(self, key: str) -> bool:
         check_key(key)
@@ -432,7 +437,7 @@ class FileSystemCache(BaseCache):
         return _HEADER.unpack_from(data)[1], memoryview(data)[_HEADER.size :], info.st_mtime
 
     def _unreadable(self, path: str, reason: str) -> None:
-        self._errors += 1
+        self._count_unreadable()
         self._log("unreadable", "unreadable cache file %r read as a miss: %s", path, reason)
 
     def _unlink_own_files(self) -> bool:
@@ -565,7 +570,6 @@ class FileSystemCache(BaseCache):
         count, added = _read_tally(lock)
         if count > 0:
             _keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
-        self._deletes += 1
         return True
 
     @contextmanager

@@ -225,12 +225,13 @@ class MemcachedCache(BaseCache):
         return FLAG_SERIALIZED, data
 
     def _unpack(self, key: str, item: tuple[int, bytes]) -> Any:
-        """The value of a fetched item, counted as a hit; unreadable: ``None``, a miss."""
-        errors = self._errors
+        """The value of a fetched item, counted as a hit; unreadable or a stored ``None``,
+        which reads like a miss: ``None``, a miss."""
         value = self._read_item(key, item)
-        if value is None and self._errors != errors:
-            self._hits -= 1
+        if value is None:
             self._misses += 1
+        else:
+            self._hits += 1
         return value
 
     def _read_item(self, key: str, item: tuple[int, bytes]) -> Any:
@@ -244,7 +245,7 @@ class MemcachedCache(BaseCache):
                 pass
         elif flags == FLAG_GUARDED:
             return self._decode_or_miss(key, data[1:])
-        self._errors += 1
+        self._count_unreadable()
         self._log(
             "decode", "entry %r is not a cacheplug entry (flags %d), read as a miss", key, flags
         )
@@ -409,7 +410,6 @@ class MemcachedCache(BaseCache):
         if item is None:
             self._misses += 1
             return None
-        self._hits += 1
         return self._unpack(key, item)
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
@@ -489,29 +489,32 @@ class MemcachedCache(BaseCache):
 
         ``unread`` of the missing items were on a server that failed: errors, not misses.
         """
-        missing = items.count(None)
-        self._misses += missing - unread
-        self._hits += len(items) - missing
+        values: list[Any] | None = None
         if self._signer is None and type(self.serializer) is PickleSerializer:
             loads = pickle.loads
-            counted = self._hits, self._misses, self._errors
-            try:  # the default, without a call of _unpack per value
-                return [
-                    None
-                    if item is None
-                    else loads(item[1])
-                    if item[0] == FLAG_SERIALIZED
-                    else self._unpack(key, item)
-                    for key, item in zip(keys, items, strict=True)
+            try:  # the default, without a call of _read_item per value
+                values = [
+                    None if item is None or item[0] != FLAG_SERIALIZED else loads(item[1])
+                    for item in items
                 ]
             except Exception:
-                # an unreadable entry: _unpack logs and counts it, and reads again the
-                # entries before it, which must not be counted twice
-                self._hits, self._misses, self._errors = counted
-        return [
-            None if item is None else self._unpack(key, item)
-            for key, item in zip(keys, items, strict=True)
-        ]
+                pass  # an unreadable entry: _read_item logs and counts it
+            else:
+                values = [
+                    self._read_item(key, item)
+                    if item is not None and item[0] != FLAG_SERIALIZED
+                    else value
+                    for key, item, value in zip(keys, items, values, strict=True)
+                ]
+        if values is None:
+            values = [
+                None if item is None else self._read_item(key, item)
+                for key, item in zip(keys, items, strict=True)
+            ]
+        found = len(values) - values.count(None)  # unreadable, or a stored None: a miss
+        self._hits += found
+        self._misses += len(values) - found - unread
+        return values
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         check_mapping(mapping)
@@ -599,13 +602,17 @@ class MemcachedCache(BaseCache):
         space = self._namespace
         server = self._server(key, space)
         if space is None:
-            return increment(self, server, memcached_key(key), key, delta)
-        # the first incr reads the namespace token back in its round trip
-        counted = self._run(server, "inc", namespace.count, server, space, key, delta % WRAP)
-        if counted is FAILED:
-            return None
-        name, first = counted
-        return increment(self, server, name, key, delta, first)
+            value = increment(self, server, memcached_key(key), key, delta)
+        else:
+            # the first incr reads the namespace token back in its round trip
+            counted = self._run(server, "inc", namespace.count, server, space, key, delta % WRAP)
+            if counted is FAILED:
+                return None
+            name, first = counted
+            value = increment(self, server, name, key, delta, first)
+        if value is not None:
+            self._sets += 1  # a counter written, as on every backend
+        return value
 
     def close(self) -> None:
         """Close the idle connections; the cache reconnects when used again."""

@@ -260,11 +260,10 @@ class RedisCache(BaseCache):
         try:
             value = self._decoded(payload, key, prefix)
         except Exception:
-            errors = self._errors
             value = self._decode_or_miss(key, unescaped(payload), prefix)  # logs, counts it
-            if self._errors != errors:
-                self._misses += 1
-                return None
+        if value is None:  # unreadable, or a stored None, which reads like a miss
+            self._misses += 1
+            return None
         self._hits += 1
         return value
 
@@ -310,6 +309,9 @@ class RedisCache(BaseCache):
             value = self._decoded(payload, key, prefix)
         except Exception:
             return self._load(key, payload, prefix)
+        if value is None:  # a stored None reads like a miss, and counts as one
+            self._misses += 1
+            return None
         self._hits += 1
         return value
 
@@ -344,7 +346,9 @@ class RedisCache(BaseCache):
         name = self._wire(prefix + key)
         try:
             if ms < 0:
-                return not self._client.exists(name)
+                added = not self._client.exists(name)
+                self._sets += added  # born expired: a write, as set counts it
+                return added
             expiry = ("PX", ms) if ms else ()
             added = bool(self._once.execute_command("SET", name, data, "NX", *expiry))
         except self._failures as err:
@@ -432,7 +436,9 @@ class RedisCache(BaseCache):
             except Exception:
                 pass
             else:
-                self._hits += len(values)
+                found = len(values) - values.count(None)  # a stored None counts as a miss
+                self._hits += found
+                self._misses += len(values) - found
                 return values
         decoded = self._decoded
         try:
@@ -445,7 +451,7 @@ class RedisCache(BaseCache):
             values = [None if p is None else self._load(k, p, prefix) for k, p in pairs]
             self._misses += payloads.count(None) - unread
             return values
-        found = len(keys) - payloads.count(None)
+        found = len(keys) - values.count(None)  # a stored None counts as a miss
         self._hits += found
         self._misses += len(keys) - found - unread
         return values
@@ -560,9 +566,12 @@ class RedisCache(BaseCache):
         prefix = self.key_prefix
         args = (1, self._wire(prefix + key), delta, self._ttl_ms(None))
         try:
-            return int(self._once.evalsha(INC_SHA, *args))
+            value: int | None = int(self._once.evalsha(INC_SHA, *args))
         except self._failures as err:
-            return self._inc_failed(key, prefix, args, err)
+            value = self._inc_failed(key, prefix, args, err)
+        if value is not None:
+            self._sets += 1  # a counter written, as on every backend
+        return value
 
     def _inc_failed(
         self, key: str, prefix: str, args: tuple[Any, ...], err: Exception

@@ -223,6 +223,9 @@ class SimpleCache(BaseCache):
                 self._misses += 1
                 return None
             self._cache.move_to_end(key)
+            if entry[2] is None:  # a stored None reads like a miss, and counts as one
+                self._misses += 1
+                return None
             self._hits += 1
         finally:
             self._lock.release()
@@ -234,11 +237,18 @@ class SimpleCache(BaseCache):
         if codec == _SERIALIZED:
             if type(self.serializer) is PickleSerializer:
                 try:
-                    return pickle.loads(entry[2])
+                    value = pickle.loads(entry[2])
                 except Exception:
-                    pass  # _decode_or_miss logs and counts it
-            return self._decode_or_miss(key, entry[2])
-        return self._verified(key, entry[2])
+                    value = self._decode_or_miss(key, entry[2])  # logs and counts it
+            else:
+                value = self._decode_or_miss(key, entry[2])
+        else:
+            value = self._verified(key, entry[2])
+        if value is None:  # unreadable, or a serialized None: a miss after all
+            with self._lock:
+                self._hits -= 1
+                self._misses += 1
+        return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:

@@ -256,6 +256,14 @@ def check_mapping(mapping: object) -> None:
         )
 
 
+class _ThreadTally(threading.local):
+    """What one thread's calls on one cache counted in ``errors``: engine failures and
+    unreadable entries (class defaults: a thread that counted none reads 0 without a miss)."""
+
+    outages = 0
+    unreadable = 0
+
+
 class BaseCache(ABC):
     """The contract of a cacheplug cache, with cachelib-compatible semantics.
 
@@ -329,6 +337,8 @@ class BaseCache(ABC):
         self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
         self._hits = self._misses = self._sets = self._deletes = 0
         self._errors = self._evictions = 0
+        # what this thread's calls counted in errors, told apart from other threads' errors
+        self._by_thread = _ThreadTally()
         self._flights: dict[str, list[Any]] = {}
         self._flights_lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
@@ -445,18 +455,15 @@ class BaseCache(ABC):
         ``None`` result is returned but not told apart from a miss next time. Each call counts
         one lookup in :meth:`stats`: a miss when it runs ``factory``, else a hit.
         """
-        errors = self._errors
+        tally = self._by_thread  # read inline: this is the hit path of every memoized call
+        before = tally.outages, tally.unreadable
         value = self.get(key)
         if value is not None:
             return value
-        # An outage counts an error instead of a miss. Comparing the misses was wrong: another
-        # thread taking back its own miss meanwhile hid this one.
-        counted = self._errors == errors
+        looked_up = tally.outages, tally.unreadable
         with self._single_flight(key):
-            value = self.get(key)
-            if counted:
-                # the check above counts this call: a hit when another thread's factory ran
-                self._misses -= 1
+            self._take_back_lookup(before, looked_up)
+            value = self.get(key)  # counts this call: a hit when another thread's factory ran
             if value is None:
                 normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
                 value = factory()
@@ -496,6 +503,22 @@ class BaseCache(ABC):
             return memoized(self, func, timeout, key_prefix)
 
         return decorate
+
+    def _thread_errors(self) -> tuple[int, int]:
+        """Engine failures and unreadable entries this thread has counted in ``errors``."""
+        tally = self._by_thread
+        return tally.outages, tally.unreadable
+
+    def _take_back_lookup(self, before: tuple[int, int], after: tuple[int, int]) -> None:
+        """Uncount a lookup that found nothing, as another lookup counts the call instead;
+        ``before`` and ``after``: :meth:`_thread_errors` around it.
+
+        Its miss (every backend counts a ``None`` read as one) and the unreadable entry it met;
+        nothing when the engine failed, as a failed lookup counts its error and no miss.
+        """
+        if after[0] == before[0]:
+            self._misses -= 1
+            self._errors -= after[1] - before[1]
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: hits, misses, sets, deletes, errors, evictions."""
@@ -645,7 +668,7 @@ class BaseCache(ABC):
         try:
             return self._decode(payload, key, prefix)
         except SerializationError as err:
-            self._errors += 1
+            self._count_unreadable()
             self._log("decode", "unreadable entry %r read as a miss: %s", key, err)
             return None
 
@@ -656,6 +679,7 @@ class BaseCache(ABC):
         the log; the next line says how many failures it stood for.
         """
         self._errors += 1
+        self._by_thread.outages += 1
         self._log(
             "backend",
             "%s.%s failed, " + CONTRACT_SAYS + "%s: %s",
@@ -664,6 +688,11 @@ class BaseCache(ABC):
             type(err).__name__,
             err,
         )
+
+    def _count_unreadable(self) -> None:
+        """Count an unreadable stored entry in ``errors``; the caller logs it."""
+        self._errors += 1
+        self._by_thread.unreadable += 1
 
     def _log(self, kind: str, message: str, *args: object) -> None:
         """Log a warning at most once per minute per ``kind``, counting the ones held back."""
