@@ -226,7 +226,10 @@ def test_a_none_plugin_leaves_its_name_free() -> None:
 
 def test_a_runtime_plugin_under_a_disabled_name_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHEPLUG_DISABLE_PLUGINS", "mine")
-    with pytest.raises(PluginError, match="CACHEPLUG_DISABLE_PLUGINS"):
+    with (
+        pytest.warns(PluginLoadWarning, match="names 'mine', which no installed plugin has"),
+        pytest.raises(PluginError, match="CACHEPLUG_DISABLE_PLUGINS"),
+    ):
         register_plugin(Registers({"mine": SimpleCache}), name="mine")
 
 
