@@ -513,7 +513,8 @@ class MemcachedCache(BaseCache):
             ]
         found = len(values) - values.count(None)  # unreadable, or a stored None: a miss
         self._hits += found
-        self._misses += len(values) - found - unread
+        count = len(values) - found - unread
+        self._misses += count  # no call between its read and write
         return values
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
@@ -528,7 +529,8 @@ class MemcachedCache(BaseCache):
         space = self._namespace
         for server, group in self._by_server(packed, space).items():
             stored += self._store_group(server, space, {key: packed[key] for key in group}, exptime)
-        self._sets += len(stored)
+        count = len(stored)
+        self._sets += count  # no call between its read and write
         done = set(stored)
         return [key for key in packed if key in done]
 
@@ -584,7 +586,8 @@ class MemcachedCache(BaseCache):
                 existed = self._run(server, "delete_many", wire.delete_many, names)
             if existed is not FAILED:
                 deleted.update(key for key, hit in zip(group, existed, strict=True) if hit)
-        self._deletes += len(deleted)
+        count = len(deleted)
+        self._deletes += count  # no call between its read and write
         return [key for key in dict.fromkeys(keys) if key in deleted]
 
     def inc(self, key: str, delta: int = 1) -> int | None:

@@ -438,7 +438,8 @@ class RedisCache(BaseCache):
             else:
                 found = len(values) - values.count(None)  # a stored None counts as a miss
                 self._hits += found
-                self._misses += len(values) - found
+                count = len(values) - found
+                self._misses += count  # no call between its read and write
                 return values
         decoded = self._decoded
         try:
@@ -449,11 +450,13 @@ class RedisCache(BaseCache):
         except Exception:  # an unreadable entry: decode one by one, counting and logging each
             pairs = zip(keys, payloads, strict=True)
             values = [None if p is None else self._load(k, p, prefix) for k, p in pairs]
-            self._misses += payloads.count(None) - unread
+            count = payloads.count(None) - unread
+            self._misses += count  # no call between its read and write
             return values
         found = len(keys) - values.count(None)  # a stored None counts as a miss
         self._hits += found
-        self._misses += len(keys) - found - unread
+        count = len(keys) - found - unread
+        self._misses += count  # no call between its read and write
         return values
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
@@ -473,7 +476,8 @@ class RedisCache(BaseCache):
                 return []
             pairs = zip(keys, results, strict=True)
             gone = [key for key, result in pairs if not isinstance(result, Exception)]
-            self._sets += len(gone)  # as set counts a born-expired write
+            count = len(gone)  # as set counts a born-expired write
+            self._sets += count  # no call between its read and write
             return gone
         expiry = ("PX", ms) if ms else ()
         commands = [
@@ -502,7 +506,8 @@ class RedisCache(BaseCache):
                 stored += self._set_lone(lone_keys, lone_commands, counted, down)
             done = set(stored)
             stored = [key for key in mapping if key in done]  # in the mapping's order, as cachelib
-        self._sets += len(stored)
+        count = len(stored)
+        self._sets += count  # no call between its read and write
         return stored
 
     def _set_lone(
@@ -550,7 +555,8 @@ class RedisCache(BaseCache):
         if results is None:
             return []
         deleted = [key for key, result in zip(keys, results, strict=True) if result == 1]
-        self._deletes += len(deleted)
+        count = len(deleted)
+        self._deletes += count  # no call between its read and write
         return deleted
 
     def inc(self, key: str, delta: int = 1) -> int | None:

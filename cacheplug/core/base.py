@@ -257,10 +257,10 @@ def check_mapping(mapping: object) -> None:
 
 
 class _ThreadTally(threading.local):
-    """What one thread's calls on one cache counted in ``errors``: engine failures and
-    unreadable entries (class defaults: a thread that counted none reads 0 without a miss)."""
+    """When one thread last counted an engine failure and an unreadable entry on one cache:
+    the cache's error sequence number then (0: never)."""
 
-    outages = 0
+    outage = 0
     unreadable = 0
 
 
@@ -337,7 +337,9 @@ class BaseCache(ABC):
         self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
         self._hits = self._misses = self._sets = self._deletes = 0
         self._errors = self._evictions = 0
-        # what this thread's calls counted in errors, told apart from other threads' errors
+        # every error counted moves the sequence on (it never goes back, as _errors may);
+        # each thread notes where it stood at its own last ones, told apart from others'
+        self._error_seq = 0
         self._by_thread = _ThreadTally()
         self._flights: dict[str, list[Any]] = {}
         self._flights_lock = threading.Lock()
@@ -455,14 +457,13 @@ class BaseCache(ABC):
         ``None`` result is returned but not told apart from a miss next time. Each call counts
         one lookup in :meth:`stats`: a miss when it runs ``factory``, else a hit.
         """
-        tally = self._by_thread  # read inline: this is the hit path of every memoized call
-        before = tally.outages, tally.unreadable
+        seq = self._error_seq  # one attribute: this is the hit path of every memoized call
         value = self.get(key)
         if value is not None:
             return value
-        looked_up = tally.outages, tally.unreadable
+        counted = self._lookup_errors(seq)
         with self._single_flight(key):
-            self._take_back_lookup(before, looked_up)
+            self._take_back_lookup(counted)
             value = self.get(key)  # counts this call: a hit when another thread's factory ran
             if value is None:
                 normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
@@ -504,21 +505,25 @@ class BaseCache(ABC):
 
         return decorate
 
-    def _thread_errors(self) -> tuple[int, int]:
-        """Engine failures and unreadable entries this thread has counted in ``errors``."""
+    def _lookup_errors(self, seq: int) -> tuple[bool, bool]:
+        """Whether this thread's lookup of one key, begun at error sequence ``seq``, counted an
+        engine failure and an unreadable entry (another thread's errors are not its own)."""
+        if self._error_seq == seq:
+            return False, False
         tally = self._by_thread
-        return tally.outages, tally.unreadable
+        return tally.outage > seq, tally.unreadable > seq
 
-    def _take_back_lookup(self, before: tuple[int, int], after: tuple[int, int]) -> None:
+    def _take_back_lookup(self, counted: tuple[bool, bool]) -> None:
         """Uncount a lookup that found nothing, as another lookup counts the call instead;
-        ``before`` and ``after``: :meth:`_thread_errors` around it.
+        ``counted``: its :meth:`_lookup_errors`.
 
         Its miss (every backend counts a ``None`` read as one) and the unreadable entry it met;
         nothing when the engine failed, as a failed lookup counts its error and no miss.
         """
-        if after[0] == before[0]:
+        outage, unreadable = counted
+        if not outage:
             self._misses -= 1
-            self._errors -= after[1] - before[1]
+            self._errors -= unreadable
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: hits, misses, sets, deletes, errors, evictions."""
@@ -679,7 +684,8 @@ class BaseCache(ABC):
         the log; the next line says how many failures it stood for.
         """
         self._errors += 1
-        self._by_thread.outages += 1
+        self._error_seq += 1
+        self._by_thread.outage = self._error_seq
         self._log(
             "backend",
             "%s.%s failed, " + CONTRACT_SAYS + "%s: %s",
@@ -692,7 +698,8 @@ class BaseCache(ABC):
     def _count_unreadable(self) -> None:
         """Count an unreadable stored entry in ``errors``; the caller logs it."""
         self._errors += 1
-        self._by_thread.unreadable += 1
+        self._error_seq += 1
+        self._by_thread.unreadable = self._error_seq
 
     def _log(self, kind: str, message: str, *args: object) -> None:
         """Log a warning at most once per minute per ``kind``, counting the ones held back."""

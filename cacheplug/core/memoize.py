@@ -325,11 +325,11 @@ class AsyncMemoized(Memoized[P, R]):
         cache = self.cache
         flight_key = (asyncio.get_running_loop(), key)
         while True:
-            before = cache._thread_errors()
+            seq = cache._error_seq
             value = cache.get(key)
             if value is not None:
                 return value
-            looked_up = cache._thread_errors()  # before other tasks of this thread count theirs
+            counted = cache._lookup_errors(seq)  # before other tasks of this thread count theirs
             flight = self._flights.get(flight_key)
             if flight is None:
                 break
@@ -343,7 +343,7 @@ class AsyncMemoized(Memoized[P, R]):
             if flight.error is not None:
                 # counted as the miss of this call's lookup
                 raise flight.error.with_traceback(flight.traceback)
-            cache._take_back_lookup(before, looked_up)  # the lookup below counts this call
+            cache._take_back_lookup(counted)  # the lookup below counts this call
             if flight.ended:
                 value = cache.get(key)
                 if value is not None or flight.value is None:
