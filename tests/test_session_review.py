@@ -93,12 +93,6 @@ def failing_plugin() -> Iterator[CountingSQLiteCache]:
 # -- a plugin counting its own errors ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_or_set over a plugin that counts its outage with self._errors += 1 (as "
-    "docs/plugins.md allows) takes back a miss its lookup never counted: misses -1 "
-    "(0 before 228c479/80315a2, which tell errors by _error_seq only)",
-)
 def test_get_or_set_on_a_plugin_counting_its_own_outage(
     failing_plugin: CountingSQLiteCache,
 ) -> None:
@@ -108,11 +102,6 @@ def test_get_or_set_on_a_plugin_counting_its_own_outage(
     assert (stats["hits"], stats["misses"]) == (0, 0)  # a failed lookup counts an error only
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memoize over a plugin that counts its outage with self._errors += 1 drives "
-    "misses below zero, one per call",
-)
 def test_memoize_on_a_plugin_counting_its_own_outage(
     failing_plugin: CountingSQLiteCache,
 ) -> None:
@@ -135,12 +124,6 @@ def test_the_plugin_counts_as_documented_while_it_works() -> None:
 # -- async recursion ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an async memoized call that awaits itself with the same arguments through a task "
-    "it awaits (asyncio.gather, create_task) still waits on itself forever; docs/contract "
-    "says such a call runs again",
-)
 def test_async_call_awaiting_itself_through_a_child_task_runs_again() -> None:
     cache = SimpleCache()
     calls = []

@@ -335,12 +335,12 @@ class BaseCache(ABC):
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ConfigurationError("secret must be a non-empty str or bytes")
         self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
-        self._hits = self._misses = self._sets = self._deletes = 0
-        self._errors = self._evictions = 0
         # every error counted moves the sequence on (it never goes back, as _errors may);
         # each thread notes where it stood at its own last ones, told apart from others'
         self._error_seq = 0
         self._by_thread = _ThreadTally()
+        self._hits = self._misses = self._sets = self._deletes = 0
+        self._error_count = self._evictions = 0
         self._flights: dict[str, list[Any]] = {}
         self._flights_lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
@@ -523,7 +523,26 @@ class BaseCache(ABC):
         outage, unreadable = counted
         if not outage:
             self._misses -= 1
-            self._errors -= unreadable
+            self._error_count -= unreadable
+
+    # read before __init__ sets them when a backend counts before calling it
+    _error_count = 0
+    _error_seq = 0
+
+    @property
+    def _errors(self) -> int:
+        """The ``errors`` of :meth:`stats`."""
+        return self._error_count
+
+    @_errors.setter
+    def _errors(self, value: int) -> None:
+        # a backend counting an engine failure itself (self._errors += 1, as docs/plugins.md
+        # allows) records it as _backend_error does: get_or_set must not take back a miss
+        # that failed lookup never counted
+        if value > self._error_count:
+            self._error_seq += 1
+            self._by_thread.outage = self._error_seq
+        self._error_count = value
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: hits, misses, sets, deletes, errors, evictions."""
@@ -532,7 +551,7 @@ class BaseCache(ABC):
             "misses": self._misses,
             "sets": self._sets,
             "deletes": self._deletes,
-            "errors": self._errors,
+            "errors": self._error_count,
             "evictions": self._evictions,
         }
 
@@ -683,7 +702,7 @@ class BaseCache(ABC):
         One line per cache per minute, whatever the operation, so an outage does not flood
         the log; the next line says how many failures it stood for.
         """
-        self._errors += 1
+        self._error_count += 1
         self._error_seq += 1
         self._by_thread.outage = self._error_seq
         self._log(
@@ -697,7 +716,7 @@ class BaseCache(ABC):
 
     def _count_unreadable(self) -> None:
         """Count an unreadable stored entry in ``errors``; the caller logs it."""
-        self._errors += 1
+        self._error_count += 1
         self._error_seq += 1
         self._by_thread.unreadable = self._error_seq
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 import hashlib
@@ -292,7 +293,13 @@ class _Flight:
         # as the call raised it: each waiter raising the shared error would add its frames
         self.traceback: TracebackType | None = None
         self.ended = False  # False when the call was cancelled: a waiter must call again
-        self.task: asyncio.Task[Any] | None = None  # the task making the call
+
+
+#: The async calls the running code is part of: the task making each, and the tasks it starts
+#: (they copy its context), which would wait on their own caller forever.
+_OPEN_FLIGHTS: contextvars.ContextVar[frozenset[_Flight]] = contextvars.ContextVar(
+    "cacheplug_open_flights", default=frozenset()
+)
 
 
 class AsyncMemoized(Memoized[P, R]):
@@ -333,8 +340,9 @@ class AsyncMemoized(Memoized[P, R]):
             flight = self._flights.get(flight_key)
             if flight is None:
                 break
-            if flight.task is asyncio.current_task():
-                # the call uses its own key again (a retry by recursion): waiting would hang
+            if flight in _OPEN_FLIGHTS.get():
+                # the call uses its own key again (a retry by recursion, in its own task or one
+                # it awaits): waiting would hang
                 value = await cast(Any, self.uncached)(*args, **kwargs)
                 if value is not None:
                     cache.set(key, value, self.timeout)
@@ -361,12 +369,10 @@ class AsyncMemoized(Memoized[P, R]):
         kwargs: dict[str, Any],
     ) -> Any:
         """Call the function for every task of this loop that misses the same key."""
-        import asyncio
-
         cache = self.cache
         normalize_timeout(self.timeout, cache.default_timeout)  # raises before the call
         flight = self._flights[flight_key] = _Flight(flight_key[0].create_future())
-        flight.task = asyncio.current_task()
+        inside = _OPEN_FLIGHTS.set(_OPEN_FLIGHTS.get() | {flight})
         try:
             value = await cast(Any, self.uncached)(*args, **kwargs)
             if value is not None:
@@ -376,6 +382,7 @@ class AsyncMemoized(Memoized[P, R]):
             flight.error, flight.traceback = err, err.__traceback__
             raise
         finally:
+            _OPEN_FLIGHTS.reset(inside)
             # cancelled (or otherwise stopped): neither ended nor an error, so a waiter calls again
             if self._flights.get(flight_key) is flight:
                 del self._flights[flight_key]
