@@ -525,10 +525,6 @@ class BaseCache(ABC):
             self._misses -= 1
             self._error_count -= unreadable
 
-    # read before __init__ sets them when a backend counts before calling it
-    _error_count = 0
-    _error_seq = 0
-
     @property
     def _errors(self) -> int:
         """The ``errors`` of :meth:`stats`."""
@@ -537,12 +533,16 @@ class BaseCache(ABC):
     @_errors.setter
     def _errors(self, value: int) -> None:
         # a backend counting an engine failure itself (self._errors += 1, as docs/plugins.md
-        # allows) records it as _backend_error does: get_or_set must not take back a miss
+        # allows) marks it as _backend_error does: get_or_set must not take back a miss
         # that failed lookup never counted
         if value > self._error_count:
-            self._error_seq += 1
-            self._by_thread.outage = self._error_seq
+            self._mark_outage()
         self._error_count = value
+
+    def _mark_outage(self) -> None:
+        """Note an engine failure counted in ``errors`` as this thread's (see get_or_set)."""
+        self._error_seq += 1
+        self._by_thread.outage = self._error_seq
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: hits, misses, sets, deletes, errors, evictions."""
@@ -702,9 +702,8 @@ class BaseCache(ABC):
         One line per cache per minute, whatever the operation, so an outage does not flood
         the log; the next line says how many failures it stood for.
         """
-        self._error_count += 1
-        self._error_seq += 1
-        self._by_thread.outage = self._error_seq
+        self._error_count += 1  # not through the _errors property: its += is two calls
+        self._mark_outage()
         self._log(
             "backend",
             "%s.%s failed, " + CONTRACT_SAYS + "%s: %s",
