@@ -45,17 +45,22 @@ def is_decimal(payload: bytes) -> bool:
     return payload.isdigit() or (payload[0] == 45 and payload[1:].isdigit())
 
 
+def _decimal_and_newlines(data: bytes) -> bool:
+    """Whether ``data`` is a decimal with any newlines after it: what :func:`escaped` marks."""
+    return 44 < data[0] < 58 and is_decimal(data.rstrip(b"\n"))
+
+
 def escaped(data: bytes) -> bytes:
     """A serializer's ``data`` as stored: only counters are plain decimals, so data that would
     read as one (a decimal, with any newlines after it) gets one newline more."""
-    if data and 44 < data[0] < 58 and is_decimal(data.rstrip(b"\n")):
+    if data and _decimal_and_newlines(data):
         return data + b"\n"
     return data
 
 
 def unescaped(payload: bytes) -> bytes:
     """The serializer's data in a stored ``payload`` that is no counter: :func:`escaped` undone."""
-    if payload[-1:] == b"\n" and 44 < payload[0] < 58 and is_decimal(payload.rstrip(b"\n")):
+    if payload[-1:] == b"\n" and _decimal_and_newlines(payload):
         return payload[:-1]
     return payload
 
