@@ -380,16 +380,19 @@ class CacheContract:
     def test_entry_expires_after_timeout(
         self, cache: BaseCache, advance: Callable[[float], None]
     ) -> None:
-        for timeout, seconds in (
-            (10, 10.0),
-            (timedelta(seconds=10), 10.0),
-            (2.5, 2.5),  # fractions are exact: not rounded up to whole seconds
-            (timedelta(milliseconds=200), 0.2),
+        # (timeout, still there after, gone after): fractions are exact, not rounded up to the
+        # next whole second; each "still there" leaves at least 0.1 s, as an engine's advance
+        # shortens TTLs on a server whose own clock keeps running meanwhile
+        for timeout, live, gone in (
+            (10, 9.0, 11.0),
+            (timedelta(seconds=10), 9.0, 11.0),
+            (2.5, 2.0, 2.9),
+            (timedelta(milliseconds=200), 0.1, 0.9),
         ):
             cache.set("key", "v", timeout=timeout)
-            advance(seconds * 0.9)
+            advance(live)
             assert cache.get("key") == "v", f"an entry expired before its timeout {timeout!r}"
-            advance(seconds * 0.2)
+            advance(gone - live)
             assert cache.get("key") is None, (
                 f"an entry did not expire after its timeout {timeout!r}"
             )
