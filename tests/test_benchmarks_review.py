@@ -163,6 +163,19 @@ def test_drivers_section_states_the_installed_drivers_defaults(drivers: SectionR
         assert f"read timeout {read:g} s" in text
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="every driver target times ASCII keys, the only ones the hot calls pack "
+    "themselves; other keys take the driver's client layer and the report never shows it "
+    "(measured, min of 60: redis get 1.10x, set 1.35x, get_many 1.52x of redis-py; memcached "
+    "get 1.05x, set 1.16x, get_many 1.45x of pymemcache, where ASCII keys pass every goal)",
+)
+def test_drivers_section_shows_keys_off_the_ascii_path(drivers: SectionResult) -> None:
+    headers = [line for line in drivers.body if line.startswith("| operation")]
+    assert len(headers) == 2  # redis, memcached
+    assert all("non-ASCII" in line for line in headers)
+
+
 # -- what the targets measure -------------------------------------------------------------------
 
 
