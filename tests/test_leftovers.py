@@ -14,6 +14,7 @@ from conftest import FakeClock
 from plugin_dists import write_distribution
 from servers import RedisServer
 from test_plugins import fresh_registry  # noqa: F401 - autouse: a clean registry per test
+from test_plugins_review import Registers
 
 from cacheplug import (
     ConfigurationError,
@@ -21,10 +22,8 @@ from cacheplug import (
     PluginLoadWarning,
     SimpleCache,
     from_url,
-    hookimpl,
 )
 from cacheplug.cli import main
-from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import (
     get_backend_class,
     get_serializer,
@@ -58,18 +57,6 @@ def test_main_in_process_leaves_stdout_as_it_found_it(
 # -- serializer names and case -----------------------------------------------------------------
 
 
-class _Registers:
-    """A runtime plugin whose hook registers ``serializers`` (name -> class)."""
-
-    def __init__(self, **serializers: type) -> None:
-        self.serializers = serializers
-
-    @hookimpl
-    def cacheplug_register_serializers(self, register: RegisterFn) -> None:
-        for name, target in self.serializers.items():
-            register(name, target)
-
-
 class _Text:
     name = "text"
 
@@ -83,7 +70,7 @@ class _Text:
 @pytest.mark.xfail(strict=True, reason="serializer names differing only in case coexist")
 def test_a_serializer_name_differing_from_a_held_one_in_case_is_refused() -> None:
     with pytest.raises(PluginError) as raised:
-        register_plugin(_Registers(Pickle=_Text), name="upper-pickle")
+        register_plugin(Registers(serializers={"Pickle": _Text}), name="upper-pickle")
     assert "'upper-pickle'" in str(raised.value)
     assert "'cacheplug.serializers.pickle'" in str(raised.value)
     assert "Pickle" not in serializer_names()
@@ -96,12 +83,12 @@ def test_one_plugin_registering_a_name_in_two_cases_is_refused() -> None:
         pass
 
     with pytest.raises(PluginError, match="twice"):
-        register_plugin(_Registers(Text=_Text, text=Other), name="two-cases")
+        register_plugin(Registers(serializers={"Text": _Text, "text": Other}), name="two-cases")
 
 
 @pytest.mark.xfail(strict=True, reason="serializer lookup is case-sensitive, schemes are not")
 def test_a_serializer_is_found_in_any_case() -> None:
-    register_plugin(_Registers(Text=_Text), name="text-plugin")
+    register_plugin(Registers(serializers={"Text": _Text}), name="text-plugin")
     assert serializer_names().count("Text") == 1  # listed as registered
     assert type(get_serializer("TEXT")) is _Text
     assert get_serializer("text") is get_serializer("Text")
@@ -250,7 +237,7 @@ def test_a_disabled_runtime_plugin_name_is_not_called_unknown(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(PluginError, match="CACHEPLUG_DISABLE_PLUGINS"):
-            register_plugin(_Registers(mine=_Text), name="mine")
+            register_plugin(Registers(serializers={"mine": _Text}), name="mine")
         assert get_backend_class("simple") is SimpleCache
     messages = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
     assert len(messages) == 1
