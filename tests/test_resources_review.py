@@ -430,4 +430,6 @@ def test_outages_seen_by_reads_do_not_stack_dead_server_stand_ins(
     assert _dead_layers(cache._once_client) <= 1
     server.kill()
     assert cache.get("k") is None
+    assert _dead_layers(cache._once_client) == 1
+    assert cache.inc("n") is None  # a dead server, whichever client asks
     cache.close()  # closing a cache during an outage raises nothing
