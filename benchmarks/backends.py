@@ -90,7 +90,9 @@ def backend_matrix_section(ctx: Context) -> SectionResult:
     if not results:
         return section
     section.add(
-        f'Built with `from_url("<scheme>://...?serializer=<name>")`; value: the flat user dict; '
+        'Built with `from_url("<scheme>://...?serializer=<name>&key_prefix=m-<name>:")` (on '
+        "memcached a key_prefix adds a namespace token to every call); value: the flat user "
+        "dict; "
         f"minimum of {repeats} interleaved repeats. SimpleCache skips pickling builtins "
         "(pickle column only); NullCache encodes on set and stores nothing.",
         "",

@@ -31,7 +31,17 @@ __all__ = [
     "write_report",
 ]
 
-LIBRARIES = ("cacheplug", "cachelib", "cachetools", "redis", "pymemcache", "msgpack", "orjson")
+#: hiredis too: with it redis-py parses replies in C, which moves every redis number
+LIBRARIES = (
+    "cacheplug",
+    "cachelib",
+    "cachetools",
+    "redis",
+    "hiredis",
+    "pymemcache",
+    "msgpack",
+    "orjson",
+)
 
 METHOD = """\
 - Every comparison runs its implementations in the same process, interleaved: each repeat runs

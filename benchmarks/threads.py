@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from benchmarks.engines import MissingEngine
@@ -29,25 +30,37 @@ def _worker(cache: CacheLike, keys: list[str], ops: int, start: threading.Barrie
             set_(keys[i % count], FLAT)
 
 
+def _run_once(cache: CacheLike, keys: list[str], threads: int, total_ops: int) -> float:
+    """Operations per second of one run of ``threads`` threads sharing ``total_ops``."""
+    start = threading.Barrier(threads + 1)
+    workers = [
+        threading.Thread(target=_worker, args=(cache, keys, total_ops // threads, start))
+        for _ in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    return (total_ops // threads) * threads / (time.perf_counter() - began)
+
+
 def throughput(
-    cache: CacheLike, keys: list[str], threads: int, total_ops: int, repeats: int
-) -> float:
-    """Best operations per second of ``threads`` threads sharing ``total_ops`` on ``keys``."""
-    best = 0.0
+    caches: Mapping[str, CacheLike], keys: list[str], threads: int, total_ops: int, repeats: int
+) -> dict[str, float]:
+    """Best operations per second of each cache, ``threads`` threads sharing ``total_ops``.
+
+    Interleaved like :func:`benchmarks.timing.compare`: each repeat runs every cache once, in
+    an order rotated on every repeat, so a drift of the machine hits them all alike.
+    """
+    names = list(caches)
+    best = dict.fromkeys(names, 0.0)
     with gc_paused():
-        for _ in range(repeats):
-            start = threading.Barrier(threads + 1)
-            workers = [
-                threading.Thread(target=_worker, args=(cache, keys, total_ops // threads, start))
-                for _ in range(threads)
-            ]
-            for worker in workers:
-                worker.start()
-            start.wait()
-            began = time.perf_counter()
-            for worker in workers:
-                worker.join()
-            best = max(best, (total_ops // threads) * threads / (time.perf_counter() - began))
+        for round_ in range(repeats):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                best[name] = max(best[name], _run_once(caches[name], keys, threads, total_ops))
     return best
 
 
@@ -77,22 +90,26 @@ def threads_section(ctx: Context) -> SectionResult:
     groups: dict[str, tuple[dict[str, CacheLike], int]] = {
         "in-memory": (simple_peers(10_000, bare=False), ctx.scale(200_000, 2_000))
     }
-    ctx.tick("threads: redis")
     try:
         groups["redis"] = (_redis_caches(ctx), ctx.scale(8_000, 80))
     except MissingEngine as err:
         section.add(f"- **redis: not measured**: {err}", "")
     results: dict[str, dict[int, float]] = {}
     keys = [f"t{i}" for i in range(ctx.scale(KEYS, 20))]
-    for caches, total in groups.values():
-        for name, cache in caches.items():
-            ctx.tick(f"threads: {name}")
+    for group, (caches, total) in groups.items():
+        for cache in caches.values():
             for key in keys:
                 cache.set(key, FLAT)
-            results[name] = {n: throughput(cache, keys, n, total, repeats) for n in THREADS}
+        per_count: dict[int, dict[str, float]] = {}
+        for n in THREADS:
+            ctx.tick(f"threads: {group}, {n}")
+            per_count[n] = throughput(caches, keys, n, total, repeats)
+        for name in caches:
+            results[name] = {n: per_count[n][name] for n in THREADS}
     section.add(
         "One shared cache object; 90% get hits, 10% set overwrites of the flat dict on "
-        f"{len(keys):,} keys; best of {repeats}. Python threads share the GIL: more threads do "
+        f"{len(keys):,} keys; best of {repeats} runs, interleaved with the other caches of its "
+        "group (in-memory, Redis). Python threads share the GIL: more threads do "
         "not add CPU here, they show the cost of lock contention (in memory) or overlap round "
         "trips (Redis). cachetools is shown with its lock only: bare it is not thread-safe.",
         "",

@@ -79,13 +79,6 @@ class _Recorder:
         self.log.append(self.name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="threads: each cache runs all its repeats before the next starts, so a drift of "
-    "the machine lands on one cache only (Redis 8 threads: cacheplug/redis-py 0.82x to 1.83x "
-    "across four rounds of one process); the report's Method says every comparison is "
-    "interleaved",
-)
 def test_thread_throughput_interleaves_the_caches_of_a_group() -> None:
     if "caches" not in inspect.signature(throughput).parameters:
         pytest.fail("throughput() times one cache at a time")
@@ -147,12 +140,6 @@ def test_memcached_timed_peer_has_our_timeouts_and_nodelay(
         assert getattr(timed, name) == defaults[name].default, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the drivers section says the raw drivers run 'with no socket timeout', but "
-    "redis-py 8 defaults to 5 s to connect and 5 s per read: its default column and its "
-    "'with timeouts' column differ only in the connect timeout",
-)
 def test_drivers_section_states_the_installed_drivers_defaults(drivers: SectionResult) -> None:
     import redis
 
@@ -163,13 +150,6 @@ def test_drivers_section_states_the_installed_drivers_defaults(drivers: SectionR
         assert f"read timeout {read:g} s" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every driver target times ASCII keys, the only ones the hot calls pack "
-    "themselves; other keys take the driver's client layer and the report never shows it "
-    "(measured, min of 60: redis get 1.10x, set 1.35x, get_many 1.52x of redis-py; memcached "
-    "get 1.05x, set 1.16x, get_many 1.45x of pymemcache, where ASCII keys pass every goal)",
-)
 def test_drivers_section_shows_keys_off_the_ascii_path(drivers: SectionResult) -> None:
     headers = [line for line in drivers.body if line.startswith("| operation")]
     assert len(headers) == 2  # redis, memcached
@@ -185,12 +165,6 @@ def _signed_by_simple_cache(value: Any) -> bool:
     return bool(cache._cache["k"][1] == simple_backend._SIGNED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two of the four signing targets time a flat dict, which SimpleCache keeps "
-    "unpickled and never signs: '+6 ns' is a difference of noise that cannot fail, and it "
-    "counts as 2 of the report's 16 met targets",
-)
 def test_signing_targets_only_time_values_that_are_signed(tmp_path: Path) -> None:
     known = {"flat dict": FLAT, "UserRecord": UserRecord(1, "Ada", "ada@example.com", True, 3.5)}
     assert not _signed_by_simple_cache(FLAT) and _signed_by_simple_cache(known["UserRecord"])
@@ -205,11 +179,6 @@ def test_signing_targets_only_time_values_that_are_signed(tmp_path: Path) -> Non
         assert _signed_by_simple_cache(value), target.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the report's library versions leave out hiredis, which decides whether redis-py "
-    "parses replies in C (docs/backends tells production hosts to install it)",
-)
 def test_report_names_hiredis_version() -> None:
     assert any(
         line.startswith("- Libraries:") and "hiredis" in line
