@@ -135,10 +135,7 @@ def check_answers(report: dict[str, Any]) -> None:
     for worker in report["workers"]:
         assert worker["wrong"] == [], worker["wrong"]
         assert worker["raised"] == [], worker["raised"][0]
-        # a worker may keep the copy of a connection a master thread was using at the fork
-        # (test_a_worker_forked_during_a_call_in_flight_keeps_no_copy_of_its_socket)
-        inherited = set(worker["sockets_at_start"])
-        assert set(worker["sockets_after_close"]) <= inherited, (worker, report["ports"])
+        assert worker["sockets_after_close"] == [], (worker, report["ports"])
 
 
 def check_counters(report: dict[str, Any]) -> None:
@@ -198,12 +195,6 @@ def test_workers_forked_while_master_threads_are_inside_calls_answer_rightly(
     assert report["master"]["errors"] == dict.fromkeys(report["urls"], 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker keeps, until it exits and after close(), its copy of the socket of each "
-    "call a master thread had in flight at the fork (redis and memcached); redis-py forgets "
-    "them in the child without closing them, cacheplug closes memcached's idle ones only",
-)
 def test_a_worker_forked_during_a_call_in_flight_keeps_no_copy_of_its_socket(
     forked_during_calls: dict[str, Any],
 ) -> None:
@@ -252,12 +243,6 @@ def each_worker_marks(directory: Path, stage: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker forked while a master thread held the lock of a RedisCache's redis-py "
-    "pool (taking or giving back a connection) hangs forever in its first redis call: redis-py "
-    "resets the pool in the child under that lock, and cacheplug gives the child no new one",
-)
 def test_workers_forked_while_a_master_thread_holds_a_redis_pool_lock_do_not_hang(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

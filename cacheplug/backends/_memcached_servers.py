@@ -12,6 +12,7 @@ import bisect
 import hashlib
 import select
 import socket
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -51,6 +52,7 @@ class Server:
         self.name = address if isinstance(address, str) else host_port(*address)
         self._factory = factory
         self._idle: deque[Any] = deque()
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()  # idle or in use
         self._max_idle = idle
         self.down_until = 0.0
         self.token: str | None = None
@@ -59,7 +61,9 @@ class Server:
         try:
             return self._idle.pop()
         except IndexError:
-            return self._factory()
+            client = self._factory()
+            self._clients.add(client)
+            return client
 
     def release(self, client: Any) -> None:
         if len(self._idle) < self._max_idle:
@@ -73,6 +77,15 @@ class Server:
                 self._idle.pop().close()
             except IndexError:
                 return
+
+    def after_fork_in_child(self) -> None:
+        """Close this process's copies of every connection, those a thread of the parent was
+        using at the fork included: nothing here reads them, and a copy kept open would keep
+        the connection open after the parent closes it."""
+        self._idle.clear()
+        for client in list(self._clients):
+            client.close()
+        self._clients = weakref.WeakSet()
 
     def seen_token(self, token: str) -> str:
         self.token = token

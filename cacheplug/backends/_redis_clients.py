@@ -6,6 +6,7 @@ that just failed. A cluster's clients are in ``_redis_cluster``.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import queue
 import sys
@@ -36,6 +37,7 @@ __all__ = [
     "closes_connection",
     "driver_keywords",
     "options_from_url",
+    "pool_after_fork_in_child",
     "pool_exhausted",
     "refuse_decoding",
     "refuse_unknown_keywords",
@@ -341,6 +343,31 @@ def close_when_cut_short(pool: Any) -> None:
     release_closing.closes_when_cut_short = True  # type: ignore[attr-defined]
     pool.get_connection = get_connection_noting
     pool.release = release_closing
+
+
+def pool_after_fork_in_child(pool: Any) -> None:
+    """In a forked child: new locks for a redis-py pool and its copies of the parent's
+    connections closed (without a shutdown, which would end the parent's too).
+
+    redis-py resets the pool at the child's first call, under the pool's lock, which a thread
+    of the parent taking or giving back a connection at the fork held: the child would wait
+    forever. The reset also forgets connections the parent's threads had in use, without
+    closing their copies.
+    """
+    for name in ("_lock", "_fork_lock"):
+        lock = getattr(pool, name, None)
+        if lock is not None:
+            setattr(pool, name, type(lock)())
+    connections = [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+        *getattr(pool, "_connections", ()),  # BlockingConnectionPool
+    ]
+    for connection in connections:
+        sock, connection._sock = getattr(connection, "_sock", None), None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def closes_connection(err: BaseException | None) -> bool:

@@ -622,10 +622,11 @@ class MemcachedCache(BaseCache):
         _discard_idle(self._servers)
 
     def _after_fork_in_child(self) -> None:
-        """Close the child's copies of the parent's pooled sockets, never to share them."""
+        """Close the child's copies of the parent's sockets, never to share them."""
         super()._after_fork_in_child()
         # a fork while another thread was still building this cache: nothing pooled yet
-        _discard_idle(getattr(self, "_servers", ()))
+        for server in getattr(self, "_servers", ()):
+            server.after_fork_in_child()
 
     def __repr__(self) -> str:
         names = ", ".join(server.name for server in self._servers)

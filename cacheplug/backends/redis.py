@@ -33,6 +33,7 @@ from cacheplug.backends._redis_clients import (
     checked_server,
     closes_connection,
     options_from_url,
+    pool_after_fork_in_child,
     pool_exhausted,
     refuse_decoding,
     refuse_unknown_keywords,
@@ -709,13 +710,9 @@ class RedisCache(BaseCache):
     def _drop_idle_connections(self) -> None:
         """Close the pooled connections no call is using: Redis closes the one that carried a
         protocol error only after its reply was read, so the next command on it would fail."""
-        if self._cluster:
-            clients = [node.redis_connection for node in self._client.get_nodes()]
-        else:
-            clients = [self._client, self._once_client]
-        for client in clients:
-            with contextlib.suppress(AttributeError, *self._failures):  # None, or in dead time
-                client.connection_pool.disconnect(inuse_connections=False)
+        for pool in self._pools():
+            with contextlib.suppress(*self._failures):
+                pool.disconnect(inuse_connections=False)
 
     @property
     def _once(self) -> Any:
@@ -744,6 +741,26 @@ class RedisCache(BaseCache):
         for client in (self._client, self._once_client):
             if isinstance(client, DeadServer):
                 client.after_fork_in_child()
+        if self._owns_client:
+            for pool in self._pools():
+                pool_after_fork_in_child(pool)
+
+    def _pools(self) -> list[Any]:
+        """The redis-py connection pools of this cache's clients (none of a cluster not yet
+        connected)."""
+        if self._cluster:
+            if self._client is self._pending:
+                return []
+            nodes = self._client.get_nodes()
+            return [
+                node.redis_connection.connection_pool for node in nodes if node.redis_connection
+            ]
+        clients = (self._client, self._once_client)
+        return [
+            (client.real if isinstance(client, DeadServer) else client).connection_pool
+            for client in clients
+            if client is not None
+        ]
 
     @property
     def _write_client(self) -> Any:
