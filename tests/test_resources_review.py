@@ -405,12 +405,6 @@ def _dead_layers(client: Any) -> int:
     return layers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisCache wraps _once_client in one more DeadServer per outage that get/set "
-    "see, when nothing used inc/add/delete since the last one: the layers grow without bound "
-    "and close() then raises ServerDown",
-)
 @pytest.mark.usefixtures("quiet_cacheplug")
 def test_outages_seen_by_reads_do_not_stack_dead_server_stand_ins(
     fresh_redis_server: RedisServer,

@@ -415,6 +415,10 @@ class DeadServer:
         """The client this stands in for."""
         return self._real
 
+    def extend(self, until: float) -> None:
+        """Stand in until ``until`` at least: the server failed again."""
+        self._until = max(self._until, until)
+
     def restore(self) -> Any:
         """Put the real client back on the cache and return it."""
         setattr(self._cache, self._attribute, self._real)

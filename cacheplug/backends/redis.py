@@ -730,8 +730,13 @@ class RedisCache(BaseCache):
         ):
             until = time.monotonic() + self.dead_timeout
             self._client = DeadServer(self, "_client", self._client, until)
-            if self._once_client is not None:
-                self._once_client = DeadServer(self, "_once_client", self._once_client, until)
+            once = self._once_client
+            # still standing in since an outage only reads saw: a stand-in around it would
+            # pile up one per outage, and close() would reach one that raises
+            if isinstance(once, DeadServer):
+                once.extend(until)
+            elif once is not None:
+                self._once_client = DeadServer(self, "_once_client", once, until)
         super()._backend_error(operation, err)
 
     def _after_fork_in_child(self) -> None:
