@@ -146,12 +146,6 @@ def test_one_server_down_every_batch_call_answers_for_the_other_two_then_recover
     assert cache.get_many(*KEYS) == [None] * len(KEYS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the one log line of an outage does not say which server failed: with several "
-    "servers, 'ConnectionRefusedError: [Errno 111] Connection refused' leaves the operator "
-    "to guess which one is down",
-)
 @pytest.mark.parametrize("key_prefix", PREFIXES)
 def test_the_log_line_of_an_outage_names_the_server_that_failed(
     three: list[MemcachedServer], caplog: pytest.LogCaptureFixture, key_prefix: str

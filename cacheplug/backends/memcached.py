@@ -311,7 +311,7 @@ class MemcachedCache(BaseCache):
                 server.down_until = time.monotonic() + self.dead_timeout
                 server.discard_idle()
                 trying = 0.0
-            self._backend_error(operation, err)
+            self._backend_error(operation, _naming(err, server))
             result = FAILED
         except BaseException:
             client.close()  # interrupted mid-call: a reply may still be on its way to this socket
@@ -664,6 +664,20 @@ def _store_many_in(  # noqa: PLR0917 (called through MemcachedCache._run, by pos
     except namespace.TokenDroppedError as err:
         dropped.append(err)
         raise
+
+
+def _naming(err: Exception, server: Server) -> Exception:
+    """``err`` as logged: naming ``server``, so that with several servers the log says which
+    one failed (pymemcache's and the socket's errors do not)."""
+    if server.name in str(err):
+        return err
+    try:
+        named = type(err)(
+            f"memcached {server.name}: {err}" if str(err) else f"memcached {server.name}"
+        )
+    except Exception:  # an exception type that takes other arguments: logged as it is
+        return err
+    return named
 
 
 def _discard_idle(servers: Iterable[Server]) -> None:
