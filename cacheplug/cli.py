@@ -461,10 +461,12 @@ def _delay_ms(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cacheplug`` command; the exit status."""
-    if isinstance(sys.stdout, io.TextIOWrapper):
+    stdout = sys.stdout if isinstance(sys.stdout, io.TextIOWrapper) else None
+    errors = stdout.errors if stdout is not None else ""
+    if stdout is not None:
         # a path or prefix the terminal's encoding cannot show (ascii, latin-1) is escaped, as
         # Python does on stderr, instead of ending the command in a UnicodeEncodeError
-        sys.stdout.reconfigure(errors="backslashreplace")
+        stdout.reconfigure(errors="backslashreplace")
     try:
         try:
             return _run(argv)
@@ -474,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`| head`): stop quietly, and keep the exit flush from failing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    finally:
+        if stdout is not None and not stdout.closed:  # a program calling main() keeps its own
+            stdout.reconfigure(errors=errors)
 
 
 def _run(argv: Sequence[str] | None) -> int:

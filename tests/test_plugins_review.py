@@ -226,11 +226,11 @@ def test_a_none_plugin_leaves_its_name_free() -> None:
 
 def test_a_runtime_plugin_under_a_disabled_name_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHEPLUG_DISABLE_PLUGINS", "mine")
-    with (
-        pytest.warns(PluginLoadWarning, match="names 'mine', which no installed plugin has"),
-        pytest.raises(PluginError, match="CACHEPLUG_DISABLE_PLUGINS"),
-    ):
-        register_plugin(Registers({"mine": SimpleCache}), name="mine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginLoadWarning)  # the name disabled something
+        with pytest.raises(PluginError, match="CACHEPLUG_DISABLE_PLUGINS"):
+            register_plugin(Registers({"mine": SimpleCache}), name="mine")
+        get_backend_class("simple")
 
 
 def test_register_after_the_hook_returned_is_refused() -> None:
@@ -256,13 +256,13 @@ def test_a_serializer_name_a_url_cannot_reach_is_refused() -> None:
         from_url("simple://?serializer=z+pickle")
 
 
-def test_serializer_names_differing_in_case_are_two_names() -> None:
+def test_serializer_names_differing_in_case_are_one_name() -> None:
     class Upper(TextSerializer):
         pass
 
-    register_plugin(Registers(serializers={"Pickle": Upper}), name="upper-pickle")
-    assert type(get_serializer("Pickle")) is Upper
-    assert type(get_serializer("pickle")).__name__ == "PickleSerializer"
+    with pytest.raises(PluginError, match="'Pickle', already registered as 'pickle'"):
+        register_plugin(Registers(serializers={"Pickle": Upper}), name="upper-pickle")
+    assert type(get_serializer("Pickle")).__name__ == "PickleSerializer"
 
 
 def test_a_plugin_claiming_a_builtin_scheme_blocks_only_that_scheme(site: Path) -> None:

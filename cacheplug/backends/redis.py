@@ -256,17 +256,13 @@ class RedisCache(BaseCache):
             return pickle.loads(payload)
         return serializer.loads(payload)
 
-    def _load(self, key: str, payload: bytes, prefix: str) -> Any:
-        """The value in ``payload``, counted as a hit; unreadable: ``None``, a miss and an error."""
-        try:
-            value = self._decoded(payload, key, prefix)
-        except Exception:
-            value = self._decode_or_miss(key, unescaped(payload), prefix)  # logs, counts it
-        if value is None:  # unreadable, or a stored None, which reads like a miss
-            self._misses += 1
-            return None
-        self._hits += 1
-        return value
+    def _undecoded(self, key: str, payload: bytes, prefix: str, err: Exception) -> Any:
+        """The value of a ``payload`` that :meth:`_decoded` refused with ``err``: ``None``,
+        logged and counted, without calling the serializer again (its error says why)."""
+        if not payload:  # refused before the serializer saw it: no first byte to look at
+            return self._decode_or_miss(key, payload, prefix)
+        self._read_as_miss(key, err)
+        return None
 
     def _wire(self, name: str) -> str | bytes:
         """``name`` as this cache sends it: lone surrogates pass when the client is ours."""
@@ -308,9 +304,9 @@ class RedisCache(BaseCache):
             return None
         try:
             value = self._decoded(payload, key, prefix)
-        except Exception:
-            return self._load(key, payload, prefix)
-        if value is None:  # a stored None reads like a miss, and counts as one
+        except Exception as err:
+            value = self._undecoded(key, payload, prefix, err)
+        if value is None:  # unreadable, or a stored None, which reads like a miss
             self._misses += 1
             return None
         self._hits += 1
@@ -443,17 +439,16 @@ class RedisCache(BaseCache):
                 self._misses += count  # no call between its read and write
                 return values
         decoded = self._decoded
-        try:
-            values = [
-                None if p is None else decoded(p, k, prefix)
-                for k, p in zip(keys, payloads, strict=True)
-            ]
-        except Exception:  # an unreadable entry: decode one by one, counting and logging each
-            pairs = zip(keys, payloads, strict=True)
-            values = [None if p is None else self._load(k, p, prefix) for k, p in pairs]
-            count = payloads.count(None) - unread
-            self._misses += count  # no call between its read and write
-            return values
+        values = []
+        append = values.append
+        for key, payload in zip(keys, payloads, strict=True):
+            if payload is None:
+                append(None)
+                continue
+            try:
+                append(decoded(payload, key, prefix))
+            except Exception as err:
+                append(self._undecoded(key, payload, prefix, err))
         found = len(keys) - values.count(None)  # a stored None counts as a miss
         self._hits += found
         count = len(keys) - found - unread

@@ -90,11 +90,7 @@ class SimpleCache(BaseCache):
         super().__init__(
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
         )
-        if type(threshold) is not int or threshold < 0:
-            raise ConfigurationError(
-                f"threshold must be an int >= 1 (or 0 for the default, 500), got {threshold!r}"
-            )
-        self.threshold = threshold or 500
+        self._threshold = _checked_threshold(threshold)
         if type(ignore_delete_many_errors) is not bool:  # e.g. a serializer given third
             raise TypeError(
                 "SimpleCache's third argument is cachelib's ignore_delete_many_errors, a bool, "
@@ -107,6 +103,21 @@ class SimpleCache(BaseCache):
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         # (expiry, key) of entries that expire; stale records are dropped lazily.
         self._expiries: list[tuple[float, str]] = []
+
+    @property
+    def threshold(self) -> int:
+        """The most entries the cache holds; assigning a lower one evicts down to it at once."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, threshold: int) -> None:
+        checked = _checked_threshold(threshold)
+        if "_cache" not in self.__dict__:  # a subclass assigning it before __init__ ran
+            self._threshold = checked
+            return
+        with self._lock:
+            self._threshold = checked
+            self._make_room(checked)
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -170,8 +181,8 @@ class SimpleCache(BaseCache):
         """Store ``entry`` at the most recently used end; ``old`` is what ``key`` holds now."""
         cache = self._cache
         if old is None:
-            if len(cache) >= self.threshold:
-                self._make_room()
+            if len(cache) >= self._threshold:
+                self._make_room(self._threshold - 1)
             cache[key] = entry
         else:
             # overwrite + move_to_end: half the cost of pop + insert, which relinks a new node
@@ -191,11 +202,12 @@ class SimpleCache(BaseCache):
             self._expiries = [(e[0], k) for k, e in self._cache.items() if e[0]]
             heapq.heapify(self._expiries)
 
-    def _make_room(self) -> None:
+    def _make_room(self, size: int) -> None:
+        """Evict down to ``size`` entries: expired ones first, then the least recently used."""
         cache, heap = self._cache, self._expiries
         if heap and heap[0][0] <= self._clock():
             now = self._clock()
-            while heap and heap[0][0] <= now and len(cache) >= self.threshold:
+            while heap and heap[0][0] <= now and len(cache) > size:
                 _, key = heapq.heappop(heap)
                 entry = cache.get(key)
                 if entry is None or not entry[0]:
@@ -205,7 +217,7 @@ class SimpleCache(BaseCache):
                     self._evictions += 1
                 else:
                     heapq.heappush(heap, (entry[0], key))
-        while len(cache) >= self.threshold:
+        while len(cache) > size:
             cache.popitem(last=False)
             self._evictions += 1
 
@@ -411,6 +423,14 @@ class SimpleCache(BaseCache):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, threshold={self.threshold})"
+
+
+def _checked_threshold(threshold: object) -> int:
+    if type(threshold) is not int or threshold < 0:
+        raise ConfigurationError(
+            f"threshold must be an int >= 1 (or 0 for the default, 500), got {threshold!r}"
+        )
+    return threshold or 500
 
 
 @hookimpl

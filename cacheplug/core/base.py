@@ -665,9 +665,7 @@ class BaseCache(ABC):
         except SerializationError:
             raise
         except Exception as err:
-            raise SerializationError(
-                f"{serializer_name(serializer)} cannot decode the stored payload: {err}"
-            ) from err
+            raise _unreadable(serializer, err) from err
 
     def _decode_or_miss(
         self, key: str, payload: bytes | memoryview, prefix: str | None = None
@@ -692,9 +690,15 @@ class BaseCache(ABC):
         try:
             return self._decode(payload, key, prefix)
         except SerializationError as err:
-            self._count_unreadable()
-            self._log("decode", "unreadable entry %r read as a miss: %s", key, err)
+            self._read_as_miss(key, err)
             return None
+
+    def _read_as_miss(self, key: str, err: Exception) -> None:
+        """Count and log ``key``'s stored payload as unreadable: ``err`` says why."""
+        if not isinstance(err, SerializationError):
+            err = _unreadable(self.serializer, err)
+        self._count_unreadable()
+        self._log("decode", "unreadable entry %r read as a miss: %s", key, err)
 
     def _backend_error(self, operation: str, err: Exception) -> None:
         """Count and log an engine failure that the contract turns into a value.
@@ -766,6 +770,13 @@ class BaseCache(ABC):
             f"key_prefix={self.key_prefix!r}, serializer={serializer_name(self.serializer)!r}"
             f"{', signed=True' if self._signer else ''})"
         )
+
+
+def _unreadable(serializer: object, err: Exception) -> SerializationError:
+    """The error saying ``serializer`` failed with ``err`` on a stored payload."""
+    return SerializationError(
+        f"{serializer_name(serializer)} cannot decode the stored payload: {err}"
+    )
 
 
 def _refuse_awaitable(key: str, value: Any) -> None:

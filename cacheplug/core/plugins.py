@@ -107,7 +107,12 @@ class _Table:
     #: the names usable where this kind is named (a URL scheme, a query value)
     valid: re.Pattern[str]
     rule: str
+    #: by name in lowercase: schemes and serializer names are case-insensitive
     entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """Every registered name, as registered, sorted."""
+        return sorted(entry.name for entry in self.entries.values())
 
 
 class _Registry:
@@ -135,6 +140,9 @@ class _Registry:
         self.lock = threading.RLock()
         self.strict = False
         self.entry_points_read = False
+        #: names in DISABLE_ENV that no entry point has, and the names that were installed
+        self.unknown_disabled: set[str] = set()
+        self.installed = ""
 
     def load(self) -> None:
         from cacheplug import __version__
@@ -160,16 +168,9 @@ class _Registry:
         import importlib.metadata
 
         installed = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        unknown = disabled.difference(ep.name for ep in installed)
-        if unknown:  # an operator's typo would leave the plugin running without a word
-            known = ", ".join(sorted({ep.name for ep in installed})) or "none"
-            warnings.warn(
-                f"{DISABLE_ENV} names {', '.join(map(repr, sorted(unknown)))}, which no "
-                f"installed plugin has (entry-point names, case-sensitive: {known}; "
-                "cacheplug's own backends and serializers cannot be disabled)",
-                PluginLoadWarning,
-                stacklevel=_caller_stacklevel(),
-            )
+        # warned about on the first lookup: a runtime plugin may yet be refused by one
+        self.unknown_disabled = disabled.difference(ep.name for ep in installed)
+        self.installed = ", ".join(sorted({ep.name for ep in installed})) or "none"
         for ep in installed:
             if self.pm.is_blocked(ep.name):
                 continue
@@ -197,6 +198,20 @@ class _Registry:
                 warnings.warn(message, PluginLoadWarning, stacklevel=_caller_stacklevel())
                 self.broken.append(_Broken(origin, err))
 
+    def warn_unknown_disabled(self) -> None:
+        """Warn, once, of the names in DISABLE_ENV no plugin has: an operator's typo would
+        leave the plugin running without a word."""
+        with self.lock:
+            unknown, self.unknown_disabled = self.unknown_disabled, set()
+        if unknown:
+            warnings.warn(
+                f"{DISABLE_ENV} names {', '.join(map(repr, sorted(unknown)))}, which no "
+                f"installed plugin has (entry-point names, case-sensitive: {self.installed}; "
+                "cacheplug's own backends and serializers cannot be disabled)",
+                PluginLoadWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+
     def add(self, plugin: object, origin: _Origin, *, exclusive: bool = False) -> None:
         """Register ``plugin`` and the names its hooks register, or nothing if any step fails.
 
@@ -218,10 +233,12 @@ class _Registry:
             if exclusive:
                 for table, names in found:
                     for name in names:
-                        if name in table.entries:
+                        held = table.entries.get(name.lower())
+                        if held is not None:
+                            spelled = "" if held.name == name else f" as {held.name!r}"
                             raise PluginError(
-                                f"{origin} registers {table.kind} {name!r}, already registered "
-                                f"by {table.entries[name].origin}"
+                                f"{origin} registers {table.kind} {name!r}, already registered"
+                                f"{spelled} by {held.origin}"
                             )
         except BaseException:
             if self.pm.has_plugin(origin.plugin):
@@ -230,9 +247,9 @@ class _Registry:
         self.origins[origin.plugin] = origin
         for table, names in found:
             for name, target in names.items():
-                existing = table.entries.get(name)
+                existing = table.entries.get(name.lower())
                 if existing is None:
-                    table.entries[name] = _Entry(name, target, origin)
+                    table.entries[name.lower()] = _Entry(name, target, origin)
                 else:
                     existing.clashes.append(origin)
 
@@ -303,6 +320,12 @@ class _Registry:
                     f"{origin} registers {table.kind} {name!r} twice, as {names[name]!r} and "
                     f"{target!r}; register each name once"
                 )
+            other = next((n for n in names if n != name and n.lower() == name.lower()), None)
+            if other is not None:
+                raise PluginError(
+                    f"{origin} registers {table.kind} {name!r} twice, as {other!r} and "
+                    f"{name!r}: names are case-insensitive; register each name once"
+                )
             names[name] = target
 
         arguments = {"register": register}
@@ -346,7 +369,7 @@ class _Registry:
             return entry.loaded
 
     def unknown(self, name: str, table: _Table, plural: str) -> Exception:
-        known = sorted(table.entries)
+        known = table.names()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         message = f"unknown {table.kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
@@ -460,6 +483,14 @@ def _get_registry() -> _Registry:
         return _registry
 
 
+def _registry_to_look_up() -> _Registry:
+    """The registry, for a lookup: the first one warns of names disabled in vain."""
+    registry = _get_registry()
+    if registry.unknown_disabled:
+        registry.warn_unknown_disabled()
+    return registry
+
+
 def reset_plugins() -> None:
     """Forget the plugin manager, so the next use reloads plugins and re-reads the environment.
 
@@ -476,7 +507,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     Read-only use (``list_name_plugin``, ``get_hookcallers``...); add plugins with
     :func:`register_plugin`, which also records the names they register.
     """
-    return _get_registry().pm
+    return _registry_to_look_up().pm
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
@@ -504,6 +535,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         if taken is not None:
             raise PluginError(f"plugin name {plugin_name!r} is already used by {taken}")
         if registry.pm.is_blocked(plugin_name):
+            registry.unknown_disabled.discard(plugin_name)  # the name did disable a plugin
             raise PluginError(
                 f"plugin name {plugin_name!r} is disabled by {DISABLE_ENV}; "
                 f"register the plugin under another name"
@@ -528,8 +560,8 @@ def get_backend_class(scheme: str) -> type[BaseCache]:
         :class:`~cacheplug.BaseCache` subclass, or a broken plugin may have provided it (the
         plugin's error is the ``__cause__``).
     """
-    registry = _get_registry()
-    entry = registry.backends.entries.get(scheme)
+    registry = _registry_to_look_up()
+    entry = registry.backends.entries.get(scheme.lower())
     if entry is None:
         raise registry.unknown(scheme, registry.backends, "schemes")
     cls: type[BaseCache] = registry.resolve(entry, registry.backends.kind, _check_backend)
@@ -565,12 +597,12 @@ def _check_serializer(value: object) -> str | None:
 
 def backend_schemes() -> list[str]:
     """Every registered URL scheme, sorted."""
-    return sorted(_get_registry().backends.entries)
+    return _registry_to_look_up().backends.names()
 
 
 def serializer_names() -> list[str]:
     """Every registered serializer name, sorted."""
-    return sorted(_get_registry().serializers.entries)
+    return _registry_to_look_up().serializers.names()
 
 
 def get_serializer(name: str) -> SerializerLike:
@@ -580,16 +612,17 @@ def get_serializer(name: str) -> SerializerLike:
     :raises PluginError: the name is claimed twice, its class cannot be imported, or a broken
         plugin may have provided it.
     """
-    registry = _get_registry()
-    instance = registry.serializer_instances.get(name)
+    registry = _registry_to_look_up()
+    folded = name.lower()  # case-insensitive, as URL schemes are
+    instance = registry.serializer_instances.get(folded)
     if instance is not None:
         return instance
-    entry = registry.serializers.entries.get(name)
+    entry = registry.serializers.entries.get(folded)
     if entry is None:
         raise registry.unknown(name, registry.serializers, "serializers")
     cls = registry.resolve(entry, registry.serializers.kind, _check_serializer)
     with registry.lock:
-        instance = registry.serializer_instances.get(name)
+        instance = registry.serializer_instances.get(folded)
         if instance is None:
             try:
                 instance = cls()
@@ -600,7 +633,7 @@ def get_serializer(name: str) -> SerializerLike:
                     f": {_describe(err)}; cacheplug creates serializers with no "
                     f"arguments, so every parameter needs a default"
                 ) from err
-            registry.serializer_instances[name] = instance
+            registry.serializer_instances[folded] = instance
     return instance
 
 
@@ -611,7 +644,7 @@ def get_plugins() -> list[dict[str, Any]]:
     ``schemes``, ``serializers`` and ``error``: ``None``, or why the plugin failed to load or
     which of its names another plugin also claims (those names cannot be used).
     """
-    registry = _get_registry()
+    registry = _registry_to_look_up()
     plugins: list[dict[str, Any]] = []
     for name, origin in registry.origins.items():
         plugin = registry.pm.get_plugin(name)
