@@ -86,10 +86,6 @@ _POOL = _MEMCACHED_CLIENT + " (and calls the private _client_context)"
 #: the tests under that prefix.
 KNOWN_DIVERGENCES: dict[str, str] = {
     _SIMPLE + "test_delete_many_raise_errors_nonexistent_key": _DELETE_MANY,
-    _SIMPLE + "test_threshold_zero_defaults_to_500": (
-        "reads the private SimpleCache._threshold; cacheplug's is the public threshold "
-        "attribute, which is 500 for threshold=0"
-    ),
     _FILE + "test_delete_many_raise_errors_nonexistent_key": _DELETE_MANY,
     _FILE + "test_EOFError": "calls the private FileSystemCache._get_filename",
     _FILE + "test_threshold": _FILE_COUNT,
