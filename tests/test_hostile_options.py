@@ -263,7 +263,7 @@ for _backend in BACKENDS:
         (_backend, {"secret": bytearray(b"k")}, ConfigurationError, "secret must be a non-empty"),
         (_backend, {"serializer": 5}, ConfigurationError, "serializer must be a registered"),
         (_backend, {"serializer": ""}, ConfigurationError, "unknown serializer ''"),
-        (_backend, {"serializer": "PICKLE"}, ConfigurationError, "known serializers: json"),
+        (_backend, {"serializer": "pick1e"}, ConfigurationError, "known serializers: json"),
         (_backend, {"default_timeout": -1}, ConfigurationError, "default_timeout must be 0"),
         (_backend, {"default_timeout": math.nan}, TypeError, "finite number of seconds"),
         (_backend, {"default_timeout": True}, TypeError, "got bool True"),
