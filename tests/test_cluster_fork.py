@@ -59,10 +59,9 @@ LOCKS: dict[str, Callable[[Any], Any]] = {
     "topology refresh": lambda client: client.nodes_manager._initialization_lock,
     # listeners told about new node pools and a refreshed topology
     "event dispatcher": lambda client: client.nodes_manager._event_dispatcher._lock,
-    # a node's connection pool (fixed before, for single servers and cluster nodes)
+    # a node's connection pool
     "node pool": lambda client: client.get_nodes()[0].redis_connection.connection_pool._lock,
 }
-FIXED_BEFORE = {"node pool"}
 
 
 # -- the helper process ----------------------------------------------------------------------
@@ -231,17 +230,12 @@ def run_helper(*args: str, warnings_as_errors: bool = False) -> dict[str, Any]:
     return result
 
 
-def _strict_xfail(case: str) -> Any:
-    reason = f"the child inherits a lock of redis-py's cluster held ({case}): it hangs"
-    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
 @pytest.mark.parametrize(
     "case",
     [
         "first connection",
-        _strict_xfail("in a refresh"),
-        *(case if case in FIXED_BEFORE else _strict_xfail(case) for case in LOCKS),
+        "in a refresh",
+        *LOCKS,
     ],
 )
 def test_child_answers_whatever_the_parent_thread_held(
@@ -254,7 +248,6 @@ def test_child_answers_whatever_the_parent_thread_held(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="redis-py's cycles: sockets finalized first (/tmp/s18)")
 def test_a_dropped_cluster_cache_closes_its_sockets_without_a_warning(
     cluster: RedisCluster,
 ) -> None:

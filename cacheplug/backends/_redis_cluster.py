@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,17 @@ from cacheplug.core.url import check_host
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
 
-__all__ = ["PendingCluster", "cluster_nodes", "mget", "node_pipelines", "refresh"]
+__all__ = [
+    "PendingCluster",
+    "after_fork_in_child",
+    "cluster_nodes",
+    "mget",
+    "node_pipelines",
+    "refresh",
+]
 
 BUILD_RETRIES = 3  # other primaries the constructor may ask when one is down
+_RLOCK = type(threading.RLock())
 
 
 def cluster_nodes(startup_nodes: Sequence[Any], db: int) -> list[tuple[str, int]]:
@@ -85,6 +94,31 @@ def _cluster_client(
     return client
 
 
+def after_fork_in_child(client: Any) -> None:
+    """In a forked child: new locks for a ``RedisCluster`` and its nodes manager.
+
+    A thread of the parent holding one at the fork would hold it forever in the child: asking
+    the cluster for its slots (``clear()``, a failover, a moved slot) holds the manager's locks
+    for as long as a node takes to answer, and finding a node or closing the client holds the
+    others. The child's next such call would wait forever.
+    """
+    manager = getattr(client, "nodes_manager", None)
+    held = [
+        (client, "_lock"),
+        (getattr(client, "_event_dispatcher", None), "_lock"),
+        (manager, "_lock"),
+        (manager, "_initialization_lock"),
+        (getattr(manager, "_event_dispatcher", None), "_lock"),
+        (getattr(manager, "read_load_balancer", None), "_lock"),
+    ]
+    renewed: dict[int, Any] = {}  # a lock two owners share stays shared
+    for owner, name in held:
+        lock = getattr(owner, name, None)
+        if lock is not None:
+            fresh = threading.RLock() if isinstance(lock, _RLOCK) else threading.Lock()
+            setattr(owner, name, renewed.setdefault(id(lock), fresh))
+
+
 class PendingCluster:
     """Stands in for a ``RedisCluster`` until its nodes answer (its constructor connects)."""
 
@@ -98,6 +132,12 @@ class PendingCluster:
         self._cache = cache
         self._connect: Callable[[], Any] = lambda: _cluster_client(nodes, password, kwargs)
         self._lock = threading.Lock()
+        # The client built, held apart from the cache: redis-py's RedisCluster lies in
+        # reference cycles, so only the cycle collector frees it, and it may finalize the
+        # client's sockets (each warning "unclosed socket") before the client's __del__ closes
+        # them. A dropped cache closes its client first.
+        self.built: list[Any] = []
+        weakref.finalize(cache, _close_dropped, self.built).atexit = False
 
     def after_fork_in_child(self) -> None:
         """Drop the lock, which a thread of the parent may have held at the fork."""
@@ -108,7 +148,16 @@ class PendingCluster:
             client = self._cache._client
             if client is self:
                 client = self._cache._client = self._connect()
+                self.built[:] = [client]
         return getattr(client, name)
+
+
+def _close_dropped(built: list[Any]) -> None:
+    """Close the connections of the client a cache built, once the cache is dropped."""
+    for client in built:
+        with contextlib.suppress(Exception):  # the collector has no caller to tell
+            client.close()
+    built.clear()
 
 
 def refresh(client: Any) -> None:

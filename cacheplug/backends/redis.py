@@ -742,6 +742,8 @@ class RedisCache(BaseCache):
             if isinstance(client, DeadServer):
                 client.after_fork_in_child()
         if self._owns_client:
+            if self._cluster and self._client is not self._pending:
+                cluster.after_fork_in_child(self._client)
             for pool in self._pools():
                 pool_after_fork_in_child(pool)
 
@@ -786,6 +788,7 @@ class RedisCache(BaseCache):
             # A closed RedisCluster cannot reconnect: the next use builds a new one.
             if self._pending is not None:
                 self._client = self._pending
+                self._pending.built.clear()
             client.close()
 
     def __repr__(self) -> str:
