@@ -22,11 +22,14 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymemcache.client.base import Client as MemcacheClient
 from servers import MemcachedServer, RedisServer
 from test_redis import ClientLayer
 
 from cacheplug import MemcachedCache, RedisCache
+from cacheplug.backends._memcached_keys import memcached_key
 
 _prefixes = itertools.count()
 
@@ -80,6 +83,18 @@ def test_the_memcached_mapping_is_the_one_entries_were_stored_under() -> None:
     """Pinned: a changed mapping would orphan every entry stored before the change."""
     assert memcached_name("ключ") == b"____~#b44bf8a30403a3ee483b4185b1dec65e0088b01b"
     assert memcached_name("a\ud800") == b"a_~#ea1bdf502bf4aa65065dcbbb60242aa6a701113d"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    full=st.text(
+        alphabet=st.characters(codec=None) | st.sampled_from("?~# \x00\x7f\udfff🔑é"),
+        max_size=300,
+    )
+)
+def test_memcached_keys_are_mapped_as_documented(full: str) -> None:
+    assert memcached_key(full).encode() == memcached_name(full)
+    assert memcached_key(full).encode() == memcached_name(full)  # asked again
 
 
 # -- Redis -------------------------------------------------------------------------------------
