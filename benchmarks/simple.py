@@ -92,9 +92,7 @@ def simple_section(ctx: Context, *, plot: bool = True) -> SectionResult:
     section.add(
         f"ns/op, minimum of {repeats} interleaved repeats of {number:,} calls; threshold 10,000; "
         "pickle serializer (cacheplug keeps flat builtin values unpickled, a dict as a shallow "
-        "copy; nested ones are pickled on set and, from their first read on, kept unpickled "
-        "and copied container by container on each read); cachetools stores references and "
-        "copies nothing.",
+        "copy; nested ones are pickled); cachetools stores references and copies nothing.",
         "",
     )
     _ops_table(section, rows, list(caches))

@@ -37,72 +37,13 @@ _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
 _all_scalars = _SCALARS.issuperset
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 _NEVER = 0.0
-# How an entry's payload turns back into the value (kept objects below _SERIALIZED).
+# How an entry's payload turns back into the value.
 _RAW = 0  # the value itself, immutable
 _SHALLOW = 1  # a private container of immutables; readers get a copy
-_PLANNED = 2  # (a private nest of builtin containers, its copy plan); readers get a deep copy
-_SERIALIZED = 3  # the serializer's bytes
-_PICKLED = 4  # pickle's bytes of a value no copy plan can copy: not planned again
-_SIGNED = 5  # (signature, the serializer's bytes): apart, so a read verifies without slicing
+_SERIALIZED = 2  # the serializer's bytes
+_SIGNED = 3  # (signature, the serializer's bytes): apart, so a read verifies without slicing
 
 _Entry = tuple[float, int, Any]
-
-# A copy plan says which slots of a container hold objects a reader must get a copy of:
-# ((slot, plan), ...), where plan None means the object's own .copy() is deep enough.
-# _KEEP marks an immutable value, shared by every reader.
-_KEEP: Any = object()
-_DEEPEST = 32  # nesting beyond this is left to pickle (the copier recurses once per level)
-
-
-class _Unplannable(Exception):
-    """A value a copy plan cannot copy exactly: another type, shared parts, too deep."""
-
-
-def _plan(value: Any, seen: set[int], depth: int = 0) -> Any:
-    """The copy plan of ``value``, fresh from ``pickle.loads`` and private to the cache.
-
-    :raises _Unplannable: a part is not a builtin scalar or container, a mutable part is
-        reached twice (pickle keeps that sharing, a copy would not), or it nests too deep.
-    """
-    kind = type(value)
-    if kind in _SCALARS:
-        return _KEEP
-    if depth == _DEEPEST or kind not in _CONTAINERS:
-        raise _Unplannable
-    if kind is not tuple and kind is not frozenset:
-        if id(value) in seen:
-            raise _Unplannable
-        seen.add(id(value))
-    if kind is set or kind is frozenset:
-        for item in value:  # hashable, so never a mutable container
-            if type(item) not in _SCALARS and _plan(item, seen, depth + 1) is not _KEEP:
-                raise _Unplannable
-        return None if kind is set else _KEEP
-    slots: list[tuple[Any, Any]] = []
-    for slot, item in value.items() if kind is dict else enumerate(value):
-        if (
-            kind is dict
-            and type(slot) not in _SCALARS
-            and _plan(slot, seen, depth + 1) is not _KEEP
-        ):
-            raise _Unplannable
-        if type(item) not in _SCALARS:
-            plan = _plan(item, seen, depth + 1)
-            if plan is not _KEEP:
-                slots.append((slot, plan))
-    if slots:
-        return tuple(slots)
-    return _KEEP if kind is tuple else None
-
-
-def _copied(value: Any, slots: tuple[tuple[Any, Any], ...]) -> Any:
-    """A copy of ``value`` as deep as its plan ``slots`` says, sharing only immutables."""
-    kind = type(value)
-    copy = list(value) if kind is tuple else value.copy()
-    for slot, plan in slots:
-        item = value[slot]
-        copy[slot] = item.copy() if plan is None else _copied(item, plan)
-    return tuple(copy) if kind is tuple else copy
 
 
 def _scalars_only(mapping: dict[Any, Any]) -> bool:
@@ -119,9 +60,8 @@ class SimpleCache(BaseCache):
     """A thread-safe in-memory cache for one process.
 
     At most ``threshold`` entries: when a new key arrives in a full cache, expired entries go
-    first, then the least recently used one. Values are stored as private copies (pickled,
-    or for builtins kept as objects), so mutating an object after ``set`` or after ``get``
-    does not change the cached value. Every operation is O(1) amortized.
+    first, then the least recently used one. Values are stored serialized, so mutating an
+    object after ``set`` does not change the cached copy. Every operation is O(1) amortized.
 
     :param threshold: the most entries the cache holds; 0 means the default, 500, as in
         cachelib.
@@ -314,19 +254,14 @@ class SimpleCache(BaseCache):
         codec = entry[1]
         if codec == _SHALLOW:
             return entry[2].copy()
-        if codec == _PLANNED:
-            return _copied(*entry[2])
         if codec == _RAW:
             return entry[2]
-        if codec in (_SERIALIZED, _PICKLED):
+        if codec == _SERIALIZED:
             if type(self.serializer) is PickleSerializer:
                 try:
                     value = pickle.loads(entry[2])
                 except Exception:
                     value = self._decode_or_miss(key, entry[2])  # logs and counts it
-                else:
-                    if codec == _SERIALIZED and value is not None:  # its first read
-                        return self._keep_decoded(key, entry, value)
             else:
                 value = self._decode_or_miss(key, entry[2])
         else:
@@ -336,27 +271,6 @@ class SimpleCache(BaseCache):
                 self._hits -= 1
                 self._misses += 1
         return value
-
-    def _keep_decoded(self, key: str, entry: _Entry, value: Any) -> Any:
-        """``value``, just unpickled from ``entry``: kept in place of the bytes when it is made
-        of builtin containers and scalars, so later reads copy it instead of unpickling (about
-        half the time); a copy of it, or ``value`` itself when it cannot be kept."""
-        try:
-            plan = _plan(value, set())
-        except _Unplannable:
-            kept: _Entry = (entry[0], _PICKLED, entry[2])
-            answer = value
-        else:
-            if plan is _KEEP:
-                kept, answer = (entry[0], _RAW, value), value
-            elif plan is None:
-                kept, answer = (entry[0], _SHALLOW, value), value.copy()
-            else:
-                kept, answer = (entry[0], _PLANNED, (value, plan)), _copied(value, plan)
-        with self._lock:
-            if self._cache.get(key) is entry:  # not set, deleted or evicted meanwhile
-                self._cache[key] = kept  # in its place: its recency stays
-        return answer
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
@@ -476,9 +390,9 @@ class SimpleCache(BaseCache):
                 expires = entry[0]
                 codec, payload = entry[1], entry[2]
                 if codec < _SERIALIZED:  # kept as it is: only its type is read
-                    current = payload[0] if codec == _PLANNED else payload
+                    current = payload
                 else:
-                    blob = payload[0] + payload[1] if codec == _SIGNED else payload
+                    blob = payload if codec == _SERIALIZED else payload[0] + payload[1]
                     try:  # not _decode_or_miss: a stored None is not an unreadable entry
                         current = self._decode(blob, key)
                     except SerializationError as err:
