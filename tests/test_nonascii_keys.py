@@ -249,7 +249,6 @@ def test_redis_sends_the_same_bytes_on_either_path(relay: Relay, prefix: str) ->
     layered.close()
 
 
-@pytest.mark.xfail(strict=True, reason="non-ASCII names go through redis-py's client layer")
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_redis_non_ascii_names_are_packed_by_the_cache(
     redis_server: RedisServer, prefix: str
@@ -310,7 +309,6 @@ def test_a_given_client_keeps_its_own_encoding_of_lone_surrogates(
     packed.clear()
 
 
-@pytest.mark.xfail(strict=True, reason="non-ASCII names go through redis-py's client layer")
 def test_a_given_client_gets_non_ascii_names_packed(given_client: redis.Redis) -> None:
     cache = RedisCache(given_client, key_prefix=f"given{next(_prefixes)}:")
     layer = ClientLayer(given_client)

@@ -22,7 +22,7 @@ def short_timeout_cache(
     request: pytest.FixtureRequest, redis_server: RedisServer, redis_cluster: RedisCluster
 ) -> Iterator[tuple[RedisCache, str]]:
     """A cache whose socket timeout is shorter than one MGET of ``LONG_NAMES`` names, and the
-    first character of its keys (non-ASCII keys take redis-py's packing)."""
+    first character of its keys (non-ASCII names are packed with their UTF-8 lengths)."""
     kind = request.param
     first = "é" if kind == "unicode" else "k"
     if kind == "cluster":

@@ -6,6 +6,7 @@ in a hashed form. Its exptime is whole seconds, up to 30 days relative, a unix t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -28,6 +29,8 @@ MAX_EXPTIME = 2**31 - 1  # memcached parses exptime as a signed 32-bit number: l
 MAX_KEY_LENGTH = 250
 HASH_MARK = "~#"  # only mapped keys contain it, so a mapped key never equals a plain one
 _NOT_KEY_CHARS = re.compile(r"[^\x21-\x7e]")
+_UNDERSCORED = bytes(c if 0x21 <= c <= 0x7E and c != ord("?") else ord("_") for c in range(256))
+_blake2b = hashlib.blake2b
 
 
 def memcached_key(full: str) -> str:
@@ -44,8 +47,22 @@ def memcached_key(full: str) -> str:
         and full
     ):
         return full
-    digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
-    return f"{_NOT_KEY_CHARS.sub('_', full[:200])}{HASH_MARK}{digest}"
+    if len(full) <= MAX_KEY_LENGTH:  # remembered (bounded): hashing was a fifth of a get's work
+        return _short_hashed_key(full)
+    return _hashed_key(full)
+
+
+def _hashed_key(full: str) -> str:
+    head = full[:200]
+    if "?" in head:
+        head = _NOT_KEY_CHARS.sub("_", head)
+    else:  # each character memcached refuses becomes "?", then "_"
+        head = head.encode("ascii", "replace").translate(_UNDERSCORED).decode("ascii")
+    digest = _blake2b(full.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+    return f"{head}{HASH_MARK}{digest}"
+
+
+_short_hashed_key = functools.lru_cache(maxsize=1024)(_hashed_key)
 
 
 def plain_line(keys: Sequence[str]) -> bytes | None:

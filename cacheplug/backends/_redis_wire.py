@@ -3,12 +3,14 @@
 On a fast link redis-py's client layer and command packing cost about as much as a call's own
 Python work; these commands are packed here in one string (a large value as its own chunk) and
 sent on a connection of the client's own pool. Only clients whose pool and connections are
-redis-py's own take this path (``direct_ok``); names are ASCII, so lengths are byte lengths.
+redis-py's own take this path (``direct_ok``). Names are sent in UTF-8, as redis-py sends them;
+a name that ``errors`` cannot encode (a lone surrogate under ``"strict"``) is left to the client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any, TypeVar
 
 __all__ = [
@@ -39,24 +41,25 @@ def mget_pieces(items: Sequence[_Item]) -> list[Sequence[_Item]]:
 
 
 _HEADERS = tuple(f"\r\n${length}\r\n" for length in range(512))  # RESP bulk string headers
+_BYTE_HEADERS = tuple(header.encode() for header in _HEADERS)
 
 
-def packed_mget(names: Sequence[str]) -> list[bytes] | None:
+def packed_mget(names: Sequence[str], errors: str = "strict") -> list[bytes] | None:
     """``MGET`` of ``names`` in RESP for ``send_mget``, one command per ``MGET_PIECE`` names;
-    ``None`` unless every name is ASCII.
+    ``None`` when a name cannot be encoded in UTF-8 with ``errors``.
 
     :raises TypeError: a name is not a ``str``.
     """
     packed = []
     for names_piece in mget_pieces(names):
-        piece = _packed_mget(names_piece)
+        piece = _packed_mget(names_piece, errors)
         if piece is None:
             return None
         packed.append(piece)
     return packed
 
 
-def _packed_mget(names: Sequence[str]) -> bytes | None:
+def _packed_mget(names: Sequence[str], errors: str) -> bytes | None:
     parts = [*names, *names]
     try:
         parts[::2] = [_HEADERS[len(name)] for name in names]
@@ -64,28 +67,60 @@ def _packed_mget(names: Sequence[str]) -> bytes | None:
         parts[::2] = [f"\r\n${len(name)}\r\n" for name in names]
     parts[1::2] = names
     text = "".join(parts)
-    if not text.isascii():  # only then is a name's length its length in bytes
+    if text.isascii():  # only then is a name's length its length in bytes
+        return f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()
+    try:
+        encoded = list(map(str.encode, names))
+    except UnicodeEncodeError:  # a lone surrogate
+        if errors == "strict":
+            return None
+        encoded = list(map(str.encode, names, repeat("utf-8"), repeat(errors)))
+    data = [*encoded, *encoded]
+    try:
+        data[::2] = [_BYTE_HEADERS[len(name)] for name in encoded]
+    except IndexError:
+        data[::2] = [b"\r\n$%d\r\n" % len(name) for name in encoded]
+    data[1::2] = encoded
+    return b"*%d\r\n$4\r\nMGET%b\r\n" % (len(names) + 1, b"".join(data))
+
+
+def _utf8_size(name: str, errors: str) -> int | None:
+    """The length of ``name`` in UTF-8 with ``errors``; ``None`` when it cannot be encoded so."""
+    try:
+        return len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        return None if errors == "strict" else len(name.encode("utf-8", errors))
+
+
+def packed_one(command: str, name: str, errors: str = "strict") -> list[bytes] | None:
+    """``command name`` (GET, DEL) in RESP for ``send_packed_command``; ``None`` when ``name``
+    cannot be encoded in UTF-8 with ``errors``."""
+    if name.isascii():
+        return [f"*2\r\n${len(command)}\r\n{command}\r\n${len(name)}\r\n{name}\r\n".encode()]
+    size = _utf8_size(name, errors)
+    if size is None:
         return None
-    return f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()
+    return [f"*2\r\n${len(command)}\r\n{command}\r\n${size}\r\n{name}\r\n".encode("utf-8", errors)]
 
 
-def packed_one(command: str, name: str) -> list[bytes]:
-    """``command name`` (GET, DEL) in RESP for ``send_packed_command``; ``name`` is ASCII."""
-    return [f"*2\r\n${len(command)}\r\n{command}\r\n${len(name)}\r\n{name}\r\n".encode()]
-
-
-def packed_set(name: str, data: bytes, ms: int) -> list[bytes]:
+def packed_set(name: str, data: bytes, ms: int, errors: str = "strict") -> list[bytes] | None:
     """What ``set`` sends, in RESP for ``send_packed_command``: ``SET name data PX ms``,
-    without expiry for ``ms`` 0, ``DEL name`` for a negative ``ms``; ``name`` is ASCII.
+    without expiry for ``ms`` 0, ``DEL name`` for a negative ``ms``; ``None`` when ``name``
+    cannot be encoded in UTF-8 with ``errors``.
     """
     if ms < 0:
-        return packed_one("DEL", name)
+        return packed_one("DEL", name, errors)
+    is_ascii = name.isascii()
+    size = len(name) if is_ascii else _utf8_size(name, errors)
+    if size is None:
+        return None
     px = str(ms)
     expiry = f"\r\n$2\r\nPX\r\n${len(px)}\r\n{px}\r\n" if ms else "\r\n"
-    head = f"*{5 if ms else 3}\r\n$3\r\nSET\r\n${len(name)}\r\n{name}\r\n${len(data)}\r\n"
+    text = f"*{5 if ms else 3}\r\n$3\r\nSET\r\n${size}\r\n{name}\r\n${len(data)}\r\n"
+    head = text.encode() if is_ascii else text.encode("utf-8", errors)
     if len(data) > COPY_LIMIT:  # sent as it is rather than copied into one string
-        return [head.encode(), data, expiry.encode()]
-    return [b"".join((head.encode(), data, expiry.encode()))]
+        return [head, data, expiry.encode()]
+    return [b"".join((head, data, expiry.encode()))]
 
 
 def send(

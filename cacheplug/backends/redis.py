@@ -183,12 +183,16 @@ class RedisCache(BaseCache):
             self._cluster = hasattr(host, "get_primaries")
         # Lone surrogates (legal in a str) cannot be UTF-8: such names are sent encoded with
         # surrogatepass, distinct from every other name; hiredis' packer ignores encoding_errors.
-        self._surrogates = (
-            self._owns_client
+        # A client the user gave (or configured) gets such names as str: its packer decides.
+        self._name_errors = (
+            "surrogatepass"
+            if self._owns_client
             and "encoding_errors" not in kwargs
             and codecs.lookup(kwargs.get("encoding", "utf-8")).name == "utf-8"
+            else "strict"
         )
-        # Whether get, set and get_many send their commands themselves on the client's pool.
+        # Whether get, set and get_many send their commands themselves on the client's pool
+        # (names in UTF-8 with self._name_errors; a name it cannot encode goes through the client).
         self._direct = not self._cluster and wire.direct_ok(self._client)
         if check_connection:
             try:
@@ -266,7 +270,7 @@ class RedisCache(BaseCache):
 
     def _wire(self, name: str) -> str | bytes:
         """``name`` as this cache sends it: lone surrogates pass when the client is ours."""
-        if self._surrogates and not name.isascii():
+        if self._name_errors == "surrogatepass" and not name.isascii():
             return name.encode("utf-8", "surrogatepass")
         return name
 
@@ -292,8 +296,8 @@ class RedisCache(BaseCache):
         prefix = self.key_prefix  # once: a callable's next answer may differ
         name = prefix + key
         try:
-            if self._direct and name.isascii():
-                payload = wire.send(self._client, wire.packed_one("GET", name))
+            if self._direct and (packed := wire.packed_one("GET", name, self._name_errors)):
+                payload = wire.send(self._client, packed)
             else:
                 payload = self._client.get(self._wire(name))
         except self._failures as err:
@@ -320,8 +324,12 @@ class RedisCache(BaseCache):
         data = self._dump(value, key, prefix)
         name = prefix + key
         try:
-            if self._direct and name.isascii() and type(data) is bytes:
-                wire.send(self._client, wire.packed_set(name, data, ms))
+            if (
+                self._direct
+                and type(data) is bytes
+                and (packed := wire.packed_set(name, data, ms, self._name_errors))
+            ):
+                wire.send(self._client, packed)
             elif ms > 0:
                 self._client.execute_command("SET", self._wire(name), data, "PX", ms)
             elif ms == 0:
@@ -404,7 +412,7 @@ class RedisCache(BaseCache):
         try:
             names = [prefix + key for key in keys] if prefix or not direct else keys
             if direct:
-                packed = wire.packed_mget(names)
+                packed = wire.packed_mget(names, self._name_errors)
             sent: Sequence[str | bytes] = names if packed else list(map(self._wire, names))
         except TypeError:
             for key in keys:
