@@ -24,11 +24,6 @@ from cacheplug import MemcachedCache
 
 __all__ = ["three"]  # the fixture, imported for pytest
 
-PARALLEL = pytest.mark.xfail(
-    strict=True,
-    reason="a batch meets its servers one after another (/tmp/s18/memcached-parallel.patch)",
-)
-
 BATCHES: dict[str, Callable[[MemcachedCache], Any]] = {
     "get_dict": lambda cache: cache.get_dict(*KEYS),
     **multi.BATCHES,  # get_many, set_many (value 2) and delete_many of KEYS, in this order
@@ -44,7 +39,6 @@ ANSWERS: dict[str, Any] = {
 }
 
 
-@PARALLEL
 @pytest.mark.parametrize("batch", list(BATCHES))
 @pytest.mark.parametrize("key_prefix", PREFIXES)
 def test_a_batch_sends_to_every_server_before_it_waits_on_any(

@@ -3,7 +3,8 @@
 Every key lives in a namespace named by a random token kept on each server; ``clear`` replaces
 the token, reads fetch it in the same ``get`` round trip, ``has``, writes and ``incr`` read it
 back in their own round trip (and are made again if it changed), so a ``clear`` by any process
-is seen by every later call.
+is seen by every later call. The batch calls also come as steps (``_memcached_wire.finish``),
+so a batch over several servers sends to all of them before it waits on any.
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
 from cacheplug.backends._memcached_keys import memcached_key
+from cacheplug.backends._memcached_wire import Steps, finish
 
 if TYPE_CHECKING:
     from cacheplug.backends._memcached_servers import Server
 
 _Answer = TypeVar("_Answer")
+_Result = TypeVar("_Result")
 
 __all__ = [
     "TokenDroppedError",
     "add",
     "count",
     "delete",
-    "delete_many",
+    "delete_many_steps",
     "exists",
     "fetch",
+    "fetch_steps",
     "load_token",
     "new_token",
     "store",
-    "store_many",
+    "store_many_steps",
     "token_key",
 ]
 
@@ -78,14 +82,39 @@ def fetch(
     token_name = token_key.encode("ascii")
 
     def attempt(token: str) -> tuple[dict[str, Any], bytes | None]:
-        prefix = f"{key_prefix}{token}:"
-        names = {memcached_key(prefix + key).encode("ascii"): key for key in keys}
-        items = wire.fetch(client, b" ".join([token_name, *names]))
-        current = items.pop(token_name, None)
-        found = {names[name]: item for name, item in items.items()}
-        return found, None if current is None else current[1]
+        names = _fetch_names(keys, f"{key_prefix}{token}:")
+        return _found(wire.fetch(client, b" ".join([token_name, *names])), names, token_name)
 
     return _seeing(client, server, token_key, attempt)
+
+
+def fetch_steps(
+    client: Any, server: Server, keys: list[str], key_prefix: str, token_key: str
+) -> Steps[dict[str, Any]]:
+    """``fetch`` as steps."""
+    token_name = token_key.encode("ascii")
+
+    def attempt(token: str) -> Steps[tuple[dict[str, Any], bytes | None]]:
+        names = _fetch_names(keys, f"{key_prefix}{token}:")
+        items = yield from wire.fetch_steps(client, b" ".join([token_name, *names]))
+        return _found(items, names, token_name)
+
+    return (yield from _seeing_steps(client, server, token_key, attempt))
+
+
+def _fetch_names(keys: list[str], prefix: str) -> dict[bytes, str]:
+    """The memcached name of each of ``keys`` under ``prefix`` (the namespace's)."""
+    return {memcached_key(prefix + key).encode("ascii"): key for key in keys}
+
+
+def _found(
+    items: dict[bytes, Any], names: dict[bytes, str], token_name: bytes
+) -> tuple[dict[str, Any], bytes | None]:
+    """The raw items a ``get`` of the ``names`` and of the token fetched, by key, and the
+    token."""
+    current = items.pop(token_name, None)
+    found = {names[name]: item for name, item in items.items()}
+    return found, None if current is None else current[1]
 
 
 def exists(client: Any, server: Server, space: tuple[str, str], key: str) -> bool:
@@ -131,6 +160,28 @@ def _seeing(
         fresh = True
 
 
+def _seeing_steps(
+    client: Any,
+    server: Server,
+    token_key: str,
+    attempt: Callable[[str], Steps[tuple[_Answer, bytes | None]]],
+) -> Steps[_Answer]:
+    """``_seeing`` as steps: its first attempt, under the token last seen, pauses after its
+    request is sent; any further one (the namespace changed) runs alone."""
+    known = server.token
+    if known is None:  # the token is read first, in a round trip of its own
+        return _seeing(client, server, token_key, lambda token: finish(attempt(token)))
+    first = [(known, (yield from attempt(known)))]
+
+    def again(token: str) -> tuple[_Answer, bytes | None]:
+        # _seeing's first attempt is the one just made, unless the token changed meanwhile
+        if first and first[0][0] == token:
+            return first.pop()[1]
+        return finish(attempt(token))
+
+    return _seeing(client, server, token_key, again)
+
+
 def _write(
     client: Any,
     server: Server,
@@ -143,13 +194,27 @@ def _write(
     """Writes of ``keys`` in the namespace, the token read back with them (``_seeing``).
     ``space``: the key prefix and its token key; ``requests``: the commands for the keys'
     memcached names, in order. What each command's reply says was done."""
+    attempt = _writing(wire.write, client, space, keys, requests, answers)
+    return _seeing(client, server, space[1], attempt)
+
+
+def _writing(  # noqa: PLR0917 (_write's arguments, passed on)
+    write: Callable[..., _Result],
+    client: Any,
+    space: tuple[str, str],
+    keys: list[str],
+    requests: Callable[[list[str]], list[bytes]],
+    answers: Mapping[bytes, Any],
+) -> Callable[[str], _Result]:
+    """An attempt of ``_write`` under a token, made by ``write`` (``wire.write`` or, as steps,
+    ``wire.write_steps``)."""
     key_prefix, token_key = space
 
-    def attempt(token: str) -> tuple[list[_Answer], bytes | None]:
+    def attempt(token: str) -> _Result:
         names = [memcached_key(f"{key_prefix}{token}:{key}") for key in keys]
-        return wire.write(client, requests(names), answers, token_key)
+        return write(client, requests(names), answers, token_key)
 
-    return _seeing(client, server, token_key, attempt)
+    return attempt
 
 
 def count(
@@ -167,15 +232,15 @@ def count(
     return _seeing(client, server, token_key, attempt)
 
 
-def store_many(
+def store_many_steps(
     client: Any,
     server: Server,
     space: tuple[str, str],
     items: Mapping[str, tuple[int, bytes]],
     exptime: int,
-) -> list[bool | None]:
-    """``set`` of each of ``items`` in the namespace; whether memcached stored each, None when
-    it refused one (too large, out of memory)."""
+) -> Steps[list[bool | None]]:
+    """``set`` of each of ``items`` in the namespace, as steps; whether memcached stored each,
+    None when it refused one (too large, out of memory)."""
 
     def requests(names: list[str]) -> list[bytes]:
         return [
@@ -183,9 +248,10 @@ def store_many(
             for name, item in zip(names, items.values(), strict=True)
         ]
 
-    return _write(
-        client, server, space, list(items), requests=requests, answers=wire.STORED_OR_REFUSED
+    attempt = _writing(
+        wire.write_steps, client, space, list(items), requests, wire.STORED_OR_REFUSED
     )
+    return (yield from _seeing_steps(client, server, space[1], attempt))
 
 
 def _storage(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)
@@ -211,15 +277,19 @@ store = partial(_storage, b"set")
 add = partial(_storage, b"add")
 
 
-def delete_many(client: Any, server: Server, space: tuple[str, str], keys: list[str]) -> list[bool]:
-    """``delete`` of ``keys`` in the namespace; whether each existed."""
-
-    def requests(names: list[str]) -> list[bytes]:
-        return [wire.delete_request(name) for name in names]
-
-    return _write(client, server, space, keys, requests=requests, answers=wire.DELETED)
+def delete_many_steps(
+    client: Any, server: Server, space: tuple[str, str], keys: list[str]
+) -> Steps[list[bool]]:
+    """``delete`` of ``keys`` in the namespace, as steps; whether each existed."""
+    attempt = _writing(wire.write_steps, client, space, keys, _deletes, wire.DELETED)
+    return (yield from _seeing_steps(client, server, space[1], attempt))
 
 
 def delete(client: Any, server: Server, space: tuple[str, str], key: str) -> bool:
     """``delete`` of ``key`` in the namespace; whether it existed."""
-    return delete_many(client, server, space, [key])[0]
+    return _write(client, server, space, [key], requests=_deletes, answers=wire.DELETED)[0]
+
+
+def _deletes(names: list[str]) -> list[bytes]:
+    """The ``delete`` commands of ``names``."""
+    return [wire.delete_request(name) for name in names]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import select
 import socket
 import weakref
@@ -21,7 +22,15 @@ from typing import Any
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.url import check_host, host_port, port_number
 
-__all__ = ["DEFAULT_PORT", "TIMEOUTS", "Ring", "Server", "idle_and_open", "make_servers"]
+__all__ = [
+    "DEFAULT_PORT",
+    "TIMEOUTS",
+    "Ring",
+    "Server",
+    "idle_and_open",
+    "make_servers",
+    "readable",
+]
 
 DEFAULT_PORT = 11211
 _RING_POINTS = 160
@@ -196,7 +205,12 @@ def _hash(text: str) -> int:
 
 def idle_and_open(sock: socket.socket) -> bool:
     """Whether a pooled connection is still open with nothing unread, without waiting."""
+    # readable: closed or reset by the peer, or a stray reply waiting
+    return not readable(sock, 0)
+
+
+def readable(sock: socket.socket, seconds: float) -> bool:
+    """Whether ``sock`` has bytes to read, or was closed or reset, within ``seconds``."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    # readable: closed or reset by the peer, or a stray reply waiting
-    return not poller.poll(0)
+    return bool(poller.poll(max(0, math.ceil(seconds * 1000))))

@@ -6,6 +6,9 @@ They run on the socket of a connected pymemcache ``Client``, which keeps doing e
 (connecting, pooling, the other commands). pymemcache reads a multi-key reply a line at a time
 in Python; here it is read in large chunks and cut at all its CRLFs in one call, several times
 less work per value (a reply that arrives in pieces is parsed a record at a time instead).
+The batch calls also come as steps (``*_steps``): generators that pause after each request is
+sent and read its reply when resumed, so a batch over several servers sends to all of them
+before it waits on any (``finish`` runs them alone).
 Keys arrive already mapped by ``memcached_key``: printable ASCII, no spaces, <= 250.
 Any error closes the connection, so a half-read reply never reaches the next call; failures
 raise pymemcache's own exceptions, which the backend turns into the contract's outage values.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any, NoReturn, TypeVar
 
 __all__ = [
@@ -24,16 +27,19 @@ __all__ = [
     "STORED_OR_REFUSED",
     "count",
     "count_seeing",
-    "delete_many",
+    "delete_many_steps",
     "delete_request",
     "exists_seeing",
     "fetch",
+    "fetch_steps",
+    "finish",
     "read_for_swap",
     "storage_request",
     "store",
-    "store_many",
+    "store_many_steps",
     "swap",
     "write",
+    "write_steps",
 ]
 
 _CHUNK = 65536
@@ -43,6 +49,9 @@ _GET_BYTES = 32768  # of names in one get, sent before its reply is read
 _END = b"END"
 _REFUSED = b"SERVER_ERROR"
 _Answer = TypeVar("_Answer")
+_Result = TypeVar("_Result")
+#: A call that pauses (yields) after each request it sends; its reply is read when resumed.
+Steps = Generator[None, None, _Result]
 
 
 # os.write takes a socket's descriptor on POSIX only
@@ -74,22 +83,43 @@ def _socket(client: Any) -> Any:
     return client.sock
 
 
+def finish(steps: Steps[_Result]) -> _Result:
+    """Run ``steps`` to their end, each reply read as soon as its request is sent."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
 def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
-    """``get`` of the space-separated ``names``: ``{name: (flags, data)}``. One round trip
-    per ``_GET_BYTES`` of names: memcached answers a long ``get`` while it still reads it and
-    stops reading while its replies wait unread, so a longer one sent at once would leave both
-    sides waiting on each other."""
+    """``get`` of the space-separated ``names``: ``{name: (flags, data)}`` (``fetch_steps``)."""
+    if len(names) > _GET_BYTES:
+        return finish(fetch_steps(client, names))
     sock = _socket(client)
     try:
-        if len(names) <= _GET_BYTES:
-            return _fetch_once(sock, names)
+        _send(sock, b"get " + names + b"\r\n")
+        return _read_fetched(sock)
+    except BaseException:
+        client.close()
+        raise
+
+
+def fetch_steps(client: Any, names: bytes) -> Steps[dict[bytes, tuple[int, bytes]]]:
+    """``fetch`` as steps. One round trip per ``_GET_BYTES`` of names: memcached answers a long
+    ``get`` while it still reads it and stops reading while its replies wait unread, so a
+    longer one sent at once would leave both sides waiting on each other."""
+    sock = _socket(client)
+    try:
         found: dict[bytes, tuple[int, bytes]] = {}
         start = 0
         while start < len(names):
             end = len(names)
             if end - start > _GET_BYTES:  # cut at a space: a name is at most 250 bytes
                 end = names.rindex(b" ", start, start + _GET_BYTES)
-            found.update(_fetch_once(sock, names[start:end]))
+            _send(sock, b"get " + names[start:end] + b"\r\n")
+            yield
+            found.update(_read_fetched(sock))
             start = end + 1
         return found
     except BaseException:
@@ -97,8 +127,8 @@ def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
         raise
 
 
-def _fetch_once(sock: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
-    _send(sock, b"get " + names + b"\r\n")
+def _read_fetched(sock: Any) -> dict[bytes, tuple[int, bytes]]:
+    """The values of the reply to a ``get`` just sent."""
     buf = _more(sock, b"", 1)
     if buf.endswith(b"END\r\n"):
         found = _split_values(buf)
@@ -138,8 +168,29 @@ def write(
 ) -> tuple[list[_Answer], bytes | None]:
     """``requests`` (commands with a one-line reply each), then, when ``seen_key`` is given,
     ``get`` of it: ``(what each command's reply means in answers, the value of seen_key right
-    after, None when missing or not asked)``. A reply line not in ``answers`` raises, except a
-    ``SERVER_ERROR`` when ``answers`` has an answer for ``b"SERVER_ERROR"``.
+    after, None when missing or not asked)`` (``write_steps``)."""
+    if seen_key is None or len(requests) != 1:
+        return finish(write_steps(client, requests, answers, seen_key))
+    # one write and its token read back, the common case, without the cost of steps
+    sock = _socket(client)
+    try:
+        _send(sock, b"%sget %s\r\n" % (requests[0], seen_key.encode("ascii")))
+        done: list[_Answer] = []
+        rest = _read_answers(sock, requests, answers, done)
+        return done, _seen_value(sock, rest, seen_key)
+    except BaseException:
+        client.close()
+        raise
+
+
+def write_steps(
+    client: Any,
+    requests: list[bytes],
+    answers: Mapping[bytes, _Answer],
+    seen_key: str | None = None,
+) -> Steps[tuple[list[_Answer], bytes | None]]:
+    """``write`` as steps. A reply line not in ``answers`` raises, except a ``SERVER_ERROR``
+    when ``answers`` has an answer for ``b"SERVER_ERROR"``.
 
     One round trip per ``_BATCH`` requests: memcached stops reading while its replies are not
     read, so a larger batch sent at once would leave both sides waiting on each other. And per
@@ -153,11 +204,13 @@ def write(
         for batch in batches[:-1] if seen_key else batches:
             if batch:
                 _send(sock, b"".join(batch))
+                yield
                 if _read_answers(sock, batch, answers, done):
                     _raise_reply(b"more reply lines than commands")
         if seen_key is None:
             return done, None
         _send(sock, b"%sget %s\r\n" % (b"".join(batches[-1]), seen_key.encode("ascii")))
+        yield
         rest = _read_answers(sock, batches[-1], answers, done)
         return done, _seen_value(sock, rest, seen_key)
     except BaseException:
@@ -218,18 +271,18 @@ def _read_answers(
     return buf[pos:]
 
 
-def store_many(
+def store_many_steps(
     client: Any, items: Mapping[str, tuple[int, bytes]], exptime: int
-) -> list[bool | None]:
-    """``set`` of each of ``items`` (by memcached key); whether each was stored, None when
-    memcached refused it (too large, out of memory)."""
+) -> Steps[list[bool | None]]:
+    """``set`` of each of ``items`` (by memcached key), as steps; whether each was stored,
+    None when memcached refused it (too large, out of memory)."""
     requests = [storage_request(b"set", name, item, exptime) for name, item in items.items()]
-    return write(client, requests, STORED_OR_REFUSED)[0]
+    return (yield from write_steps(client, requests, STORED_OR_REFUSED))[0]
 
 
-def delete_many(client: Any, names: list[str]) -> list[bool]:
-    """``delete`` of each of ``names``; whether each existed."""
-    return write(client, [delete_request(name) for name in names], DELETED)[0]
+def delete_many_steps(client: Any, names: list[str]) -> Steps[list[bool]]:
+    """``delete`` of each of ``names``, as steps; whether each existed."""
+    return (yield from write_steps(client, [delete_request(name) for name in names], DELETED))[0]
 
 
 def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bool]:

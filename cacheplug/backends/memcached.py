@@ -4,19 +4,21 @@ Entries carry flags that say how their bytes are encoded, and integers are store
 counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``). Keys memcached
 would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over the servers by
 consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
-commands speak memcached's text protocol directly (``_memcached_wire``).
+commands speak memcached's text protocol directly (``_memcached_wire``). A batch over several
+servers sends its requests to all of them before it reads any reply (``_run_each``).
 With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
 (``_memcached_namespace``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
 
 from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_namespace as namespace
@@ -48,7 +50,9 @@ from cacheplug.backends._memcached_servers import (
     Server,
     idle_and_open,
     make_servers,
+    readable,
 )
+from cacheplug.backends._memcached_wire import Steps, finish
 from cacheplug.core.base import (
     LONGEST_SOCKET_TIMEOUT,
     BaseCache,
@@ -72,16 +76,13 @@ if TYPE_CHECKING:
 __all__ = ["MemcachedCache"]
 
 INSTALL_HINT = "pip install 'cacheplug[memcached]'"
-
-
-#: pymemcache's ``Client`` class, set on first construction (its unbound methods are the calls).
-_Client: Any = None
+#: A call of a batch on one server: ``(server, steps, args)``, run as ``steps(client, *args)``.
+_Call: TypeAlias = tuple[Server, Callable[..., Steps[Any]], tuple[Any, ...]]
 
 
 def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     """pymemcache's ``Client``, the engine errors (its own, and a namespace token other clients
     keep removing) and the connection errors."""
-    global _Client
     try:
         from pymemcache.client.base import Client
         from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
@@ -89,7 +90,6 @@ def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], 
         raise ConfigurationError(
             f"MemcachedCache needs the pymemcache driver, which is not installed: {INSTALL_HINT}"
         ) from err
-    _Client = Client
     engine_errors = (OSError, MemcacheError, namespace.TokenDroppedError)
     return Client, engine_errors, (OSError, MemcacheUnexpectedCloseError)
 
@@ -154,6 +154,7 @@ class MemcachedCache(BaseCache):
             check_seconds(name, seconds, 0.001, most=LONGEST_SOCKET_TIMEOUT)
         self.dead_timeout = check_seconds("dead_timeout", dead_timeout)
         check_bool("no_delay", no_delay)
+        self._reply_timeout = timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._servers = make_servers(
             servers,
@@ -276,20 +277,8 @@ class MemcachedCache(BaseCache):
     def _run(self, server: Server, operation: str, call: Callable[..., Any], *args: Any) -> Any:
         """``call(client, *args)`` on a pooled connection of ``server``; ``FAILED`` on errors."""
         trying = server.down_until
-        if trying:
-            now = time.monotonic()
-            if now < trying:
-                self._backend_error(
-                    operation,
-                    ConnectionError(
-                        f"memcached {server.name} failed recently; "
-                        f"retrying it after {self.dead_timeout:g}s"
-                    ),
-                )
-                return FAILED
-            # this call tries the server again; the others keep skipping it meanwhile, so a
-            # stalled server costs one timeout per dead_timeout, not one per waiting thread
-            server.down_until = now + self.dead_timeout
+        if trying and not self._may_retry(server, operation):
+            return FAILED
         client = server.acquire()
         try:
             reused = client.sock is not None
@@ -307,11 +296,8 @@ class MemcachedCache(BaseCache):
                 server.discard_idle()
                 result = call(client, *args)
         except self._engine_errors as err:
-            if isinstance(err, self._connection_errors):
-                server.down_until = time.monotonic() + self.dead_timeout
-                server.discard_idle()
+            if self._failed(server, operation, err):
                 trying = 0.0
-            self._backend_error(operation, _naming(err, server))
             result = FAILED
         except BaseException:
             client.close()  # interrupted mid-call: a reply may still be on its way to this socket
@@ -323,27 +309,124 @@ class MemcachedCache(BaseCache):
         server.release(client)
         return result
 
+    def _may_retry(self, server: Server, operation: str) -> bool:
+        """Whether a call may try ``server``, which failed: not within its dead time (the call
+        fails, logged); after it, this call tries it and the others keep skipping it."""
+        now = time.monotonic()
+        if now < server.down_until:
+            self._backend_error(
+                operation,
+                ConnectionError(
+                    f"memcached {server.name} failed recently; "
+                    f"retrying it after {self.dead_timeout:g}s"
+                ),
+            )
+            return False
+        # a stalled server costs one timeout per dead_timeout, not one per waiting thread
+        server.down_until = now + self.dead_timeout
+        return True
+
+    def _failed(self, server: Server, operation: str, err: Exception) -> bool:
+        """Count and log the engine error ``err`` of a call on ``server``; whether it was a
+        connection error, which marks the server down for ``dead_timeout``."""
+        down = isinstance(err, self._connection_errors)
+        if down:
+            server.down_until = time.monotonic() + self.dead_timeout
+            server.discard_idle()
+        self._backend_error(operation, _naming(err, server))
+        return down
+
+    def _run_each(self, operation: str, calls: Sequence[_Call]) -> list[Any]:
+        """Each of ``calls`` on a pooled connection of its server, as ``_run``, with every first
+        request sent before any reply is read: one round trip, and at most one ``timeout``
+        however many servers hang. Each call's answer, in order; ``FAILED`` on errors."""
+        results: list[Any] = [FAILED] * len(calls)
+        running: list[_Running] = []
+        try:
+            for index, (server, steps, args) in enumerate(calls):
+                trying = server.down_until
+                if trying and not self._may_retry(server, operation):
+                    continue
+                client = server.acquire()
+                reused = client.sock is not None
+                if reused and steps in _SENT_ONCE and not idle_and_open(client.sock):
+                    client.close()  # closed by a server restart: never retried, so check first
+                run = _Running(index, server, client, steps, args, reused, trying)
+                running.append(run)
+                self._step(run, operation, results)  # up to its first request sent
+            deadline = time.monotonic() + self._reply_timeout
+            for later, run in enumerate(running):
+                # the first reply read waits its socket's timeout, the others what is left of it
+                if (
+                    later
+                    and not run.finished
+                    and not readable(run.client.sock, deadline - time.monotonic())
+                ):
+                    self._step(run, operation, results, TimeoutError("timed out"))
+                while not run.finished:
+                    self._step(run, operation, results)
+        except BaseException:
+            for run in running:
+                if not run.finished:
+                    run.client.close()  # interrupted: a reply may still be on its way
+                    if run.trying:
+                        run.server.down_until = 0.0
+            raise
+        return results
+
+    def _step(
+        self,
+        run: _Running,
+        operation: str,
+        results: list[Any],
+        late: TimeoutError | None = None,
+    ) -> None:
+        """Resume ``run`` up to its next request sent, or ``late`` thrown in (its reply did not
+        come in time); at its end, its answer into ``results`` and its connection back."""
+        server, client = run.server, run.client
+        try:
+            try:
+                if late is None:
+                    next(run.steps)
+                else:
+                    run.steps.throw(late)
+                return
+            except StopIteration as done:
+                result = done.value
+            except self._connection_errors as err:
+                # as in _run: a pooled connection may predate a server restart
+                if not run.reused or run.call in _SENT_ONCE or isinstance(err, TIMEOUTS):
+                    raise
+                server.discard_idle()
+                result = finish(run.call(client, *run.args))
+        except self._engine_errors as err:
+            if self._failed(server, operation, err):
+                run.trying = 0.0
+            result = FAILED
+        run.finished = True
+        if run.trying:
+            server.down_until = 0.0  # it answered
+        server.release(client)
+        results[run.index] = result
+
     def _fetch(self, keys: Iterable[str], operation: str) -> tuple[dict[str, Any], set[str]]:
         """Raw items of the present ``keys``, one round trip per server involved, and the keys
         whose server failed."""
         found: dict[str, Any] = {}
         lost: set[str] = set()
         space = self._namespace
-        for server, group in self._by_server(keys, space).items():
-            if space is not None:
-                items = self._run(server, operation, namespace.fetch, server, group, *space)
-                if items is FAILED:
-                    lost.update(group)
-                else:
-                    found.update(items)
-                continue
-            names = {memcached_key(key).encode("ascii"): key for key in group}
-            items = self._run(server, operation, wire.fetch, b" ".join(names))
+        groups = self._by_server(keys, space)
+        calls: list[_Call] = [
+            (server, _fetch_keys, (group,))
+            if space is None
+            else (server, namespace.fetch_steps, (server, group, *space))
+            for server, group in groups.items()
+        ]
+        for group, items in zip(groups.values(), self._run_each(operation, calls), strict=True):
             if items is FAILED:
                 lost.update(group)
             else:
-                for name, item in items.items():
-                    found[names[name]] = item
+                found.update(items)
         return found, lost
 
     def _fetch_one(self, key: str, operation: str, space: tuple[str, str]) -> Any:
@@ -453,20 +536,22 @@ class MemcachedCache(BaseCache):
         return self._call_one("has", space, key, namespace.exists, commands.exists) is True
 
     def clear(self) -> bool:
-        ok = True
         space = self._namespace
         if space is None:
-            for server in self._servers:
-                ok = self._run(server, "clear", _Client.flush_all, 0, False) is not FAILED and ok
-            return ok
-        token = namespace.new_token()
-        for server in self._servers:
-            stored = self._run(
-                server, "clear", _Client.set, space[1], (0, token.encode()), 0, False
-            )
-            if stored is FAILED:
+            request, answers = b"flush_all 0\r\n", _FLUSHED
+        else:
+            token = namespace.new_token()
+            request = wire.storage_request(b"set", space[1], (0, token.encode()), 0)
+            answers = wire.STORED
+        calls: list[_Call] = [
+            (server, wire.write_steps, ([request], answers)) for server in self._servers
+        ]
+        done = self._run_each("clear", calls)
+        ok = True
+        for server, answer in zip(self._servers, done, strict=True):
+            if answer is FAILED:
                 ok = False
-            else:
+            elif space is not None:
                 server.seen_token(token)
         return ok
 
@@ -527,29 +612,41 @@ class MemcachedCache(BaseCache):
         stored: list[str] = []
         # one namespace for the whole call, which places the keys and writes them
         space = self._namespace
-        for server, group in self._by_server(packed, space).items():
-            stored += self._store_group(server, space, {key: packed[key] for key in group}, exptime)
+        batches: list[tuple[Server, dict[str, Any], list[namespace.TokenDroppedError]]] = [
+            (server, {key: packed[key] for key in group}, [])
+            for server, group in self._by_server(packed, space).items()
+        ]
+        calls: list[_Call] = [
+            (server, _store_many_in, (server, space, items, exptime, dropped))
+            if space is not None
+            else (
+                server,
+                wire.store_many_steps,
+                ({memcached_key(key): item for key, item in items.items()}, exptime),
+            )
+            for server, items, dropped in batches
+        ]
+        answers = self._run_each("set_many", calls)
+        for (server, items, dropped), done in zip(batches, answers, strict=True):
+            stored += self._stored(server, space, items, exptime, done=done, dropped=dropped)
         count = len(stored)
         self._sets += count  # no call between its read and write
         done = set(stored)
         return [key for key in packed if key in done]
 
-    def _store_group(
+    def _stored(
         self,
         server: Server,
         space: tuple[str, str] | None,
         items: dict[str, tuple[int, bytes]],
         exptime: int,
+        *,
+        done: Any,
+        dropped: list[namespace.TokenDroppedError],
     ) -> list[str]:
-        """The keys of ``items`` stored on ``server`` in the namespace ``space``: in one batch,
-        or key by key when the server answered the batch with an error."""
-        dropped: list[namespace.TokenDroppedError] = []
-        if space is not None:
-            store = _store_many_in
-            done = self._run(server, "set_many", store, server, space, items, exptime, dropped)
-        else:
-            values = {memcached_key(key): item for key, item in items.items()}
-            done = self._run(server, "set_many", wire.store_many, values, exptime)
+        """The keys of ``items`` stored on ``server`` in the namespace ``space``, ``done`` the
+        answer of their batch (``dropped``: its namespace token kept vanishing): key by key
+        when the server answered the batch with an error."""
         # key by key, unless the server is down or the namespace token kept vanishing: every
         # key would meet it again, 2 * CREATE_ATTEMPTS round trips each
         if done is FAILED and len(items) > 1 and not server.down_until and not dropped:
@@ -576,14 +673,15 @@ class MemcachedCache(BaseCache):
     def delete_many(self, *keys: str) -> list[str]:
         deleted: set[str] = set()
         space = self._namespace
-        for server, group in self._by_server(keys, space).items():
-            if space is not None:
-                existed = self._run(
-                    server, "delete_many", namespace.delete_many, server, space, group
-                )
-            else:
-                names = [memcached_key(key) for key in group]
-                existed = self._run(server, "delete_many", wire.delete_many, names)
+        groups = self._by_server(keys, space)
+        calls: list[_Call] = [
+            (server, wire.delete_many_steps, ([memcached_key(key) for key in group],))
+            if space is None
+            else (server, namespace.delete_many_steps, (server, space, group))
+            for server, group in groups.items()
+        ]
+        answers = self._run_each("delete_many", calls)
+        for group, existed in zip(groups.values(), answers, strict=True):
             if existed is not FAILED:
                 deleted.update(key for key, hit in zip(group, existed, strict=True) if hit)
         count = len(deleted)
@@ -633,6 +731,8 @@ class MemcachedCache(BaseCache):
         return f"{super().__repr__()[:-1]}, servers=[{names}])"
 
 
+#: The reply to ``flush_all``.
+_FLUSHED = {b"OK": True}
 #: Calls never sent a second time: applied once and only the reply lost, a second attempt
 #: would answer wrongly.
 _SENT_ONCE = frozenset(
@@ -641,26 +741,51 @@ _SENT_ONCE = frozenset(
         wire.swap,
         commands.add,
         commands.delete,
-        wire.delete_many,
+        wire.delete_many_steps,
         namespace.add,
         namespace.count,
         namespace.delete,
-        namespace.delete_many,
+        namespace.delete_many_steps,
     }
 )
 
 
-def _store_many_in(  # noqa: PLR0917 (called through MemcachedCache._run, by position)
+@dataclasses.dataclass(slots=True)
+class _Running:
+    """A call of ``MemcachedCache._run_each`` on one server, with its connection."""
+
+    index: int
+    server: Server
+    client: Any
+    call: Callable[..., Steps[Any]]
+    args: tuple[Any, ...]
+    reused: bool
+    trying: float  # this call tries the server again after its dead time
+    steps: Steps[Any] = dataclasses.field(init=False)
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self.steps = self.call(self.client, *self.args)
+
+
+def _fetch_keys(client: Any, keys: list[str]) -> Steps[dict[str, Any]]:
+    """Raw items of the present ``keys`` (no namespace), as steps."""
+    names = {memcached_key(key).encode("ascii"): key for key in keys}
+    items = yield from wire.fetch_steps(client, b" ".join(names))
+    return {names[name]: item for name, item in items.items()}
+
+
+def _store_many_in(  # noqa: PLR0917 (called through MemcachedCache._run_each, by position)
     client: Any,
     server: Server,
     space: tuple[str, str],
     items: Mapping[str, tuple[int, bytes]],
     exptime: int,
     dropped: list[namespace.TokenDroppedError],
-) -> list[bool | None]:
-    """``namespace.store_many``, its ``TokenDroppedError`` also kept in ``dropped``."""
+) -> Steps[list[bool | None]]:
+    """``namespace.store_many_steps``, its ``TokenDroppedError`` also kept in ``dropped``."""
     try:
-        return namespace.store_many(client, server, space, items, exptime)
+        return (yield from namespace.store_many_steps(client, server, space, items, exptime))
     except namespace.TokenDroppedError as err:
         dropped.append(err)
         raise
