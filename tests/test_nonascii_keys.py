@@ -370,3 +370,19 @@ def test_memcached_entries_are_the_ones_pymemcache_names(
     assert cache.delete_many(*MEMCACHED_KEYS) == MEMCACHED_KEYS
     assert cache.get_many(*MEMCACHED_KEYS) == [None] * len(MEMCACHED_KEYS)
     cache.close()
+
+
+def test_memcached_get_many_of_mapped_keys_on_one_server_is_one_get(
+    memcached_server: MemcachedServer,
+) -> None:
+    cache = MemcachedCache([f"{memcached_server.host}:{memcached_server.port}"])
+    keys = ["ключ", "with space", "a" * 300, "", "plain"]
+    assert cache.set_many({key: [key] for key in keys}) == keys
+    grouped: list[object] = []
+    fetch = cache._fetch
+    cache._fetch = lambda *args: grouped.append(args) or fetch(*args)  # type: ignore[method-assign]
+    assert cache.get_many(*keys, "ключ", "missing é") == [[key] for key in keys] + [["ключ"], None]
+    assert grouped == []  # one get of the mapped names, not the per-server grouping
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["errors"]) == (len(keys) + 1, 1, 0)
+    cache.close()

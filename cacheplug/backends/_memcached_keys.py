@@ -20,6 +20,7 @@ __all__ = [
     "MAX_RELATIVE_EXPIRY",
     "exptime_for",
     "left_to_live",
+    "mapped_line",
     "memcached_key",
     "plain_line",
 ]
@@ -82,6 +83,14 @@ def plain_line(keys: Sequence[str]) -> bytes | None:
     ):
         return joined.encode("ascii")
     return None
+
+
+def mapped_line(keys: Sequence[str]) -> bytes | None:
+    """``keys`` as the names of one ``get``, mapped where memcached would refuse them; None
+    unless every key is a ``str``."""
+    if not keys or not all(type(key) is str for key in keys):
+        return None  # the checked path raises the contract's error
+    return " ".join(map(memcached_key, keys)).encode("ascii")
 
 
 def exptime_for(seconds: float) -> int:

@@ -40,6 +40,7 @@ from cacheplug.backends._memcached_counters import (
 from cacheplug.backends._memcached_keys import (
     MAX_RELATIVE_EXPIRY,
     exptime_for,
+    mapped_line,
     memcached_key,
     plain_line,
 )
@@ -557,7 +558,10 @@ class MemcachedCache(BaseCache):
 
     def get_many(self, *keys: str) -> list[Any]:
         only = self._only
-        line = None if self._namespace is not None or only is None else plain_line(keys)
+        line = None
+        if self._namespace is None and only is not None:
+            # keys memcached takes as they are, or else every key mapped (say, non-ASCII ones)
+            line = plain_line(keys) or mapped_line(keys)
         if line is None or only is None:
             found, lost = self._fetch(keys, "get_many")
             unread = sum(key in lost for key in keys) if lost else 0
