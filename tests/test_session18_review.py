@@ -17,13 +17,6 @@ from cacheplug import MemcachedCache
 __all__ = ["three"]  # the fixture, imported for pytest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a prefixed batch reads each server's namespace token alone, one server after "
-    "another: on a cache that has not seen the tokens yet (its first batch, or after "
-    "key_prefix is reassigned) k hung servers cost k timeouts, not the one docs/backends "
-    "promises",
-)
 @pytest.mark.parametrize("reassigned", [False, True])
 def test_a_prefixed_batch_reaches_every_server_before_tokens_are_known(
     three: list[MemcachedServer], reassigned: bool

@@ -59,10 +59,11 @@ def new_token() -> str:
     return secrets.token_hex(6)
 
 
-def load_token(client: Any, server: Server, token_key: str) -> str:
-    """The namespace token on ``server``, created when missing (a new, empty namespace)."""
-    for _ in range(CREATE_ATTEMPTS):
-        item = client.get(token_key)
+def load_token(client: Any, server: Server, token_key: str, *, missed: bool = False) -> str:
+    """The namespace token on ``server``, created when missing (a new, empty namespace);
+    ``missed``: a read of it just found none."""
+    for attempt in range(CREATE_ATTEMPTS):
+        item = None if missed and not attempt else client.get(token_key)
         if item is not None:
             return server.seen_token(item[1].decode("ascii", "replace"))
         fresh = new_token()
@@ -133,16 +134,20 @@ def _seeing(
     server: Server,
     token_key: str,
     attempt: Callable[[str], tuple[_Answer, bytes | None]],
+    *,
+    read: str | None = None,
 ) -> _Answer:
     """What ``attempt(token)`` answers, a call in the namespace named ``token`` that reads the
     token back in its round trip: one round trip unless the namespace changed. The call goes
-    under the token last seen; if the token read back differs (a clear elsewhere, a lost
-    token), it is made again, once, under the current one."""
+    under the token last seen (``read``: the one this call already read); if the token read
+    back differs (a clear elsewhere, a lost token), it is made again, once, under the current
+    one."""
     # Once the token was read during this call, a change after it comes from a clear that
     # overlaps the call and may count as made after it: no further attempt, so a storm of
     # clears cannot starve a call.
-    known = server.token
-    fresh = known is None  # an empty token, stored by another client, is a token too
+    known = server.token if read is None else read
+    # an empty token, stored by another client, is a token too
+    fresh = known is None or read is not None
     token = load_token(client, server, token_key) if known is None else known
     while True:
         answer, seen = attempt(token)
@@ -167,10 +172,17 @@ def _seeing_steps(
     attempt: Callable[[str], Steps[tuple[_Answer, bytes | None]]],
 ) -> Steps[_Answer]:
     """``_seeing`` as steps: its first attempt, under the token last seen, pauses after its
-    request is sent; any further one (the namespace changed) runs alone."""
+    request is sent, and so does the read of a token not seen yet; any further one (the
+    namespace changed, the token is missing) runs alone."""
+    read: str | None = None  # the token, when this call read it
     known = server.token
     if known is None:  # the token is read first, in a round trip of its own
-        return _seeing(client, server, token_key, lambda token: finish(attempt(token)))
+        name = token_key.encode("ascii")
+        item = (yield from wire.fetch_steps(client, name)).get(name)
+        if item is None:  # missing: created, alone
+            known = read = load_token(client, server, token_key, missed=True)
+        else:
+            known = read = server.seen_token(item[1].decode("ascii", "replace"))
     first = [(known, (yield from attempt(known)))]
 
     def again(token: str) -> tuple[_Answer, bytes | None]:
@@ -179,7 +191,7 @@ def _seeing_steps(
             return first.pop()[1]
         return finish(attempt(token))
 
-    return _seeing(client, server, token_key, again)
+    return _seeing(client, server, token_key, again, read=read)
 
 
 def _write(

@@ -417,6 +417,10 @@ class MemcachedCache(BaseCache):
         lost: set[str] = set()
         space = self._namespace
         groups = self._by_server(keys, space)
+        if space is not None and len(groups) == 1:  # nothing to overlap: the plain call is leaner
+            ((server, group),) = groups.items()
+            items = self._run(server, operation, namespace.fetch, server, group, *space)
+            return ({}, set(group)) if items is FAILED else (items, lost)
         calls: list[_Call] = [
             (server, _fetch_keys, (group,))
             if space is None
