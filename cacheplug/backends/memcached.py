@@ -283,16 +283,12 @@ class MemcachedCache(BaseCache):
         client = server.acquire()
         try:
             reused = client.sock is not None
-            once = call in _SENT_ONCE
-            if once and reused and not idle_and_open(client.sock):
-                client.close()  # closed by a server restart: never retried, so check first
+            if reused and call in _SENT_ONCE and not idle_and_open(client.sock):
+                client.close()  # closed by a server restart: never resent, so check first
             try:
                 result = call(client, *args)
             except self._connection_errors as err:
-                # A pooled connection may predate a server restart: retry once on a new one,
-                # except for calls that must not be applied twice, and after a timeout,
-                # which says the server is slow, not that the connection is stale.
-                if not reused or once or isinstance(err, TIMEOUTS):
+                if not _may_resend(reused, call, err):
                     raise
                 server.discard_idle()
                 result = call(client, *args)
@@ -351,7 +347,7 @@ class MemcachedCache(BaseCache):
                 client = server.acquire()
                 reused = client.sock is not None
                 if reused and steps in _SENT_ONCE and not idle_and_open(client.sock):
-                    client.close()  # closed by a server restart: never retried, so check first
+                    client.close()  # as in _run
                 run = _Running(index, server, client, steps, args, reused, trying)
                 running.append(run)
                 self._step(run, operation, results)  # up to its first request sent
@@ -395,8 +391,7 @@ class MemcachedCache(BaseCache):
             except StopIteration as done:
                 result = done.value
             except self._connection_errors as err:
-                # as in _run: a pooled connection may predate a server restart
-                if not run.reused or run.call in _SENT_ONCE or isinstance(err, TIMEOUTS):
+                if not _may_resend(run.reused, run.call, err):
                     raise
                 server.discard_idle()
                 result = finish(run.call(client, *run.args))
@@ -604,11 +599,7 @@ class MemcachedCache(BaseCache):
                 None if item is None else self._read_item(key, item)
                 for key, item in zip(keys, items, strict=True)
             ]
-        found = len(values) - values.count(None)  # unreadable, or a stored None: a miss
-        self._hits += found
-        count = len(values) - found - unread
-        self._misses += count  # no call between its read and write
-        return values
+        return self._counted_reads(values, unread)
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         check_mapping(mapping)
@@ -756,6 +747,14 @@ _SENT_ONCE = frozenset(
         namespace.delete_many_steps,
     }
 )
+
+
+def _may_resend(reused: bool, call: Callable[..., Any], err: Exception) -> bool:
+    """Whether ``call``, failed with the connection error ``err``, may go once more on a new
+    connection: a pooled connection may predate a server restart. Not for calls that must not
+    be applied twice, nor after a timeout, which says the server is slow, not that the
+    connection is stale."""
+    return reused and call not in _SENT_ONCE and not isinstance(err, TIMEOUTS)
 
 
 @dataclasses.dataclass(slots=True)

@@ -441,11 +441,7 @@ class RedisCache(BaseCache):
             except Exception:
                 pass
             else:
-                found = len(values) - values.count(None)  # a stored None counts as a miss
-                self._hits += found
-                count = len(values) - found
-                self._misses += count  # no call between its read and write
-                return values
+                return self._counted_reads(values)
         decoded = self._decoded
         values = []
         append = values.append
@@ -457,11 +453,7 @@ class RedisCache(BaseCache):
                 append(decoded(payload, key, prefix))
             except Exception as err:
                 append(self._undecoded(key, payload, prefix, err))
-        found = len(keys) - values.count(None)  # a stored None counts as a miss
-        self._hits += found
-        count = len(keys) - found - unread
-        self._misses += count  # no call between its read and write
-        return values
+        return self._counted_reads(values, unread)
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         check_mapping(mapping)

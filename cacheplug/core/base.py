@@ -717,6 +717,16 @@ class BaseCache(ABC):
             err,
         )
 
+    def _counted_reads(self, values: list[Any], unread: int = 0) -> list[Any]:
+        """``values``, the answers of one batch read, counted in :meth:`stats`: each value a
+        hit, each ``None`` a miss (a stored ``None`` and an unreadable entry read like one),
+        except ``unread`` of them, on a server that failed: those count as errors instead."""
+        found = len(values) - values.count(None)
+        self._hits += found
+        count = len(values) - found - unread
+        self._misses += count  # no call between its read and write
+        return values
+
     def _count_unreadable(self) -> None:
         """Count an unreadable stored entry in ``errors``; the caller logs it."""
         self._error_count += 1
