@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from servers import RedisCluster, RedisServer
+from servers import MemcachedServer, RedisCluster, RedisServer
 
-from cacheplug import RedisCache, SimpleCache
+from cacheplug import MemcachedCache, RedisCache, SimpleCache
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -187,6 +187,39 @@ def test_one_cache_s_failing_reset_at_the_fork_stops_no_other_s(
     logged = 1 if kind == "a reset that raises" else 0
     assert answer == repr((("parent", True, "child"), logged))
     assert later.get("k") == "parent"
+
+
+# -- 2. a memcached dead time at the fork ----------------------------------------------------
+
+# Inherited on purpose: the deadline is on the monotonic clock both processes share, it ends
+# at most dead_timeout after a failure the parent saw, and a child that forgot it would spend a
+# connect timeout on a server that most likely still fails, once per worker forked.
+
+DEAD_TIME = 2.0  # seconds; long enough for the server's restart and the fork to fit in
+
+
+def test_child_forked_in_a_memcached_dead_time_skips_the_server_until_it_ends(
+    fresh_memcached_server: MemcachedServer,
+) -> None:
+    address = f"{fresh_memcached_server.host}:{fresh_memcached_server.port}"
+    cache = MemcachedCache([address], dead_timeout=DEAD_TIME)
+    assert cache.set("k", 1) is True
+    fresh_memcached_server.kill()
+    assert cache.get("k") is None  # the parent marks the server down
+    fresh_memcached_server.restart()
+    writer = MemcachedCache([address])
+    assert writer.set("k", 2) is True
+
+    def child() -> Any:
+        first = cache.get("k")  # skipped: the server is up and holds 2
+        deadline = time.monotonic() + CHILD_WAIT
+        while (value := cache.get("k")) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return first, value
+
+    assert fork_and_ask(child, threading.Event()) == repr((None, 2))
+    writer.close()
+    cache.close()
 
 
 # -- 3. a blocking pool a parent thread waits on ----------------------------------------------
