@@ -29,7 +29,7 @@ CACHEPLUG_DIR = cacheplug.__file__.rpartition("/")[0]
 
 
 def steps_run(call: Callable[[], object]) -> list[str]:
-    """The cacheplug generators (the pipelined path's steps) that ``call`` runs."""
+    """The cacheplug generator functions (the pipelined path's steps) that ``call`` runs."""
     seen: list[str] = []
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
@@ -37,6 +37,7 @@ def steps_run(call: Callable[[], object]) -> list[str]:
         if (
             event == "call"
             and code.co_flags & inspect.CO_GENERATOR
+            and code.co_name != "<genexpr>"
             and code.co_filename.startswith(CACHEPLUG_DIR)
         ):
             seen.append(code.co_qualname)
