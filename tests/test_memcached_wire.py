@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pymemcache.exceptions import (
     MemcacheClientError,
@@ -385,6 +385,57 @@ def test_any_reply_cut_anywhere_parses_to_its_values(
     first = wire._more(sock, b"", 1)
     whole = wire._split_values(first) if first.endswith(b"END\r\n") else None
     assert (whole if whole is not None else wire._read_values(sock, first)) == items
+
+
+#: Header lines a broken or hostile server might send: fields missing, extra, misplaced.
+noise = st.lists(
+    st.sampled_from([b"VALUE", b"a", b"b", b"0", b"1", b"3", b"-1", b"1_0", b"x", b"", b"\r"]),
+    max_size=7,
+).map(b" ".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    items=items,
+    edits=st.lists(st.tuples(st.integers(0, 100), noise | st.binary(max_size=12)), max_size=3),
+)
+# a 1-field header, then a 7-field one: as many fields in all as two headers should have
+@example(
+    items={b"a": (0, b"xyz"), b"b": (0, b"q")},
+    edits=[(0, b"VALUE"), (2, b"0 3 X VALUE b 0 1")],
+)
+def test_the_whole_reply_parser_reads_what_the_record_parser_reads(
+    items: dict[bytes, tuple[int, bytes]], edits: list[tuple[int, bytes]]
+) -> None:
+    """``_split_values`` checks all headers at once: whatever it accepts, the parser that walks
+    the reply a record at a time (``_read_values``) reads the same; the rest falls back to it."""
+    lines = reply_of(items).split(b"\r\n")
+    for index, line in edits:  # never the closing END
+        lines[index % (len(lines) - 1) if len(lines) > 2 else 0] = line
+    reply = b"\r\n".join(lines[:-2]) + (b"\r\n" if len(lines) > 2 else b"") + b"END\r\n"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wire, "_FEW", 1)  # every reply checked all at once, however short
+        whole = wire._split_values(reply)
+    for fast in (whole, wire._split_values(reply)):
+        if fast is not None:
+            assert fast == wire._read_values(Pieces(reply, []), reply)
+
+
+def test_a_long_batch_with_counters_and_crlf_values_reads_back_exactly(
+    cache: MemcachedCache,
+) -> None:
+    """A batch long enough to be checked all at once, mixing counters (their own flags),
+    pickled values, values holding CRLFs (glued back) and misses."""
+    values: dict[str, object] = {f"v{i}": TRICKY[i % len(TRICKY)] for i in range(40)}
+    assert cache.set_many(values) == list(values)
+    for i in range(10):
+        assert cache.inc(f"n{i}", i - 5) == i - 5
+    keys = [*values, *(f"n{i}" for i in range(10)), "missing"]
+    expected = [*values.values(), *range(-5, 5), None]
+    assert cache.get_many(*keys) == expected
+    plain = {f"p{i}": {"i": i} for i in range(30)}  # no CRLF anywhere: checked all at once
+    assert cache.set_many(plain) == list(plain)
+    assert cache.get_many(*plain, "n9") == [*plain.values(), 4]
 
 
 @settings(max_examples=300, deadline=None)
