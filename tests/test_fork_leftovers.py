@@ -156,12 +156,6 @@ def _failing_in_the_child(kind: str, redis_server: RedisServer) -> Iterator[None
         builder.join(PARENT_WAIT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cache whose at-fork reset raises (one another thread was still building at the "
-    "fork: RedisCache) ends the reset loop: caches registered after it keep the parent's held "
-    "locks and the child hangs on them",
-)
 @pytest.mark.parametrize("kind", ["a RedisCache half-built", "a reset that raises"])
 def test_one_cache_s_failing_reset_at_the_fork_stops_no_other_s(
     redis_server: RedisServer, kind: str
@@ -285,11 +279,6 @@ def _passed_in(kind: str, request: pytest.FixtureRequest) -> tuple[Any, Any]:
     return client, client.connection_pool._lock
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client passed in as host keeps its locks at the fork (RedisCluster: its own, "
-    "redis.Redis: its pool's): one a parent thread held blocks the child forever",
-)
 @pytest.mark.parametrize("kind", ["RedisCluster", "Redis"])
 def test_child_answers_though_a_parent_thread_held_a_lock_of_a_passed_in_client(
     request: pytest.FixtureRequest, prefix: str, kind: str

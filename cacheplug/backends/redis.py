@@ -178,9 +178,9 @@ class RedisCache(BaseCache):
             self._client, self._once_client = server_clients(retries, kwargs)
         else:
             self._where = f"client {type(host).__name__}"
-            self._client = host
             self._owns_client = False
-            self._cluster = hasattr(host, "get_primaries")
+            self._cluster = hasattr(host, "get_primaries")  # before _client: the fork reset
+            self._client = host
         # Lone surrogates (legal in a str) cannot be UTF-8: such names are sent encoded with
         # surrogatepass, distinct from every other name; hiredis' packer ignores encoding_errors.
         # A client the user gave (or configured) gets such names as str: its packer decides.
@@ -735,17 +735,20 @@ class RedisCache(BaseCache):
         super()._backend_error(operation, err)
 
     def _after_fork_in_child(self) -> None:
+        """New locks for this cache's clients and their pools, a client passed in included
+        (redis-py renews none of a cluster's and resets a pool under its old lock)."""
         super()._after_fork_in_child()
+        if "_client" not in vars(self):  # forked while another thread was building it
+            return
         if self._pending is not None:
             self._pending.after_fork_in_child()
         for client in (self._client, self._once_client):
             if isinstance(client, DeadServer):
                 client.after_fork_in_child()
-        if self._owns_client:
-            if self._cluster and self._client is not self._pending:
-                cluster.after_fork_in_child(self._client)
-            for pool in self._pools():
-                pool_after_fork_in_child(pool)
+        if self._cluster and self._client is not self._pending:
+            cluster.after_fork_in_child(self._client)
+        for pool in self._pools():
+            pool_after_fork_in_child(pool)
 
     def _pools(self) -> list[Any]:
         """The redis-py connection pools of this cache's clients (none of a cluster not yet
@@ -758,11 +761,10 @@ class RedisCache(BaseCache):
                 node.redis_connection.connection_pool for node in nodes if node.redis_connection
             ]
         clients = (self._client, self._once_client)
-        return [
-            (client.real if isinstance(client, DeadServer) else client).connection_pool
-            for client in clients
-            if client is not None
-        ]
+        reals = [client.real if isinstance(client, DeadServer) else client for client in clients]
+        # a client passed in may be any object with redis-py's methods and no pool
+        pools = [getattr(client, "connection_pool", None) for client in reals]
+        return [pool for pool in pools if pool is not None]
 
     @property
     def _write_client(self) -> Any:

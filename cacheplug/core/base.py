@@ -232,9 +232,21 @@ _live_caches: weakref.WeakValueDictionary[int, BaseCache] = weakref.WeakValueDic
 
 def _reset_locks_in_child() -> None:
     """In a forked child: new locks for every cache, as a lock held by another thread of the
-    parent stays held forever there (the logging module does the same for its handlers)."""
+    parent stays held forever there (the logging module does the same for its handlers).
+
+    A cache whose reset fails is logged and the others are still reset: one failure must
+    not leave every later cache with locks no thread of the child will ever release.
+    """
     for cache in list(_live_caches.values()):
-        cache._after_fork_in_child()
+        try:
+            cache._after_fork_in_child()
+        except Exception as err:
+            logger.warning(
+                "%s could not be reset in a forked child, its locks may be the parent's: %s: %s",
+                type(cache).__name__,
+                type(err).__name__,
+                err,
+            )
 
 
 if hasattr(os, "register_at_fork"):
