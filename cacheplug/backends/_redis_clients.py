@@ -175,7 +175,10 @@ def driver_keywords(cluster: bool) -> tuple[type[Any], frozenset[str]]:
     """The redis-py client class a cache builds and the keywords it takes."""
     import inspect
 
-    import redis
+    try:
+        import redis
+    except ImportError as err:
+        raise ConfigurationError(INSTALL_HINT) from err
 
     client: type[Any] = redis.RedisCluster if cluster else redis.Redis
     takes = frozenset(inspect.signature(client.__init__).parameters)
