@@ -92,11 +92,6 @@ def _str_joins(call: Any) -> int:
     return joins
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_many of non-ASCII names built their ASCII text first, then packed them again "
-    "in UTF-8: 27% more instructions than ASCII names",
-)
 def test_non_ascii_names_are_packed_once() -> None:
     # callgrind measures the cost (see the session's report); this pins its cause
     names = [f"cp:é{i}" for i in range(100)]
@@ -122,11 +117,6 @@ class RecordingPacker:
         return self._packer.pack(*args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="direct_ok ignored a command_packer in the pool's connection kwargs: get, set and "
-    "get_many sent the cache's own bytes instead of the packer's",
-)
 def test_a_pool_with_its_own_command_packer_packs_every_command(
     redis_server: RedisServer,
 ) -> None:
@@ -167,12 +157,6 @@ class CountingPool(redis.ConnectionPool):
 LARGE = b"x" * 2**20  # sent alone, and told from a server down by a ping when it fails
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a large value that a full pool kept from being sent was taken for a value Redis "
-    "refused (the ping met the same full pool): logged as over proto-max-bulk-len, and "
-    "set_many asked the full pool twice per large value",
-)
 def test_a_full_pool_is_no_refused_value(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

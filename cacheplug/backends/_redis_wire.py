@@ -60,15 +60,18 @@ def packed_mget(names: Sequence[str], errors: str = "strict") -> list[bytes] | N
 
 
 def _packed_mget(names: Sequence[str], errors: str) -> bytes | None:
-    parts = [*names, *names]
-    try:
-        parts[::2] = [_HEADERS[len(name)] for name in names]
-    except IndexError:
-        parts[::2] = [f"\r\n${len(name)}\r\n" for name in names]
-    parts[1::2] = names
-    text = "".join(parts)
-    if text.isascii():  # only then is a name's length its length in bytes
-        return f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()
+    # Names under one prefix are mostly all ASCII or all not: the first tells which way to go
+    # (building the ASCII text of other names first cost a get_many of 100 of them 6% more).
+    if str.isascii(names[0]):
+        parts = [*names, *names]
+        try:
+            parts[::2] = [_HEADERS[len(name)] for name in names]
+        except IndexError:
+            parts[::2] = [f"\r\n${len(name)}\r\n" for name in names]
+        parts[1::2] = names
+        text = "".join(parts)
+        if text.isascii():  # only then is a name's length its length in bytes
+            return f"*{len(names) + 1}\r\n$4\r\nMGET{text}\r\n".encode()
     try:
         encoded = list(map(str.encode, names))
     except UnicodeEncodeError:  # a lone surrogate
@@ -167,8 +170,8 @@ def _read_pieces(conn: Any, packed: list[bytes]) -> list[Any]:
 def direct_ok(client: Any) -> bool:
     """Whether get, set and get_many may send their own commands on ``client``'s pool; not
     for a subclass, one dedicated connection, another kind of pool or connection, client-side
-    caching, or keys not encoded as UTF-8, where only the client's own methods do the right
-    thing.
+    caching, a ``command_packer`` of the user's, or keys not encoded as UTF-8, where only the
+    client's own methods do the right thing.
     """
     import codecs
 
@@ -183,5 +186,9 @@ def direct_ok(client: Any) -> bool:
         redis.UnixDomainSocketConnection,
     ):
         return False
-    encoding = pool.connection_kwargs.get("encoding", "utf-8")
-    return getattr(pool, "cache", None) is None and codecs.lookup(encoding).name == "utf-8"
+    kwargs = pool.connection_kwargs
+    return (
+        getattr(pool, "cache", None) is None
+        and kwargs.get("command_packer") is None  # the user's packer writes every command
+        and codecs.lookup(kwargs.get("encoding", "utf-8")).name == "utf-8"
+    )

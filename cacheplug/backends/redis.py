@@ -666,10 +666,11 @@ class RedisCache(BaseCache):
         """``err``, or a ``ResponseError`` when Redis closed the connection on a value over its
         limits (``proto-max-bulk-len``, ``client-query-buffer-limit``) and the server of
         ``name`` answers still, or every pooled connection is in use (a busy client says
-        nothing of the server): a refused value, not a server down."""
+        nothing of the server): a refused value, not a server down. A full pool that kept the
+        value from being sent at all stays what it is."""
         from redis import ConnectionError as Closed  # not a TimeoutError: the server answered
 
-        if len(data) < LONE_VALUE:
+        if len(data) < LONE_VALUE or pool_exhausted(err):
             return err
         if isinstance(err, self._response_error):
             if closes_connection(err):
