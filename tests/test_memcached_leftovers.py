@@ -50,11 +50,6 @@ def steps_run(call: Callable[[], object]) -> list[str]:
     return seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a prefixed set_many/delete_many on one server ran the pipelined steps machinery, "
-    "with nothing to overlap: ~10% more instructions than a plain call",
-)
 @pytest.mark.parametrize("batch", ["set_many", "delete_many"])
 def test_a_prefixed_batch_write_on_one_server_is_one_plain_call(
     memcached_server: MemcachedServer, batch: str
@@ -138,11 +133,6 @@ def relay(memcached_server: MemcachedServer) -> Iterator[TricklingRelay]:
     made.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reply that kept trickling in, a byte at a time within the timeout, held the call "
-    "as long as it lasted: each read waited one whole timeout of its own",
-)
 @pytest.mark.parametrize("call", list(TRICKLED))
 @pytest.mark.parametrize("key_prefix", ["", "t:"])
 def test_a_reply_that_trickles_in_fails_the_call_as_a_timeout(
@@ -180,11 +170,6 @@ def refused_port() -> int:
         return int(probe.getsockname()[1])  # closed: nothing listens there
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="while a failed server is skipped for its dead time, the line logged for a skipped "
-    "call said it failed recently but not why (timed out, connection refused)",
-)
 @pytest.mark.parametrize("failure", ["timed out", "Connection refused"])
 @pytest.mark.parametrize("batch", [False, True], ids=["get", "get_many"])
 def test_a_skipped_server_is_logged_with_the_error_it_failed_with(

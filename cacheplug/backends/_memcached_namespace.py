@@ -30,6 +30,7 @@ __all__ = [
     "add",
     "count",
     "delete",
+    "delete_many",
     "delete_many_steps",
     "exists",
     "fetch",
@@ -37,6 +38,7 @@ __all__ = [
     "load_token",
     "new_token",
     "store",
+    "store_many",
     "store_many_steps",
     "token_key",
 ]
@@ -251,8 +253,33 @@ def store_many_steps(
     items: Mapping[str, tuple[int, bytes]],
     exptime: int,
 ) -> Steps[list[bool | None]]:
-    """``set`` of each of ``items`` in the namespace, as steps; whether memcached stored each,
-    None when it refused one (too large, out of memory)."""
+    """``store_many`` as steps."""
+    requests = _stores(items, exptime)
+    attempt = _writing(
+        wire.write_steps, client, space, list(items), requests, wire.STORED_OR_REFUSED
+    )
+    return (yield from _seeing_steps(client, server, space[1], attempt))
+
+
+def store_many(
+    client: Any,
+    server: Server,
+    space: tuple[str, str],
+    items: Mapping[str, tuple[int, bytes]],
+    exptime: int,
+) -> list[bool | None]:
+    """``set`` of each of ``items`` in the namespace; whether memcached stored each, None when
+    it refused one (too large, out of memory)."""
+    requests = _stores(items, exptime)
+    return _write(
+        client, server, space, list(items), requests=requests, answers=wire.STORED_OR_REFUSED
+    )
+
+
+def _stores(
+    items: Mapping[str, tuple[int, bytes]], exptime: int
+) -> Callable[[list[str]], list[bytes]]:
+    """The ``set`` commands of ``items`` for their memcached names, in order."""
 
     def requests(names: list[str]) -> list[bytes]:
         return [
@@ -260,10 +287,7 @@ def store_many_steps(
             for name, item in zip(names, items.values(), strict=True)
         ]
 
-    attempt = _writing(
-        wire.write_steps, client, space, list(items), requests, wire.STORED_OR_REFUSED
-    )
-    return (yield from _seeing_steps(client, server, space[1], attempt))
+    return requests
 
 
 def _storage(  # noqa: PLR0917 (called through MemcachedCache._run, which passes by position)
@@ -295,6 +319,11 @@ def delete_many_steps(
     """``delete`` of ``keys`` in the namespace, as steps; whether each existed."""
     attempt = _writing(wire.write_steps, client, space, keys, _deletes, wire.DELETED)
     return (yield from _seeing_steps(client, server, space[1], attempt))
+
+
+def delete_many(client: Any, server: Server, space: tuple[str, str], keys: list[str]) -> list[bool]:
+    """``delete`` of ``keys`` in the namespace; whether each existed."""
+    return _write(client, server, space, keys, requests=_deletes, answers=wire.DELETED)
 
 
 def delete(client: Any, server: Server, space: tuple[str, str], key: str) -> bool:

@@ -64,6 +64,7 @@ class Server:
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()  # idle or in use
         self._max_idle = idle
         self.down_until = 0.0
+        self.failure = ""  # why it was last marked down, as logged then
         self.token: str | None = None
 
     def acquire(self) -> Any:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Generator, Mapping
 from itertools import repeat
 from typing import Any, NoReturn, TypeVar
+
+from cacheplug.backends._memcached_servers import readable
 
 __all__ = [
     "DELETED",
@@ -54,6 +57,9 @@ _Answer = TypeVar("_Answer")
 _Result = TypeVar("_Result")
 #: A call that pauses (yields) after each request it sends; its reply is read when resumed.
 Steps = Generator[None, None, _Result]
+#: The sockets whose reply came in part, with the time its rest must come by (``_more``); an
+#: entry lasts until the socket's next request, or its socket is closed.
+_LATE: dict[socket.socket, float] = {}
 
 
 # os.write takes a socket's descriptor on POSIX only
@@ -67,6 +73,8 @@ def _send(sock: Any, data: bytes) -> None:
     write; the socket is then non-blocking, so a plain write cannot hang, and what it leaves
     over (a large value, a full buffer) goes through ``sendall``, which keeps the deadline.
     """
+    if _LATE:
+        _LATE.pop(sock, None)  # a new reply: it gets a timeout of its own
     # never past an SSLSocket (a subclass): the bytes would leave unencrypted
     if not _WRITE_FIRST or type(sock) is not socket.socket:
         sock.sendall(data)
@@ -171,12 +179,13 @@ def write(
     """``requests`` (commands with a one-line reply each), then, when ``seen_key`` is given,
     ``get`` of it: ``(what each command's reply means in answers, the value of seen_key right
     after, None when missing or not asked)`` (``write_steps``)."""
-    if seen_key is None or len(requests) != 1:
+    if seen_key is None or (len(requests) != 1 and len(_batches(requests)) != 1):
         return finish(write_steps(client, requests, answers, seen_key))
-    # one write and its token read back, the common case, without the cost of steps
+    # one batch and its token read back, the common case, without the cost of steps
     sock = _socket(client)
     try:
-        _send(sock, b"%sget %s\r\n" % (requests[0], seen_key.encode("ascii")))
+        writes = requests[0] if len(requests) == 1 else b"".join(requests)
+        _send(sock, b"%sget %s\r\n" % (writes, seen_key.encode("ascii")))
         done: list[_Answer] = []
         rest = _read_answers(sock, requests, answers, done)
         return done, _seen_value(sock, rest, seen_key)
@@ -537,19 +546,67 @@ def _take_lines(sock: Any, count: int) -> tuple[list[bytes], bytes]:
 
 
 def _more(sock: Any, head: bytes, need: int) -> bytes:
-    """``head`` followed by what the socket delivers, until it holds at least ``need`` bytes."""
+    """``head`` followed by what the socket delivers, until it holds at least ``need`` bytes.
+
+    A reply's first read waits the socket's timeout; once part of it came, the rest must come
+    within one timeout of that, however it trickles in (each read waiting a timeout of its own,
+    a server sending a byte now and then would hold the call for ever).
+    """
+    # the first read of a reply, the common case (an entry of another socket, even one left
+    # idle in a pool after a reply that came in parts, must not slow every other call down)
+    if not head and (not _LATE or sock not in _LATE):
+        chunk: bytes = sock.recv(max(need, _CHUNK))
+        if len(chunk) >= need:
+            return chunk
+        if not chunk:
+            _raise_closed()
+        head = chunk
+    return _rest(sock, head, need)
+
+
+def _rest(sock: Any, head: bytes, need: int) -> bytes:
+    """``_more`` once part of the reply came: by its deadline."""
+    deadline = _LATE.get(sock)
+    if deadline is None and head:
+        deadline = _late(sock)
     chunks = [head]
     have = len(head)
     while True:
+        if deadline is not None and not readable(sock, deadline - time.monotonic()):
+            _LATE.pop(sock, None)
+            raise TimeoutError("timed out")
         chunk = sock.recv(max(need - have, _CHUNK))
         if not chunk:
-            from pymemcache.exceptions import MemcacheUnexpectedCloseError
-
-            raise MemcacheUnexpectedCloseError()
+            _raise_closed()
         chunks.append(chunk)
         have += len(chunk)
         if have >= need:
             return b"".join(chunks)
+        if deadline is None:
+            deadline = _late(sock)
+
+
+def _late(sock: Any) -> float | None:
+    """Note that part of ``sock``'s reply came now; the time the rest must come by (None: the
+    socket has no timeout, or is not a plain one: an SSL socket may hold bytes poll cannot
+    see)."""
+    if type(sock) is not socket.socket:
+        return None
+    timeout = sock.gettimeout()
+    if timeout is None:
+        return None
+    for other in list(_LATE):  # sockets closed mid-reply
+        if other.fileno() < 0:
+            _LATE.pop(other, None)
+    deadline: float = time.monotonic() + timeout
+    _LATE[sock] = deadline
+    return deadline
+
+
+def _raise_closed() -> NoReturn:
+    from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+    raise MemcacheUnexpectedCloseError()
 
 
 def _raise_reply(line: bytes) -> NoReturn:

@@ -314,7 +314,7 @@ class MemcachedCache(BaseCache):
             self._backend_error(
                 operation,
                 ConnectionError(
-                    f"memcached {server.name} failed recently; "
+                    f"memcached {server.name} failed recently ({server.failure}); "
                     f"retrying it after {self.dead_timeout:g}s"
                 ),
             )
@@ -330,6 +330,8 @@ class MemcachedCache(BaseCache):
         if down:
             server.down_until = time.monotonic() + self.dead_timeout
             server.discard_idle()
+            # the lines that skip it name the error too: they may be the only ones logged
+            server.failure = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         self._backend_error(operation, _naming(err, server))
         return down
 
@@ -615,17 +617,22 @@ class MemcachedCache(BaseCache):
             (server, {key: packed[key] for key in group}, [])
             for server, group in self._by_server(packed, space).items()
         ]
-        calls: list[_Call] = [
-            (server, _store_many_in, (server, space, items, exptime, dropped))
-            if space is not None
-            else (
-                server,
-                wire.store_many_steps,
-                ({memcached_key(key): item for key, item in items.items()}, exptime),
-            )
-            for server, items, dropped in batches
-        ]
-        answers = self._run_each("set_many", calls)
+        if space is not None and len(batches) == 1:  # nothing to overlap: the plain call is leaner
+            ((server, items, dropped),) = batches
+            args = (server, space, items, exptime, dropped)
+            answers = [self._run(server, "set_many", _store_many_at, *args)]
+        else:
+            calls: list[_Call] = [
+                (server, _store_many_in, (server, space, items, exptime, dropped))
+                if space is not None
+                else (
+                    server,
+                    wire.store_many_steps,
+                    ({memcached_key(key): item for key, item in items.items()}, exptime),
+                )
+                for server, items, dropped in batches
+            ]
+            answers = self._run_each("set_many", calls)
         for (server, items, dropped), done in zip(batches, answers, strict=True):
             stored += self._stored(server, space, items, exptime, done=done, dropped=dropped)
         count = len(stored)
@@ -673,13 +680,18 @@ class MemcachedCache(BaseCache):
         deleted: set[str] = set()
         space = self._namespace
         groups = self._by_server(keys, space)
-        calls: list[_Call] = [
-            (server, wire.delete_many_steps, ([memcached_key(key) for key in group],))
-            if space is None
-            else (server, namespace.delete_many_steps, (server, space, group))
-            for server, group in groups.items()
-        ]
-        answers = self._run_each("delete_many", calls)
+        if space is not None and len(groups) == 1:  # nothing to overlap: the plain call is leaner
+            ((server, group),) = groups.items()
+            call = namespace.delete_many
+            answers = [self._run(server, "delete_many", call, server, space, group)]
+        else:
+            calls: list[_Call] = [
+                (server, wire.delete_many_steps, ([memcached_key(key) for key in group],))
+                if space is None
+                else (server, namespace.delete_many_steps, (server, space, group))
+                for server, group in groups.items()
+            ]
+            answers = self._run_each("delete_many", calls)
         for group, existed in zip(groups.values(), answers, strict=True):
             if existed is not FAILED:
                 deleted.update(key for key, hit in zip(group, existed, strict=True) if hit)
@@ -744,6 +756,7 @@ _SENT_ONCE = frozenset(
         namespace.add,
         namespace.count,
         namespace.delete,
+        namespace.delete_many,
         namespace.delete_many_steps,
     }
 )
@@ -791,11 +804,37 @@ def _store_many_in(  # noqa: PLR0917 (called through MemcachedCache._run_each, b
     dropped: list[namespace.TokenDroppedError],
 ) -> Steps[list[bool | None]]:
     """``namespace.store_many_steps``, its ``TokenDroppedError`` also kept in ``dropped``."""
-    try:
+    with _Keeping(dropped):
         return (yield from namespace.store_many_steps(client, server, space, items, exptime))
-    except namespace.TokenDroppedError as err:
-        dropped.append(err)
-        raise
+
+
+def _store_many_at(  # noqa: PLR0917 (called through MemcachedCache._run, by position)
+    client: Any,
+    server: Server,
+    space: tuple[str, str],
+    items: Mapping[str, tuple[int, bytes]],
+    exptime: int,
+    dropped: list[namespace.TokenDroppedError],
+) -> list[bool | None]:
+    """``namespace.store_many``, its ``TokenDroppedError`` also kept in ``dropped``."""
+    with _Keeping(dropped):
+        return namespace.store_many(client, server, space, items, exptime)
+
+
+class _Keeping:
+    """Keeps a ``TokenDroppedError`` raised inside it in ``dropped``, and lets it through."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self, dropped: list[namespace.TokenDroppedError]) -> None:
+        self.dropped = dropped
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, err: BaseException | None, trace: object) -> None:
+        if isinstance(err, namespace.TokenDroppedError):
+            self.dropped.append(err)
 
 
 def _naming(err: Exception, server: Server) -> Exception:
