@@ -53,13 +53,6 @@ def record_relay(memcached_server: MemcachedServer) -> Iterator[RecordTricklingR
     made.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reply that trickles in whole records (each read ends at a record's end) escapes "
-    "the one-timeout deadline: a read after a record that ended a chunk passes _more an empty "
-    "head, taken for a reply's first read, so no deadline is set and each read waits a whole "
-    "timeout of its own",
-)
 @pytest.mark.parametrize("call", list(RECORDS))
 @pytest.mark.parametrize("key_prefix", ["", "t:"])
 def test_a_reply_that_trickles_in_whole_records_fails_the_call_as_a_timeout(

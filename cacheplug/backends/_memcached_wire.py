@@ -269,7 +269,9 @@ def _read_answers(
     for _ in batch:
         eol = buf.find(b"\r\n", pos)
         while eol < 0:
-            buf, pos = _more(sock, buf[pos:], len(buf) - pos + 1), 0
+            # empty: the reply's first read; later ones (even after whole lines) keep its deadline
+            more = _rest(sock, buf[pos:], len(buf) - pos + 1, True) if buf else _more(sock, b"", 1)
+            buf, pos = more, 0
             eol = buf.find(b"\r\n")
         line = buf[pos:eol]
         if line not in answers:
@@ -493,7 +495,7 @@ def _read_values(sock: Any, buf: bytes) -> dict[bytes, tuple[int, bytes]]:
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
-            buf, pos = _more(sock, buf[pos:], len(buf) - pos + 1), 0
+            buf, pos = _rest(sock, buf[pos:], len(buf) - pos + 1, True), 0
             continue
         if buf.startswith(b"VALUE ", pos):
             fields = buf[pos + 6 : eol].split(b" ")
@@ -506,7 +508,7 @@ def _read_values(sock: Any, buf: bytes) -> dict[bytes, tuple[int, bytes]]:
             start = eol + 2
             stop = start + size
             if len(buf) < stop + 2:  # the data is still on its way: read it, then parse again
-                buf, pos = _more(sock, buf[pos:], stop + 2 - pos), 0
+                buf, pos = _rest(sock, buf[pos:], stop + 2 - pos, True), 0
                 continue
             if buf[stop : stop + 2] != b"\r\n":
                 _raise_reply(buf[pos:eol])
@@ -538,7 +540,9 @@ def _take_lines(sock: Any, count: int) -> tuple[list[bytes], bytes]:
     while len(lines) < count:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
-            buf, pos = _more(sock, buf[pos:], len(buf) - pos + 1), 0
+            # empty: the reply's first read; later ones (even after whole lines) keep its deadline
+            more = _rest(sock, buf[pos:], len(buf) - pos + 1, True) if buf else _more(sock, b"", 1)
+            buf, pos = more, 0
             continue
         lines.append(buf[pos:eol])
         pos = eol + 2
@@ -564,10 +568,11 @@ def _more(sock: Any, head: bytes, need: int) -> bytes:
     return _rest(sock, head, need)
 
 
-def _rest(sock: Any, head: bytes, need: int) -> bytes:
-    """``_more`` once part of the reply came: by its deadline."""
+def _rest(sock: Any, head: bytes, need: int, started: bool = False) -> bytes:
+    """``_more`` once part of the reply came (``head``, or ``started``: whole records already
+    read): by its deadline."""
     deadline = _LATE.get(sock)
-    if deadline is None and head:
+    if deadline is None and (head or started):
         deadline = _late(sock)
     chunks = [head]
     have = len(head)
