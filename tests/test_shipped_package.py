@@ -294,6 +294,12 @@ def test_a_missing_driver_names_its_extra(venv: Path, tmp_path: Path, url: str, 
     assert f"pip install 'cacheplug[{extra}]'" in done.stdout
 
 
+def test_the_contract_kit_without_pytest_says_to_install_it(venv: Path, tmp_path: Path) -> None:
+    done = _run([str(venv / "python"), "-c", "import cacheplug.testing"], tmp_path)
+    assert done.returncode != 0
+    assert "ModuleNotFoundError" in done.stderr and "pip install pytest" in done.stderr
+
+
 def test_types_reach_a_user_s_mypy(venv: Path, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
         textwrap.dedent("""
