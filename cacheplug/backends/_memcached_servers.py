@@ -13,6 +13,7 @@ import hashlib
 import math
 import select
 import socket
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ __all__ = [
     "TIMEOUTS",
     "Ring",
     "Server",
+    "connect_all",
     "idle_and_open",
     "make_servers",
     "readable",
@@ -215,3 +217,37 @@ def readable(sock: socket.socket, seconds: float) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(max(0, math.ceil(seconds * 1000))))
+
+
+def connect_all(clients: list[Any]) -> dict[int, Exception]:
+    """Connect each of ``clients`` (pymemcache clients with no socket) at the same time; the
+    error of each that failed, by ``id`` of the client.
+
+    Connecting one after another, servers that drop connection attempts would cost a batch one
+    ``connect_timeout`` each. The first client connects in the calling thread, the others in
+    threads of their own: pymemcache connects with blocking calls (the name lookup included).
+    """
+    failures: dict[int, Exception] = {}
+
+    def connect(client: Any) -> None:
+        try:
+            client._connect()
+        except Exception as err:  # the batch reports it as that server's error
+            failures[id(client)] = err
+
+    helpers = []
+    for client in clients[1:]:
+        # a daemon: a name lookup that hangs must not hold up the interpreter's exit
+        helper = threading.Thread(
+            target=connect, args=(client,), name="cacheplug-connect", daemon=True
+        )
+        try:
+            helper.start()
+        except RuntimeError:  # no thread to be had (at interpreter shutdown): connect in turn
+            connect(client)
+        else:
+            helpers.append(helper)
+    connect(clients[0])
+    for helper in helpers:
+        helper.join()
+    return failures

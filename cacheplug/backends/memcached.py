@@ -5,7 +5,8 @@ counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``). 
 would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over the servers by
 consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
 commands speak memcached's text protocol directly (``_memcached_wire``). A batch over several
-servers sends its requests to all of them before it reads any reply (``_run_each``).
+servers connects to them at once and sends its requests to all of them before it reads any
+reply (``_run_each``).
 With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
 (``_memcached_namespace``).
 """
@@ -49,6 +50,7 @@ from cacheplug.backends._memcached_servers import (
     TIMEOUTS,
     Ring,
     Server,
+    connect_all,
     idle_and_open,
     make_servers,
     readable,
@@ -350,9 +352,12 @@ class MemcachedCache(BaseCache):
                 reused = client.sock is not None
                 if reused and steps in _SENT_ONCE and not idle_and_open(client.sock):
                     client.close()  # as in _run
-                run = _Running(index, server, client, steps, args, reused, trying)
-                running.append(run)
-                self._step(run, operation, results)  # up to its first request sent
+                running.append(_Running(index, server, client, steps, args, reused, trying))
+            unconnected = [run.client for run in running if run.client.sock is None]
+            failures = connect_all(unconnected) if len(unconnected) > 1 else {}
+            for run in running:
+                # up to its first request sent, or its connection error thrown in
+                self._step(run, operation, results, failures.get(id(run.client)))
             deadline = time.monotonic() + self._reply_timeout
             for later, run in enumerate(running):
                 # the first reply read waits its socket's timeout, the others what is left of it
@@ -378,10 +383,11 @@ class MemcachedCache(BaseCache):
         run: _Running,
         operation: str,
         results: list[Any],
-        late: TimeoutError | None = None,
+        late: Exception | None = None,
     ) -> None:
         """Resume ``run`` up to its next request sent, or ``late`` thrown in (its reply did not
-        come in time); at its end, its answer into ``results`` and its connection back."""
+        come in time, or its connection failed); at its end, its answer into ``results`` and its
+        connection back."""
         server, client = run.server, run.client
         try:
             try:
