@@ -350,3 +350,31 @@ def test_a_unix_socket_server_beside_tcp_ones_in_a_cold_batch(
         assert cache.get_many(*keys) == [first if key in up else None for key in keys]
         assert cache._servers[2].failure == "TimeoutError: timed out"
     cache.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an exception a signal handler raises in the calling thread's own connect is "
+    "caught as that server's connect error and raised only after every other connect ended "
+    "(up to connect_timeout later)",
+)
+def test_a_deadline_in_the_callers_own_connect_is_raised_at_once(
+    dropping: list[tuple[socket.socket, str]],
+) -> None:
+    (first, down), (second, other) = dropping
+    cache = MemcachedCache([down, other], connect_timeout=3, dead_timeout=60)
+    keys = first_on(cache, down, KEYS)
+    still_connecting: list[list[threading.Thread]] = []
+    try:
+        with pytest.raises(HungError), bounded(0.3):
+            try:
+                cache.get_many(*keys)
+            finally:
+                still_connecting.append(connecting())
+    finally:
+        first.close()  # the next SYN the kernel retries is refused: the helper ends
+        second.close()
+        wait_until(lambda: not connecting(), timeout=30)
+    assert still_connecting[0]  # raised while the helper still waited for its connect
+    assert [server.failure for server in cache._servers] == ["", ""]
+    assert [len(server._idle) for server in cache._servers] == [0, 0]
