@@ -137,12 +137,6 @@ def test_threads_doing_cold_batches_over_healthy_and_dropping_servers(
 # -- 2. a batch cut short while it connects ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a helper thread that finishes its connect after the batch was cut short keeps "
-    "its socket in a client nobody pools or closes: closed by the garbage collector, with a "
-    "ResourceWarning",
-)
 def test_a_connect_finishing_after_the_batch_was_cut_short_closes_its_socket(
     memcached_server: MemcachedServer, dropping: list[tuple[socket.socket, str]]
 ) -> None:
@@ -352,12 +346,6 @@ def test_a_unix_socket_server_beside_tcp_ones_in_a_cold_batch(
     cache.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an exception a signal handler raises in the calling thread's own connect is "
-    "caught as that server's connect error and raised only after every other connect ended "
-    "(up to connect_timeout later)",
-)
 def test_a_deadline_in_the_callers_own_connect_is_raised_at_once(
     dropping: list[tuple[socket.socket, str]],
 ) -> None:

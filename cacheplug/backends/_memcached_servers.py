@@ -226,28 +226,43 @@ def connect_all(clients: list[Any]) -> dict[int, Exception]:
     Connecting one after another, servers that drop connection attempts would cost a batch one
     ``connect_timeout`` each. The first client connects in the calling thread, the others in
     threads of their own: pymemcache connects with blocking calls (the name lookup included).
+    Interrupted, it raises at once; a connection made after that is closed.
     """
     failures: dict[int, Exception] = {}
+    abandoned = threading.Event()  # the caller was interrupted: no one takes these connections
 
-    def connect(client: Any) -> None:
+    def connect(client: Any, errors: type[Exception] = Exception) -> None:
         try:
             client._connect()
-        except Exception as err:  # the batch reports it as that server's error
+        except errors as err:  # the batch reports it as that server's error
             failures[id(client)] = err
+        else:
+            # connected after an interrupted caller closed its clients: close it here, or the
+            # socket waits for the garbage collector (a ResourceWarning)
+            if abandoned.is_set():
+                client.close()
 
     helpers = []
-    for client in clients[1:]:
-        # a daemon: a name lookup that hangs must not hold up the interpreter's exit
-        helper = threading.Thread(
-            target=connect, args=(client,), name="cacheplug-connect", daemon=True
-        )
-        try:
-            helper.start()
-        except RuntimeError:  # no thread to be had (at interpreter shutdown): connect in turn
-            connect(client)
-        else:
-            helpers.append(helper)
-    connect(clients[0])
-    for helper in helpers:
-        helper.join()
+    try:
+        for client in clients[1:]:
+            # a daemon: a name lookup that hangs must not hold up the interpreter's exit
+            helper = threading.Thread(
+                target=connect, args=(client,), name="cacheplug-connect", daemon=True
+            )
+            try:
+                helper.start()
+            except RuntimeError:  # no thread to be had (at interpreter shutdown): in turn
+                connect(client, OSError)
+            else:
+                helpers.append(helper)
+        # in this thread, what is not a failed connect (OSError) was raised by a signal
+        # handler: the caller's, at once, not after the other connects
+        connect(clients[0], OSError)
+        for helper in helpers:
+            helper.join()
+    except BaseException:
+        # set before the caller closes the clients: a helper connected by then is closed by
+        # the caller, one connected later closes its own
+        abandoned.set()
+        raise
     return failures
