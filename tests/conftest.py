@@ -6,6 +6,12 @@ import pytest
 
 pytest_plugins = ["servers"]
 
+# For tests that fork while another thread of theirs runs, on purpose: Python 3.12+ warns of it.
+FORKS_BESIDE_A_THREAD = pytest.mark.filterwarnings(
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+    ":DeprecationWarning"
+)
+
 
 class FakeClock:
     """A clock that moves only when told to."""

@@ -6,14 +6,33 @@ No timing is asserted: the point is that the benchmark code cannot rot unnoticed
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.run import SECTIONS, main, run
 from benchmarks.simple import main as simple_main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_progress_monitor() -> Iterator[None]:
+    """tqdm starts a monitor thread even for a disabled bar and never stops it; left running,
+    it would make every later fork in the suite warn of a multi-threaded process (3.12+)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tqdm, "monitor_interval", 0)
+        yield
+
+
+def test_a_run_leaves_no_thread_behind(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    run(tmp_path / "quiet", quick=True, only=["signing"], progress=False)
+    main(["--quick", "--only", "signing", "--out", str(tmp_path / "shown")])
+    assert set(threading.enumerate()) <= before
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FORKS_BESIDE_A_THREAD
 from test_filesystem_edge import needs_proc_locks, wait_for, waiters_on
 from test_filesystem_faults import lock_file
 from waiting import process_state, wait_until
@@ -283,6 +284,7 @@ def _set_once_released(cache: FileSystemCache, released: Any, answers: Any) -> N
     answers.put(cache.set("k", "child"))
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_child_forked_while_a_thread_waits_for_the_lock_writes_once_it_is_free(
     tmp_path: Path,
 ) -> None:

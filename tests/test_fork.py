@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FORKS_BESIDE_A_THREAD
 
 from cacheplug import BaseCache, FileSystemCache, SimpleCache
 
@@ -83,6 +84,7 @@ def make_cache(
     yield make
 
 
+@FORKS_BESIDE_A_THREAD
 def test_child_is_not_blocked_by_a_lock_held_by_a_parent_thread(
     make_cache: Callable[..., BaseCache],
 ) -> None:
@@ -106,6 +108,7 @@ def test_child_is_not_blocked_by_a_lock_held_by_a_parent_thread(
     assert cache.set("after", 1) is True
 
 
+@FORKS_BESIDE_A_THREAD
 def test_child_is_not_blocked_by_a_parent_thread_in_get_or_set(
     make_cache: Callable[..., BaseCache],
 ) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import FORKS_BESIDE_A_THREAD
 from servers import MemcachedServer, RedisCluster, RedisServer
 
 from cacheplug import MemcachedCache, RedisCache, SimpleCache
@@ -157,6 +158,7 @@ def _failing_in_the_child(kind: str, redis_server: RedisServer) -> Iterator[None
 
 
 @pytest.mark.parametrize("kind", ["a RedisCache half-built", "a reset that raises"])
+@FORKS_BESIDE_A_THREAD
 def test_one_cache_s_failing_reset_at_the_fork_stops_no_other_s(
     redis_server: RedisServer, kind: str
 ) -> None:
@@ -229,6 +231,7 @@ def _waiting_on(queue: Any) -> bool:
 
 @pytest.mark.parametrize("client", ["built by the cache", "passed in"])
 @pytest.mark.parametrize("moment", ["a thread waits for a connection", "a thread holds the queue"])
+@FORKS_BESIDE_A_THREAD
 def test_child_answers_whatever_a_parent_thread_does_on_a_blocking_pool(
     redis_server: RedisServer, prefix: str, client: str, moment: str
 ) -> None:
@@ -280,6 +283,7 @@ def _passed_in(kind: str, request: pytest.FixtureRequest) -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("kind", ["RedisCluster", "Redis"])
+@FORKS_BESIDE_A_THREAD
 def test_child_answers_though_a_parent_thread_held_a_lock_of_a_passed_in_client(
     request: pytest.FixtureRequest, prefix: str, kind: str
 ) -> None:

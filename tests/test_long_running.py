@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 import resource
@@ -54,6 +55,14 @@ def _register_fresh_backend() -> weakref.ref[type[SimpleCache]]:
     return weakref.ref(FreshCache)
 
 
+def _forget_getattr_static_cache() -> None:
+    """Empty the cache of MROs that ``inspect.getattr_static`` keeps on CPython 3.12 before
+    gh-118013: it holds the last 128 classes looked at, and pluggy looks at every plugin."""
+    cached = getattr(inspect, "_shadowed_dict_from_mro_tuple", None)
+    if cached is not None:
+        cached.cache_clear()
+
+
 @pytest.mark.usefixtures("fresh_plugins")
 def test_from_url_keeps_no_backend_class_of_a_forgotten_plugin_alive() -> None:
     classes = []
@@ -61,6 +70,7 @@ def test_from_url_keeps_no_backend_class_of_a_forgotten_plugin_alive() -> None:
         reset_plugins()
         classes.append(_register_fresh_backend())
     reset_plugins()
+    _forget_getattr_static_cache()
     gc.collect()
     alive = [ref for ref in classes if ref() is not None]
     assert not alive, f"{len(alive)} of 20 backend classes outlived their plugin registry"

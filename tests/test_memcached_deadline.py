@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import FORKS_BESIDE_A_THREAD
 from servers import MemcachedServer
 from test_fork_leftovers import fork_and_ask
 from test_memcached_leftovers import TricklingRelay
@@ -326,6 +327,7 @@ def test_a_deadline_never_fires_on_a_later_reply(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("key_prefix", ["", "fk:"])
+@FORKS_BESIDE_A_THREAD
 def test_a_child_forked_while_a_parent_thread_is_mid_reply_works_normally(
     relay: CuttingRelay, key_prefix: str
 ) -> None:

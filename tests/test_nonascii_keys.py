@@ -10,6 +10,7 @@ cache built its client). memcached names are key_prefix, namespace token and key
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import pickle
@@ -146,6 +147,8 @@ class Relay:
         return sent
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(): close alone does not
         for sock in self.sockets:
             sock.close()
 

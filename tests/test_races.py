@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from conftest import FORKS_BESIDE_A_THREAD
 from servers import RedisServer
 from test_redis_ops import (
     Interrupted,
@@ -127,6 +128,7 @@ def exit_status(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_lock_file_opened_as_another_thread_forks_does_not_stay_locked(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -162,6 +164,7 @@ def test_a_lock_file_opened_as_another_thread_forks_does_not_stay_locked(
     assert cache.get("a") == 1
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_fork_while_a_thread_closes_a_lock_file_closes_nothing_else_in_the_child(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -193,6 +196,7 @@ def test_a_fork_while_a_thread_closes_a_lock_file_closes_nothing_else_in_the_chi
 # -- RedisCache: a fork while a thread asks a failed server whether it is back ----------------
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_child_forked_while_a_thread_probes_a_failed_server_gets_it_back(
     fresh_redis_server: RedisServer,
 ) -> None:
@@ -217,6 +221,7 @@ def test_a_child_forked_while_a_thread_probes_a_failed_server_gets_it_back(
     assert cache.get("a") == 7
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_child_forked_while_a_thread_connects_to_a_cluster_does_not_hang(
     redis_cluster: Any,
 ) -> None:

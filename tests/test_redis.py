@@ -634,12 +634,16 @@ def test_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def _make_certificates(directory: Any) -> dict[str, str]:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+
+    The CA states its key usage: Python 3.13 verifies strictly and refuses a CA without it.
+    """
     paths = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
     csr, ext = directory / "server.csr", directory / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     steps = [
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
          "-keyout", paths["ca-key"], "-out", paths["ca"]],
         ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
          "-keyout", paths["key"], "-out", str(csr)],
@@ -1154,6 +1158,8 @@ class CuttingProxy:
             sock.close()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(): close alone does not
         self.listener.close()
 
 

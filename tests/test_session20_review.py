@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FORKS_BESIDE_A_THREAD
 from servers import MemcachedServer
 from test_fork_leftovers import fork_and_ask
 from test_hostile_options import HungError, bounded
@@ -202,6 +203,7 @@ def test_a_batch_cut_short_while_connecting_raises_pools_nothing_and_recovers(
 # -- 3. a fork while connecting threads run ----------------------------------------------------
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_child_forked_while_a_batch_connects_answers(
     memcached_server: MemcachedServer,
     fresh_memcached_server: MemcachedServer,
@@ -238,6 +240,7 @@ def test_a_child_forked_while_a_batch_connects_answers(
     cache.close()
 
 
+@FORKS_BESIDE_A_THREAD
 def test_a_child_forked_while_helper_threads_connect_answers(
     memcached_server: MemcachedServer,
     fresh_memcached_server: MemcachedServer,
