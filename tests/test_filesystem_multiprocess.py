@@ -15,6 +15,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -575,3 +576,42 @@ def test_clear_without_a_prefix_from_another_process_takes_every_prefix_and_coun
         assert len(entries_of(cache)) <= 20
         assert cache.get("n24") == 24
         assert tally(cache) == len(entries_of(cache))
+
+
+def _as_nobody(action: Callable[[], object], out: Queue) -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    out.put(action())
+
+
+def _every_operation(directory: str) -> object:
+    cache = FileSystemCache(directory)  # it may create files there: the probe passes
+    answers = (
+        cache.get("k"),
+        cache.set("k", "nobody's"),
+        cache.inc("n"),
+        cache.add("a", 1),
+        cache.delete("k"),
+        cache.clear(),
+    )
+    return answers, cache.stats()["errors"] > 0
+
+
+@needs_root
+def test_a_second_user_in_a_sticky_directory_gets_outage_values_never_an_error(
+    app_home: Path,
+) -> None:
+    # a shared /tmp-like directory: anyone may create files, only their owner remove them
+    shared = app_home.parent / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    assert as_app(lambda: FileSystemCache(shared).set("k", "app's")) is True
+    out = FORK.Queue()
+    process = FORK.Process(target=_as_nobody, args=(partial(_every_operation, str(shared)), out))
+    process.start()
+    answer = out.get(timeout=WAIT)
+    join_all([process])
+    # the application's lock file and entries can be neither written nor replaced
+    assert answer == ((None, False, None, False, False, False), True)
+    assert as_app(lambda: FileSystemCache(shared).get("k")) == "app's"
