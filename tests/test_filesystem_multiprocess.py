@@ -183,13 +183,6 @@ def _killed_right_after_its_rename(directory: str, key: str) -> None:
     cache.set(key, value_of(key))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a writer killed between the rename of a new entry and the update of the count in "
-    "the lock file leaves the count one below the files (4 of 150 random SIGKILLs did), so the "
-    "directory holds more than threshold entries until a listing; writing the count first "
-    "leaves it one above instead, which only brings the next listing sooner",
-)
 def test_a_writer_killed_right_after_its_rename_never_lets_the_directory_outgrow_threshold(
     tmp_path: Path,
 ) -> None:

@@ -504,8 +504,15 @@ class FileSystemCache(BaseCache):
                     count, added = len(names), 0
                     if count >= self.threshold:
                         count = self._prune(names)
-                _replace(tmp, path)
-                _keep_tally(lock, count + 1, added + 1)  # the entry is stored whatever it says
+                # Counted before the rename: a writer killed in between leaves the count one
+                # above the files (the next listing sooner), never below (the directory
+                # beyond threshold).
+                _keep_tally(lock, count + 1, added + 1)
+                try:
+                    _replace(tmp, path)
+                except BaseException:
+                    _keep_tally(lock, count, added)
+                    raise
         except BaseException:
             _discard(tmp)
             raise
@@ -832,7 +839,7 @@ def _write_tally(lock: int, count: int, added: int) -> None:
 
 
 def _keep_tally(lock: int, count: int, added: int) -> None:
-    """``_write_tally`` after a change that is made already: a count the disk refuses (full,
+    """``_write_tally``, never failing the change it counts: a count the disk refuses (full,
     EIO) stays as it was, and the listing that repairs a drifting count corrects it later."""
     with suppress(OSError):
         _write_tally(lock, count, added)
