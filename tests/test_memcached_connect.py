@@ -131,49 +131,73 @@ def test_refused_and_unresolvable_servers_fail_alone_in_a_cold_batch(
     assert failures[address(memcached_server)] == ""
 
 
-def test_a_cold_batch_over_healthy_servers_connects_each_once(
-    memcached_server: MemcachedServer, fresh_memcached_server: MemcachedServer
+def test_a_cold_batch_over_healthy_servers_starts_no_thread(
+    memcached_server: MemcachedServer,
+    fresh_memcached_server: MemcachedServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(self: threading.Thread) -> None:
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
     servers = [address(memcached_server), address(fresh_memcached_server)]
     cache = MemcachedCache(servers)
-    before = set(threading.enumerate())
     assert cache.set_many({key: [key] for key in KEYS}) == KEYS
-    assert set(threading.enumerate()) <= before  # the connecting threads are gone
     assert cache.get_many(*KEYS) == [[key] for key in KEYS]
+    assert started == []  # each connected at its first try, in the calling thread
     for server in cache._servers:
         assert len(server._idle) == 1  # one connection each, pooled again
 
 
+def test_the_connecting_threads_are_gone_after_the_batch(
+    memcached_server: MemcachedServer, dropping: list[str]
+) -> None:
+    before = set(threading.enumerate())
+    cache = MemcachedCache([address(memcached_server), *dropping], connect_timeout=0.3)
+    stored = cache.set_many({key: key for key in KEYS})
+    assert 0 < len(stored) < len(KEYS)
+    assert set(threading.enumerate()) <= before
+
+
 def test_a_cold_batch_connects_in_turn_when_no_thread_can_start(
-    memcached_server: MemcachedServer,
-    fresh_memcached_server: MemcachedServer,
-    monkeypatch: pytest.MonkeyPatch,
+    memcached_server: MemcachedServer, dropping: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(self: threading.Thread) -> None:
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
     monkeypatch.setattr(threading.Thread, "start", refuse)  # as at exit, or out of threads
-    cache = MemcachedCache([address(memcached_server), address(fresh_memcached_server)])
-    assert cache.set_many({key: key for key in KEYS}) == KEYS
-    assert cache.get_many(*KEYS) == KEYS
+    cache = MemcachedCache([address(memcached_server), *dropping], connect_timeout=0.3)
+    stored = cache.set_many({key: key for key in KEYS})
+    assert 0 < len(stored) < len(KEYS)  # the healthy server's share
+    assert cache.get_dict(*KEYS) == {key: key if key in stored else None for key in KEYS}
+    assert all(server.failure == "TimeoutError: timed out" for server in cache._servers[1:])
 
 
 def test_a_cold_batch_at_interpreter_exit_answers(
-    memcached_server: MemcachedServer, fresh_memcached_server: MemcachedServer
+    memcached_server: MemcachedServer, dropping: list[str]
 ) -> None:
-    servers = [address(memcached_server), address(fresh_memcached_server)]
+    # at exit Python 3.12 starts no thread: the servers still unanswered connect in turn
+    servers = [address(memcached_server), *dropping]
     script = f"""
 import atexit
 from cacheplug import MemcachedCache
 
-cache = MemcachedCache({servers!r})
+cache = MemcachedCache({servers!r}, connect_timeout=0.3)
 
 @atexit.register
 def flush() -> None:
-    keys = [f"exit{{i}}" for i in range(20)]
-    print(cache.set_many(dict.fromkeys(keys, 1)) == keys, cache.get_many(*keys) == [1] * 20)
+    keys = [f"exit{{i}}" for i in range(60)]
+    stored = cache.set_many(dict.fromkeys(keys, 1))
+    print(0 < len(stored) < 60, cache.get_many(*stored) == [1] * len(stored))
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
-    assert (done.returncode, done.stdout, done.stderr) == (0, "True True\n", "")
+    assert (done.returncode, done.stdout) == (0, "True True\n")
+    # only the outage's log line (Python's last-resort handler): no traceback
+    assert done.stderr.startswith("MemcachedCache.set_many failed"), done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,8 +5,8 @@ counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``). 
 would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over the servers by
 consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
 commands speak memcached's text protocol directly (``_memcached_wire``). A batch over several
-servers connects to them at once and sends its requests to all of them before it reads any
-reply (``_run_each``).
+servers waits for the connections it opens at the same time and sends its requests to all of
+them before it reads any reply (``_run_each``).
 With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
 (``_memcached_namespace``).
 """
