@@ -343,36 +343,10 @@ def check_simple(
     return check
 
 
-LOCK_LEFT_HELD = (
-    "SimpleCache.get/set take the lock with acquire() and then enter try: a signal handled as "
-    "acquire() returns (CPython checks after a C call) raises before the try, the lock stays "
-    "held and every other thread hangs (real SIGALRM: 3 of 32 cuts)"
-)
-ENTRY_WITHOUT_EXPIRY_RECORD = (
-    "SimpleCache._place stores a new expiring entry before queuing its expiry record: cut "
-    "between, the expired-first eviction never sees that entry"
-)
-FINDINGS = {
-    "set": LOCK_LEFT_HELD,
-    "set_scalar": LOCK_LEFT_HELD,
-    "get_many": LOCK_LEFT_HELD,
-    "get_or_set": LOCK_LEFT_HELD + "; " + ENTRY_WITHOUT_EXPIRY_RECORD,
-    "add_new": ENTRY_WITHOUT_EXPIRY_RECORD,
-    "inc_new": ENTRY_WITHOUT_EXPIRY_RECORD,
-}
-THRESHOLD_FINDING = (
-    "assigning a lower SimpleCache.threshold sets it before evicting, and _make_room pops an "
-    "expiry record before deleting its entry: cut short, more entries than threshold, or an "
-    "expiring entry without a record"
-)
-
-
 def simple_cases() -> Iterator[Any]:
     for name in SCENARIOS:
         for config in CONFIGS:
-            reason = FINDINGS.get(name)
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(name, config, marks=marks, id=f"{name}-{config}")
+            yield pytest.param(name, config, id=f"{name}-{config}")
 
 
 @pytest.mark.parametrize(("name", "config"), simple_cases())
@@ -385,7 +359,6 @@ def test_simple_cache_cut_short_anywhere(name: str, config: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=THRESHOLD_FINDING)
 @pytest.mark.parametrize("config", CONFIGS)
 def test_simple_cache_threshold_lowered_and_cut_short_anywhere(config: str) -> None:
     def check(cache: Any, clock: FakeClock, outcome: CutResult) -> list[str]:

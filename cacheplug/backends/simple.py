@@ -116,8 +116,9 @@ class SimpleCache(BaseCache):
             self._threshold = checked
             return
         with self._lock:
-            self._threshold = checked
+            # evicted first: a call cut short while evicting leaves the old, higher threshold
             self._make_room(checked)
+            self._threshold = checked
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -180,27 +181,30 @@ class SimpleCache(BaseCache):
     def _place(self, key: str, entry: _Entry, old: _Entry | None) -> None:
         """Store ``entry`` at the most recently used end; ``old`` is what ``key`` holds now."""
         cache = self._cache
+        if old is None and len(cache) >= self._threshold:
+            self._make_room(self._threshold - 1)
+        # An old heap record bounds the new expiry from below unless there was none or the new
+        # expiry is earlier; _make_room re-queues a record that fires too early. Queued before
+        # the entry is stored: a call cut short between them leaves a record that is dropped
+        # lazily, never an entry that the expired-first eviction cannot see.
+        expires = entry[0]
+        if expires and (old is None or not old[0] or expires < old[0]):
+            heapq.heappush(self._expiries, (expires, key))
         if old is None:
-            if len(cache) >= self._threshold:
-                self._make_room(self._threshold - 1)
             cache[key] = entry
         else:
             # overwrite + move_to_end: half the cost of pop + insert, which relinks a new node
             cache[key] = entry
             cache.move_to_end(key)
-        # An old heap record bounds the new expiry from below unless there was none or the new
-        # expiry is earlier; _make_room re-queues a record that fires too early.
-        expires = entry[0]
-        if expires and (old is None or not old[0] or expires < old[0]):
-            self._push_expiry(expires, key)
+        if len(self._expiries) > 2 * len(cache) + 64:
+            self._compact_expiries()
         self._sets += 1
 
-    def _push_expiry(self, expires: float, key: str) -> None:
-        heap = self._expiries
-        heapq.heappush(heap, (expires, key))
-        if len(heap) > 2 * len(self._cache) + 64:
-            self._expiries = [(e[0], k) for k, e in self._cache.items() if e[0]]
-            heapq.heapify(self._expiries)
+    def _compact_expiries(self) -> None:
+        """Rebuild the expiry heap from the entries, dropping stale records."""
+        heap = [(e[0], k) for k, e in self._cache.items() if e[0]]
+        heapq.heapify(heap)
+        self._expiries = heap  # whole or not at all, for a call cut short
 
     def _make_room(self, size: int) -> None:
         """Evict down to ``size`` entries: expired ones first, then the least recently used."""
@@ -208,15 +212,17 @@ class SimpleCache(BaseCache):
         if heap and heap[0][0] <= self._clock():
             now = self._clock()
             while heap and heap[0][0] <= now and len(cache) > size:
-                _, key = heapq.heappop(heap)
+                # the record goes only after its entry: a call cut short in between leaves a
+                # stale record, never an expiring entry without one
+                key = heap[0][1]
                 entry = cache.get(key)
-                if entry is None or not entry[0]:
-                    continue  # deleted, or now never expires
-                if entry[0] <= now:
+                if entry is not None and entry[0] and entry[0] <= now:
                     del cache[key]
                     self._evictions += 1
-                else:
-                    heapq.heappush(heap, (entry[0], key))
+                if entry is not None and entry[0] > now:  # expires later now: queued again
+                    heapq.heapreplace(heap, (entry[0], key))
+                else:  # evicted, deleted, or now never expires
+                    heapq.heappop(heap)
         while len(cache) > size:
             cache.popitem(last=False)
             self._evictions += 1
@@ -233,24 +239,31 @@ class SimpleCache(BaseCache):
     def get(self, key: str) -> Any:
         if type(key) is not str:
             check_key(key)
-        # acquire/release: measurably cheaper than a with-block on this hot path
-        self._lock.acquire()
+        lock = self._lock
+        # acquire() inside the try, released after it: a with-block costs this path ~25%, and
+        # a signal handled as acquire() returns must not raise before the try (lock left held)
         try:
+            lock.acquire()
             entry = self._cache.get(key)
             if entry is None:
                 self._misses += 1
-                return None
-            if entry[0] and entry[0] <= self._clock():
+            elif entry[0] and entry[0] <= self._clock():
                 del self._cache[key]
                 self._misses += 1
-                return None
-            self._cache.move_to_end(key)
-            if entry[2] is None:  # a stored None reads like a miss, and counts as one
-                self._misses += 1
-                return None
-            self._hits += 1
-        finally:
-            self._lock.release()
+                entry = None
+            else:
+                self._cache.move_to_end(key)
+                if entry[2] is None:  # a stored None reads like a miss, and counts as one
+                    self._misses += 1
+                    entry = None
+                else:
+                    self._hits += 1
+        except BaseException:
+            _release_if_held(lock)
+            raise
+        lock.release()
+        if entry is None:
+            return None
         codec = entry[1]
         if codec == _SHALLOW:
             return entry[2].copy()
@@ -301,8 +314,8 @@ class SimpleCache(BaseCache):
         else:
             codec, payload = self._pack(value)
         lock = self._lock
-        lock.acquire()
-        try:
+        try:  # as in get
+            lock.acquire()
             cache = self._cache
             old = cache.get(key)
             if expires is None:
@@ -316,8 +329,10 @@ class SimpleCache(BaseCache):
                 self._sets += 1
             else:
                 self._place(key, (expires, codec, payload), old)
-        finally:
-            lock.release()
+        except BaseException:
+            _release_if_held(lock)
+            raise
+        lock.release()
         return True
 
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
@@ -437,3 +452,11 @@ def _checked_threshold(threshold: object) -> int:
 def cacheplug_register_backends(register: RegisterFn) -> None:
     register("simple", SimpleCache)
     register("memory", SimpleCache)
+
+
+def _release_if_held(lock: Any) -> None:
+    """Release ``lock`` if this thread holds it: a call cut short (a signal handler raising)
+    either while it waited for the lock, not held then, or after taking it."""
+    # an RLock this thread already held before never waits, so held means taken by the call
+    if lock._is_owned():
+        lock.release()
