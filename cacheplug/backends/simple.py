@@ -219,7 +219,7 @@ class SimpleCache(BaseCache):
                 if entry is not None and entry[0] and entry[0] <= now:
                     del cache[key]
                     self._evictions += 1
-                if entry is not None and entry[0] > now:  # expires later now: queued again
+                if entry is not None and entry[0] and entry[0] > now:  # expires later: queued again
                     heapq.heapreplace(heap, (entry[0], key))
                 else:  # evicted, deleted, or now never expires
                     heapq.heappop(heap)
