@@ -349,7 +349,7 @@ def simple_cases() -> Iterator[Any]:
             yield pytest.param(name, config, id=f"{name}-{config}")
 
 
-@pytest.mark.parametrize(("name", "config"), simple_cases())
+@pytest.mark.parametrize(("name", "config"), list(simple_cases()))
 def test_simple_cache_cut_short_anywhere(name: str, config: str) -> None:
     scenario = SCENARIOS[name]
     cuts, problems = cut_everywhere(
