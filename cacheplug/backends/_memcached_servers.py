@@ -39,7 +39,8 @@ _RING_POINTS = 160
 #: A reply that did not come in time: kernel socket timeouts raise BlockingIOError.
 TIMEOUTS = (BlockingIOError, TimeoutError)
 #: Seconds a batch's first try at a connection waits: a reachable server on a LAN answers in
-#: well under a millisecond; one that does not yet waits the rest of its connect_timeout.
+#: well under a millisecond; one still silent then gets its whole connect_timeout, at the same
+#: time as the others.
 _FIRST_TRY = 0.05
 
 
