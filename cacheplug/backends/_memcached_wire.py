@@ -265,13 +265,12 @@ def _read_answers(
 ) -> bytes:
     """Read the one-line replies to the ``batch`` of commands just sent onto ``done`` (what
     each means in ``answers``); what arrived after them."""
-    buf, pos = b"", 0
+    buf, pos = _more(sock, b"", 1), 0
     for _ in batch:
         eol = buf.find(b"\r\n", pos)
         while eol < 0:
-            # empty: the reply's first read; later ones (even after whole lines) keep its deadline
-            more = _rest(sock, buf[pos:], len(buf) - pos + 1, True) if buf else _more(sock, b"", 1)
-            buf, pos = more, 0
+            # later reads (even after whole lines) keep the deadline of the reply's first
+            buf, pos = _rest(sock, buf[pos:], len(buf) - pos + 1, True), 0
             eol = buf.find(b"\r\n")
         line = buf[pos:eol]
         if line not in answers:
@@ -535,14 +534,13 @@ def _read_line(sock: Any) -> bytes:
 
 def _take_lines(sock: Any, count: int) -> tuple[list[bytes], bytes]:
     """The next ``count`` reply lines, without their CRLFs, and what arrived after them."""
-    buf, pos = b"", 0
+    buf, pos = _more(sock, b"", 1), 0
     lines: list[bytes] = []
     while len(lines) < count:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
-            # empty: the reply's first read; later ones (even after whole lines) keep its deadline
-            more = _rest(sock, buf[pos:], len(buf) - pos + 1, True) if buf else _more(sock, b"", 1)
-            buf, pos = more, 0
+            # later reads (even after whole lines) keep the deadline of the reply's first
+            buf, pos = _rest(sock, buf[pos:], len(buf) - pos + 1, True), 0
             continue
         lines.append(buf[pos:eol])
         pos = eol + 2
