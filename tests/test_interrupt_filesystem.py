@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import dis
 import functools
+import itertools
+import linecache
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import CodeType, FrameType
@@ -57,9 +60,22 @@ PROCESS_EVERY = 10  # every tenth cut, a forked process writes too
 STALE = 601.0  # seconds: older than the temp files a listing takes as a dead writer's
 
 
+# Marks a cut on a line calling os.open: the descriptor it returned may be on the stack, not
+# yet in a variable, where no Python code can close it. Only blocking signals around each open
+# (two system calls per file) would close that gap, so one descriptor left there is tolerated.
+UNHELD = " [os.open's descriptor unheld]"
+
+
 @functools.cache
-def _opnames(code: CodeType) -> dict[int, str]:
-    return {i.offset: i.opname for i in dis.get_instructions(code)}
+def _after_calls(code: CodeType) -> frozenset[int]:
+    """Offsets of the instructions that follow a CALL or a backward jump as it completes (one
+    that raised goes to a handler instead, with no signal handled on the way)."""
+    instructions = list(dis.get_instructions(code))
+    return frozenset(b.offset for a, b in itertools.pairwise(instructions) if a.opname in _CHECKS)
+
+
+# then CPython handles pending signals (after a yield: as the generator resumes)
+_CHECKS = frozenset({"CALL", "JUMP_BACKWARD", "YIELD_VALUE"})
 
 
 def call_cut_after_calls(n: int, call: Callable[[], Any]) -> CutResult:
@@ -69,31 +85,34 @@ def call_cut_after_calls(n: int, call: Callable[[], Any]) -> CutResult:
     one after a backward jump."""
     seen = 0
     outcome = CutResult(cut=False)
-    last: dict[FrameType, str] = {}  # frame -> its last instruction's name
+    started: set[FrameType] = set()
     called_ours: set[FrameType] = set()  # frames whose last call ran a cacheplug function
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
         nonlocal seen
         if event != "opcode" or outcome.cut:
             return local
-        before = last.get(frame)
-        last[frame] = _opnames(frame.f_code)[frame.f_lasti]
+        first = frame not in started
+        started.add(frame)
         ours = frame in called_ours
         called_ours.discard(frame)
-        if before is not None and (before not in ("CALL", "JUMP_BACKWARD") or ours):
-            return local  # a cacheplug callee's own return was the point
+        if not first and (ours or frame.f_lasti not in _after_calls(frame.f_code)):
+            return local  # no check here, or a cacheplug callee's own return was the point
         seen += 1
         if seen == n:
             outcome.cut = True
             name = frame.f_code.co_filename[len(PACKAGE_DIR) :]
-            outcome.where = f"{name}:{frame.f_lineno} ({frame.f_code.co_name}, {last[frame]})"
+            op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
+            outcome.where = f"{name}:{frame.f_lineno} ({frame.f_code.co_name}, {op})"
+            if "os.open(" in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+                outcome.where += UNHELD
             raise Cut
         return local
 
     def global_trace(frame: FrameType, event: str, arg: Any) -> Any:
         if outcome.cut or not frame.f_code.co_filename.startswith(PACKAGE_DIR):
             return None
-        if frame.f_back in last:
+        if frame.f_back in started:
             called_ours.add(frame.f_back)
         frame.f_trace_opcodes = True
         return local
@@ -221,10 +240,11 @@ class Cases:
             problems.append("the lock file stays flocked")
         return problems
 
-    def files_problems(self, cache: FileSystemCache) -> list[str]:
+    def files_problems(self, cache: FileSystemCache, outcome: CutResult) -> list[str]:
         problems = []
-        if open_fds() != self.fds:
-            problems.append(f"{open_fds() - self.fds} descriptor(s) left open")
+        left = open_fds() - self.fds
+        if left > (UNHELD in outcome.where):
+            problems.append(f"{left} descriptor(s) left open")
         count, files = tally(cache), len(entry_files(cache))
         if 0 <= count < files:
             problems.append(f"the tally says {count} entries, {files} files are there")
@@ -237,7 +257,7 @@ class Cases:
             problems = self.lock_problems(cache)
             if problems:
                 return problems
-            problems += self.files_problems(cache)
+            problems += self.files_problems(cache, outcome)
             allowed = allowed_of(self.config, scenario.allowed, scenario.name in EVICTING)
             problems += checked_values(cache, allowed)
             if self.made % PROCESS_EVERY == 0 and not writes_from_a_process(cache):
@@ -263,6 +283,40 @@ class Cases:
         return []
 
 
+class Contended(Cases):
+    """``Cases`` where another thread holds the lock until the call waits for its turn."""
+
+    def make(self) -> tuple[Any, FakeClock]:
+        cache, clock = super().make()
+        turn = fs._turns[cache._lock_path]
+        self.done = threading.Event()
+        held = threading.Event()
+
+        def hold() -> None:
+            with cache._locked():
+                held.set()
+                deadline = time.monotonic() + WAIT
+                while not (self.done.is_set() or turn._waiters or time.monotonic() > deadline):
+                    time.sleep(0.0002)
+
+        self.holder = threading.Thread(target=hold, daemon=True)
+        self.holder.start()
+        held.wait(WAIT)
+        return cache, clock
+
+    def check(self, scenario: Scenario) -> Callable[[Any, FakeClock, CutResult], list[str]]:
+        checks = super().check(scenario)
+
+        def check(cache: Any, clock: FakeClock, outcome: CutResult) -> list[str]:
+            self.done.set()
+            self.holder.join(WAIT)
+            if self.holder.is_alive():
+                return ["the thread holding the lock hung"]
+            return checks(cache, clock, outcome)
+
+        return check
+
+
 FS_SCENARIOS: dict[str, Scenario] = {
     **SCENARIOS,
     **{
@@ -286,25 +340,43 @@ CONFIGS = {
 }
 
 
+LOCK_FREE = {"get", "has", "get_many"}  # reads take no lock
+LOCKS_LEFT = pytest.mark.xfail(
+    strict=True,
+    reason="a cut leaves this process's turn at the lock file held (_Turn.acquire returning, "
+    "or queued; _Turn.release starting), so the other writers of the process wait "
+    "lock_timeout and fail while any thread uses it; the flock held by a descriptor left open "
+    "(_close_lock starting), which fails every writer of every process until this one exits; "
+    "descriptors left open (_hold, _close_lock); the tally rolled back below the entry files "
+    "after the rename (_commit)",
+)
+
+
 def cases() -> Iterator[Any]:
     for config, names in CONFIGS.items():
         for name in names:
-            yield pytest.param(name, config, id=f"{name}-{config}")
+            marks = () if name in LOCK_FREE else (LOCKS_LEFT,)
+            yield pytest.param(name, config, id=f"{name}-{config}", marks=marks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cut leaves the turn held (_Turn.acquire returning, _Turn.release starting: this "
-    "process's other writers wait lock_timeout and fail while any thread uses the turn), the "
-    "flock held by a leaked descriptor (_close_lock starting: every writer of every process "
-    "fails until this one exits), descriptors open (_read, _write_temp, _open_lock_file, "
-    "_hold, _close_lock), or the tally below the entry files (_replace after the rename)",
-)
 @pytest.mark.usefixtures("after_calls")
 @pytest.mark.parametrize(("name", "config"), list(cases()))
 def test_filesystem_cache_cut_short_anywhere(name: str, config: str, tmp_path: Any) -> None:
     scenario = FS_SCENARIOS[name]
     made = Cases(str(tmp_path), config)
+    cuts, problems = cut_everywhere(made.make, scenario.run, made.check(scenario))
+    assert cuts > 0
+    assert not problems, "\n".join(problems)
+
+
+@LOCKS_LEFT
+@pytest.mark.usefixtures("after_calls")
+@pytest.mark.parametrize("name", ["set", "inc"])
+def test_filesystem_cache_cut_short_while_waiting_for_another_thread(
+    name: str, tmp_path: Any
+) -> None:
+    scenario = FS_SCENARIOS[name]
+    made = Contended(str(tmp_path), "plain")
     cuts, problems = cut_everywhere(made.make, scenario.run, made.check(scenario))
     assert cuts > 0
     assert not problems, "\n".join(problems)
@@ -330,5 +402,6 @@ def test_the_line_events_reach_fewer_points() -> None:
     lines = {line for _, line in dis.findlinestarts(code)}
     by_lines = [p for p in where(call_cut_at) if int(p.rsplit(":", 1)[1]) in lines]
     by_calls = [p for p in where(call_cut_after_calls) if f"({code.co_name}," in p]
-    assert len(by_lines) == 1  # its start only
-    assert len(by_calls) > 1
+    # the with-block's exit before `return True` is followed by a POP_TOP, on no line of its own
+    assert any("(acquire, POP_TOP)" in p for p in by_calls)
+    assert len(by_calls) > len(by_lines)
