@@ -372,27 +372,12 @@ def cut_each(name: str, kind: str, how: str) -> tuple[int, list[str]]:
     raise AssertionError(f"more than {MOST_CUTS} line events")
 
 
-FLIGHT_LEAK = pytest.mark.xfail(
-    strict=True,
-    reason="_single_flight counts a caller in (flight[1] += 1) inside `with self._flights_lock:` "
-    "and enters its try only after that block: a signal handled as the lock's __exit__ returns "
-    "raises before the try, so the count is never taken back and the flight stays in "
-    "cache._flights for good; and in the finally, one handled as self._flights.get(key) "
-    "returns leaves a flight whose count is 0 (a leak per key)",
-)
-#: the scenarios that take a flight: a miss of get_or_set or memoize, BaseCache.inc
-FLYING = {"get_or_set_miss", "get_or_set_reentrant", "get_or_set_raising", "memoize_miss"}
-FLYING |= {"inc", "dec", "inc_new"}
-
-
 def sync_cases() -> Iterator[Any]:
     for name, (_, _, kinds) in SCENARIOS.items():
         for base in kinds.split():
             for kind in [base, f"{base}-secret"] if base != "null" else [base]:
                 for how in CUTTERS:
-                    leaks = how == "call" and name in FLYING and (name, base) != ("inc", "null")
-                    marks = [FLIGHT_LEAK] if leaks else []
-                    yield pytest.param(name, kind, how, id=f"{name}-{kind}-{how}", marks=marks)
+                    yield pytest.param(name, kind, how, id=f"{name}-{kind}-{how}")
 
 
 @pytest.mark.parametrize(("name", "kind", "how"), list(sync_cases()))
@@ -475,13 +460,6 @@ def check_async(run: AsyncRun, before: int) -> list[str]:
     return problems + next_calls_work(run.cache)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AsyncMemoized._lead stores its flight in self._flights, then calls "
-    "_OPEN_FLIGHTS.get() and .set() before its try: a signal handled as either returns leaves the "
-    "flight stored with its future never resolved, so every task waiting on it (and every later "
-    "call of that key on that loop) waits forever",
-)
 # a cut in memoize's sync part drops the coroutine it made, never awaited
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 @pytest.mark.parametrize("how", list(CUTTERS))

@@ -772,19 +772,26 @@ class BaseCache(ABC):
 
         Re-entrant: a factory that uses its own key again in the same thread must not hang.
         """
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            if flight is None:
-                flight = self._flights[key] = [threading.RLock(), 0]
-            flight[1] += 1
+        # A signal handler may raise as any call here returns (a lock's exit included): the
+        # count goes up inside the try, with no call between it and noting it in ``flight``,
+        # and the finally calls nothing between taking it back and dropping an unused flight.
+        flight: list[Any] | None = None
         try:
+            with self._flights_lock:
+                found = self._flights.get(key)
+                if found is None:
+                    found = self._flights[key] = [threading.RLock(), 0]
+                found[1] += 1
+                flight = found
             with flight[0]:
                 yield
         finally:
-            with self._flights_lock:
-                flight[1] -= 1
-                if flight[1] == 0 and self._flights.get(key) is flight:  # a fork drops flights
-                    del self._flights[key]
+            if flight is not None:
+                with self._flights_lock:
+                    flight[1] -= 1
+                    flights = self._flights  # a fork drops flights: then it is not there
+                    if flight[1] == 0 and key in flights and flights[key] is flight:
+                        del flights[key]
 
     def __repr__(self) -> str:
         return (

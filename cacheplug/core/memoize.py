@@ -371,9 +371,14 @@ class AsyncMemoized(Memoized[P, R]):
         """Call the function for every task of this loop that misses the same key."""
         cache = self.cache
         normalize_timeout(self.timeout, cache.default_timeout)  # raises before the call
-        flight = self._flights[flight_key] = _Flight(flight_key[0].create_future())
-        inside = _OPEN_FLIGHTS.set(_OPEN_FLIGHTS.get() | {flight})
+        flight = _Flight(flight_key[0].create_future())
+        flights = self._flights
+        inside = None
+        # A signal handler may raise as any call returns: the flight is stored inside the try,
+        # and the finally releases its waiters first, with no call before.
         try:
+            flights[flight_key] = flight
+            inside = _OPEN_FLIGHTS.set(_OPEN_FLIGHTS.get() | {flight})
             value = await cast(Any, self.uncached)(*args, **kwargs)
             if value is not None:
                 cache.set(flight_key[1], value, self.timeout)
@@ -382,9 +387,10 @@ class AsyncMemoized(Memoized[P, R]):
             flight.error, flight.traceback = err, err.__traceback__
             raise
         finally:
-            _OPEN_FLIGHTS.reset(inside)
             # cancelled (or otherwise stopped): neither ended nor an error, so a waiter calls again
-            if self._flights.get(flight_key) is flight:
-                del self._flights[flight_key]
+            if flight_key in flights and flights[flight_key] is flight:
+                del flights[flight_key]
             flight.done.set_result(None)
+            if inside is not None:  # else a flight no longer stored stays in the set: harmless
+                _OPEN_FLIGHTS.reset(inside)
         return value
