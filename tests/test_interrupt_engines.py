@@ -399,13 +399,6 @@ def make_redis(server: RedisServer, prefix: str | None) -> Callable[[], Any]:
     return make
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a signal as a pooled connection is taken (cacheplug's get_connection wrapper) or "
-        "given back (its release wrapper) keeps the connection taken for good"
-    ),
-)
 @pytest.mark.parametrize("prefix", PREFIXES, ids=["plain", "prefix"])
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_redis_call_cut_short_anywhere(
@@ -440,13 +433,6 @@ def cut_where(cache: Any, run: Callable[[Any], Any], wanted: Callable[[Point], b
     return outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a connection taken or given back by a call cut short stays taken: after "
-        "max_connections such cuts every call fails (MaxConnectionsError)"
-    ),
-)
 @pytest.mark.parametrize(
     "where",
     [
@@ -528,14 +514,6 @@ def make_memcached(servers: list[MemcachedServer], prefix: str | None) -> tuple[
     return make, *keys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a pooled connection taken (Server.acquire's pop), given back (Server.release) or "
-        "taken by a batch before it is listed (_run_each) is dropped with its socket open "
-        "(ResourceWarning)"
-    ),
-)
 @pytest.mark.parametrize("prefix", PREFIXES, ids=["plain", "prefix"])
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_memcached_call_cut_short_anywhere(
@@ -584,13 +562,6 @@ def recovers(cache: RedisCache) -> list[str]:
     return redis_pools(cache) + next_calls_work(cache)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DeadServer takes its probe lock before its try: a signal as acquire() returns leaves"
-        " it held, and the server is never asked again (ServerDown forever)"
-    ),
-)
 @pytest.mark.parametrize("call", ["get", "inc"])
 def test_redis_probe_cut_short_anywhere_leaves_the_server_usable(
     fresh_redis_server: RedisServer, call: str
@@ -619,13 +590,6 @@ CONNECTS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "pymemcache closes the socket of a failed connect on Exception only: a "
-        "KeyboardInterrupt or a deadline leaves it to the garbage collector"
-    ),
-)
 @pytest.mark.parametrize(("name", "wait"), [("get", 0.2), ("set", 0.2), ("get_many", 0.02)])
 def test_memcached_connect_cut_short_closes_its_socket(
     dropping: list[str],  # noqa: F811 - the fixture imported above

@@ -9,6 +9,7 @@ servers. pymemcache itself is never imported here: the backend passes its
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import select
@@ -28,6 +29,7 @@ __all__ = [
     "TIMEOUTS",
     "Ring",
     "Server",
+    "closing_client",
     "connect_all",
     "idle_and_open",
     "make_servers",
@@ -57,6 +59,55 @@ class _RawSerde:
 
 
 _SERDE = _RawSerde()
+
+
+class _MadeSockets:
+    """A client's socket module during one connect, keeping the sockets it makes."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self.made: list[socket.socket] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def socket(self, *args: Any) -> socket.socket:
+        made: socket.socket = self._module.socket(*args)
+        self.made.append(made)
+        return made
+
+
+@functools.cache
+def closing_client(client_class: type[Any]) -> type[Any]:
+    """``client_class`` (pymemcache's ``Client``) closing its sockets itself when a signal
+    handler's exception (``KeyboardInterrupt``, a deadline) cuts a call short: the socket of a
+    connect it interrupts (pymemcache closes it on an ``Exception`` only), and the socket of a
+    client the call dropped (taken from its pool or given back as the signal came) as the
+    client is freed, never by the socket's own finalizer with a ``ResourceWarning``."""
+
+    class Client(client_class):  # type: ignore[misc]
+        socket_module: Any
+        sock: socket.socket | None
+
+        def _connect(self) -> None:
+            module = self.socket_module
+            sockets = self.socket_module = _MadeSockets(module)
+            try:
+                super()._connect()
+            except BaseException:
+                for made in sockets.made:
+                    if made is not self.sock:
+                        made.close()
+                raise
+            finally:
+                self.socket_module = module
+
+        def __del__(self) -> None:
+            sock = getattr(self, "sock", None)
+            if sock is not None:
+                sock.close()
+
+    return Client
 
 
 class Server:

@@ -332,16 +332,28 @@ def close_when_cut_short(pool: Any) -> None:
 
     def get_connection_noting(*args: Any, **kwargs: Any) -> Any:
         connection = get_connection(*args, **kwargs)
-        handled[id(connection)] = sys.exception()
+        try:
+            handled[id(connection)] = sys.exception()
+        except BaseException:  # a signal handler's: the caller never gets the connection
+            handled.pop(id(connection), None)
+            release(connection)
+            raise
         return connection
 
     def release_closing(connection: Any) -> None:
-        cut = sys.exception()
-        if cut is not handled.pop(id(connection), None) and (
-            not isinstance(cut, Exception | None) or closes_connection(cut)
-        ):
-            connection.disconnect()
-        release(connection)
+        # a signal as this starts keeps the connection taken, as at the start of redis-py's
+        # own release; once started, it gives the connection back whatever is raised
+        try:
+            cut = sys.exception()
+            if cut is not handled.pop(id(connection), None) and (
+                not isinstance(cut, Exception | None) or closes_connection(cut)
+            ):
+                connection.disconnect()
+        except BaseException:
+            connection.disconnect()  # cut short while deciding: never pooled as it is
+            raise
+        finally:
+            release(connection)
 
     release_closing.closes_when_cut_short = True  # type: ignore[attr-defined]
     pool.get_connection = get_connection_noting
@@ -407,11 +419,11 @@ class DeadServer:
         self._attribute = attribute
         self._real = client
         self._until = until
-        self._probing = threading.Lock()
+        self._probing = threading.RLock()  # taken without waiting: one probe at a time
 
     def after_fork_in_child(self) -> None:
         """Drop the probe's lock, which a thread of the parent may have held at the fork."""
-        self._probing = threading.Lock()
+        self._probing = threading.RLock()
 
     @property
     def real(self) -> Any:
@@ -429,22 +441,30 @@ class DeadServer:
 
     def __getattr__(self, name: str) -> Any:
         cache = self._cache
-        if time.monotonic() < self._until or not self._probing.acquire(blocking=False):
-            raise ServerDown(
-                f"Redis at {cache._where} failed less than {cache.dead_timeout:g}s ago; "
-                "not asked again before then"
-            )
+        probing = self._probing
         try:
-            self._real.ping()
-        except cache._outage_errors as err:
-            if not pool_exhausted(err):  # a full pool says the server is busy, not down
-                self._until = time.monotonic() + cache.dead_timeout
+            # in the try: a signal handler raising as acquire() returns would leave it held,
+            # and the server never asked again
+            if time.monotonic() < self._until or not probing.acquire(blocking=False):
                 raise ServerDown(
-                    f"Redis at {cache._where} still fails ({type(err).__name__}: {err}); "
-                    f"asked again in {cache.dead_timeout:g}s"
-                ) from err
-        except Exception:
-            pass  # an answer, such as an ACL refusing PING: the server is up
+                    f"Redis at {cache._where} failed less than {cache.dead_timeout:g}s ago; "
+                    "not asked again before then"
+                )
+            try:
+                self._real.ping()
+            except cache._outage_errors as err:
+                if not pool_exhausted(err):  # a full pool says the server is busy, not down
+                    self._until = time.monotonic() + cache.dead_timeout
+                    raise ServerDown(
+                        f"Redis at {cache._where} still fails ({type(err).__name__}: {err}); "
+                        f"asked again in {cache.dead_timeout:g}s"
+                    ) from err
+            except Exception:
+                pass  # an answer, such as an ACL refusing PING: the server is up
         finally:
-            self._probing.release()
+            # an RLock knows its owner: only this call's acquire() is undone
+            try:  # noqa: SIM105 (a signal as suppress() or _is_owned() returns leaves it held)
+                probing.release()
+            except RuntimeError:  # not taken by this call
+                pass
         return getattr(self.restore(), name)

@@ -50,6 +50,7 @@ from cacheplug.backends._memcached_servers import (
     TIMEOUTS,
     Ring,
     Server,
+    closing_client,
     connect_all,
     idle_and_open,
     make_servers,
@@ -94,7 +95,7 @@ def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], 
             f"MemcachedCache needs the pymemcache driver, which is not installed: {INSTALL_HINT}"
         ) from err
     engine_errors = (OSError, MemcacheError, namespace.TokenDroppedError)
-    return Client, engine_errors, (OSError, MemcacheUnexpectedCloseError)
+    return closing_client(Client), engine_errors, (OSError, MemcacheUnexpectedCloseError)
 
 
 class MemcachedCache(BaseCache):
