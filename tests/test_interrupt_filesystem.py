@@ -206,6 +206,7 @@ class Cases:
         self.made = 0
         self.fds = 0
         self.turn: fs._Turn | None = None
+        self.turn_path = ""
 
     def make(self) -> tuple[Any, FakeClock]:
         self.made += 1
@@ -221,9 +222,22 @@ class Cases:
         if self.config == "full":  # the fillers are the least recently written
             for i in range(ROOM - 4):
                 os.utime(cache._path(f"filler{i}"), (900.0 + i, 900.0 + i))
+        self.turn_path = cache._lock_path
         self.turn = fs._join_turns(cache._lock_path)
         self.fds = open_fds()
         return cache, clock
+
+    def sweep(self, scenario: Scenario) -> tuple[int, list[str]]:
+        """``cut_everywhere`` on these caches; the last one, run whole, leaves no turn behind."""
+        try:
+            return cut_everywhere(self.make, scenario.run, self.check(scenario))
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        if self.turn is not None:
+            fs._leave_turns(self.turn_path, self.turn)
+            self.turn = None
 
     def lock_problems(self, cache: FileSystemCache) -> list[str]:
         turn, path = self.turn, cache._lock_path
@@ -289,14 +303,14 @@ class Contended(Cases):
     def make(self) -> tuple[Any, FakeClock]:
         cache, clock = super().make()
         turn = fs._turns[cache._lock_path]
-        self.done = threading.Event()
+        self.release = threading.Event()
         held = threading.Event()
 
         def hold() -> None:
             with cache._locked():
                 held.set()
                 deadline = time.monotonic() + WAIT
-                while not (self.done.is_set() or turn._waiters or time.monotonic() > deadline):
+                while not (self.release.is_set() or turn._waiters or time.monotonic() > deadline):
                     time.sleep(0.0002)
 
         self.holder = threading.Thread(target=hold, daemon=True)
@@ -308,13 +322,18 @@ class Contended(Cases):
         checks = super().check(scenario)
 
         def check(cache: Any, clock: FakeClock, outcome: CutResult) -> list[str]:
-            self.done.set()
+            self.release.set()
             self.holder.join(WAIT)
             if self.holder.is_alive():
                 return ["the thread holding the lock hung"]
             return checks(cache, clock, outcome)
 
         return check
+
+    def done(self) -> None:
+        self.release.set()
+        self.holder.join(WAIT)
+        super().done()
 
 
 FS_SCENARIOS: dict[str, Scenario] = {
@@ -363,8 +382,7 @@ def cases() -> Iterator[Any]:
 @pytest.mark.parametrize(("name", "config"), list(cases()))
 def test_filesystem_cache_cut_short_anywhere(name: str, config: str, tmp_path: Any) -> None:
     scenario = FS_SCENARIOS[name]
-    made = Cases(str(tmp_path), config)
-    cuts, problems = cut_everywhere(made.make, scenario.run, made.check(scenario))
+    cuts, problems = Cases(str(tmp_path), config).sweep(scenario)
     assert cuts > 0
     assert not problems, "\n".join(problems)
 
@@ -376,8 +394,7 @@ def test_filesystem_cache_cut_short_while_waiting_for_another_thread(
     name: str, tmp_path: Any
 ) -> None:
     scenario = FS_SCENARIOS[name]
-    made = Contended(str(tmp_path), "plain")
-    cuts, problems = cut_everywhere(made.make, scenario.run, made.check(scenario))
+    cuts, problems = Contended(str(tmp_path), "plain").sweep(scenario)
     assert cuts > 0
     assert not problems, "\n".join(problems)
 
