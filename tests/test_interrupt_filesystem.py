@@ -3,7 +3,7 @@
 
 docs/reliability.md promises for "a call cut short": temp file + rename, no torn entry, no
 lock left held. After each cut this file checks that this process's turn at the lock file and
-the ``flock`` are free (another thread, and every tenth cut a forked process, can write), no
+the ``flock`` are free (another thread, and every twentieth cut a forked process, can write), no
 descriptor is left open, the touched entry is its old or its new value and bystanders are
 untouched, the tally in the lock file is never below the entry files, at most one temp file is
 left and a listing takes it once stale, and the next calls answer right.
@@ -56,7 +56,7 @@ from cacheplug import FileSystemCache
 from cacheplug.backends import filesystem as fs
 
 ROOM = 24  # threshold: "full" fills it, so a new key lists the directory and evicts
-PROCESS_EVERY = 10  # every tenth cut, a forked process writes too
+PROCESS_EVERY = 20  # every twentieth cut, a forked process writes too (a fork costs ~50 ms)
 STALE = 601.0  # seconds: older than the temp files a listing takes as a dead writer's
 
 
