@@ -359,23 +359,10 @@ CONFIGS = {
 }
 
 
-LOCK_FREE = {"get", "has", "get_many"}  # reads take no lock
-LOCKS_LEFT = pytest.mark.xfail(
-    strict=True,
-    reason="a cut leaves this process's turn at the lock file held (_Turn.acquire returning, "
-    "or queued; _Turn.release starting), so the other writers of the process wait "
-    "lock_timeout and fail while any thread uses it; the flock held by a descriptor left open "
-    "(_close_lock starting), which fails every writer of every process until this one exits; "
-    "descriptors left open (_hold, _close_lock); the tally rolled back below the entry files "
-    "after the rename (_commit)",
-)
-
-
 def cases() -> Iterator[Any]:
     for config, names in CONFIGS.items():
         for name in names:
-            marks = () if name in LOCK_FREE else (LOCKS_LEFT,)
-            yield pytest.param(name, config, id=f"{name}-{config}", marks=marks)
+            yield pytest.param(name, config, id=f"{name}-{config}")
 
 
 @pytest.mark.usefixtures("after_calls")
@@ -387,7 +374,6 @@ def test_filesystem_cache_cut_short_anywhere(name: str, config: str, tmp_path: A
     assert not problems, "\n".join(problems)
 
 
-@LOCKS_LEFT
 @pytest.mark.usefixtures("after_calls")
 @pytest.mark.parametrize("name", ["set", "inc"])
 def test_filesystem_cache_cut_short_while_waiting_for_another_thread(
@@ -404,9 +390,9 @@ def test_the_line_events_reach_fewer_points() -> None:
     with-block exit in ``_Turn.acquire``, where a signal leaves the turn held."""
 
     def acquire_and_release() -> None:
-        turn = fs._Turn()
-        if turn.acquire(timeout=-1):
-            turn.release()
+        turn, me = fs._Turn(), threading.get_ident()
+        if turn.acquire(-1, me):
+            turn.release(me)
 
     def where(cutter: Callable[[int, Callable[[], Any]], CutResult]) -> list[str]:
         points, n = [], 1

@@ -150,7 +150,7 @@ def test_short_lived_threads_on_an_engine_leave_pools_bounded(
     if engine == "file":
         assert filesystem._turns == {}
         assert isinstance(cache, FileSystemCache)
-        assert cache._lock_fds == set()
+        assert not cache._lock_fds
         assert len(os.listdir(tmp_path)) <= 100 + 1  # the entries and the prefix's lock file
     cache.close()
     assert _sockets() <= sockets
@@ -232,7 +232,7 @@ def test_filesystem_bookkeeping_stays_bounded_under_unique_keys(tmp_path: Path) 
         cache.inc(f"count:{i % 10}")
     assert cache._flights == {}
     assert filesystem._turns == {}
-    assert cache._lock_fds == set()
+    assert not cache._lock_fds
     assert _descriptors() == descriptors
     assert len(os.listdir(tmp_path)) <= 200 + 1  # the entries and the prefix's lock file
     # a prefix used and cleared leaves no file behind (docs/backends.md)

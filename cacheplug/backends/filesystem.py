@@ -147,8 +147,9 @@ class FileSystemCache(BaseCache):
     ) -> None:
         if sys.platform == "win32":
             raise ConfigurationError("FileSystemCache needs POSIX file locks (Linux, macOS, BSD)")
-        # descriptors of lock files held or being locked by this process's threads
-        self._lock_fds: set[int] = set()
+        # descriptors of lock files held or being locked by this process's threads: the ident
+        # of the thread each belongs to
+        self._lock_fds: dict[int, int] = {}
         self._lock_fds_guard = threading.Lock()
         self._listed = 0  # files in the directory at this cache's last listing
         super().__init__(
@@ -511,7 +512,8 @@ class FileSystemCache(BaseCache):
                 try:
                     _replace(tmp, path)
                 except BaseException:
-                    _keep_tally(lock, count, added)
+                    if os.path.lexists(tmp):  # else renamed, and a signal came after it
+                        _keep_tally(lock, count, added)
                     raise
         except BaseException:
             _discard(tmp)
@@ -591,48 +593,61 @@ class FileSystemCache(BaseCache):
         """
         deadline = self._lock_deadline()
         path = self._lock_path
+        me = threading.get_ident()
         # plain calls, no nested context managers: every write pays for this
         turn = _join_turns(path)
         try:
-            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            if not turn.acquire(timeout=wait):
-                raise _lock_timeout_error(path, self._lock_timeout)
+            fd = -1
             try:
-                fd = self._hold(deadline)
-                try:
-                    yield fd
-                finally:
-                    self._close_lock(fd)
+                wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                # inside the try: a signal handler raising as acquire returns leaves it held
+                if not turn.acquire(wait, me):
+                    raise _lock_timeout_error(path, self._lock_timeout)
+                fd = self._hold(deadline, me)
+                yield fd
             finally:
-                turn.release()
+                # each step does nothing once done, so a signal handler raising in one of them
+                # is followed by the rest, once more
+                try:
+                    if fd >= 0:
+                        self._close_lock(fd, me)
+                    turn.release(me)
+                except BaseException:
+                    if fd >= 0:
+                        self._close_lock(fd, me)
+                    turn.release(me)
+                    raise
         finally:
             _leave_turns(path, turn)
 
-    def _hold(self, deadline: float | None) -> int:
+    def _hold(self, deadline: float | None, me: int) -> int:
         """A descriptor of its own holding this prefix's lock file, waited for until
-        ``deadline``."""
+        ``deadline``; ``me``: this thread's ident."""
         while True:
             fd = self._open_lock(deadline)
-            with self._lock_fds_guard:
-                self._lock_fds.add(fd)
             try:
+                with self._lock_fds_guard:
+                    self._lock_fds[fd] = me
                 _flock_by(fd, self._lock_path, deadline, self._lock_timeout)
                 if self._is_current_lock(fd):
                     return fd
             except BaseException:
-                self._close_lock(fd)
+                self._close_lock(fd, me)
                 raise
             # The file was removed or replaced while we waited: a newcomer locks the new one.
-            self._close_lock(fd)
+            self._close_lock(fd, me)
 
-    def _close_lock(self, fd: int) -> None:
+    def _close_lock(self, fd: int, me: int) -> None:
+        # Only while thread ``me`` has it: done again after a signal, fd may be another's now.
         # A child forked since the open may hold a copy of fd, which would keep the flock:
-        # unlock it first. Out of the set before it is closed, or a child forked in between
-        # would close the file another thread opens under the same number.
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        # unlock it first. Out of the map before it is closed, or a child forked in between
+        # would close the file another thread opens under the same number. The del is no
+        # call, so no signal is handled between it and the close: once out, fd is closed.
         with self._lock_fds_guard:
-            self._lock_fds.discard(fd)
-            os.close(fd)
+            if self._lock_fds.get(fd) == me:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                del self._lock_fds[fd]
+                os.close(fd)
 
     def _after_fork_in_child(self) -> None:
         """Close the child's copies of lock files the parent's threads hold.
@@ -645,7 +660,7 @@ class FileSystemCache(BaseCache):
         for fd in self._lock_fds:
             with suppress(OSError):
                 os.close(fd)
-        self._lock_fds = set()
+        self._lock_fds = {}
 
     def _open_lock(self, deadline: float | None) -> int:
         fd = self._open_lock_file(deadline)
@@ -879,41 +894,56 @@ class _Turn:
         self.users = 0  # threads holding or awaiting it, kept by _join_turns/_leave_turns
         self._guard = threading.Lock()
         self._held = False
-        self._waiters: deque[threading.Lock] = deque()
+        self._owner = 0  # the thread holding it (ident), or 0
+        self._waiters: deque[tuple[threading.Lock, int]] = deque()
 
-    def acquire(self, timeout: float) -> bool:
-        """Whether it was acquired within ``timeout`` seconds (-1: as long as it takes)."""
-        with self._guard:
-            if not self._held:
-                self._held = True
-                return True
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._waiters.append(waiter)
+    def acquire(self, timeout: float, me: int) -> bool:
+        """Whether thread ``me`` (the caller) acquired it within ``timeout`` seconds (-1: as
+        long as it takes).
+
+        A signal handler raising in it may leave it held by this thread (as it returns, or as
+        it is handed over): the caller releases it in its ``finally``.
+        """
+        waiter = None
         try:
+            with self._guard:
+                if not self._held:
+                    self._held = True
+                    self._owner = me
+                    return True
+                waiter = threading.Lock()
+                waiter.acquire()
+                self._waiters.append((waiter, me))
             if waiter.acquire(timeout=timeout):
                 return True
-        except BaseException:  # a signal handler raised: pass on a turn handed over meanwhile
-            if not self._withdraw(waiter):
-                self.release()
+        except BaseException:  # a signal handler raised: out of the queue, if still in it
+            if waiter is not None:
+                self._withdraw(waiter, me)
             raise
-        return not self._withdraw(waiter)
+        return not self._withdraw(waiter, me)
 
-    def _withdraw(self, waiter: threading.Lock) -> bool:
+    def _withdraw(self, waiter: threading.Lock, me: int) -> bool:
         """Take ``waiter`` out of the queue; whether it was there (else it was handed the turn)."""
         with self._guard:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            if (waiter, me) in self._waiters:
+                self._waiters.remove((waiter, me))
                 return True
         return False
 
-    def release(self) -> None:
-        """Hand it to the longest waiter, if any."""
+    def release(self, me: int) -> None:
+        """Hand it to the longest waiter, if any, when thread ``me`` holds it (else nothing)."""
         with self._guard:
+            if self._owner != me:
+                return
             if self._waiters:
-                self._waiters.popleft().release()
+                # the new owner first: a signal after the popleft delays that waiter by its
+                # timeout at worst, never gives the turn to two threads
+                waiter, self._owner = self._waiters[0]
+                self._waiters.popleft()
+                waiter.release()
             else:
                 self._held = False
+                self._owner = 0
 
 
 def _flock_by(fd: int, path: str, deadline: float | None, timeout: float | None) -> None:
