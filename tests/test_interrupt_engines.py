@@ -1,10 +1,10 @@
 """Redis and Memcached calls cut short wherever a signal handler's exception can show up
 (session 21, helper E).
 
-``cut_at_instruction`` extends ``test_interrupt_everywhere``'s ``call_cut_at`` from line starts
-to instructions: it raises ``Cut`` (a ``BaseException``, as ``KeyboardInterrupt`` is) at the
-start of a function of cacheplug or right after a call of a C function in one, where CPython
-handles pending signals, under the exception handler the signal would meet. A line start misses
+``cut_at_instruction`` (tests/cutting.py) raises ``Cut`` (a ``BaseException``, as
+``KeyboardInterrupt`` is) at the start of a function of cacheplug, right after a call of a C
+function in one, or at a backward jump's target, where CPython handles pending signals, under
+the exception handler the signal would meet. A line start misses
 ``if not lock.acquire(blocking=False):`` returning True, then the signal, before the ``try`` of
 the next line. Each operation runs on a real ``redis-server`` and two real ``memcached`` servers
 (keys spread over both), with and without a key prefix. After each cut (docs/reliability.md, "a
@@ -19,22 +19,19 @@ a connect that a real signal cuts short inside pymemcache has a test of its own.
 
 from __future__ import annotations
 
-import builtins
-import dis
 import functools
 import gc
-import itertools
 import signal
-import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import CodeType, FrameType
+from types import FrameType
 from typing import Any
 
 import pytest
+from cutting import Cut, CutResult, Point, cut_at_instruction
 from servers import MemcachedServer, RedisServer
 from test_interrupt_everywhere import (
     BYSTANDER,
@@ -42,9 +39,6 @@ from test_interrupt_everywhere import (
     NEW_M,
     OLD,
     OLD_M,
-    PACKAGE_DIR,
-    Cut,
-    CutResult,
     checked_values,
     in_thread,
     next_calls_work,
@@ -127,156 +121,6 @@ OP_NAMES = [op.name for op in operations("k", "m")]
 def prepare(cache: Any, k: str, m: str) -> None:
     for key, value in (("b", BYSTANDER), (k, OLD), (m, OLD_M), ("n", 5)):
         assert cache.set(key, value) is True
-
-
-@functools.cache
-def exception_table(code: CodeType) -> list[Any]:
-    return dis._parse_exception_table(code)  # type: ignore[attr-defined,no-any-return]
-
-
-def handler(code: CodeType, offset: int) -> int:
-    """The offset of the handler of an exception raised at ``offset`` (-1: none)."""
-    return next((e.target for e in exception_table(code) if e.start <= offset < e.end), -1)
-
-
-@functools.cache
-def after_calls(code: CodeType) -> dict[int, int]:
-    """Offset -> the CALL just before it, for each instruction that follows a CALL: where the
-    exception of a signal handler shows up when it runs as a C function returns (CPython checks
-    for pending signals there)."""
-    found: dict[int, int] = {}
-    for call, following in itertools.pairwise(dis.get_instructions(code)):
-        if call.opname == "CALL":
-            found[following.offset] = following.offset - 2  # f_lasti of a CALL in progress
-    return found
-
-
-@functools.cache
-def instructions_at(code: CodeType) -> dict[int, dis.Instruction]:
-    return {instruction.offset: instruction for instruction in dis.get_instructions(code)}
-
-
-def lets_cut_through(frame: FrameType, target: int) -> bool:
-    """Whether the handler at ``target`` has only ``except`` clauses of types that ``Cut`` is
-    not: it reraises a Cut untouched. (A ``finally``, a ``with`` or a bare ``except`` runs
-    code: not.)"""
-    at = instructions_at(frame.f_code)
-    return at[target].opname == "PUSH_EXC_INFO" and _clauses_let_through(frame, target + 2)
-
-
-def _clauses_let_through(frame: FrameType, offset: int) -> bool:
-    """Whether the ``except`` clause at ``offset`` and those after it leave a Cut alone."""
-    at = instructions_at(frame.f_code)
-    if at[offset].opname == "RERAISE":  # past the last clause: the exception goes on
-        return True
-    stack: list[Any] = []
-    for later in sorted(at):
-        if later < offset:
-            continue
-        name, arg = at[later].opname, at[later].argval
-        try:
-            if name == "LOAD_GLOBAL":
-                stack.append(
-                    frame.f_globals[arg] if arg in frame.f_globals else vars(builtins)[arg]
-                )
-            elif name in ("LOAD_FAST", "LOAD_DEREF"):
-                stack.append(frame.f_locals[arg])
-            elif name == "LOAD_ATTR":
-                stack.append(getattr(stack.pop(), arg))
-            elif name == "BUILD_TUPLE":
-                stack[len(stack) - arg :] = [tuple(stack[len(stack) - arg :])]
-            elif name == "CHECK_EXC_MATCH":
-                kinds = stack.pop()
-                kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-                if any(not isinstance(kind, type) or issubclass(Cut, kind) for kind in kinds):
-                    return False
-            elif name == "POP_JUMP_FORWARD_IF_FALSE":  # to the next clause
-                return _clauses_let_through(frame, arg)
-            else:
-                return False
-        except (KeyError, AttributeError):
-            return False
-    return False
-
-
-def effective_handler(frame: FrameType, offset: int) -> int:
-    """Where a Cut raised at ``offset`` is caught, past the handlers that only reraise it."""
-    code = frame.f_code
-    target = handler(code, offset)
-    while target >= 0 and lets_cut_through(frame, target):
-        cleanup = handler(code, target)  # a reraise from the handler goes there first
-        target = handler(code, cleanup) if cleanup >= 0 else -1
-    return target
-
-
-@dataclass
-class Point:
-    """A place in cacheplug where a signal handler's exception can show up."""
-
-    where: str  # file:line
-    function: str
-    start: bool  # the start of the function (a signal check of its RESUME)
-
-
-def cut_at_instruction(n: int, call: Callable[[], Any], census: list[Point] | None = None) -> Any:
-    """Run ``call``, raising ``Cut`` at the ``n``-th reachable instruction of cacheplug: the
-    start of one of its functions, or the instruction after a call of a C function. With
-    ``census``, nothing is cut (``n`` is ignored) and every reachable point goes into it.
-
-    ``call_cut_at`` cuts at line starts only, so it misses a signal that arrives as a C call
-    returns inside a line: ``if not lock.acquire(blocking=False)`` returning True, then the
-    signal, before the ``try`` that releases it on the next line.
-    """
-    seen = 0
-    outcome = CutResult(cut=False)
-    started: set[FrameType] = set()
-    resumed: set[FrameType] = set()  # generators resumed: their RESUME checks for signals too
-    python_calls: dict[FrameType, int] = {}  # frame -> f_lasti of its last call of Python code
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal seen
-        if event != "opcode" or outcome.cut:
-            return local
-        first = frame not in started or frame in resumed
-        started.add(frame)
-        resumed.discard(frame)
-        offset = frame.f_lasti
-        call_at = after_calls(frame.f_code).get(offset, -1)
-        if not first and (
-            call_at < 0
-            or python_calls.get(frame) == call_at
-            # raised here, the Cut must meet the handler it meets raised at the CALL
-            or effective_handler(frame, call_at) != effective_handler(frame, offset)
-        ):
-            return local
-        seen += 1
-        where = f"{frame.f_code.co_filename[len(PACKAGE_DIR) :]}:{frame.f_lineno}"
-        if census is not None:
-            census.append(Point(where, frame.f_code.co_name, first))
-        elif seen == n:
-            outcome.cut, outcome.where = True, where
-            raise Cut
-        return local
-
-    def global_trace(frame: FrameType, event: str, arg: Any) -> Any:
-        caller = frame.f_back
-        if caller is not None and caller in started:
-            python_calls[caller] = caller.f_lasti
-        if outcome.cut or not frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            return None
-        if frame in started:
-            resumed.add(frame)
-        frame.f_trace_opcodes = True
-        return local
-
-    sys.settrace(global_trace)
-    try:
-        outcome.result = call()
-    except Cut:
-        outcome.escaped = True
-    finally:
-        sys.settrace(None)
-    return outcome
 
 
 def sweep(

@@ -1,38 +1,31 @@
-"""Calls cut short at every line of cacheplug they run (session 20, helper I).
+"""SimpleCache calls cut short at every point a signal can reach (session 20, helper I; the
+cutters moved to tests/cutting.py in session 21).
 
-A trace function raises ``Cut`` (a ``BaseException``, as ``KeyboardInterrupt`` or a deadline
-raised from a signal handler is) at the N-th line event in a frame of the cacheplug package,
-for N = 1, 2, ... until the call ends before reaching N. After each cut the test checks what a
-user relies on (docs/reliability.md, "a call cut short"): the cache's locks are free for other
-threads, each touched entry is its old or its new value, whole, the structures agree, no flight
-or lock file is left behind, and the next calls work.
-
-A line event is a superset of where a signal handler can run (it runs at the interpreter's
-checks between bytecodes, e.g. after a call returns), so a cut point here may be one a real
-signal cannot reach; each finding says why it is reachable.
+Each operation is cut at every line start (``call_cut_at``) and at every instruction where
+CPython handles a pending signal (``cut_at_instruction``), on a fresh cache each time. After
+each cut the test checks what a user relies on (docs/reliability.md, "a call cut short"): the
+cache's locks are free for other threads, each touched entry is its old or its new value,
+whole, the structures agree, no flight is left behind, and the next calls work.
 """
 
 from __future__ import annotations
 
-import dis
 import functools
-import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import CodeType, FrameType
 from typing import Any
 
 import pytest
 from conftest import FakeClock
+from cutting import CutResult, call_cut_at, cut_at_instruction
 
-import cacheplug
 from cacheplug import SimpleCache
 
-PACKAGE_DIR = os.path.dirname(cacheplug.__file__) + os.sep
+CUTTERS = {"lines": call_cut_at, "instructions": cut_at_instruction}
+
 WAIT = 60.0  # bound on any wait for another thread: only a hang reaches it
-MOST_CUTS = 2000  # a call with more line events than this is not what this file is for
+MOST_CUTS = 2000  # a call with more cut points than this is not what this file is for
 
 OLD = {"tag": "old", "items": [0, 1]}
 NEW = {"tag": "new", "items": [2, 3, 4]}
@@ -40,96 +33,6 @@ OLD_M = {"tag": "old-m", "items": [5]}
 NEW_M = {"tag": "new-m", "items": [6]}
 BYSTANDER = {"tag": "bystander", "items": [7]}
 MADE = {"tag": "made", "items": [8]}
-
-
-class Cut(BaseException):
-    """What a signal handler raises to cut a call short."""
-
-
-@dataclass
-class CutResult:
-    cut: bool  # the N-th line event came and Cut was raised there
-    where: str = ""  # file:line of that event
-    escaped: bool = False  # Cut reached the caller (False: something swallowed it)
-    result: Any = None
-
-
-# what can follow the CALL a signal cut short before the next line starts, with no effect a
-# cut there would skip that a cut at the CALL would not
-QUIET = frozenset({"POP_TOP", "STORE_FAST", "NOP"})
-
-
-@functools.cache
-def calls_before(code: CodeType) -> dict[int, int]:
-    """Offset -> the CALL just before it, for offsets that follow a CALL: where a signal
-    handler's exception shows up (CPython checks for pending signals when a call of a C
-    function returns, and when a Python function starts), unlike the first instruction of a
-    with-block's exit or of a finally-block copied before a return."""
-    table = dis._parse_exception_table(code)  # type: ignore[attr-defined]
-
-    def handler(offset: int) -> int:
-        # a cut after the CALL is the signal's at the CALL only where the same handler catches it
-        return next((e.target for e in table if e.start <= offset < e.end), -1)
-
-    before: dict[int, int] = {}
-    call = -1  # the offset of the CALL's last code unit (its inline cache), as f_lasti says
-    called = False
-    for instruction in dis.get_instructions(code):
-        if called:
-            call, called = instruction.offset - 2, False
-        if call >= 0 and handler(instruction.offset) == handler(call):
-            before[instruction.offset] = call
-        if instruction.opname == "CALL":
-            called = True
-        elif instruction.opname not in QUIET:
-            call = -1
-    return before
-
-
-def call_cut_at(n: int, call: Callable[[], Any]) -> CutResult:
-    """Run ``call``, raising Cut at its ``n``-th line event inside cacheplug."""
-    seen = 0
-    outcome = CutResult(cut=False)
-
-    started: set[FrameType] = set()
-    # frame -> offset of its last CALL of a Python function: once that returns, no signal
-    # is handled before the next C call, so a cut right after it is out of a signal's reach
-    python_calls: dict[FrameType, int] = {}
-
-    def reachable(frame: FrameType, first: bool) -> bool:
-        call = calls_before(frame.f_code).get(frame.f_lasti, -1)
-        return first or (call >= 0 and python_calls.get(frame) != call)
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal seen
-        if event == "line" and not outcome.cut:
-            first = frame not in started
-            started.add(frame)
-            if not reachable(frame, first):
-                return local
-            seen += 1
-            if seen == n:
-                outcome.cut = True
-                outcome.where = f"{frame.f_code.co_filename[len(PACKAGE_DIR) :]}:{frame.f_lineno}"
-                raise Cut
-        return local
-
-    def global_trace(frame: FrameType, event: str, arg: Any) -> Any:
-        caller = frame.f_back
-        if caller is not None and caller in started:
-            python_calls[caller] = caller.f_lasti
-        if outcome.cut or not frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            return None
-        return local
-
-    sys.settrace(global_trace)
-    try:
-        outcome.result = call()
-    except Cut:
-        outcome.escaped = True
-    finally:
-        sys.settrace(None)
-    return outcome
 
 
 def in_thread(call: Callable[[], Any]) -> tuple[bool, Any]:
@@ -218,12 +121,14 @@ def cut_everywhere(
     make: Callable[[], tuple[Any, FakeClock]],
     run: Callable[[Any], Any],
     check: Callable[[Any, FakeClock, CutResult], list[str]],
+    cutter: Callable[[int, Callable[[], Any]], CutResult] = cut_at_instruction,
 ) -> tuple[int, list[str]]:
-    """Cut ``run`` at every line in turn on a fresh cache each time; (cut points, problems)."""
+    """Cut ``run`` at each point of ``cutter`` in turn on a fresh cache each time; (cut points,
+    problems)."""
     problems: list[str] = []
     for n in range(1, MOST_CUTS + 1):
         cache, clock = make()
-        outcome = call_cut_at(n, functools.partial(run, cache))
+        outcome = cutter(n, functools.partial(run, cache))
         if not outcome.cut:
             return n - 1, problems
         if not outcome.escaped:
@@ -232,7 +137,7 @@ def cut_everywhere(
         close = getattr(cache, "close", None)
         if close is not None:
             close()
-    raise AssertionError(f"more than {MOST_CUTS} line events")
+    raise AssertionError(f"more than {MOST_CUTS} cut points")
 
 
 def checked_values(cache: Any, allowed: dict[str, list[Any]]) -> list[str]:
@@ -346,21 +251,23 @@ def check_simple(
 def simple_cases() -> Iterator[Any]:
     for name in SCENARIOS:
         for config in CONFIGS:
-            yield pytest.param(name, config, id=f"{name}-{config}")
+            for how in CUTTERS:
+                yield pytest.param(name, config, how, id=f"{name}-{config}-{how}")
 
 
-@pytest.mark.parametrize(("name", "config"), list(simple_cases()))
-def test_simple_cache_cut_short_anywhere(name: str, config: str) -> None:
+@pytest.mark.parametrize(("name", "config", "how"), list(simple_cases()))
+def test_simple_cache_cut_short_anywhere(name: str, config: str, how: str) -> None:
     scenario = SCENARIOS[name]
     cuts, problems = cut_everywhere(
-        make_simple(config), scenario.run, check_simple(scenario, config)
+        make_simple(config), scenario.run, check_simple(scenario, config), CUTTERS[how]
     )
     assert cuts > 0
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("how", list(CUTTERS))
 @pytest.mark.parametrize("config", CONFIGS)
-def test_simple_cache_threshold_lowered_and_cut_short_anywhere(config: str) -> None:
+def test_simple_cache_threshold_lowered_and_cut_short_anywhere(config: str, how: str) -> None:
     def check(cache: Any, clock: FakeClock, outcome: CutResult) -> list[str]:
         if not lock_is_free(cache._lock):
             return ["the cache's lock stays held"]
@@ -369,6 +276,6 @@ def test_simple_cache_threshold_lowered_and_cut_short_anywhere(config: str) -> N
     def lower(cache: SimpleCache) -> None:
         cache.threshold = 3
 
-    cuts, problems = cut_everywhere(make_simple(config), lower, check)
+    cuts, problems = cut_everywhere(make_simple(config), lower, check, CUTTERS[how])
     assert cuts > 0
     assert not problems, "\n".join(problems)

@@ -1,5 +1,5 @@
 """FileSystemCache calls cut short at every point a signal handler's exception can show up
-(session 21, helper F), with the machinery of tests/test_interrupt_everywhere.py.
+(session 21, helper F), with the cutters of tests/cutting.py.
 
 docs/reliability.md promises for "a call cut short": temp file + rename, no torn entry, no
 lock left held. After each cut this file checks that this process's turn at the lock file and
@@ -8,43 +8,35 @@ descriptor is left open, the touched entry is its old or its new value and bysta
 untouched, the tally in the lock file is never below the entry files, at most one temp file is
 left and a listing takes it once stale, and the next calls answer right.
 
-The line events of ``call_cut_at`` miss two kinds of point a signal reaches: the return of a
+The line starts of ``call_cut_at`` miss two kinds of point a signal reaches: the return of a
 function right after a with-block's exit (``_Turn.acquire`` returning True), and a call whose
 result is kept under another handler than the next line's (``fd = os.open(...)`` in a
-``try/except OSError``, then ``try/finally: os.close(fd)``). ``call_cut_after_calls`` cuts at
-the instruction after every call of a C function and at each function's start, where CPython
-handles pending signals; the sweep uses it through ``cut_everywhere``.
+``try/except OSError``, then ``try/finally: os.close(fd)``). The sweep cuts with
+``cut_at_instruction``: after every call of a C function, at each function's start and at each
+backward jump's target, where CPython handles pending signals.
 """
 
 from __future__ import annotations
 
 import dis
-import functools
-import itertools
 import linecache
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from types import CodeType, FrameType
 from typing import Any
 
 import pytest
-import test_interrupt_everywhere as everywhere
 from conftest import FakeClock
+from cutting import PACKAGE_DIR, CutResult, call_cut_at, cut_at_instruction
 from test_interrupt_everywhere import (
     MADE,
     NEW,
     OLD,
-    PACKAGE_DIR,
     SCENARIOS,
     WAIT,
-    Cut,
-    CutResult,
     Scenario,
     allowed_of,
-    call_cut_at,
     checked_values,
     cut_everywhere,
     next_calls_work,
@@ -60,77 +52,13 @@ PROCESS_EVERY = 20  # every twentieth cut, a forked process writes too (a fork c
 STALE = 601.0  # seconds: older than the temp files a listing takes as a dead writer's
 
 
-# Marks a cut on a line calling os.open: the descriptor it returned may be on the stack, not
-# yet in a variable, where no Python code can close it. Only blocking signals around each open
-# (two system calls per file) would close that gap, so one descriptor left there is tolerated.
-UNHELD = " [os.open's descriptor unheld]"
-
-
-@functools.cache
-def _after_calls(code: CodeType) -> frozenset[int]:
-    """Offsets of the instructions that follow a CALL or a backward jump as it completes (one
-    that raised goes to a handler instead, with no signal handled on the way)."""
-    instructions = list(dis.get_instructions(code))
-    return frozenset(b.offset for a, b in itertools.pairwise(instructions) if a.opname in _CHECKS)
-
-
-# then CPython handles pending signals (after a yield: as the generator resumes)
-_CHECKS = frozenset({"CALL", "JUMP_BACKWARD", "YIELD_VALUE"})
-
-
-def call_cut_after_calls(n: int, call: Callable[[], Any]) -> CutResult:
-    """Run ``call``, raising Cut at its ``n``-th point inside cacheplug where a signal handler
-    runs: a function's first instruction, the one after a call of a C function (or of a
-    function outside cacheplug, whose last C call may be right before its return), and the
-    one after a backward jump."""
-    seen = 0
-    outcome = CutResult(cut=False)
-    started: set[FrameType] = set()
-    called_ours: set[FrameType] = set()  # frames whose last call ran a cacheplug function
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal seen
-        if event != "opcode" or outcome.cut:
-            return local
-        first = frame not in started
-        started.add(frame)
-        ours = frame in called_ours
-        called_ours.discard(frame)
-        if not first and (ours or frame.f_lasti not in _after_calls(frame.f_code)):
-            return local  # no check here, or a cacheplug callee's own return was the point
-        seen += 1
-        if seen == n:
-            outcome.cut = True
-            name = frame.f_code.co_filename[len(PACKAGE_DIR) :]
-            op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-            outcome.where = f"{name}:{frame.f_lineno} ({frame.f_code.co_name}, {op})"
-            if "os.open(" in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
-                outcome.where += UNHELD
-            raise Cut
-        return local
-
-    def global_trace(frame: FrameType, event: str, arg: Any) -> Any:
-        if outcome.cut or not frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            return None
-        if frame.f_back in started:
-            called_ours.add(frame.f_back)
-        frame.f_trace_opcodes = True
-        return local
-
-    sys.settrace(global_trace)
-    try:
-        outcome.result = call()
-    except Cut:
-        outcome.escaped = True
-    finally:
-        sys.settrace(None)
-    return outcome
-
-
-@pytest.fixture
-def after_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``cut_everywhere`` cuts with ``call_cut_after_calls``."""
-    monkeypatch.setattr(everywhere, "call_cut_at", call_cut_after_calls)
+def unheld(where: str) -> bool:
+    """Whether the cut at ``where`` (file:line ...) came on a line calling ``os.open``: the
+    descriptor it returned may be on the stack, not yet in a variable, where no Python code can
+    close it. Only blocking signals around each open (two system calls per file) would close
+    that gap, so one descriptor left there is tolerated."""
+    path, line = where.split(" ", 1)[0].rsplit(":", 1)
+    return "os.open(" in linecache.getline(PACKAGE_DIR + path, int(line))
 
 
 def open_fds() -> int:
@@ -257,7 +185,7 @@ class Cases:
     def files_problems(self, cache: FileSystemCache, outcome: CutResult) -> list[str]:
         problems = []
         left = open_fds() - self.fds
-        if left > (UNHELD in outcome.where):
+        if left > unheld(outcome.where):
             problems.append(f"{left} descriptor(s) left open")
         count, files = tally(cache), len(entry_files(cache))
         if 0 <= count < files:
@@ -365,7 +293,6 @@ def cases() -> Iterator[Any]:
             yield pytest.param(name, config, id=f"{name}-{config}")
 
 
-@pytest.mark.usefixtures("after_calls")
 @pytest.mark.parametrize(("name", "config"), list(cases()))
 def test_filesystem_cache_cut_short_anywhere(name: str, config: str, tmp_path: Any) -> None:
     scenario = FS_SCENARIOS[name]
@@ -374,7 +301,6 @@ def test_filesystem_cache_cut_short_anywhere(name: str, config: str, tmp_path: A
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.usefixtures("after_calls")
 @pytest.mark.parametrize("name", ["set", "inc"])
 def test_filesystem_cache_cut_short_while_waiting_for_another_thread(
     name: str, tmp_path: Any
@@ -404,7 +330,7 @@ def test_the_line_events_reach_fewer_points() -> None:
     code = fs._Turn.acquire.__code__
     lines = {line for _, line in dis.findlinestarts(code)}
     by_lines = [p for p in where(call_cut_at) if int(p.rsplit(":", 1)[1]) in lines]
-    by_calls = [p for p in where(call_cut_after_calls) if f"({code.co_name}," in p]
+    by_calls = [p for p in where(cut_at_instruction) if f"({code.co_name}," in p]
     # the with-block's exit before `return True` is followed by a POP_TOP, on no line of its own
     assert any("(acquire, POP_TOP)" in p for p in by_calls)
     assert len(by_calls) > len(by_lines)

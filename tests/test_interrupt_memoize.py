@@ -1,102 +1,34 @@
-"""get_or_set, memoize and BaseCache's defaults cut short at every line (session 21, helper M).
+"""get_or_set, memoize and BaseCache's defaults cut short at every point a signal can reach
+(session 21, helper M).
 
-The machinery of tests/test_interrupt_everywhere.py (a trace raising ``Cut`` at the N-th line
-event a signal handler's exception can show up at) applied to the shared layer: get_or_set and
-its single flight, sync and async memoize, invalidate, BaseCache's default inc/dec and batch
-calls over a plugin author's minimal dict backend, NullCache, and SimpleCache signed with a
-secret. After each cut: no flight left behind, the flight locks free, later callers in other
-threads (or tasks) not hung and served by one factory call, the cut call's factory run at most
-once, the counters never negative and agreeing with the lookups made, the next calls right.
+The cutters of tests/cutting.py (a trace raising ``Cut`` at the N-th line start, or the N-th
+instruction where a signal handler's exception can show up) applied to the shared layer:
+get_or_set and its single flight, sync and async memoize, invalidate, BaseCache's default
+inc/dec and batch calls over a plugin author's minimal dict backend, NullCache, and SimpleCache
+signed with a secret. After each cut: no flight left behind, the flight locks free, later
+callers in other threads (or tasks) not hung and served by one factory call, the cut call's
+factory run at most once, the counters never negative and agreeing with the lookups made, the
+next calls right.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dis
 import functools
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import CodeType, FrameType
 from typing import Any
 
 import pytest
-from test_interrupt_everywhere import (
-    MADE,
-    NEW,
-    PACKAGE_DIR,
-    Cut,
-    CutResult,
-    call_cut_at,
-    lock_is_free,
-    next_calls_work,
-)
+from cutting import Cut, CutResult, call_cut_at, cut_at_instruction
+from test_interrupt_everywhere import MADE, NEW, lock_is_free, next_calls_work
 
 from cacheplug import BaseCache, NullCache, SimpleCache
 from cacheplug.core.base import Timeout, check_key
 
 HANG = 10.0  # bound on another thread's or task's call: only a hang reaches it
 MOST_CUTS = 1500
-
-
-@functools.cache
-def after_calls(code: CodeType) -> dict[int, int]:
-    """Offset of the instruction right after each CALL -> that CALL's last code unit (its
-    inline cache), as a caller's f_lasti says while the function it calls runs."""
-    after: dict[int, int] = {}
-    called = False
-    for instruction in dis.get_instructions(code):
-        if called:
-            after[instruction.offset] = instruction.offset - 2
-        called = instruction.opname == "CALL"
-    return after
-
-
-def call_cut_after_call(n: int, call: Callable[[], Any]) -> CutResult:
-    """Run ``call``, raising Cut right after its ``n``-th call of a C function in cacheplug.
-
-    Where a signal handler's exception shows up (CPython checks for pending signals as such a
-    CALL ends), with the CALL's own exception handler: unlike call_cut_at's line events, this
-    reaches a CALL followed by a jump or by a line in another try block, such as the exit of a
-    with-block right before a ``try:``.
-    """
-    seen = 0
-    outcome = CutResult(cut=False)
-    python_calls: dict[FrameType, int] = {}  # frame -> the offset of its last Python call
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal seen
-        if event != "opcode" or outcome.cut:
-            return local
-        call = after_calls(frame.f_code).get(frame.f_lasti, -1)
-        if call < 0 or python_calls.get(frame) == call:
-            return local  # a Python function returned here: no signal check as it does
-        seen += 1
-        if seen == n:
-            outcome.cut = True
-            where = f"{frame.f_code.co_filename[len(PACKAGE_DIR) :]}:{frame.f_lineno}"
-            outcome.where = f"{where}@{frame.f_lasti}"
-            raise Cut
-        return local
-
-    def global_trace(frame: FrameType, event: str, arg: Any) -> Any:
-        caller = frame.f_back
-        if caller is not None and caller.f_trace is local:
-            python_calls[caller] = caller.f_lasti
-        if outcome.cut or not frame.f_code.co_filename.startswith(PACKAGE_DIR):
-            return None
-        frame.f_trace_opcodes = True
-        return local
-
-    sys.settrace(global_trace)
-    try:
-        outcome.result = call()
-    except Cut:
-        outcome.escaped = True
-    finally:
-        sys.settrace(None)
-    return outcome
 
 
 class DictCache(BaseCache):
@@ -348,7 +280,7 @@ def check(name: str, setup: Setup, before: int, outcome: CutResult) -> list[str]
     return problems
 
 
-CUTTERS = {"line": call_cut_at, "call": call_cut_after_call}
+CUTTERS = {"line": call_cut_at, "instruction": cut_at_instruction}
 
 
 def cut_each(name: str, kind: str, how: str) -> tuple[int, list[str]]:
