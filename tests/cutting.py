@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any
 
+import pytest
+
 import cacheplug
 
 PACKAGE_DIR = os.path.dirname(cacheplug.__file__) + os.sep
@@ -254,6 +256,10 @@ def cut_at_instruction(
     """Run ``call``, raising ``Cut`` at the ``n``-th instruction of cacheplug where CPython
     handles a pending signal (see the module's docstring). With ``census``, nothing is cut
     (``n`` is ignored) and every such point goes into it."""
+    if sys.version_info[:2] != (3, 11):
+        # 3.12 sends no opcode events to a frame whose trace turns them on, and the bytecode,
+        # its caches and its jumps differ from 3.12 on: what this reads would be wrong
+        pytest.skip("cut_at_instruction reads CPython 3.11's bytecode")
     seen = 0
     outcome = CutResult(cut=False)
     started: set[FrameType] = set()
