@@ -19,6 +19,7 @@ backward jump's target, where CPython handles pending signals.
 from __future__ import annotations
 
 import dis
+import functools
 import linecache
 import os
 import threading
@@ -334,3 +335,36 @@ def test_the_line_events_reach_fewer_points() -> None:
     # the with-block's exit before `return True` is followed by a POP_TOP, on no line of its own
     assert any("(acquire, POP_TOP)" in p for p in by_calls)
     assert len(by_calls) > len(by_lines)
+
+
+def test_a_turn_handed_over_reaches_its_waiter_whatever_point_the_release_is_cut_at() -> None:
+    """``_locked`` releases the turn again after a cut (each step does nothing once done); the
+    waiter it goes to must then wake, not wait out its timeout (for ever with
+    ``lock_timeout=None``)."""
+    me, problems, n = threading.get_ident(), [], 1
+    while True:
+        turn = fs._Turn()
+        assert turn.acquire(-1, me)
+        got = threading.Event()
+
+        def wait_for_it(turn: fs._Turn = turn, got: threading.Event = got) -> None:
+            other = threading.get_ident()
+            if turn.acquire(WAIT, other):
+                got.set()
+                turn.release(other)
+
+        waiter = threading.Thread(target=wait_for_it, daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + WAIT
+        while not turn._waiters and time.monotonic() < deadline:
+            time.sleep(0.001)
+        outcome = cut_at_instruction(n, functools.partial(turn.release, me))
+        turn.release(me)  # as _locked's finally does after a cut
+        if not got.wait(5.0):
+            problems.append(f"cut at {outcome.where}: the waiter never woke")
+        waiter.join(WAIT)
+        if not outcome.cut:
+            break
+        n += 1
+    assert n > 2
+    assert not problems, "\n".join(problems)

@@ -936,10 +936,10 @@ class _Turn:
             if self._owner != me:
                 return
             if self._waiters:
-                # the new owner first: a signal after the popleft delays that waiter by its
-                # timeout at worst, never gives the turn to two threads
+                # no call before the waiter's release (a del is none): a signal handler's
+                # exception raised in between would leave it waiting out its timeout
                 waiter, self._owner = self._waiters[0]
-                self._waiters.popleft()
+                del self._waiters[0]
                 waiter.release()
             else:
                 self._held = False
