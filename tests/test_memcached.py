@@ -260,7 +260,11 @@ def test_has_does_not_download_the_value(
 
 
 def server_stat(server: MemcachedServer, name: str) -> int:
-    return int(raw_client(server).stats()[name.encode()])
+    client = raw_client(server)
+    try:
+        return int(client.stats()[name.encode()])
+    finally:
+        client.close()
 
 
 class BytesLikeJSON:
