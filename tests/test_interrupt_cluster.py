@@ -5,7 +5,8 @@ The shape of tests/test_interrupt_engines.py (its sweep, its operations, its che
 three-node cluster (the ``redis_cluster`` fixture): the watched keys sit on different nodes, so
 get_many, set_many and delete_many send one pipeline per node (``node_pipelines``), and clear
 asks the cluster for its slots, then flushes or scans every primary. The first call on a fresh
-cache builds the client (``PendingCluster``, under its lock) and is cut at every point too.
+cache builds the client (``PendingCluster``, under its lock) and is cut at every point too, and
+so is the reset of a forked child (an at-fork hook renewing the locks a parent thread held).
 
 After each cut (docs/reliability.md, "a call cut short"): the cut reached the caller, no
 connection is left taken from a node's pool (``max_connections`` is small: a leak soon makes
@@ -17,13 +18,21 @@ thread answer right.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
+import os
 import random
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cutting import Point
+from conftest import FORKS_BESIDE_A_THREAD
+from cutting import Point, cut_at_instruction
 from servers import RedisCluster
+from test_cluster_fork import LOCKS as FORK_LOCKS
 from test_interrupt_engines import (
     NEW,
     NEW_M,
@@ -100,6 +109,16 @@ def leaking(name: str, prefix: str | None = None) -> list[pytest.MarkDecorator]:
     return [pytest.mark.xfail(strict=True, reason=LEAKS)] if batch else []
 
 
+# the functions of a cluster cache's reset in a forked child (a node pool's, run for each node,
+# is sampled)
+RESETS = frozenset({"_reset_locks_in_child", "_after_fork_in_child", "after_fork_in_child"})
+POOL_RESET = "pool_after_fork_in_child"
+RESET_CUT = (
+    "finding (fixed by /tmp/s21/cluster-fixes.patch): a signal handler's exception in the "
+    "child's at-fork reset (CPython prints it, the child goes on) ends the reset of every "
+    "cache: the locks not yet renewed stay held by a parent thread the child lacks, and the "
+    "child's next call needing one hangs"
+)
 OP_NAMES = [op.name for op in operations("k", "m")]
 
 
@@ -257,3 +276,114 @@ def test_cluster_batches_cut_short_leave_the_node_pools_usable(
     assert cache.get_many(k, m) == [NEW, NEW_M]
     assert cache.set(m, 1) is True
     cache.close()
+
+
+# -- the reset in a forked child cut short ---------------------------------------------------
+
+CHILD_WAIT = 10.0  # seconds a child has for its checks before it reports a hang
+
+
+def held_locks(cache: RedisCache) -> dict[str, Any]:
+    """The locks the child's reset renews: those of the cluster client (test_cluster_fork's
+    LOCKS) and of each node's pool."""
+    client = cache._client
+    found = {name: lock_of(client) for name, lock_of in FORK_LOCKS.items()}
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            found[f"the pool of {node.name}"] = node.redis_connection.connection_pool._lock
+    return found
+
+
+def fork_cut(cache: RedisCache, n: int) -> dict[str, Any]:
+    """Fork while another thread holds every lock of ``held_locks``, the child's reset cut at
+    its ``n``-th point (0: none, the child reports the points instead); what the child saw."""
+    locks = held_locks(cache)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with contextlib.ExitStack() as stack:
+            for lock in locks.values():
+                stack.enter_context(lock)
+            holding.set()
+            release.wait(CHILD_WAIT)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(CHILD_WAIT)
+    read, write = os.pipe()
+    points: list[Point] = []
+    gc.collect()  # no finalizer runs (and is cut) in the child
+    outcome = cut_at_instruction(n, os.fork, points if n == 0 else None)
+    if outcome.result == 0:  # pragma: no cover (the child process)
+        report: dict[str, Any] = {"cut": outcome.cut, "problems": []}
+        try:
+            signal.setitimer(signal.ITIMER_REAL, CHILD_WAIT)  # a hang ends the child
+            report["points"] = [(p.where, p.function, p.start) for p in points]
+            if n:
+                report["problems"] = child_problems(cache, locks)
+        finally:
+            os.write(write, json.dumps(report).encode())
+            os._exit(0)
+    os.close(write)
+    release.set()
+    holder.join(CHILD_WAIT)
+    _, status = os.waitpid(outcome.result, 0)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    if not text:
+        return {"cut": True, "problems": [f"the child hung (status {status})"], "points": []}
+    found: dict[str, Any] = json.loads(text)
+    return found
+
+
+def child_problems(cache: RedisCache, locks: dict[str, Any]) -> list[str]:
+    """In the child: the locks renewed (the old ones stay held by a thread the child lacks),
+    and the next calls right."""
+    problems = [
+        f"{name} is the parent's, held"
+        for name, lock in held_locks(cache).items()
+        if lock is locks.get(name) and not free_in_child(lock)
+    ]
+    if problems:
+        return problems
+    if cache.set("k", NEW) is not True or cache.get_many("k", "x") != [NEW, None]:
+        problems.append("set/get_many went wrong")
+    if cache.clear() is not True or cache.get("k") is not None:
+        problems.append("clear went wrong")
+    return problems
+
+
+def free_in_child(lock: Any) -> bool:
+    if not lock.acquire(blocking=False):
+        return False
+    lock.release()
+    return True
+
+
+def reset_cut(where: str, function: str, start: bool) -> bool:
+    """A point of the reset cut every time: the hook's own start is out of reach (CPython
+    calls it; nothing there can catch what a signal raises), as the pool release's start."""
+    return function in RESETS and not (function == "_reset_locks_in_child" and start)
+
+
+@FORKS_BESIDE_A_THREAD
+@pytest.mark.xfail(strict=True, reason=RESET_CUT)
+def test_cluster_reset_in_a_forked_child_cut_short_anywhere(redis_cluster: RedisCluster) -> None:
+    """A signal handler's exception in the child's reset (an at-fork hook: CPython prints it
+    and goes on) while a parent thread held the cluster's locks at the fork: the child still
+    answers, every lock renewed."""
+    make, _, _ = make_cluster(redis_cluster, None)
+    cache = make()
+    census = fork_cut(cache, 0)["points"]
+    assert census
+    wanted = [i + 1 for i, point in enumerate(census) if reset_cut(*point)]
+    pools = [i + 1 for i, (_, function, _) in enumerate(census) if function == POOL_RESET]
+    wanted = sorted(wanted + pools[:: max(1, len(pools) // SAMPLE)])
+    problems = []
+    for n in wanted:
+        seen = fork_cut(cache, n)
+        problems += [f"cut at {census[n - 1][0]} (#{n}): {p}" for p in seen["problems"]]
+        if not seen["cut"]:
+            problems.append(f"#{n}: the child took another path than in the census")
+    cache.close()
+    assert not problems, "\n".join(problems)
