@@ -65,7 +65,7 @@ CLUSTER_HANDLING = [
     cluster._cluster_client,
     cluster.refresh,
     cluster.PendingCluster.__getattr__,
-    *([cluster._give_back] if hasattr(cluster, "_give_back") else []),  # the fix's
+    cluster._give_back,
 ]
 
 
@@ -80,12 +80,6 @@ HANDLING_LINES = frozenset(
 )
 SAMPLE = 6  # points cut per operation outside those
 SEED = 21  # of the random node redis-py asks for the slots: each cut takes the census's path
-LEAKS = (
-    "finding (fixed by /tmp/s21/cluster-fixes.patch): node_pipelines gives the nodes' "
-    "connections back in a loop a signal handler's exception ends (the others stay taken), "
-    "and lists a connection only once its commands are sent (a cut before keeps it taken); "
-    f"after {POOL} such cuts every call to that node fails: its pool is full"
-)
 
 
 def handling(point: Point) -> bool:
@@ -103,22 +97,10 @@ def chosen(points: list[Point]) -> list[int]:
     return sorted(kept + others[step // 2 :: step][:SAMPLE])
 
 
-def leaking(name: str, prefix: str | None = None) -> list[pytest.MarkDecorator]:
-    """The strict xfail of the cases that cut a pipeline per node short."""
-    batch = name in {"get_many", "set_many", "delete_many"} or (name == "clear" and prefix)
-    return [pytest.mark.xfail(strict=True, reason=LEAKS)] if batch else []
-
-
 # the functions of a cluster cache's reset in a forked child (a node pool's, run for each node,
 # is sampled)
 RESETS = frozenset({"_reset_locks_in_child", "_after_fork_in_child", "after_fork_in_child"})
 POOL_RESET = "pool_after_fork_in_child"
-RESET_CUT = (
-    "finding (fixed by /tmp/s21/cluster-fixes.patch): a signal handler's exception in the "
-    "child's at-fork reset (CPython prints it, the child goes on) ends the reset of every "
-    "cache: the locks not yet renewed stay held by a parent thread the child lacks, and the "
-    "child's next call needing one hangs"
-)
 OP_NAMES = [op.name for op in operations("k", "m")]
 
 
@@ -201,7 +183,6 @@ def cases(names: list[str], prefixes: list[str | None]) -> list[Any]:
             name,
             prefix,
             id=f"{name}-{'prefix' if prefix else 'plain'}",
-            marks=leaking(name, prefix),
         )
         for name in names
         for prefix in prefixes
@@ -253,13 +234,11 @@ def giving_back(point: Point) -> bool:
             lambda c, k, m: c.set_many({k: NEW, m: NEW_M}),
             listing_commands,
             id="sending",
-            marks=pytest.mark.xfail(strict=True, reason=LEAKS),
         ),
         pytest.param(
             lambda c, k, m: c.get_many(k, m),
             giving_back,
             id="giving-back",
-            marks=pytest.mark.xfail(strict=True, reason=LEAKS),
         ),
     ],
 )
@@ -367,7 +346,6 @@ def reset_cut(where: str, function: str, start: bool) -> bool:
 
 
 @FORKS_BESIDE_A_THREAD
-@pytest.mark.xfail(strict=True, reason=RESET_CUT)
 def test_cluster_reset_in_a_forked_child_cut_short_anywhere(redis_cluster: RedisCluster) -> None:
     """A signal handler's exception in the child's reset (an at-fork hook: CPython prints it
     and goes on) while a parent thread held the cluster's locks at the fork: the child still

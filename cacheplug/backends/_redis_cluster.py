@@ -218,31 +218,36 @@ def node_pipelines(
         node = client.get_node_from_key(command[1])
         groups.setdefault(node.name, (node, []))[1].append(index)
     results: list[Any] = [None] * len(commands)
+    taken: list[tuple[Any, Any]] = []  # (node's client, connection) until given back
     sent: list[tuple[Any, Any, list[int]]] = []
+    read: list[Any] = []  # the connections whose replies were all read
     lost: Exception | None = None  # a connection failed: a node may have gone
-    read = 0
     try:
         for node, indexes in groups.values():
             server = client.get_redis_connection(node)
-            conn = None
             try:
                 conn = server.connection_pool.get_connection()
+            except failures as err:
+                lost = _fail(results, indexes, err)
+                continue
+            # listed before any other call: a signal handler's exception finds it in the finally
+            taken.append((server, conn))
+            try:
                 conn.send_packed_command(conn.pack_commands([commands[i] for i in indexes]))
             except failures as err:
                 lost = _fail(results, indexes, err)
-                if conn is not None:
-                    conn.disconnect()
-                    server.connection_pool.release(conn)
+                conn.disconnect()
             else:
                 sent.append((server, conn, indexes))
         for server, conn, indexes in sent:
             lost = _read(server, conn, commands, indexes, results, failures=failures) or lost
-            read += 1
+            read.append(conn)
     finally:
-        for position, (server, conn, _) in enumerate(sent):
-            if position >= read:  # replies left unread: the connection is unusable
-                conn.disconnect()
-            server.connection_pool.release(conn)
+        try:
+            _give_back(taken, read)
+        except BaseException:  # a signal handler's: the connections not yet given back too
+            _give_back(taken, read)
+            raise
     # replies telling the client to ask another node (the slot moved or is moving)
     redirects = (exceptions.AskError, exceptions.TryAgainError, exceptions.ClusterDownError)
     down = False  # a command re-sent met CLUSTERDOWN again: the cluster is down, not moving
@@ -260,6 +265,19 @@ def node_pipelines(
         with contextlib.suppress(*failures):
             client.nodes_manager.initialize()  # a failover may have moved its slots
     return results
+
+
+def _give_back(taken: list[tuple[Any, Any]], read: list[Any]) -> None:
+    """Give each connection of ``taken`` back to its node's pool, closed unless its replies
+    were all ``read`` (an unread reply would be the next command's). Each leaves ``taken`` as
+    it is given back: run again after a signal handler's exception, this gives back the rest,
+    none twice (once back, another thread may hold it)."""
+    while taken:
+        server, conn = taken[-1]
+        if conn not in read:
+            conn.disconnect()
+        del taken[-1]  # no call before the release starts: no signal lands in between
+        server.connection_pool.release(conn)
 
 
 def _read(

@@ -235,8 +235,18 @@ def _reset_locks_in_child() -> None:
     parent stays held forever there (the logging module does the same for its handlers).
 
     A cache whose reset fails is logged and the others are still reset: one failure must
-    not leave every later cache with locks no thread of the child will ever release.
+    not leave every later cache with locks no thread of the child will ever release. A signal
+    handler's exception (CPython prints it and goes on with the child) lands in a reset that
+    runs once more: each step does again what it did, in a child of one thread.
     """
+    try:
+        _reset_each_in_child()
+    except BaseException:
+        _reset_each_in_child()
+        raise
+
+
+def _reset_each_in_child() -> None:
     for cache in list(_live_caches.values()):
         try:
             cache._after_fork_in_child()
