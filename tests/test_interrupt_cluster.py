@@ -306,9 +306,9 @@ def fork_cut(cache: RedisCache, n: int) -> dict[str, Any]:
     os.close(write)
     release.set()
     holder.join(CHILD_WAIT)
-    _, status = os.waitpid(outcome.result, 0)
-    with os.fdopen(read) as pipe:
+    with os.fdopen(read) as pipe:  # read first: a report beyond the pipe's 64 KiB waits for it
         text = pipe.read()
+    _, status = os.waitpid(outcome.result, 0)
     if not text:
         return {"cut": True, "problems": [f"the child hung (status {status})"], "points": []}
     found: dict[str, Any] = json.loads(text)
@@ -339,6 +339,10 @@ def free_in_child(lock: Any) -> bool:
     return True
 
 
+REDIS_FILES = ("backends/redis.py", "backends/_redis")
+OTHERS_SAMPLE = 40  # points of the other caches' resets cut
+
+
 def reset_cut(where: str, function: str, start: bool) -> bool:
     """A point of the reset cut every time: the hook's own start is out of reach (CPython
     calls it; nothing there can catch what a signal raises), as the pool release's start."""
@@ -355,6 +359,11 @@ def test_cluster_reset_in_a_forked_child_cut_short_anywhere(redis_cluster: Redis
     census = fork_cut(cache, 0)["points"]
     assert census
     wanted = [i + 1 for i, point in enumerate(census) if reset_cut(*point)]
+    # the reset runs over every live cache, and earlier tests leave some: every point in
+    # Redis's code, a sample of the others
+    others = [n for n in wanted if not census[n - 1][0].startswith(REDIS_FILES)]
+    wanted = [n for n in wanted if census[n - 1][0].startswith(REDIS_FILES)]
+    wanted += others[:: max(1, len(others) // OTHERS_SAMPLE)]
     pools = [i + 1 for i, (_, function, _) in enumerate(census) if function == POOL_RESET]
     wanted = sorted(wanted + pools[:: max(1, len(pools) // SAMPLE)])
     problems = []

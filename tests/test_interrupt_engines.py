@@ -269,6 +269,7 @@ def but_release_entry(points: list[Point]) -> list[int]:
 
 def cut_where(cache: Any, run: Callable[[Any], Any], wanted: Callable[[Point], bool]) -> CutResult:
     """``run`` on ``cache`` cut at the first point that is ``wanted``."""
+    run(cache)  # a connection in the pool: the census's call then connects no more than the cut one
     census: list[Point] = []
     cut_at_instruction(0, functools.partial(run, cache), census)
     n = next(i for i, point in enumerate(census) if wanted(point)) + 1

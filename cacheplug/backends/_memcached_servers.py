@@ -72,8 +72,17 @@ class _MadeSockets:
         return getattr(self._module, name)
 
     def socket(self, *args: Any) -> socket.socket:
-        made: socket.socket = self._module.socket(*args)
+        kind: Any = self._module.socket
+        is_class = isinstance(kind, type)  # a bool: kind stays Any for __new__ and __init__
+        if not is_class:
+            made: socket.socket = kind(*args)
+            self.made.append(made)
+            return made
+        # noted before its descriptor is opened: a signal handler's exception as the socket's
+        # C part returns (socket.__init__ checks for signals there) would leave it unclosed
+        made = kind.__new__(kind, *args)
         self.made.append(made)
+        kind.__init__(made, *args)
         return made
 
 
@@ -97,7 +106,9 @@ def closing_client(client_class: type[Any]) -> type[Any]:
             except BaseException:
                 for made in sockets.made:
                     if made is not self.sock:
-                        made.close()
+                        # the C close: one cut short in its __init__ lacks what close() reads
+                        close = socket.SocketType.close
+                        (close if isinstance(made, socket.SocketType) else type(made).close)(made)
                 raise
             finally:
                 self.socket_module = module

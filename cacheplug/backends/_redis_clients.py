@@ -36,6 +36,7 @@ __all__ = [
     "close_when_cut_short",
     "closes_connection",
     "driver_keywords",
+    "int_free_packer",
     "options_from_url",
     "pool_after_fork_in_child",
     "pool_exhausted",
@@ -327,14 +328,29 @@ def close_when_cut_short(pool: Any) -> None:
     release = pool.release
     if getattr(release, "closes_when_cut_short", False):
         return
+    kwargs = getattr(pool, "connection_kwargs", None)
+    packer = int_free_packer()
+    if packer is not None and isinstance(kwargs, dict) and "command_packer" not in kwargs:
+        kwargs["command_packer"] = packer
     get_connection = pool.get_connection
     handled: dict[int, BaseException | None] = {}  # by id of a connection in use
+    taking: set[int] = set()  # threads inside redis-py's get_connection
 
     def get_connection_noting(*args: Any, **kwargs: Any) -> Any:
-        connection = get_connection(*args, **kwargs)
+        me = threading.get_ident()
+        taking.add(me)
+        try:
+            connection = get_connection(*args, **kwargs)
+        except BaseException as err:
+            taking.discard(me)
+            if not isinstance(err, Exception):  # a signal handler's, inside redis-py
+                reclaim(pool, handled, taking)
+            raise
         try:
             handled[id(connection)] = sys.exception()
+            taking.discard(me)
         except BaseException:  # a signal handler's: the caller never gets the connection
+            taking.discard(me)
             handled.pop(id(connection), None)
             release(connection)
             raise
@@ -358,6 +374,52 @@ def close_when_cut_short(pool: Any) -> None:
     release_closing.closes_when_cut_short = True  # type: ignore[attr-defined]
     pool.get_connection = get_connection_noting
     pool.release = release_closing
+
+
+def reclaim(pool: Any, handled: Mapping[int, Any], taking: set[int]) -> None:
+    """Undo what a signal handler's exception inside redis-py's ``get_connection`` left:
+    a connection in the pool's in-use set that no caller got (disconnected and dropped), a
+    connection counted as made that the pool no longer holds (taken off its count).
+
+    Only while no other thread is inside ``get_connection``: its connection, on its way to
+    its caller, would look the same. Else the next cut there does it.
+    """
+    in_use = getattr(pool, "_in_use_connections", None)
+    idle = getattr(pool, "_available_connections", None)
+    if not isinstance(in_use, set) or not isinstance(idle, list):
+        return  # another kind of pool (BlockingConnectionPool): left as redis-py leaves it
+    with pool._lock:
+        if taking:
+            return
+        for connection in [c for c in in_use if id(c) not in handled]:
+            in_use.discard(connection)
+            connection.disconnect()
+        pool._created_connections = len(idle) + len(in_use)
+
+
+@functools.cache
+def int_free_packer() -> Any:
+    """redis-py's hiredis command packer, handed ints and floats as text; None without
+    hiredis.
+
+    hiredis packs an int (or a float) through its ``repr``, which runs pending signal handlers
+    (CPython checks for signals while it converts an int to text); when one raises, hiredis
+    goes on with the NULL it got and the process dies (SIGSEGV). Every connect sends an int
+    (``HELLO 3``), and so do ``add``, ``inc`` and ``set_many`` with their expiries.
+    """
+    from redis.connection import HiredisRespSerializer
+    from redis.utils import HIREDIS_AVAILABLE
+
+    if not HIREDIS_AVAILABLE:
+        return None
+
+    class IntFreePacker(HiredisRespSerializer):
+        def pack(self, *args: Any) -> Any:
+            # str() raises a signal handler's exception as Python code does
+            texts: Any = [str(arg) if type(arg) in (int, float) else arg for arg in args]
+            return super().pack(*texts)
+
+    return IntFreePacker()
 
 
 def pool_after_fork_in_child(pool: Any) -> None:

@@ -177,6 +177,8 @@ def direct_ok(client: Any) -> bool:
 
     import redis
 
+    from cacheplug.backends._redis_clients import int_free_packer
+
     if type(client) is not redis.Redis or client.connection is not None:
         return False
     pool: Any = client.connection_pool  # a user may have built it from anything
@@ -189,6 +191,7 @@ def direct_ok(client: Any) -> bool:
     kwargs = pool.connection_kwargs
     return (
         getattr(pool, "cache", None) is None
-        and kwargs.get("command_packer") is None  # the user's packer writes every command
+        # the user's packer writes every command
+        and kwargs.get("command_packer") in (None, int_free_packer())
         and codecs.lookup(kwargs.get("encoding", "utf-8")).name == "utf-8"
     )

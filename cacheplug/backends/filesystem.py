@@ -793,14 +793,21 @@ class FileSystemCache(BaseCache):
     def _entry_names(self) -> list[str]:
         names: list[str] = []
         listed = 0
-        with os.scandir(self.cache_dir) as listing:
-            for item in listing:
+        # held by the list as scandir returns, no Python code in between: a signal handler
+        # raising as it returns would leave it to the garbage collector, unclosed
+        held: list[Any] = []
+        try:
+            held.extend(map(os.scandir, (self.cache_dir,)))
+            for item in held[0]:
                 listed += 1
                 name = item.name
                 if name.startswith(self._ns_head) and self._entry_name.fullmatch(name):
                     names.append(name)
                 elif self._temp_name.fullmatch(name) and self._is_stale_temp(name, item.path):
                     _discard(item.path)
+        finally:
+            for listing in held:
+                listing.close()
         self._listed = listed
         return names
 

@@ -796,12 +796,21 @@ class BaseCache(ABC):
             with flight[0]:
                 yield
         finally:
-            if flight is not None:
-                with self._flights_lock:
-                    flight[1] -= 1
-                    flights = self._flights  # a fork drops flights: then it is not there
-                    if flight[1] == 0 and key in flights and flights[key] is flight:
-                        del flights[key]
+            # A signal handler may also raise while this waits for the flights' lock (another
+            # thread holds it): then it waits again, and raises that exception once counted out.
+            cut: BaseException | None = None
+            while flight is not None:
+                try:
+                    with self._flights_lock:
+                        flight[1] -= 1
+                        flights = self._flights  # a fork drops flights: then it is not there
+                        if flight[1] == 0 and key in flights and flights[key] is flight:
+                            del flights[key]
+                        flight = None
+                except BaseException as err:  # raised below, once counted out
+                    cut = err
+            if cut is not None:
+                raise cut
 
     def __repr__(self) -> str:
         return (
