@@ -236,11 +236,13 @@ class Contended(Cases):
         held = threading.Event()
 
         def hold() -> None:
-            with cache._locked():
-                held.set()
-                deadline = time.monotonic() + WAIT
-                while not (self.release.is_set() or turn._waiters or time.monotonic() > deadline):
-                    time.sleep(0.0002)
+            locked = cache._locked()
+            next(locked)
+            held.set()
+            deadline = time.monotonic() + WAIT
+            while not (self.release.is_set() or turn._waiters or time.monotonic() > deadline):
+                time.sleep(0.0002)
+            next(locked, None)
 
         self.holder = threading.Thread(target=hold, daemon=True)
         self.holder.start()

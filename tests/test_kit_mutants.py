@@ -175,7 +175,9 @@ class VaultCache(BaseCache):
         check_delta(delta)
         if self._failed("inc"):
             return None
-        with self._single_flight(key):  # one process, one vault: this lock makes it atomic
+        flight = self._single_flight(key)  # one process, one vault: this lock makes it atomic
+        try:
+            next(flight)
             row = self._row(key)
             if row is None:
                 value, deadline = delta, self._deadline(None)
@@ -183,6 +185,8 @@ class VaultCache(BaseCache):
                 value = checked_counter(key, self._decode_or_miss(key, row[0])) + delta
                 deadline = row[1]
             self._write(key, self._encode(value, key), deadline)
+        finally:
+            next(flight, None)
         return value
 
     def close(self) -> None:

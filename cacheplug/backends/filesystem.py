@@ -18,9 +18,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, Self, TypeVar
 
 from cacheplug.core.base import (
     BaseCache,
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["FileSystemCache"]
 
 HashMethod = Callable[[bytes], Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 # Every entry file starts with magic + absolute expiry (0.0 = never), then the payload.
 _HEADER = struct.Struct("<4sd")
@@ -286,8 +289,7 @@ class FileSystemCache(BaseCache):
         """Store (or, born expired, remove) one entry; False on a file-system error."""
         try:
             if expires is None:
-                with self._locked() as lock:
-                    self._remove(lock, path)
+                _holding(self._locked(), self._remove, path)
                 self._sets += 1  # born expired: a write, as on every backend
             else:
                 self._store(path, expires, payload)
@@ -299,16 +301,18 @@ class FileSystemCache(BaseCache):
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         path, expires, payload = self._prepare(key, value, timeout)
         try:
-            with self._locked() as lock:
-                if self._is_live(path):
-                    return False
-                if expires is not None:
-                    self._store(path, expires, payload, lock)
-                else:
-                    self._sets += 1  # born expired: a write, as on every backend
+            return _holding(self._locked(), self._add_locked, path, expires, payload)
         except OSError as err:
             self._backend_error("add", err)
             return False
+
+    def _add_locked(self, lock: int, path: str, expires: float | None, payload: bytes) -> bool:
+        if self._is_live(path):
+            return False
+        if expires is not None:
+            self._store(path, expires, payload, lock)
+        else:
+            self._sets += 1  # born expired: a write, as on every backend
         return True
 
     def delete(self, key: str, mgmt_element: bool = False) -> bool:
@@ -316,14 +320,16 @@ class FileSystemCache(BaseCache):
         check_key(key)
         path = self._path(key)
         try:
-            with self._locked() as lock:
-                live = self._is_live(path)
-                deleted = self._remove(lock, path) and live
+            deleted = _holding(self._locked(), self._delete_locked, path)
         except OSError as err:
             self._backend_error("delete", err)
             return False
         self._deletes += deleted  # an expired entry's file goes too, but it no longer existed
         return deleted
+
+    def _delete_locked(self, lock: int, path: str) -> bool:
+        live = self._is_live(path)
+        return self._remove(lock, path) and live
 
     def has(self, key: str) -> bool:
         check_key(key)
@@ -331,17 +337,19 @@ class FileSystemCache(BaseCache):
 
     def clear(self) -> bool:
         try:
-            with self._locked() as lock:
-                ok = self._unlink_own_files()
-                # Unlinked by its holder, the lock file breaks no lock (waiters on it retry, see
-                # _locked), and a prefix used once (`cacheplug check`) leaves nothing behind.
-                try:
-                    os.unlink(self._lock_path)
-                except OSError:
-                    _write_tally(lock, -1, 0)
+            return _holding(self._locked(), self._clear_locked)
         except OSError as err:
             self._backend_error("clear", err)
             return False
+
+    def _clear_locked(self, lock: int) -> bool:
+        ok = self._unlink_own_files()
+        # Unlinked by its holder, the lock file breaks no lock (waiters on it retry, see
+        # _locked), and a prefix used once (`cacheplug check`) leaves nothing behind.
+        try:
+            os.unlink(self._lock_path)
+        except OSError:
+            _write_tally(lock, -1, 0)
         return ok
 
     def inc(self, key: str, delta: int = 1) -> int | None:
@@ -349,25 +357,27 @@ class FileSystemCache(BaseCache):
         check_delta(delta)
         path = self._path(key)
         try:
-            with self._locked() as lock:
-                entry = self._read(path, header_only=False)
-                if entry is None or self._expired(entry[0]):
-                    value = delta
-                    expires = self._expiry(None)
-                    assert expires is not None  # default_timeout is never negative
-                else:
-                    expires = entry[0]
-                    try:
-                        current = self._decode(entry[1], key)
-                    except SerializationError as err:
-                        raise TypeError(
-                            f"cannot increment {key!r}: its stored value is unreadable"
-                        ) from err
-                    value = checked_counter(key, current) + delta
-                self._store(path, expires, self._encode_count(key, value), lock)
+            return _holding(self._locked(), self._inc_locked, key, path, delta)
         except OSError as err:
             self._backend_error("inc", err)
             return None
+
+    def _inc_locked(self, lock: int, key: str, path: str, delta: int) -> int:
+        entry = self._read(path, header_only=False)
+        if entry is None or self._expired(entry[0]):
+            value = delta
+            expires = self._expiry(None)
+            assert expires is not None  # default_timeout is never negative
+        else:
+            expires = entry[0]
+            try:
+                current = self._decode(entry[1], key)
+            except SerializationError as err:
+                raise TypeError(
+                    f"cannot increment {key!r}: its stored value is unreadable"
+                ) from err
+            value = checked_counter(key, current) + delta
+        self._store(path, expires, self._encode_count(key, value), lock)
         return value
 
     def __repr__(self) -> str:
@@ -472,7 +482,7 @@ class FileSystemCache(BaseCache):
         """
         data = _HEADER.pack(_MAGIC, expires) + payload
         if lock is not None:
-            self._commit(lock, self._write_temp_making_room(lock, path, data), path)
+            self._commit_new(lock, path, data)
             return
         try:
             tmp = self._write_temp(path, data)
@@ -480,15 +490,17 @@ class FileSystemCache(BaseCache):
             # the directory is gone (taking the lock brings it back), or the disk is full
             if not isinstance(err, FileNotFoundError) and err.errno not in _DISK_FULL:
                 raise
-            with self._locked() as held:
-                self._commit(held, self._write_temp_making_room(held, path, data), path)
+            _holding(self._locked(), self._commit_new, path, data)
             return
         try:
-            with self._locked() as held:
-                self._commit(held, tmp, path)
+            _holding(self._locked(), self._commit, tmp, path)
         except BaseException:
             _discard(tmp)  # the lock could not be taken
             raise
+
+    def _commit_new(self, lock: int, path: str, data: bytes) -> None:
+        """Write ``data`` to a temp file and move it over ``path``, making room first."""
+        self._commit(lock, self._write_temp_making_room(lock, path, data), path)
 
     def _commit(self, lock: int, tmp: str, path: str) -> None:
         """Move ``tmp`` over ``path``, making room first for a new entry; ``tmp`` never stays."""
@@ -581,9 +593,9 @@ class FileSystemCache(BaseCache):
             _keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
         return True
 
-    @contextmanager
     def _locked(self) -> Iterator[int]:
-        """Hold this prefix's lock file, exclusive across threads and processes; its descriptor.
+        """Hold this prefix's lock file, exclusive across threads and processes, from the first
+        ``next`` (which gives its descriptor) until the second: run by :func:`_holding`.
 
         The threads of this process take turns first, in the order they came: each wakes as
         soon as the one before it is done, where polling the ``flock`` would leave some behind
@@ -715,10 +727,10 @@ class FileSystemCache(BaseCache):
             return
         os.chmod(self.cache_dir, self._dir_mode)  # the umask must not narrow it
 
-    @contextmanager
     def _repairing(self, deadline: float | None) -> Iterator[None]:
-        """Hold the directory's own ``flock``, which keeps two processes replacing a damaged
-        lock file from removing the one the other has just created.
+        """Hold the directory's own ``flock`` from the first ``next`` until the second (run by
+        :func:`_holding`), which keeps two processes replacing a damaged lock file from
+        removing the one the other has just created.
 
         :raises TimeoutError: another repairer held it past ``deadline``.
         """
@@ -736,14 +748,14 @@ class FileSystemCache(BaseCache):
         """
         if not os.path.islink(self._lock_path):
             return False
-        with self._repairing(deadline):
-            if os.path.islink(self._lock_path):  # else another repairer was first
-                os.unlink(self._lock_path)
-                self._errors += 1
-                self._log(
-                    "lock", "symlink at lock file %r removed, never followed", self._lock_path
-                )
+        _holding(self._repairing(deadline), self._unlink_symlinked_lock)
         return True
+
+    def _unlink_symlinked_lock(self, _: None) -> None:
+        if os.path.islink(self._lock_path):  # else another repairer was first
+            os.unlink(self._lock_path)
+            self._errors += 1
+            self._log("lock", "symlink at lock file %r removed, never followed", self._lock_path)
 
     def _drop_unusable_lock(self, deadline: float | None) -> None:
         """Remove a lock file this process may not write (another user's, or made read-only), or
@@ -756,28 +768,30 @@ class FileSystemCache(BaseCache):
         :raises OSError: it cannot be removed (a sticky directory, a directory with files).
         :raises TimeoutError: its holder or another repairer kept it past ``deadline``.
         """
-        with self._repairing(deadline):
-            try:
-                os.close(os.open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
-                return  # another repairer was first
-            except (PermissionError, IsADirectoryError):
-                pass
-            except FileNotFoundError:
-                return
-            try:
-                fd = os.open(self._lock_path, _READ_FLAGS)
-            except PermissionError:
-                self._remove_lock_path(os.lstat(self._lock_path).st_mode, "unreadable")
-                return
-            except FileNotFoundError:
-                return
-            try:
-                _flock_by(fd, self._lock_path, deadline, self._lock_timeout)  # waits for its holder
-                held = os.fstat(fd)
-                if self._is_at_lock_path(held):  # its holder may have been clear
-                    self._remove_lock_path(held.st_mode, "not writable")
-            finally:
-                _close_locked(fd)
+        _holding(self._repairing(deadline), self._replace_unusable_lock, deadline)
+
+    def _replace_unusable_lock(self, _: None, deadline: float | None) -> None:
+        try:
+            os.close(os.open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
+            return  # another repairer was first
+        except (PermissionError, IsADirectoryError):
+            pass
+        except FileNotFoundError:
+            return
+        try:
+            fd = os.open(self._lock_path, _READ_FLAGS)
+        except PermissionError:
+            self._remove_lock_path(os.lstat(self._lock_path).st_mode, "unreadable")
+            return
+        except FileNotFoundError:
+            return
+        try:
+            _flock_by(fd, self._lock_path, deadline, self._lock_timeout)  # waits for its holder
+            held = os.fstat(fd)
+            if self._is_at_lock_path(held):  # its holder may have been clear
+                self._remove_lock_path(held.st_mode, "not writable")
+        finally:
+            _close_locked(fd)
 
     def _remove_lock_path(self, mode: int, why: str) -> None:
         """Remove what is at the lock path, which holds no tally this cache can keep."""
@@ -982,6 +996,22 @@ def _lock_timeout_error(path: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(
         errno.ETIMEDOUT, f"lock held by another writer for over lock_timeout={timeout!r}s", path
     )
+
+
+def _holding(
+    held: Iterator[T], call: Callable[Concatenate[T, P], R], *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """``call(what, *args, **kwargs)`` between the first ``next`` of ``held``, which gives
+    ``what``, and the second, which lets it go (the generators of ``_locked`` and ``_repairing``).
+    """
+    # Both steps are C calls inside this try: a signal handler raising between them cannot leave
+    # the lock to the suspended generator. A with-block would: the __exit__ of a generator's
+    # context manager is Python code, cut at its start, and only the garbage collector would
+    # close the generator, late and in whichever thread it runs.
+    try:
+        return call(next(held), *args, **kwargs)
+    finally:
+        next(held, None)
 
 
 def _close_locked(fd: int) -> None:

@@ -15,7 +15,6 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
@@ -439,7 +438,9 @@ class BaseCache(ABC):
         :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
         """
         check_delta(delta)
-        with self._single_flight(key):
+        flight = self._single_flight(key)
+        try:
+            next(flight)
             current = self.get(key)
             if current is None and self.has(key):
                 checked_counter(key, current)  # a stored None is no counter: TypeError
@@ -449,6 +450,8 @@ class BaseCache(ABC):
             else:
                 value = checked_counter(key, current) + delta
                 ok = self.set(key, value)
+        finally:
+            next(flight, None)
         return value if ok else None
 
     def dec(self, key: str, delta: int = 1) -> int | None:
@@ -484,7 +487,9 @@ class BaseCache(ABC):
         if value is not None:
             return value
         counted = self._lookup_errors(seq)
-        with self._single_flight(key):
+        flight = self._single_flight(key)
+        try:
+            next(flight)
             self._take_back_lookup(counted)
             value = self.get(key)  # counts this call: a hit when another thread's factory ran
             if value is None:
@@ -494,6 +499,8 @@ class BaseCache(ABC):
                     _refuse_awaitable(key, value)
                 if value is not None:
                     self.set(key, value, timeout)
+        finally:
+            next(flight, None)
         return value
 
     def memoize(
@@ -776,11 +783,15 @@ class BaseCache(ABC):
         self._flights = {}
         self._flights_lock = threading.Lock()
 
-    @contextmanager
     def _single_flight(self, key: str) -> Iterator[None]:
-        """Hold the per-key lock of this process for ``key``.
+        """Hold the per-key lock of this process for ``key`` from the first ``next`` until the
+        second.
 
         Re-entrant: a factory that uses its own key again in the same thread must not hang.
+        Driven by hand, never by a ``with``: the caller takes both steps in its own try and
+        finally, as C calls, so a signal handler raising between them cannot leave the lock
+        held by a suspended generator, which only the garbage collector would close, in
+        whichever thread it runs (an RLock cannot be released there).
         """
         # A signal handler may raise as any call here returns (a lock's exit included): the
         # count goes up inside the try, with no call between it and noting it in ``flight``,
