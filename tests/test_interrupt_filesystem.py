@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dis
 import functools
-import linecache
 import os
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock
-from cutting import PACKAGE_DIR, CutResult, call_cut_at, cut_at_instruction
+from cutting import CutResult, call_cut_at, cut_at_instruction
 from test_interrupt_everywhere import (
     MADE,
     NEW,
@@ -51,15 +50,6 @@ from cacheplug.backends import filesystem as fs
 ROOM = 24  # threshold: "full" fills it, so a new key lists the directory and evicts
 PROCESS_EVERY = 20  # every twentieth cut, a forked process writes too (a fork costs ~50 ms)
 STALE = 601.0  # seconds: older than the temp files a listing takes as a dead writer's
-
-
-def unheld(where: str) -> bool:
-    """Whether the cut at ``where`` (file:line ...) came on a line calling ``os.open``: the
-    descriptor it returned may be on the stack, not yet in a variable, where no Python code can
-    close it. Only blocking signals around each open (two system calls per file) would close
-    that gap, so one descriptor left there is tolerated."""
-    path, line = where.split(" ", 1)[0].rsplit(":", 1)
-    return "os.open(" in linecache.getline(PACKAGE_DIR + path, int(line))
 
 
 def open_fds() -> int:
@@ -186,7 +176,7 @@ class Cases:
     def files_problems(self, cache: FileSystemCache, outcome: CutResult) -> list[str]:
         problems = []
         left = open_fds() - self.fds
-        if left > unheld(outcome.where):
+        if left > 0:  # also for a cut as os.open returns (filesystem._open)
             problems.append(f"{left} descriptor(s) left open")
         count, files = tally(cache), len(entry_files(cache))
         if 0 <= count < files:

@@ -202,15 +202,14 @@ class Storming:
 
 def landing(tb: TracebackType | None) -> str:
     """Where a Storm was raised: the last cacheplug frame, then the frame it landed in when
-    that is not cacheplug's (the handler's own frame left out). Marked: `` [os.open]``, a cut
-    in cacheplug on a line calling ``os.open``, which may leave its descriptor, and
-    `` [redis connect]``, a cut in redis-py's connect, which may leave its new socket to the
-    garbage collector (docs/reliability.md)."""
+    that is not cacheplug's (the handler's own frame left out). Marked: `` [redis connect]``,
+    a cut in redis-py's connect, which may leave its new socket to the garbage collector
+    (docs/reliability.md)."""
     frames = traceback.extract_tb(tb)[:-1]
     ours = [f for f in frames if f.filename.startswith(PACKAGE_DIR)]
     mine = f"{ours[-1].filename[len(PACKAGE_DIR) :]}:{ours[-1].name}" if ours else "(test code)"
     if ours and frames[-1] is ours[-1]:
-        return mine + (" [os.open]" if "os.open(" in (ours[-1].line or "") else "")
+        return mine
     last = frames[-1]
     place = last.filename.rsplit("site-packages/", 1)[-1].rsplit("/lib/python3.", 1)[-1]
     connecting = any(
@@ -523,8 +522,8 @@ def stormed(
         for w in left_open
         if w not in sockets
     ]
-    left = open_fds() - fds - marked(storming.where, " [os.open]")
-    if left > 0:  # a lock file's, while a suspended _locked holds it (reported above)
+    left = open_fds() - fds
+    if left > 0:
         held = any(p.startswith("[ctx-exit]") for p in problems)
         problems.append(f"{'[ctx-exit] ' if held else ''}{left} descriptor(s) left open")
     return storming.caught, problems, dict(storming.where)

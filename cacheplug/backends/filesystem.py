@@ -415,7 +415,7 @@ class FileSystemCache(BaseCache):
         With ``header_only`` the payload is left unread (and empty).
         """
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = _open(path, _READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as err:
@@ -535,7 +535,7 @@ class FileSystemCache(BaseCache):
         self._sets += 1
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
+        fd = _open(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -566,7 +566,7 @@ class FileSystemCache(BaseCache):
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
-        fd = os.open(tmp, _WRITE_FLAGS, self.mode)
+        fd = _open(tmp, _WRITE_FLAGS, self.mode)
         try:
             if self.mode != self._mode_as_created:
                 os.fchmod(fd, self.mode)
@@ -687,7 +687,7 @@ class FileSystemCache(BaseCache):
 
     def _open_lock_file(self, deadline: float | None) -> int:
         try:
-            return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+            return _open(self._lock_path, _LOCK_FLAGS, self.mode)
         except FileNotFoundError:  # the directory was removed under us: bring it back
             self._recreate_dir()
         except (PermissionError, IsADirectoryError):
@@ -695,7 +695,7 @@ class FileSystemCache(BaseCache):
         except OSError:
             if not self._drop_symlinked_lock(deadline):
                 raise
-        return os.open(self._lock_path, _LOCK_FLAGS, self.mode)
+        return _open(self._lock_path, _LOCK_FLAGS, self.mode)
 
     def _is_current_lock(self, fd: int) -> bool:
         """Whether the open lock file ``fd`` is still the one at the lock path.
@@ -734,7 +734,7 @@ class FileSystemCache(BaseCache):
 
         :raises TimeoutError: another repairer held it past ``deadline``.
         """
-        dir_fd = os.open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
+        dir_fd = _open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
         try:
             _flock_by(dir_fd, self.cache_dir, deadline, self._lock_timeout)
             yield
@@ -772,14 +772,14 @@ class FileSystemCache(BaseCache):
 
     def _replace_unusable_lock(self, _: None, deadline: float | None) -> None:
         try:
-            os.close(os.open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
+            os.close(_open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
             return  # another repairer was first
         except (PermissionError, IsADirectoryError):
             pass
         except FileNotFoundError:
             return
         try:
-            fd = os.open(self._lock_path, _READ_FLAGS)
+            fd = _open(self._lock_path, _READ_FLAGS)
         except PermissionError:
             self._remove_lock_path(os.lstat(self._lock_path).st_mode, "unreadable")
             return
@@ -1014,6 +1014,16 @@ def _holding(
         next(held, None)
 
 
+def _open(path: str, flags: int, mode: int = 0o777) -> int:
+    """``os.open(path, flags, mode)``: a descriptor that reaches the caller with no point in
+    between where a signal handler's exception can show up, so its try can close it."""
+    # A handler's exception shows up right after a call from Python code returns, which would
+    # lose the descriptor: here map calls it inside C, the unpacking is no call, and neither is
+    # the return of a Python function.
+    (fd,) = map(os.open, (path,), (flags,), (mode,))
+    return fd
+
+
 def _close_locked(fd: int) -> None:
     # unlocked first: a child forked meanwhile holds a copy of fd, which would keep the flock
     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -1109,10 +1119,12 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
     try:
         _make_dirs(path, _dir_mode_for(mode))
         probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
-        fd = os.open(probe, _WRITE_FLAGS, mode)
-        created_mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        os.close(fd)
-        os.unlink(probe)
+        fd = _open(probe, _WRITE_FLAGS, mode)
+        try:
+            created_mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as err:
         raise ConfigurationError(
             f"cache_dir {path!r} cannot be created or written ({err.strerror or err}); give a "
