@@ -326,6 +326,53 @@ def test_a_server_named_by_host_name_in_one_process_and_ip_in_another_splits_the
     assert by_ip.get_many(*missed) == ["ip"] * len(missed)
 
 
+def test_a_server_written_in_other_letter_case_is_the_same_server(
+    three: list[MemcachedServer],
+) -> None:
+    """Host names are told apart as DNS does, whatever their letter case: a client writing
+    ``LocalHost`` finds every key another wrote through ``localhost``, and a server listed
+    twice in two spellings is one server (its keys not split between two of them)."""
+    lower = MemcachedCache([f"localhost:{server.port}" for server in three])
+    mixed = MemcachedCache([f"LocalHost:{server.port}" for server in reversed(three)])
+    assert lower.set_many(dict.fromkeys(KEYS, "lower")) == KEYS
+    assert mixed.get_many(*KEYS) == ["lower"] * len(KEYS)
+    assert mixed.stats()["errors"] == 0
+    port = three[0].port
+    twice = MemcachedCache([f"localhost:{port}", f"LOCALHOST:{port}", f"localhost:{port}"])
+    assert [server.name for server in twice._servers] == [f"localhost:{port}"]  # as first written
+    assert twice.set("only", 1) and owners(three, ["only"]) == {"only": port}
+
+
+@pytest.mark.parametrize(
+    ("spellings", "identity"),
+    [
+        (["[::1]:11211", "[0:0:0:0:0:0:0:1]:11211", ("::1", 11211), "[0::0:1]"], "[::1]:11211"),
+        (["[2001:DB8::A]:1", ("2001:db8:0::a", 1)], "[2001:db8::a]:1"),
+        (["Cache.Example.COM:1", ("cache.example.com", 1)], "cache.example.com:1"),
+        (["BÜCHER.example:1", "bücher.example:1"], "xn--bcher-kva.example:1"),
+    ],
+)
+def test_one_server_spelled_several_ways_is_one_server_placing_keys_alike(
+    spellings: list[Any], identity: str
+) -> None:
+    """What placement hashes: host names in lower case (a non-ASCII one as the resolver
+    looks it up), IP addresses in their standard spelling. Nothing connects here."""
+    listed = MemcachedCache(spellings)
+    assert [server.identity for server in listed._servers] == [identity]
+    for spelling in spellings:
+        alone = MemcachedCache([spelling])
+        assert alone._servers[0].identity == identity
+
+
+def test_servers_written_in_standard_spelling_keep_their_placement() -> None:
+    """An upgrade moves no key of servers written as before: lower-case names, dotted IPv4
+    and standard IPv6 hash to what their names as written did."""
+    servers = ["10.0.0.1:11211", "cache-b:11211", "[2001:db8::1]:11211", "/run/mc.sock"]
+    cache = MemcachedCache(servers)
+    assert [server.identity for server in cache._servers] == servers
+    assert [server.name for server in cache._servers] == servers
+
+
 def test_adding_a_fourth_server_moves_about_a_quarter_of_the_keys_all_onto_it(
     three: list[MemcachedServer],
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import ipaddress
 import math
 import select
 import socket
@@ -126,7 +127,8 @@ class Server:
 
     def __init__(self, address: tuple[str, int] | str, factory: Callable[[], Any], idle: int):
         self.address = address
-        self.name = address if isinstance(address, str) else host_port(*address)
+        self.name = address if isinstance(address, str) else host_port(*address)  # as written
+        self.identity = server_identity(address)
         self._factory = factory
         self._idle: deque[Any] = deque()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()  # idle or in use
@@ -200,6 +202,9 @@ def make_servers(
     addresses = [_parse_server(spec) for spec in servers]
     if not addresses:
         raise ConfigurationError("servers must name at least one memcached server")
+    unique: dict[str, tuple[str, int] | str] = {}  # however it is spelled, the first names it
+    for address in addresses:
+        unique.setdefault(server_identity(address), address)
     return [
         Server(
             address,
@@ -217,8 +222,24 @@ def make_servers(
             ),
             max_pool_size,
         )
-        for address in dict.fromkeys(addresses)
+        for address in unique.values()
     ]
+
+
+def server_identity(address: tuple[str, int] | str) -> str:
+    """What tells servers apart and places keys: ``host:port`` with a host name in the form
+    the resolver looks up (IDNA, lower case) and an IP address in its standard spelling, so
+    clients that write one server differently agree where every key lives; a unix socket's
+    path as it is."""
+    if isinstance(address, str):
+        return address
+    host, port = address
+    try:
+        canonical = str(ipaddress.ip_address(host))
+    except ValueError:
+        # DNS ignores letter case; a non-ASCII name as the socket module looks it up (IDNA)
+        canonical = host.encode("idna").decode("ascii").lower()
+    return host_port(canonical, port)
 
 
 def _parse_server(spec: object) -> tuple[str, int] | str:
@@ -255,7 +276,7 @@ class Ring:
 
     def __init__(self, servers: list[Server]) -> None:
         points = sorted(
-            (_hash(f"{server.name}-{point}"), index)
+            (_hash(f"{server.identity}-{point}"), index)
             for index, server in enumerate(servers)
             for point in range(_RING_POINTS)
         )
