@@ -901,6 +901,27 @@ def test_redis_connection_cut_short_inside_the_pool_is_not_lost(
     assert not leaked
 
 
+@pytest.mark.parametrize("call", ["get", "get_many"])
+def test_a_memcached_server_tried_after_its_dead_time_is_not_kept_down_by_a_cut(
+    memcached_pair: list[MemcachedServer],  # noqa: F811 - the fixture imported above
+    call: str,
+) -> None:
+    """A call trying a server again after its dead time marks it down once more, so that the
+    other calls keep skipping it meanwhile; a signal as that call then took a connection left
+    the mark, and every call skipped a live server for another whole dead time."""
+    cache = MemcachedCache([f"{s.host}:{s.port}" for s in memcached_pair], dead_timeout=60.0)
+    keys = [f"k{i}" for i in range(20)]  # on both servers
+    assert cache.set_many(dict.fromkeys(keys, 1)) == keys
+    for server in cache._servers:
+        server.down_until = time.monotonic() - 1.0  # it failed once; its dead time is over
+    with storm_at("_memcached_servers.py", "acquire", "try:") as hit, pytest.raises(Storm):
+        cache.get(keys[0]) if call == "get" else cache.get_many(*keys)
+    assert hit[0]
+    assert [server.down_until for server in cache._servers].count(0.0) >= 1
+    assert cache.get_many(*keys) == [1] * len(keys)  # no server skipped
+    cache.close()
+
+
 def finishes(call: Callable[[], Any], within: float) -> tuple[bool, Any]:
     """(finished within ``within`` seconds, its result) of ``call`` in another thread."""
     box: list[Any] = []

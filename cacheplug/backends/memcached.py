@@ -283,8 +283,11 @@ class MemcachedCache(BaseCache):
         trying = server.down_until
         if trying and not self._may_retry(server, operation):
             return FAILED
-        client = server.acquire()
+        client = None
         try:
+            # inside the try: a signal handler raising as it starts must not leave the server
+            # marked down for another dead time by _may_retry
+            client = server.acquire()
             reused = client.sock is not None
             if reused and call in _SENT_ONCE and not idle_and_open(client.sock):
                 client.close()  # closed by a server restart: never resent, so check first
@@ -300,7 +303,8 @@ class MemcachedCache(BaseCache):
                 trying = 0.0
             result = FAILED
         except BaseException:
-            client.close()  # interrupted mid-call: a reply may still be on its way to this socket
+            if client is not None:
+                client.close()  # interrupted mid-call: a reply may still be on its way to it
             if trying:
                 server.down_until = 0.0
             raise
@@ -344,16 +348,21 @@ class MemcachedCache(BaseCache):
         however many servers hang. Each call's answer, in order; ``FAILED`` on errors."""
         results: list[Any] = [FAILED] * len(calls)
         running: list[_Running] = []
+        # a server tried after its dead time and its connection, until they are in running
+        probed: Server | None = None
+        taken: Any = None
         try:
             for index, (server, steps, args) in enumerate(calls):
                 trying = server.down_until
                 if trying and not self._may_retry(server, operation):
                     continue
-                client = server.acquire()
-                reused = client.sock is not None
-                if reused and steps in _SENT_ONCE and not idle_and_open(client.sock):
-                    client.close()  # as in _run
-                running.append(_Running(index, server, client, steps, args, reused, trying))
+                probed = server if trying else None
+                taken = server.acquire()
+                reused = taken.sock is not None
+                if reused and steps in _SENT_ONCE and not idle_and_open(taken.sock):
+                    taken.close()  # as in _run
+                running.append(_Running(index, server, taken, steps, args, reused, trying))
+                probed = taken = None
             unconnected = [run.client for run in running if run.client.sock is None]
             failures = connect_all(unconnected) if len(unconnected) > 1 else {}
             for run in running:
@@ -371,6 +380,10 @@ class MemcachedCache(BaseCache):
                 while not run.finished:
                     self._step(run, operation, results)
         except BaseException:
+            if taken is not None:
+                taken.close()
+            if probed is not None:
+                probed.down_until = 0.0
             for run in running:
                 if not run.finished:
                     run.client.close()  # interrupted: a reply may still be on its way
