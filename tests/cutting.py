@@ -11,7 +11,10 @@ for N = 1, 2, ... until the call ends before reaching N. Two ways to count the p
 - ``cut_at_instruction``: the instructions where CPython handles pending signals: a function's
   start (a generator's resume included), right after a call of a C function, and the target of
   a backward jump; each only where a ``Cut`` raised there meets the exception handler the
-  signal would meet.
+  signal would meet. On 3.11 settrace's opcode events drive it; on 3.12 and 3.13
+  sys.monitoring's (settrace sends none there), with their checks: a RESUME only at a
+  function's start or after a ``yield``, a CALL's only when its callee ran from C, a
+  JUMP_BACKWARD's.
 
 Used by tests/test_interrupt_*.py.
 """
@@ -19,14 +22,16 @@ Used by tests/test_interrupt_*.py.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dis
 import functools
 import itertools
 import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import CodeType, FrameType
+from types import CodeType, FrameType, FunctionType, MethodType
 from typing import Any
 
 import pytest
@@ -128,16 +133,18 @@ def calls_before(code: CodeType) -> dict[int, int]:
     function returns, and when a Python function starts), unlike the first instruction of a
     with-block's exit or of a finally-block copied before a return."""
     before: dict[int, int] = {}
-    call = -1  # the offset of the CALL's last code unit (its inline cache), as f_lasti says
-    called = False
+    call = -1  # the CALL's offset as f_lasti says while a Python callee runs
+    called = -1
     for instruction in dis.get_instructions(code):
-        if called:
-            call, called = instruction.offset - 2, False
+        if called >= 0:
+            # up to 3.12 f_lasti is the CALL's last code unit (its inline cache), from 3.13 the CALL
+            call = instruction.offset - 2 if sys.version_info < (3, 13) else called
+            called = -1
         # a cut after the CALL is the signal's at the CALL only where the same handler catches it
         if call >= 0 and handler(code, instruction.offset) == handler(code, call):
             before[instruction.offset] = call
         if instruction.opname == "CALL":
-            called = True
+            called = instruction.offset
         elif instruction.opname not in QUIET:
             call = -1
     return before
@@ -212,8 +219,10 @@ def _clauses_let_through(frame: FrameType, offset: int) -> bool:
                 stack.append(
                     frame.f_globals[arg] if arg in frame.f_globals else vars(builtins)[arg]
                 )
-            elif name in ("LOAD_FAST", "LOAD_DEREF"):
+            elif name in ("LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF"):
                 stack.append(frame.f_locals[arg])
+            elif name == "LOAD_FAST_LOAD_FAST":  # 3.13: two locals at once
+                stack += [frame.f_locals[local] for local in arg]
             elif name == "LOAD_ATTR":
                 stack.append(getattr(stack.pop(), arg))
             elif name == "BUILD_TUPLE":
@@ -223,7 +232,7 @@ def _clauses_let_through(frame: FrameType, offset: int) -> bool:
                 kinds = kinds if isinstance(kinds, tuple) else (kinds,)
                 if any(not isinstance(kind, type) or issubclass(Cut, kind) for kind in kinds):
                     return False
-            elif name == "POP_JUMP_FORWARD_IF_FALSE":  # to the next clause
+            elif name in ("POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_IF_FALSE"):  # to the next clause
                 return _clauses_let_through(frame, arg)
             else:
                 return False
@@ -256,10 +265,12 @@ def cut_at_instruction(
     """Run ``call``, raising ``Cut`` at the ``n``-th instruction of cacheplug where CPython
     handles a pending signal (see the module's docstring). With ``census``, nothing is cut
     (``n`` is ignored) and every such point goes into it."""
+    if sys.version_info[:2] in ((3, 12), (3, 13)):
+        # settrace sends no opcode events there to a frame whose trace turns them on
+        return _cut_monitored(n, call, census)
     if sys.version_info[:2] != (3, 11):
-        # 3.12 sends no opcode events to a frame whose trace turns them on, and the bytecode,
-        # its caches and its jumps differ from 3.12 on: what this reads would be wrong
-        pytest.skip("cut_at_instruction reads CPython 3.11's bytecode")
+        # 3.14 calls a with statement's __enter__ by CALL, and more may differ: unread
+        pytest.skip("cut_at_instruction reads CPython 3.11's, 3.12's and 3.13's bytecode")
     seen = 0
     outcome = CutResult(cut=False)
     started: set[FrameType] = set()
@@ -294,3 +305,170 @@ def cut_at_instruction(
 
     tracer = _entering(outcome, started, python_calls, local, resumed)
     return _run_traced(tracer, call, outcome)
+
+
+# -- instructions on 3.12 and 3.13: sys.monitoring ------------------------------------------
+
+# calls after which CPython checks for pending signals unless it ran a Python function in
+# place (3.12 runs a CALL_FUNCTION_EX's callee from C, 3.13 in place)
+CALLS = frozenset({"CALL", "CALL_KW", "CALL_FUNCTION_EX"})
+
+
+@functools.cache
+def monitored_checks(code: CodeType) -> dict[int, tuple[int, ...]]:
+    """Offset -> where the exception of a signal handled as the instruction there is reached
+    is raised: the CALL before it (its check as the call of a C function ends), or the
+    instruction itself, a JUMP_BACKWARD (3.12 checks as it has jumped, 3.13 before it jumps;
+    either way the exception is raised at the jump, which changes nothing else). A RESUME's
+    check comes through the PY_START and PY_RESUME events."""
+    found: dict[int, tuple[int, ...]] = {}
+    for first, following in itertools.pairwise(dis.get_instructions(code)):
+        if first.opname in CALLS:
+            found[following.offset] = (*found.get(following.offset, ()), first.offset)
+        if first.opname == "JUMP_BACKWARD":
+            found[first.offset] = (*found.get(first.offset, ()), first.offset)
+    return found
+
+
+def resume_checks(code: CodeType, offset: int) -> bool:
+    """Whether the RESUME at ``offset`` checks for pending signals: at a function's start and
+    after a ``yield``, not after a ``yield from`` or an ``await`` (its low bits say which)."""
+    instruction = instructions_at(code).get(offset)
+    return instruction is not None and (instruction.arg or 0) & 3 < 2
+
+
+def runs_in_place(opname: str, callable_: object) -> bool:
+    """Whether a call runs its callee in the caller's loop: no signal check as it returns."""
+    if opname == "CALL_FUNCTION_EX":
+        return sys.version_info >= (3, 13) and type(callable_) is FunctionType
+    if type(callable_) is MethodType:
+        callable_ = callable_.__func__
+    return type(callable_) is FunctionType
+
+
+def _free_tool() -> int:
+    monitoring = sys.monitoring  # type: ignore[attr-defined]
+    for tool in (4, 3, 0, 2):
+        if monitoring.get_tool(tool) is None:
+            return tool
+    raise RuntimeError("no sys.monitoring tool id is free")
+
+
+@contextlib.contextmanager
+def each_instruction(
+    select: Callable[[CodeType], bool], step: Callable[[FrameType], None]
+) -> Iterator[None]:
+    """Call ``step`` with the frame before each instruction of the code objects ``select``
+    picks, in the calling thread, until the block ends (3.12 on: sys.monitoring; what ``step``
+    raises is raised in that frame at that instruction)."""
+    monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
+    events = monitoring.events
+    thread = threading.get_ident()
+    tool = _free_tool()
+    instrumented: set[CodeType] = set()
+
+    def started(code: CodeType, offset: int) -> Any:
+        if code not in instrumented and select(code):
+            instrumented.add(code)
+            monitoring.set_local_events(tool, code, events.INSTRUCTION)
+        return None
+
+    def instruction(code: CodeType, offset: int) -> Any:
+        if threading.get_ident() == thread:
+            step(sys._getframe(1))
+        return None
+
+    monitoring.use_tool_id(tool, "cacheplug stepper")
+    try:
+        monitoring.register_callback(tool, events.PY_START, started)
+        monitoring.register_callback(tool, events.INSTRUCTION, instruction)
+        monitoring.set_events(tool, events.PY_START)
+        yield
+    finally:
+        monitoring.set_events(tool, 0)
+        for code in instrumented:
+            monitoring.set_local_events(tool, code, 0)
+        for event in (events.PY_START, events.INSTRUCTION):
+            monitoring.register_callback(tool, event, None)
+        monitoring.free_tool_id(tool)
+
+
+def _cut_monitored(n: int, call: Callable[[], Any], census: list[Point] | None) -> CutResult:
+    """``cut_at_instruction`` through sys.monitoring: a callback's exception is raised in the
+    frame it reports on, at the instruction it reports. Only the calling thread is cut, as
+    settrace traces only it."""
+    monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
+    events = monitoring.events
+    seen = 0
+    outcome = CutResult(cut=False)
+    thread = threading.get_ident()
+    tool = _free_tool()
+    instrumented: set[CodeType] = set()
+    c_calls: dict[FrameType, int] = {}  # frame -> offset of its last call run from C
+
+    def point(frame: FrameType, code: CodeType, offset: int, start: bool) -> None:
+        nonlocal seen
+        seen += 1
+        if census is not None:
+            census.append(Point(_where(frame), code.co_name, start))
+        elif seen == n:
+            opname = instructions_at(code)[offset].opname
+            outcome.cut = True
+            outcome.where = f"{_where(frame)} ({code.co_name}, {opname})"
+            raise Cut
+
+    def started(code: CodeType, offset: int) -> Any:
+        if not code.co_filename.startswith(PACKAGE_DIR):
+            return None  # not DISABLE: 3.12 then loses events of cacheplug's code too
+        if code not in instrumented:
+            instrumented.add(code)
+            monitoring.set_local_events(tool, code, events.INSTRUCTION | events.CALL)
+        if not outcome.cut and threading.get_ident() == thread and resume_checks(code, offset):
+            point(sys._getframe(1), code, offset, True)
+        return None
+
+    def called(code: CodeType, offset: int, callable_: object, arg0: object) -> Any:
+        if outcome.cut or threading.get_ident() != thread:
+            return None
+        frame = sys._getframe(1)
+        if runs_in_place(instructions_at(code)[offset].opname, callable_):
+            c_calls.pop(frame, None)
+        else:
+            c_calls[frame] = offset
+        return None
+
+    def instruction(code: CodeType, offset: int) -> Any:
+        raised_at = monitored_checks(code).get(offset)
+        if raised_at is None:
+            return monitoring.DISABLE
+        if outcome.cut or threading.get_ident() != thread:
+            return None
+        frame = sys._getframe(1)
+        last_call = c_calls.pop(frame, -1)
+        here = effective_handler(frame, offset)
+        if any(
+            at in (offset, last_call) and effective_handler(frame, at) == here for at in raised_at
+        ):
+            point(frame, code, offset, False)
+        return None
+
+    monitoring.use_tool_id(tool, "cacheplug cutter")
+    try:
+        monitoring.register_callback(tool, events.PY_START, started)
+        monitoring.register_callback(tool, events.PY_RESUME, started)
+        monitoring.register_callback(tool, events.CALL, called)
+        monitoring.register_callback(tool, events.INSTRUCTION, instruction)
+        monitoring.set_events(tool, events.PY_START | events.PY_RESUME)
+        try:
+            outcome.result = call()
+        except Cut:
+            outcome.escaped = True
+    finally:
+        monitoring.set_events(tool, 0)
+        for code in instrumented:
+            monitoring.set_local_events(tool, code, 0)
+        for event in (events.PY_START, events.PY_RESUME, events.CALL, events.INSTRUCTION):
+            monitoring.register_callback(tool, event, None)
+        monitoring.free_tool_id(tool)
+        monitoring.restart_events()  # what DISABLE turned off
+    return outcome

@@ -132,14 +132,14 @@ def sweep(
     """Cut ``run`` at the ``chosen`` of its reachable points, on a fresh cache each time;
     (cuts, problems). A socket dropped open (a ResourceWarning) is a problem of its cut."""
     census: list[Point] = []
-    cache = make()
-    cut_at_instruction(0, functools.partial(run, cache), census)
-    cache.close()
     problems: list[str] = []
-    picked = chosen(census)
-    gc.collect()
+    cache = make()
+    gc.collect()  # as in cut_once: no finalizer of an earlier cut's objects runs in the census
     gc.freeze()  # what exists now is not garbage: each collection below scans only the new
     try:
+        cut_at_instruction(0, functools.partial(run, cache), census)
+        cache.close()
+        picked = chosen(census)
         for index in picked:
             problems += [
                 f"cut at {census[index].where} (#{index + 1} of {len(census)}): {problem}"

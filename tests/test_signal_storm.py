@@ -43,11 +43,11 @@ import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 import pytest
-from cutting import Cut, cut_at_instruction
+from cutting import Cut, cut_at_instruction, each_instruction
 from servers import MemcachedServer, RedisServer
 from test_interrupt_engines import (
     memcached_pair,  # noqa: F401 - a fixture: two memcached servers
@@ -712,17 +712,27 @@ def storm_after_call(path_end: str, function: str, text: str, n: int) -> Iterato
     seen = [0]
     previous = [""]  # the opcode run last in the function's frame
 
+    def step(frame: FrameType) -> None:
+        code = frame.f_code
+        called, previous[0] = previous[0] == "CALL", dis.opname[code.co_code[frame.f_lasti]]
+        if called and text in linecache.getline(code.co_filename, frame.f_lineno):
+            seen[0] += 1
+            if seen[0] == n:
+                hit[0] = True
+                raise Storm
+
     def local(frame: FrameType, event: str, arg: Any) -> Any:
         if event == "opcode" and not hit[0]:
-            code = frame.f_code
-            called, previous[0] = previous[0] == "CALL", dis.opname[code.co_code[frame.f_lasti]]
-            if called and text in linecache.getline(code.co_filename, frame.f_lineno):
-                seen[0] += 1
-                if seen[0] == n:
-                    hit[0] = True
-                    raise Storm
+            step(frame)
         return local
 
+    def picked(code: CodeType) -> bool:
+        return code.co_name == function and code.co_filename.endswith(path_end)
+
+    if sys.version_info >= (3, 12):  # settrace sends no opcode events there
+        with each_instruction(picked, lambda frame: None if hit[0] else step(frame)):
+            yield hit
+        return
     with tracing(path_end, function, local, opcodes=True):
         yield hit
 
