@@ -86,6 +86,7 @@ class _Namespace(NamedTuple):
     prefix: str
     head: str  # entry names start with it
     lock_path: str
+    path_head: str  # entry paths start with it: the directory joined with ``head``
 
 
 class FileSystemCache(BaseCache):
@@ -218,7 +219,9 @@ class FileSystemCache(BaseCache):
             prefix = self._key_prefix
             tag = self._hash(prefix.encode("utf-8", "surrogatepass")).hexdigest()[:_NS_HEX]
             lock = os.path.join(self.cache_dir, f".cacheplug-{tag}.lock")
-            names = self._namespace = _Namespace(prefix, f"cp-{tag}-", lock)
+            head = f"cp-{tag}-"
+            names = _Namespace(prefix, head, lock, os.path.join(self.cache_dir, head))
+            self._namespace = names
         return names
 
     @property
@@ -396,8 +399,8 @@ class FileSystemCache(BaseCache):
 
     def _path(self, key: str) -> str:
         names = self._names()
-        digest = self._hash((names.prefix + key).encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(self.cache_dir, names.head + digest)
+        digest: str = self._hash((names.prefix + key).encode("utf-8", "surrogatepass")).hexdigest()
+        return names.path_head + digest  # os.path.join of the directory and the name, once
 
     def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
