@@ -47,8 +47,16 @@ def address(server: MemcachedServer) -> str:
     return f"{server.host}:{server.port}"
 
 
+class RawClient(Client):
+    """pymemcache's client, its socket closed when the client is dropped (the tests chain
+    one call on a new client), not left to the socket's finalizer."""
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def raw_client(server: MemcachedServer) -> Client:
-    return Client(server.address, default_noreply=False)
+    return RawClient(server.address, default_noreply=False)
 
 
 def server_ttl(server: MemcachedServer, key: str) -> int:

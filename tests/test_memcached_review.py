@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheClientError
 from servers import MemcachedServer
-from test_memcached import address, raw_client
+from test_memcached import RawClient, address, raw_client
 from test_memcached_faults import ReplyDroppingProxy
 
 from cacheplug import MemcachedCache
@@ -178,7 +177,7 @@ def test_one_servers_token_replaced_empties_only_that_servers_keys(two_servers: 
         first = cache._servers[0]
         on_first = {key for key in keys if cache._server(key, cache._namespace) is first}
         assert 0 < len(on_first) < len(keys)
-        assert Client(first.address, default_noreply=False).set(token_key("one:"), b"x") is True
+        assert RawClient(first.address, default_noreply=False).set(token_key("one:"), b"x") is True
         assert cache.get_many(*keys) == [None if key in on_first else "v" for key in keys]
         assert [cache.add(key, "new") for key in keys] == [key in on_first for key in keys]
         assert first.token == "x"
