@@ -810,12 +810,11 @@ class FileSystemCache(BaseCache):
     def _entry_names(self) -> list[str]:
         names: list[str] = []
         listed = 0
-        # held by the list as scandir returns, no Python code in between: a signal handler
-        # raising as it returns would leave it to the garbage collector, unclosed
-        held: list[Any] = []
+        # opened as _open opens a file: no point between the open and the try where a signal
+        # handler's exception could leave the listing to the garbage collector, unclosed
+        (listing,) = map(os.scandir, (self.cache_dir,))
         try:
-            held.extend(map(os.scandir, (self.cache_dir,)))
-            for item in held[0]:
+            for item in listing:
                 listed += 1
                 name = item.name
                 if name.startswith(self._ns_head) and self._entry_name.fullmatch(name):
@@ -823,8 +822,7 @@ class FileSystemCache(BaseCache):
                 elif self._temp_name.fullmatch(name) and self._is_stale_temp(name, item.path):
                     _discard(item.path)
         finally:
-            for listing in held:
-                listing.close()
+            listing.close()
         self._listed = listed
         return names
 
