@@ -190,7 +190,9 @@ def _a_function() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", [None, SimpleCache(), _a_function, b"mod:Cls", "mod:", ":Cls"], ids=repr
+    "target",
+    [None, SimpleCache(), _a_function, b"mod:Cls", "mod:", ":Cls"],
+    ids=["None", "SimpleCache()", "a function", "b'mod:Cls'", "'mod:'", "':Cls'"],
 )
 def test_a_target_neither_class_nor_string_is_refused_at_once(target: Any) -> None:
     with pytest.raises(PluginError, match=r"expected a class or a 'package\.module:Class' string"):

@@ -343,8 +343,11 @@ class CacheContract:
         assert cache.get("key") is None, "an entry set with a negative timeout did not expire"
         assert cache.has("key") is False
 
+    # ids name the values without an address, the same in every process (pytest-xdist)
     @pytest.mark.parametrize(
-        "timeout", ["60", object(), True, [1], float("nan"), float("inf"), -float("inf")], ids=repr
+        "timeout",
+        ["60", object(), True, [1], float("nan"), float("inf"), -float("inf")],
+        ids=["'60'", "object()", "True", "[1]", "nan", "inf", "-inf"],
     )
     def test_bad_timeout_is_type_error(self, cache: BaseCache, timeout: Any) -> None:
         cache.set("key", "kept")
