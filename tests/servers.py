@@ -734,28 +734,55 @@ def _discard(server: _ServerProcess | RedisCluster) -> None:
     server.stop()
 
 
+#: The session's shared servers started so far in this process.
+_shared: list[RedisServer | RedisCluster | MemcachedServer] = []
+
+
+@contextlib.contextmanager
+def _shared_server(
+    server: RedisServer | RedisCluster | MemcachedServer,
+) -> Iterator[None]:
+    _shared.append(server)
+    try:
+        yield
+    finally:
+        _shared.remove(server)
+        _discard(server)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_servers_emptied() -> None:
+    """Each test file starts on empty shared servers, whichever files ran before it in this
+    process: pytest-xdist gives each worker its own share of the files, in no fixed order."""
+    for server in _shared:
+        if server.running:
+            server.flush()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """One Redis server for the whole session, with a unix socket; tests share its data."""
+    """One Redis server for the whole session, with a unix socket; the tests of a file share
+    its data."""
     server = RedisServer(unix_socket=True).start()
-    yield server
-    _discard(server)
+    with _shared_server(server):
+        yield server
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
-    """One three-master Redis Cluster for the whole session; tests share its data."""
+    """One three-master Redis Cluster for the whole session; the tests of a file share its
+    data."""
     cluster = RedisCluster().start()
-    yield cluster
-    _discard(cluster)
+    with _shared_server(cluster):
+        yield cluster
 
 
 @pytest.fixture(scope="session")
 def memcached_server() -> Iterator[MemcachedServer]:
-    """One Memcached server for the whole session; tests share its data."""
+    """One Memcached server for the whole session; the tests of a file share its data."""
     server = MemcachedServer().start()
-    yield server
-    _discard(server)
+    with _shared_server(server):
+        yield server
 
 
 @pytest.fixture
