@@ -1424,3 +1424,31 @@ def test_check_says_what_is_wrong_with_the_server(
             assert SECRET not in out.out + out.err
     finally:
         server.stop()
+
+
+# -- docs/configuration.md: the error messages it shows -------------------------------------------
+
+#: What makes each message of configuration.md's "Errors" list, in its order.
+ERROR_EXAMPLES: list[Callable[[], object]] = [
+    lambda: from_url("reddis://localhost:6379/0"),
+    lambda: from_url("simple://?treshold=5"),
+    lambda: from_url("simple://?threshold=many"),
+    lambda: from_url("redis://cache/0?ssl=maybe"),
+    lambda: from_url("simple://?serializer=yaml"),
+    lambda: from_url("redis://:pw@cache:port/0"),
+    lambda: from_url("redis://u:p/w@cache/0"),  # a "/" in the password
+    lambda: from_url("memcached://a,,b"),
+    lambda: from_url("file://relative/dir"),
+    lambda: from_url("redis://cache/zero"),
+]
+
+
+def test_the_documented_error_messages_are_the_ones_raised() -> None:
+    block = section(page("docs/configuration.md"), "## Errors").split("```")[1]
+    # a message wrapped in the page goes on in lines indented by two spaces
+    shown = block.strip("\n").replace("\n  ", " ").splitlines()
+    assert len(shown) == len(ERROR_EXAMPLES)
+    for text, build in zip(shown, ERROR_EXAMPLES, strict=True):
+        with pytest.raises(ConfigurationError) as raised:
+            build()
+        assert str(raised.value) == text

@@ -874,6 +874,15 @@ def test_a_keyword_no_client_takes_says_what_is_accepted() -> None:
         assert "socket_timeout" in message, where
     with pytest.raises(TypeError, match="unknown keyword 'bogus', 'sockt_timeout' for RedisCache"):
         builds["url override"]()
+    # the closest accepted name, for each misspelt one when there are several
+    with pytest.raises(TypeError) as raised:
+        RedisCache(sockt_timeout=1)
+    assert str(raised.value).endswith("); did you mean 'socket_timeout'?")
+    with pytest.raises(TypeError) as raised:
+        RedisCache(sockt_timeout=1, bogus=2, db_=3)
+    assert str(raised.value).endswith(
+        "); for 'db_' did you mean 'db'?; for 'sockt_timeout' did you mean 'socket_timeout'?"
+    )
     with pytest.raises(ConfigurationError, match="startup_nodes takes no connection_pool"):
         RedisCache(startup_nodes=[("localhost", 7000)], connection_pool=redis.ConnectionPool())
     # what redis-py takes still passes, on a server and on a cluster

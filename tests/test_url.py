@@ -6,6 +6,7 @@ import logging
 import string
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -244,6 +245,31 @@ def test_unknown_option_lists_the_backend_options() -> None:
     accepted = str(info.value).split("accepted options:")[1]
     for name in ("threshold", "serializer", "default_timeout", "key_prefix", "secret"):
         assert name in accepted
+
+
+@pytest.mark.parametrize(
+    ("url", "keywords", "hint"),
+    [
+        ("simple://?treshold=5", {}, "; did you mean 'threshold'?"),
+        ("redis://:pw@localhost/0?serialiser=json", {}, "; did you mean 'serializer'?"),
+        ("simple://", {"default_timout": 3}, "; did you mean 'default_timeout'?"),
+        ("file:///tmp/x", {"Mode": 0o600}, "; did you mean 'mode'?"),
+    ],
+)
+def test_a_misspelt_option_or_keyword_suggests_the_closest(
+    url: str, keywords: dict[str, Any], hint: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        from_url(url, **keywords)
+    assert str(info.value).endswith(hint)
+    assert "pw" not in str(info.value)
+
+
+def test_an_option_like_none_of_the_accepted_ones_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        from_url("simple://?zzz=1")
+    assert "did you mean" not in str(info.value)
+    assert str(info.value).endswith("serializer, threshold")
 
 
 def test_bad_value_names_the_option_and_the_type() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
-from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.errors import ConfigurationError, did_you_mean
 from cacheplug.core.url import check_host, port_number
 
 if TYPE_CHECKING:
@@ -210,6 +210,7 @@ def refuse_unknown_keywords(own: Iterable[str], kwargs: Mapping[str, Any], clust
             f"unknown keyword {', '.join(map(repr, unknown))} for RedisCache; accepted: its own "
             f"({', '.join(sorted(own))}) and those of redis-py's {client.__name__} "
             f"({', '.join(sorted(driver))})"
+            + "".join(did_you_mean(name, own | driver, named=len(unknown) > 1) for name in unknown)
         )
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from cacheplug.core import hookspecs
-from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning
+from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -370,8 +370,7 @@ class _Registry:
 
     def unknown(self, name: str, table: _Table, plural: str) -> Exception:
         known = table.names()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, known)
         message = f"unknown {table.kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
         message += self._misplaced_entry_points()
         if not self.broken:

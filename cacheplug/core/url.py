@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote
 
-from cacheplug.core.errors import ConfigurationError, PluginError
+from cacheplug.core.errors import ConfigurationError, PluginError, did_you_mean
 
 if TYPE_CHECKING:
     from cacheplug.core.base import BaseCache
@@ -424,6 +424,7 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
             raise ConfigurationError(
                 f"unknown option {name!r} for {parsed.scheme}:// ({cls.__name__}) in "
                 f"{parsed.redacted()!r}; accepted options: {', '.join(sorted(accepted))}"
+                f"{did_you_mean(name, accepted)}"
             )
         options[name] = coerce_option(name, text, kind)
     keywords = _keywords(cls)
@@ -434,7 +435,7 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
                 if name not in known:
                     raise ConfigurationError(
                         f"unknown keyword {name!r} for {parsed.scheme}:// ({cls.__name__}); "
-                        f"accepted: {', '.join(sorted(known))}"
+                        f"accepted: {', '.join(sorted(known))}{did_you_mean(name, known)}"
                     )
         for name, value in overrides.items():
             kind = accepted.get(name)
