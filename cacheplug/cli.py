@@ -146,6 +146,20 @@ class _Target:
                 "if that port speaks only TLS, write rediss:// (or add ?ssl=true); otherwise, "
                 "is a Redis server listening there?"
             )
+        elif cause.startswith("ResponseError: DB index is out of range"):
+            message = (
+                f"the server at {url} has no database of that number: Redis numbers them from 0 "
+                "to its 'databases' setting minus one (0 to 15 by default)"
+            )
+        elif cause.startswith("ReadOnlyError"):
+            message = f"the server at {url} is a read-only replica: point the URL at its primary"
+        elif cause.startswith("OutOfMemoryError"):
+            message = (
+                f"the server at {url} is full (maxmemory) and refuses writes: raise its "
+                "maxmemory, or give it an eviction policy such as maxmemory-policy allkeys-lru"
+            )
+        elif cause.startswith("ResponseError"):  # MISCONF, a renamed command, ...
+            message = f"the server at {url} answered the write with an error"
         elif isinstance(self.cache, FileSystemCache):  # no server: the directory refused
             message = (
                 f"cannot write to the cache at {url}: may this process write there, "

@@ -353,6 +353,51 @@ def test_check_names_a_refused_login_or_command_without_the_password() -> None:
     assert "is the server running" not in wrong.stderr + missing.stderr + forbidden.stderr
 
 
+def test_check_names_what_a_reachable_redis_server_refused() -> None:
+    from servers import RedisServer
+
+    with RedisServer() as server, RedisServer() as primary:
+        port, where = server.port, f"redis://:{SECRET}@{server.host}:{server.port}"
+        results = {"no such db": run("check", f"{where}/99")}
+        server.command("CONFIG", "SET", "maxmemory", "1")
+        results["full"] = run("check", f"{where}/0")
+        server.command("CONFIG", "SET", "maxmemory", "0")
+        server.command("CONFIG", "SET", "min-replicas-to-write", "1")
+        results["no replica"] = run("check", f"{where}/0")
+        server.command("CONFIG", "SET", "min-replicas-to-write", "0")
+        server.command("REPLICAOF", primary.host, str(primary.port))
+        results["replica"] = run("check", f"{where}/0")
+    expected = {
+        "no such db": (
+            "has no database of that number: Redis numbers them from 0 to its 'databases' "
+            "setting minus one (0 to 15 by default)",
+            "ResponseError: DB index is out of range",
+        ),
+        "full": (
+            "is full (maxmemory) and refuses writes: raise its maxmemory, or give it an eviction "
+            "policy such as maxmemory-policy allkeys-lru",
+            "OutOfMemoryError: command not allowed when used memory > 'maxmemory'",
+        ),
+        "no replica": (
+            "answered the write with an error",
+            "ResponseError: NOREPLICAS Not enough good replicas to write",
+        ),
+        "replica": (
+            "is a read-only replica: point the URL at its primary",
+            "ReadOnlyError: You can't write against a read only replica",
+        ),
+    }
+    for case, (message, error) in expected.items():
+        result = results[case]
+        assert result.returncode == 1, case
+        assert check_lines(result.stdout) == {"set": "FAILED"}, case
+        assert f"the server at redis://:***@127.0.0.1:{port}/" in result.stderr, case
+        assert message in result.stderr, (case, result.stderr)
+        assert f"\n  the error: {error}" in result.stderr, (case, result.stderr)
+        assert "is the server running" not in result.stderr, case
+        assert SECRET not in result.stdout + result.stderr, case
+
+
 def test_check_against_redis_touches_only_its_own_keys(redis_server: RedisServer) -> None:
     redis_server.command("SET", "cli-test:keep", "1")
     for url in (
