@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cacheplug import __version__
+from cacheplug.core.errors import did_you_mean
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -411,7 +412,8 @@ def _cell(value: object) -> str:
 # -- entry point -------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    """The command line's parser, and its commands."""
     parser = argparse.ArgumentParser(
         prog="cacheplug",
         description="Try, check and inspect cacheplug caches configured by URL.",
@@ -450,7 +452,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plugins.set_defaults(handler=_plugins)
-    return parser
+    return parser, list(commands.choices)
 
 
 def _positive(text: str) -> int:
@@ -471,6 +473,20 @@ def _delay_ms(text: str) -> float:
     if not 0 <= number <= _MAX_DELAY_MS:
         raise argparse.ArgumentTypeError(f"must be from 0 to {_MAX_DELAY_MS:g} ms, got {text}")
     return number
+
+
+def _check_command(
+    parser: argparse.ArgumentParser, commands: list[str], arguments: list[str]
+) -> None:
+    """Exit 2 on an unknown command, as argparse does, naming the closest one (argparse
+    suggests none before Python 3.14)."""
+    # the command comes first: the only options before it are --help and --version
+    given = arguments[0] if arguments else None
+    if given is not None and not given.startswith("-") and given not in commands:
+        parser.error(
+            f"argument COMMAND: invalid choice: {given!r} (choose from {', '.join(commands)})"
+            f"{did_you_mean(given, commands)}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -496,7 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    parser, commands = _parser()
+    _check_command(parser, commands, sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -306,7 +306,11 @@ def test_every_subcommand_has_help(command: str) -> None:
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (("frob",), "invalid choice: 'frob'"),
+        (("frob",), "invalid choice: 'frob' (choose from demo, check, plugins)\n"),
+        (
+            ("chek", "simple://"),
+            "invalid choice: 'chek' (choose from demo, check, plugins); did you mean 'check'?",
+        ),
         (("demo", "--frob"), "unrecognized arguments: --frob"),
         (("check",), "the following arguments are required: url"),
         (("check", "simple://", "simple://"), "unrecognized arguments: simple://"),
