@@ -346,12 +346,29 @@ def runs_in_place(opname: str, callable_: object) -> bool:
     return type(callable_) is FunctionType
 
 
-def _free_tool() -> int:
-    monitoring = sys.monitoring  # type: ignore[attr-defined]
-    for tool in (4, 3, 0, 2):
-        if monitoring.get_tool(tool) is None:
-            return tool
-    raise RuntimeError("no sys.monitoring tool id is free")
+# the events the tools below use: their callbacks are all unregistered after
+_EVENTS = ("PY_START", "PY_RESUME", "CALL", "INSTRUCTION")
+
+
+@contextlib.contextmanager
+def _monitoring_tool(name: str) -> Iterator[tuple[int, set[CodeType]]]:
+    """A free sys.monitoring tool id for the block, and a set for the code objects the block
+    turns local events on for; every event and callback of the tool is cleared after it."""
+    monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
+    tool = next((t for t in (4, 3, 0, 2) if monitoring.get_tool(t) is None), None)
+    if tool is None:
+        raise RuntimeError("no sys.monitoring tool id is free")
+    instrumented: set[CodeType] = set()
+    monitoring.use_tool_id(tool, name)
+    try:
+        yield tool, instrumented
+    finally:
+        monitoring.set_events(tool, 0)
+        for code in instrumented:
+            monitoring.set_local_events(tool, code, 0)
+        for event in _EVENTS:
+            monitoring.register_callback(tool, getattr(monitoring.events, event), None)
+        monitoring.free_tool_id(tool)
 
 
 @contextlib.contextmanager
@@ -364,33 +381,24 @@ def each_instruction(
     monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
     events = monitoring.events
     thread = threading.get_ident()
-    tool = _free_tool()
-    instrumented: set[CodeType] = set()
 
-    def started(code: CodeType, offset: int) -> Any:
-        if code not in instrumented and select(code):
-            instrumented.add(code)
-            monitoring.set_local_events(tool, code, events.INSTRUCTION)
-        return None
+    with _monitoring_tool("cacheplug stepper") as (tool, instrumented):
 
-    def instruction(code: CodeType, offset: int) -> Any:
-        if threading.get_ident() == thread:
-            step(sys._getframe(1))
-        return None
+        def started(code: CodeType, offset: int) -> Any:
+            if code not in instrumented and select(code):
+                instrumented.add(code)
+                monitoring.set_local_events(tool, code, events.INSTRUCTION)
+            return None
 
-    monitoring.use_tool_id(tool, "cacheplug stepper")
-    try:
+        def instruction(code: CodeType, offset: int) -> Any:
+            if threading.get_ident() == thread:
+                step(sys._getframe(1))
+            return None
+
         monitoring.register_callback(tool, events.PY_START, started)
         monitoring.register_callback(tool, events.INSTRUCTION, instruction)
         monitoring.set_events(tool, events.PY_START)
         yield
-    finally:
-        monitoring.set_events(tool, 0)
-        for code in instrumented:
-            monitoring.set_local_events(tool, code, 0)
-        for event in (events.PY_START, events.INSTRUCTION):
-            monitoring.register_callback(tool, event, None)
-        monitoring.free_tool_id(tool)
 
 
 def _cut_monitored(n: int, call: Callable[[], Any], census: list[Point] | None) -> CutResult:
@@ -402,9 +410,8 @@ def _cut_monitored(n: int, call: Callable[[], Any], census: list[Point] | None) 
     seen = 0
     outcome = CutResult(cut=False)
     thread = threading.get_ident()
-    tool = _free_tool()
-    instrumented: set[CodeType] = set()
     c_calls: dict[FrameType, int] = {}  # frame -> offset of its last call run from C
+    # tool and instrumented: bound by the with statement below, before any callback runs
 
     def point(frame: FrameType, code: CodeType, offset: int, start: bool) -> None:
         nonlocal seen
@@ -452,23 +459,17 @@ def _cut_monitored(n: int, call: Callable[[], Any], census: list[Point] | None) 
             point(frame, code, offset, False)
         return None
 
-    monitoring.use_tool_id(tool, "cacheplug cutter")
     try:
-        monitoring.register_callback(tool, events.PY_START, started)
-        monitoring.register_callback(tool, events.PY_RESUME, started)
-        monitoring.register_callback(tool, events.CALL, called)
-        monitoring.register_callback(tool, events.INSTRUCTION, instruction)
-        monitoring.set_events(tool, events.PY_START | events.PY_RESUME)
-        try:
-            outcome.result = call()
-        except Cut:
-            outcome.escaped = True
+        with _monitoring_tool("cacheplug cutter") as (tool, instrumented):
+            monitoring.register_callback(tool, events.PY_START, started)
+            monitoring.register_callback(tool, events.PY_RESUME, started)
+            monitoring.register_callback(tool, events.CALL, called)
+            monitoring.register_callback(tool, events.INSTRUCTION, instruction)
+            monitoring.set_events(tool, events.PY_START | events.PY_RESUME)
+            try:
+                outcome.result = call()
+            except Cut:
+                outcome.escaped = True
     finally:
-        monitoring.set_events(tool, 0)
-        for code in instrumented:
-            monitoring.set_local_events(tool, code, 0)
-        for event in (events.PY_START, events.PY_RESUME, events.CALL, events.INSTRUCTION):
-            monitoring.register_callback(tool, event, None)
-        monitoring.free_tool_id(tool)
         monitoring.restart_events()  # what DISABLE turned off
     return outcome
