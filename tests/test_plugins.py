@@ -204,6 +204,76 @@ def test_plugin_using_cacheplug_while_loading_fails_alone(site: Path) -> None:
     assert "'eager' (cacheplug-eager 0.3)" in str(caught[0].message)
 
 
+def _plugin_starting_a_thread(scheme: str, then: str) -> str:
+    """A plugin module that, at import, starts a thread building a cache, then runs ``then``."""
+    return f"""
+        import threading
+        import cacheplug
+
+        RESULT = []
+        helper = threading.Thread(
+            target=lambda: RESULT.append(cacheplug.from_url("simple://")),
+            name="plugin-helper",
+        )
+        helper.start()
+        {then}
+
+        @cacheplug.hookimpl
+        def cacheplug_register_backends(register):
+            register({scheme!r}, cacheplug.SimpleCache)
+        """
+
+
+def test_a_thread_left_waiting_for_plugin_loading_logs_where_the_loader_is(
+    site: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The plugin waits, while it loads, for a thread that needs the plugins: without its join
+    # timeout neither would ever finish. The waiting thread must say where the loader is.
+    wait = "helper.join(timeout=1.5); STILL_WAITING = helper.is_alive()"
+    write_distribution(
+        site,
+        "cacheplug-waiter",
+        "0.1",
+        {"waiter": "waiter_plugin"},
+        {"waiter_plugin": _plugin_starting_a_thread("waiter", wait)},
+    )
+    monkeypatch.setattr("cacheplug.core.plugins._PATIENCE", 0.1)
+    with caplog.at_level("WARNING", logger="cacheplug"):
+        assert get_backend_class("waiter") is SimpleCache
+    import waiter_plugin
+
+    assert waiter_plugin.STILL_WAITING
+    waiter_plugin.helper.join(timeout=10)
+    assert isinstance(waiter_plugin.RESULT[0], SimpleCache)  # it waited, then went on
+    [record] = [r for r in caplog.records if "loading cacheplug's plugins" in r.getMessage()]
+    message = record.getMessage()
+    assert record.threadName == "plugin-helper"
+    assert f"thread {threading.current_thread().name!r} has been loading" in message
+    assert "thread 'plugin-helper' waits for it" in message
+    assert "waiter_plugin.py" in message
+    assert wait in message  # the line the loader waits at
+
+
+def test_no_wait_is_logged_when_plugins_load_in_time(
+    site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # not joined: the thread gets its cache once loading is over
+    write_distribution(
+        site,
+        "cacheplug-helped",
+        "0.1",
+        {"helped": "helped_plugin"},
+        {"helped_plugin": _plugin_starting_a_thread("helped", "pass")},
+    )
+    with caplog.at_level("WARNING", logger="cacheplug"):
+        assert get_backend_class("helped") is SimpleCache
+        import helped_plugin
+
+        helped_plugin.helper.join(timeout=10)
+    assert isinstance(helped_plugin.RESULT[0], SimpleCache)
+    assert not [r for r in caplog.records if "loading cacheplug's plugins" in r.getMessage()]
+
+
 def test_strict_mode_raises_and_a_later_use_retries(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -345,7 +345,8 @@ class _Registry:
         loaded = entry.loaded
         if loaded is not None:
             return loaded
-        with self.lock:
+        _await_other_loader()
+        with self.lock, _Busy():
             if entry.loaded is None:
                 target = entry.target
                 if isinstance(target, str):
@@ -457,28 +458,71 @@ def _caller_stacklevel() -> int:
 _registry: _Registry | None = None
 # Re-entrant so a plugin that uses the registry while it is being built gets an error, not a hang.
 _registry_lock = threading.RLock()
-_building = False
+#: threads loading or registering plugins, each with the event set when it is done
+_loaders: dict[threading.Thread, threading.Event] = {}
+#: seconds a thread waits for another thread's plugin loading before it logs where that one is
+_PATIENCE = 10.0
+
+
+class _Busy:
+    """Marks this thread, for the block, as one loading or registering plugins."""
+
+    def __enter__(self) -> None:
+        me = threading.current_thread()
+        self.nested = me in _loaders
+        if not self.nested:
+            _loaders[me] = threading.Event()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.nested:
+            done = _loaders.pop(threading.current_thread(), None)
+            if done is not None:
+                done.set()
+
+
+def _await_other_loader() -> None:
+    """Wait for other threads' plugin loading; past ``_PATIENCE`` seconds, log where they are.
+
+    A plugin whose import or hook waits for a thread that uses cacheplug never finishes loading
+    (that thread waits for it): the log names the place, where a silent hang would not.
+    """
+    me = threading.current_thread()
+    for loader, done in list(_loaders.items()):
+        if loader is me or done.wait(_PATIENCE):
+            continue
+        import logging
+        import traceback
+
+        frame = sys._current_frames().get(loader.ident or -1)
+        where = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
+        logging.getLogger("cacheplug").warning(
+            "thread %r has been loading cacheplug's plugins for over %g s, and thread %r waits "
+            "for it; if a plugin, while it loads or inside a hook, waits for a thread that uses "
+            "cacheplug, both wait forever. The loading thread is at:\n%s",
+            loader.name,
+            _PATIENCE,
+            me.name,
+            where.rstrip("\n"),
+        )
 
 
 def _get_registry() -> _Registry:
-    global _registry, _building
+    global _registry
     registry = _registry
     if registry is not None:
         return registry
+    _await_other_loader()
     with _registry_lock:
         if _registry is None:
-            if _building:
+            if threading.current_thread() in _loaders:  # re-entered: this thread loads them
                 raise PluginError(
                     "cacheplug's plugins are still loading: a plugin must not build caches or "
                     "look up backends or serializers at import time or inside its hooks"
                 )
-            _building = True
-            try:
+            with _Busy():
                 fresh = _Registry()
                 fresh.load()
                 _registry = fresh
-            finally:
-                _building = False
         return _registry
 
 
@@ -528,7 +572,8 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         implements an unknown hook, or its hooks fail; nothing is registered then.
     """
     registry = _get_registry()
-    with registry.lock:
+    _await_other_loader()
+    with registry.lock, _Busy():
         plugin_name = name or registry.pm.get_canonical_name(plugin)
         taken = registry.origins.get(plugin_name)
         if taken is not None:
@@ -620,7 +665,8 @@ def get_serializer(name: str) -> SerializerLike:
     if entry is None:
         raise registry.unknown(name, registry.serializers, "serializers")
     cls = registry.resolve(entry, registry.serializers.kind, _check_serializer)
-    with registry.lock:
+    _await_other_loader()
+    with registry.lock, _Busy():
         instance = registry.serializer_instances.get(folded)
         if instance is None:
             try:
