@@ -1452,3 +1452,32 @@ def test_the_documented_error_messages_are_the_ones_raised() -> None:
         with pytest.raises(ConfigurationError) as raised:
             build()
         assert str(raised.value) == text
+
+
+# a context manager whose C __enter__ makes a signal (SIGINT) pending as it returns, as one
+# arriving just after a lock was taken would
+_WITH_PROBE = """
+import _thread
+class Entering:
+    __enter__ = staticmethod(_thread.interrupt_main)
+    def __exit__(self, *exc):
+        print("exit", end=" ")
+try:
+    with Entering():
+        print("body", end=" ")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_signal_as_with_enters_is_as_reliability_md_says() -> None:
+    """reliability.md: on 3.14 (3.14.10 tested) a signal handled as a C ``__enter__`` returns
+    skips ``__exit__`` (CPython gh-148874); 3.11 to 3.13 run it. A 3.14 release with the fix
+    fails here: then the page must change."""
+    import sys
+
+    page = (DOCS / "reliability.md").read_text()
+    assert "gh-148874" in page
+    assert "present in\n3.14.10, the newest 3.14 tested here" in page
+    skipped_exit = run_python(_WITH_PROBE) == "interrupted"
+    assert skipped_exit == (sys.version_info[:2] == (3, 14)), run_python(_WITH_PROBE)
