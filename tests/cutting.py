@@ -19,8 +19,8 @@ for N = 1, 2, ... until the call ends before reaching N. Two ways to count the p
   Not swept: 3.14 calls a with statement's ``__enter__`` with a CALL, whose check as a C
   ``__enter__`` (a lock's) returns raises before the with-block's handler, so ``__exit__`` is
   skipped (CPython gh-148874, fixed for 3.15). A Cut can only be raised at the instruction after
-  that CALL, inside the block: the point fails the same-handler rule and is left out. That
-  window is CPython's, shared by every with statement, and documented in docs/reliability.md.
+  that CALL, inside the block: the point fails the same-handler rule and is left out.
+  ``entered_by_c`` finds those calls instead (tests/test_with_statements.py).
 
 Used by tests/test_interrupt_*.py.
 """
@@ -353,7 +353,7 @@ def runs_in_place(opname: str, callable_: object) -> bool:
 
 
 # the events the tools below use: their callbacks are all unregistered after
-_EVENTS = ("PY_START", "PY_RESUME", "CALL", "INSTRUCTION")
+_EVENTS = ("PY_START", "PY_RESUME", "CALL", "INSTRUCTION", "C_RETURN", "C_RAISE")
 
 
 @contextlib.contextmanager
@@ -479,3 +479,46 @@ def _cut_monitored(n: int, call: Callable[[], Any], census: list[Point] | None) 
     finally:
         monitoring.restart_events()  # what DISABLE turned off
     return outcome
+
+
+# -- with statements entering by a C call (3.14) ---------------------------------------------
+
+
+def _enters_by_call(code: CodeType, offset: int) -> bool:
+    """Whether the CALL at ``offset`` is a with statement's call of ``__enter__`` (3.14 on)."""
+    before = None
+    for instruction in dis.get_instructions(code):
+        if instruction.offset == offset:
+            return before == "LOAD_SPECIAL" and instruction.opname == "CALL"
+        before = instruction.opname
+    return False
+
+
+def entered_by_c(call: Callable[[], Any]) -> list[str]:
+    """Run ``call``; where each with statement of cacheplug it runs called a C ``__enter__``
+    (as ``file:line type``): on 3.14 a signal handled as that call returns skips ``__exit__``
+    (CPython gh-148874), and no Cut can be raised there to show it."""
+    monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
+    events = monitoring.events
+    found: list[str] = []
+    local = events.CALL | events.C_RETURN | events.C_RAISE
+
+    with _monitoring_tool("cacheplug enter census") as (tool, instrumented):
+
+        def started(code: CodeType, offset: int) -> Any:
+            if code.co_filename.startswith(PACKAGE_DIR) and code not in instrumented:
+                instrumented.add(code)
+                monitoring.set_local_events(tool, code, local)
+            return None
+
+        def returned(code: CodeType, offset: int, callable_: object, arg0: object) -> Any:
+            if getattr(callable_, "__name__", "") == "__enter__" and _enters_by_call(code, offset):
+                found.append(f"{_where(sys._getframe(1))} {type(arg0).__name__}")
+            return None
+
+        monitoring.register_callback(tool, events.PY_START, started)
+        monitoring.register_callback(tool, events.CALL, lambda *args: None)
+        monitoring.register_callback(tool, events.C_RETURN, returned)
+        monitoring.set_events(tool, events.PY_START)
+        call()
+    return found

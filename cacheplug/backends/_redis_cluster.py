@@ -17,6 +17,7 @@ from cacheplug.backends._redis_clients import (
     pool_exhausted,
 )
 from cacheplug.backends._redis_wire import mget_pieces
+from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.url import check_host
 
@@ -132,6 +133,7 @@ class PendingCluster:
         self._cache = cache
         self._connect: Callable[[], Any] = lambda: _cluster_client(nodes, password, kwargs)
         self._lock = threading.Lock()
+        self._locked = entering(self._lock)
         # The client built, held apart from the cache: redis-py's RedisCluster lies in
         # reference cycles, so only the cycle collector frees it, and it may finalize the
         # client's sockets (each warning "unclosed socket") before the client's __del__ closes
@@ -142,9 +144,10 @@ class PendingCluster:
     def after_fork_in_child(self) -> None:
         """Drop the lock, which a thread of the parent may have held at the fork."""
         self._lock = threading.Lock()
+        self._locked = entering(self._lock)
 
     def __getattr__(self, name: str) -> Any:
-        with self._lock:
+        with self._locked:
             client = self._cache._client
             if client is self:
                 client = self._cache._client = self._connect()

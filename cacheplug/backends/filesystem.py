@@ -22,6 +22,7 @@ from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, Self, TypeVar
 
+from cacheplug.core._entering import entering
 from cacheplug.core.base import (
     BaseCache,
     Timeout,
@@ -155,6 +156,7 @@ class FileSystemCache(BaseCache):
         # of the thread each belongs to
         self._lock_fds: dict[int, int] = {}
         self._lock_fds_guard = threading.Lock()
+        self._lock_fds_guarded = entering(self._lock_fds_guard)
         self._listed = 0  # files in the directory at this cache's last listing
         super().__init__(
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
@@ -641,13 +643,16 @@ class FileSystemCache(BaseCache):
         while True:
             fd = self._open_lock(deadline)
             try:
-                with self._lock_fds_guard:
+                with self._lock_fds_guarded:
                     self._lock_fds[fd] = me
                 _flock_by(fd, self._lock_path, deadline, self._lock_timeout)
                 if self._is_current_lock(fd):
                     return fd
             except BaseException:
-                self._close_lock(fd, me)
+                if self._lock_fds.get(fd) == me:
+                    self._close_lock(fd, me)
+                else:  # cut short before it was noted (3.14: as the guard's with starts)
+                    os.close(fd)
                 raise
             # The file was removed or replaced while we waited: a newcomer locks the new one.
             self._close_lock(fd, me)
@@ -658,7 +663,7 @@ class FileSystemCache(BaseCache):
         # unlock it first. Out of the map before it is closed, or a child forked in between
         # would close the file another thread opens under the same number. The del is no
         # call, so no signal is handled between it and the close: once out, fd is closed.
-        with self._lock_fds_guard:
+        with self._lock_fds_guarded:
             if self._lock_fds.get(fd) == me:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 del self._lock_fds[fd]
@@ -672,6 +677,7 @@ class FileSystemCache(BaseCache):
         """
         super()._after_fork_in_child()
         self._lock_fds_guard = threading.Lock()
+        self._lock_fds_guarded = entering(self._lock_fds_guard)
         for fd in self._lock_fds:
             with suppress(OSError):
                 os.close(fd)
@@ -885,7 +891,7 @@ def _keep_tally(lock: int, count: int, added: int) -> None:
 def _join_turns(path: str) -> _Turn:
     """The turns of this process's threads at the lock file ``path``, counting this thread
     among their users until ``_leave_turns``."""
-    with _turns_guard:
+    with _turns_guarded:
         turn = _turns.get(path)
         if turn is None:
             turn = _turns[path] = _Turn()
@@ -895,7 +901,7 @@ def _join_turns(path: str) -> _Turn:
 
 def _leave_turns(path: str, turn: _Turn) -> None:
     """Count this thread out of ``turn``'s users; the last one drops it."""
-    with _turns_guard:
+    with _turns_guarded:
         turn.users -= 1
         if not turn.users and _turns.get(path) is turn:
             del _turns[path]
@@ -903,8 +909,9 @@ def _leave_turns(path: str, turn: _Turn) -> None:
 
 def _forget_turns() -> None:
     # in a forked child: the parent's threads that held or awaited turns are not there
-    global _turns_guard
+    global _turns_guard, _turns_guarded
     _turns_guard = threading.Lock()
+    _turns_guarded = entering(_turns_guard)
     _turns.clear()
 
 
@@ -915,6 +922,7 @@ class _Turn:
     def __init__(self) -> None:
         self.users = 0  # threads holding or awaiting it, kept by _join_turns/_leave_turns
         self._guard = threading.Lock()
+        self._guarded = entering(self._guard)
         self._held = False
         self._owner = 0  # the thread holding it (ident), or 0
         self._waiters: deque[tuple[threading.Lock, int]] = deque()
@@ -928,7 +936,7 @@ class _Turn:
         """
         waiter = None
         try:
-            with self._guard:
+            with self._guarded:
                 if not self._held:
                     self._held = True
                     self._owner = me
@@ -946,7 +954,7 @@ class _Turn:
 
     def _withdraw(self, waiter: threading.Lock, me: int) -> bool:
         """Take ``waiter`` out of the queue; whether it was there (else it was handed the turn)."""
-        with self._guard:
+        with self._guarded:
             if (waiter, me) in self._waiters:
                 self._waiters.remove((waiter, me))
                 return True
@@ -954,7 +962,7 @@ class _Turn:
 
     def release(self, me: int) -> None:
         """Hand it to the longest waiter, if any, when thread ``me`` holds it (else nothing)."""
-        with self._guard:
+        with self._guarded:
             if self._owner != me:
                 return
             if self._waiters:
@@ -1158,6 +1166,7 @@ def _make_dirs(path: str, mode: int) -> None:
 
 _turns: dict[str, _Turn] = {}
 _turns_guard = threading.Lock()
+_turns_guarded = entering(_turns_guard)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_turns)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cacheplug.core._entering import entering
 from cacheplug.core.base import (
     LONGEST_TIMEOUT,
     BaseCache,
@@ -99,6 +100,7 @@ class SimpleCache(BaseCache):
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
         self._lock = threading.RLock()
+        self._locked = entering(self._lock)  # for with statements; get and set use the lock
         # key -> (absolute expiry or _NEVER, codec, payload)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         # (expiry, key) of entries that expire; stale records are dropped lazily.
@@ -115,7 +117,7 @@ class SimpleCache(BaseCache):
         if "_cache" not in self.__dict__:  # a subclass assigning it before __init__ ran
             self._threshold = checked
             return
-        with self._lock:
+        with self._locked:
             # evicted first: a call cut short while evicting leaves the old, higher threshold
             self._make_room(checked)
             self._threshold = checked
@@ -280,7 +282,7 @@ class SimpleCache(BaseCache):
         else:
             value = self._verified(key, entry[2])
         if value is None:  # unreadable, or a serialized None: a miss after all
-            with self._lock:
+            with self._locked:
                 self._hits -= 1
                 self._misses += 1
         return value
@@ -340,7 +342,7 @@ class SimpleCache(BaseCache):
             check_key(key)
         expires = self._expiry(timeout)
         codec, payload = self._pack(value)
-        with self._lock:
+        with self._locked:
             if self._live(key) is not None:
                 return False
             if expires is None:
@@ -352,7 +354,7 @@ class SimpleCache(BaseCache):
     def delete(self, key: str) -> bool:
         if type(key) is not str:
             check_key(key)
-        with self._lock:
+        with self._locked:
             existed = self._live(key) is not None
             if existed:
                 del self._cache[key]
@@ -362,17 +364,17 @@ class SimpleCache(BaseCache):
     def has(self, key: str) -> bool:
         if type(key) is not str:
             check_key(key)
-        with self._lock:
+        with self._locked:
             return self._live(key) is not None
 
     def clear(self) -> bool:
-        with self._lock:
+        with self._locked:
             self._cache.clear()
             self._expiries.clear()
         return True
 
     def get_many(self, *keys: str) -> list[Any]:
-        with self._lock:
+        with self._locked:
             return [self.get(key) for key in keys]
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
@@ -383,7 +385,7 @@ class SimpleCache(BaseCache):
                 check_key(key)
         expires = self._expiry(timeout)
         packed = [(key, self._pack(value)) for key, value in items]
-        with self._lock:
+        with self._locked:
             for key, (codec, payload) in packed:
                 if expires is None:  # born expired: counted, as set counts it
                     self._cache.pop(key, None)
@@ -396,7 +398,7 @@ class SimpleCache(BaseCache):
         if type(key) is not str:
             check_key(key)
         check_delta(delta)
-        with self._lock:
+        with self._locked:
             entry = self._live(key)
             if entry is None:
                 value = delta
@@ -426,6 +428,7 @@ class SimpleCache(BaseCache):
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
         self._lock = threading.RLock()
+        self._locked = entering(self._lock)
 
     def __len__(self) -> int:
         """Entries held, expired ones not yet dropped included."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
+from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.serializer import SerializerLike, resolve_serializer, serializer_name
 from cacheplug.serializers.pickle import PickleSerializer
@@ -364,6 +365,7 @@ class BaseCache(ABC):
         self._error_count = self._evictions = 0
         self._flights: dict[str, list[Any]] = {}
         self._flights_lock = threading.Lock()
+        self._flights_locked = entering(self._flights_lock)
         self._last_logged: dict[str, float] = {}
         self._held_back: dict[str, int] = {}
         _live_caches[id(self)] = self
@@ -782,6 +784,7 @@ class BaseCache(ABC):
         """
         self._flights = {}
         self._flights_lock = threading.Lock()
+        self._flights_locked = entering(self._flights_lock)
 
     def _single_flight(self, key: str) -> Iterator[None]:
         """Hold the per-key lock of this process for ``key`` from the first ``next`` until the
@@ -798,13 +801,14 @@ class BaseCache(ABC):
         # and the finally calls nothing between taking it back and dropping an unused flight.
         flight: list[Any] | None = None
         try:
-            with self._flights_lock:
+            with self._flights_locked:
                 found = self._flights.get(key)
                 if found is None:
-                    found = self._flights[key] = [threading.RLock(), 0]
+                    lock = threading.RLock()
+                    found = self._flights[key] = [lock, 0, entering(lock)]
                 found[1] += 1
                 flight = found
-            with flight[0]:
+            with flight[2]:
                 yield
         finally:
             # A signal handler may also raise while this waits for the flights' lock (another
@@ -812,7 +816,7 @@ class BaseCache(ABC):
             cut: BaseException | None = None
             while flight is not None:
                 try:
-                    with self._flights_lock:
+                    with self._flights_locked:
                         flight[1] -= 1
                         flights = self._flights  # a fork drops flights: then it is not there
                         if flight[1] == 0 and key in flights and flights[key] is flight:

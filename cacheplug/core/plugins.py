@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from cacheplug.core import hookspecs
+from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class _Registry:
         )
         self.serializer_instances: dict[str, SerializerLike] = {}
         self.lock = threading.RLock()
+        self.locked = entering(self.lock)  # for with statements
         self.strict = False
         self.entry_points_read = False
         #: names in DISABLE_ENV that no entry point has, and the names that were installed
@@ -201,7 +203,7 @@ class _Registry:
     def warn_unknown_disabled(self) -> None:
         """Warn, once, of the names in DISABLE_ENV no plugin has: an operator's typo would
         leave the plugin running without a word."""
-        with self.lock:
+        with self.locked:
             unknown, self.unknown_disabled = self.unknown_disabled, set()
         if unknown:
             warnings.warn(
@@ -346,7 +348,7 @@ class _Registry:
         if loaded is not None:
             return loaded
         _await_other_loader()
-        with self.lock, _Busy():
+        with self.locked, _Busy():
             if entry.loaded is None:
                 target = entry.target
                 if isinstance(target, str):
@@ -458,6 +460,7 @@ def _caller_stacklevel() -> int:
 _registry: _Registry | None = None
 # Re-entrant so a plugin that uses the registry while it is being built gets an error, not a hang.
 _registry_lock = threading.RLock()
+_registry_locked = entering(_registry_lock)
 #: threads loading or registering plugins, each with the event set when it is done
 _loaders: dict[threading.Thread, threading.Event] = {}
 #: seconds a thread waits for another thread's plugin loading before it logs where that one is
@@ -512,7 +515,7 @@ def _get_registry() -> _Registry:
     if registry is not None:
         return registry
     _await_other_loader()
-    with _registry_lock:
+    with _registry_locked:
         if _registry is None:
             if threading.current_thread() in _loaders:  # re-entered: this thread loads them
                 raise PluginError(
@@ -540,7 +543,7 @@ def reset_plugins() -> None:
     Plugins added with :func:`register_plugin` are forgotten too.
     """
     global _registry
-    with _registry_lock:
+    with _registry_locked:
         _registry = None
 
 
@@ -573,7 +576,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
     """
     registry = _get_registry()
     _await_other_loader()
-    with registry.lock, _Busy():
+    with registry.locked, _Busy():
         plugin_name = name or registry.pm.get_canonical_name(plugin)
         taken = registry.origins.get(plugin_name)
         if taken is not None:
@@ -666,7 +669,7 @@ def get_serializer(name: str) -> SerializerLike:
         raise registry.unknown(name, registry.serializers, "serializers")
     cls = registry.resolve(entry, registry.serializers.kind, _check_serializer)
     _await_other_loader()
-    with registry.lock, _Busy():
+    with registry.locked, _Busy():
         instance = registry.serializer_instances.get(folded)
         if instance is None:
             try:
