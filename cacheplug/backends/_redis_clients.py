@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from cacheplug.core._entering import entering
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError, did_you_mean
 from cacheplug.core.url import check_host, port_number
@@ -389,7 +390,7 @@ def reclaim(pool: Any, handled: Mapping[int, Any], taking: set[int]) -> None:
     idle = getattr(pool, "_available_connections", None)
     if not isinstance(in_use, set) or not isinstance(idle, list):
         return  # another kind of pool (BlockingConnectionPool): left as redis-py leaves it
-    with pool._lock:
+    with entering(pool._lock):  # made per call: this runs only after a cut
         if taking:
             return
         for connection in [c for c in in_use if id(c) not in handled]:
