@@ -804,11 +804,10 @@ class BaseCache(ABC):
             with self._flights_locked:
                 found = self._flights.get(key)
                 if found is None:
-                    lock = threading.RLock()
-                    found = self._flights[key] = [lock, 0, entering(lock)]
+                    found = self._flights[key] = [entering(threading.RLock()), 0]
                 found[1] += 1
                 flight = found
-            with flight[2]:
+            with flight[0]:
                 yield
         finally:
             # A signal handler may also raise while this waits for the flights' lock (another

@@ -140,6 +140,8 @@ class _Registry:
         self.serializer_instances: dict[str, SerializerLike] = {}
         self.lock = threading.RLock()
         self.locked = entering(self.lock)  # for with statements
+        #: the thread holding ``lock`` while it registers or imports a plugin's class
+        self.holder: threading.Thread | None = None
         self.strict = False
         self.entry_points_read = False
         #: names in DISABLE_ENV that no entry point has, and the names that were installed
@@ -347,12 +349,13 @@ class _Registry:
         loaded = entry.loaded
         if loaded is not None:
             return loaded
-        _await_other_loader()
-        with self.locked, _Busy():
+        _await_loader(self.lock, lambda: self.holder)
+        with self.locked:
             if entry.loaded is None:
                 target = entry.target
                 if isinstance(target, str):
                     module_name, _, attr = target.partition(":")
+                    previous, self.holder = self.holder, threading.current_thread()
                     try:
                         value: Any = importlib.import_module(module_name)
                         for part in attr.split("."):
@@ -363,6 +366,8 @@ class _Registry:
                             f"{kind} {entry.name!r} from {entry.origin} cannot be imported "
                             f"from {target!r}: {_describe(err)}"
                         ) from err
+                    finally:
+                        self.holder = previous
                 else:
                     value = target
                 problem = check(value)
@@ -461,71 +466,66 @@ _registry: _Registry | None = None
 # Re-entrant so a plugin that uses the registry while it is being built gets an error, not a hang.
 _registry_lock = threading.RLock()
 _registry_locked = entering(_registry_lock)
-#: threads loading or registering plugins, each with the event set when it is done
-_loaders: dict[threading.Thread, threading.Event] = {}
+#: the thread building the registry, while it does
+_building: threading.Thread | None = None
 #: seconds a thread waits for another thread's plugin loading before it logs where that one is
 _PATIENCE = 10.0
 
 
-class _Busy:
-    """Marks this thread, for the block, as one loading or registering plugins."""
-
-    def __enter__(self) -> None:
-        me = threading.current_thread()
-        self.nested = me in _loaders
-        if not self.nested:
-            _loaders[me] = threading.Event()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self.nested:
-            done = _loaders.pop(threading.current_thread(), None)
-            if done is not None:
-                done.set()
-
-
-def _await_other_loader() -> None:
-    """Wait for other threads' plugin loading; past ``_PATIENCE`` seconds, log where they are.
+def _await_loader(lock: Any, loader: Callable[[], threading.Thread | None]) -> None:
+    """Wait until no other thread holds ``lock`` (taken while plugins load or register); past
+    ``_PATIENCE`` seconds, log where the one holding it, ``loader()``, is and return.
 
     A plugin whose import or hook waits for a thread that uses cacheplug never finishes loading
     (that thread waits for it): the log names the place, where a silent hang would not.
     """
-    me = threading.current_thread()
-    for loader, done in list(_loaders.items()):
-        if loader is me or done.wait(_PATIENCE):
-            continue
-        import logging
-        import traceback
+    if lock._is_owned():
+        return
+    try:
+        if lock.acquire(timeout=_PATIENCE):
+            lock.release()
+            return
+    except BaseException:  # a signal handler raised: not left taken
+        if lock._is_owned():
+            lock.release()
+        raise
+    import logging
+    import traceback
 
-        frame = sys._current_frames().get(loader.ident or -1)
-        where = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
-        logging.getLogger("cacheplug").warning(
-            "thread %r has been loading cacheplug's plugins for over %g s, and thread %r waits "
-            "for it; if a plugin, while it loads or inside a hook, waits for a thread that uses "
-            "cacheplug, both wait forever. The loading thread is at:\n%s",
-            loader.name,
-            _PATIENCE,
-            me.name,
-            where.rstrip("\n"),
-        )
+    holder = loader()
+    frame = sys._current_frames().get(holder.ident or -1) if holder is not None else None
+    where = "".join(traceback.format_stack(frame)).rstrip("\n") if frame else "(unknown)"
+    logging.getLogger("cacheplug").warning(
+        "thread %r has been loading cacheplug's plugins for over %g s, and thread %r waits "
+        "for it; if a plugin, while it loads or inside a hook, waits for a thread that uses "
+        "cacheplug, both wait forever. The loading thread is at:\n%s",
+        holder.name if holder is not None else "?",
+        _PATIENCE,
+        threading.current_thread().name,
+        where,
+    )
 
 
 def _get_registry() -> _Registry:
-    global _registry
+    global _registry, _building
     registry = _registry
     if registry is not None:
         return registry
-    _await_other_loader()
+    _await_loader(_registry_lock, lambda: _building)
     with _registry_locked:
         if _registry is None:
-            if threading.current_thread() in _loaders:  # re-entered: this thread loads them
+            if _building is threading.current_thread():  # the lock is re-entrant
                 raise PluginError(
                     "cacheplug's plugins are still loading: a plugin must not build caches or "
                     "look up backends or serializers at import time or inside its hooks"
                 )
-            with _Busy():
+            _building = threading.current_thread()
+            try:
                 fresh = _Registry()
                 fresh.load()
                 _registry = fresh
+            finally:
+                _building = None
         return _registry
 
 
@@ -575,8 +575,8 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         implements an unknown hook, or its hooks fail; nothing is registered then.
     """
     registry = _get_registry()
-    _await_other_loader()
-    with registry.locked, _Busy():
+    _await_loader(registry.lock, lambda: registry.holder)
+    with registry.locked:
         plugin_name = name or registry.pm.get_canonical_name(plugin)
         taken = registry.origins.get(plugin_name)
         if taken is not None:
@@ -587,6 +587,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
                 f"plugin name {plugin_name!r} is disabled by {DISABLE_ENV}; "
                 f"register the plugin under another name"
             )
+        previous, registry.holder = registry.holder, threading.current_thread()
         try:
             registry.add(plugin, _Origin(plugin_name, _RUNTIME, ""), exclusive=True)
         except PluginError:
@@ -596,6 +597,8 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
             raise PluginError(
                 f"plugin {plugin_name!r} cannot be registered: {_describe(err)}"
             ) from err
+        finally:
+            registry.holder = previous
     return plugin_name
 
 
@@ -668,10 +671,11 @@ def get_serializer(name: str) -> SerializerLike:
     if entry is None:
         raise registry.unknown(name, registry.serializers, "serializers")
     cls = registry.resolve(entry, registry.serializers.kind, _check_serializer)
-    _await_other_loader()
-    with registry.locked, _Busy():
+    _await_loader(registry.lock, lambda: registry.holder)
+    with registry.locked:
         instance = registry.serializer_instances.get(folded)
         if instance is None:
+            previous, registry.holder = registry.holder, threading.current_thread()
             try:
                 instance = cls()
             except BaseException as err:
@@ -681,6 +685,8 @@ def get_serializer(name: str) -> SerializerLike:
                     f": {_describe(err)}; cacheplug creates serializers with no "
                     f"arguments, so every parameter needs a default"
                 ) from err
+            finally:
+                registry.holder = previous
             registry.serializer_instances[folded] = instance
     return instance
 
