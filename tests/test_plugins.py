@@ -229,7 +229,7 @@ def test_a_thread_left_waiting_for_plugin_loading_logs_where_the_loader_is(
 ) -> None:
     # The plugin waits, while it loads, for a thread that needs the plugins: without its join
     # timeout neither would ever finish. The waiting thread must say where the loader is.
-    wait = "helper.join(timeout=1.5); STILL_WAITING = helper.is_alive()"
+    wait = "helper.join(timeout=3.0); STILL_WAITING = helper.is_alive()"
     write_distribution(
         site,
         "cacheplug-waiter",
