@@ -1,4 +1,4 @@
-"""On CPython 3.14 no with statement of cacheplug takes a lock by a C ``__enter__``.
+"""On CPython 3.14 no with statement of cacheplug calls a C ``__enter__`` (a lock's, a file's).
 
 3.14 calls a with statement's ``__enter__`` with a CALL, which handles pending signals as a C
 function returns: a signal handler's exception raised there skips ``__exit__`` and leaves the
