@@ -501,7 +501,7 @@ def entered_by_c(call: Callable[[], Any]) -> list[str]:
     monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
     events = monitoring.events
     found: list[str] = []
-    local = events.CALL | events.C_RETURN | events.C_RAISE
+    local = events.CALL | events.C_RETURN | events.C_RAISE  # C_RETURN comes only with these
 
     with _monitoring_tool("cacheplug enter census") as (tool, instrumented):
 
@@ -517,7 +517,6 @@ def entered_by_c(call: Callable[[], Any]) -> list[str]:
             return None
 
         monitoring.register_callback(tool, events.PY_START, started)
-        monitoring.register_callback(tool, events.CALL, lambda *args: None)
         monitoring.register_callback(tool, events.C_RETURN, returned)
         monitoring.set_events(tool, events.PY_START)
         call()
