@@ -1167,7 +1167,8 @@ def mac_input(serializer: str, prefix: str, key: str) -> bytes:
 def test_signed_payload_is_the_documented_hmac(
     serializer: str, redis_url: str, redis_db: redis.Redis, tmp_path: Path
 ) -> None:
-    """security.md: every stored payload is HMAC-SHA256(secret, context + entry + data) + data."""
+    """security.md: every stored payload is the two bytes C1 FF, then
+    HMAC-SHA256(secret, context + entry + data), then data."""
     import hmac
 
     prefix, key = "app:é", "user:ü"
@@ -1181,7 +1182,8 @@ def test_signed_payload_is_the_documented_hmac(
     (name,) = [n for n in os.listdir(tmp_path / "c") if n.startswith("cp-")]
     on_disk = (tmp_path / "c" / name).read_bytes()[12:]
     for payload in (stored, on_disk):
-        mac, data = payload[:32], payload[32:]
+        mark, mac, data = payload[:2], payload[2:34], payload[34:]
+        assert mark == b"\xc1\xff"
         expected = hmac.new(SECRET.encode(), mac_input(serializer, prefix, key) + data, "sha256")
         assert mac == expected.digest()
 

@@ -221,7 +221,7 @@ def signed(data: bytes, key: str, prefix: str = "", secret: str = SIGNING_KEY) -
     stores it for ``key``: the MAC covers the prefix and the key, each after its length."""
     entry = b"cacheplug-entry:%d:%d:" % (len(prefix.encode()), len(key.encode()))
     message = entry + prefix.encode() + key.encode() + data
-    return hmac.digest(secret.encode(), message, hashlib.sha256) + data
+    return b"\xc1\xff" + hmac.digest(secret.encode(), message, hashlib.sha256) + data
 
 
 @dataclass
@@ -399,6 +399,49 @@ def test_a_genuine_signed_payload_still_reads(store: Store) -> None:
     cache = store.make(secret=SIGNING_KEY)
     store.forge(cache, "ours", signed(pickle.dumps({"amount": 10}), "ours", store.prefix))
     assert cache.get("ours") == {"amount": 10}
+
+
+#: Keys whose MAC (secret "s3cr3t", key_prefix "signed-elsewhere:", value SIGNED_ELSEWHERE)
+#: happens to start with bytes that pickle reads: before signed payloads carried a mark, a
+#: cache without the secret answered set(), {}, a 500-digit int and a float for them.
+PICKLE_SHAPED_MACS = ["user:9303", "user:10081", "user:16242", "user:22314"]
+SIGNED_ELSEWHERE = {"role": "user", "id": 42}
+
+
+@pytest.mark.parametrize("engine", ["redis", "memcached", "file"])
+def test_a_cache_without_the_secret_reads_signed_entries_as_misses(
+    engine: str,
+    request: pytest.FixtureRequest,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process not given the secret yet (a rolling deploy adding CACHEPLUG_SECRET) reads
+    what signed processes wrote as misses, never as whatever the MAC's bytes decode to."""
+    monkeypatch.delenv("CACHEPLUG_SECRET", raising=False)
+    options: dict[str, Any] = {"key_prefix": "signed-elsewhere:"}
+    cls: Callable[..., BaseCache]
+    if engine == "redis":
+        cls, options["port"] = RedisCache, request.getfixturevalue("redis_server").port
+    elif engine == "memcached":
+        server: MemcachedServer = request.getfixturevalue("memcached_server")
+        server.flush()
+        cls, options["servers"] = MemcachedCache, [f"{server.host}:{server.port}"]
+    else:
+        cls, options["cache_dir"] = FileSystemCache, tmp_path / "c"
+    keys = [*PICKLE_SHAPED_MACS, "user:1", "user:2"]
+    with cls(**options, secret="s3cr3t") as signing, cls(**options) as unsigned:
+        assert signing.set_many(dict.fromkeys(keys, SIGNED_ELSEWHERE)) == keys
+        assert signing.get_many(*keys) == [SIGNED_ELSEWHERE] * len(keys)
+        caplog.set_level(logging.WARNING, logger="cacheplug")
+        assert unsigned.get_many(*keys) == [None] * len(keys)
+        assert [unsigned.get(key) for key in keys] == [None] * len(keys)
+        assert unsigned.get_dict(*keys) == dict.fromkeys(keys)
+        assert unsigned.stats()["errors"] >= 3 * len(keys)
+        assert "has no secret" in caplog.text
+        for key in keys:  # the signed process keeps reading its entries
+            assert signing.get(key) == SIGNED_ELSEWHERE
+        signing.clear()
 
 
 def test_a_genuine_entry_copied_to_another_key_is_a_miss(

@@ -51,6 +51,7 @@ from cacheplug.backends._redis_counters import (
     unescaped,
 )
 from cacheplug.core.base import (
+    SIGNED_MARK,
     BaseCache,
     Timeout,
     check_delta,
@@ -263,7 +264,9 @@ class RedisCache(BaseCache):
     def _undecoded(self, key: str, payload: bytes, prefix: str, err: Exception) -> Any:
         """The value of a ``payload`` that :meth:`_decoded` refused with ``err``: ``None``,
         logged and counted, without calling the serializer again (its error says why)."""
-        if not payload:  # refused before the serializer saw it: no first byte to look at
+        if not payload or (self._signer is None and payload.startswith(SIGNED_MARK)):
+            # refused before the serializer saw it (no first byte to look at), or signed and
+            # read without a secret: _decode_or_miss says so
             return self._decode_or_miss(key, payload, prefix)
         self._read_as_miss(key, err)
         return None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cacheplug.core._entering import entering
 from cacheplug.core.base import (
     LONGEST_TIMEOUT,
+    SIGNED_MARK,
     BaseCache,
     Timeout,
     check_delta,
@@ -43,6 +44,12 @@ _RAW = 0  # the value itself, immutable
 _SHALLOW = 1  # a private container of immutables; readers get a copy
 _SERIALIZED = 2  # the serializer's bytes
 _SIGNED = 3  # (signature, the serializer's bytes): apart, so a read verifies without slicing
+
+
+def _stored_form(signed: tuple[bytes, bytes]) -> bytes:
+    """A ``_SIGNED`` entry's payload as an engine stores it, for the base class to decode."""
+    return SIGNED_MARK + signed[0] + signed[1]
+
 
 _Entry = tuple[float, int, Any]
 
@@ -163,7 +170,7 @@ class SimpleCache(BaseCache):
             except Exception:
                 pass
         # the base class says what is wrong, as for any stored payload
-        return self._decode_or_miss(key, signature + data)
+        return self._decode_or_miss(key, _stored_form(payload))
 
     def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
@@ -409,7 +416,7 @@ class SimpleCache(BaseCache):
                 if codec < _SERIALIZED:  # kept as it is: only its type is read
                     current = payload
                 else:
-                    blob = payload if codec == _SERIALIZED else payload[0] + payload[1]
+                    blob = payload if codec == _SERIALIZED else _stored_form(payload)
                     try:  # not _decode_or_miss: a stored None is not an unreadable entry
                         current = self._decode(blob, key)
                     except SerializationError as err:

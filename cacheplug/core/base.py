@@ -41,6 +41,11 @@ Timeout = float | timedelta | None
 
 SECRET_ENV = "CACHEPLUG_SECRET"
 SIGNATURE_SIZE = 32  # HMAC-SHA256 digest length
+#: The first bytes of every signed payload. No pickle, JSON or msgpack document (nor CBOR)
+#: can start with them, so a cache without the secret reads a signed entry as a miss at its
+#: first byte, instead of feeding the MAC's random bytes to ``loads``.
+SIGNED_MARK = b"\xc1\xff"
+_SIGNED_HEAD = len(SIGNED_MARK) + SIGNATURE_SIZE
 _LOG_INTERVAL = 60.0  # seconds between two log lines of one kind from one cache
 
 _IPAD = bytes(b ^ 0x36 for b in range(256))
@@ -658,7 +663,7 @@ class BaseCache(ABC):
         data = self._serialize(value, serializer)
         if self._signer is None:
             return data
-        return self._signer.sign(data, serializer, self._entry(key, prefix)) + data
+        return SIGNED_MARK + self._signer.sign(data, serializer, self._entry(key, prefix)) + data
 
     def _encode_count(self, key: str, value: int) -> bytes:
         """:meth:`_encode` of the new value of a counter.
@@ -682,13 +687,18 @@ class BaseCache(ABC):
         """
         serializer = self.serializer  # read once: the one verified is the one that loads
         if self._signer is not None:
-            signature, data = payload[:SIGNATURE_SIZE], payload[SIGNATURE_SIZE:]
-            expected = self._signer.sign(data, serializer, self._entry(key, prefix))
-            if not hmac.compare_digest(signature, expected):
+            data = payload[_SIGNED_HEAD:]
+            expected = SIGNED_MARK + self._signer.sign(data, serializer, self._entry(key, prefix))
+            if not hmac.compare_digest(payload[:_SIGNED_HEAD], expected):
                 raise SerializationError(
                     "stored payload has no valid signature for this secret, serializer and key"
                 )
             payload = data
+        elif payload[: len(SIGNED_MARK)] == SIGNED_MARK:
+            raise SerializationError(
+                "stored payload is signed (written by a cache with a secret) and this cache "
+                "has no secret"
+            )
         if isinstance(payload, memoryview):  # a serializer's loads is promised bytes
             payload = payload.tobytes()
         try:
@@ -709,9 +719,10 @@ class BaseCache(ABC):
         if type(serializer) is PickleSerializer:
             # the default, without the frames of _decode and the serializer
             signer = self._signer
-            data = payload if signer is None else payload[SIGNATURE_SIZE:]
+            data = payload if signer is None else payload[_SIGNED_HEAD:]
             if signer is None or hmac.compare_digest(
-                payload[:SIGNATURE_SIZE], signer.sign(data, serializer, self._entry(key, prefix))
+                payload[:_SIGNED_HEAD],
+                SIGNED_MARK + signer.sign(data, serializer, self._entry(key, prefix)),
             ):
                 try:
                     return pickle.loads(data)
