@@ -407,9 +407,10 @@ def test_entry_signed_with_another_secret_is_a_miss(
     data = pickle.dumps("ours")
     # the MAC covers the entry: key_prefix and key, each after its length in bytes
     entry = b"cacheplug-entry:7:1:signed:k"
-    raw.set("signed:k", b"\xc1\xff" + hmac.digest(b"s3cret-key", entry + data, hashlib.sha256) + data)
+    mark = b"\xc1\xff"  # every signed payload starts with it
+    raw.set("signed:k", mark + hmac.digest(b"s3cret-key", entry + data, hashlib.sha256) + data)
     assert signed.get("k") == "ours"
-    raw.set("signed:k", b"\xc1\xff" + hmac.digest(b"s3cret-key", data, hashlib.sha256) + data)
+    raw.set("signed:k", mark + hmac.digest(b"s3cret-key", data, hashlib.sha256) + data)
     assert signed.get("k") is None  # signed for no entry
 
 
