@@ -51,6 +51,7 @@ import pytest
 import redis
 from plugin_dists import installed_in_place, write_distribution
 from servers import RedisServer
+from tls_files import DOCUMENTED_PASSPHRASE, documented_files, with_real_files
 
 import cacheplug
 from cacheplug import BaseCache, SerializationError, SimpleCache, from_url
@@ -995,16 +996,25 @@ REFUSED_OPTIONS: Mapping[tuple[str, str], str] = {
 }
 
 
+#: What an option needs beside it to be built: a client key comes with its certificate.
+COMPANIONS = {
+    "ssl_certfile": f"&ssl_keyfile=/etc/ssl/client.key&ssl_password={DOCUMENTED_PASSPHRASE}",
+    "ssl_keyfile": f"&ssl_certfile=/etc/ssl/client.pem&ssl_password={DOCUMENTED_PASSPHRASE}",
+}
+
+
 def test_every_documented_option_is_accepted_by_from_url(tmp_path: Path) -> None:
     _, backend = option_tables()
     assert len(backend) > 40
     configuration = (REPO / "docs" / "configuration.md").read_text()
+    files = documented_files(tmp_path)  # TLS files are read when a TLS cache is built
     for (scheme, name), kind in sorted(backend.items()):
         cls = get_backend_class(scheme)
         assert cls.url_options.get(name) is kind, f"{scheme}:// {name}: documented as {kind}"
         base = BASE_URLS[scheme].replace("{tmp}", str(tmp_path))
         joiner = "&" if "?" in base else "?"
-        url = f"{base}{joiner}{name}={SAMPLES[name]}"
+        url = f"{base}{joiner}{name}={SAMPLES[name]}{COMPANIONS.get(name, '')}"
+        url = with_real_files(url, files)
         if (scheme, name) in REFUSED_OPTIONS:
             assert REFUSED_OPTIONS[scheme, name] in configuration
             with pytest.raises(cacheplug.ConfigurationError, match=f"URL option '{name}' does not"):
@@ -1060,13 +1070,14 @@ def test_inline_urls_build_or_are_listed(tmp_path: Path) -> None:
     temporary one; nothing is contacted), unless listed in NOT_BUILT; refused ones are refused."""
     found = inline_urls()
     assert len(found) > 50
+    files = documented_files(tmp_path)  # TLS files are read when a TLS cache is built
     for page, url in found:
         reason = NOT_BUILT.get(url)
         if reason == "refused":
             with pytest.raises(cacheplug.ConfigurationError):
                 from_url(url)
         elif reason is None:
-            real = re.sub(r"^file://", f"file://{tmp_path}", url)
+            real = with_real_files(re.sub(r"^file://", f"file://{tmp_path}", url), files)
             with from_url(real) as cache:
                 assert isinstance(cache, BaseCache), (page, url)
     assert NOT_BUILT.keys() <= {url for _, url in found}, "NOT_BUILT lists a URL no page shows"

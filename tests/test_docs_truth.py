@@ -26,6 +26,7 @@ import pytest
 import redis
 from pymemcache.client.base import Client as MemcachedClient
 from servers import MemcachedServer, RedisServer
+from tls_files import documented_files, with_real_files
 
 import cacheplug
 from cacheplug import (
@@ -163,6 +164,8 @@ def test_readme_url_table_names_each_urls_backend() -> None:
 def test_configuration_schemes_table_names_each_schemes_backend(tmp_path: Path) -> None:
     rows = table(section(page("docs/configuration.md"), "## Schemes"))
     assert len(rows) == 8
+    (tmp_path / "tls").mkdir()
+    files = documented_files(tmp_path / "tls")  # TLS files are read when a TLS cache is built
     for row in rows:
         expected = class_of(row["backend"])
         for scheme in names(row["scheme"]):
@@ -170,7 +173,7 @@ def test_configuration_schemes_table_names_each_schemes_backend(tmp_path: Path) 
         (example,) = names(row["example"])
         assert scheme_of(example) in names(row["scheme"])
         real = example.replace("file:///var/cache", f"file://{tmp_path}")
-        with from_url(real) as cache:
+        with from_url(with_real_files(real, files)) as cache:
             assert type(cache).__name__ == expected
 
 
@@ -407,16 +410,18 @@ REDIS_URLS: dict[str, dict[str, Any]] = {
 }
 
 
-def test_redis_url_table_means_what_it_says() -> None:
+def test_redis_url_table_means_what_it_says(tmp_path: Path) -> None:
     rows = table(section(section(page("docs/backends.md"), "## Redis (`RedisCache`)"), "### URLs"))
     documented = [u for row in rows for u in names(row["URL"]) if u.startswith(("redis", "unix"))]
     redis_rows = [u for u in documented if not u.startswith("redis+cluster")]
     assert set(redis_rows) == set(REDIS_URLS)
+    files = documented_files(tmp_path)  # TLS files are read when a TLS cache is built
     for example, settings in REDIS_URLS.items():
-        with from_url(example) as cache:
+        with from_url(with_real_files(example, files)) as cache:
             kwargs = redis_kwargs(cache)
-            for name, expected in settings.items():
-                assert kwargs.get(name) == expected, (example, name)
+            for name, said in settings.items():
+                real = with_real_files(said, files) if isinstance(said, str) else said
+                assert kwargs.get(name) == real, (example, name)
             assert effective(cache, "ssl") is example.startswith("rediss://")
     assert "redis+cluster://node1:7000,node2:7001" in documented
     with from_url("redis+cluster://node1:7000,node2:7001") as cache:

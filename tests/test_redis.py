@@ -22,6 +22,7 @@ import redis
 import servers
 from interpreter import run_python
 from servers import RedisCluster, RedisServer, killed
+from tls_files import make_certificates, tls_server_config
 from waiting import paused_process, wait_until
 
 from cacheplug import ConfigurationError, RedisCache, SerializationError, from_url
@@ -633,38 +634,10 @@ def test_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
 # -- TLS ------------------------------------------------------------------------------------------
 
 
-def _make_certificates(directory: Any) -> dict[str, str]:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
-
-    The CA states its key usage: Python 3.13 verifies strictly and refuses a CA without it.
-    """
-    paths = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
-    csr, ext = directory / "server.csr", directory / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    steps = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-         "-keyout", paths["ca-key"], "-out", paths["ca"]],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-keyout", paths["key"], "-out", str(csr)],
-        ["x509", "-req", "-in", str(csr), "-CA", paths["ca"], "-CAkey", paths["ca-key"],
-         "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", paths["cert"]],
-    ]  # fmt: skip
-    for step in steps:
-        subprocess.run(["openssl", *step], check=True, capture_output=True, cwd=directory)
-    return paths
-
-
 def test_rediss_url_talks_tls(tmp_path: Any) -> None:
-    certs = _make_certificates(tmp_path)
+    certs = make_certificates(tmp_path)
     port = servers._free_port()  # the plain port stays open: the fixture probes through it
-    config = {
-        "tls-port": str(port),
-        "tls-cert-file": certs["cert"],
-        "tls-key-file": certs["key"],
-        "tls-ca-cert-file": certs["ca"],
-        "tls-auth-clients": "no",
-    }
+    config = tls_server_config(certs, port)
     with RedisServer(config=config) as server:
         cache = from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs['ca']}&key_prefix=t:")
         assert isinstance(cache, RedisCache)

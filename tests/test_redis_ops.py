@@ -26,6 +26,7 @@ import pytest
 import servers
 import test_redis
 from servers import RedisServer
+from tls_files import make_certificates, tls_server_config
 from waiting import paused_process, wait_until
 
 from cacheplug import RedisCache, from_url
@@ -416,7 +417,7 @@ def test_a_50_mb_value_and_a_long_unicode_key_round_trip(redis_server: RedisServ
 
 
 def test_rediss_with_a_client_certificate_from_the_url(tmp_path: pathlib.Path) -> None:
-    certs = test_redis._make_certificates(tmp_path)
+    certs = make_certificates(tmp_path)
     client = {"cert": str(tmp_path / "client.pem"), "key": str(tmp_path / "client-key.pem")}
     steps = [
         ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=client", "-keyout", client["key"],
@@ -427,13 +428,7 @@ def test_rediss_with_a_client_certificate_from_the_url(tmp_path: pathlib.Path) -
     for step in steps:
         subprocess.run(["openssl", *step], check=True, capture_output=True, cwd=tmp_path)
     port = servers._free_port()
-    config = {
-        "tls-port": str(port),
-        "tls-cert-file": certs["cert"],
-        "tls-key-file": certs["key"],
-        "tls-ca-cert-file": certs["ca"],
-        "tls-auth-clients": "yes",
-    }
+    config = tls_server_config(certs, port, client_certs=True)
     with RedisServer(config=config, password=PASSWORD):
         base = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?key_prefix=tls:&ssl_ca_certs={certs['ca']}"
         mutual = from_url(f"{base}&ssl_certfile={client['cert']}&ssl_keyfile={client['key']}")

@@ -8,17 +8,18 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
+import os
 import queue
 import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cacheplug.core._entering import entering
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError, did_you_mean
-from cacheplug.core.url import check_host, port_number
+from cacheplug.core.url import check_host, coerce_option, port_number
 
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
@@ -90,10 +91,14 @@ def options_from_url(
     :raises ConfigurationError: the URL does not fit its scheme.
     """
     options = dict(options)
-    if url.password is not None:
-        options["password"] = url.password
-    if url.username:
-        options["username"] = url.username
+    for name, given in (("password", url.password), ("username", url.username or None)):
+        query = url.query.get(name)
+        if given is not None and query is not None and query != given:
+            raise ConfigurationError(
+                f"{url.redacted()!r} names two {name}s; give it in the user-info or as ?{name}="
+            )
+        if given is not None:
+            options.setdefault(name, given)  # a keyword wins; ?name= is the same
     reqs = options.get("ssl_cert_reqs")
     if reqs is not None and reqs not in _CERT_REQS:
         raise ConfigurationError(
@@ -112,11 +117,12 @@ def options_from_url(
             raise ConfigurationError(
                 f"the path of {url.redacted()!r} must be a database number, like /0"
             )
-        if "db" in options and options["db"] != int(path_db):
+        query_db = url.query.get("db")
+        if query_db is not None and coerce_option("db", query_db, int) != int(path_db):
             raise ConfigurationError(
                 f"{url.redacted()!r} names two databases; give it in the path or as ?db="
             )
-        options["db"] = int(path_db)
+        options.setdefault("db", int(path_db))  # a keyword wins; ?db= is the same
     if url.scheme == "redis+cluster":
         if not url.hosts:
             raise ConfigurationError(
@@ -294,7 +300,111 @@ def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -
                 lookup(kwargs[option])
             except (LookupError, TypeError):
                 raise ConfigurationError(f"unknown {option} {kwargs[option]!r}") from None
+    checked_tls(kwargs)
     return check_seconds("dead_timeout", dead_timeout)
+
+
+class _NoPassphrase(Exception):
+    """An encrypted key met without an ``ssl_password``."""
+
+
+def checked_tls(kwargs: dict[str, Any]) -> None:
+    """Raise unless the local files of a TLS connection in ``kwargs`` load as redis-py loads
+    them on every connect, where a mistake would pass for a server outage. Without
+    ``ssl_password``, a key found encrypted on a later connect fails that connect instead of
+    asking for its passphrase on the process' terminal, without a timeout.
+
+    :raises ConfigurationError: names the option, its file and what is wrong with it.
+    """
+    if kwargs.get("ssl") is not True:
+        return
+    import ssl
+
+    for option in ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"):
+        path = kwargs.get(option)
+        if path is not None:
+            _check_readable(option, path, directory=option == "ssl_ca_path")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for option, where in (("ssl_ca_certs", "cafile"), ("ssl_ca_data", "cadata")):
+        if kwargs.get(option) is not None:
+            try:
+                context.load_verify_locations(**{where: kwargs[option]})
+            except (ssl.SSLError, TypeError, ValueError) as err:
+                shown = f" {kwargs[option]!r}" if where == "cafile" else ""
+                raise ConfigurationError(
+                    f"{option}{shown} holds no CA certificate redis-py can load ({err})"
+                ) from None
+    certfile, keyfile = kwargs.get("ssl_certfile"), kwargs.get("ssl_keyfile")
+    if certfile is None and keyfile is None:
+        return
+    if certfile is None:
+        raise ConfigurationError(
+            f"ssl_keyfile {keyfile!r} needs ssl_certfile, the client certificate of its key"
+        )
+    key = ("ssl_keyfile", keyfile) if keyfile is not None else ("ssl_certfile", certfile)
+    given = kwargs.get("ssl_password")
+    asked: list[bool] = []
+
+    def passphrase() -> Any:
+        asked.append(True)
+        if given is None:
+            raise _NoPassphrase
+        return given() if callable(given) else given
+
+    try:
+        context.load_cert_chain(certfile, keyfile, password=passphrase)
+    except _NoPassphrase:
+        raise ConfigurationError(
+            f"{key[0]} {key[1]!r} holds an encrypted key; give its passphrase as ssl_password"
+        ) from None
+    except ssl.SSLError as err:
+        raise ConfigurationError(_cert_chain_fault(certfile, key, bool(asked), err)) from None
+    except (TypeError, ValueError) as err:  # says what is wrong, never the passphrase
+        raise ConfigurationError(f"ssl_password cannot unlock {key[0]}: {err}") from None
+    if given is None:  # a key encrypted later fails its connect, not waits for a terminal
+        kwargs["ssl_password"] = functools.partial(_no_passphrase, *key)
+
+
+def _check_readable(option: str, path: object, directory: bool) -> None:
+    """Raise unless ``path`` names a file this process can read (a directory, when
+    ``directory``)."""
+    if not isinstance(path, str | bytes | os.PathLike):  # an int would open a descriptor
+        raise ConfigurationError(f"{option} must be a path (str), got {path!r}")
+    if directory:
+        if not os.path.isdir(path):
+            raise ConfigurationError(f"{option} {path!r} is not a directory")
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ConfigurationError(f"{option} {path!r} cannot be read: {err.strerror}") from None
+
+
+def _cert_chain_fault(certfile: Any, key: tuple[str, Any], asked: bool, err: Exception) -> str:
+    """What is wrong with a client certificate and key that did not load with ``err``
+    (``asked``: the key asked for its passphrase, so the certificate loaded)."""
+    import ssl
+
+    if getattr(err, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"{key[0]} {key[1]!r} does not hold the key of ssl_certfile {certfile!r}"
+    if asked:
+        return f"ssl_password does not unlock the key in {key[0]} {key[1]!r}"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=certfile)
+    except ssl.SSLError:
+        return f"ssl_certfile {certfile!r} holds no certificate in PEM format ({err})"
+    return f"{key[0]} {key[1]!r} holds no private key in PEM format ({err})"
+
+
+def _no_passphrase(option: str, path: Any) -> NoReturn:
+    """Refuse to unlock an encrypted key (``ssl_password`` for redis-py)."""
+    import ssl
+
+    # two arguments: redis-py shows them as "Error <first> connecting to host:port. <second>."
+    raise ssl.SSLError(
+        "no passphrase", f"{option} {path!r} holds an encrypted key; give ssl_password"
+    )
 
 
 def server_clients(retries: int, kwargs: dict[str, Any]) -> tuple[Any, Any]:
