@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import check_host, host_port, port_number
+from cacheplug.core.url import _is_ipv6, check_host, host_port, port_number
 
 __all__ = [
     "DEFAULT_PORT",
@@ -39,6 +39,7 @@ __all__ = [
 
 DEFAULT_PORT = 11211
 _RING_POINTS = 160
+_MOST_WEIGHT = 100  # a server's weight multiplies its points on the ring
 #: A reply that did not come in time: kernel socket timeouts raise BlockingIOError.
 TIMEOUTS = (BlockingIOError, TimeoutError)
 #: Seconds a batch's first try at a connection waits: a reachable server on a LAN answers in
@@ -125,8 +126,15 @@ def closing_client(client_class: type[Any]) -> type[Any]:
 class Server:
     """One memcached server: its idle connections, its health and its namespace token."""
 
-    def __init__(self, address: tuple[str, int] | str, factory: Callable[[], Any], idle: int):
+    def __init__(
+        self,
+        address: tuple[str, int] | str,
+        factory: Callable[[], Any],
+        idle: int,
+        weight: int = 1,
+    ):
         self.address = address
+        self.weight = weight  # its share of the keys, relative to the other servers'
         self.name = address if isinstance(address, str) else host_port(*address)  # as written
         self.identity = server_identity(address)
         self._factory = factory
@@ -199,12 +207,15 @@ def make_servers(
             f"own pymemcache connections and cannot use a ready client: pass the addresses "
             f"that client connects to, e.g. MemcachedCache(['10.0.0.1:11211'])"
         )
-    addresses = [_parse_server(spec) for spec in servers]
-    if not addresses:
+    parsed = [_parse_server(spec) for spec in servers]
+    if not parsed:
         raise ConfigurationError("servers must name at least one memcached server")
-    unique: dict[str, tuple[str, int] | str] = {}  # however it is spelled, the first names it
-    for address in addresses:
-        unique.setdefault(server_identity(address), address)
+    # however a server is spelled, the first spelling names it; listed twice, it weighs both
+    unique: dict[str, tuple[tuple[str, int] | str, int]] = {}
+    for address, weight in parsed:
+        identity = server_identity(address)
+        first, before = unique.get(identity, (address, 0))
+        unique[identity] = first, before + weight
     return [
         Server(
             address,
@@ -221,8 +232,9 @@ def make_servers(
                 default_noreply=False,
             ),
             max_pool_size,
+            weight,
         )
-        for address in unique.values()
+        for address, weight in unique.values()
     ]
 
 
@@ -242,33 +254,62 @@ def server_identity(address: tuple[str, int] | str) -> str:
     return host_port(canonical, port)
 
 
-def _parse_server(spec: object) -> tuple[str, int] | str:
-    """``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)`` or a unix socket path."""
+def _parse_server(spec: object) -> tuple[tuple[str, int] | str, int]:
+    """The address and weight of ``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)``,
+    a unix socket path, or any of the strings with a weight, ``("host:port", weight)``, as
+    python-memcached (cachelib's client) takes them."""
     if isinstance(spec, tuple) and len(spec) == 2:
         host, port = spec
-        if isinstance(host, str) and host and type(port) is int and port_number(port):
-            return check_host(host), port
+        if isinstance(host, str) and type(port) is int and _names_a_server(host):
+            if 1 <= port <= _MOST_WEIGHT:  # python-memcached's ("host:port", weight)
+                return _parse_server(host)[0], port
+            raise ConfigurationError(
+                f"invalid memcached server {spec!r}: the weight of {host!r} must be an int "
+                f"from 1 to {_MOST_WEIGHT}, got {port!r}"
+            )
+        elif isinstance(host, str) and host and type(port) is int and port_number(port):
+            if host.startswith("[") and host.endswith("]") and _is_ipv6(host[1:-1]):
+                host = host[1:-1]
+            if _could_be_host(host):
+                return (check_host(host), port), 1
     elif isinstance(spec, str) and spec.strip():
-        text = spec.strip()
+        # python-memcached's explicit families; the address reads the same without them
+        text = spec.strip().removeprefix("inet6:").removeprefix("inet:")
         if text.startswith(("unix:", "/")):
             path = text.removeprefix("unix:")
             if path:
-                return path
+                return path, 1
         else:
             if text.startswith("["):
                 host, _, rest = text[1:].partition("]")
                 port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
             else:
                 host, _, port_text = text.partition(":")
-            if host and not port_text:
-                return check_host(host), DEFAULT_PORT
-            port = port_number(port_text) if host else None
+            if _could_be_host(host) and not port_text:
+                return (check_host(host), DEFAULT_PORT), 1
+            port = port_number(port_text) if _could_be_host(host) else None
             if port is not None:
-                return check_host(host), port
+                return (check_host(host), port), 1
     raise ConfigurationError(
         f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
-        f"'[ipv6]:port', (host, port) or a unix socket path"
+        f"'[ipv6]:port', (host, port), a unix socket path, or one of the strings with a weight "
+        f"as python-memcached takes it, ('host:port', 2)"
     )
+
+
+def _could_be_host(host: str) -> bool:
+    """Whether ``host`` may be a host name or an IP address: no resolver looks up a name with
+    a blank, a bracket or a slash in it, so such a server would be down forever."""
+    return bool(host) and not any(c.isspace() or c in "[]/" for c in host)
+
+
+def _names_a_server(text: str) -> bool:
+    """Whether ``text`` is a whole server string (a port or a socket in it), not a bare host."""
+    if text.startswith(("/", "unix:", "inet:", "inet6:")):
+        return True
+    if text.startswith("["):  # "[v6]" alone is a host
+        return "]:" in text
+    return ":" in text and not _is_ipv6(text)
 
 
 class Ring:
@@ -278,7 +319,7 @@ class Ring:
         points = sorted(
             (_hash(f"{server.identity}-{point}"), index)
             for index, server in enumerate(servers)
-            for point in range(_RING_POINTS)
+            for point in range(_RING_POINTS * server.weight)
         )
         self._hashes = [h for h, _ in points]
         self._owners = [servers[index] for _, index in points]
