@@ -5,8 +5,12 @@ Flask-Caching calls a ``CACHE_TYPE`` that is not one of its own classes as
 configures its cache with one URL::
 
     app.config["CACHE_TYPE"] = "cacheplug.flask.cache_factory"
-    app.config["CACHE_URL"] = "redis://cache:6379/0?serializer=msgpack"
+    app.config["CACHE_URL"] = "redis://cache:6379/0"
     cache = flask_caching.Cache(app)
+
+Keep the default pickle serializer for ``@cache.cached`` views: json and msgpack give a view's
+``(body, status, headers)`` tuple back as a list, which Flask answers as a JSON body with status
+200, and cannot encode a ``Response`` at all.
 """
 
 from __future__ import annotations

@@ -500,3 +500,25 @@ def test_an_app_dropped_without_close_leaves_no_open_socket(
         del app, cache
         gc.collect()
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
+def test_a_cached_views_status_survives_only_pickle_as_index_md_says(serializer: str) -> None:
+    """docs/index.md: with json or msgpack a view's (body, status) tuple comes back as a
+    list, answered as a JSON body with status 200; pickle keeps the response."""
+    app, cache = _app(CACHE_URL=f"simple://?serializer={serializer}")
+
+    @app.route("/item")
+    @cache.cached()
+    def item() -> tuple[str, int]:
+        return "no such item", 404
+
+    with app.app_context():
+        client = app.test_client()
+        first, again = client.get("/item"), client.get("/item")
+    assert (first.status_code, first.data) == (404, b"no such item")
+    if serializer == "pickle":
+        assert (again.status_code, again.data) == (404, b"no such item")
+    else:
+        assert again.status_code == 200
+        assert again.get_json() == ["no such item", 404]
