@@ -11,7 +11,7 @@ import io
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cacheplug import __version__
 from cacheplug.core.errors import did_you_mean
@@ -31,6 +31,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 _MASK = "***"
 _MAX_DELAY_MS = 3_600_000.0  # an hour per call: more is surely a typo
+#: The shortest secret masked wherever an engine's error holds it: a shorter one turns up in
+#: ordinary text by chance ('1' in '127.0.0.1', 'password' in redis-py's 'invalid
+#: username-password pair'), and the mask would show it by where it lands.
+_MIN_SCRUBBED = 12
 
 
 class _Problem(Exception):
@@ -69,16 +73,17 @@ class _Target:
 
     def __init__(self, url: str, origin: str = "", **overrides: Any) -> None:
         from cacheplug.core.errors import CacheplugError
-        from cacheplug.core.url import from_url, is_secret_value, parse_url
+        from cacheplug.core.url import from_url, is_secret_option, is_secret_value, parse_url
 
         try:
             self.url: CacheURL = parse_url(url)
             self.cache: BaseCache = from_url(url, **overrides)
         except (CacheplugError, ValueError) as err:
             raise _Problem(f"{err} {origin}".rstrip(), EXIT_USAGE) from err
-        self._secrets = [self.url.password or ""] + [
-            value for name, value in self.url.query.items() if is_secret_value(name, value)
-        ]
+        query = self.url.query.items()
+        self._secrets = [self.url.password or ""] + [v for n, v in query if is_secret_option(n)]
+        # a whole value hiding a secret ('app;secret=...'): a repr may show it (key_prefix)
+        self._hiding = [v for n, v in query if is_secret_value(n, v) and not is_secret_option(n)]
         self._failure = _FirstFailure()
 
     def __enter__(self) -> BaseCache:
@@ -95,9 +100,19 @@ class _Target:
         self.cache.__exit__(kind, error, traceback)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret of the URL masked."""
+        """``text`` (an engine's error, the cache's repr) with the URL's secrets masked.
+
+        Every URL in it is masked by its structure, whatever its password, and so is a value
+        hiding a secret option; a secret standing alone is masked only when it is long enough
+        (``_MIN_SCRUBBED``) not to be there by chance.
+        """
+        from cacheplug.core.url import redact_text
+
+        text = redact_text(text)
+        for value in self._hiding:  # holds 'name=': never there by chance
+            text = text.replace(value, _MASK)
         for secret in self._secrets:
-            if secret:
+            if len(secret) >= _MIN_SCRUBBED:
                 text = text.replace(secret, _MASK)
         return text
 
@@ -412,9 +427,21 @@ def _cell(value: object) -> str:
 # -- entry point -------------------------------------------------------------------------------
 
 
-def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    """The command line's parser, and its commands."""
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """A parser whose error messages mask every URL of the command line it echoes."""
+
+    #: the command line, whose URL arguments are masked whole
+    arguments: Sequence[str] = ()
+
+    def error(self, message: str) -> NoReturn:
+        from cacheplug.core.url import redact_text
+
+        super().error(redact_text(message, self.arguments))
+
+
+def _parser(arguments: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser of command line ``arguments``, and its commands."""
+    parser = _Parser(
         prog="cacheplug",
         description="Try, check and inspect cacheplug caches configured by URL.",
     )
@@ -452,6 +479,8 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plugins.set_defaults(handler=_plugins)
+    for each in (parser, *commands.choices.values()):
+        each.arguments = arguments
     return parser, list(commands.choices)
 
 
@@ -512,9 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    parser, commands = _parser()
-    _check_command(parser, commands, sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser, commands = _parser(arguments)
+    _check_command(parser, commands, arguments)
+    args = parser.parse_args(arguments)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

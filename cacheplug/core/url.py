@@ -2,8 +2,8 @@
 
 ``scheme://[user[:password]@]host[:port][,host[:port]...]/path?option=value&...``
 
-Passwords and secret options (any option whose name contains ``password``, ``secret``,
-``token`` or ``credential``) never appear in a ``repr``, ``str`` or error message.
+Passwords and secret options (see :func:`is_secret_option`; a misspelt ``?pasword=`` too)
+never show their value in a ``repr``, ``str`` or error message.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import os
 import re
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +38,7 @@ __all__ = [
     "is_secret_value",
     "parse_url",
     "port_number",
+    "redact_text",
     "redact_url",
 ]
 
@@ -47,12 +48,23 @@ T = TypeVar("T")
 SHARED_OPTIONS: Mapping[str, type] = MappingProxyType(
     {"serializer": str, "default_timeout": float, "key_prefix": str, "secret": str}
 )
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "credential", "auth")
+# whole words a misspelt secret option is near; a name's words are split at _ - and .
+_SECRET_NAMES = ("password", "passwd", "passphrase", "secret", "token", "credential")
+_NAME_PARTS = re.compile(r"[_.\-]+")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.\-%~]+\Z")
 # A value runs to the next "name=" pair, so a raw "#" or "&" inside a secret stays masked.
 _QUERY_PAIR = re.compile(r"([?&;#])([^=&;#?]*)=(.*?)(?=[&;#][^=&;#]*=|\Z)", re.DOTALL)
 _EMBEDDED_NAME = re.compile(r"[&;]([^=&;]*)=")
+# A URL in free text: inside quotes it runs to the closing quote, elsewhere to a space.
+_URL_IN_TEXT = re.compile(
+    r"(?<=')[A-Za-z][A-Za-z0-9+.\-]*://[^'\n]*"
+    r'|(?<=")[A-Za-z][A-Za-z0-9+.\-]*://[^"\n]*'
+    r"|[A-Za-z][A-Za-z0-9+.\-]*://\S*"
+)
+# What may follow a host's ':' in an authority without '@': a port, or the grammar's word
+_PORT_LIKE = re.compile(r"(?:[0-9]*|port)\Z", re.IGNORECASE)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _MASK = "***"
@@ -60,20 +72,35 @@ _ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a password as %2F, %3F, 
 
 
 def is_secret_option(name: str) -> bool:
-    """Whether the value of URL option ``name`` must never be shown."""
+    """Whether the value of URL option ``name`` must never be shown.
+
+    True when the name contains ``pass`` (``password``, ``passwd``, ``passphrase``),
+    ``pwd``, ``secret``, ``token``, ``credential`` or ``auth``, when one of its words is
+    ``pw``, or when one is a near miss of such a word (``pasword``, ``secert``): a misspelt
+    secret option still holds a secret.
+    """
     lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    if any(word in lowered for word in _SECRET_WORDS):
+        return True
+    from difflib import get_close_matches  # only for names that are no secret word
+
+    return any(
+        part == "pw" or (len(part) > 3 and get_close_matches(part, _SECRET_NAMES, 1, 0.75))
+        for part in _NAME_PARTS.split(lowered)
+    )
 
 
 def is_secret_value(name: str, value: str) -> bool:
     """Whether the value of URL option ``name`` must never be shown.
 
-    Besides secret options, a value that reads like ``1;secret=…`` hides one: ``;`` was a
-    query separator once, so such a URL was meant to carry a secret option.
+    Besides :func:`is_secret_option`, a value that reads like ``1;secret=…`` hides one: ``;``
+    was a query separator once, so such a URL was meant to carry a secret option.
     """
-    return is_secret_option(name) or any(
-        is_secret_option(unquote(embedded)) for embedded in _EMBEDDED_NAME.findall(value)
-    )
+    return is_secret_option(name) or _hides_secret(value)
+
+
+def _hides_secret(value: str) -> bool:
+    return any(is_secret_option(unquote(embedded)) for embedded in _EMBEDDED_NAME.findall(value))
 
 
 @dataclass(frozen=True)
@@ -100,8 +127,9 @@ class CacheURL:
         """The port of the first host, or ``None``."""
         return self.hosts[0][1] if self.hosts else None
 
-    def redacted(self) -> str:
-        """The URL with its password and secret options masked; parses back to the same parts."""
+    def redacted(self, hiding: str | None = None) -> str:
+        """The URL with its password and secret options masked (and option ``hiding``, an
+        unknown one, whose value explains nothing); parses back to the same parts."""
         userinfo = ""
         if self.username is not None or self.password is not None:
             userinfo = quote(self.username or "", safe="")
@@ -114,7 +142,8 @@ class CacheURL:
             host_port(quote(h, safe=":" if _is_ipv6(h) else "~"), p) for h, p in self.hosts
         )
         query = "&".join(
-            f"{quote(k, safe='')}={_MASK if is_secret_value(k, v) else quote(v, safe='')}"
+            f"{quote(k, safe='')}="
+            f"{_MASK if k == hiding or is_secret_value(k, v) else quote(v, safe='')}"
             for k, v in self.query.items()
         )
         return f"{self.scheme}://{userinfo}{hosts}{quote(self.path)}" + (
@@ -134,6 +163,24 @@ def redact_url(url: str) -> str:
         return parse_url(url).redacted()
     except ConfigurationError:
         return _mask(url)
+
+
+def redact_text(text: str, sources: Iterable[str] = ()) -> str:
+    """``text`` (a message, an engine's error) with every URL in it masked; the rest unchanged.
+
+    A ``scheme://...`` runs to the next space, or to its closing quote when quoted, and is
+    masked as generously as :func:`redact_url` masks a malformed URL.
+
+    :param sources: strings the text may quote (a command line's arguments): the URL ending
+        each is masked whole first, so a space or quote in its password cannot cut it short.
+    """
+    for source in sources:
+        start = _URL_IN_TEXT.search(source)
+        if start is not None:
+            url = source[start.start() :]
+            for shown in (url, repr(url)[1:-1]):  # as is, and as argparse's %r quotes it
+                text = text.replace(shown, _mask(shown))
+    return _URL_IN_TEXT.sub(lambda match: _mask(match[0]), text)
 
 
 def parse_url(url: str) -> CacheURL:
@@ -175,12 +222,17 @@ def _parse(url: str) -> CacheURL:
         user, colon, pw = userinfo.partition(":")
         username = unquote(user) or None
         password = (unquote(pw) or None) if colon else None
-    shown = _mask(url)
     try:
-        hosts = tuple(_parse_host(part, shown) for part in hostlist.split(",")) if hostlist else ()
+        hosts = (
+            tuple(_parse_host(part, url, bool(at)) for part in hostlist.split(","))
+            if hostlist
+            else ()
+        )
     except ConfigurationError:
         if misplaced_at:
-            raise ConfigurationError(f"malformed cache URL {shown!r}: {_ENCODE_HINT}") from None
+            raise ConfigurationError(
+                f"malformed cache URL {_mask(url)!r}: {_ENCODE_HINT}"
+            ) from None
         raise
     return CacheURL(
         scheme.lower(),
@@ -188,11 +240,11 @@ def _parse(url: str) -> CacheURL:
         unquote(slash + path),
         username,
         password,
-        MappingProxyType(_parse_query(query_text, shown)),
+        MappingProxyType(_parse_query(query_text, url)),
     )
 
 
-def _parse_query(text: str, shown: str) -> dict[str, str]:
+def _parse_query(text: str, url: str) -> dict[str, str]:
     pairs: list[tuple[str, str]] | None
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
@@ -200,27 +252,31 @@ def _parse_query(text: str, shown: str) -> dict[str, str]:
         pairs = None
     if pairs is None:  # raised out here: urllib's error, even as context, shows the bad field
         raise ConfigurationError(
-            f"malformed query in cache URL {shown!r}: expected 'option=value&...'; "
+            f"malformed query in cache URL {_mask(url)!r}: expected 'option=value&...'; "
             "percent-encode '&' and '=' inside a value as %26 and %3D"
         )
     query: dict[str, str] = {}
     for name, value in pairs:
         if name in query:
             raise ConfigurationError(
-                f"option {name!r} appears twice in cache URL {shown!r}; give it once"
+                f"option {name!r} appears twice in cache URL {_mask(url)!r}; give it once"
             )
         query[name] = value
     return query
 
 
-def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
+def _parse_host(part: str, url: str, after_at: bool) -> tuple[str, int | None]:
+    """One ``host[:port]`` of the authority; ``after_at``: the authority has user-info."""
+    # without '@', 'user:password' reads as host and port: never show such a "port"
+    shown_part = part if after_at else _hide_credentials(part)
+    hint = "" if shown_part == part else "; a password goes before the host: 'user:password@host'"
     if part.startswith("["):
         address, bracket, tail = part[1:].partition("]")
         host = unquote(address)
         if not bracket or (tail and not tail.startswith(":")) or not _is_ipv6(host):
             raise ConfigurationError(
-                f"malformed IPv6 host {part!r} in cache URL {shown!r}: "
-                f"expected '[address]' or '[address]:port', e.g. '[::1]:6379'"
+                f"malformed IPv6 host {shown_part!r} in cache URL {_mask(url)!r}: "
+                f"expected '[address]' or '[address]:port', e.g. '[::1]:6379'{hint}"
             )
         port_text = tail[1:] if tail else None
     else:
@@ -228,24 +284,42 @@ def _parse_host(part: str, shown: str) -> tuple[str, int | None]:
         port_text = port_raw if colon else None
         if not raw or not _HOST.match(raw):
             raise ConfigurationError(
-                f"malformed host {part!r} in cache URL {shown!r}: expected 'host', "
-                f"'host:port' or '[ipv6]:port', several separated by commas"
+                f"malformed host {shown_part!r} in cache URL {_mask(url)!r}: expected 'host', "
+                f"'host:port' or '[ipv6]:port', several separated by commas{hint}"
             )
         host = unquote(raw)
     if port_text is None:
         return host, None
     if not port_text:
-        hint = " (a directory goes after three slashes: file:///var/cache/app)"
+        file_hint = " (a directory goes after three slashes: file:///var/cache/app)"
         raise ConfigurationError(
-            f"no port after {part!r} in cache URL {shown!r}: give one from 1 to 65535 or drop "
-            f"the ':'{hint if shown.lower().startswith('file:') else ''}"
+            f"no port after {part!r} in cache URL {_mask(url)!r}: give one from 1 to 65535 or "
+            f"drop the ':'{file_hint if url.lower().startswith('file:') else ''}"
         )
     port = port_number(port_text)
     if port is None:
         raise ConfigurationError(
-            f"invalid port {port_text!r} in cache URL {shown!r}: expected a number from 1 to 65535"
+            f"invalid port {_MASK if hint else port_text!r} in cache URL {_mask(url)!r}: "
+            f"expected a number from 1 to 65535{hint}"
         )
     return host, port
+
+
+def _hide_credentials(part: str) -> str:
+    """``part``, one host of an authority without '@', with what may be a password masked.
+
+    A ``user:password`` whose ``@host`` was forgotten reads as host and port: an empty host
+    before the ':', or a "port" that is no number, may well be one.
+    """
+    if part.startswith("["):
+        address, bracket, tail = part.partition("]")
+        if bracket and tail.startswith(":") and not _PORT_LIKE.match(tail[1:]):
+            return f"{address}]:{_MASK}"
+        return part
+    host, colon, port = part.partition(":")
+    if colon and (not host or not _PORT_LIKE.match(port)):
+        return f"{host}:{_MASK}"
+    return part
 
 
 def port_number(port: object) -> int | None:
@@ -291,8 +365,9 @@ def _is_ipv6(text: str) -> bool:
 def _mask(url: str) -> str:
     """A masked copy of a raw, possibly malformed ``url``, for error messages.
 
-    Masks generously: everything between the first ':' of the authority and its last '@',
-    and the value of every secret option.
+    Masks generously: everything between the first ':' of the authority and its last '@'
+    (without '@', what :func:`_hide_credentials` masks), and the value of every option
+    :func:`is_secret_option` hides.
     """
     head, sep, rest = url.partition("://")
     if not sep:
@@ -302,6 +377,10 @@ def _mask(url: str) -> str:
         user, colon, _ = rest[:at].partition(":")
         if colon:
             rest = f"{user}:{_MASK}{rest[at:]}"
+    else:
+        end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
+        hosts = ",".join(_hide_credentials(part) for part in rest[:end].split(","))
+        rest = hosts + rest[end:]
 
     def mask_pair(match: re.Match[str]) -> str:
         name = unquote(match.group(2))
@@ -409,6 +488,14 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
     :raises PluginError: the scheme's plugin is broken or claimed twice, or its backend's
         constructor does not take an option it declares.
     """
+    return _build(*_read_url(url), overrides)
+
+
+def _read_url(url: str) -> tuple[CacheURL, type[BaseCache], dict[str, Any]]:
+    """The parsed URL, its backend class and its options, each checked and coerced.
+
+    :raises ConfigurationError: the URL is at fault.
+    """
     from cacheplug.core.plugins import get_backend_class
 
     parsed = parse_url(url)
@@ -423,10 +510,19 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
         if kind is None:
             raise ConfigurationError(
                 f"unknown option {name!r} for {parsed.scheme}:// ({cls.__name__}) in "
-                f"{parsed.redacted()!r}; accepted options: {', '.join(sorted(accepted))}"
+                f"{parsed.redacted(hiding=name)!r}; accepted options: "
+                f"{', '.join(sorted(accepted))}"
                 f"{did_you_mean(name, accepted)}"
             )
         options[name] = coerce_option(name, text, kind)
+    return parsed, cls, options
+
+
+def _build(
+    parsed: CacheURL, cls: type[BaseCache], options: dict[str, Any], overrides: Mapping[str, Any]
+) -> BaseCache:
+    """The cache of a URL read by :func:`_read_url`, keyword ``overrides`` applied."""
+    accepted = _accepted(cls)
     keywords = _keywords(cls)
     if overrides:
         if keywords is not None:
@@ -466,12 +562,20 @@ def from_env(name: str = "CACHE_URL", default: str = "simple://", **overrides: A
     """Build a cache from the URL in environment variable ``name`` (or ``default`` when unset
     or empty); keyword ``overrides`` win over the query string.
 
-    :raises ConfigurationError: as :func:`from_url`; the message names the variable.
+    :raises ConfigurationError: as :func:`from_url`; when the URL is at fault, the message
+        ends with ``(from environment variable NAME)``.
     """
     url = os.environ.get(name)
     if not url:
         return from_url(default, **overrides)
+    origin = f" (from environment variable {name})"
     try:
-        return from_url(url, **overrides)
+        read = _read_url(url)
     except ConfigurationError as err:
-        raise ConfigurationError(f"{err} (from environment variable {name})") from err
+        raise ConfigurationError(f"{err}{origin}") from err
+    try:
+        return _build(*read, overrides)
+    except ConfigurationError as err:
+        if overrides:  # a keyword may be at fault as well as the URL: blame neither
+            raise
+        raise ConfigurationError(f"{err}{origin}") from err
