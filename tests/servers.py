@@ -347,6 +347,8 @@ class RedisServer(_ServerProcess):
     :param password: sets ``requirepass``; it is then part of :attr:`url`.
     :param unix_socket: also listen on a unix socket in the server's directory.
     :param config: further redis directives, e.g. ``{"maxmemory": "1mb"}``; they win over ours.
+    :param extra_args: further command-line arguments, for directives given more than once or
+        with several arguments (``--rename-command EVAL eval-off``).
     :param cluster: run as an empty cluster node (used by :class:`RedisCluster`).
     :param binary: the executable to run.
     """
@@ -359,6 +361,7 @@ class RedisServer(_ServerProcess):
         password: str | None = None,
         unix_socket: bool = False,
         config: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
         cluster: bool = False,
         binary: str = "redis-server",
     ) -> None:
@@ -366,6 +369,7 @@ class RedisServer(_ServerProcess):
         self.password = password
         self._use_unix_socket = unix_socket
         self._config = dict(config or {})
+        self._extra_args = list(extra_args)
         self._cluster = cluster
         self._bus_port: int | None = None
 
@@ -433,7 +437,7 @@ class RedisServer(_ServerProcess):
         args = [executable]
         for name, value in settings.items():
             args += [f"--{name}", value]
-        return args
+        return args + self._extra_args
 
     def _probe(self) -> int:
         try:

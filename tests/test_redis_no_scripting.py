@@ -1,10 +1,12 @@
-"""backends.md: a Redis server that refuses scripts makes inc and dec answer None, logged with
-Redis' reason, and every other call works."""
+"""backends.md: where Redis refuses scripts (an ACL user without +@scripting, EVAL renamed away),
+inc and dec send SET NX and INCRBY instead: the same answers, no increment lost."""
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -13,35 +15,75 @@ from servers import RedisServer
 from cacheplug import RedisCache
 
 
-def test_inc_answers_none_where_scripts_are_refused(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+@pytest.fixture(scope="module")
+def renamed() -> Iterator[RedisServer]:
+    """A server whose EVAL and EVALSHA are renamed away (unknown commands)."""
+    renames = ["--rename-command", "EVALSHA", "evalsha-off", "--rename-command", "EVAL", "eval-off"]
+    with RedisServer(extra_args=renames) as server:
+        yield server
+
+
+def _user(server: RedisServer, *commands: str) -> tuple[str, str]:
+    """A new ACL user of ``server`` allowed ``commands`` (ACL categories), and its password."""
+    user, password = f"limited-{secrets.token_hex(3)}", secrets.token_hex(8)
+    admin = redis.Redis(port=server.port)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=commands)
+    admin.close()
+    return user, password
+
+
+@pytest.fixture(params=["acl", "renamed"])
+def no_scripts(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[RedisCache]:
+    prefix = f"noscripts-{secrets.token_hex(3)}:"
+    if request.param == "acl":
+        # no MULTI either: the steps need none
+        user, password = _user(redis_server, "+@all", "-@scripting", "-@transaction")
+        options = {"port": redis_server.port, "username": user, "password": password}
+    else:
+        options = {"port": request.getfixturevalue("renamed").port}
+    cache = RedisCache(**options, key_prefix=prefix, default_timeout=60)  # type: ignore[arg-type]
+    yield cache
+    cache.clear()
+    cache.close()
+
+
+def test_inc_and_dec_count_where_scripts_are_refused(
+    no_scripts: RedisCache, caplog: pytest.LogCaptureFixture
 ) -> None:
-    user, password = f"noscripts-{secrets.token_hex(3)}", secrets.token_hex(8)
-    admin = redis.Redis(port=redis_server.port)
-    admin.acl_setuser(
-        user,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["*"],
-        commands=["+@all", "-@scripting"],
-    )
-    try:
-        cache = RedisCache(
-            port=redis_server.port, username=user, password=password, key_prefix=user
-        )
-        caplog.set_level(logging.WARNING, logger="cacheplug")
-        assert cache.inc("visits") is None
-        assert cache.dec("visits") is None
-        assert "NOPERM" in caplog.text or "permission" in caplog.text
-        assert password not in caplog.text
-        assert cache.set("k", {"a": 1}) is True
-        assert cache.get("k") == {"a": 1}
-        assert cache.get_many("k", "visits") == [{"a": 1}, None]
-        assert cache.delete("k") is True
-        cache.close()
-    finally:
-        admin.acl_deluser(user)
-        admin.close()
+    cache = no_scripts
+    caplog.set_level(logging.WARNING, logger="cacheplug")
+    assert cache.inc("visits") == 1
+    assert "refuses scripts" in caplog.text and "SET NX and INCRBY instead" in caplog.text
+    assert cache.inc("visits", 5) == 6
+    assert cache.dec("visits", 10) == -4
+    assert cache.get("visits") == -4
+    raw = cache._client
+    assert 59_000 < raw.pttl(f"{cache.key_prefix}visits") <= 60_000  # a new counter's expiry
+    assert cache.set("forever", 1, timeout=0) is True
+    assert cache.inc("forever") == 2
+    assert raw.pttl(f"{cache.key_prefix}forever") == -1  # an existing one keeps its own
+    assert cache.set("name", "ada") is True
+    with pytest.raises(TypeError, match="'name': it holds a str, not an int"):
+        cache.inc("name")
+    assert cache.set("big", 2**63 - 1) is True
+    with pytest.raises(OverflowError):
+        cache.inc("big")
+    assert cache.get("big") == 2**63 - 1
+    assert cache.stats()["errors"] == 0
+    assert caplog.text.count("refuses scripts") == 1
+
+
+def test_no_increment_is_lost_without_scripts(no_scripts: RedisCache) -> None:
+    def count() -> None:
+        for _ in range(200):
+            assert no_scripts.inc("shared") is not None
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert no_scripts.get("shared") == 800
 
 
 def test_a_counter_inc_creates_expires_as_contract_md_says(redis_server: RedisServer) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "escaped",
     "is_decimal",
     "refusal",
+    "scripts_refused",
     "unescaped",
 ]
 
@@ -34,6 +35,14 @@ redis.call('INCRBY', KEYS[1], ARGV[1])
 return redis.call('GET', KEYS[1])
 """
 INC_SHA = hashlib.sha1(INC_SCRIPT.encode()).hexdigest()
+
+
+def scripts_refused(message: str) -> bool:
+    """Whether Redis' error ``message`` to ``EVALSHA``/``EVAL`` refuses scripts themselves: an
+    ACL user without ``+@scripting``, the commands renamed away, a proxy without them."""
+    lowered = message.lower()
+    refused = "unknown command" in lowered or "no permissions" in lowered
+    return refused and ("'eval'" in lowered or "'evalsha'" in lowered)
 
 
 def is_decimal(payload: bytes) -> bool:

@@ -48,6 +48,7 @@ from cacheplug.backends._redis_counters import (
     escaped,
     is_decimal,
     refusal,
+    scripts_refused,
     unescaped,
 )
 from cacheplug.core.base import (
@@ -113,6 +114,8 @@ class RedisCache(BaseCache):
     """
 
     url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
+    #: set once the server refused inc's script: inc then sends its steps without it
+    _scripts_refused = False
 
     def __init__(  # noqa: PLR0917 (cachelib's positional signature)
         self,
@@ -571,7 +574,10 @@ class RedisCache(BaseCache):
         prefix = self.key_prefix
         args = (1, self._wire(prefix + key), delta, self._ttl_ms(None))
         try:
-            value: int | None = int(self._once.evalsha(INC_SHA, *args))
+            if self._scripts_refused:
+                value: int | None = self._inc_without_script(args)
+            else:
+                value = int(self._once.evalsha(INC_SHA, *args))
         except self._failures as err:
             value = self._inc_failed(key, prefix, args, err)
         if value is not None:
@@ -586,6 +592,26 @@ class RedisCache(BaseCache):
                 return int(self._once.eval(INC_SCRIPT, *args))
             except self._failures as retry_err:
                 err = retry_err
+        if (
+            isinstance(err, self._response_error)
+            and not self._cluster
+            and scripts_refused(str(err))
+        ):
+            try:
+                value = self._inc_without_script(args)
+            except self._failures as retry_err:
+                err = retry_err  # refused as well (a user without rights): not the scripts
+            else:
+                if not self._scripts_refused:  # other threads may have switched first
+                    self._scripts_refused = True
+                    self._log(
+                        "scripts",
+                        "Redis at %s refuses scripts (%s): inc and dec send SET NX and INCRBY "
+                        "instead",
+                        self._where,
+                        err,
+                    )
+                return value
         if isinstance(err, self._response_error):
             refused = refusal(
                 key,
@@ -598,6 +624,28 @@ class RedisCache(BaseCache):
                 raise refused
         self._backend_error("inc", err)
         return None
+
+    def _inc_without_script(self, args: tuple[Any, ...]) -> int:
+        """:data:`INC_SCRIPT`'s work for a server refusing scripts, ``args`` as the script
+        takes them: ``SET NX`` (a new counter's expiry) and ``INCRBY`` in one round trip.
+
+        The count is as atomic as the script's; only a counter that another client deletes
+        between the two starts again without expiry. No MULTI: where Redis refuses that too,
+        the commands after it would still run, outside any transaction.
+
+        :raises redis.ResponseError: Redis' own reply to ``INCRBY``, as the script's.
+        """
+        _, name, delta, ttl = args
+        expiry = ("PX", ttl) if ttl != 0 else ()
+        pipe = self._once.pipeline(transaction=False)
+        pipe.execute_command("SET", name, "0", "NX", *expiry)
+        pipe.execute_command("INCRBY", name, delta)
+        # not raise_on_error: its exception would put "Command # 2 ..." before Redis' reply
+        created, count = pipe.execute(raise_on_error=False)
+        for reply in (created, count):
+            if isinstance(reply, Exception):
+                raise reply
+        return int(count)  # INCRBY's reply is exact: no Lua double on the way
 
     def _stored(self, name: str | bytes, key: str, prefix: str) -> Any:
         """The value ``name`` (``key`` under ``prefix``) holds, for the error of an ``inc``
