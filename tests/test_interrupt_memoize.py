@@ -188,7 +188,8 @@ def flights_left(cache: Any) -> list[str]:
     if cache._flights_lock.locked():
         return ["the flights' lock stays held: every later miss hangs"]
     problems = []
-    for key, (lock, count) in list(cache._flights.items()):
+    for key, flight in list(cache._flights.items()):
+        lock, count = flight[:2]
         held = " and its lock held by the cut thread" if lock._is_owned() else ""
         problems.append(f"a flight of {key!r} stays behind (count {count}){held}")
     return problems
@@ -196,8 +197,9 @@ def flights_left(cache: Any) -> list[str]:
 
 def later_callers(cache: Any, key: str, value: Any) -> list[str]:
     """Three threads at once get_or_set ``key``: none hangs, one factory call at most serves
-    them (none when ``key`` holds a value)."""
-    calls = 3 if isinstance(cache, NullCache) else 0 if cache.has(key) else 1
+    them (none when ``key`` holds a value; on a NullCache, a thread that waited for another's
+    call is handed its result, one that came after calls again)."""
+    calls = range(1, 4) if isinstance(cache, NullCache) else [0] if cache.has(key) else [1]
     made = Factory(value)
     gate = threading.Event()
     answers: list[Any] = []
@@ -217,7 +219,7 @@ def later_callers(cache: Any, key: str, value: Any) -> list[str]:
     problems = []
     if answers != [value] * 3:
         problems.append(f"other threads got {answers!r}")
-    if made.calls != calls:
+    if made.calls not in calls:
         problems.append(f"other threads ran the factory {made.calls} times")
     return problems
 
@@ -328,9 +330,10 @@ class AsyncRun:
     """Three tasks of one loop calling one async memoized function with the same argument."""
 
     cache: Any
-    calls: int = 0
-    answers: list[Any] = field(default_factory=list)
-    hung: bool = False
+    # not in the repr: memoizing self.slow keys each call by the repr of self
+    calls: int = field(default=0, repr=False)
+    answers: list[Any] = field(default_factory=list, repr=False)
+    hung: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.memo = self.cache.memoize()(self.slow)

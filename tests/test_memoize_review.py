@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,14 @@ from hypothesis import strategies as st
 from interpreter import run_python
 from servers import MemcachedServer, RedisServer
 
-from cacheplug import BaseCache, FileSystemCache, MemcachedCache, RedisCache, SimpleCache
+from cacheplug import (
+    BaseCache,
+    FileSystemCache,
+    MemcachedCache,
+    NullCache,
+    RedisCache,
+    SimpleCache,
+)
 
 WAIT = 10.0  # seconds any wait of these tests gives up after
 
@@ -605,3 +614,241 @@ def test_get_or_set_on_a_factory_returning_none_calls_again_and_stores_nothing(
     assert cache.get_or_set("k", nothing) is None
     assert calls == [1, 1] and cache.has("k") is False
     assert cache.stats()["misses"] == 2
+
+
+# -- second review: bound objects, partials, subclasses, sentinels, waiters -----------------------
+
+
+def test_builtin_bound_methods_of_different_objects_keep_their_results() -> None:
+    # only types.MethodType named its object: every str.format, dict.get, Pattern.sub... of any
+    # object had one key
+    cache = SimpleCache()
+    greet, part = cache.memoize()("Hello, {}!".format), cache.memoize()("Goodbye, {}!".format)
+    assert (greet("Ann"), part("Ann")) == ("Hello, Ann!", "Goodbye, Ann!")
+    digits, spaces = cache.memoize()(re.compile(r"\d").sub), cache.memoize()(re.compile(r"\s").sub)
+    assert (digits("_", "a 1"), spaces("_", "a 1")) == ("a _", "a_1")
+    price, stock = cache.memoize()({"tea": 3}.get), cache.memoize()({"tea": 0}.get)
+    assert (price("tea"), stock("tea")) == (3, 0)
+    plus_one, plus_two = cache.memoize()((1).__add__), cache.memoize()((2).__add__)
+    assert (plus_one(5), plus_two(5)) == (6, 7)
+    tea = cache.memoize()(functools.partial({"tea": 4}.get, "tea"))
+    assert tea() == 4
+    # a method memoized in its class body, memoized again through its instance
+    first, second = _Priced("EUR"), _Priced("USD")
+    assert (cache.memoize()(first.price)(1), cache.memoize()(second.price)(1)) == (
+        "1 EUR",
+        "1 USD",
+    )
+    assert cache.memoize()(len)("ab") == 2  # a builtin of a module: keyed by its name alone
+
+
+_methods_cache = SimpleCache()
+
+
+@dataclass
+class _Priced:
+    currency: str
+
+    @_methods_cache.memoize()
+    def price(self, n: int) -> str:
+        return f"{n} {self.currency}"
+
+    def plain_price(self, n: int) -> str:
+        return f"{n} {self.currency}"
+
+
+def test_a_memoized_bound_method_or_partial_follows_its_object_as_it_changes() -> None:
+    # the object's repr, and a partial's arguments, were read once at decoration: changed
+    # objects were served the results of their old state
+    cache = SimpleCache()
+    prices = _Priced("EUR")
+    price = cache.memoize()(prices.plain_price)
+    assert price(1) == prices.price(1) == "1 EUR"
+    prices.currency = "USD"
+    assert price(1) == prices.price(1) == "1 USD"
+    prices.currency = "EUR"
+    assert price.cache_key(1) == cache.memoize()(_Priced("EUR").plain_price).cache_key(1)
+    stock = {"tea": 1}
+    level = cache.memoize()(stock.get)
+    assert level("tea") == 1
+    stock["tea"] = 0
+    assert level("tea") == 0
+    items = [1, 2]
+    total = cache.memoize()(functools.partial(sum, items))
+    assert total() == 3
+    items.append(3)
+    assert total() == 6
+    assert total(10) == 16  # the call's own arguments follow the bound ones, as in the call
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # numpy.matrix
+def test_a_numpy_subclass_is_keyed_apart_from_an_array_of_the_same_items() -> None:
+    cache = SimpleCache()
+
+    @cache.memoize(key_prefix="square")
+    def square(x: Any) -> Any:
+        return (x * x).tolist()  # elementwise for an array, a matrix product for a matrix
+
+    items = [[1, 2], [3, 4]]
+    matrix = np.asmatrix(np.array(items))
+    assert (square(np.array(items)), square(matrix)) == ([[1, 4], [9, 16]], [[7, 10], [15, 22]])
+    # a plain array keeps the key it had
+    assert square.cache_key(np.array(items)) == "square:5aef0f8f921b325825bd4bf810d1c4ba"
+
+
+def test_a_callable_object_with_an_async_call_gets_the_async_wrapper() -> None:
+    # its calls raised TypeError: iscoroutinefunction is False for such an object before 3.12
+    cache = SimpleCache()
+    calls: list[str] = []
+
+    @dataclass
+    class Fetcher:
+        base: str
+
+        async def __call__(self, path: str) -> str:
+            calls.append(path)
+            await asyncio.sleep(0)
+            return self.base + path
+
+    fetch = cache.memoize()(Fetcher("https://api/"))
+    users = cache.memoize()(functools.partial(Fetcher("https://other/"), "users"))
+    assert inspect.iscoroutinefunction(fetch) and inspect.iscoroutinefunction(users)
+
+    async def main() -> list[str]:
+        return [await fetch("users"), await fetch("users"), await users(), await users()]
+
+    assert asyncio.run(main()) == ["https://api/users"] * 2 + ["https://other/users"] * 2
+    assert calls == ["users", "users"]
+
+
+_MISSING = object()
+
+_SENTINEL_KEY = """
+from cacheplug import SimpleCache
+
+_MISSING = object()
+cache = SimpleCache()
+
+@cache.memoize(key_prefix="setting")
+def setting(name, default=_MISSING):
+    return name
+
+print(setting.cache_key("colour"))
+"""
+
+
+def test_a_sentinel_default_is_keyed_as_the_default() -> None:
+    # every call leaving it out raised TypeError, blaming an argument it never passed
+    cache = SimpleCache()
+    calls: list[str] = []
+
+    @cache.memoize()
+    def setting(name: str, default: Any = _MISSING) -> str:
+        calls.append(name)
+        return f"value of {name}" if default is _MISSING else str(default)
+
+    assert setting("colour") == setting("colour") == "value of colour"
+    assert setting("colour", _MISSING) == setting(default=_MISSING, name="colour")
+    assert calls == ["colour"]
+    assert setting("colour", "red") == "red"
+    with pytest.raises(TypeError, match="argument 'default' is shown as <object object at 0x"):
+        setting("colour", object())  # another object shown by its address: refused as before
+    assert run_python(_SENTINEL_KEY) == run_python(_SENTINEL_KEY)  # one key in every process
+
+
+def _in_flight(cache: BaseCache, key: str) -> int:
+    """How many threads are in the single flight of ``key``: making its call or waiting."""
+    flight = cache._flights.get(key)
+    return 0 if flight is None else int(flight[1])
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    pause, deadline = threading.Event(), time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the other threads never came"
+        pause.wait(0.001)
+
+
+def _at_once(threads: int, call: Callable[[], Any]) -> list[Any]:
+    """What ``call`` returned (or raised) in each of ``threads`` threads started together."""
+    results: list[Any] = []
+
+    def work() -> None:
+        try:
+            results.append(call())
+        except Exception as err:  # the thread reports what it got
+            results.append(err)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(WAIT)
+    assert not any(worker.is_alive() for worker in workers)
+    return results
+
+
+@pytest.mark.parametrize("where", ["NullCache", "a None result", "an outage"])
+def test_threads_waiting_are_handed_a_result_the_cache_did_not_keep(where: str) -> None:
+    # each waiting thread called the function itself, one after another: 8 threads of a
+    # 0.25 s function took 2 s in an outage, on NullCache, or for a None result
+    threads = 6
+    cache: BaseCache
+    if where == "an outage":
+        with RedisServer() as server:  # stopped: its port refuses connections
+            host, port = server.host, server.port
+        cache = RedisCache(host, port)
+    else:
+        cache = NullCache() if where == "NullCache" else SimpleCache()
+    calls: list[int] = []
+
+    def render(n: int) -> list[int] | None:
+        calls.append(n)
+        if len(calls) == 1:
+            _until(lambda: _in_flight(cache, key) == threads)
+        return None if where == "a None result" else [n]
+
+    if where == "a None result":
+        key = "k"
+        results = _at_once(threads, lambda: cache.get_or_set(key, lambda: render(1)))
+    else:
+        memoized = cache.memoize()(render)
+        key = memoized.cache_key(1)
+        results = _at_once(threads, lambda: memoized(1))
+    assert calls == [1]
+    if where == "a None result":
+        assert results == [None] * threads
+    else:
+        assert results == [[1]] * threads
+        assert len({id(result) for result in results}) == threads  # each its own copy
+    assert cache._flights == {}
+
+
+class _Uncopyable:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        raise TypeError("cannot be copied")
+
+
+def test_after_an_exception_each_waiting_thread_calls_and_hands_on_its_result() -> None:
+    cache = NullCache()
+    threads = 4
+    calls: list[int] = []
+
+    @cache.memoize()
+    def load(n: int) -> Any:
+        calls.append(n)
+        if len(calls) == 1:
+            _until(lambda: _in_flight(cache, load.cache_key(n)) == threads)
+            if n == 1:
+                raise LookupError("first try")
+        return _Uncopyable() if n == 2 else [n]
+
+    results = _at_once(threads, lambda: load(1))
+    assert len(calls) == 2  # the failed call, then one of the waiters' for all the others
+    assert [type(r).__name__ for r in results].count("LookupError") == 1
+    assert [r for r in results if not isinstance(r, Exception)] == [[1]] * (threads - 1)
+    # a result that cannot be copied is not handed: each waiter makes its own
+    calls.clear()
+    results = _at_once(threads, lambda: load(2))
+    assert calls == [2] * threads
+    assert [type(result) for result in results] == [_Uncopyable] * threads

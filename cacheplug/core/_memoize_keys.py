@@ -11,12 +11,13 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from types import CodeType, FunctionType
+from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 __all__ = [
     "ADDRESS_REPR",
     "BY_KEYWORD",
+    "DEFAULT_SHOWN",
     "PLAIN",
     "POSITIONAL",
     "REMEMBERED_KEYS",
@@ -25,11 +26,14 @@ __all__ = [
     "Binder",
     "address_shown",
     "all_plain",
+    "bound_object",
+    "called_function",
     "closure_text",
     "code_fingerprint",
     "function_name",
     "immutable_plain",
     "item_text",
+    "partial_parts",
     "plain_items_text",
     "short_digest",
     "stable_repr",
@@ -111,7 +115,10 @@ def item_text(value: object, open_ids: set[int]) -> str:
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray):
         items = stable_repr(value.tolist(), open_ids)
-        return f"numpy.ndarray({value.shape!r}, {value.dtype.str!r}, {items})"
+        name = "numpy.ndarray"
+        if kind is not numpy.ndarray:  # a subclass (numpy.matrix) computes otherwise
+            name = f"{kind.__module__}.{kind.__qualname__}"
+        return f"{name}({value.shape!r}, {value.dtype.str!r}, {items})"
     fields = _generated_repr_fields(value)
     if fields is None or id(value) in open_ids:
         return repr(value)
@@ -141,6 +148,12 @@ def _generated_repr_fields(value: object) -> list[tuple[str, Any]] | None:
 
 _NAMEDTUPLE_REPR = collections.namedtuple("_Sample", "")().__repr__.__code__
 _DATACLASS_REPR = "__create_fn__.<locals>.__repr__"
+
+
+#: The key text of a parameter given its own default object, passed or left out, where that
+#: object's repr shows an address (a ``_MISSING = object()`` sentinel): the function holds it,
+#: so no other object takes its address, and every process has its own.
+DEFAULT_SHOWN = "<default>\x00"
 
 
 # the most keys of recent calls each memoized function remembers, and their longest text
@@ -311,6 +324,39 @@ def function_name(func: object) -> str:
         # different decorators do different things
         return f"{module}.{qualname}/{code.co_qualname}"
     return f"{module}.{qualname}"
+
+
+def partial_parts(func: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """The function a ``functools.partial`` (of a partial...) calls, and the positional and
+    keyword arguments it binds; ``func``, ``()``, ``{}`` for anything else."""
+    args: tuple[Any, ...] = ()
+    keywords: dict[str, Any] = {}
+    while isinstance(func, functools.partial):
+        args, keywords = func.args + args, {**func.keywords, **keywords}
+        func = func.func
+    return func, args, keywords
+
+
+def bound_object(func: object) -> object:
+    """The object a call of ``func`` works on without being passed it; None for a function.
+
+    A bound method's object, also a builtin's (``"{}!".format``, ``prices.get``, a compiled
+    pattern's ``sub``, ``(1).__add__``), or a callable object itself (one without a
+    ``__qualname__``); a module is no such object (``len``, ``math.sqrt``).
+    """
+    if not getattr(func, "__qualname__", None):
+        return func
+    owner = getattr(func, "__self__", None)
+    return None if isinstance(owner, ModuleType) else owner
+
+
+def called_function(func: object) -> object:
+    """What a call of ``func`` runs: the function of a partial, a callable object's
+    ``__call__``; whether it is a coroutine or generator function tells what ``func`` is."""
+    func = partial_parts(func)[0]
+    if isinstance(getattr(func, "__code__", None), CodeType) or not callable(func):
+        return func
+    return type(func).__call__
 
 
 def closure_text(func: object, open_ids: set[int] | None = None) -> str:

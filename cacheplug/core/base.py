@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import inspect
@@ -486,8 +487,11 @@ class BaseCache(ABC):
         """The cached value, or ``factory()`` stored and returned on a miss.
 
         Threads of this process missing the same key wait for one ``factory`` call. A
-        ``None`` result is returned but not told apart from a miss next time. Each call counts
-        one lookup in :meth:`stats`: a miss when it runs ``factory``, else a hit.
+        ``None`` result is returned but not told apart from a miss next time. A result the
+        cache did not keep (``None``, a failed write) is handed to the threads that waited for
+        it, each a deep copy of its own; after an exception, each of them calls ``factory`` in
+        turn. Each call counts one lookup in :meth:`stats`: a miss when it runs ``factory`` or
+        is handed a result, else a hit.
         """
         seq = self._error_seq  # one attribute: this is the hit path of every memoized call
         value = self.get(key)
@@ -496,16 +500,29 @@ class BaseCache(ABC):
         counted = self._lookup_errors(seq)
         flight = self._single_flight(key)
         try:
-            next(flight)
-            self._take_back_lookup(counted)
-            value = self.get(key)  # counts this call: a hit when another thread's factory ran
-            if value is None:
-                normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
-                value = factory()
-                if inspect.isawaitable(value):
-                    _refuse_awaitable(key, value)
+            shared, seen = next(flight)
+            ended = shared[2] != seen  # a call this thread waited for ended meanwhile
+            if not ended or shared[4]:  # else its result is not in the cache: no use looking
+                self._take_back_lookup(counted)
+                value = self.get(key)  # counts this call: a hit when another thread's factory ran
                 if value is not None:
-                    self.set(key, value, timeout)
+                    return value
+            if ended:
+                # not kept (None, a failed write, NullCache) or gone: waiters must not call
+                # one after another
+                value = handed_copy(shared[3])
+                if value is not NOT_HANDED:
+                    return value
+            normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
+            value = factory()
+            if inspect.isawaitable(value):
+                _refuse_awaitable(key, value)
+            kept = value is not None and self.set(key, value, timeout)
+            shared[3], shared[4] = value, kept
+            shared[2] += 1  # after the result: a cut in between hands the waiters nothing
+            if value is not None and shared[1] > 1:
+                # the waiters' copies come from one the caller cannot change meanwhile
+                shared[3] = handed_copy(value)
         finally:
             next(flight, None)
         return value
@@ -797,9 +814,13 @@ class BaseCache(ABC):
         self._flights_lock = threading.Lock()
         self._flights_locked = entering(self._flights_lock)
 
-    def _single_flight(self, key: str) -> Iterator[None]:
+    def _single_flight(self, key: str) -> Iterator[tuple[list[Any], int]]:
         """Hold the per-key lock of this process for ``key`` from the first ``next`` until the
         second.
+
+        The first ``next`` gives the flight, ``[lock, threads in it, calls ended, the last
+        result, whether the cache kept it]``, and how many of its calls had ended when this
+        thread joined: more by the time it holds the lock, and it waited for one of them.
 
         Re-entrant: a factory that uses its own key again in the same thread must not hang.
         Driven by hand, never by a ``with``: the caller takes both steps in its own try and
@@ -815,11 +836,12 @@ class BaseCache(ABC):
             with self._flights_locked:
                 found = self._flights.get(key)
                 if found is None:
-                    found = self._flights[key] = [entering(threading.RLock()), 0]
+                    found = self._flights[key] = [entering(threading.RLock()), 0, 0, None, False]
                 found[1] += 1
                 flight = found
+                seen = found[2]
             with flight[0]:
-                yield
+                yield flight, seen
         finally:
             # A signal handler may also raise while this waits for the flights' lock (another
             # thread holds it): then it waits again, and raises that exception once counted out.
@@ -850,6 +872,21 @@ def _unreadable(serializer: object, err: Exception) -> SerializationError:
     return SerializationError(
         f"{serializer_name(serializer)} cannot decode the stored payload: {err}"
     )
+
+
+#: What :func:`handed_copy` returns for a result it cannot copy.
+NOT_HANDED: Any = object()
+
+
+def handed_copy(value: Any) -> Any:
+    """A deep copy of a result that one call hands to the others waiting for it, so that none
+    gets another's object; :data:`NOT_HANDED` when it cannot be copied (they call themselves)."""
+    if value is None or value is NOT_HANDED:
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return NOT_HANDED
 
 
 def _refuse_awaitable(key: str, value: Any) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import copy
-import functools
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -14,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overlo
 
 from cacheplug.core._memoize_keys import (
     ADDRESS_REPR,
+    DEFAULT_SHOWN,
     PLAIN,
     REMEMBERED_KEYS,
     REMEMBERED_TEXT,
@@ -21,15 +20,18 @@ from cacheplug.core._memoize_keys import (
     Binder,
     address_shown,
     all_plain,
+    bound_object,
+    called_function,
     closure_text,
     function_name,
     immutable_plain,
     item_text,
+    partial_parts,
     plain_items_text,
     short_digest,
     stable_repr,
 )
-from cacheplug.core.base import normalize_timeout
+from cacheplug.core.base import NOT_HANDED, handed_copy, normalize_timeout
 
 if TYPE_CHECKING:
     import asyncio
@@ -73,7 +75,8 @@ class Memoized(Generic[P, R]):
         if isinstance(func, (staticmethod, classmethod)):
             binding = type(func).__name__
             func = func.__func__
-        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        runs = called_function(func)
+        if inspect.isgeneratorfunction(runs) or inspect.isasyncgenfunction(runs):
             raise TypeError(
                 f"cannot memoize {function_name(func)}: it is a generator function, and the "
                 "generator it returns can be iterated only once and cannot be stored; memoize a "
@@ -86,39 +89,44 @@ class Memoized(Generic[P, R]):
         self.cache = cache
         self.uncached = func
         self.timeout = timeout
+        # a partial's arguments are keyed as the call's own, at each call (they may change)
+        target, bound_args, bound_keywords = partial_parts(func)
+        self._bound: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        if bound_args or bound_keywords:
+            self._bound = (bound_args, bound_keywords)
+            if address_shown(self._bound, set()) is not None:
+                raise TypeError(
+                    f"cannot memoize {function_name(func)}: the arguments it binds are shown by "
+                    "a memory address, which a later object can reuse and be served these "
+                    "results; bind values whose repr shows what identifies them"
+                )
         try:
-            self._signature = inspect.signature(func)
+            self._signature = inspect.signature(target)
         except ValueError:  # a builtin without one (max): keyed on its arguments as given
             self._signature = _ANY_ARGUMENTS
         self._binder = Binder(self._signature)
-        name = function_name(func)
-        if isinstance(func, functools.partial) and " at 0x" in name:
-            bound = (func.args, func.keywords)
-            if address_shown(bound, set()) is not None:
-                raise TypeError(
-                    f"cannot memoize {name}: the arguments it binds are shown by a memory "
-                    "address, which a later object can reuse and be served these results; "
-                    "bind values whose repr shows what identifies them"
-                )
-        elif ADDRESS_REPR.search(name) is not None:  # a callable object named by its repr
-            raise TypeError(
-                f"cannot memoize {name}: it is shown by a memory address, which a later object "
-                "can reuse and be served these results; give its class a __repr__ that shows "
-                "what identifies it"
-            )
+        # defaults by name: one whose repr shows an address is keyed as the default
+        self._defaults = {
+            param.name: param.default
+            for param in self._signature.parameters.values()
+            if param.default is not inspect.Parameter.empty
+        }
+        # what its calls work on without passing it: keyed as it is at each call
+        self._subject = bound_object(target)
+        self._subject_is = "the object it is bound to"
+        name = function_name(target)
+        if self._subject is target:  # a callable object: named by its class
+            name, self._subject_is = function_name(type(target)), "the callable object"
         prefix = f"memoize:{name}"
-        if isinstance(func, MethodType):
-            # its calls do not pass the object it is bound to: the key must name that object
-            instance = func.__self__
-            shown = address_shown(instance, set())
+        if self._subject is not None:
+            shown = address_shown(self._subject, set())
             if shown is not None:
-                raise TypeError(
-                    f"cannot memoize {name} bound to {shown}: a memory address, which a later "
-                    "object can reuse and be served these results; give its class a __repr__ "
-                    "that shows what identifies it, or memoize the method in the class body"
-                )
-            prefix += f"@{short_digest(stable_repr(instance, set()))}"
-        closure = closure_text(func)
+                raise _unstable_subject(func, target, shown)
+            if immutable_plain(self._subject) or isinstance(self._subject, type):
+                # its text never changes: in the prefix, once
+                prefix += f"@{short_digest(stable_repr(self._subject, set()))}"
+                self._subject = None
+        closure = closure_text(target)
         if closure:
             prefix += f"~{short_digest(closure)}"
         self._prefix = key_prefix if key_prefix is not None else prefix
@@ -126,8 +134,9 @@ class Memoized(Generic[P, R]):
         self._keys: dict[str, str] = {}
         # the key of a call without arguments, when no default can change its text
         self._bare_key: str | None = None
-        bare = self._binder.bind((), {})
-        if bare is not None and all(map(immutable_plain, bare)):
+        bound_args, bound_keywords = self._bound or ((), {})
+        bare = self._binder.bind(bound_args, bound_keywords)
+        if self._subject is None and bare is not None and all(map(immutable_plain, bare)):
             self._bare_key = self._key((), {})
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
@@ -142,6 +151,8 @@ class Memoized(Generic[P, R]):
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         if not args and not kwargs and self._bare_key is not None:
             return self._bare_key
+        if self._bound is not None:
+            args, kwargs = self._bound[0] + args, {**self._bound[1], **kwargs}
         binder = self._binder
         values = binder.bind(args, kwargs)
         if values is None:
@@ -155,6 +166,9 @@ class Memoized(Generic[P, R]):
                 text = binder.template % tuple(map(self._shown, binder.names, values))
         else:
             text = binder.template % tuple(map(self._shown, binder.names, values))
+        if self._subject is not None:
+            shown = self._shown("", self._subject, self._subject_is)
+            text = f"{len(shown)}:{shown}{text}"
         key = self._keys.get(text)
         if key is None:
             # surrogatepass: a repr may hold a lone surrogate (a name read with surrogateescape)
@@ -166,8 +180,8 @@ class Memoized(Generic[P, R]):
                 self._keys[text] = key
         return key
 
-    def _shown(self, name: str, value: object) -> str:
-        """The key text of the bound value of parameter ``name``."""
+    def _shown(self, name: str, value: object, what: str = "") -> str:
+        """The key text of the bound value of parameter ``name`` (``what``: of another)."""
         kind = type(value)
         if kind in PLAIN:
             try:
@@ -181,8 +195,10 @@ class Memoized(Generic[P, R]):
             part = stable_repr(value, set())
         else:
             part = item_text(value, set())
-        if " at 0x" in part:
-            self._check_stable(f"argument {name!r}", value, part)
+        if " at 0x" in part and ADDRESS_REPR.search(part) is not None:
+            if name in self._defaults and value is self._defaults[name]:
+                return DEFAULT_SHOWN
+            self._check_stable(what or f"argument {name!r}", value, part)
         return part
 
     def _check_stable(self, what: str, value: object, shown: str) -> None:
@@ -235,6 +251,22 @@ class Memoized(Generic[P, R]):
         return self.__qualname__
 
 
+def _unstable_subject(func: object, target: object, shown: str) -> TypeError:
+    """The error refusing to memoize ``func``, whose calls work on an object shown by the
+    address ``shown``: ``target`` itself (a callable object) or the object it is bound to."""
+    if target is bound_object(target):
+        return TypeError(
+            f"cannot memoize {function_name(func)}: it is shown by a memory address, which a "
+            "later object can reuse and be served these results; give its class a __repr__ "
+            "that shows what identifies it"
+        )
+    return TypeError(
+        f"cannot memoize {function_name(func)} bound to {shown}: a memory address, which a "
+        "later object can reuse and be served these results; give its class a __repr__ that "
+        "shows what identifies it, or memoize the method in the class body"
+    )
+
+
 class _BoundMemoized(Generic[R]):
     """A memoized method bound to its instance."""
 
@@ -253,6 +285,11 @@ class _BoundMemoized(Generic[R]):
     @property
     def __wrapped__(self) -> Callable[..., Any]:
         return self.uncached
+
+    @property
+    def __self__(self) -> object:
+        """The instance (or class) it is bound to, as a bound method's."""
+        return self._instance
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         result: R = self._memoized._call((self._instance, *args), kwargs)
@@ -278,7 +315,8 @@ def memoized(
 ) -> Memoized[P, R]:
     """The wrapper :meth:`BaseCache.memoize` puts around ``func``: async for ``async def``."""
     target = func.__func__ if isinstance(func, (staticmethod, classmethod)) else func
-    if inspect.iscoroutinefunction(target):
+    # a callable object's async __call__ too, which iscoroutinefunction misses before 3.12
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(called_function(target)):
         return AsyncMemoized(cache, func, timeout, key_prefix)
     return Memoized(cache, func, timeout, key_prefix)
 
@@ -315,15 +353,16 @@ class AsyncMemoized(Memoized[P, R]):
         super().__init__(*args)
         # (event loop, key) -> the call in progress; futures belong to one loop
         self._flights: dict[tuple[asyncio.AbstractEventLoop, str], _Flight] = {}
-        target: Any = self.uncached
-        while isinstance(target, functools.partial):
-            target = target.func
+        target: Any = called_function(self.uncached)
         code = getattr(target, "__code__", None)
         if isinstance(code, CodeType):
             # what inspect.iscoroutinefunction(self) reads, as frameworks check it
             self.__code__ = code
             self.__defaults__ = getattr(target, "__defaults__", None)
             self.__kwdefaults__ = getattr(target, "__kwdefaults__", None)
+            if not isinstance(getattr(self, "__name__", None), str):  # a partial, an object
+                called = partial_parts(self.uncached)[0]
+                self.__name__ = getattr(called, "__name__", None) or type(called).__name__
 
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         import asyncio
@@ -354,12 +393,13 @@ class AsyncMemoized(Memoized[P, R]):
             cache._take_back_lookup(counted)  # the lookup below counts this call
             if flight.ended:
                 value = cache.get(key)
-                if value is not None or flight.value is None:
+                if value is not None:
                     return value
-                try:  # gone from the cache (evicted, a failed write): never the shared object
-                    return copy.deepcopy(flight.value)
-                except Exception:
-                    continue  # cannot be copied: this task calls the function itself
+                # gone from the cache (evicted, a failed write): never the shared object
+                value = handed_copy(flight.value)
+                if value is not NOT_HANDED:
+                    return value
+                # cannot be copied: this task calls the function itself
         return await self._lead(flight_key, args, kwargs)
 
     async def _lead(
