@@ -472,6 +472,40 @@ def test_two_distributions_claiming_one_scheme(tmp_path: Path) -> None:
     assert "is claimed by" in strict["simple://"]["message"]
 
 
+def test_two_distributions_with_one_entry_point_name_are_told_apart(tmp_path: Path) -> None:
+    """Entry-point names are unique only within a distribution: two "sqlite" plugins used to
+    leave one silently serving the other's scheme, and disabling "sqlite" disabled both."""
+    for dist, version in (("cacheplug-sqlite-a", "1.0"), ("cacheplug-sqlite-b", "2.0")):
+        module = dist.replace("-", "_")
+        write_distribution(
+            tmp_path, dist, version, {"sqlite": module}, {module: backend_module("sqlite")}
+        )
+    report = _report(tmp_path, "sqlite://")
+    message = report["results"]["sqlite://"]["message"]
+    assert report["results"]["sqlite://"]["error"] == "PluginError"
+    for part in (
+        "plugin 'cacheplug-sqlite-a:sqlite' (cacheplug-sqlite-a 1.0)",
+        "plugin 'cacheplug-sqlite-b:sqlite' (cacheplug-sqlite-b 2.0)",
+        "CACHEPLUG_DISABLE_PLUGINS=cacheplug-sqlite-a:sqlite or "
+        "CACHEPLUG_DISABLE_PLUGINS=cacheplug-sqlite-b:sqlite",
+    ):
+        assert part in message
+    assert report["warnings"] == []
+    listed = {p["name"]: p["error"] for p in report["plugins"]}
+    assert listed["cacheplug-sqlite-a:sqlite"] == listed["cacheplug-sqlite-b:sqlite"] == message
+    # the advice works: each one alone
+    for keep, drop in (("a", "b"), ("b", "a")):
+        settled = _report(
+            tmp_path, "sqlite://", CACHEPLUG_DISABLE_PLUGINS=f"cacheplug-sqlite-{drop}:sqlite"
+        )
+        assert settled["results"]["sqlite://"] == {"class": "PluginCache", "value": "v"}
+        names = [p["name"] for p in settled["plugins"] if "sqlite" in p["name"]]
+        assert names == [f"cacheplug-sqlite-{keep}:sqlite"]
+        assert settled["warnings"] == []
+    both = _report(tmp_path, "sqlite://", CACHEPLUG_DISABLE_PLUGINS="sqlite")["results"]
+    assert both["sqlite://"]["error"] == "ConfigurationError"  # the plain name: both
+
+
 def test_string_targets_are_imported_when_their_name_is_used(tmp_path: Path) -> None:
     write_distribution(
         tmp_path,

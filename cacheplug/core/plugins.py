@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -27,6 +28,7 @@ from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
 
 if TYPE_CHECKING:
+    import importlib.metadata
     from collections.abc import Callable
     from types import FrameType
 
@@ -172,20 +174,28 @@ class _Registry:
         import importlib.metadata
 
         installed = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        # An entry-point name is unique only within its distribution: one that several
+        # distributions use names each of them as "distribution:name", so that neither
+        # silently stands in for the other and each can be disabled alone.
+        names = {ep: _plugin_name(ep) for ep in installed}
+        counts = Counter(name for name, _ in names.values())
+        shared = {name for name, count in counts.items() if count > 1}
+        known = {name for pair in names.values() for name in pair}
         # warned about on the first lookup: a runtime plugin may yet be refused by one
-        self.unknown_disabled = disabled.difference(ep.name for ep in installed)
-        self.installed = ", ".join(sorted({ep.name for ep in installed})) or "none"
-        for ep in installed:
-            if self.pm.is_blocked(ep.name):
+        self.unknown_disabled = disabled.difference(known)
+        self.installed = ", ".join(sorted(q if n in shared else n for n, q in names.values()))
+        self.installed = self.installed or "none"
+        for ep, (name, qualified) in names.items():
+            if name in disabled or qualified in disabled:
                 continue
             dist = ep.dist
             origin = _Origin(
-                ep.name,
+                qualified if name in shared else name,
                 dist.name if dist is not None else "unknown distribution",
                 dist.version if dist is not None else "unknown version",
             )
             try:
-                taken = self.origins.get(ep.name)
+                taken = self.origins.get(origin.plugin)
                 if taken is not None:
                     raise PluginError(f"its entry-point name is already used by {taken}")
                 self.add(ep.load(), origin)
@@ -195,7 +205,7 @@ class _Registry:
                 _reraise_interrupt(err)
                 message = (
                     f"cacheplug {origin} failed to load from {ep.value!r}: "
-                    f"{_describe(err)}; set {DISABLE_ENV}={ep.name} to skip it"
+                    f"{_describe(err)}; set {DISABLE_ENV}={origin.plugin} to skip it"
                 )
                 if self.strict:
                     raise PluginError(message) from err
@@ -422,6 +432,12 @@ class _Registry:
 def _describe(err: BaseException) -> str:
     """``Type: message`` on one line (pluggy's validation errors span several)."""
     return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _plugin_name(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    """An entry point's name, and that name qualified by its distribution's."""
+    dist = ep.dist
+    return ep.name, f"{dist.name if dist is not None else 'unknown distribution'}:{ep.name}"
 
 
 def _reraise_interrupt(err: BaseException) -> None:
