@@ -725,6 +725,21 @@ def test_default_inc_on_a_stored_none_is_type_error() -> None:
     assert cache.inc("fresh", 2) == 2
 
 
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_default_inc_beyond_what_the_serializer_holds_is_overflow_error(serializer: str) -> None:
+    """contract.md: a count the backend cannot hold raises OverflowError and the value stays;
+    the default inc, which a plugin backend inherits, raised SerializationError."""
+    cache = DictBackend({}, serializer=serializer)
+    assert cache.set("n", 2**64 - 1) is True
+    with pytest.raises(OverflowError, match=f"cannot count 'n' to {2**64}: {serializer} cannot"):
+        cache.inc("n")
+    assert cache.get("n") == 2**64 - 1
+    assert cache.set("low", -(2**63)) is True
+    with pytest.raises(OverflowError):
+        cache.dec("low")
+    assert cache.get("low") == -(2**63)
+
+
 def test_backend_errors_log_one_line_a_minute_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -444,6 +444,7 @@ class BaseCache(ABC):
         with their engine's own atomic increment.
 
         :raises TypeError: ``delta`` or the stored value is not an integer (the value stays).
+        :raises OverflowError: the serializer cannot store the result (the value stays).
         """
         check_delta(delta)
         flight = self._single_flight(key)
@@ -452,12 +453,11 @@ class BaseCache(ABC):
             current = self.get(key)
             if current is None and self.has(key):
                 checked_counter(key, current)  # a stored None is no counter: TypeError
-            if current is None:
-                value = delta
+            value = delta if current is None else checked_counter(key, current) + delta
+            try:
                 ok = self.set(key, value)
-            else:
-                value = checked_counter(key, current) + delta
-                ok = self.set(key, value)
+            except SerializationError as err:
+                raise self._uncountable(key, value) from err
         finally:
             next(flight, None)
         return value if ok else None
@@ -691,11 +691,18 @@ class BaseCache(ABC):
         try:
             return self._encode(value, key)
         except SerializationError as err:
-            self._serialize(0)  # a serializer that stores no int at all raises what is wrong
-            raise OverflowError(
-                f"cannot count {key!r} to {value}: {serializer_name(self.serializer)} cannot "
-                "store it, so the value stays as it was"
-            ) from err
+            raise self._uncountable(key, value) from err
+
+    def _uncountable(self, key: str, value: int) -> OverflowError:
+        """The error of a count to ``value`` that the serializer refused to encode.
+
+        :raises SerializationError: the serializer cannot store any int.
+        """
+        self._serialize(0)  # a serializer that stores no int at all raises what is wrong
+        return OverflowError(
+            f"cannot count {key!r} to {value}: {serializer_name(self.serializer)} cannot "
+            "store it, so the value stays as it was"
+        )
 
     def _decode(self, payload: bytes | memoryview, key: str, prefix: str | None = None) -> Any:
         """Verify (with a secret) and deserialize the stored payload of ``key``.
