@@ -1488,3 +1488,24 @@ def test_a_signal_as_with_enters_is_as_reliability_md_says() -> None:
     assert "present in\n3.14.10, the newest 3.14 tested here" in page
     skipped_exit = run_python(_WITH_PROBE) == "interrupted"
     assert skipped_exit == (sys.version_info[:2] == (3, 14)), run_python(_WITH_PROBE)
+
+
+@pytest.mark.parametrize("backend", ["simple", "file"])
+def test_what_json_and_msgpack_give_back_for_tuples_and_bytearrays(
+    backend: str, tmp_path: Path
+) -> None:
+    """contract.md: json gives tuples back as lists and refuses tuple subclasses, bytes and
+    bytearray; msgpack gives every tuple back as a list and a bytearray as bytes."""
+    from collections import namedtuple
+
+    Point = namedtuple("Point", "x y")
+    url = "simple://" if backend == "simple" else f"file://{tmp_path}"
+    with from_url(f"{url}?serializer=json") as cache:
+        assert cache.set("t", (1, (2, 3))) and cache.get("t") == [1, [2, 3]]
+        for refused in (Point(1, 2), b"ab", bytearray(b"ab")):
+            with pytest.raises(cacheplug.SerializationError):
+                cache.set("r", refused)
+    with from_url(f"{url}?serializer=msgpack") as cache:
+        assert cache.set("p", Point(1, 2)) and cache.get("p") == [1, 2]
+        assert cache.set("b", bytearray(b"ab")) and cache.get("b") == b"ab"
+        assert type(cache.get("b")) is bytes
