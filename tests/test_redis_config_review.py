@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pty
 import select
-import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -220,10 +220,17 @@ def test_a_key_encrypted_later_fails_the_connect_instead_of_prompting(
     key = tmp_path / "key.pem"
     key.write_bytes(Path(files["key"]).read_bytes())
     argv = [str(server.tls_port), PASSWORD, files["ca"], files["cert"], str(key), files["locked"]]
-    # OpenSSL asks for a passphrase on the controlling terminal: the child gets one
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        os.execv(sys.executable, [sys.executable, "-c", CHILD, *argv])
+    # OpenSSL asks for a passphrase on the controlling terminal: the child gets one (setsid -c:
+    # a session of its own with the pty as its terminal; pty.fork() would fork this
+    # multi-threaded process, which 3.12+ warns about)
+    fd, terminal = pty.openpty()
+    child = subprocess.Popen(
+        ["setsid", "-c", sys.executable, "-c", CHILD, *argv],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
     output = b""
     deadline = time.monotonic() + 10  # far beyond the connect; a prompt waits forever
     try:
@@ -237,9 +244,8 @@ def test_a_key_encrypted_later_fails_the_connect_instead_of_prompting(
                     break
                 output += chunk
     finally:
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        child.kill()  # gone already unless it waits for a passphrase
+        child.wait()
         os.close(fd)
     text = output.decode(errors="replace")
     assert "pass phrase" not in text
