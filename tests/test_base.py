@@ -671,11 +671,12 @@ class DictBackend(BaseCache):
 
     def get(self, key: str) -> Any:
         payload = self.store.get(self._k(key))
-        if payload is None:
+        value = None if payload is None else self._decode_or_miss(key, payload)
+        if value is None:  # missing, a stored None or unreadable: a miss (contract.md)
             self._misses += 1
-            return None
-        self._hits += 1
-        return self._decode_or_miss(key, payload)
+        else:
+            self._hits += 1
+        return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         seconds = normalize_timeout(timeout, self.default_timeout)

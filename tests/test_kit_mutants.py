@@ -9,7 +9,9 @@ lets through is marked ``xfail(strict=True)`` with what slips.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
+import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -91,16 +93,24 @@ class VaultCache(BaseCache):
     def _expired(self, deadline: float | None) -> bool:
         return deadline is not None and deadline <= self.vault.ticker()
 
+    def _name(self, key: str) -> str:
+        """The vault's name for ``key``."""
+        return self.key_prefix + key
+
+    def _cleared(self, name: str) -> bool:
+        """Whether ``clear`` removes the vault's row ``name``."""
+        return name.startswith(self.key_prefix)
+
     def _row(self, key: str) -> tuple[bytes, float | None] | None:
         """The live row of ``key``, or ``None`` (an expired row is not dropped: reads only)."""
-        row = self.vault.rows.get(self.key_prefix + key)
+        row = self.vault.rows.get(self._name(key))
         return None if row is None or self._expired(row[1]) else row
 
     def _write(self, key: str, payload: bytes, deadline: float | None) -> None:
         if self._expired(deadline):
-            self.vault.rows.pop(self.key_prefix + key, None)
+            self.vault.rows.pop(self._name(key), None)
         else:
-            self.vault.rows[self.key_prefix + key] = (payload, deadline)
+            self.vault.rows[self._name(key)] = (payload, deadline)
 
     # -- the contract ----------------------------------------------------------------------------
 
@@ -113,7 +123,9 @@ class VaultCache(BaseCache):
             self._misses += 1
             return None
         value = self._decode_or_miss(key, row[0])
-        if value is not None:
+        if value is None:  # a stored None or an unreadable entry
+            self._misses += 1
+        else:
             self._hits += 1
         return value
 
@@ -140,7 +152,7 @@ class VaultCache(BaseCache):
         if self._failed("delete"):
             return False
         existed = self._row(key) is not None
-        self.vault.rows.pop(self.key_prefix + key, None)
+        self.vault.rows.pop(self._name(key), None)
         self._deletes += existed
         return existed
 
@@ -151,7 +163,7 @@ class VaultCache(BaseCache):
     def clear(self) -> bool:
         if self._failed("clear"):
             return False
-        for name in [name for name in self.vault.rows if name.startswith(self.key_prefix)]:
+        for name in [name for name in self.vault.rows if self._cleared(name)]:
             del self.vault.rows[name]
         return True
 
@@ -184,7 +196,7 @@ class VaultCache(BaseCache):
             else:
                 value = checked_counter(key, self._decode_or_miss(key, row[0])) + delta
                 deadline = row[1]
-            self._write(key, self._encode(value, key), deadline)
+            self._write(key, self._encode_count(key, value), deadline)
         finally:
             next(flight, None)
         return value
@@ -513,6 +525,109 @@ class CloseNotIdempotent(VaultCache):
 class ExitDoesNotClose(VaultCache):
     def __exit__(self, *exc_info: Any) -> None:
         pass
+
+
+class CountsAHitBeforeDecoding(VaultCache):
+    """Counts a hit for every row found: a stored None or an unreadable entry is a 'hit'."""
+
+    def get(self, key: str) -> Any:
+        misses = self._misses
+        value = super().get(key)
+        if self._misses > misses and self.has(key):
+            self._misses, self._hits = self._misses - 1, self._hits + 1
+        return value
+
+
+class IncContinuesAnExpiredCounter(VaultCache):
+    """inc reads the row whatever its expiry (an SQL SELECT that forgot the expiry test)."""
+
+    reading_expired = False
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        self.reading_expired = True
+        try:
+            return super().inc(key, delta)
+        finally:
+            self.reading_expired = False
+
+    def _row(self, key: str) -> tuple[bytes, float | None] | None:
+        if self.reading_expired:
+            return self.vault.rows.get(self._name(key))
+        return super()._row(key)
+
+
+class IncOverflowIsASerializationError(VaultCache):
+    """Encodes counts with _encode: a count json or msgpack cannot hold is a SerializationError."""
+
+    def _encode_count(self, key: str, value: int) -> bytes:
+        return self._encode(value, key)
+
+
+class AddWithANegativeTimeoutStoresForever(VaultCache):
+    """add drops a negative timeout (as SET NX with no expiry would): the entry never expires."""
+
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
+        if normalize_timeout(timeout, self.default_timeout) < 0:
+            timeout = 0
+        return super().add(key, value, timeout)
+
+
+@contextlib.contextmanager
+def _unsigned(cache: BaseCache) -> Iterator[None]:
+    """Inside, ``cache`` encodes as if it had no secret."""
+    signer, cache._signer = cache._signer, None
+    try:
+        yield
+    finally:
+        cache._signer = signer
+
+
+class AddStoresUnsigned(VaultCache):
+    """add stores its payload unsigned: a cache with a secret reads it back as a miss."""
+
+    def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
+        with _unsigned(self):
+            return super().add(key, value, timeout)
+
+
+class SetManyStoresUnsigned(VaultCache):
+    """set_many stores its payload unsigned: a cache with a secret reads it back as a miss."""
+
+    def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
+        with _unsigned(self):
+            return super().set_many(mapping, timeout)
+
+
+class IncStoresUnsigned(VaultCache):
+    """inc stores its payload unsigned: a cache with a secret reads it back as a miss."""
+
+    def inc(self, key: str, delta: int = 1) -> int | None:
+        with _unsigned(self):
+            return super().inc(key, delta)
+
+
+class KeysIgnoreCase(VaultCache):
+    """Names rows case-insensitively, as an SQL key column with COLLATE NOCASE does."""
+
+    def _name(self, key: str) -> str:
+        return super()._name(key).casefold()
+
+
+class ClearMatchesItsPrefixAsAGlob(VaultCache):
+    """Clears names matching the glob ``key_prefix*`` (Redis MATCH or SQLite GLOB, unescaped)."""
+
+    def _cleared(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.key_prefix + "*")
+
+
+class ClearMatchesItsPrefixAsALikePattern(VaultCache):
+    """Clears names ``LIKE key_prefix || '%'`` unescaped: ``_`` and ``%`` match any, and
+    SQLite's LIKE ignores ASCII case."""
+
+    def _cleared(self, name: str) -> bool:
+        wildcards = {"%": ".*", "_": "."}
+        pattern = "".join(wildcards.get(c) or re.escape(c) for c in self.key_prefix) + ".*"
+        return re.fullmatch(pattern, name, re.IGNORECASE | re.DOTALL) is not None
 
 
 #: each mutant the contract suite misses -> what slips through

@@ -144,7 +144,9 @@ class DictCache(BaseCache):
             self._misses += 1
             return None
         value = self._value(key, entry[0])
-        if value is not None:
+        if value is None:  # a stored None or an unreadable entry
+            self._misses += 1
+        else:
             self._hits += 1
         return value
 
@@ -209,7 +211,7 @@ class DictCache(BaseCache):
             value, expiry = delta, self._expiry(None)
         else:
             value, expiry = checked_counter(key, self._value(key, entry[0])) + delta, entry[1]
-        self.store.entries[self.key_prefix + key] = (self._payload(value, key), expiry)
+        self.store.entries[self.key_prefix + key] = (self._encode_count(key, value), expiry)
         return value
 
 

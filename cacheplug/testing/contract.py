@@ -68,6 +68,19 @@ PORTABLE_VALUES: list[Any] = [
 ]
 
 
+#: (key_prefix, a neighbour's key_prefix that it matches when read as a pattern)
+_PATTERN_PREFIXES: list[tuple[str, str]] = [
+    ("a_", "ab"),  # SQL LIKE: any one character
+    ("a%", "ab"),  # SQL LIKE: any characters
+    ("a*", "ab"),  # glob (SQLite GLOB, Redis MATCH, fnmatch): any characters
+    ("a?", "ab"),  # glob: any one character
+    ("a[b]", "ab"),  # glob: a character class
+    ("a[", "ab"),  # glob: an unclosed class
+    ("a\\", "a*"),  # an escape character (LIKE ... ESCAPE, glob)
+    ("app:", "APP:"),  # SQLite's LIKE ignores ASCII case
+]
+
+
 class _BrokenLoads:
     """A serializer that writes fine and can never read back."""
 
@@ -182,6 +195,14 @@ class CacheContract:
             "context manager factory inside which the store refuses writes and answers reads)"
         )
 
+    def _needs_shared_store(self, untested: str) -> None:
+        """Skip, saying ``untested``, unless two caches from the factory share one store."""
+        if not self.shared_store:
+            pytest.skip(
+                f"{untested}: set shared_store = True when two caches from cache_factory see "
+                "the same data"
+            )
+
     # -- get / set -------------------------------------------------------------------------
 
     def test_get_missing_key_is_none(self, cache: BaseCache) -> None:
@@ -209,6 +230,19 @@ class CacheContract:
         assert cache.get("key") == {"items": [1, 2]}, (
             "mutating what get returned changed the cached copy: get must return a copy"
         )
+
+    def test_keys_differing_only_in_case_or_form_are_distinct(self, cache: BaseCache) -> None:
+        # a case-insensitive collation, a trimmed or a normalised key would merge these
+        keys = ["key", "Key", "KEY", "key ", "caf\u00e9", "cafe\u0301"]
+        for number, key in enumerate(keys):
+            cache.set(key, number)
+        got = dict(zip(keys, cache.get_many(*keys), strict=True))
+        assert got == {key: number for number, key in enumerate(keys)}, (
+            f"keys that differ only in case, a trailing space or Unicode form share entries: "
+            f"read back {got!r}; keys are str compared exactly"
+        )
+        assert cache.delete("Key") is True
+        assert cache.get_many(*keys) == [0, None, 2, 3, 4, 5], "delete('Key') removed another key"
 
     def test_non_str_key_is_type_error(self, cache: BaseCache) -> None:
         for call in (
@@ -293,11 +327,7 @@ class CacheContract:
         assert cache.clear() is True, "clear of an empty cache must return True"
 
     def test_prefixes_isolate_caches_on_one_store(self, cache_factory: CacheFactory) -> None:
-        if not self.shared_store:
-            pytest.skip(
-                "key_prefix isolation is not tested: set shared_store = True when two caches "
-                "from cache_factory see the same data"
-            )
+        self._needs_shared_store("key_prefix isolation is not tested")
         left, right = cache_factory(key_prefix="left:"), cache_factory(key_prefix="right:")
         left.set("key", "L")
         right.set("key", "R")
@@ -306,6 +336,24 @@ class CacheContract:
         assert left.get("key") is None
         assert right.get("key") == "R", "clear removed keys of another key_prefix"
         assert left.clear() is True, "clear with no key under its key_prefix must return True"
+
+    def test_clear_takes_its_key_prefix_literally(self, cache_factory: CacheFactory) -> None:
+        self._needs_shared_store("key_prefix isolation is not tested")
+        wrong: list[str] = []
+        for prefix, neighbour in _PATTERN_PREFIXES:
+            mine, theirs = cache_factory(key_prefix=prefix), cache_factory(key_prefix=neighbour)
+            theirs.set("key", "theirs")
+            mine.set("key", "mine")
+            assert mine.clear() is True
+            if theirs.get("key") != "theirs":
+                wrong.append(f"clear() under {prefix!r} removed a key under {neighbour!r}")
+            if mine.has("key"):
+                wrong.append(f"clear() under {prefix!r} left its own key")
+            theirs.clear()
+        assert not wrong, (
+            "; ".join(wrong) + ": a key_prefix is text, not a pattern (escape it for SQL LIKE "
+            "or GLOB, Redis MATCH..., and compare case-sensitively)"
+        )
 
     # -- signing (secret=) -------------------------------------------------------------------------
 
@@ -320,14 +368,37 @@ class CacheContract:
         assert cache.get_dict("key") == {"key": value}
         assert cache.add("key", 0) is False
 
+    def test_a_cache_with_a_secret_reads_back_what_each_write_stored(
+        self, cache_factory: CacheFactory
+    ) -> None:
+        cache = cache_factory(secret="contract-secret")
+        assert cache.add("added", {"by": "add"}) is True
+        assert sorted(cache.set_many({"many": ["set_many"], "more": 2})) == ["many", "more"]
+        assert cache.inc("counted", 5) == 5
+        expected = {
+            "added": ("add", {"by": "add"}),
+            "many": ("set_many", ["set_many"]),
+            "more": ("set_many", 2),
+            "counted": ("inc", 5),
+        }
+        wrong = [
+            f"{write} stored {key!r}, read back as {got!r}"
+            for (key, (write, value)), got in zip(
+                expected.items(), cache.get_many(*expected), strict=True
+            )
+            if got != value
+        ]
+        assert not wrong, (
+            "a cache with a secret did not read back its own entries: "
+            + "; ".join(wrong)
+            + " (every write must sign its payload: encode with self._encode)"
+        )
+        assert cache.inc("counted") == 6, "inc did not read back the counter it signed"
+
     def test_a_cache_with_a_secret_misses_entries_it_did_not_sign(
         self, cache_factory: CacheFactory
     ) -> None:
-        if not self.shared_store:
-            pytest.skip(
-                "signing is not tested across caches: set shared_store = True when two caches "
-                "from cache_factory see the same data"
-            )
+        self._needs_shared_store("signing is not tested across caches")
         signed = cache_factory(secret="contract-secret")
         cache_factory(secret="another-secret").set("theirs", {"a": 1})
         cache_factory().set("unsigned", {"a": 1})
@@ -342,6 +413,20 @@ class CacheContract:
         assert cache.set("key", "new", timeout=-1) is True
         assert cache.get("key") is None, "an entry set with a negative timeout did not expire"
         assert cache.has("key") is False
+
+    def test_add_with_a_negative_timeout_is_already_expired(self, cache: BaseCache) -> None:
+        sets = cache.stats()["sets"]
+        assert cache.add("key", "v", timeout=-1) is True, (
+            "add of a missing key with a negative timeout must return True, as set does"
+        )
+        assert cache.get("key") is None, "an entry added with a negative timeout did not expire"
+        assert cache.has("key") is False, "has is True for an entry added already expired"
+        assert cache.stats()["sets"] == sets + 1, (
+            "add with a negative timeout is a write that removes the key: count it in sets"
+        )
+        cache.set("kept", "old")
+        assert cache.add("kept", "new", timeout=-1) is False, "add on an existing key answered True"
+        assert cache.get("kept") == "old", "add with a negative timeout removed an existing key"
 
     # ids name the values without an address, the same in every process (pytest-xdist)
     @pytest.mark.parametrize(
@@ -480,6 +565,41 @@ class CacheContract:
         assert cache.dec("n", 5) == -3
         advance(3)
         assert cache.get("n") is None
+
+    def test_inc_on_an_expired_counter_starts_at_delta(
+        self, cache: BaseCache, advance: Callable[[float], None]
+    ) -> None:
+        cache.set_many({"up": 5, "down": 5}, timeout=1)
+        advance(2)
+        answers = (cache.inc("up", 3), cache.dec("down", 2))
+        assert answers == (3, -2), (
+            f"inc(3) and dec(2) of expired counters answered {answers!r}: an expired counter "
+            "is gone, so it starts again at delta"
+        )
+        assert cache.get_many("up", "down") == [3, -2]
+
+    def test_inc_past_what_the_backend_holds_is_overflow_error_and_value_stays(
+        self, cache_factory: CacheFactory
+    ) -> None:
+        # json and msgpack hold [-2**63, 2**64), engines signed 64 bits: both ends overflow
+        for serializer in ("json", "msgpack"):
+            cache = cache_factory(serializer=serializer)
+            for start, delta in ((-(2**63), -1), (2**64 - 1, 1)):
+                cache.set("n", start)
+                try:
+                    got: Any = cache.inc("n", delta)
+                except Exception as err:
+                    got = err
+                did = (
+                    f"raised {type(got).__name__} ({got})"
+                    if isinstance(got, Exception)
+                    else f"answered {got!r}"
+                )
+                assert isinstance(got, OverflowError), (
+                    f"inc({delta}) of {start} with {serializer} {did}, not OverflowError "
+                    "(encode counts with self._encode_count)"
+                )
+                assert cache.get("n") == start, "inc past what the backend holds changed the value"
 
     def test_inc_bad_delta_is_type_error(self, cache: BaseCache) -> None:
         with pytest.raises(TypeError, match="delta"):
@@ -727,6 +847,21 @@ class CacheContract:
         assert after["misses"] - before["misses"] == 1
         assert after["deletes"] - before["deletes"] == 1
         assert {"errors", "evictions"} <= set(after)
+
+    def test_a_stored_none_and_an_unreadable_entry_count_as_misses(self, cache: BaseCache) -> None:
+        cache.set_many({"none": None, "value": 1})
+        before = cache.stats()
+        assert cache.get("none") is None
+        assert cache.get_many("none", "value") == [None, 1]
+        cache.serializer = _BrokenLoads()
+        cache.set("unreadable", {"a": 1})
+        assert cache.get("unreadable") is None
+        after = cache.stats()
+        counted = {name: after[name] - before[name] for name in ("hits", "misses")}
+        assert counted == {"hits": 1, "misses": 3}, (
+            f"reading a stored None twice, an unreadable entry and a value counted {counted}: "
+            "a lookup that returns None counts as a miss, never a hit (count it after decoding)"
+        )
 
     def test_context_manager_closes(self, cache_factory: CacheFactory) -> None:
         cache = cache_factory()

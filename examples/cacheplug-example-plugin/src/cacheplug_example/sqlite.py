@@ -120,10 +120,14 @@ class SQLiteCache(BaseCache):
     def _store(
         self, db: sqlite3.Connection, key: str, payload: bytes, expires: float | None
     ) -> None:
-        db.execute(
-            "INSERT OR REPLACE INTO cacheplug_entries (key, value, expires) VALUES (?, ?, ?)",
-            (key, payload, expires),
-        )
+        """Write ``key``'s row, or remove it when ``expires`` has passed; one set either way."""
+        if expires is not None and expires <= self._clock():
+            db.execute("DELETE FROM cacheplug_entries WHERE key = ?", (key,))
+        else:
+            db.execute(
+                "INSERT OR REPLACE INTO cacheplug_entries (key, value, expires) VALUES (?, ?, ?)",
+                (key, payload, expires),
+            )
         self._sets += 1
         self._writes += 1
         if self._writes % _PURGE_EVERY == 0:
@@ -142,11 +146,13 @@ class SQLiteCache(BaseCache):
             return None if row is None else bytes(row[0])
 
         payload = self._run("get", None, work)
-        if payload is None:
+        value = None if payload is None else self._decode_or_miss(key, payload)
+        # a stored None and an unreadable entry read as None: misses too, as stats() says
+        if value is None:
             self._misses += 1
-            return None
-        self._hits += 1
-        return self._decode_or_miss(key, payload)
+        else:
+            self._hits += 1
+        return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
@@ -154,11 +160,7 @@ class SQLiteCache(BaseCache):
         payload = self._encode(value, key)
 
         def work(db: sqlite3.Connection) -> bool:
-            if expires is not None and expires <= self._clock():
-                db.execute("DELETE FROM cacheplug_entries WHERE key = ?", (self.key_prefix + key,))
-                self._sets += 1
-            else:
-                self._store(db, self.key_prefix + key, payload, expires)
+            self._store(db, self.key_prefix + key, payload, expires)
             return True
 
         return self._run("set", False, work)
@@ -175,10 +177,7 @@ class SQLiteCache(BaseCache):
                     f"SELECT 1 FROM cacheplug_entries WHERE {_LIVE}", (full, self._clock())
                 ).fetchone():
                     return False
-                if expires is not None and expires <= self._clock():
-                    db.execute("DELETE FROM cacheplug_entries WHERE key = ?", (full,))
-                else:
-                    self._store(db, full, payload, expires)
+                self._store(db, full, payload, expires)
             return True
 
         return self._run("add", False, work)
@@ -243,7 +242,7 @@ class SQLiteCache(BaseCache):
                 else:
                     current = self._decode_or_miss(key, bytes(row[0]))
                     value, expires = checked_counter(key, current) + delta, row[1]
-                self._store(db, full, self._encode(value, key), expires)
+                self._store(db, full, self._encode_count(key, value), expires)
             return value
 
         return self._run("inc", None, work)
