@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
 from cacheplug.core.hookspecs import hookimpl
@@ -24,6 +24,8 @@ class NullCache(BaseCache):
     :param default_timeout: as for every backend; :param ignore_delete_many_errors: accepted
         for cachelib compatibility (cachelib's ``NullCache`` takes both, in this order).
     """
+
+    _keeps_entries: ClassVar[bool] = False
 
     def __init__(
         self,

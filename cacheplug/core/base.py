@@ -326,6 +326,9 @@ class BaseCache(ABC):
     #: Whether a signature covers its entry's key_prefix and key: on any store that others
     #: can write, so a genuine payload copied to another key reads as a miss there.
     _signs_entries: ClassVar[bool] = True
+    #: Whether a write that answers True can be read back: get_or_set's waiters then read the
+    #: result from the cache instead of each getting a copy of it.
+    _keeps_entries: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -517,12 +520,13 @@ class BaseCache(ABC):
             value = factory()
             if inspect.isawaitable(value):
                 _refuse_awaitable(key, value)
-            kept = value is not None and self.set(key, value, timeout)
+            kept = value is not None and self.set(key, value, timeout) and self._keeps_entries
             shared[3], shared[4] = value, kept
             shared[2] += 1  # after the result: a cut in between hands the waiters nothing
             if value is not None and shared[1] > 1:
-                # the waiters' copies come from one the caller cannot change meanwhile
-                shared[3] = handed_copy(value)
+                # waiters read a kept result from the cache (one evicted meanwhile: they call
+                # again); an unkept one is copied first, so the caller cannot change theirs
+                shared[3] = NOT_HANDED if kept else handed_copy(value)
         finally:
             next(flight, None)
         return value
