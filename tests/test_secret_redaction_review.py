@@ -267,3 +267,18 @@ def test_from_env_blames_the_variable_only_for_the_url(
         from_env(**overrides)
     assert str(raised.value).endswith(FROM_ENV)
     assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis:///:Zq9SECRETx@127.0.0.1:6379/0", "rediss:///ada:Zq9SECRETx@cache/0"]
+)
+def test_user_info_after_a_slash_too_many_is_not_shown(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The authority is empty, so ':password@host' reads as the path, which the error quoted."""
+    with pytest.raises(ConfigurationError, match="user-info goes right after '//'") as raised:
+        from_url(url)
+    assert "SECRET" not in str(raised.value)
+    assert main(["check", url]) == 2
+    out, err = capsys.readouterr()
+    assert "SECRET" not in out + err

@@ -114,6 +114,11 @@ def options_from_url(
         return options
     if path_db:
         if not path_db.isdigit():
+            if "@" in url.path:  # user-info after a slash too many (redis:///:pw@host)
+                raise ConfigurationError(
+                    f"the path of '{url.scheme}:///***' must be a database number, like /0; "
+                    f"user-info goes right after '//': '{url.scheme}://:password@host:6379/0'"
+                )
             raise ConfigurationError(
                 f"the path of {url.redacted()!r} must be a database number, like /0"
             )
