@@ -789,6 +789,15 @@ def memcached_server() -> Iterator[MemcachedServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def memcached_pair(memcached_server: MemcachedServer) -> Iterator[list[MemcachedServer]]:
+    """Two memcached servers: the session's and one of the module's."""
+    second = MemcachedServer().start()
+    yield [memcached_server, second]
+    second.kill()
+    second.stop()
+
+
 @pytest.fixture
 def fresh_redis_server() -> Iterator[RedisServer]:
     """A Redis server of the test's own, free to be stopped, killed or restarted."""

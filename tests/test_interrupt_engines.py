@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -313,15 +313,6 @@ def test_redis_calls_cut_short_while_pooling_leave_the_pool_usable(
 
 
 # -- Memcached -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def memcached_pair(memcached_server: MemcachedServer) -> Iterator[list[MemcachedServer]]:
-    """Two memcached servers: the session's and one of this module's."""
-    second = MemcachedServer().start()
-    yield [memcached_server, second]
-    second.kill()
-    second.stop()
 
 
 def spread_keys(cache: MemcachedCache, prefix: str | None) -> tuple[str, str]:

@@ -4,21 +4,12 @@ write, and the spellings that could never reach a server."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 
 import cachelib
 import pytest
 from servers import MemcachedServer
 
 from cacheplug import ConfigurationError, MemcachedCache
-
-
-@pytest.fixture(scope="module")
-def two_servers(memcached_server: MemcachedServer) -> Iterator[list[MemcachedServer]]:
-    """The session's memcached and one of this module's."""
-    second = MemcachedServer().start()
-    yield [memcached_server, second]
-    second.stop()
 
 
 def test_a_weighted_server_as_cachelib_takes_it_works(memcached_server: MemcachedServer) -> None:
@@ -36,9 +27,9 @@ def test_a_weighted_server_as_cachelib_takes_it_works(memcached_server: Memcache
 
 
 def test_weights_share_the_keys_and_weight_one_moves_none(
-    two_servers: list[MemcachedServer],
+    memcached_pair: list[MemcachedServer],
 ) -> None:
-    a, b = (f"127.0.0.1:{server.port}" for server in two_servers)
+    a, b = (f"127.0.0.1:{server.port}" for server in memcached_pair)
     keys = [f"user:{i}" for i in range(4000)]
 
     def placement(servers: list[object]) -> list[str]:

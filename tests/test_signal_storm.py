@@ -49,11 +49,7 @@ from typing import Any
 import pytest
 from cutting import Cut, cut_at_instruction, each_instruction
 from servers import MemcachedServer, RedisServer
-from test_interrupt_engines import (
-    memcached_pair,  # noqa: F401 - a fixture: two memcached servers
-    memcached_pools,
-    redis_pools,
-)
+from test_interrupt_engines import memcached_pools, redis_pools
 from test_interrupt_everywhere import in_thread, lock_is_free, next_calls_work
 from test_interrupt_filesystem import flock_is_free
 
@@ -643,7 +639,7 @@ def memcached_checks(cache: MemcachedCache, where: collections.Counter[str]) -> 
 @exploring
 @pytest.mark.parametrize("config", CONFIGS)
 def test_memcached_cache_under_a_signal_storm(
-    memcached_pair: list[MemcachedServer],  # noqa: F811 - the fixture imported above
+    memcached_pair: list[MemcachedServer],
     config: str,
 ) -> None:
     def make() -> MemcachedCache:
@@ -913,7 +909,7 @@ def test_redis_connection_cut_short_inside_the_pool_is_not_lost(
 
 @pytest.mark.parametrize("call", ["get", "get_many"])
 def test_a_memcached_server_tried_after_its_dead_time_is_not_kept_down_by_a_cut(
-    memcached_pair: list[MemcachedServer],  # noqa: F811 - the fixture imported above
+    memcached_pair: list[MemcachedServer],
     call: str,
 ) -> None:
     """A call trying a server again after its dead time marks it down once more, so that the
