@@ -1,5 +1,6 @@
 """backends.md: where Redis refuses scripts (an ACL user without +@scripting, EVAL renamed away),
-inc and dec send SET NX and INCRBY instead: the same answers, no increment lost."""
+inc and dec send SET NX and INCRBY instead, on a single server and on a cluster: the same
+answers, no increment lost."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from servers import RedisServer
+from servers import RedisCluster, RedisServer
 
 from cacheplug import RedisCache
 
@@ -23,22 +24,33 @@ def renamed() -> Iterator[RedisServer]:
         yield server
 
 
-def _user(server: RedisServer, *commands: str) -> tuple[str, str]:
-    """A new ACL user of ``server`` allowed ``commands`` (ACL categories), and its password."""
+def _user(servers: list[RedisServer], *commands: str) -> tuple[str, str]:
+    """A new ACL user of each of ``servers`` (ACLs are per node, also in a cluster) allowed
+    ``commands`` (ACL categories), and its password."""
     user, password = f"limited-{secrets.token_hex(3)}", secrets.token_hex(8)
-    admin = redis.Redis(port=server.port)
-    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=commands)
-    admin.close()
+    for server in servers:
+        admin = redis.Redis(port=server.port)
+        admin.acl_setuser(
+            user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=commands
+        )
+        admin.close()
     return user, password
 
 
-@pytest.fixture(params=["acl", "renamed"])
+# no MULTI either: the steps need none
+_NO_SCRIPTS = ("+@all", "-@scripting", "-@transaction")
+
+
+@pytest.fixture(params=["acl", "renamed", "cluster-acl"])
 def no_scripts(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[RedisCache]:
     prefix = f"noscripts-{secrets.token_hex(3)}:"
     if request.param == "acl":
-        # no MULTI either: the steps need none
-        user, password = _user(redis_server, "+@all", "-@scripting", "-@transaction")
+        user, password = _user([redis_server], *_NO_SCRIPTS)
         options = {"port": redis_server.port, "username": user, "password": password}
+    elif request.param == "cluster-acl":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        user, password = _user(cluster.servers, *_NO_SCRIPTS)
+        options = {"startup_nodes": cluster.nodes, "username": user, "password": password}
     else:
         options = {"port": request.getfixturevalue("renamed").port}
     cache = RedisCache(**options, key_prefix=prefix, default_timeout=60)  # type: ignore[arg-type]

@@ -592,11 +592,7 @@ class RedisCache(BaseCache):
                 return int(self._once.eval(INC_SCRIPT, *args))
             except self._failures as retry_err:
                 err = retry_err
-        if (
-            isinstance(err, self._response_error)
-            and not self._cluster
-            and scripts_refused(str(err))
-        ):
+        if isinstance(err, self._response_error) and scripts_refused(str(err)):
             try:
                 value = self._inc_without_script(args)
             except self._failures as retry_err:
