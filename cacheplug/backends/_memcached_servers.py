@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import _is_ipv6, check_host, host_port, port_number
+from cacheplug.core.url import check_host, host_port, is_ipv6, port_number
 
 __all__ = [
     "DEFAULT_PORT",
@@ -268,7 +268,7 @@ def _parse_server(spec: object) -> tuple[tuple[str, int] | str, int]:
                 f"from 1 to {_MOST_WEIGHT}, got {port!r}"
             )
         elif isinstance(host, str) and host and type(port) is int and port_number(port):
-            if host.startswith("[") and host.endswith("]") and _is_ipv6(host[1:-1]):
+            if host.startswith("[") and host.endswith("]") and is_ipv6(host[1:-1]):
                 host = host[1:-1]
             if _could_be_host(host):
                 return (check_host(host), port), 1
@@ -309,7 +309,7 @@ def _names_a_server(text: str) -> bool:
         return True
     if text.startswith("["):  # "[v6]" alone is a host
         return "]:" in text
-    return ":" in text and not _is_ipv6(text)
+    return ":" in text and not is_ipv6(text)
 
 
 class Ring:

@@ -34,6 +34,7 @@ __all__ = [
     "from_env",
     "from_url",
     "host_port",
+    "is_ipv6",
     "is_secret_option",
     "is_secret_value",
     "parse_url",
@@ -139,7 +140,7 @@ class CacheURL:
         # an IPv6 address keeps its colons, so host_port brackets it; any other host is
         # quoted whole
         hosts = ",".join(
-            host_port(quote(h, safe=":" if _is_ipv6(h) else "~"), p) for h, p in self.hosts
+            host_port(quote(h, safe=":" if is_ipv6(h) else "~"), p) for h, p in self.hosts
         )
         query = "&".join(
             f"{quote(k, safe='')}="
@@ -273,7 +274,7 @@ def _parse_host(part: str, url: str, after_at: bool) -> tuple[str, int | None]:
     if part.startswith("["):
         address, bracket, tail = part[1:].partition("]")
         host = unquote(address)
-        if not bracket or (tail and not tail.startswith(":")) or not _is_ipv6(host):
+        if not bracket or (tail and not tail.startswith(":")) or not is_ipv6(host):
             raise ConfigurationError(
                 f"malformed IPv6 host {shown_part!r} in cache URL {_mask(url)!r}: "
                 f"expected '[address]' or '[address]:port', e.g. '[::1]:6379'{hint}"
@@ -354,7 +355,8 @@ def host_port(host: str, port: int | None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
-def _is_ipv6(text: str) -> bool:
+def is_ipv6(text: str) -> bool:
+    """Whether ``text`` is an IPv6 address (without brackets)."""
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
