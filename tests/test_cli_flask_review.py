@@ -348,6 +348,7 @@ def _nearly_full_pipe() -> tuple[int, int]:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc wchan")
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_during_check_exits_130_and_leaves_no_key(redis_server: RedisServer) -> None:
     read_end, write_end = _nearly_full_pipe()
     url = redis_server.url + "?key_prefix=cc:"
@@ -365,6 +366,7 @@ def test_ctrl_c_during_check_exits_130_and_leaves_no_key(redis_server: RedisServ
     assert redis_server.command("KEYS", "cc:cacheplug-check:*") == []
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_during_demo_exits_130_without_a_traceback() -> None:
     child = spawn("demo", "simple://", "--keys", "3", "--rounds", "2", "--delay-ms", "60000")
     # the first real execution waits a minute: the demo's table is printed only at the end

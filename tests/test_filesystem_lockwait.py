@@ -243,6 +243,7 @@ def test_lock_timeout_from_the_url(tmp_path: Path) -> None:
         from_url(f"file://{tmp_path}?lock_timeout=0")
 
 
+@pytest.mark.usefixtures("sigint_raises")
 @pytest.mark.parametrize("where", ["polling the lock", "behind another thread"])
 def test_an_interrupted_wait_for_the_lock_leaves_nothing_held(tmp_path: Path, where: str) -> None:
     # Ctrl-C on a process whose main thread waits to write: KeyboardInterrupt, and the cache
