@@ -180,9 +180,12 @@ class Model:
         if entry is None:
             self.counts["misses"] += 1
             return None
+        # a stored None reads like a miss, and counts as one (docs/contract.md), and no use
+        if entry.value is None:
+            self.counts["misses"] += 1
+            return None
         self._use(key)
-        # a stored None reads like a miss, and counts as one (docs/contract.md)
-        self.counts["hits" if entry.value is not None else "misses"] += 1
+        self.counts["hits"] += 1
         return entry.value
 
     def set(self, key: str, value: Any, timeout: Any = None) -> bool:
@@ -237,11 +240,10 @@ class Model:
 
     def get_or_set(self, key: str, factory: Callable[[], Any], timeout: Any = None) -> Any:
         entry = self._live(key)
-        if entry is not None:
+        if entry is not None and entry.value is not None:
             self._use(key)
-            if entry.value is not None:
-                self.counts["hits"] += 1
-                return entry.value
+            self.counts["hits"] += 1
+            return entry.value
         self.counts["misses"] += 1  # one lookup, and it ran the factory
         value = factory()
         if value is not None:
@@ -371,7 +373,7 @@ class SimpleCacheModel(RuleBasedStateMachine):
         got = outcome(lambda: calling(self.cache))
         self.step(got, calling, f"get_or_set({key!r})")
 
-    @rule(default_timeout=DEFAULT_TIMEOUTS)
+    @rule(default_timeout=st.sampled_from([0, 300, 300, 1, 2.5, 30, -1, -0.5]))
     def reassign_default_timeout(self, default_timeout: float) -> None:
         self.cache.default_timeout = default_timeout
         for model in self.models:

@@ -70,6 +70,9 @@ class NullCache(BaseCache):
     def inc(self, key: str, delta: int = 1) -> int | None:
         check_key(key)
         check_delta(delta)
+        # encoded, as SimpleCache does: a count its serializer cannot store is OverflowError
+        self._encode_count(key, delta)
+        self._sets += 1
         return delta
 
 

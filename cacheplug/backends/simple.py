@@ -83,6 +83,7 @@ class SimpleCache(BaseCache):
     # only this process writes its memory: nothing to move between keys, so the MAC spares
     # hashing the key on every signed get and set
     _signs_entries: ClassVar[bool] = False
+    _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {"_lock", "_locked"}
 
     def __init__(
         self,
@@ -146,7 +147,10 @@ class SimpleCache(BaseCache):
                 return _SHALLOW, value.copy()
         # Deeper builtins are pickled too: marshal would be faster, but it silently turns
         # bytearray, array.array or numpy arrays inside a container into bytes.
-        return self._sealed(value)
+        sealed = self._sealed(value)  # first: a serializer refusing None still raises
+        if value is None:  # kept as itself, so get sees a stored None (a miss) under the lock
+            return _RAW, None
+        return sealed
 
     def _sealed(self, value: Any) -> tuple[int, Any]:
         """``(codec, payload)`` of ``value`` through the serializer, signed with a secret."""
@@ -260,13 +264,12 @@ class SimpleCache(BaseCache):
                 del self._cache[key]
                 self._misses += 1
                 entry = None
+            elif entry[2] is None:  # a stored None reads like a miss: counted as one, not a use
+                self._misses += 1
+                entry = None
             else:
                 self._cache.move_to_end(key)
-                if entry[2] is None:  # a stored None reads like a miss, and counts as one
-                    self._misses += 1
-                    entry = None
-                else:
-                    self._hits += 1
+                self._hits += 1
         except BaseException:
             _release_if_held(lock)
             raise
@@ -297,7 +300,7 @@ class SimpleCache(BaseCache):
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
-        if timeout is None and self.default_timeout:
+        if timeout is None and self.default_timeout > 0:  # else _expiry: 0, or reassigned < 0
             expires: float | None = self._clock() + self.default_timeout
         else:
             expires = self._expiry(timeout)
@@ -436,6 +439,29 @@ class SimpleCache(BaseCache):
         super()._after_fork_in_child()
         self._lock = threading.RLock()
         self._locked = entering(self._lock)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The options and the live entries, each with the seconds it has left (a monotonic
+        clock's zero differs between processes and machines); see :class:`BaseCache`."""
+        with self._locked:
+            state = super().__getstate__()
+            now = self._clock()
+            state["_cache"] = OrderedDict(
+                (key, (entry[0] - now if entry[0] else _NEVER, entry[1], entry[2]))
+                for key, entry in self._cache.items()
+                if not entry[0] or entry[0] > now
+            )
+        state["_expiries"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        now = self._clock()
+        self._cache = OrderedDict(
+            (key, (now + entry[0] if entry[0] else _NEVER, entry[1], entry[2]))
+            for key, entry in self._cache.items()
+        )
+        self._compact_expiries()
 
     def __len__(self) -> int:
         """Entries held, expired ones not yet dropped included."""

@@ -329,6 +329,13 @@ class BaseCache(ABC):
     #: Whether a write that answers True can be read back: get_or_set's waiters then read the
     #: result from the cache instead of each getting a copy of it.
     _keeps_entries: ClassVar[bool] = True
+    #: Attributes that belong to one process (locks, counters, the signer's hash states): a
+    #: pickled copy leaves them out and makes its own. Backends add their own locks.
+    _process_local: ClassVar[frozenset[str]] = frozenset(
+        {"_error_seq", "_by_thread", "_hits", "_misses", "_sets", "_deletes", "_error_count"}
+        | {"_evictions", "_flights", "_flights_lock", "_flights_locked", "_last_logged"}
+        | {"_held_back", "_signer"}
+    )
 
     def __init__(
         self,
@@ -366,6 +373,11 @@ class BaseCache(ABC):
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ConfigurationError("secret must be a non-empty str or bytes")
         self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
+        self._start_in_process()
+
+    def _start_in_process(self) -> None:
+        """Make the state that belongs to one process (:attr:`_process_local`): for a new
+        cache, and for a copy unpickled in another one."""
         # every error counted moves the sequence on (it never goes back, as _errors may);
         # each thread notes where it stood at its own last ones, told apart from others'
         self._error_seq = 0
@@ -378,6 +390,30 @@ class BaseCache(ABC):
         self._last_logged: dict[str, float] = {}
         self._held_back: dict[str, int] = {}
         _live_caches[id(self)] = self
+
+    def __bool__(self) -> bool:
+        """Always true, even for an empty cache whose class defines ``__len__``: so
+        ``cache or SimpleCache()`` and ``if cache:`` never take a real cache for a missing one."""
+        return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The options (and a backend's entries), for a copy in another process (a ``spawn``
+        child): locks stay here, and the copy's ``stats`` start at zero.
+
+        A secret travels in the pickle, as the options do: send it to processes of your own.
+        """
+        local = self._process_local
+        state = {k: v for k, v in self.__dict__.items() if k not in local}
+        state["_secret"] = None if self._signer is None else self._signer._secret
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        secret = state.pop("_secret", None)
+        self._start_in_process()
+        self.__dict__.update(state)
+        self._signer = None if secret is None else CacheSigner(secret, self.serializer)
+        self._after_fork_in_child()  # the backend's own locks, new for this process
 
     # -- the contract -----------------------------------------------------------------------
 
@@ -819,7 +855,8 @@ class BaseCache(ABC):
     def _after_fork_in_child(self) -> None:
         """Drop the locks inherited from the parent, which its other threads may hold.
 
-        Backends with locks of their own extend this; the entries stay.
+        Backends with locks of their own extend this; the entries stay. An unpickled copy
+        calls it too, for locks of its own.
         """
         self._flights = {}
         self._flights_lock = threading.Lock()
