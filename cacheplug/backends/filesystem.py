@@ -66,6 +66,16 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+# What opening or reading an entry fails with when that file is at fault (gone, a symlink,
+# another's, no regular file): a missing or damaged entry. Any other error (EMFILE, ENFILE,
+# ENOMEM, EIO) is the file system failing, an outage: read as missing, it would let inc restart
+# a live counter, add overwrite a live entry and pruning drop live entries.
+_ENTRY_FAULTS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENXIO}
+    # O_NOFOLLOW on a symlink: ELOOP (Linux, macOS), EMLINK (FreeBSD), EFTYPE (NetBSD)
+    | {errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", errno.ELOOP)}
+    | {errno.ENODEV, errno.EOVERFLOW}  # a device without a driver; a file too large to read
+)
 # A busy lock is tried again after pauses growing from about the time a writer holds it
 # (tens of microseconds) to half a millisecond, jittered so waiters do not retry in step:
 # longer ones leave a waiter behind the others for tens of milliseconds under contention.
@@ -98,7 +108,9 @@ class FileSystemCache(BaseCache):
     directory: every rename and unlink, and all of ``inc``, ``dec`` and ``add``, happen under an
     ``flock`` on the prefix's lock file (``.cacheplug-<prefix tag>.lock``); reads take no lock.
     A writer waits at most ``lock_timeout`` for a lock another holds (a process stopped or
-    hung inside its write), then answers as in an outage (``False``, ``None``), logged.
+    hung inside its write), then answers as in an outage (``False``, ``None``), logged. So does
+    a call that cannot read an entry for want of descriptors or memory, or on an I/O error: that
+    is the file system failing, and never reads as a missing entry to replace or prune.
     A lock file this process may not write (another user's, say root's) is replaced, once its
     holder is done when it can be read. File names are ``cp-<prefix tag>-<key hash>``:
     ``clear`` removes only such files (with a ``key_prefix``, only that prefix's) and its own
@@ -110,10 +122,13 @@ class FileSystemCache(BaseCache):
     corrects it every few hundred new entries and whenever it says full, so ``set`` never reads
     the whole directory. Caches sharing a directory and a prefix should share ``threshold``.
 
+    A cache pickles (for a ``spawn`` child, say) as its options and directory: the copy shares
+    the entries, with locks and ``stats`` of its own.
+
     :param cache_dir: the directory, created with its parents when missing.
     :param threshold: the most entries this cache keeps; 0 = no limit.
     :param default_timeout: seconds an entry lives when ``set`` gets no timeout; 0 = forever.
-    :param mode: permission bits of the entry files; default ``0o600``.
+    :param mode: permission bits of the entry files, at most ``0o777``; default ``0o600``.
     :param hash_method: turns keys into file names: a ``hashlib`` constructor or its name.
     :param ignore_delete_many_errors: accepted for cachelib compatibility; ``delete_many``
         never raises.
@@ -125,6 +140,17 @@ class FileSystemCache(BaseCache):
     :raises ConfigurationError: ``cache_dir`` is not a directory or not writable, or an option is
         out of range.
     """
+
+    # pickled, a cache leaves these behind: lock files, listing hints and the hash are remade
+    _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
+        "_lock_fds",
+        "_lock_fds_guard",
+        "_lock_fds_guarded",
+        "_listed",
+        "_full_disk_until",
+        "_namespace",
+        "_hash",
+    }
 
     url_options: ClassVar[Mapping[str, type]] = {
         "threshold": int,
@@ -161,10 +187,6 @@ class FileSystemCache(BaseCache):
         super().__init__(
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
         )
-        if type(threshold) is not int or threshold < 0:
-            raise ConfigurationError(
-                f"threshold must be an int >= 0 (0 = no limit), got {threshold!r}"
-            )
         self.threshold = threshold
         self.mode = _checked_mode(mode)
         self.hash_method = hash_method
@@ -184,6 +206,16 @@ class FileSystemCache(BaseCache):
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
         self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+
+    @property
+    def threshold(self) -> int:
+        """The most entries per ``key_prefix``, 0 = no limit; reassigned, it is checked as the
+        constructor checks it, and the next write of a new key beyond it prunes below it."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, threshold: int) -> None:
+        self._threshold = _checked_threshold(threshold)
 
     @property
     def lock_timeout(self) -> float | None:
@@ -266,7 +298,11 @@ class FileSystemCache(BaseCache):
 
     def get(self, key: str) -> Any:
         check_key(key)
-        entry = self._read(self._path(key), header_only=False)
+        try:
+            entry = self._read(self._path(key), header_only=False)
+        except OSError as err:
+            self._backend_error("get", err)
+            return None
         value = None
         if entry is not None and not self._expired(entry[0]):
             value = self._decode_or_miss(key, entry[1])
@@ -338,7 +374,11 @@ class FileSystemCache(BaseCache):
 
     def has(self, key: str) -> bool:
         check_key(key)
-        return self._is_live(self._path(key))
+        try:
+            return self._is_live(self._path(key))
+        except OSError as err:
+            self._backend_error("has", err)
+            return False
 
     def clear(self) -> bool:
         try:
@@ -391,6 +431,15 @@ class FileSystemCache(BaseCache):
             f"lock_timeout={self._lock_timeout!r})"
         )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock_fds = {}  # the base then makes the lock that guards them, as after a fork
+        super().__setstate__(state)
+        self._listed = 0
+        self._full_disk_until = 0.0
+        self._namespace = None
+        # a hash_method name resolves to a partial of hashlib.new, which pickle refuses
+        self._hash = _resolved_hash(self.hash_method)
+
     # -- files ------------------------------------------------------------------------------------
 
     def _prepare(self, key: str, value: Any, timeout: Timeout) -> tuple[str, float | None, bytes]:
@@ -418,12 +467,17 @@ class FileSystemCache(BaseCache):
         """``(expiry, payload, mtime)`` of the entry at ``path``; ``None`` if missing or unreadable.
 
         With ``header_only`` the payload is left unread (and empty).
+
+        :raises OSError: the file system failed, not this file (no descriptor or memory left,
+            an I/O error): an outage, never to be taken for a missing entry.
         """
         try:
             fd = _open(path, _READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as err:
+            if err.errno not in _ENTRY_FAULTS:
+                raise
             self._unreadable(path, err.strerror or str(err))
             return None
         try:
@@ -442,6 +496,8 @@ class FileSystemCache(BaseCache):
                         chunks.append(os.read(fd, 1 << 20))
                     data = b"".join(chunks)
         except OSError as err:
+            if err.errno not in _ENTRY_FAULTS:
+                raise
             self._unreadable(path, err.strerror or str(err))
             return None
         finally:
@@ -510,17 +566,17 @@ class FileSystemCache(BaseCache):
     def _commit(self, lock: int, tmp: str, path: str) -> None:
         """Move ``tmp`` over ``path``, making room first for a new entry; ``tmp`` never stays."""
         try:
-            if not self.threshold or os.path.lexists(path):
+            if not self._threshold or os.path.lexists(path):
                 _replace(tmp, path)
             else:
                 count, added = _read_tally(lock)
                 # The tally drifts when a writer dies or files vanish: a listing repairs it. It
                 # reads the whole directory, other prefixes' files too: once per an eighth of that.
                 listed = max(count, self._listed)
-                if count < 0 or count >= self.threshold or added > listed // 8 + 64:
+                if count < 0 or count >= self._threshold or added > listed // 8 + 64:
                     names = self._entry_names()
                     count, added = len(names), 0
-                    if count >= self.threshold:
+                    if count >= self._threshold:
                         count = self._prune(names)
                 # Counted before the rename: a writer killed in between leaves the count one
                 # above the files (the next listing sooner), never below (the directory
@@ -834,7 +890,8 @@ class FileSystemCache(BaseCache):
 
     def _prune(self, names: list[str]) -> int:
         """Drop expired and unreadable entries, then the least recently written; entries left."""
-        target = self.threshold - max(1, self.threshold // 10)
+        threshold = self._threshold
+        target = threshold - max(1, threshold // 10)
         kept = self._drop_dead(names)
         kept.sort()
         for _, path in kept[: max(0, len(kept) - target)]:
@@ -843,7 +900,10 @@ class FileSystemCache(BaseCache):
 
     def _drop_dead(self, names: list[str]) -> list[tuple[float, str]]:
         """Drop the expired and unreadable entries of ``names``; ``(written at, path)`` of the
-        others."""
+        others.
+
+        :raises OSError: the file system failed reading one: the rest stay, live or not.
+        """
         kept: list[tuple[float, str]] = []
         for name in names:
             path = os.path.join(self.cache_dir, name)
@@ -1060,14 +1120,20 @@ def _discard(path: str) -> None:
         os.unlink(path)
 
 
+def _checked_threshold(threshold: object) -> int:
+    if type(threshold) is not int or threshold < 0:
+        raise ConfigurationError(f"threshold must be an int >= 0 (0 = no limit), got {threshold!r}")
+    return threshold
+
+
 def _checked_mode(mode: object) -> int:
     if mode is None:
         return 0o600
-    if type(mode) is not int or not 0 <= mode <= 0o7777 or mode & 0o600 != 0o600:
+    if type(mode) is not int or not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
         shown = oct(mode) if type(mode) is int and mode >= 0 else repr(mode)  # 0o400, not 256
         raise ConfigurationError(
-            f"mode must be file permission bits from 0o600 to 0o7777 that let the owner read "
-            f"and write, got {shown}"
+            f"mode must be file permission bits from 0o600 to 0o777 (no setuid, setgid or "
+            f"sticky bit) that let the owner read and write, got {shown}"
         )
     return mode
 
