@@ -2,12 +2,17 @@
 
 Stored entries carry memcached flags that say how the bytes are encoded (a counter, a serialized
 value, a serialized value guarded against ``incr``), so nothing is guessed on the way back.
-Integers are stored as memcached counters shifted by 2**62 (modulo 2**64), so ``inc``/``dec``
-are one native, atomic ``incr`` that keeps the entry's expiry, with negative results and overflow
-detection. memcached (1.6.18 at least: memcached/memcached#1105) may call a stored number of
-2**63 or more non-numeric, as it scans past the value for a minus sign; only counters of
-magnitude 2**62 or more are stored there, and when memcached refuses one it is counted by
-compare-and-swap instead.
+Integers in ``[-2**62, 2**62)`` are stored as memcached counters shifted by 2**62, so below
+2**63, and ``inc``/``dec`` by at most ``NATIVE_DELTA`` are one native, atomic ``incr`` that keeps
+the entry's expiry, negative results included. Such an ``incr`` stays far inside the signed
+64-bit range, so it is never taken back and nobody sees a wrapped-around value: larger integers
+are serialized, where memcached's ``incr`` refuses them, and counted by compare-and-swap, as are
+larger deltas; a counter an ``incr`` carries out of ``[-2**62, 2**62)`` is rewritten so at once.
+Only an ``incr`` that met another client's number, or a counter an earlier release stored, is
+taken back: by compare-and-swap, and only while the entry holds just what it left, so no write
+of another client is undone. memcached (1.6.18 at least: memcached/memcached#1105) may call a
+stored number of 2**63 or more (an earlier release's counter, another client's number)
+non-numeric, as it scans past the value for a minus sign; ``inc`` then goes by compare-and-swap.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from cacheplug.core.base import checked_counter
 from cacheplug.core.errors import SerializationError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cacheplug.backends._memcached_servers import Server
     from cacheplug.backends.memcached import MemcachedCache
 
@@ -34,6 +41,7 @@ __all__ = [
     "FLAG_SERIALIZED",
     "INT64_MAX",
     "INT64_MIN",
+    "NATIVE_DELTA",
     "NUMERIC_START",
     "WRAP",
     "counter_value",
@@ -45,8 +53,12 @@ FLAG_SERIALIZED = 0x4300
 FLAG_GUARDED = 0x4301  # serialized bytes behind b"!" so memcached never takes them for a number
 FLAG_COUNTER = 0x4303  # decimal of (value + COUNTER_BIAS) % 2**64, what memcached incr works on
 FLAG_COUNTER_V1 = 0x4302  # earlier versions' counters: decimal of value + 2**63 (still read)
-#: Shift of stored counters: values in [-2**62, 2**62) are stored below 2**63.
+#: Shift of stored counters, which hold the values in [-2**62, 2**62): all below 2**63.
 COUNTER_BIAS = 2**62
+#: Largest delta, in size, counted by memcached's ``incr``; larger ones by compare-and-swap.
+#: A counter leaves [-2**62, 2**62) by one incr, which rewrites it: some 2**30 more incrs, all
+#: before that rewrite, would be needed to carry it to the end of the 64-bit range.
+NATIVE_DELTA = 2**32
 BIASES = {FLAG_COUNTER: COUNTER_BIAS, FLAG_COUNTER_V1: 2**63}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 WRAP = 2**64
@@ -108,47 +120,44 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
 ) -> int | None:
     """``cache.inc(key, delta)`` on the entry ``name`` of ``server``, ``delta`` a signed 64-bit
     int: the new value, or None on engine errors and when other clients keep creating and
-    removing the counter (logged by ``cache``). ``counted``: the answer
-    of an ``incr`` by ``delta`` already made (``wire.count``'s), to go on from.
+    removing the counter (logged by ``cache``). ``counted``: the answer of an ``incr`` by
+    ``delta`` already made (``wire.count``'s), to go on from; never for a delta larger than
+    ``NATIVE_DELTA``.
 
     :raises TypeError: the stored value is not an integer, or not one cacheplug wrote (it
         stays).
     :raises OverflowError: the result or the stored integer is outside the signed 64-bit range
         (the value stays).
     """
+    native = -NATIVE_DELTA <= delta <= NATIVE_DELTA
     step = delta % WRAP  # a negative delta is an incr that wraps around 2**64
     for _ in range(CREATE_ATTEMPTS):
-        if counted is None:
+        if not native:
+            counted = _NOT_COUNTED
+        elif counted is None:
             counted = cache._run(server, "inc", wire.count, name, step)
             if counted is FAILED:
                 return None
         flags, number, numeric = counted
         counted = None
-        if not numeric:  # not a counter, or one memcached misreads (#1105)
+        if not numeric:  # not a counter, one memcached misreads (#1105), or a large delta
             swapped = _swap_counter(cache, server, name, key, delta)
-            if isinstance(swapped, _Gone):
-                continue
-            return swapped
-        if number is None:  # missing: create it, unless another client just did
-            created = cache._run(
-                server, "inc", commands.add, name, cache._pack(delta, key), cache._timeout(None)
-            )
-            if created is FAILED:
-                return None
-            if created:
-                return delta
-            continue
-        if flags is not None and flags not in BIASES:
-            # a number stored by another client (its flags): incr counted it, take that back
-            if not _add_raw(cache, server, name, -step % WRAP):
-                return None
-            raise _foreign(key, flags)
-        result = counter_value(number - step, flags) + delta
-        if not INT64_MIN <= result <= INT64_MAX:
-            if not _add_raw(cache, server, name, -step % WRAP):  # undo the wrap-around
-                return None
-            raise _overflow(key, delta)
-        return result
+            if not isinstance(swapped, _Gone):
+                return swapped
+        elif number is not None:
+            if flags == FLAG_COUNTER:
+                result = counter_value(number - step, FLAG_COUNTER) + delta
+                if -COUNTER_BIAS <= result < COUNTER_BIAS:
+                    return result
+            return _counted_beyond(cache, server, name, key, delta, (flags, number))
+        # missing: create it, unless another client just did
+        created = cache._run(
+            server, "inc", commands.add, name, cache._pack(delta, key), cache._timeout(None)
+        )
+        if created is FAILED:
+            return None
+        if created:
+            return delta
     cache._backend_error(
         "inc",
         RuntimeError(
@@ -159,21 +168,90 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
     return None
 
 
+#: ``wire.count``'s answer for a delta that memcached's ``incr`` is not asked to count.
+_NOT_COUNTED: tuple[int | None, int | None, bool] = (None, None, False)
+
+
+def _counted_beyond(  # noqa: PLR0917 (increment's arguments, passed on)
+    cache: MemcachedCache,
+    server: Server,
+    name: str,
+    key: str,
+    delta: int,
+    counted: tuple[int | None, int],
+) -> int | None:
+    """``increment`` after an ``incr`` by ``delta`` left the number ``counted`` under flags
+    ``counted[0]`` (None: unknown), on anything but a counter of this encoding left in
+    ``[-2**62, 2**62)``: the new value, or None on engine errors.
+
+    :raises TypeError: the number is another client's (taken back).
+    :raises OverflowError: the result is outside the signed 64-bit range (taken back).
+    """
+    flags, number = counted
+    if flags in (FLAG_SERIALIZED, FLAG_GUARDED):
+        # incr never counts these: the entry was replaced after its flags were read
+        flags = None
+    step = delta % WRAP
+    if flags is not None and flags not in BIASES:
+        # a number stored by another client (its flags): incr counted it, take that back
+        if not _take_back(cache, server, name, (flags, number), step):
+            return None
+        raise _foreign(key, flags)
+    result = counter_value(number - step, flags) + delta
+    if not INT64_MIN <= result <= INT64_MAX:  # a counter only an earlier release let get here
+        if not _take_back(cache, server, name, (flags, number), step):
+            return None
+        raise _overflow(key, delta)
+    _rewrite(cache, server, name, key)
+    return result
+
+
+def _take_back(
+    cache: MemcachedCache, server: Server, name: str, counted: tuple[int | None, int], step: int
+) -> bool:
+    """Take back the ``incr`` by ``step`` that left the number ``counted[1]`` under flags
+    ``counted[0]`` (None: unknown), if the entry still holds just that: whether done or
+    overtaken (another client wrote the entry meanwhile, and that write stands); False on an
+    engine error (logged)."""
+    flags, number = counted
+
+    def restored(stored_flags: int, data: bytes) -> tuple[int, bytes] | None:
+        if (flags is not None and stored_flags != flags) or data.strip() != b"%d" % number:
+            return None
+        return stored_flags, b"%d" % ((number - step) % WRAP)
+
+    return _swap(cache, server, name, restored) is not FAILED
+
+
+def _rewrite(cache: MemcachedCache, server: Server, name: str, key: str) -> None:
+    """Store the counter ``name`` as ``cache`` would write its value now, if an ``incr`` may
+    not count it as it is: out of ``[-2**62, 2**62)``, or of an earlier release's encoding.
+
+    An engine error leaves it as it is (logged), as does a serializer that refuses the integer.
+    """
+
+    def rewritten(flags: int, data: bytes) -> tuple[int, bytes] | None:
+        if flags not in BIASES or not data.strip().isdigit():
+            return None  # rewritten or replaced meanwhile
+        value = counter_value(int(data), flags)
+        if flags == FLAG_COUNTER and -COUNTER_BIAS <= value < COUNTER_BIAS:
+            return None
+        return cache._pack(value, key)
+
+    try:
+        _swap(cache, server, name, rewritten)
+    except SerializationError as err:
+        cache._log("inc", "counter %r left to memcached's incr: %s", key, err)
+
+
 def _swap_counter(
     cache: MemcachedCache, server: Server, name: str, key: str, delta: int
 ) -> int | _Gone | None:
-    """``inc`` by compare-and-swap, for what ``incr`` refuses: the new value, None on
-    errors, or ``_GONE`` when the entry went away.
+    """``inc`` by compare-and-swap, for what ``incr`` refuses or is not asked to count: the
+    new value, None on errors, or ``_GONE`` when the entry went away."""
+    results: list[int] = []
 
-    The entry keeps its expiry, to memcached's one-second resolution.
-    """
-    while True:
-        entry = cache._run(server, "inc", wire.read_for_swap, name)
-        if entry is FAILED:
-            return None
-        if entry is None:
-            return _GONE
-        flags, data, cas, ttl = entry
+    def counted(flags: int, data: bytes) -> tuple[int, bytes]:
         value = checked_counter(key, _stored_value(cache, key, flags, data))
         result = value + delta
         if not INT64_MIN <= value <= INT64_MAX:
@@ -183,31 +261,37 @@ def _swap_counter(
             )
         if not INT64_MIN <= result <= INT64_MAX:
             raise _overflow(key, delta)
-        swapped = cache._run(
-            server, "inc", wire.swap, name, cache._pack(result, key), cas, left_to_live(ttl)
-        )
-        if swapped is FAILED:
-            return None
-        if swapped is None:
-            return _GONE
-        if swapped:
-            return result
+        results.append(result)
+        return cache._pack(result, key)
+
+    swapped = _swap(cache, server, name, counted)
+    if swapped is FAILED:
+        return None
+    if swapped is None:
+        return _GONE
+    return results[-1]
 
 
-def _add_raw(cache: MemcachedCache, server: Server, name: str, step: int) -> bool:
-    """Add ``step`` modulo 2**64 to the stored number of a counter, whatever its encoding;
-    whether that was done or the counter is gone (False: an engine error, logged)."""
-    counted = cache._run(server, "inc", wire.count, name, step)
-    if counted is FAILED or counted[2]:
-        return counted is not FAILED
-    while True:  # misread by memcached (#1105): compare-and-swap
+def _swap(
+    cache: MemcachedCache,
+    server: Server,
+    name: str,
+    change: Callable[[int, bytes], tuple[int, bytes] | None],
+) -> bool | None:
+    """Replace the entry ``name`` by ``change(flags, data)`` of it if nobody writes it between
+    the read and the write, read again otherwise; ``change`` answers None to leave it. The entry
+    keeps its expiry, to memcached's one-second resolution.
+
+    :returns: True replaced, False left, None gone, ``FAILED`` on an engine error (logged).
+    """
+    while True:
         entry = cache._run(server, "inc", wire.read_for_swap, name)
-        if entry is FAILED:
-            return False
-        if entry is None or entry[0] not in BIASES or not entry[1].strip().isdigit():
-            return True  # replaced meanwhile: nothing of this call is left
+        if entry is FAILED or entry is None:
+            return entry
         flags, data, cas, ttl = entry
-        item = (flags, b"%d" % ((int(data) + step) % WRAP))
+        item = change(flags, data)
+        if item is None:
+            return False
         swapped = cache._run(server, "inc", wire.swap, name, item, cas, left_to_live(ttl))
         if swapped is not False:
-            return swapped is not FAILED
+            return swapped  # type: ignore[no-any-return]

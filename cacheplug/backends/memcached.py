@@ -1,11 +1,11 @@
 """``MemcachedCache``: one or several memcached servers through pymemcache (scheme ``memcached``).
 
-Entries carry flags that say how their bytes are encoded, and integers are stored as memcached
-counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``). Keys memcached
-would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over the servers by
-consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
-commands speak memcached's text protocol directly (``_memcached_wire``). A batch over several
-servers waits for the connections it opens at the same time and sends its requests to all of
+Entries carry flags that say how their bytes are encoded, and integers under 2**62 in size are
+stored as memcached counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``).
+Keys memcached would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over
+the servers by consistent hashing, with a pool of connections per server (``_memcached_servers``);
+the hot commands speak memcached's text protocol directly (``_memcached_wire``). A batch over
+several servers waits for the connections it opens at the same time and sends its requests to all of
 them before it reads any reply (``_run_each``).
 With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
 (``_memcached_namespace``).
@@ -33,6 +33,7 @@ from cacheplug.backends._memcached_counters import (
     FLAG_SERIALIZED,
     INT64_MAX,
     INT64_MIN,
+    NATIVE_DELTA,
     NUMERIC_START,
     WRAP,
     counter_value,
@@ -221,8 +222,9 @@ class MemcachedCache(BaseCache):
     # -- encoding ------------------------------------------------------------------------------
 
     def _pack(self, value: Any, key: str) -> tuple[int, bytes]:
-        """``(flags, data)`` of ``key``'s ``value`` as stored."""
-        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+        """``(flags, data)`` of ``key``'s ``value`` as stored: an integer that memcached's
+        ``incr`` may count is a counter, anything else serialized."""
+        if type(value) is int and -COUNTER_BIAS <= value < COUNTER_BIAS:
             return FLAG_COUNTER, b"%d" % ((value + COUNTER_BIAS) % WRAP)
         data = self._encode(value, key)
         if data and data[0] in NUMERIC_START:
@@ -736,12 +738,15 @@ class MemcachedCache(BaseCache):
         if space is None:
             value = increment(self, server, memcached_key(key), key, delta)
         else:
-            # the first incr reads the namespace token back in its round trip
-            counted = self._run(server, "inc", namespace.count, server, space, key, delta % WRAP)
+            # the first incr reads the namespace token back in its round trip; one by 0 for a
+            # delta counted by compare-and-swap, only to learn the entry's name
+            native = -NATIVE_DELTA <= delta <= NATIVE_DELTA
+            step = delta % WRAP if native else 0
+            counted = self._run(server, "inc", namespace.count, server, space, key, step)
             if counted is FAILED:
                 return None
             name, first = counted
-            value = increment(self, server, name, key, delta, first)
+            value = increment(self, server, name, key, delta, first if native else None)
         if value is not None:
             self._sets += 1  # a counter written, as on every backend
         return value
