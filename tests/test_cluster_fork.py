@@ -37,7 +37,7 @@ PAUSE_MS = 1000  # how long paused nodes keep a parent thread inside the cluster
 HUNG, RAISED = 3, 5  # exit codes of a failing child
 
 # What the child is asked, and the answers of a child that was not blocked: "k" is 1 in the
-# cluster before the fork; a closed cache builds a new client at its next call.
+# cluster before the fork; a closed cache connects again at its next call.
 CHILD_CALLS = (
     "get k",
     "set c",

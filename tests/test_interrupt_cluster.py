@@ -171,8 +171,9 @@ def make_cluster(cluster: RedisCluster, prefix: str | None, ready: bool = True) 
             server.command("SCRIPT", "FLUSH")  # inc's first EVALSHA fails on every cut alike
         cache = RedisCache(startup_nodes=cluster.nodes, key_prefix=prefix, max_connections=POOL)
         prepare(cache, *keys)
-        if not ready:
-            cache.close()  # the next call builds a new client
+        if not ready:  # a fresh cache: its next call builds the cluster client
+            cache.close()
+            cache = RedisCache(startup_nodes=cluster.nodes, key_prefix=prefix, max_connections=POOL)
         random.seed(SEED)  # redis-py picks the node it asks for the slots at random
         return cache
 

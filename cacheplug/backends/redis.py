@@ -51,6 +51,7 @@ from cacheplug.backends._redis_counters import (
     scripts_refused,
     unescaped,
 )
+from cacheplug.core._entering import entering
 from cacheplug.core.base import (
     SIGNED_MARK,
     BaseCache,
@@ -750,10 +751,11 @@ class RedisCache(BaseCache):
         except self._failures:
             return ""
 
-    def _drop_idle_connections(self) -> None:
-        """Close the pooled connections no call is using: Redis closes the one that carried a
-        protocol error only after its reply was read, so the next command on it would fail."""
-        for pool in self._pools():
+    def _drop_idle_connections(self, built: bool = False) -> None:
+        """Close the pooled connections no call is using, in the pools the clients built for
+        themselves only when ``built``. Also after a protocol error: Redis closes the connection
+        that carried it only after its reply was read, so the next command on it would fail."""
+        for pool in self._pools(built):
             with contextlib.suppress(*self._failures):
                 pool.disconnect(inuse_connections=False)
 
@@ -798,21 +800,24 @@ class RedisCache(BaseCache):
         for pool in self._pools():
             pool_after_fork_in_child(pool)
 
-    def _pools(self) -> list[Any]:
+    def _pools(self, built: bool = False) -> list[Any]:
         """The redis-py connection pools of this cache's clients (none of a cluster not yet
-        connected)."""
+        connected); with ``built``, only those a client built for itself, not a pool given as
+        ``connection_pool``."""
         if self._cluster:
             if self._client is self._pending:
                 return []
-            nodes = self._client.get_nodes()
-            return [
-                node.redis_connection.connection_pool for node in nodes if node.redis_connection
-            ]
-        clients = (self._client, self._once_client)
+            clients = [node.redis_connection for node in self._client.get_nodes()]
+        else:
+            clients = [self._client, self._once_client]
         reals = [client.real if isinstance(client, DeadServer) else client for client in clients]
         # a client passed in may be any object with redis-py's methods and no pool
-        pools = [getattr(client, "connection_pool", None) for client in reals]
-        return [pool for pool in pools if pool is not None]
+        return [
+            client.connection_pool
+            for client in reals
+            if getattr(client, "connection_pool", None) is not None
+            and (not built or getattr(client, "auto_close_connection_pool", False))
+        ]
 
     @property
     def _write_client(self) -> Any:
@@ -826,20 +831,25 @@ class RedisCache(BaseCache):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connections of a client this cache created (a given client stays open)."""
+        """Close the idle connections of the clients this cache built (a client or pool passed
+        in stays open); the cache connects again when used.
+
+        Calls running meanwhile, in other threads, finish on their connections, which then go
+        back to the pool open: closing them under a call would fail it as if the server were
+        down.
+        """
         if not self._owns_client:
             return
-        for name in ("_client", "_once_client"):
-            client = getattr(self, name)
-            if isinstance(client, DeadServer):
-                client = client.restore()
-            if client is None or isinstance(client, cluster.PendingCluster):
-                continue
-            # A closed RedisCluster cannot reconnect: the next use builds a new one.
-            if self._pending is not None:
-                self._client = self._pending
-                self._pending.built.clear()
-            client.close()
+        self._drop_idle_connections(built=True)
+        if self._cluster:  # asked for an attribute, a cluster client not yet built connects
+            return
+        for client in (self._client, self._once_client):
+            real = client.real if isinstance(client, DeadServer) else client
+            dedicated = getattr(real, "connection", None)  # single_connection_client=True
+            lock = getattr(real, "single_connection_lock", None)
+            if dedicated is not None and lock is not None:
+                with entering(lock):  # each call holds it: none runs on the connection now
+                    dedicated.disconnect()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
