@@ -45,7 +45,8 @@ def cache_factory(
 ) -> BaseCache:
     """The cache at ``config["CACHE_URL"]`` (default ``simple://``) for Flask-Caching.
 
-    ``CACHE_OPTIONS`` (keyword arguments) win over the URL's query, and the query wins over
+    ``CACHE_OPTIONS`` (keyword arguments) win over the URL as ``from_url``'s keyword overrides
+    do (a ``port`` over the URL's port, too), and the URL's query wins over
     ``CACHE_DEFAULT_TIMEOUT``, ``CACHE_KEY_PREFIX`` and ``CACHE_THRESHOLD`` (for backends
     that take a ``threshold``), which Flask-Caching always fills in.
     Flask-Caching's ``ignore_delete_many_errors`` is dropped: ``delete_many`` never raises here.

@@ -1015,6 +1015,13 @@ def test_every_documented_option_is_accepted_by_from_url(tmp_path: Path) -> None
         joiner = "&" if "?" in base else "?"
         url = f"{base}{joiner}{name}={SAMPLES[name]}{COMPANIONS.get(name, '')}"
         url = with_real_files(url, files)
+        if name.startswith("ssl") and scheme in ("redis+unix", "unix"):  # no TLS on a socket
+            assert "not on `redis+unix` or `unix`" in configuration
+            with pytest.raises(cacheplug.ConfigurationError, match="cannot apply to the unix"):
+                from_url(url)
+            continue
+        if name.startswith("ssl_") and scheme in ("redis", "redis+cluster"):
+            url += "&ssl=true"  # TLS options need TLS on
         if (scheme, name) in REFUSED_OPTIONS:
             assert REFUSED_OPTIONS[scheme, name] in configuration
             with pytest.raises(cacheplug.ConfigurationError, match=f"URL option '{name}' does not"):

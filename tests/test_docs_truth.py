@@ -591,7 +591,7 @@ def test_no_cache_repr_shows_a_secret_or_password(url: str) -> None:
     with from_url(f"{url}{joiner}secret={SECRET}") as cache:
         assert SECRET not in repr(cache) and SECRET not in str(cache)
         assert cache.set("k", 1) is not None  # a wrong password is an outage, not an error
-    with from_url("redis://127.0.0.1:1/0", ssl_password=SECRET, password=SECRET) as cache:
+    with from_url("rediss://127.0.0.1:1/0", ssl_password=SECRET, password=SECRET) as cache:
         assert SECRET not in repr(cache)
 
 

@@ -859,7 +859,7 @@ def test_a_keyword_no_client_takes_says_what_is_accepted() -> None:
     with pytest.raises(ConfigurationError, match="startup_nodes takes no connection_pool"):
         RedisCache(startup_nodes=[("localhost", 7000)], connection_pool=redis.ConnectionPool())
     # what redis-py takes still passes, on a server and on a cluster
-    RedisCache(socket_keepalive_options={}, ssl_password="x", client_name="c").close()
+    RedisCache(socket_keepalive_options={}, ssl=True, ssl_password="x", client_name="c").close()
     RedisCache(startup_nodes=[("localhost", 7000)], read_from_replicas=True).close()
 
 

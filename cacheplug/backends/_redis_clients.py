@@ -99,11 +99,6 @@ def options_from_url(
             )
         if given is not None:
             options.setdefault(name, given)  # a keyword wins; ?name= is the same
-    reqs = options.get("ssl_cert_reqs")
-    if reqs is not None and reqs not in _CERT_REQS:
-        raise ConfigurationError(
-            f"option 'ssl_cert_reqs' must be one of {', '.join(_CERT_REQS)}, got {reqs!r}"
-        )
     path_db = url.path.strip("/")
     if url.scheme in ("redis+unix", "unix"):
         if url.hosts or not url.path.strip("/"):
@@ -286,14 +281,17 @@ def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -
             f"protocol must be 2 or 3 (RESP2, RESP3), got {kwargs['protocol']!r}"
         )
     reqs = kwargs.get("ssl_cert_reqs")
-    if isinstance(reqs, str) and reqs not in _CERT_REQS:
-        raise ConfigurationError(
-            f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)} or an ssl.VerifyMode, "
-            f"got {reqs!r}"
-        )
+    if isinstance(reqs, str):
+        if reqs.lower() not in _CERT_REQS:
+            raise ConfigurationError(
+                f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)} (in any case) or an "
+                f"ssl.VerifyMode, got {reqs!r}"
+            )
+        kwargs["ssl_cert_reqs"] = reqs.lower()  # redis-py takes lower case only
     for option, kind in URL_OPTIONS.items():
         if kind is bool and kwargs.get(option) is not None:
             check_bool(option, kwargs[option])
+    _refuse_ignored_tls(kwargs)
     pool = kwargs.get("max_connections")
     if pool is not None and (type(pool) is not int or pool < 0):
         raise ConfigurationError(
@@ -307,6 +305,31 @@ def checked_options(retries: int, dead_timeout: float, kwargs: dict[str, Any]) -
                 raise ConfigurationError(f"unknown {option} {kwargs[option]!r}") from None
     checked_tls(kwargs)
     return check_seconds("dead_timeout", dead_timeout)
+
+
+def _refuse_ignored_tls(kwargs: Mapping[str, Any]) -> None:
+    """Raise unless redis-py would honour every TLS setting of a client's ``kwargs``: it reads
+    ``ssl_*`` only with ``ssl`` on, and never wraps a unix socket in TLS, so a user would get
+    a connection in clear text while believing it verified.
+
+    :raises ConfigurationError: names the settings and what TLS needs.
+    """
+    tls = sorted(
+        name for name, value in kwargs.items() if name.startswith("ssl_") and value is not None
+    )
+    path = kwargs.get("unix_socket_path")
+    if path is not None and (tls or kwargs.get("ssl")):
+        named = ["ssl", *tls] if kwargs.get("ssl") else tls
+        raise ConfigurationError(
+            f"{', '.join(named)} cannot apply to the unix socket {path!r}: redis-py never wraps "
+            f"one in TLS; drop {'them' if len(named) > 1 else 'it'}, or connect over TCP with "
+            f"rediss://host:6379/0 for TLS"
+        )
+    if tls and not kwargs.get("ssl"):
+        raise ConfigurationError(
+            f"{', '.join(tls)} would be ignored on a plain connection: TLS options need "
+            f"rediss:// or ?ssl=true in a URL, ssl=True as a keyword"
+        )
 
 
 class _NoPassphrase(Exception):

@@ -274,7 +274,8 @@ class FileSystemCache(BaseCache):
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
-        """``file:///absolute/dir?threshold=…&mode=…&hash_method=…&fsync=…&lock_timeout=…``.
+        """``file:///absolute/dir?threshold=…&mode=…&hash_method=…&fsync=…&lock_timeout=…``;
+        a ``cache_dir`` keyword wins over the URL's directory (which may then be left out).
 
         :raises ConfigurationError: a host, credentials or a relative path in the URL, or a
             ``mode`` that is not octal text.
@@ -284,7 +285,7 @@ class FileSystemCache(BaseCache):
                 f"file:// takes no host or credentials, got {url.redacted()!r}; write an absolute "
                 f"directory after three slashes, e.g. file:///var/cache/myapp"
             )
-        if not url.path.startswith("/"):
+        if not url.path.startswith("/") and "cache_dir" not in options:
             raise ConfigurationError(
                 f"file:// needs an absolute directory, got {url.redacted()!r}; "
                 f"write file:///var/cache/myapp (three slashes)"
@@ -292,7 +293,7 @@ class FileSystemCache(BaseCache):
         mode = options.get("mode")
         if isinstance(mode, str):
             options = {**options, "mode": _parse_mode(mode)}
-        return cls(url.path, **options)
+        return cls(**options) if "cache_dir" in options else cls(url.path, **options)
 
     # -- the contract ---------------------------------------------------------------------------
 

@@ -199,7 +199,7 @@ class MemcachedCache(BaseCache):
         """``memcached://host[:port][,host[:port]...]?option=value``; no path or credentials.
 
         A host that is a percent-encoded absolute path (``%2Frun%2Fmemcached.sock``) is a unix
-        socket.
+        socket. A ``servers`` keyword wins over the URL's hosts.
         """
         if url.username or url.password is not None or url.path.strip("/"):
             raise ConfigurationError(
@@ -217,6 +217,8 @@ class MemcachedCache(BaseCache):
                     f"a unix socket path takes no port, got {host!r} with port {port} in "
                     f"{url.redacted()!r}"
                 )
+        if "servers" in options:
+            return cls(**options)
         return cls(servers or None, **options)
 
     # -- encoding ------------------------------------------------------------------------------

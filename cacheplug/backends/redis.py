@@ -228,17 +228,28 @@ class RedisCache(BaseCache):
 
     @classmethod
     def from_url_spec(cls, url: CacheURL, options: dict[str, Any]) -> Self:
-        """Map ``redis[s]://``, ``[redis+]unix://`` and ``redis+cluster://`` URLs on ``__init__``.
+        """Map ``redis[s]://``, ``[redis+]unix://`` and ``redis+cluster://`` URLs on ``__init__``;
+        a ``host``, ``port``, ``unix_socket_path`` or ``startup_nodes`` keyword wins over what
+        the URL says in its place.
 
-        :raises ConfigurationError: the URL does not fit its scheme.
+        :raises ConfigurationError: the URL does not fit its scheme, or a ``host`` or ``port``
+            keyword is given for a socket or a cluster, which take none.
         """
         options = options_from_url(url, options, _OWN_KEYWORDS)
-        if url.scheme in ("redis+unix", "unix"):
-            return cls(unix_socket_path=url.path, **options)
+        if url.scheme in ("redis", "rediss"):
+            host, port = url.hosts[0] if url.hosts else ("localhost", None)
+            return cls(**{"host": host, "port": port or 6379, **options})
+        misplaced = sorted({"host", "port"} & options.keys())
+        if misplaced:
+            where = "a socket path" if url.scheme != "redis+cluster" else "its nodes"
+            raise ConfigurationError(
+                f"keyword {' and '.join(misplaced)} cannot apply to {url.redacted()!r}, which "
+                f"names {where}; use a redis://host:port URL, or name them in this one"
+            )
         if url.scheme == "redis+cluster":
-            return cls(startup_nodes=[(h, p or 6379) for h, p in url.hosts], **options)
-        host, port = url.hosts[0] if url.hosts else ("localhost", None)
-        return cls(host, port or 6379, **options)
+            nodes = [(h, p or 6379) for h, p in url.hosts]
+            return cls(**{"startup_nodes": nodes, **options})
+        return cls(**{"unix_socket_path": url.path, **options})
 
     # -- encoding -------------------------------------------------------------------------------
 

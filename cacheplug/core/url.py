@@ -69,6 +69,8 @@ _PORT_LIKE = re.compile(r"(?:[0-9]*|port)\Z", re.IGNORECASE)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _MASK = "***"
+# TypeError's words for a keyword given twice: by the URL and as an override
+_TWICE = re.compile(r"got multiple values for (?:keyword )?argument '(\w+)'")
 _ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a password as %2F, %3F, %23 and %40"
 
 
@@ -475,7 +477,9 @@ def _keywords(cls: type[BaseCache]) -> frozenset[str] | None:
 
 
 def from_url(url: str, **overrides: Any) -> BaseCache:
-    """Build a cache from a URL; keyword ``overrides`` win over the query string.
+    """Build a cache from a URL; keyword ``overrides`` win over the query string, and over
+    what the URL itself names where the backend takes it as a keyword too (a ``port``, a
+    ``host``, memcached's ``servers``, a file cache's ``cache_dir``).
 
     An override given as text for an option of another type is read as the query string's
     text would be (``threshold="500"``, ``fsync="no"``).
@@ -486,7 +490,8 @@ def from_url(url: str, **overrides: Any) -> BaseCache:
         cache = from_url("simple://?threshold=10000", default_timeout=0)
 
     :raises ConfigurationError: malformed URL, unknown scheme, unknown option or a value of the
-        wrong type; the message says what is accepted.
+        wrong type, or a keyword the backend also takes from the URL and cannot put in its
+        place; the message says what is accepted.
     :raises PluginError: the scheme's plugin is broken or claimed twice, or its backend's
         constructor does not take an option it declares.
     """
@@ -545,6 +550,13 @@ def _build(
     try:
         return cls.from_url_spec(parsed, options)
     except TypeError as err:
+        twice = _given_twice(err, overrides)
+        if twice is not None:  # a backend whose from_url_spec does not let the keyword win
+            raise ConfigurationError(
+                f"keyword {twice!r} and the URL {parsed.redacted()!r} both give {cls.__name__} "
+                f"its {twice!r}, and {parsed.scheme}:// cannot let the keyword replace the "
+                f"URL's; give it in one place"
+            ) from None
         untaken = [
             name
             for name in sorted(options.keys() - (keywords or options.keys()))
@@ -558,6 +570,12 @@ def _build(
             f"constructor parameter for {', '.join(map(repr, untaken))}: a backend takes the "
             f"shared options ({', '.join(SHARED_OPTIONS)}) and each of its url_options"
         ) from err
+
+
+def _given_twice(err: TypeError, overrides: Mapping[str, Any]) -> str | None:
+    """The keyword override that ``err`` says the backend also got from the URL, if any."""
+    match = _TWICE.search(str(err))
+    return match[1] if match is not None and match[1] in overrides else None
 
 
 def from_env(name: str = "CACHE_URL", default: str = "simple://", **overrides: Any) -> BaseCache:
