@@ -45,6 +45,7 @@ __all__ = [
     "NUMERIC_START",
     "WRAP",
     "counter_value",
+    "incr_step",
     "increment",
 ]
 
@@ -121,18 +122,17 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
     """``cache.inc(key, delta)`` on the entry ``name`` of ``server``, ``delta`` a signed 64-bit
     int: the new value, or None on engine errors and when other clients keep creating and
     removing the counter (logged by ``cache``). ``counted``: the answer of an ``incr`` by
-    ``delta`` already made (``wire.count``'s), to go on from; never for a delta larger than
-    ``NATIVE_DELTA``.
+    ``delta`` already made (``wire.count``'s), to go on from; ignored for a delta larger than
+    ``NATIVE_DELTA`` (counted by compare-and-swap, whose ``incr`` by 0 only named the entry).
 
     :raises TypeError: the stored value is not an integer, or not one cacheplug wrote (it
         stays).
     :raises OverflowError: the result or the stored integer is outside the signed 64-bit range
         (the value stays).
     """
-    native = -NATIVE_DELTA <= delta <= NATIVE_DELTA
-    step = delta % WRAP  # a negative delta is an incr that wraps around 2**64
+    step = incr_step(delta)
     for _ in range(CREATE_ATTEMPTS):
-        if not native:
+        if step is None:
             counted = _NOT_COUNTED
         elif counted is None:
             counted = cache._run(server, "inc", wire.count, name, step)
@@ -145,6 +145,7 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
             if not isinstance(swapped, _Gone):
                 return swapped
         elif number is not None:
+            assert step is not None  # a number comes only from an incr by step
             if flags == FLAG_COUNTER:
                 result = counter_value(number - step, FLAG_COUNTER) + delta
                 if -COUNTER_BIAS <= result < COUNTER_BIAS:
@@ -166,6 +167,12 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
         ),
     )
     return None
+
+
+def incr_step(delta: int) -> int | None:
+    """What memcached's ``incr`` adds for ``delta`` (a negative delta wraps around 2**64);
+    None for a delta too large for it, counted by compare-and-swap."""
+    return delta % WRAP if -NATIVE_DELTA <= delta <= NATIVE_DELTA else None
 
 
 #: ``wire.count``'s answer for a delta that memcached's ``incr`` is not asked to count.

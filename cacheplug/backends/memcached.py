@@ -33,10 +33,10 @@ from cacheplug.backends._memcached_counters import (
     FLAG_SERIALIZED,
     INT64_MAX,
     INT64_MIN,
-    NATIVE_DELTA,
     NUMERIC_START,
     WRAP,
     counter_value,
+    incr_step,
     increment,
 )
 from cacheplug.backends._memcached_keys import (
@@ -742,13 +742,12 @@ class MemcachedCache(BaseCache):
         else:
             # the first incr reads the namespace token back in its round trip; one by 0 for a
             # delta counted by compare-and-swap, only to learn the entry's name
-            native = -NATIVE_DELTA <= delta <= NATIVE_DELTA
-            step = delta % WRAP if native else 0
-            counted = self._run(server, "inc", namespace.count, server, space, key, step)
+            step = incr_step(delta)
+            counted = self._run(server, "inc", namespace.count, server, space, key, step or 0)
             if counted is FAILED:
                 return None
             name, first = counted
-            value = increment(self, server, name, key, delta, first if native else None)
+            value = increment(self, server, name, key, delta, first)  # ignored for a CAS delta
         if value is not None:
             self._sets += 1  # a counter written, as on every backend
         return value
