@@ -147,10 +147,10 @@ class SimpleCache(BaseCache):
                 return _SHALLOW, value.copy()
         # Deeper builtins are pickled too: marshal would be faster, but it silently turns
         # bytearray, array.array or numpy arrays inside a container into bytes.
-        sealed = self._sealed(value)  # first: a serializer refusing None still raises
         if value is None:  # kept as itself, so get sees a stored None (a miss) under the lock
+            self._sealed(value)  # yet a serializer refusing None still raises
             return _RAW, None
-        return sealed
+        return self._sealed(value)
 
     def _sealed(self, value: Any) -> tuple[int, Any]:
         """``(codec, payload)`` of ``value`` through the serializer, signed with a secret."""
