@@ -110,6 +110,13 @@ def assert_no_entry_read_as_damaged(log: list[str]) -> None:
     assert not [line for line in log if "unreadable" in line], log
 
 
+def assert_outage_logged(log: list[str], operation: str) -> None:
+    """``operation`` logged as a failure for want of a descriptor, and no entry as damaged."""
+    failed = f"FileSystemCache.{operation} failed"
+    assert any(failed in line and EMFILE_TEXT in line for line in log), log
+    assert_no_entry_read_as_damaged(log)
+
+
 # -- 1. out of descriptors: an outage, never a missing entry ------------------------------------
 
 
@@ -128,10 +135,7 @@ def test_get_and_has_without_a_descriptor_count_an_outage_not_a_miss(tmp_path: P
     assert outcome["found"] is None and outcome["present"] is False
     assert outcome["stats"]["errors"] == 2
     assert outcome["stats"]["misses"] == 0  # an outage counts its error, not a miss
-    assert any(
-        "FileSystemCache.get failed" in line and EMFILE_TEXT in line for line in outcome["log"]
-    )
-    assert_no_entry_read_as_damaged(outcome["log"])
+    assert_outage_logged(outcome["log"], "get")
     assert writer.get("k") == "v"
 
 
@@ -165,10 +169,7 @@ def test_add_without_a_descriptor_to_read_the_entry_fails_once_and_keeps_it(
     outcome = in_starved_child(starved)
     assert outcome["added"] is False
     assert outcome["stats"]["errors"] == 1  # the failed read alone, no write tried after it
-    assert any(
-        "FileSystemCache.add failed" in line and EMFILE_TEXT in line for line in outcome["log"]
-    )
-    assert_no_entry_read_as_damaged(outcome["log"])
+    assert_outage_logged(outcome["log"], "add")
     assert writer.get("k") == "live"
 
 
