@@ -114,3 +114,15 @@ def test_a_counter_inc_creates_expires_as_contract_md_says(redis_server: RedisSe
         assert raw.pttl(f"{prefix}c") == -1
         cache.clear()
     raw.close()
+
+
+def test_counters_under_a_dead_default_timeout_without_scripts(no_scripts: RedisCache) -> None:
+    # a default_timeout reassigned below 0: a new counter is born expired, an existing one counts
+    cache = no_scripts
+    assert cache.set("kept", 5, timeout=30) is True
+    cache.default_timeout = -1
+    assert (cache.inc("new"), cache.dec("other", 2)) == (1, -2)
+    assert cache.get_many("new", "other") == [None, None]
+    assert cache.inc("kept", 2) == 7
+    assert 29_000 < cache._client.pttl(f"{cache.key_prefix}kept") <= 30_000
+    assert cache.stats()["errors"] == 0

@@ -23,10 +23,16 @@ __all__ = [
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of INCRBY
 
 # A missing counter is created with the default expiry, an existing one keeps its own; all in
-# one atomic step on the key's own node, so it works on a cluster too. The count is answered
-# with GET: INCRBY's reply would pass through a Lua number, a double, inexact beyond 2**53.
+# one atomic step on the key's own node, so it works on a cluster too. A default expiry of -1
+# (a default_timeout reassigned below 0) creates nothing: the new counter is born expired, as a
+# set is. The count is answered with GET: INCRBY's reply would pass through a Lua number, a
+# double, inexact beyond 2**53.
 INC_SCRIPT = """
-if ARGV[2] ~= '0' then
+if ARGV[2] == '-1' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return ARGV[1]
+  end
+elseif ARGV[2] ~= '0' then
   redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], '0', 'NX')

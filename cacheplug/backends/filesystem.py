@@ -413,7 +413,6 @@ class FileSystemCache(BaseCache):
         if entry is None or self._expired(entry[0]):
             value = delta
             expires = self._expiry(None)
-            assert expires is not None  # default_timeout is never negative
         else:
             expires = entry[0]
             try:
@@ -423,7 +422,12 @@ class FileSystemCache(BaseCache):
                     f"cannot increment {key!r}: its stored value is unreadable"
                 ) from err
             value = checked_counter(key, current) + delta
-        self._store(path, expires, self._encode_count(key, value), lock)
+        payload = self._encode_count(key, value)  # raises before the entry is touched
+        if expires is None:  # a default_timeout reassigned below 0: born expired, as in set
+            self._remove(lock, path)
+            self._sets += 1
+        else:
+            self._store(path, expires, payload, lock)
         return value
 
     def __repr__(self) -> str:

@@ -639,11 +639,16 @@ class RedisCache(BaseCache):
 
         The count is as atomic as the script's; only a counter that another client deletes
         between the two starts again without expiry. No MULTI: where Redis refuses that too,
-        the commands after it would still run, outside any transaction.
+        the commands after it would still run, outside any transaction. A born-expired new
+        counter (a default_timeout reassigned below 0) is looked for with ``EXISTS`` first.
 
         :raises redis.ResponseError: Redis' own reply to ``INCRBY``, as the script's.
         """
         _, name, delta, ttl = args
+        if ttl < 0:
+            if not self._once.exists(name):
+                return int(delta)
+            return int(self._once.execute_command("INCRBY", name, delta))
         expiry = ("PX", ttl) if ttl != 0 else ()
         pipe = self._once.pipeline(transaction=False)
         pipe.execute_command("SET", name, "0", "NX", *expiry)

@@ -556,6 +556,27 @@ class CacheContract:
         advance(6)
         assert cache.get_many("up", "down") == [None, None]
 
+    def test_new_counters_under_a_default_timeout_reassigned_below_zero(
+        self, cache: BaseCache
+    ) -> None:
+        # cachelib's users reassign default_timeout; below zero, entries are born expired: a new
+        # counter answers its count and stores nothing, as set does
+        cache.default_timeout = -1
+        answers = (cache.inc("new"), cache.dec("other", 2))
+        assert answers == (1, -2), f"inc and dec of new counters answered {answers!r}"
+        assert cache.get_many("new", "other") == [None, None], "a born-expired counter was kept"
+
+    def test_existing_counter_under_a_default_timeout_reassigned_below_zero(
+        self, cache: BaseCache, advance: Callable[[float], None]
+    ) -> None:
+        cache.set("n", 5, timeout=10)
+        cache.default_timeout = -1
+        assert cache.inc("n", 2) == 7, "an existing counter must keep counting"
+        advance(8)
+        assert cache.get("n") == 7, "inc must keep the counter's own expiry"
+        advance(3)
+        assert cache.get("n") is None
+
     def test_inc_keeps_the_expiry_of_an_existing_counter(
         self, cache: BaseCache, advance: Callable[[float], None]
     ) -> None:
