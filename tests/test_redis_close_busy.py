@@ -1,4 +1,4 @@
-"""RedisCache.close() while other threads are in the middle of calls (session 27).
+"""RedisCache.close() while other threads are in the middle of calls.
 
 ``close()`` closes the idle connections only, as ``MemcachedCache.close()`` does: a call in
 flight finishes on its connection, which goes back to the pool. Closing that connection under
