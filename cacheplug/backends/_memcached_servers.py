@@ -28,12 +28,15 @@ from cacheplug.core.url import check_host, host_port, is_ipv6, port_number
 __all__ = [
     "DEFAULT_PORT",
     "TIMEOUTS",
+    "Address",
     "Ring",
     "Server",
+    "check_pool_size",
     "closing_client",
     "connect_all",
     "idle_and_open",
     "make_servers",
+    "parse_servers",
     "readable",
 ]
 
@@ -180,22 +183,15 @@ class Server:
         return token
 
 
-def make_servers(
-    servers: Iterable[str | tuple[str, int]] | str | None,
-    client_class: Any,
-    *,
-    connect_timeout: float,
-    timeout: float,
-    no_delay: bool,
-    max_pool_size: int,
-) -> list[Server]:
-    """One :class:`Server` per distinct address in ``servers`` (``MemcachedCache``'s argument),
-    connecting with ``client_class`` (pymemcache's ``Client``) and these settings.
+#: A server's address, ``(host, port)`` or a unix socket path, and its weight.
+Address = tuple[tuple[str, int] | str, int]
 
-    :raises ConfigurationError: ``servers`` or ``max_pool_size`` is invalid.
+
+def parse_servers(servers: Iterable[str | tuple[str, int]] | str | None) -> list[Address]:
+    """The distinct addresses in ``servers`` (``MemcachedCache``'s argument) with their weights.
+
+    :raises ConfigurationError: ``servers`` is invalid.
     """
-    if type(max_pool_size) is not int or max_pool_size < 1:
-        raise ConfigurationError(f"max_pool_size must be an int >= 1, got {max_pool_size!r}")
     if servers is None:
         servers = [("127.0.0.1", DEFAULT_PORT)]
     elif isinstance(servers, str):
@@ -211,11 +207,35 @@ def make_servers(
     if not parsed:
         raise ConfigurationError("servers must name at least one memcached server")
     # however a server is spelled, the first spelling names it; listed twice, it weighs both
-    unique: dict[str, tuple[tuple[str, int] | str, int]] = {}
+    unique: dict[str, Address] = {}
     for address, weight in parsed:
         identity = server_identity(address)
         first, before = unique.get(identity, (address, 0))
         unique[identity] = first, before + weight
+    return list(unique.values())
+
+
+def check_pool_size(max_pool_size: object) -> int:
+    """``max_pool_size``, once it is an int >= 1.
+
+    :raises ConfigurationError: it is not.
+    """
+    if type(max_pool_size) is not int or max_pool_size < 1:
+        raise ConfigurationError(f"max_pool_size must be an int >= 1, got {max_pool_size!r}")
+    return max_pool_size
+
+
+def make_servers(
+    addresses: Iterable[Address],
+    client_class: Any,
+    *,
+    connect_timeout: float,
+    timeout: float,
+    no_delay: bool,
+    max_pool_size: int,
+) -> list[Server]:
+    """One :class:`Server` per address of ``addresses`` (``parse_servers``'), with no connection
+    yet, connecting with ``client_class`` (pymemcache's ``Client``) and these settings."""
     return [
         Server(
             address,
@@ -234,7 +254,7 @@ def make_servers(
             max_pool_size,
             weight,
         )
-        for address, weight in unique.values()
+        for address, weight in addresses
     ]
 
 

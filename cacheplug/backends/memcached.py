@@ -51,10 +51,12 @@ from cacheplug.backends._memcached_servers import (
     TIMEOUTS,
     Ring,
     Server,
+    check_pool_size,
     closing_client,
     connect_all,
     idle_and_open,
     make_servers,
+    parse_servers,
     readable,
 )
 from cacheplug.backends._memcached_wire import Steps, finish
@@ -63,9 +65,11 @@ from cacheplug.core.base import (
     BaseCache,
     Timeout,
     check_bool,
+    check_default_timeout,
     check_delta,
     check_key,
     check_mapping,
+    check_picklable,
     check_seconds,
     normalize_timeout,
 )
@@ -121,9 +125,21 @@ class MemcachedCache(BaseCache):
         kept per server. :param dead_timeout: seconds a server that failed is skipped (its
         keys answer as in an outage) before it is tried again.
     :raises ConfigurationError: pymemcache is missing, or an argument is invalid.
+
+    A pickled cache (handed to a ``spawn`` child) carries its options; the copy connects on its
+    own, with ``stats`` from zero.
     """
 
     _servers: Sequence[Server] = ()  # until built: BaseCache sets key_prefix first
+    #: The servers, their connections, health and namespace tokens, and the driver's errors:
+    #: a pickled copy builds its own from ``_addresses`` and ``_connection_settings``.
+    _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
+        "_servers",
+        "_only",
+        "_ring",
+        "_engine_errors",
+        "_connection_errors",
+    }
     url_options: ClassVar[Mapping[str, type]] = {
         "connect_timeout": float,
         "timeout": float,
@@ -151,7 +167,7 @@ class MemcachedCache(BaseCache):
         max_pool_size: int = 16,
         dead_timeout: float = 1.0,
     ) -> None:
-        client_class, self._engine_errors, self._connection_errors = _driver()
+        _driver()  # a missing driver is said before anything else
         super().__init__(
             default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
         )
@@ -161,23 +177,47 @@ class MemcachedCache(BaseCache):
         check_bool("no_delay", no_delay)
         self._reply_timeout = timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
-        self._servers = make_servers(
-            servers,
-            client_class,
-            connect_timeout=connect_timeout,
-            timeout=timeout,
-            no_delay=no_delay,
-            max_pool_size=max_pool_size,
-        )
+        self._connection_settings: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "timeout": timeout,
+            "no_delay": no_delay,
+            "max_pool_size": check_pool_size(max_pool_size),
+        }
+        self._addresses = parse_servers(servers)
+        client_class = self._build_servers()
+        if check_connection:
+            for server in self._servers:
+                if self._run(server, "connect", client_class.version) is FAILED:
+                    raise RuntimeError(f"could not connect to memcached server {server.name}")
+
+    def _build_servers(self) -> Any:
+        """Build the servers of :attr:`_addresses`, not connected yet: for a new cache, and
+        for a copy unpickled in another process. pymemcache's ``Client`` class, as used."""
+        client_class, self._engine_errors, self._connection_errors = _driver()
+        self._servers = make_servers(self._addresses, client_class, **self._connection_settings)
         self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
         self._ring = Ring(self._servers)
         # a cache dropped without close() (Flask-Caching never closes one) closes its sockets
         # then, instead of leaving them to the garbage collector's ResourceWarning
         weakref.finalize(self, _discard_idle, self._servers)
-        if check_connection:
-            for server in self._servers:
-                if self._run(server, "connect", client_class.version) is FAILED:
-                    raise RuntimeError(f"could not connect to memcached server {server.name}")
+        return client_class
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The options, for a copy in another process (a ``spawn`` child) that connects to the
+        same servers on its own, with the same settings; connections, server health, the
+        namespace tokens last seen and ``stats`` stay here.
+
+        :raises TypeError: the serializer cannot be pickled.
+        """
+        state = super().__getstate__()
+        serializer = state.get("serializer")
+        if serializer is not None:
+            check_picklable("MemcachedCache", "serializer", serializer)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._build_servers()
 
     @property
     def key_prefix(self) -> str:
@@ -262,18 +302,16 @@ class MemcachedCache(BaseCache):
 
     @property
     def default_timeout(self) -> float:
-        """Seconds an entry lives when ``set`` gets no timeout; reassignable, as in cachelib."""
+        """Seconds an entry lives when ``set`` gets no timeout; reassignable, as in cachelib,
+        and checked as on every backend (a timedelta reads back as seconds)."""
         return self._default_timeout
 
     @default_timeout.setter
     def default_timeout(self, seconds: float) -> None:
+        seconds = check_default_timeout(seconds)  # raises before anything changes
         self._default_timeout = seconds
         # a relative exptime is the same on every call: worked out once per value
-        self._default_exptime = (
-            exptime_for(seconds)
-            if isinstance(seconds, (int, float)) and seconds <= MAX_RELATIVE_EXPIRY
-            else None
-        )
+        self._default_exptime = exptime_for(seconds) if seconds <= MAX_RELATIVE_EXPIRY else None
 
     def _timeout(self, timeout: Timeout) -> int:
         if timeout is None and self._default_exptime is not None:

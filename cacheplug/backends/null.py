@@ -48,7 +48,7 @@ class NullCache(BaseCache):
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         check_key(key)
-        normalize_timeout(timeout, self.default_timeout)
+        normalize_timeout(timeout, self._default_timeout)  # a bad one raises
         self._encode(value, key)
         self._sets += 1
         return True

@@ -179,9 +179,9 @@ class SimpleCache(BaseCache):
     def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
         if timeout is None:
-            timeout = self.default_timeout
+            timeout = self._default_timeout  # the property's seconds, without its call
         elif type(timeout) is not int or timeout > LONGEST_TIMEOUT:
-            timeout = normalize_timeout(timeout, self.default_timeout)
+            timeout = normalize_timeout(timeout, self._default_timeout)
         if timeout > 0:
             return self._clock() + timeout
         return _NEVER if timeout == 0 else None
@@ -300,8 +300,9 @@ class SimpleCache(BaseCache):
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         if type(key) is not str:
             check_key(key)
-        if timeout is None and self.default_timeout > 0:  # else _expiry: 0, or reassigned < 0
-            expires: float | None = self._clock() + self.default_timeout
+        # _default_timeout: the property's seconds, without its call (a tenth of this path)
+        if timeout is None and self._default_timeout > 0:  # else _expiry: 0, or reassigned < 0
+            expires: float | None = self._clock() + self._default_timeout
         else:
             expires = self._expiry(timeout)
         # the commonest values, without the call of _pack that would find the same

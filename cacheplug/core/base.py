@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from cacheplug.core.memoize import Memoized
     from cacheplug.core.url import CacheURL
 
-__all__ = ["BaseCache", "Memoized", "Timeout", "normalize_timeout"]
+__all__ = [
+    "BaseCache",
+    "Memoized",
+    "Timeout",
+    "check_default_timeout",
+    "check_picklable",
+    "normalize_timeout",
+]
 
 logger = logging.getLogger("cacheplug")
 
@@ -173,6 +180,62 @@ def normalize_timeout(timeout: object, default: float, name: str = "timeout") ->
         f"{name} must be None, 0 (never expires), a finite number of seconds or a timedelta, "
         f"got {type(timeout).__name__} {timeout!r}"
     )
+
+
+def check_default_timeout(timeout: object, name: str = "default_timeout") -> float:
+    """``timeout`` as a reassigned ``default_timeout``, in seconds (a timedelta counts as its
+    total seconds): 0 never expires, below 0 entries are born expired, as cachelib's users
+    rely on. Unlike a ``timeout`` argument, ``None`` names no default here.
+
+    :raises TypeError: ``timeout`` is not an int, a finite float or a timedelta; the message
+        names it as ``name``.
+    """
+    if timeout is not None:
+        try:
+            return normalize_timeout(timeout, 0, name)
+        except TypeError:
+            pass  # its message offers None, which is no value here
+    raise TypeError(
+        f"{name} must be a finite number of seconds (0: never expires, below 0: entries are "
+        f"born expired) or a timedelta, got {type(timeout).__name__} {timeout!r}"
+    )
+
+
+def check_picklable(cache: str, option: str, value: object) -> None:
+    """Raise a :class:`TypeError` naming ``option`` of a ``cache`` (its class name) being
+    pickled unless ``value`` pickles."""
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as err:
+        raise TypeError(
+            f"cannot pickle a {cache} whose {option} ({type(value).__name__}) cannot be pickled "
+            f"({type(err).__name__}: {err}); give one that can (a registered name or a str, a "
+            "module-level function or class), or build the cache in the other process"
+        ) from err
+
+
+_NOT_GIVEN: Any = object()
+
+
+class _ClassDefaultTimeout:
+    """The ``default_timeout`` of a subclass that gives it as a class attribute.
+
+    On the class it reads as the value written there; on instances it is the inherited
+    property, so a reassignment is still checked and the backends' hot paths, which read
+    ``_default_timeout``, still see it.
+    """
+
+    def __init__(self, given: object, inherited: Any) -> None:
+        self.given = given
+        self.inherited = inherited
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self.given
+        return self.inherited.__get__(instance, owner)
+
+    def __set__(self, instance: object, value: object) -> None:
+        self.inherited.__set__(instance, value)
 
 
 #: The longest socket timeout an option may give, in seconds (about 31 years): the socket
@@ -336,6 +399,51 @@ class BaseCache(ABC):
         | {"_evictions", "_flights", "_flights_lock", "_flights_locked", "_last_logged"}
         | {"_held_back", "_signer"}
     )
+    #: Where :attr:`default_timeout` keeps its seconds, which hot paths read directly; this
+    #: class value serves before ``__init__`` has run (a subclass reading it for its default).
+    _default_timeout: float = 300
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep ``default_timeout`` a checked property under a subclass that gives it as a
+        class attribute (``default_timeout = 60``, as cachelib subclasses may).
+
+        A plain class value would hide the property: assignments would then go unchecked to
+        the instance, where hot paths reading ``_default_timeout`` never look.
+
+        :raises TypeError: the class value is not seconds, a timedelta or None.
+        """
+        super().__init_subclass__(**kwargs)
+        given = cls.__dict__.get("default_timeout", _NOT_GIVEN)
+        if given is _NOT_GIVEN or hasattr(type(given), "__get__"):
+            return  # none, or a descriptor of the subclass's own (a property, as Memcached's)
+        if given is not None:  # None: no opinion, as the constructor reads it
+            cls._default_timeout = check_default_timeout(
+                given, f"{cls.__qualname__}.default_timeout"
+            )
+        inherited = next(
+            vars(base)["default_timeout"]
+            for base in cls.__mro__[1:]
+            if "default_timeout" in vars(base)
+        )
+        if isinstance(inherited, _ClassDefaultTimeout):
+            inherited = inherited.inherited
+        type.__setattr__(cls, "default_timeout", _ClassDefaultTimeout(given, inherited))
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds an entry lives when ``set`` gets no timeout; 0: forever.
+
+        Reassignable, as in cachelib: seconds or a timedelta (read back as seconds), below 0
+        for entries born expired. Anything else raises :class:`TypeError` at the assignment,
+        and the value stays as it was.
+        """
+        return self._default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, timeout: float) -> None:
+        # typed as read, so that subclasses may still declare it as a class attribute of
+        # their own (mypy takes a wider setter as a different type); a timedelta works too
+        self._default_timeout = check_default_timeout(timeout)
 
     def __init__(
         self,
@@ -345,12 +453,13 @@ class BaseCache(ABC):
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
     ) -> None:
-        self.default_timeout = normalize_timeout(default_timeout, 300, "default_timeout")
-        if self.default_timeout < 0:
+        seconds = normalize_timeout(default_timeout, 300, "default_timeout")
+        if seconds < 0:  # only a reassignment may go below 0
             raise ConfigurationError(
                 f"default_timeout must be 0 (never expires) or a positive number of seconds, "
                 f"got {default_timeout!r}"
             )
+        self.default_timeout = seconds  # through the property: a subclass may override it
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be str, got {type(key_prefix).__name__}")
         self.key_prefix = key_prefix
@@ -410,6 +519,8 @@ class BaseCache(ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         secret = state.pop("_secret", None)
+        if "default_timeout" in state:  # pickled before it became a property
+            state["_default_timeout"] = check_default_timeout(state.pop("default_timeout"))
         self._start_in_process()
         self.__dict__.update(state)
         self._signer = None if secret is None else CacheSigner(secret, self.serializer)
