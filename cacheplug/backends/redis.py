@@ -16,7 +16,7 @@ import inspect
 import pickle
 import time
 from collections.abc import Callable, Mapping, MutableSet, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends import _redis_wire as wire
@@ -59,10 +59,12 @@ from cacheplug.core.base import (
     check_delta,
     check_key,
     check_mapping,
+    check_picklable,
     normalize_timeout,
 )
-from cacheplug.core.errors import ConfigurationError
+from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.serializer import serializer_name
 from cacheplug.core.url import host_port
 from cacheplug.serializers.pickle import PickleSerializer
 
@@ -117,6 +119,15 @@ class RedisCache(BaseCache):
     url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
     #: set once the server refused inc's script: inc then sends its steps without it
     _scripts_refused = False
+    #: The clients, their pools and what was learnt of the server: a pickled copy builds its
+    #: own from :attr:`_recipe`.
+    _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
+        "_client",
+        "_once_client",
+        "_pending",
+        "_direct",
+        "_scripts_refused",
+    }
 
     def __init__(  # noqa: PLR0917 (cachelib's positional signature)
         self,
@@ -165,27 +176,26 @@ class RedisCache(BaseCache):
         self._outage_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self._owns_client = True
         self._cluster = startup_nodes is not None
-        self._pending: cluster.PendingCluster | None = None
-        # Commands that must not run twice go through a client that never retries.
-        self._once_client: Any = None
+        # What builds this cache's clients, again in a copy unpickled in another process:
+        # none for a client passed in, which cannot travel.
+        self._recipe: _Recipe | None = None
         if startup_nodes is not None:
             # redis-py's cluster client retries time-outs whatever the Retry says.
             kwargs.setdefault("retry", Retry(NoBackoff(), 0))
             nodes = cluster.cluster_nodes(startup_nodes, db)
             self._where = "cluster " + ",".join(host_port(h, p) for h, p in nodes)
-            self._pending = cluster.PendingCluster(self, nodes, password, kwargs)
-            self._client: Any = self._pending
+            self._recipe = _Recipe(nodes, password, retries, kwargs)
         elif isinstance(host, str):
             host, port, db, socket_path = checked_server(host, port, db, kwargs)
             self._where = f"unix:{socket_path}" if socket_path else host_port(host, port)
             self._where += f"/{db}"
             kwargs.update(host=host, port=port, password=password, db=db)
-            self._client, self._once_client = server_clients(retries, kwargs)
+            self._recipe = _Recipe(None, None, retries, kwargs)
         else:
             self._where = f"client {type(host).__name__}"
             self._owns_client = False
             self._cluster = hasattr(host, "get_primaries")  # before _client: the fork reset
-            self._client = host
+        self._build_clients(host)
         # Lone surrogates (legal in a str) cannot be UTF-8: such names are sent encoded with
         # surrogatepass, distinct from every other name; hiredis' packer ignores encoding_errors.
         # A client the user gave (or configured) gets such names as str: its packer decides.
@@ -196,14 +206,65 @@ class RedisCache(BaseCache):
             and codecs.lookup(kwargs.get("encoding", "utf-8")).name == "utf-8"
             else "strict"
         )
-        # Whether get, set and get_many send their commands themselves on the client's pool
-        # (names in UTF-8 with self._name_errors; a name it cannot encode goes through the client).
-        self._direct = not self._cluster and wire.direct_ok(self._client)
         if check_connection:
             try:
                 self._client.ping()
             except self._failures as err:
                 raise RuntimeError(f"could not connect to Redis at {self._where}: {err}") from err
+
+    def _build_clients(self, given: Any = None) -> None:
+        """Make this cache's clients from :attr:`_recipe`, or use the client ``given`` (the
+        ``host`` passed in) when there is none."""
+        recipe = self._recipe
+        self._pending: cluster.PendingCluster | None = None
+        # Commands that must not run twice go through a client that never retries.
+        self._once_client: Any = None
+        if recipe is None:
+            self._client: Any = given
+        elif recipe.nodes is not None:  # connects on first use
+            kwargs = dict(recipe.kwargs)
+            self._pending = cluster.PendingCluster(self, recipe.nodes, recipe.password, kwargs)
+            self._client = self._pending
+        else:
+            self._client, self._once_client = server_clients(recipe.retries, dict(recipe.kwargs))
+        # Whether get, set and get_many send their commands themselves on the client's pool
+        # (names in UTF-8 with self._name_errors; a name it cannot encode goes through the client).
+        self._direct = not self._cluster and wire.direct_ok(self._client)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The options, for a copy in another process (a ``spawn`` child) that connects on its
+        own with the same settings; clients, pools and ``stats`` stay here.
+
+        The password and TLS passphrase travel in the pickle, as the secret does: send it to
+        processes of your own.
+
+        :raises TypeError: the cache uses a client or pool passed in (a ready object holds
+            this process' connections), or an option cannot be pickled.
+        """
+        recipe = self._recipe
+        if recipe is None:
+            raise TypeError(
+                f"cannot pickle a RedisCache on a client passed in as host "
+                f"({type(self._write_client).__name__}): its connections belong to this process; "
+                "build the cache with host=, port=, db=, password= (or startup_nodes= for a "
+                "cluster, or from_url()) so that a copy connects on its own"
+            )
+        if recipe.kwargs.get("connection_pool") is not None:
+            raise TypeError(
+                "cannot pickle a RedisCache given connection_pool=: the pool's connections "
+                "belong to this process; give its settings as keywords instead (host=, port=, "
+                "db=, password=, max_connections= for its size...), so that a copy makes its own"
+            )
+        state = super().__getstate__()
+        options = [("key_prefix", self._key_prefix), ("serializer", state.get("serializer"))]
+        for name, value in [*options, *recipe.kwargs.items()]:
+            if not isinstance(value, _PLAIN):
+                check_picklable("RedisCache", name, value)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._build_clients()
 
     @property
     def key_prefix(self) -> str:
@@ -286,6 +347,13 @@ class RedisCache(BaseCache):
         self._read_as_miss(key, err)
         return None
 
+    def _other_type(self, key: str, name: str) -> None:
+        """Read ``key``, whose ``name`` holds a list, hash... (another client made it), as an
+        unreadable entry: a miss, logged and counted, no outage."""
+        held = SerializationError(f"it holds a Redis {self._type(self._wire(name))}, not an entry")
+        self._read_as_miss(key, held)
+        self._misses += 1
+
     def _wire(self, name: str) -> str | bytes:
         """``name`` as this cache sends it: lone surrogates pass when the client is ours."""
         if self._name_errors == "surrogatepass" and not name.isascii():
@@ -299,9 +367,9 @@ class RedisCache(BaseCache):
     def _ttl_ms(self, timeout: Timeout) -> int:
         """Milliseconds to live: 0 never expires, negative is already expired."""
         if timeout is None:
-            timeout = self.default_timeout
+            timeout = self._default_timeout
         elif type(timeout) is not int:
-            timeout = normalize_timeout(timeout, self.default_timeout)  # floats: finite only
+            timeout = normalize_timeout(timeout, self._default_timeout)  # floats: finite only
         if timeout > 0:
             return max(1, int(min(timeout, MAX_TTL_SECONDS) * 1000))
         return 0 if timeout == 0 else -1
@@ -319,6 +387,9 @@ class RedisCache(BaseCache):
             else:
                 payload = self._client.get(self._wire(name))
         except self._failures as err:
+            if isinstance(err, self._response_error) and str(err).startswith("WRONGTYPE"):
+                self._other_type(key, name)
+                return None
             self._backend_error("get", err)
             return None
         if payload is None:
@@ -868,10 +939,35 @@ class RedisCache(BaseCache):
                     dedicated.disconnect()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
+        # a callable key_prefix is shown, not called: it may raise outside the context it
+        # reads (a request), and its answer of the moment is not the cache's setting
+        prefix = self._key_prefix
+        if isinstance(prefix, str):
+            return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
+        shown = getattr(prefix, "__qualname__", None) or type(prefix).__qualname__
+        module = getattr(prefix, "__module__", None)
+        return (
+            f"{type(self).__name__}({self._where}, default_timeout={self.default_timeout!r}, "
+            f"key_prefix=<callable {f'{module}.' if module else ''}{shown}>, "
+            f"serializer={serializer_name(self.serializer)!r}"
+            f"{', signed=True' if self._signer else ''})"
+        )
 
 
 _OWN_KEYWORDS = tuple(inspect.signature(RedisCache.__init__).parameters)[1:-1]
+# option values that always pickle: the others are tried first, to name the one that fails
+_PLAIN = (str, bytes, int, float, type(None))
+
+
+class _Recipe(NamedTuple):
+    """What builds a ``RedisCache``'s clients: ``nodes`` and ``password`` of a cluster (no
+    ``nodes`` on one server, whose ``kwargs`` hold its address and password), how often its
+    reads and writes are retried, and the redis-py client's keywords."""
+
+    nodes: list[tuple[str, int]] | None
+    password: str | None
+    retries: int
+    kwargs: dict[str, Any]
 
 
 @hookimpl
