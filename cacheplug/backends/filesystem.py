@@ -76,6 +76,9 @@ _ENTRY_FAULTS = frozenset(
     | {errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", errno.ELOOP)}
     | {errno.ENODEV, errno.EOVERFLOW}  # a device without a driver; a file too large to read
 )
+# Of those outages, the ones of this process, never of one file: pruning stops at them, where
+# one entry failing with EIO (a bad sector) beside others read fine is passed over.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 # A busy lock is tried again after pauses growing from about the time a writer holds it
 # (tens of microseconds) to half a millisecond, jittered so waiters do not retry in step:
 # longer ones leave a waiter behind the others for tens of milliseconds under contention.
@@ -86,6 +89,9 @@ _LONGEST_PAUSE = 0.0005
 # and a check word, so a zeroed or scribbled file reads as unknown, never as a low count.
 _TALLY = struct.Struct("<qqq")
 _TALLY_CHECK = 0x3C5A_17C0_DE5A_17C0
+
+# options that were plain attributes, found so in older pickles
+_NOW_PROPERTIES = frozenset({"cache_dir", "mode", "hash_method", "fsync"})
 
 # (absolute expiry, payload, mtime) of an entry file
 _Entry = tuple[float, memoryview, float]
@@ -110,7 +116,9 @@ class FileSystemCache(BaseCache):
     A writer waits at most ``lock_timeout`` for a lock another holds (a process stopped or
     hung inside its write), then answers as in an outage (``False``, ``None``), logged. So does
     a call that cannot read an entry for want of descriptors or memory, or on an I/O error: that
-    is the file system failing, and never reads as a missing entry to replace or prune.
+    is the file system failing, and never reads as a missing entry to replace or prune. Only
+    an entry failing so while others read fine is one file's fault: pruning passes over it, and
+    drops such entries first when it must drop some, so one bad file blocks no write.
     A lock file this process may not write (another user's, say root's) is replaced, once its
     holder is done when it can be read. File names are ``cp-<prefix tag>-<key hash>``:
     ``clear`` removes only such files (with a ``key_prefix``, only that prefix's) and its own
@@ -152,6 +160,10 @@ class FileSystemCache(BaseCache):
         "_hash",
     }
 
+    _namespace: _Namespace | None  # derived from the options on first use
+    #: whether this cache wrote new entries without a threshold, so without counting them
+    _uncounted = False
+
     url_options: ClassVar[Mapping[str, type]] = {
         "threshold": int,
         "mode": str,
@@ -188,24 +200,59 @@ class FileSystemCache(BaseCache):
             default_timeout, key_prefix=key_prefix, serializer=serializer, secret=secret
         )
         self.threshold = threshold
-        self.mode = _checked_mode(mode)
+        self.mode = mode
         self.hash_method = hash_method
-        self._hash = _resolved_hash(hash_method)
-        self.fsync = check_bool("fsync", fsync)
+        self.fsync = fsync
         self.lock_timeout = lock_timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
         self._clock = clock
-        self._full_disk_until = 0.0  # no listing for room on a full disk before this
-        self.cache_dir, created_mode = _prepared_dir(cache_dir, self.mode)
+        self.cache_dir = cache_dir
+
+    @property
+    def cache_dir(self) -> str:
+        """The directory of the entries, absolute; reassigned, it is prepared as the constructor
+        prepares it, and the cache moves there in full (the entries it leaves stay)."""
+        return self._cache_dir
+
+    @cache_dir.setter
+    def cache_dir(self, cache_dir: str | os.PathLike[str]) -> None:
+        path, created_mode = _prepared_dir(cache_dir, self._mode)
         # A umask takes group and other bits as a rule and may change at any time, so such modes
         # get an fchmod on every write. No sane umask takes the owner's bits: an owner-only mode
         # that the probe file got exactly (no ACL or odd umask in the way) needs no fchmod.
-        self._mode_as_created = created_mode if self.mode & ~0o700 == 0 else -1
-        self._dir_mode = stat.S_IMODE(os.stat(self.cache_dir).st_mode)
-        hex_len = len(self._hash(b"").hexdigest())
+        self._mode_as_created = created_mode if self._mode & ~0o700 == 0 else -1
+        self._dir_mode = stat.S_IMODE(os.stat(path).st_mode)
+        self._cache_dir = path
+        self._namespace = None
+        self._listed = 0
+        self._full_disk_until = 0.0  # no listing for room on a full disk before this
+
+    @property
+    def hash_method(self) -> HashMethod | str:
+        """Turns keys into file names; reassigned, it is checked as the constructor checks it,
+        and the cache moves to the names it gives: entries named by the old one are another
+        cache's to it, as another ``key_prefix``'s are to a cache with one."""
+        return self._hash_method
+
+    @hash_method.setter
+    def hash_method(self, method: HashMethod | str) -> None:
+        hashed = _resolved_hash(method)
+        hex_len = len(hashed(b"").hexdigest())
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
         self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+        self._hash = hashed
+        self._hash_method = method
+        self._namespace = None
+
+    @property
+    def fsync(self) -> bool:
+        """Whether every write is flushed to disk; reassigned, it must be a bool."""
+        return self._fsync
+
+    @fsync.setter
+    def fsync(self, fsync: bool) -> None:
+        self._fsync = check_bool("fsync", fsync)
 
     @property
     def threshold(self) -> int:
@@ -215,7 +262,21 @@ class FileSystemCache(BaseCache):
 
     @threshold.setter
     def threshold(self, threshold: int) -> None:
-        self._threshold = _checked_threshold(threshold)
+        checked = _checked_threshold(threshold)
+        if checked and not getattr(self, "_threshold", checked):
+            self._uncounted = True  # no limit until now: its new entries went uncounted
+        self._threshold = checked
+
+    @property
+    def mode(self) -> int:
+        """Permission bits of the entry and lock files; reassigned, it is checked as the
+        constructor checks it, and files written afterwards get it (the directory keeps its own).
+        """
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: int | None) -> None:
+        self._mode = _checked_mode(mode)
 
     @property
     def lock_timeout(self) -> float | None:
@@ -245,7 +306,7 @@ class FileSystemCache(BaseCache):
         if not isinstance(prefix, str):
             raise TypeError(f"key_prefix must be str, got {type(prefix).__name__}")
         self._key_prefix = prefix
-        self._namespace: _Namespace | None = None  # derived on first use: needs the hash
+        self._namespace = None  # derived on first use: needs the hash
 
     def _names(self) -> _Namespace:
         names = self._namespace
@@ -322,7 +383,7 @@ class FileSystemCache(BaseCache):
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         check_mapping(mapping)
-        normalize_timeout(timeout, self.default_timeout)  # a bad one raises, also with no items
+        normalize_timeout(timeout, self._default_timeout)  # a bad one raises, also with no items
         # every value is encoded before any file is written, so a bad one stores nothing
         prepared = [(key, self._prepare(key, value, timeout)) for key, value in mapping.items()]
         return [key for key, entry in prepared if self._write("set_many", *entry)]
@@ -438,6 +499,8 @@ class FileSystemCache(BaseCache):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._lock_fds = {}  # the base then makes the lock that guards them, as after a fork
+        # pickled before these options became properties
+        state = {f"_{k}" if k in _NOW_PROPERTIES else k: v for k, v in state.items()}
         super().__setstate__(state)
         self._listed = 0
         self._full_disk_until = 0.0
@@ -460,7 +523,7 @@ class FileSystemCache(BaseCache):
 
     def _expiry(self, timeout: Timeout) -> float | None:
         """Absolute expiry for ``timeout``; ``None`` when the entry is born expired."""
-        seconds = normalize_timeout(timeout, self.default_timeout)
+        seconds = normalize_timeout(timeout, self._default_timeout)
         if seconds > 0:
             return self._clock() + seconds
         return _NEVER if seconds == 0 else None
@@ -578,11 +641,17 @@ class FileSystemCache(BaseCache):
                 # The tally drifts when a writer dies or files vanish: a listing repairs it. It
                 # reads the whole directory, other prefixes' files too: once per an eighth of that.
                 listed = max(count, self._listed)
-                if count < 0 or count >= self._threshold or added > listed // 8 + 64:
+                if (
+                    count < 0
+                    or count >= self._threshold
+                    or added > listed // 8 + 64
+                    or self._uncounted
+                ):
                     names = self._entry_names()
                     count, added = len(names), 0
                     if count >= self._threshold:
                         count = self._prune(names)
+                    self._uncounted = False
                 # Counted before the rename: a writer killed in between leaves the count one
                 # above the files (the next listing sooner), never below (the directory
                 # beyond threshold).
@@ -596,7 +665,7 @@ class FileSystemCache(BaseCache):
         except BaseException:
             _discard(tmp)
             raise
-        if self.fsync:  # the rename is durable only once the directory is on disk too
+        if self._fsync:  # the rename is durable only once the directory is on disk too
             self._sync_directory()
         self._sets += 1
 
@@ -626,20 +695,22 @@ class FileSystemCache(BaseCache):
             return False
         self._full_disk_until = now + _FULL_DISK_PAUSE
         names = self._entry_names()
-        kept = self._drop_dead(names)
-        _keep_tally(lock, len(kept), 0)
-        return len(kept) < len(names)
+        kept, failing = self._drop_dead(names)
+        left = len(kept) + len(failing)
+        _keep_tally(lock, left, 0)
+        return left < len(names)
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
-        fd = _open(tmp, _WRITE_FLAGS, self.mode)
+        mode = self._mode
+        fd = _open(tmp, _WRITE_FLAGS, mode)
         try:
-            if self.mode != self._mode_as_created:
-                os.fchmod(fd, self.mode)
+            if mode != self._mode_as_created:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            if self.fsync:
+            if self._fsync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -746,10 +817,11 @@ class FileSystemCache(BaseCache):
 
     def _open_lock(self, deadline: float | None) -> int:
         fd = self._open_lock_file(deadline)
-        if self.mode != self._mode_as_created:
+        mode = self._mode
+        if mode != self._mode_as_created:
             # The umask narrows a new lock file too; the users ``mode`` lets write must open it.
             try:
-                _widen_to(fd, self.mode)
+                _widen_to(fd, mode)
             except BaseException:
                 os.close(fd)
                 raise
@@ -894,30 +966,47 @@ class FileSystemCache(BaseCache):
         return names
 
     def _prune(self, names: list[str]) -> int:
-        """Drop expired and unreadable entries, then the least recently written; entries left."""
+        """Drop expired and unreadable entries, then those failing with an I/O error, then the
+        least recently written; entries left."""
         threshold = self._threshold
         target = threshold - max(1, threshold // 10)
-        kept = self._drop_dead(names)
+        kept, failing = self._drop_dead(names)
         kept.sort()
-        for _, path in kept[: max(0, len(kept) - target)]:
+        # entries that cannot be read cannot be served: the first victims, never more than
+        # pruning would drop anyway, as their fault may pass
+        excess = max(0, len(kept) + len(failing) - target)
+        victims = failing[:excess] + [path for _, path in kept[: max(0, excess - len(failing))]]
+        for path in victims:
             self._evict(path)
-        return min(len(kept), target)
+        return min(len(kept) + len(failing), target)
 
-    def _drop_dead(self, names: list[str]) -> list[tuple[float, str]]:
+    def _drop_dead(self, names: list[str]) -> tuple[list[tuple[float, str]], list[str]]:
         """Drop the expired and unreadable entries of ``names``; ``(written at, path)`` of the
-        others.
+        others that could be read, and the paths of those that failed with an I/O error.
 
-        :raises OSError: the file system failed reading one: the rest stay, live or not.
+        :raises OSError: the process ran out of descriptors or memory reading one, or every
+            read failed: the file system is failing, and the rest stay, live or not.
         """
         kept: list[tuple[float, str]] = []
+        failures: list[tuple[str, OSError]] = []
         for name in names:
             path = os.path.join(self.cache_dir, name)
-            entry = self._read(path, header_only=True)
+            try:
+                entry = self._read(path, header_only=True)
+            except OSError as err:
+                if err.errno in _OUT_OF_RESOURCES:
+                    raise
+                failures.append((path, err))
+                continue
             if entry is None or self._expired(entry[0]):
                 self._evict(path)
             else:
                 kept.append((entry[2], path))
-        return kept
+        if failures and len(failures) == len(names):  # no read worked: not one file's fault
+            raise failures[0][1]
+        for path, failure in failures:  # the others read fine: these files are at fault
+            self._unreadable(path, f"{failure.strerror or failure} while pruning")
+        return kept, [path for path, _ in failures]
 
     def _evict(self, path: str) -> None:
         _discard(path)
