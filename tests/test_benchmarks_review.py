@@ -105,12 +105,18 @@ def test_in_memory_peers_hold_as_many_entries_for_as_long() -> None:
 
 
 def test_nested_value_really_takes_the_pickled_path_and_flat_one_does_not() -> None:
-    # the report's labels: "flat dict" is kept unpickled, "nested dict" is pickled
+    # the report's labels: "flat dict" is kept unpickled, "nested dict" is pickled by every set
+    # and, read over and over as in the get-hit loop, kept unpickled from its eighth get on
     cache = SimpleCache(10)
     cache.set("flat", FLAT)
     cache.set("nested", NESTED)
     assert cache._cache["flat"][1] == simple_backend._SHALLOW
     assert cache._cache["nested"][1] == simple_backend._SERIALIZED
+    for _ in range(7):
+        cache.get("nested")
+    assert cache._cache["nested"][1] == simple_backend._DUE
+    cache.get("nested")
+    assert cache._cache["nested"][1] == simple_backend._NESTED
 
 
 def test_redis_peers_store_for_as_long_and_timed_peer_has_our_timeouts(

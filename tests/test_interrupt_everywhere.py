@@ -21,11 +21,13 @@ from conftest import FakeClock
 from cutting import CutResult, call_cut_at, cut_at_instruction
 
 from cacheplug import SimpleCache
+from cacheplug.backends import simple as simple_backend
 
 CUTTERS = {"lines": call_cut_at, "instructions": cut_at_instruction}
 
 WAIT = 60.0  # bound on any wait for another thread: only a hang reaches it
 MOST_CUTS = 2000  # a call with more cut points than this is not what this file is for
+CODECS = range(simple_backend._SERIALIZED + 1)  # how an entry's payload reads back
 
 OLD = {"tag": "old", "items": [0, 1]}
 NEW = {"tag": "new", "items": [2, 3, 4]}
@@ -205,7 +207,7 @@ def simple_structure(cache: SimpleCache) -> list[str]:
     for expires, key in cache._expiries:
         records[key] = min(expires, records.get(key, expires))
     for key, entry in cache._cache.items():
-        if type(entry) is not tuple or len(entry) != 3 or entry[1] not in (0, 1, 2, 3):
+        if type(entry) is not tuple or len(entry) != 3 or entry[1] not in CODECS:
             problems.append(f"{key!r} holds a malformed entry {entry!r}")
         elif entry[0] and records.get(key, entry[0] + 1) > entry[0]:
             problems.append(f"{key!r} expires at {entry[0]} without an expiry record before it")

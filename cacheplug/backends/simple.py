@@ -42,8 +42,14 @@ _NEVER = 0.0
 # How an entry's payload turns back into the value.
 _RAW = 0  # the value itself, immutable
 _SHALLOW = 1  # a private container of immutables; readers get a copy
-_SERIALIZED = 2  # the serializer's bytes
+_NESTED = 2  # (a private dict or list, the keys of its flat containers): copied two levels deep
 _SIGNED = 3  # (signature, the serializer's bytes): apart, so a read verifies without slicing
+# The serializer's bytes, from here up. A read counts _SERIALIZED down to _DUE, and the read that
+# finds _DUE makes the entry _NESTED if it can, else _SETTLED: looking at the value costs about
+# two unpicklings, which an entry read only a few times would never win back.
+_SETTLED = 4
+_DUE = 5
+_SERIALIZED = _DUE + 7
 
 
 def _stored_form(signed: tuple[bytes, bytes]) -> bytes:
@@ -62,6 +68,56 @@ def _scalars_only(mapping: dict[Any, Any]) -> bool:
         if type(item) not in _SCALARS or (type(key) is not str and type(key) not in _SCALARS):
             return False
     return True
+
+
+def _nested_form(value: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """``(value, keys)`` when ``value``, a dict or list freshly unpickled, holds only scalars and
+    flat containers of scalars, none twice; ``keys`` name its mutable containers. Else None.
+
+    Copying such a value two levels deep reads the same as unpickling it again, in about half
+    the time; a container held twice would come back as two, so such values stay pickled.
+    """
+    kind = type(value)
+    if kind is dict:
+        items: Any = value.items()
+    elif kind is list:
+        items = enumerate(value)
+    else:
+        return None
+    inner = []
+    for k, item in items:
+        t = type(item)
+        if t in _SCALARS:
+            if kind is list or type(k) is str or type(k) in _SCALARS:
+                continue
+            return None
+        if kind is dict and type(k) is not str and type(k) not in _SCALARS:
+            return None
+        if t is dict:
+            if not _scalars_only(item):
+                return None
+        elif t is list or t is set:
+            if not _all_scalars(map(type, item)):
+                return None
+        elif t is tuple or t is frozenset:
+            if _all_scalars(map(type, item)):
+                continue  # immutable: shared by every copy
+            return None
+        else:
+            return None
+        inner.append(k)
+    if len(inner) > 1 and len({id(value[k]) for k in inner}) < len(inner):
+        return None
+    return value, tuple(inner)
+
+
+def _nested_copy(form: tuple[Any, tuple[Any, ...]]) -> Any:
+    """A copy of a ``_NESTED`` entry's value, none of its mutable containers shared."""
+    template, inner = form
+    value = template.copy()
+    for k in inner:
+        value[k] = value[k].copy()
+    return value
 
 
 class SimpleCache(BaseCache):
@@ -270,6 +326,8 @@ class SimpleCache(BaseCache):
             else:
                 self._cache.move_to_end(key)
                 self._hits += 1
+                if entry[1] > _DUE:  # one read fewer to go; stays in its place
+                    self._cache[key] = (entry[0], entry[1] - 1, entry[2])
         except BaseException:
             _release_if_held(lock)
             raise
@@ -281,12 +339,17 @@ class SimpleCache(BaseCache):
             return entry[2].copy()
         if codec == _RAW:
             return entry[2]
-        if codec == _SERIALIZED:
+        if codec == _NESTED:
+            return _nested_copy(entry[2])
+        if codec > _SIGNED:
             if type(self.serializer) is PickleSerializer:
                 try:
                     value = pickle.loads(entry[2])
                 except Exception:
                     value = self._decode_or_miss(key, entry[2])  # logs and counts it
+                else:
+                    if codec == _DUE and value is not None:
+                        return self._settle(key, entry, value)
             else:
                 value = self._decode_or_miss(key, entry[2])
         else:
@@ -295,6 +358,20 @@ class SimpleCache(BaseCache):
             with self._locked:
                 self._hits -= 1
                 self._misses += 1
+        return value
+
+    def _settle(self, key: str, entry: _Entry, value: Any) -> Any:
+        """``value``, read from a ``_DUE`` ``entry``: the entry now keeps it as ``_NESTED`` when
+        it can be copied so, else as ``_SETTLED`` bytes, not looked at again."""
+        form = _nested_form(value)
+        if form is None:
+            settled: _Entry = (entry[0], _SETTLED, entry[2])
+        else:
+            settled = (entry[0], _NESTED, form)
+            value = _nested_copy(form)
+        with self._locked:
+            if self._cache.get(key) is entry:  # not replaced meanwhile; keeps its place
+                self._cache[key] = settled
         return value
 
     def set(self, key: str, value: Any, timeout: Timeout = None) -> bool:
@@ -417,10 +494,12 @@ class SimpleCache(BaseCache):
             else:
                 expires = entry[0]
                 codec, payload = entry[1], entry[2]
-                if codec < _SERIALIZED:  # kept as it is: only its type is read
+                if codec < _NESTED:  # kept as it is: only its type is read
                     current = payload
+                elif codec == _NESTED:
+                    current = payload[0]
                 else:
-                    blob = payload if codec == _SERIALIZED else _stored_form(payload)
+                    blob = _stored_form(payload) if codec == _SIGNED else payload
                     try:  # not _decode_or_miss: a stored None is not an unreadable entry
                         current = self._decode(blob, key)
                     except SerializationError as err:
