@@ -462,6 +462,9 @@ class SimpleCache(BaseCache):
         return True
 
     def get_many(self, *keys: str) -> list[Any]:
+        for key in keys:  # all of them first: a call that raises counts no lookup
+            if type(key) is not str:
+                check_key(key)
         with self._locked:
             return [self.get(key) for key in keys]
 

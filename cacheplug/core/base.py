@@ -557,6 +557,8 @@ class BaseCache(ABC):
 
     def get_many(self, *keys: str) -> list[Any]:
         """The values of ``keys`` in order, ``None`` for each miss."""
+        for key in keys:  # all of them first: a call that raises looks nothing up
+            check_key(key)
         return [self.get(key) for key in keys]
 
     def get_dict(self, *keys: str) -> dict[str, Any]:

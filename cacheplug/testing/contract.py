@@ -245,6 +245,8 @@ class CacheContract:
         assert cache.get_many(*keys) == [0, None, 2, 3, 4, 5], "delete('Key') removed another key"
 
     def test_non_str_key_is_type_error(self, cache: BaseCache) -> None:
+        counted = ("hits", "misses", "sets", "deletes", "errors", "evictions")
+        before = {name: cache.stats()[name] for name in counted}
         for call in (
             lambda: cache.set(1, "v"),  # type: ignore[arg-type]
             lambda: cache.get(b"k"),  # type: ignore[arg-type]
@@ -261,6 +263,11 @@ class CacheContract:
         ):
             with pytest.raises(TypeError, match="key must be str"):
                 call()
+        after = {name: cache.stats()[name] for name in counted}
+        assert after == before, (
+            f"calls that raised for a non-str key counted in stats(): {before} -> {after}; "
+            "check every key before looking any up"
+        )
         assert cache.has("1") is False, "a non-str key was stored under its str()"
 
     def test_unencodable_value_raises_and_keeps_old_value(self, cache: BaseCache) -> None:
