@@ -64,7 +64,6 @@ from cacheplug.core.base import (
 )
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
-from cacheplug.core.serializer import serializer_name
 from cacheplug.core.url import host_port
 from cacheplug.serializers.pickle import PickleSerializer
 
@@ -938,20 +937,18 @@ class RedisCache(BaseCache):
                 with entering(lock):  # each call holds it: none runs on the connection now
                     dedicated.disconnect()
 
-    def __repr__(self) -> str:
+    def _shown_key_prefix(self) -> str:
         # a callable key_prefix is shown, not called: it may raise outside the context it
         # reads (a request), and its answer of the moment is not the cache's setting
         prefix = self._key_prefix
         if isinstance(prefix, str):
-            return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
+            return repr(prefix)
         shown = getattr(prefix, "__qualname__", None) or type(prefix).__qualname__
         module = getattr(prefix, "__module__", None)
-        return (
-            f"{type(self).__name__}({self._where}, default_timeout={self.default_timeout!r}, "
-            f"key_prefix=<callable {f'{module}.' if module else ''}{shown}>, "
-            f"serializer={serializer_name(self.serializer)!r}"
-            f"{', signed=True' if self._signer else ''})"
-        )
+        return f"<callable {f'{module}.' if module else ''}{shown}>"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where}, {super().__repr__().partition('(')[2]}"
 
 
 _OWN_KEYWORDS = tuple(inspect.signature(RedisCache.__init__).parameters)[1:-1]

@@ -1020,10 +1020,15 @@ class BaseCache(ABC):
             if cut is not None:
                 raise cut
 
+    def _shown_key_prefix(self) -> str:
+        """How :meth:`__repr__` shows ``key_prefix``."""
+        return repr(self.key_prefix)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(default_timeout={self.default_timeout!r}, "
-            f"key_prefix={self.key_prefix!r}, serializer={serializer_name(self.serializer)!r}"
+            f"key_prefix={self._shown_key_prefix()}, "
+            f"serializer={serializer_name(self.serializer)!r}"
             f"{', signed=True' if self._signer else ''})"
         )
 
