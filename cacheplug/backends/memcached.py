@@ -89,7 +89,10 @@ INSTALL_HINT = "pip install 'cacheplug[memcached]'"
 _Call: TypeAlias = tuple[Server, Callable[..., Steps[Any]], tuple[Any, ...]]
 
 
-def _driver() -> tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+_Driver: TypeAlias = tuple[Any, tuple[type[Exception], ...], tuple[type[Exception], ...]]
+
+
+def _driver() -> _Driver:
     """pymemcache's ``Client``, the engine errors (its own, and a namespace token other clients
     keep removing) and the connection errors."""
     try:
@@ -167,7 +170,7 @@ class MemcachedCache(BaseCache):
         max_pool_size: int = 16,
         dead_timeout: float = 1.0,
     ) -> None:
-        _driver()  # a missing driver is said before anything else
+        driver = _driver()  # a missing driver is said before anything else
         super().__init__(
             default_timeout, key_prefix=key_prefix or "", serializer=serializer, secret=secret
         )
@@ -184,16 +187,17 @@ class MemcachedCache(BaseCache):
             "max_pool_size": check_pool_size(max_pool_size),
         }
         self._addresses = parse_servers(servers)
-        client_class = self._build_servers()
+        client_class = self._build_servers(driver)
         if check_connection:
             for server in self._servers:
                 if self._run(server, "connect", client_class.version) is FAILED:
                     raise RuntimeError(f"could not connect to memcached server {server.name}")
 
-    def _build_servers(self) -> Any:
+    def _build_servers(self, driver: _Driver | None = None) -> Any:
         """Build the servers of :attr:`_addresses`, not connected yet: for a new cache, and
-        for a copy unpickled in another process. pymemcache's ``Client`` class, as used."""
-        client_class, self._engine_errors, self._connection_errors = _driver()
+        for a copy unpickled in another process (``driver``: :func:`_driver`'s answer, when the
+        caller has it already). pymemcache's ``Client`` class, as used."""
+        client_class, self._engine_errors, self._connection_errors = driver or _driver()
         self._servers = make_servers(self._addresses, client_class, **self._connection_settings)
         self._only: Server | None = self._servers[0] if len(self._servers) == 1 else None
         self._ring = Ring(self._servers)
