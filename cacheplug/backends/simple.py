@@ -86,13 +86,11 @@ def _nested_form(value: Any) -> tuple[Any, tuple[Any, ...]] | None:
         return None
     inner = []
     for k, item in items:
-        t = type(item)
-        if t in _SCALARS:
-            if kind is list or type(k) is str or type(k) in _SCALARS:
-                continue
-            return None
         if kind is dict and type(k) is not str and type(k) not in _SCALARS:
             return None
+        t = type(item)
+        if t in _SCALARS:
+            continue
         if t is dict:
             if not _scalars_only(item):
                 return None
