@@ -331,6 +331,7 @@ class _Flight:
         # as the call raised it: each waiter raising the shared error would add its frames
         self.traceback: TracebackType | None = None
         self.ended = False  # False when the call was cancelled: a waiter must call again
+        self.waiters = 0  # tasks that found it: the result is copied for them as it ends
 
 
 #: The async calls the running code is part of: the task making each, and the tasks it starts
@@ -386,6 +387,7 @@ class AsyncMemoized(Memoized[P, R]):
                 if value is not None:
                     cache.set(key, value, self.timeout)
                 return value
+            flight.waiters += 1
             await asyncio.shield(flight.done)  # a waiter's cancellation leaves the call alone
             if flight.error is not None:
                 # counted as the miss of this call's lookup
@@ -420,9 +422,16 @@ class AsyncMemoized(Memoized[P, R]):
             flights[flight_key] = flight
             inside = _OPEN_FLIGHTS.set(_OPEN_FLIGHTS.get() | {flight})
             value = await cast(Any, self.uncached)(*args, **kwargs)
-            if value is not None:
-                cache.set(flight_key[1], value, self.timeout)
-            flight.value, flight.ended = value, True
+            kept = (
+                value is not None
+                and cache.set(flight_key[1], value, self.timeout)
+                and cache._keeps_entries
+            )
+            if flight.waiters:
+                # copied now, as the sync flight does: the caller may change its object before
+                # the waiters run; a kept result they read back (gone meanwhile: they call)
+                flight.value = NOT_HANDED if kept else handed_copy(value)
+            flight.ended = True
         except Exception as err:
             flight.error, flight.traceback = err, err.__traceback__
             raise
