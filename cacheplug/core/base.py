@@ -413,21 +413,7 @@ class BaseCache(ABC):
         :raises TypeError: the class value is not seconds, a timedelta or None.
         """
         super().__init_subclass__(**kwargs)
-        given = cls.__dict__.get("default_timeout", _NOT_GIVEN)
-        if given is _NOT_GIVEN or hasattr(type(given), "__get__"):
-            return  # none, or a descriptor of the subclass's own (a property, as Memcached's)
-        if given is not None:  # None: no opinion, as the constructor reads it
-            cls._default_timeout = check_default_timeout(
-                given, f"{cls.__qualname__}.default_timeout"
-            )
-        inherited = next(
-            vars(base)["default_timeout"]
-            for base in cls.__mro__[1:]
-            if "default_timeout" in vars(base)
-        )
-        if isinstance(inherited, _ClassDefaultTimeout):
-            inherited = inherited.inherited
-        type.__setattr__(cls, "default_timeout", _ClassDefaultTimeout(given, inherited))
+        _keep_default_timeout_checked(cls)
 
     @property
     def default_timeout(self) -> float:
@@ -453,6 +439,7 @@ class BaseCache(ABC):
         serializer: str | SerializerLike | None = None,
         secret: str | bytes | None = None,
     ) -> None:
+        _unshadow_default_timeout(type(self))
         seconds = normalize_timeout(default_timeout, 300, "default_timeout")
         if seconds < 0:  # only a reassignment may go below 0
             raise ConfigurationError(
@@ -521,6 +508,7 @@ class BaseCache(ABC):
         secret = state.pop("_secret", None)
         if "default_timeout" in state:  # pickled before it became a property
             state["_default_timeout"] = check_default_timeout(state.pop("default_timeout"))
+        _unshadow_default_timeout(type(self))
         self._start_in_process()
         self.__dict__.update(state)
         self._signer = None if secret is None else CacheSigner(secret, self.serializer)
@@ -1031,6 +1019,53 @@ class BaseCache(ABC):
             f"serializer={serializer_name(self.serializer)!r}"
             f"{', signed=True' if self._signer else ''})"
         )
+
+
+#: The property every class value of ``default_timeout`` is put in front of.
+_DEFAULT_TIMEOUT_PROPERTY = vars(BaseCache)["default_timeout"]
+
+
+def _keep_default_timeout_checked(cls: type) -> None:
+    """Put the checked property back in front of a plain ``default_timeout`` value that
+    ``cls`` itself holds (see :meth:`BaseCache.__init_subclass__`); else do nothing.
+
+    :raises TypeError: the class value is not seconds, a timedelta or None.
+    """
+    given = vars(cls).get("default_timeout", _NOT_GIVEN)
+    if given is _NOT_GIVEN or hasattr(type(given), "__get__"):
+        return  # none, or a descriptor of the class's own (a property, as Memcached's)
+    if given is not None:  # None: no opinion, as the constructor reads it
+        type.__setattr__(
+            cls,
+            "_default_timeout",
+            check_default_timeout(given, f"{cls.__qualname__}.default_timeout"),
+        )
+    inherited = next(
+        (
+            vars(base)["default_timeout"]
+            for base in cls.__mro__[1:]
+            if "default_timeout" in vars(base)
+        ),
+        _DEFAULT_TIMEOUT_PROPERTY,  # BaseCache.default_timeout = 60 replaced it there
+    )
+    if isinstance(inherited, _ClassDefaultTimeout):
+        inherited = inherited.inherited
+    type.__setattr__(cls, "default_timeout", _ClassDefaultTimeout(given, inherited))
+
+
+def _unshadow_default_timeout(cls: type) -> None:
+    """Before a cache of ``cls`` is made: a value assigned to ``default_timeout`` on a class
+    already made (``SimpleCache.default_timeout = 60``), which ``__init_subclass__`` never saw,
+    gets the checked property back in front of it, as a subclass's class value has.
+
+    Else the instance's reassignments would land unchecked in its ``__dict__``, unseen by the
+    hot paths, which read ``_default_timeout``. A metaclass could catch the assignment itself,
+    but would conflict with a plugin's own (``ABCMeta`` subclasses).
+    """
+    for klass in cls.__mro__:
+        if "default_timeout" in vars(klass):  # the one instances see
+            _keep_default_timeout_checked(klass)
+            return
 
 
 def _unreadable(serializer: object, err: Exception) -> SerializationError:
