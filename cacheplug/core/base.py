@@ -628,10 +628,10 @@ class BaseCache(ABC):
 
         Threads of this process missing the same key wait for one ``factory`` call. A
         ``None`` result is returned but not told apart from a miss next time. A result the
-        cache did not keep (``None``, a failed write) is handed to the threads that waited for
-        it, each a deep copy of its own; after an exception, each of them calls ``factory`` in
-        turn. Each call counts one lookup in :meth:`stats`: a miss when it runs ``factory`` or
-        is handed a result, else a hit.
+        cache did not keep (``None``, a failed write, a timeout below 0) is handed to the
+        threads that waited for it, each a deep copy of its own; after an exception, each of
+        them calls ``factory`` in turn. Each call counts one lookup in :meth:`stats`: a miss
+        when it runs ``factory`` or is handed a result, else a hit.
         """
         seq = self._error_seq  # one attribute: this is the hit path of every memoized call
         value = self.get(key)
@@ -653,11 +653,11 @@ class BaseCache(ABC):
                 value = handed_copy(shared[3])
                 if value is not NOT_HANDED:
                     return value
-            normalize_timeout(timeout, self.default_timeout)  # raises before factory runs
+            seconds = normalize_timeout(timeout, self.default_timeout)  # raises before factory
             value = factory()
             if inspect.isawaitable(value):
                 _refuse_awaitable(key, value)
-            kept = value is not None and self.set(key, value, timeout) and self._keeps_entries
+            kept = self._store_result(key, value, timeout, seconds)
             shared[3], shared[4] = value, kept
             shared[2] += 1  # after the result: a cut in between hands the waiters nothing
             if value is not None and shared[1] > 1:
@@ -667,6 +667,20 @@ class BaseCache(ABC):
         finally:
             next(flight, None)
         return value
+
+    def _store_result(self, key: str, value: Any, timeout: Timeout, seconds: float) -> bool:
+        """Store the result of a call that others wait for; whether they can read it back.
+
+        ``seconds``: ``timeout`` normalized before the call. Below 0 (also a ``default_timeout``
+        reassigned so, to stop caching) the write keeps nothing: the waiters are handed the
+        result, instead of each missing in turn and calling again, one after another.
+        """
+        return (
+            value is not None
+            and self.set(key, value, timeout)
+            and self._keeps_entries
+            and seconds >= 0
+        )
 
     def memoize(
         self, timeout: Timeout = None, *, key_prefix: str | None = None

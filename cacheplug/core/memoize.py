@@ -412,7 +412,7 @@ class AsyncMemoized(Memoized[P, R]):
     ) -> Any:
         """Call the function for every task of this loop that misses the same key."""
         cache = self.cache
-        normalize_timeout(self.timeout, cache.default_timeout)  # raises before the call
+        seconds = normalize_timeout(self.timeout, cache.default_timeout)  # raises before the call
         flight = _Flight(flight_key[0].create_future())
         flights = self._flights
         inside = None
@@ -422,11 +422,7 @@ class AsyncMemoized(Memoized[P, R]):
             flights[flight_key] = flight
             inside = _OPEN_FLIGHTS.set(_OPEN_FLIGHTS.get() | {flight})
             value = await cast(Any, self.uncached)(*args, **kwargs)
-            kept = (
-                value is not None
-                and cache.set(flight_key[1], value, self.timeout)
-                and cache._keeps_entries
-            )
+            kept = cache._store_result(flight_key[1], value, self.timeout, seconds)
             if flight.waiters:
                 # copied now, as the sync flight does: the caller may change its object before
                 # the waiters run; a kept result they read back (gone meanwhile: they call)
