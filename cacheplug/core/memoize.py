@@ -345,9 +345,10 @@ class AsyncMemoized(Memoized[P, R]):
     """An ``async def`` function whose results are cached; made by :meth:`BaseCache.memoize`.
 
     Calling it returns a coroutine. Tasks of one event loop missing the same key await one
-    call; the others get its result (read back from the cache, or a deep copy when the cache
-    no longer holds it: never the first caller's object) or its exception. When that call is
-    cancelled, a waiting task calls the function in its place.
+    call; the others get its result (read back from the cache, or, when the cache did not keep
+    it, a deep copy made as the call ended: never the first caller's object) or its exception.
+    A kept result gone from the cache meanwhile, or a cancelled call: a waiting task calls the
+    function in its place.
     """
 
     def __init__(self, *args: Any) -> None:
