@@ -39,11 +39,13 @@ __all__ = [
     "closes_connection",
     "driver_keywords",
     "int_free_packer",
+    "masked",
     "options_from_url",
     "pool_after_fork_in_child",
     "pool_exhausted",
     "refuse_decoding",
     "refuse_unknown_keywords",
+    "secrets_of",
     "server_clients",
 ]
 
@@ -602,6 +604,43 @@ def pool_exhausted(err: BaseException) -> bool:
 
     # BlockingConnectionPool's wait for a free connection ends in a plain ConnectionError
     return isinstance(err, MaxConnectionsError) or isinstance(err.__context__, queue.Empty)
+
+
+def secrets_of(password: object, kwargs: Mapping[str, Any], given: Any) -> tuple[str, ...]:
+    """The credentials a cache's errors must never show: its ``password`` and the ``kwargs``'
+    ``ssl_password``, or those of the client or pool ``given`` (passed in as ``host`` or as
+    ``connection_pool``)."""
+    options: list[Mapping[str, Any]] = [kwargs]
+    for owner in (given, kwargs.get("connection_pool")):
+        manager = getattr(owner, "nodes_manager", None)  # a RedisCluster's node settings
+        for holder in (owner, getattr(owner, "connection_pool", None), manager):
+            found = getattr(holder, "connection_kwargs", None)
+            if isinstance(found, Mapping):
+                options.append(found)
+    shown = []
+    for value in (password, *(o.get(n) for o in options for n in ("password", "ssl_password"))):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if isinstance(text, str) and text and text not in shown:
+            shown.append(text)
+    return tuple(shown)
+
+
+def masked(err: Exception, secrets: Iterable[str]) -> Exception:
+    """``err``, or one of its class saying the same with ``secrets`` masked: Redis echoes the
+    arguments of a command it does not know, so a server without ``HELLO`` (Redis before 6,
+    a proxy) answers redis-py's ``HELLO 3 AUTH user password`` with the password in its
+    error."""
+    text = str(err)
+    hidden = text
+    for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold a shorter
+        hidden = hidden.replace(secret, "***")
+    if hidden == text:
+        return err
+    try:
+        shown = type(err)(hidden)
+    except Exception:  # a class taking other arguments: keep its name in the message
+        shown = RuntimeError(f"{type(err).__name__}: {hidden}")
+    return shown
 
 
 # Outage log lines show this class's name: it is worded for whoever reads them.

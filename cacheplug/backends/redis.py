@@ -32,11 +32,13 @@ from cacheplug.backends._redis_clients import (
     checked_options,
     checked_server,
     closes_connection,
+    masked,
     options_from_url,
     pool_after_fork_in_child,
     pool_exhausted,
     refuse_decoding,
     refuse_unknown_keywords,
+    secrets_of,
     server_clients,
 )
 from cacheplug.backends._redis_counters import (
@@ -161,6 +163,7 @@ class RedisCache(BaseCache):
         if isinstance(host, str) or startup_nodes is not None:  # a client it builds
             refuse_unknown_keywords(_OWN_KEYWORDS, kwargs, startup_nodes is not None)
         self.dead_timeout = checked_options(retries, dead_timeout, kwargs)
+        self._secrets = secrets_of(password, kwargs, None if isinstance(host, str) else host)
         self.ignore_delete_many_errors = ignore_delete_many_errors
         # CLUSTERDOWN is a ResponseError to redis-py, yet no refusal of a command: an outage
         self._response_error, self._cluster_down = redis.ResponseError, ClusterDownError
@@ -206,10 +209,19 @@ class RedisCache(BaseCache):
             else "strict"
         )
         if check_connection:
-            try:
-                self._client.ping()
-            except self._failures as err:
-                raise RuntimeError(f"could not connect to Redis at {self._where}: {err}") from err
+            self._check_connection()
+
+    def _check_connection(self) -> None:
+        """Ping the server, as cachelib's ``check_connection=True`` does.
+
+        :raises RuntimeError: the server does not answer (its error shown without passwords).
+        """
+        try:
+            self._client.ping()
+        except self._failures as err:
+            shown = masked(err, self._secrets)
+            cause = err if shown is err else None  # a traceback would show it in full
+            raise RuntimeError(f"could not connect to Redis at {self._where}: {shown}") from cause
 
     def _build_clients(self, given: Any = None) -> None:
         """Make this cache's clients from :attr:`_recipe`, or use the client ``given`` (the
@@ -687,7 +699,7 @@ class RedisCache(BaseCache):
                         "Redis at %s refuses scripts (%s): inc and dec send SET NX and INCRBY "
                         "instead",
                         self._where,
-                        err,
+                        masked(err, self._secrets),
                     )
                 return value
         if isinstance(err, self._response_error):
@@ -868,7 +880,7 @@ class RedisCache(BaseCache):
                 once.extend(until)
             elif once is not None:
                 self._once_client = DeadServer(self, "_once_client", once, until)
-        super()._backend_error(operation, err)
+        super()._backend_error(operation, masked(err, self._secrets))
 
     def _after_fork_in_child(self) -> None:
         """New locks for this cache's clients and their pools, a client passed in included
