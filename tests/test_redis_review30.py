@@ -1,5 +1,5 @@
 """RedisCache review 30: a password Redis echoes in an error never reaches a log line or an
-exception."""
+exception, and a cluster's ``clear`` empties every node it reaches while one is down."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import redis
-from servers import RedisServer
+from servers import RedisCluster, RedisServer
 
 from cacheplug import RedisCache
 
@@ -33,3 +33,29 @@ def test_a_password_redis_echoes_never_shows(caplog: pytest.LogCaptureFixture) -
         assert "unknown command 'HELLO'" in str(refused.value)
         assert PASSWORD not in str(refused.value)
         assert refused.value.__cause__ is None  # a traceback would print the cause
+
+
+def test_cluster_clear_with_a_node_down_empties_the_others() -> None:
+    # The first SCAN asked every primary at once: one dead node failed the call before any key
+    # of the live nodes was deleted (and FLUSHDB stopped at the first node that failed).
+    with RedisCluster(masters=2) as cluster:
+        prefixed = RedisCache(startup_nodes=cluster.nodes, key_prefix="clr:", socket_timeout=2)
+        bare = RedisCache(startup_nodes=cluster.nodes, socket_timeout=2)
+        keys = [f"k{i}" for i in range(40)]
+        assert prefixed.set_many(dict.fromkeys(keys, 1)) == keys
+        assert bare.set("other", 1) is True
+        other_port = bare._write_client.get_node_from_key("other").port
+        live = [cluster.servers[0]]
+        other = [int(server.port == other_port) for server in live]  # a foreign key stays
+        assert all(server.command("KEYS", "clr:*") for server in live)
+        cluster.servers[1].kill()
+        errors = prefixed.stats()["errors"]
+        assert prefixed.clear() is False  # the dead node's keys are still there
+        assert prefixed.stats()["errors"] == errors + 1
+        assert [server.command("KEYS", "clr:*") for server in live] == [[]]
+        assert [len(server.command("KEYS", "other")) for server in live] == other  # type: ignore[arg-type]
+        assert prefixed.set_many(dict.fromkeys(keys, 1))  # the live nodes' keys again
+        assert bare.clear() is False
+        assert [server.command("DBSIZE") for server in live] == [0]
+        prefixed.close()
+        bare.close()

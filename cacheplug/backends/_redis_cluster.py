@@ -28,6 +28,7 @@ __all__ = [
     "PendingCluster",
     "after_fork_in_child",
     "cluster_nodes",
+    "each_primary",
     "mget",
     "node_pipelines",
     "refresh",
@@ -171,6 +172,27 @@ def refresh(client: Any) -> None:
     failover would refuse to be flushed.
     """
     client.nodes_manager.initialize()
+
+
+def each_primary(
+    client: Any, action: Callable[[Any], object], failures: tuple[type[Exception], ...]
+) -> Exception | None:
+    """Run ``action`` on the client of each primary of the cluster (as :func:`refresh` finds
+    them), on every one whatever the others do; the first failure, if any.
+
+    A node that is down leaves the others' work done (``clear`` empties what it can reach),
+    and a cluster that cannot be asked for its nodes fails at once.
+
+    :raises RedisError: the cluster does not say which its primaries are.
+    """
+    refresh(client)
+    failed: Exception | None = None
+    for node in client.get_primaries():
+        try:
+            action(client.get_redis_connection(node))
+        except failures as err:
+            failed = failed or err
+    return failed
 
 
 def mget(

@@ -482,26 +482,37 @@ class RedisCache(BaseCache):
             return False
 
     def clear(self) -> bool:
+        prefix = self.key_prefix
         try:
-            if self._cluster:
-                cluster.refresh(self._client)
-            prefix = self.key_prefix
-            if not prefix:
-                self._client.flushdb()
-                return True
-            pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in prefix)
-            batch: list[bytes] = []
-            for name in self._client.scan_iter(match=self._wire(pattern + "*"), count=SCAN_BATCH):
-                batch.append(name)
-                if len(batch) >= SCAN_BATCH:
-                    self._pipelined("DEL", batch)
-                    batch = []
-            if batch:
-                self._pipelined("DEL", batch)
+            if self._cluster:  # every primary, whatever the others answer
+                failed = cluster.each_primary(
+                    self._client, lambda node: self._clear_on(node, prefix), self._failures
+                )
+            else:
+                failed = None
+                self._clear_on(self._client, prefix)
         except self._failures as err:
-            self._backend_error("clear", err)
+            failed = err
+        if failed is not None:
+            self._backend_error("clear", failed)
             return False
         return True
+
+    def _clear_on(self, server: Any, prefix: str) -> None:
+        """Delete the keys under ``prefix`` on the client ``server`` of one server or cluster
+        node, or flush its database when there is no prefix."""
+        if not prefix:
+            server.flushdb()
+            return
+        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in prefix)
+        batch: list[bytes] = []
+        for name in server.scan_iter(match=self._wire(pattern + "*"), count=SCAN_BATCH):
+            batch.append(name)
+            if len(batch) >= SCAN_BATCH:
+                self._pipelined("DEL", batch)
+                batch = []
+        if batch:
+            self._pipelined("DEL", batch)
 
     def get_many(self, *keys: str) -> list[Any]:
         if not keys:
