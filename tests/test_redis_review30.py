@@ -9,7 +9,7 @@ import pytest
 import redis
 from servers import RedisCluster, RedisServer
 
-from cacheplug import RedisCache
+from cacheplug import ConfigurationError, RedisCache
 
 PASSWORD = "pw-R3view30-s3cret"
 
@@ -59,3 +59,23 @@ def test_cluster_clear_with_a_node_down_empties_the_others() -> None:
         assert [server.command("DBSIZE") for server in live] == [0]
         prefixed.close()
         bare.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        (f"redis://:{PASSWORD}@localhost:6379/0", "'redis://:***@localhost:6379/0'"),
+        (f"user:{PASSWORD}@localhost", "'***@localhost'"),
+    ],
+)
+def test_a_url_given_as_host_is_refused_without_its_password(host: str, shown: str) -> None:
+    # It was taken as a host name: the cache never connected, and its repr and every outage
+    # line ("Error -2 connecting to redis://:<password>@...") showed the password.
+    with pytest.raises(ConfigurationError) as given:
+        RedisCache(host)
+    assert f"host {shown} is not a host name" in str(given.value)
+    assert "from_url()" in str(given.value)
+    with pytest.raises(ConfigurationError) as node:
+        RedisCache(startup_nodes=[(host, 7000)])
+    assert "startup_nodes takes (host, port) pairs" in str(node.value)
+    assert PASSWORD not in str(given.value) + str(node.value)

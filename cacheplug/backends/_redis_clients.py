@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from cacheplug.core._entering import entering
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError, did_you_mean
-from cacheplug.core.url import check_host, coerce_option, port_number
+from cacheplug.core.url import check_host, coerce_option, port_number, redact_text
 
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
@@ -34,6 +35,7 @@ __all__ = [
     "URL_OPTIONS",
     "DeadServer",
     "ServerDown",
+    "checked_host",
     "checked_options",
     "close_when_cut_short",
     "closes_connection",
@@ -47,6 +49,7 @@ __all__ = [
     "refuse_unknown_keywords",
     "secrets_of",
     "server_clients",
+    "shown_host",
 ]
 
 INSTALL_HINT = "RedisCache needs redis-py: pip install 'cacheplug[redis]'"
@@ -58,6 +61,7 @@ _NO_LIMIT = "to wait without limit"  # what None means for a socket timeout
 _CERT_REQS = ("none", "optional", "required")
 MAX_RETRIES = 10  # each retry of a refused connection or failed lookup adds its whole cost
 MAX_DB = 2**31  # SELECT's index is a C int on the server
+_USER_INFO = re.compile(r"[^'\"]*@")  # "user:password@" in a host, or in its repr
 
 URL_OPTIONS: Mapping[str, type] = {
     "db": int,
@@ -243,7 +247,31 @@ def checked_server(
     path = kwargs.get("unix_socket_path")
     if path is not None and not isinstance(path, str):
         raise TypeError(f"unix_socket_path must be a str, got {type(path).__name__}")
-    return check_host(host), checked_port(port), checked_db(db), path
+    return checked_host(host), checked_port(port), checked_db(db), path
+
+
+def checked_host(host: str) -> str:
+    """``host`` once it is a host name or an IP address.
+
+    A URL (or ``user:password@host``) given as a host would never connect, and redis-py's
+    error of each call, logged, would show its password.
+
+    :raises ConfigurationError: says so without the password, or what else is wrong.
+    """
+    if "/" in host or "@" in host:
+        raise ConfigurationError(
+            f"host {shown_host(host)!r} is not a host name or IP address; give a URL to "
+            "from_url() (redis://:password@host:6379/0), or host=, port=, password= apart"
+        )
+    return check_host(host)
+
+
+def shown_host(text: str) -> str:
+    """``text``, what was given as a host (or a repr holding it), with the password of a URL
+    or of ``user:password@host`` in it masked."""
+    if "://" in text:
+        return redact_text(text)
+    return _USER_INFO.sub("***@", text)
 
 
 def checked_db(db: object) -> int:

@@ -11,15 +11,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends._redis_clients import (
+    checked_host,
     checked_port,
     close_when_cut_short,
     closes_connection,
     pool_exhausted,
+    shown_host,
 )
 from cacheplug.backends._redis_wire import mget_pieces
 from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import check_host
 
 if TYPE_CHECKING:
     from cacheplug.backends.redis import RedisCache
@@ -52,11 +53,11 @@ def cluster_nodes(startup_nodes: Sequence[Any], db: int) -> list[tuple[str, int]
             host, port = pair
             if not isinstance(host, str):
                 raise TypeError
-            nodes.append((check_host(host), checked_port(port)))
+            nodes.append((checked_host(host), checked_port(port)))
         except (TypeError, ValueError):  # a ConfigurationError is a ValueError too
             raise ConfigurationError(
                 f"startup_nodes takes (host, port) pairs (a host name and a port from 1 to "
-                f"65535) or redis-py ClusterNode objects, got {node!r}"
+                f"65535) or redis-py ClusterNode objects, got {shown_host(repr(node))}"
             ) from None
     if not nodes:
         raise ConfigurationError("startup_nodes needs at least one (host, port)")
