@@ -120,6 +120,8 @@ class RedisCache(BaseCache):
     url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
     #: set once the server refused inc's script: inc then sends its steps without it
     _scripts_refused = False
+    #: the passwords its log lines and errors mask (Redis may echo them)
+    _secrets: tuple[str, ...] = ()
     #: The clients, their pools and what was learnt of the server: a pickled copy builds its
     #: own from :attr:`_recipe`.
     _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
