@@ -61,6 +61,7 @@ _NO_LIMIT = "to wait without limit"  # what None means for a socket timeout
 _CERT_REQS = ("none", "optional", "required")
 MAX_RETRIES = 10  # each retry of a refused connection or failed lookup adds its whole cost
 MAX_DB = 2**31  # SELECT's index is a C int on the server
+SHOWN_PART = 4  # the shortest beginning of a password masked where the rest was cut off
 _USER_INFO = re.compile(r"[^'\"]*@")  # "user:password@" in a host, or in its repr
 
 URL_OPTIONS: Mapping[str, type] = {
@@ -662,6 +663,11 @@ def masked(err: Exception, secrets: Iterable[str]) -> Exception:
     hidden = text
     for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold a shorter
         hidden = hidden.replace(secret, "***")
+        # Redis cuts the arguments it echoes at 128 characters: a long one's beginning shows
+        for size in range(len(secret) - 1, SHOWN_PART - 1, -1):
+            if secret[:size] in hidden:
+                hidden = hidden.replace(secret[:size], "***")
+                break
     if hidden == text:
         return err
     try:
