@@ -86,3 +86,17 @@ def test_a_url_given_as_host_is_refused_without_its_password(host: str, shown: s
         RedisCache(startup_nodes=[(host, 7000)])
     assert "startup_nodes takes (host, port) pairs" in str(node.value)
     assert PASSWORD not in str(given.value) + str(node.value)
+
+
+def test_masking_leaves_text_that_only_shares_a_passwords_beginning() -> None:
+    from cacheplug.backends._redis_clients import masked
+
+    secret = "localhost-pass-1234"
+    refused = redis.ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
+    assert masked(refused, [secret]) is refused  # "localhost" is the host, not the password
+    echoed = redis.ResponseError(
+        "unknown command 'HELLO', with args beginning with: '3' 'AUTH' 'default' 'localhost-pa'"
+    )
+    shown = masked(echoed, [secret])
+    assert type(shown) is redis.ResponseError
+    assert str(shown).endswith("'default' '***'")

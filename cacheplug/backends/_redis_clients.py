@@ -663,10 +663,12 @@ def masked(err: Exception, secrets: Iterable[str]) -> Exception:
     hidden = text
     for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold a shorter
         hidden = hidden.replace(secret, "***")
-        # Redis cuts the arguments it echoes at 128 characters: a long one's beginning shows
+        # Redis cuts the arguments it echoes at 128 characters: a long one's beginning shows,
+        # closed by its quote (any other beginning, "local" of a host name, is left alone)
         for size in range(len(secret) - 1, SHOWN_PART - 1, -1):
-            if secret[:size] in hidden:
-                hidden = hidden.replace(secret[:size], "***")
+            cut = secret[:size] + "'"
+            if cut in hidden:
+                hidden = hidden.replace(cut, "***'")
                 break
     if hidden == text:
         return err
