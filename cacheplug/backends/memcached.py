@@ -121,7 +121,8 @@ class MemcachedCache(BaseCache):
     :param key_prefix: namespace of this cache; ``clear`` then drops only its keys.
     :param pool_size, pool_blocking, ignore_delete_many_errors, memcache_client_lib: accepted
         for cachelib compatibility and ignored (connections are pooled per server on demand).
-    :param check_connection: raise ``RuntimeError`` at construction when a server does not answer.
+    :param check_connection: raise ``RuntimeError`` at construction when a server does not answer
+        (kept as an attribute, as cachelib keeps it).
     :param serializer: see :class:`~cacheplug.BaseCache`. :param secret: see BaseCache.
     :param connect_timeout: seconds to wait for a connection. :param timeout: seconds to wait
         for a reply. :param no_delay: set TCP_NODELAY. :param max_pool_size: idle connections
@@ -180,6 +181,8 @@ class MemcachedCache(BaseCache):
         check_bool("no_delay", no_delay)
         self._reply_timeout = timeout
         self.ignore_delete_many_errors = ignore_delete_many_errors
+        # read back by code written for cachelib, which keeps it; only the constructor acts on it
+        self.check_connection = check_connection
         self._connection_settings: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "timeout": timeout,
