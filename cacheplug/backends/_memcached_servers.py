@@ -196,7 +196,10 @@ def parse_servers(servers: Iterable[str | tuple[str, int]] | str | None) -> list
         servers = [("127.0.0.1", DEFAULT_PORT)]
     elif isinstance(servers, str):
         servers = servers.split(",")
-    elif not isinstance(servers, (list, tuple)):
+    elif _is_addresses(servers):
+        # a set or a generator too: placement hashes each address, not its position
+        servers = list(servers)
+    else:
         raise ConfigurationError(
             f"servers must be a list of 'host:port' strings, (host, port) tuples or unix "
             f"socket paths, got a {type(servers).__name__} object; MemcachedCache opens its "
@@ -213,6 +216,16 @@ def parse_servers(servers: Iterable[str | tuple[str, int]] | str | None) -> list
         first, before = unique.get(identity, (address, 0))
         unique[identity] = first, before + weight
     return list(unique.values())
+
+
+def _is_addresses(servers: object) -> bool:
+    """Whether ``servers`` is a collection of addresses, not a ready client (memcache's,
+    pylibmc's or pymemcache's, which have ``get`` and ``set``) nor bytes."""
+    if isinstance(servers, (list, tuple)):
+        return True
+    if hasattr(servers, "get") and hasattr(servers, "set"):
+        return False
+    return isinstance(servers, Iterable) and not isinstance(servers, (bytes, bytearray))
 
 
 def check_pool_size(max_pool_size: object) -> int:
