@@ -1,4 +1,5 @@
-"""MemcachedCache where it differed from cachelib's ``MemcachedCache``, found in review 30."""
+"""MemcachedCache where review 30 found it differing from cachelib's ``MemcachedCache`` or
+from its own annotations."""
 
 from __future__ import annotations
 
