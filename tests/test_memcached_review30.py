@@ -3,12 +3,16 @@ from its own annotations."""
 
 from __future__ import annotations
 
+import re
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import cachelib
 import pytest
 from servers import MemcachedServer
 from test_memcached import address
+from test_memcached_faults import ReplyDroppingProxy
 
 from cacheplug import ConfigurationError, MemcachedCache
 
@@ -48,3 +52,55 @@ def test_a_ready_client_is_still_refused() -> None:
         MemcachedCache(Client(("127.0.0.1", 11211)))  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"cannot use a ready client"):
         MemcachedCache(b"127.0.0.1:11211")  # type: ignore[arg-type]
+
+
+class FlaglessMetaGetRefusingRelay(ReplyDroppingProxy):
+    """A TCP relay to a memcached server that answers an ``mg`` without flags as memcached
+    releases before the fix of memcached/memcached#906 do (some 1.6 ones before 1.6.18):
+    ``CLIENT_ERROR bad command line format``. The real server gives that answer, in order,
+    to the request rewritten with a key too long for it."""
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        super()._relay(client, _Refusing(upstream))  # type: ignore[arg-type]
+
+
+class _Refusing:
+    """A socket to memcached whose flagless meta gets it refuses (see the relay above)."""
+
+    _FLAGLESS = re.compile(rb"(?m)^mg \S+\r\n")
+    _REFUSED = b"mg " + b"k" * 251 + b"\r\n"
+
+    def __init__(self, upstream: socket.socket) -> None:
+        self._upstream = upstream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._upstream, name)
+
+    def sendall(self, data: bytes) -> None:
+        self._upstream.sendall(self._FLAGLESS.sub(self._REFUSED, data))
+
+    def __enter__(self) -> _Refusing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._upstream.close()
+
+
+@pytest.fixture
+def refusing_relay(memcached_server: MemcachedServer) -> Iterator[FlaglessMetaGetRefusingRelay]:
+    relay = FlaglessMetaGetRefusingRelay(memcached_server.address)
+    yield relay
+    relay.close()
+
+
+@pytest.mark.parametrize("prefix", [None, "has:"])
+def test_has_works_on_servers_that_refuse_a_meta_get_without_flags(
+    refusing_relay: FlaglessMetaGetRefusingRelay, prefix: str | None
+) -> None:
+    cache = MemcachedCache([f"127.0.0.1:{refusing_relay.port}"], key_prefix=prefix)
+    assert cache.set("there", "v") is True
+    assert cache.set("counter", 5) is True
+    assert (cache.has("there"), cache.has("counter"), cache.has("missing")) == (True, True, False)
+    assert cache.inc("counter") == 6  # its meta get has a flag: it always worked
+    assert cache.stats()["errors"] == 0
+    cache.close()

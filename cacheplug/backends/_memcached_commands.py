@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cacheplug.backends._memcached_wire import EXISTS, exists_request
+
 __all__ = ["CREATE_ATTEMPTS", "FAILED", "add", "delete", "exists"]
 
 
@@ -35,5 +37,5 @@ def delete(client: Any, key: str) -> bool:
 
 def exists(client: Any, key: str) -> bool:
     """Whether ``key`` is stored, by a meta get that asks for no value back."""
-    command = b"mg " + client.check_key(key, client.key_prefix) + b"\r\n"
-    return bool(client._misc_cmd([command], b"mg", False) == [b"HD"])
+    command = exists_request(client.check_key(key, client.key_prefix))
+    return EXISTS.get(client._misc_cmd([command], b"mg", False)[0]) is True

@@ -27,12 +27,14 @@ from cacheplug.backends._memcached_servers import readable
 
 __all__ = [
     "DELETED",
+    "EXISTS",
     "STORED",
     "STORED_OR_REFUSED",
     "count",
     "count_seeing",
     "delete_many_steps",
     "delete_request",
+    "exists_request",
     "exists_seeing",
     "fetch",
     "fetch_steps",
@@ -334,8 +336,17 @@ def exists_seeing(client: Any, name: str, seen_key: str) -> tuple[bool, bytes | 
     """Whether ``name`` is stored, by a meta get that asks for no value back, then ``get`` of
     ``seen_key``, in one round trip: ``(stored, the value of seen_key right after, None when
     missing)``."""
-    answers, seen = write(client, [b"mg %s\r\n" % name.encode("ascii")], _EXISTS, seen_key)
+    answers, seen = write(client, [exists_request(name.encode("ascii"))], EXISTS, seen_key)
     return answers[0], seen
+
+
+def exists_request(name: bytes) -> bytes:
+    """A meta get of ``name`` that asks for no value back, answered as ``EXISTS`` says.
+
+    It carries a flag (the opaque ``O1``, echoed in the reply) because memcached releases
+    before the fix of memcached/memcached#906 refuse an ``mg`` with none (1.6.18 takes it).
+    """
+    return b"mg %s O1\r\n" % name
 
 
 def _count_request(name: str, step: int) -> bytes:
@@ -398,7 +409,9 @@ STORED = {b"STORED": True, b"NOT_STORED": False}
 STORED_OR_REFUSED: Mapping[bytes, bool | None] = {**STORED, _REFUSED: None}
 DELETED = {b"DELETED": True, b"NOT_FOUND": False}
 _SWAPPED = {b"HD": True, b"EX": False, b"NF": None}
-_EXISTS = {b"HD": True, b"EN": False}
+#: What the reply to ``exists_request`` says: stored or not (a miss echoes the flag on newer
+#: servers only; a server that echoes none is understood too).
+EXISTS = {b"HD O1": True, b"HD": True, b"EN O1": False, b"EN": False}
 
 
 def _ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> bool | None:
