@@ -431,7 +431,15 @@ class FileSystemCache(BaseCache):
         return deleted
 
     def _delete_locked(self, lock: int, path: str) -> bool:
-        live = self._is_live(path)
+        try:
+            live = self._is_live(path)
+        except OSError as err:
+            if err.errno in _OUT_OF_RESOURCES:  # this process's want: retried, it may read
+                raise
+            # The file fails reads (a bad sector), and would until replaced: removing it needs
+            # no read. Whether it was live is unknown, so the answer is the damaged entry's.
+            self._unreadable(path, f"{err.strerror or err} while deleting")
+            live = False
         return self._remove(lock, path) and live
 
     def has(self, key: str) -> bool:
