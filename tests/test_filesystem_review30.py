@@ -4,6 +4,7 @@ away, and what a demanding user meets besides."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,24 @@ def test_delete_removes_an_entry_failing_with_eio_so_add_and_inc_work_again(
     failing_reads.stop()  # a new file may get the inode number of a removed one
     assert cache.add("lock", "mine") is True and cache.get("lock") == "mine"
     assert cache.inc("counter") == 1
+
+
+# -- 2. a value larger than one read gives ------------------------------------------------------
+
+
+@pytest.fixture
+def short_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.read`` giving at most 4 kB per call, as Linux gives at most 2 GiB per call (and a
+    FUSE or network file system may give less): the caller must read on to the end."""
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, size: real_read(fd, min(size, 4096)))
+
+
+@pytest.mark.usefixtures("short_reads")
+def test_a_value_longer_than_one_read_reads_back_whole(tmp_path: Path) -> None:
+    cache = FileSystemCache(tmp_path)
+    value = bytes(range(256)) * 400  # 100 kB: 25 reads at most 4 kB each
+    assert cache.set("large", value)
+    assert cache.get("large") == value
+    assert cache.get_many("large", "missing") == [value, None]
+    assert cache.stats()["errors"] == 0

@@ -566,11 +566,8 @@ class FileSystemCache(BaseCache):
                 data = os.read(fd, _HEADER.size)
             else:
                 data = os.read(fd, size + 1)
-                if len(data) > size:  # grown since fstat (not by cacheplug): read to the end
-                    chunks = [data]
-                    while chunks[-1]:
-                        chunks.append(os.read(fd, 1 << 20))
-                    data = b"".join(chunks)
+                if len(data) != size:
+                    data = _read_rest(fd, data, size)
         except OSError as err:
             if err.errno not in _ENTRY_FAULTS:
                 raise
@@ -1027,6 +1024,18 @@ class FileSystemCache(BaseCache):
             return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
         except OSError:
             return False
+
+
+def _read_rest(fd: int, start: bytes, size: int) -> bytes:
+    """The file ``fd`` to its end, of which ``start`` was read: one read stops short (Linux
+    reads at most 2 GiB at once), and a file may have grown since its ``size`` was taken (not by
+    cacheplug, which replaces files whole)."""
+    chunks = [start]
+    got = len(start)
+    while chunks[-1]:
+        chunks.append(os.read(fd, max(size + 1 - got, 1 << 20)))
+        got += len(chunks[-1])
+    return b"".join(chunks)
 
 
 def _read_tally(lock: int) -> tuple[int, int]:
