@@ -3,6 +3,7 @@ away, and what a demanding user meets besides."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from test_filesystem import entry_names
 from test_filesystem_review28 import FailingReads, entry_of
 
 from cacheplug import FileSystemCache
+
+THRESHOLD = 10
 
 
 @pytest.fixture
@@ -68,4 +71,52 @@ def test_a_value_longer_than_one_read_reads_back_whole(tmp_path: Path) -> None:
     assert cache.set("large", value)
     assert cache.get("large") == value
     assert cache.get_many("large", "missing") == [value, None]
+    assert cache.stats()["errors"] == 0
+
+
+# -- 3. a lock file failing reads ----------------------------------------------------------------
+
+
+class FailingLockReads:
+    """``os.pread`` failing with EIO, once ``failing``, on the lock files of a directory, as on
+    a bad sector (the entry count is read with it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        self.failing = False
+        self.reads = 0  # reads that failed
+        real_pread = os.pread
+
+        def pread(fd: int, size: int, offset: int) -> bytes:
+            if self.failing and self.is_lock_file(directory, os.fstat(fd)):
+                self.reads += 1
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real_pread(fd, size, offset)
+
+        monkeypatch.setattr(os, "pread", pread)
+
+    @staticmethod
+    def is_lock_file(directory: Path, info: os.stat_result) -> bool:
+        return any(
+            name.endswith(".lock") and os.path.samestat(info, (directory / name).lstat())
+            for name in os.listdir(directory)
+        )
+
+
+def test_a_lock_file_whose_count_cannot_be_read_fails_no_write_or_delete(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = FileSystemCache(tmp_path, threshold=THRESHOLD, clock=clock)
+    assert cache.set("kept", "value") and cache.set("gone", "value")
+    lock_reads = FailingLockReads(monkeypatch, tmp_path)
+    lock_reads.failing = True
+    # the count is unknown, so the directory is counted instead
+    assert cache.set("new", "value") is True
+    assert cache.add("added", "value") is True
+    assert cache.inc("counter") == 1
+    assert cache.delete("gone") is True  # removed, and answered so
+    assert lock_reads.reads >= 4
+    for number in range(2 * THRESHOLD):
+        assert cache.set(f"more{number}", number)
+        assert len(entry_names(tmp_path)) <= THRESHOLD
+    assert cache.get(f"more{2 * THRESHOLD - 1}") == 2 * THRESHOLD - 1
     assert cache.stats()["errors"] == 0

@@ -1039,7 +1039,12 @@ def _read_rest(fd: int, start: bytes, size: int) -> bytes:
 
 
 def _read_tally(lock: int) -> tuple[int, int]:
-    data = os.pread(lock, _TALLY.size, 0)
+    try:
+        data = os.pread(lock, _TALLY.size, 0)
+    except OSError:
+        # A bad sector: unknown, as a scribbled count is (the next count written may remap it),
+        # never a failure of the write or delete it counts for.
+        return -1, 0
     if len(data) < _TALLY.size:
         return -1, 0
     count, added, check = _TALLY.unpack(data)
