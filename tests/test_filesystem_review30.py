@@ -120,3 +120,26 @@ def test_a_lock_file_whose_count_cannot_be_read_fails_no_write_or_delete(
         assert len(entry_names(tmp_path)) <= THRESHOLD
     assert cache.get(f"more{2 * THRESHOLD - 1}") == 2 * THRESHOLD - 1
     assert cache.stats()["errors"] == 0
+
+
+# -- 4. an empty directory planted at an entry's name -------------------------------------------
+
+
+def test_delete_and_a_born_expired_set_take_away_an_empty_directory_as_set_does(
+    tmp_path: Path, caplog: Any
+) -> None:
+    cache = FileSystemCache(tmp_path)
+    first, second = entry_of(cache, "first"), entry_of(cache, "second")
+    for path in (first, second):
+        path.unlink()
+        path.mkdir()
+    with caplog.at_level(logging.WARNING, logger="cacheplug"):
+        assert cache.delete("first") is False  # no entry was there
+        assert cache.set("second", "value", timeout=-1) is True  # born expired: removed
+    assert not first.exists() and not second.exists()
+    assert not [line for line in caplog.messages if "failed" in line], caplog.messages
+    assert cache.stats()["errors"] == 1  # the directory read as an unreadable entry, once
+    assert cache.add("first", "value") is True and cache.get("first") == "value"
+    second.mkdir()
+    (second / "file").touch()  # not empty: left, as set leaves it
+    assert cache.delete("second") is False and (second / "file").exists()

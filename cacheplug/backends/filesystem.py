@@ -730,6 +730,9 @@ class FileSystemCache(BaseCache):
             os.unlink(path)
         except FileNotFoundError:
             return False
+        except IsADirectoryError:
+            os.rmdir(path)  # planted there, uncounted: taken away when empty, as a write does
+            return False
         count, added = _read_tally(lock)
         if count > 0:
             _keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
