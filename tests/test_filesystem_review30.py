@@ -6,15 +6,20 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import FakeClock
 from test_filesystem import entry_names
+from test_filesystem_large import fill_with_entries, small_disk
 from test_filesystem_review28 import FailingReads, entry_of
 
 from cacheplug import FileSystemCache
+
+__all__ = ["small_disk"]  # a fixture of test_filesystem_large, which few_inodes builds on
 
 THRESHOLD = 10
 
@@ -143,3 +148,34 @@ def test_delete_and_a_born_expired_set_take_away_an_empty_directory_as_set_does(
     second.mkdir()
     (second / "file").touch()  # not empty: left, as set leaves it
     assert cache.delete("second") is False and (second / "file").exists()
+
+
+# -- 5. a cache constructed on a full disk ------------------------------------------------------
+
+
+@pytest.fixture
+def few_inodes(small_disk: Path) -> Path:
+    """``small_disk`` with 16 inodes: they run out before its bytes, so not even an empty file
+    can be created there once a dozen entries are."""
+    subprocess.run(["mount", "-o", "remount,nr_inodes=16", str(small_disk)], check=True)
+    return small_disk
+
+
+@pytest.mark.parametrize("mode", [None, 0o660])
+def test_a_cache_constructed_on_a_full_disk_answers_as_in_an_outage_and_makes_room(
+    few_inodes: Path, clock: FakeClock, mode: int | None
+) -> None:
+    # A restarted application met a ConfigurationError here, though the cache would have freed
+    # the room itself, as the cache it replaces did.
+    directory = few_inodes / "cache"
+    old = fill_with_entries(FileSystemCache(directory, threshold=0, clock=clock), timeout=10)
+    cache = FileSystemCache(directory, threshold=0, mode=mode, clock=clock)
+    assert cache.get_many(*old) == [bytes(50_000)] * len(old)
+    assert cache.set("new", "value") is False  # every entry is live: none dropped for room
+    assert cache.get(old[-1]) == bytes(50_000)
+    clock.advance(11)
+    assert cache.set("new", "value") is True  # the expired entries made room
+    assert cache.get("new") == "value"
+    assert cache.stats()["evictions"] == len(old)
+    (name,) = entry_names(directory)
+    assert stat.S_IMODE(os.stat(directory / name).st_mode) == (mode or 0o600)

@@ -1291,7 +1291,8 @@ def _resolved_hash(method: HashMethod | str) -> HashMethod:
 def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int]:
     """``cache_dir`` made absolute, created when missing and proven writable.
 
-    :returns: the path, and the permission bits a file created there with ``mode`` gets.
+    :returns: the path, and the permission bits a file created there with ``mode`` gets (-1:
+        unknown, the disk is full).
     """
     if not isinstance(cache_dir, (str, bytes, os.PathLike)):
         raise TypeError(f"cache_dir must be a str or a path, got {type(cache_dir).__name__}")
@@ -1312,19 +1313,32 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
         )
     try:
         _make_dirs(path, _dir_mode_for(mode))
-        probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
-        fd = _open(probe, _WRITE_FLAGS, mode)
-        try:
-            created_mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        return path, _probed_mode(path, mode)
     except OSError as err:
         raise ConfigurationError(
             f"cache_dir {path!r} cannot be created or written ({err.strerror or err}); give a "
             f"directory this process may create files in"
         ) from err
-    return path, created_mode
+
+
+def _probed_mode(path: str, mode: int) -> int:
+    """The permission bits a file created in the directory ``path`` with ``mode`` gets; -1
+    when the disk (or quota) is full: an outage, which writes answer and make room for.
+
+    :raises OSError: no file can be created there.
+    """
+    probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
+    try:
+        fd = _open(probe, _WRITE_FLAGS, mode)
+    except OSError as err:
+        if err.errno in _DISK_FULL:  # the check for a full disk comes after the permission's
+            return -1
+        raise
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _dir_mode_for(mode: int) -> int:
