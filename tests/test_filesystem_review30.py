@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +181,33 @@ def test_a_cache_constructed_on_a_full_disk_answers_as_in_an_outage_and_makes_ro
     assert cache.stats()["evictions"] == len(old)
     (name,) = entry_names(directory)
     assert stat.S_IMODE(os.stat(directory / name).st_mode) == (mode or 0o600)
+
+
+# -- 6. the directory removed while the constructor prepares it ---------------------------------
+
+_remove_at_probe: list[Path] = []  # directories to remove as the constructor's probe opens
+
+
+def _rm_rf_at_probe(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _remove_at_probe and ".cacheplug-probe-" in str(args[0]):
+        shutil.rmtree(_remove_at_probe.pop())
+
+
+sys.addaudithook(_rm_rf_at_probe)
+
+
+def test_a_directory_removed_as_the_constructor_probes_it_is_made_again(tmp_path: Path) -> None:
+    # A process starting while an operator empties the cache with rm -rf raised
+    # ConfigurationError (or a bare FileNotFoundError), where a running cache makes it again.
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o750)
+    _remove_at_probe.append(directory)
+    try:
+        cache = FileSystemCache(directory)
+    finally:
+        removed = not _remove_at_probe
+        _remove_at_probe.clear()
+    assert removed  # the probe's open found no directory
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert not [name for name in os.listdir(directory) if "probe" in name]
+    assert cache.set("k", "v") and cache.get("k") == "v"

@@ -61,6 +61,7 @@ _TEMP_TOKEN_BYTES = 6
 _STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
+_PREPARE_ATTEMPTS = 3  # times the constructor prepares a directory removed as it does so
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # NONBLOCK: a FIFO planted at an entry path must not hang a reader; NOFOLLOW: no symlinks.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
@@ -216,12 +217,11 @@ class FileSystemCache(BaseCache):
 
     @cache_dir.setter
     def cache_dir(self, cache_dir: str | os.PathLike[str]) -> None:
-        path, created_mode = _prepared_dir(cache_dir, self._mode)
+        path, created_mode, self._dir_mode = _prepared_dir(cache_dir, self._mode)
         # A umask takes group and other bits as a rule and may change at any time, so such modes
         # get an fchmod on every write. No sane umask takes the owner's bits: an owner-only mode
         # that the probe file got exactly (no ACL or odd umask in the way) needs no fchmod.
         self._mode_as_created = created_mode if self._mode & ~0o700 == 0 else -1
-        self._dir_mode = stat.S_IMODE(os.stat(path).st_mode)
         self._cache_dir = path
         self._namespace = None
         self._listed = 0
@@ -1288,11 +1288,11 @@ def _resolved_hash(method: HashMethod | str) -> HashMethod:
     return method
 
 
-def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int]:
+def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int, int]:
     """``cache_dir`` made absolute, created when missing and proven writable.
 
-    :returns: the path, and the permission bits a file created there with ``mode`` gets (-1:
-        unknown, the disk is full).
+    :returns: the path, the permission bits a file created there with ``mode`` gets (-1:
+        unknown, the disk is full), and the directory's own.
     """
     if not isinstance(cache_dir, (str, bytes, os.PathLike)):
         raise TypeError(f"cache_dir must be a str or a path, got {type(cache_dir).__name__}")
@@ -1311,14 +1311,20 @@ def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, in
         raise ConfigurationError(
             f"cache_dir {path!r} exists and is not a directory; give a directory path"
         )
-    try:
-        _make_dirs(path, _dir_mode_for(mode))
-        return path, _probed_mode(path, mode)
-    except OSError as err:
-        raise ConfigurationError(
-            f"cache_dir {path!r} cannot be created or written ({err.strerror or err}); give a "
-            f"directory this process may create files in"
-        ) from err
+    for _ in range(_PREPARE_ATTEMPTS):
+        try:
+            _make_dirs(path, _dir_mode_for(mode))
+            dir_mode = stat.S_IMODE(os.stat(path).st_mode)
+            return path, _probed_mode(path, mode), dir_mode
+        except FileNotFoundError as err:  # removed meanwhile (an operator's rm -rf): again
+            failure: OSError = err
+        except OSError as err:
+            failure = err
+            break
+    raise ConfigurationError(
+        f"cache_dir {path!r} cannot be created or written ({failure.strerror or failure}); give "
+        f"a directory this process may create files in"
+    ) from failure
 
 
 def _probed_mode(path: str, mode: int) -> int:
