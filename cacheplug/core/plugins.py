@@ -348,7 +348,9 @@ class _Registry:
         try:
             for impl in hook.get_hookimpls():
                 if impl.plugin_name == origin.plugin:
-                    impl.function(*(arguments[arg] for arg in impl.argnames))
+                    answer = impl.function(*(arguments[arg] for arg in impl.argnames))
+                    if answer is not None:
+                        raise _answer_error(answer, origin, table.hook)
         finally:
             returned = True
         return names
@@ -453,6 +455,17 @@ def _is_target(target: object) -> bool:
         return False
     module_name, colon, attr = target.partition(":")
     return bool(colon and module_name and attr)
+
+
+def _answer_error(answer: object, origin: _Origin, hook: str) -> PluginError:
+    """The error for a hook that returned ``answer`` instead of calling ``register``: what it
+    meant to register (a dict of names, an ``async def``'s or a generator's body) is lost."""
+    if inspect.iscoroutine(answer) or inspect.isgenerator(answer):
+        answer.close()  # never run: no "coroutine was never awaited" warning on top
+    return PluginError(
+        f"{origin}'s {hook}() returned a {type(answer).__name__} instead of None; a cacheplug "
+        "hook is a plain function that registers by calling register(name, target)"
+    )
 
 
 def _clash_error(entry: _Entry, kind: str) -> PluginError:

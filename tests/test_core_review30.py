@@ -1,0 +1,76 @@
+"""Review 30 of configuration and extension points: each test is a defect the review found.
+
+Plugin distributions are written on ``sys.path`` (see ``plugin_dists``): real discovery.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plugin_dists import write_distribution
+from test_plugins import fresh_registry  # noqa: F401 - autouse: a clean registry per test
+from test_plugins_review import site  # noqa: F401 - a directory on sys.path for distributions
+
+from cacheplug import PluginError, PluginLoadWarning, SimpleCache, get_plugins, hookimpl
+from cacheplug.core.hookspecs import RegisterFn
+from cacheplug.core.plugins import register_plugin
+from cacheplug.core.url import from_url
+
+# -- a hook that returns instead of registering ---------------------------------------------------
+
+
+class ReturnsDict:
+    @hookimpl
+    def cacheplug_register_backends(self, register: RegisterFn) -> Any:
+        return {"returned": SimpleCache}
+
+
+class AsyncHook:
+    @hookimpl
+    async def cacheplug_register_backends(self, register: RegisterFn) -> None:
+        register("awaited", SimpleCache)
+
+
+class GeneratorHook:
+    @hookimpl
+    def cacheplug_register_serializers(self, register: RegisterFn) -> Iterator[None]:
+        yield register("yielded", SimpleCache)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "kind"),
+    [(ReturnsDict(), "dict"), (AsyncHook(), "coroutine"), (GeneratorHook(), "generator")],
+    ids=["dict", "async", "generator"],
+)
+def test_a_hook_returning_something_is_refused_by_register_plugin(plugin: Any, kind: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine ... was never awaited" either
+        with pytest.raises(PluginError, match=f"returned a {kind} instead of None") as caught:
+            register_plugin(plugin, "garbage")
+    assert "register(name, target)" in str(caught.value)
+    assert "garbage" not in {p["name"] for p in get_plugins()}
+
+
+def test_an_entry_point_whose_hook_returns_a_dict_warns_and_is_listed_broken(
+    site: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    source = (
+        "from cacheplug import SimpleCache, hookimpl\n"
+        "@hookimpl\n"
+        "def cacheplug_register_backends(register):\n"
+        "    return {'dicted': SimpleCache}\n"
+    )
+    write_distribution(
+        site, "cacheplug-dicted", "1.0", {"dicted": "dicted_plugin"}, {"dicted_plugin": source}
+    )
+    with (
+        pytest.warns(PluginLoadWarning, match=r"'dicted'.*returned a dict instead of None"),
+        pytest.raises(PluginError, match="broken plugin"),
+    ):
+        from_url("dicted://")
+    (listed,) = [p for p in get_plugins() if p["name"] == "dicted"]
+    assert "returned a dict" in listed["error"]
