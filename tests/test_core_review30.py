@@ -15,7 +15,15 @@ from plugin_dists import write_distribution
 from test_plugins import fresh_registry  # noqa: F401 - autouse: a clean registry per test
 from test_plugins_review import site  # noqa: F401 - a directory on sys.path for distributions
 
-from cacheplug import PluginError, PluginLoadWarning, SimpleCache, get_plugins, hookimpl
+from cacheplug import (
+    ConfigurationError,
+    PluginError,
+    PluginLoadWarning,
+    SimpleCache,
+    get_plugins,
+    get_serializer,
+    hookimpl,
+)
 from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import register_plugin
 from cacheplug.core.url import from_url
@@ -74,3 +82,12 @@ def test_an_entry_point_whose_hook_returns_a_dict_warns_and_is_listed_broken(
         from_url("dicted://")
     (listed,) = [p for p in get_plugins() if p["name"] == "dicted"]
     assert "returned a dict" in listed["error"]
+
+
+# -- get_serializer with a name that is no str -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [None, b"json", 1])
+def test_get_serializer_of_a_non_str_is_a_configuration_error(name: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"must be a str, got .*known serializers: json"):
+        get_serializer(name)

@@ -687,10 +687,16 @@ def serializer_names() -> list[str]:
 def get_serializer(name: str) -> SerializerLike:
     """The serializer registered under ``name`` (one shared instance per name).
 
-    :raises ConfigurationError: unknown name (the message lists the registered ones).
+    :raises ConfigurationError: unknown name (the message lists the registered ones), or a
+        name that is no str.
     :raises PluginError: the name is claimed twice, its class cannot be imported, or a broken
         plugin may have provided it.
     """
+    if not isinstance(name, str):  # None from an unset setting, bytes: not an AttributeError
+        raise ConfigurationError(
+            f"serializer name must be a str, got {type(name).__name__}; known serializers: "
+            f"{', '.join(serializer_names())}"
+        )
     registry = _registry_to_look_up()
     folded = name.lower()  # case-insensitive, as URL schemes are
     instance = registry.serializer_instances.get(folded)
