@@ -5,6 +5,7 @@ Plugin distributions are written on ``sys.path`` (see ``plugin_dists``): real di
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,11 @@ from test_plugins_review import site  # noqa: F401 - a directory on sys.path for
 
 from cacheplug import (
     ConfigurationError,
+    FileSystemCache,
+    PickleSerializer,
     PluginError,
     PluginLoadWarning,
+    SerializationError,
     SimpleCache,
     get_plugins,
     get_serializer,
@@ -26,7 +30,10 @@ from cacheplug import (
 )
 from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import register_plugin
+from cacheplug.core.serializer import serializer_name
 from cacheplug.core.url import from_url
+
+SECRET = "review30-secret-Qw7"
 
 # -- a hook that returns instead of registering ---------------------------------------------------
 
@@ -91,3 +98,33 @@ def test_an_entry_point_whose_hook_returns_a_dict_warns_and_is_listed_broken(
 def test_get_serializer_of_a_non_str_is_a_configuration_error(name: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"must be a str, got .*known serializers: json"):
         get_serializer(name)
+
+
+# -- a serializer subclass without a name of its own -------------------------------------------
+
+
+class RawBytesPickle(PickleSerializer):
+    """Pickle, but bytes are stored as they are (a fast path): another format."""
+
+    def dumps(self, value: Any) -> bytes:
+        return value if isinstance(value, bytes) else super().dumps(value)
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return super().loads(data)
+        except SerializationError:
+            return data
+
+
+def test_a_pickle_subclass_without_a_name_is_not_reported_or_signed_as_pickle(
+    tmp_path: Path,
+) -> None:
+    # the user's bytes, stored raw by the subclass, are a pickle: a pickle cache sharing the
+    # directory and the secret must not decode them
+    users_text = pickle.dumps("decoded by pickle")
+    writer = FileSystemCache(str(tmp_path), secret=SECRET, serializer=RawBytesPickle())
+    reader = FileSystemCache(str(tmp_path), secret=SECRET)
+    assert writer.set("upload", users_text)
+    assert reader.get("upload") is None
+    assert serializer_name(writer.serializer) == "RawBytesPickle"
+    assert "pickle'" not in repr(writer)

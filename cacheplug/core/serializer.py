@@ -28,7 +28,9 @@ class Serializer:
 
     A serializer turns a value into bytes and back. ``dumps`` raises
     :class:`~cacheplug.SerializationError` for a value it cannot encode, ``loads`` raises it
-    for bytes it cannot decode (backends turn that into a cache miss)::
+    for bytes it cannot decode (backends turn that into a cache miss). A subclass gives its
+    own ``name``, the one it is registered under; without one it is known, and its payloads
+    are signed, by its module and class, never by its parent's name::
 
         class UpperSerializer(Serializer):
             name = "upper"
@@ -41,6 +43,13 @@ class Serializer:
     """
 
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass may write another format: its parent's name would report it as the
+        # parent and sign its payloads as the parent's, readable by the parent's caches.
+        if "name" not in vars(cls):
+            cls.name = ""
 
     def dumps(self, value: Any) -> bytes:
         """Encode ``value``.
