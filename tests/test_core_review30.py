@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from plugin_dists import write_distribution
 from test_plugins import fresh_registry  # noqa: F401 - autouse: a clean registry per test
-from test_plugins_review import site  # noqa: F401 - a directory on sys.path for distributions
+from test_plugins_review import Registers, site  # noqa: F401 - a directory on sys.path for distributions
 
 from cacheplug import (
     ConfigurationError,
@@ -28,10 +28,11 @@ from cacheplug import (
     get_serializer,
     hookimpl,
 )
+from cacheplug.cli import main
 from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import register_plugin
 from cacheplug.core.serializer import serializer_name
-from cacheplug.core.url import from_url
+from cacheplug.core.url import from_url, is_secret_option, parse_url
 
 SECRET = "review30-secret-Qw7"
 
@@ -128,3 +129,30 @@ def test_a_pickle_subclass_without_a_name_is_not_reported_or_signed_as_pickle(
     assert reader.get("upload") is None
     assert serializer_name(writer.serializer) == "RawBytesPickle"
     assert "pickle'" not in repr(writer)
+
+
+# -- key options of plugin backends --------------------------------------------------------------
+
+
+class KeyedCache(SimpleCache):
+    """A plugin backend configured with an API key, as cloud caches are."""
+
+    url_options: ClassVar[Mapping[str, type]] = {"api_key": str, "access_key": str, "retry": int}
+
+    def __init__(self, api_key: str = "", access_key: str = "", retry: int = 0, **kw: Any) -> None:
+        super().__init__(**kw)
+
+
+def test_the_value_of_an_api_key_option_is_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    register_plugin(Registers(backends={"keyed": KeyedCache}), "keyed")
+    url = f"keyed://?api_key={SECRET}&access_key={SECRET}&retry=x"
+    assert SECRET not in str(parse_url(url))
+    with pytest.raises(ConfigurationError) as raised:
+        from_url(url)
+    assert SECRET not in str(raised.value)
+    assert main(["check", url.replace("&retry=x", "")]) == 0
+    out, err = capsys.readouterr()
+    assert "api_key=***&access_key=***" in out
+    assert SECRET not in out + err
+    for name in ("key_prefix", "ssl_keyfile", "keys"):
+        assert not is_secret_option(name), name

@@ -53,6 +53,8 @@ _SECRET_WORDS = ("pass", "pwd", "secret", "token", "credential", "auth")
 # whole words a misspelt secret option is near; a name's words are split at _ - and .
 _SECRET_NAMES = ("password", "passwd", "passphrase", "secret", "token", "credential")
 _NAME_PARTS = re.compile(r"[_.\-]+")
+# the last word of an option naming a key: api_key, apikey, access_key, private_key
+_KEY_WORDS = ("key", "apikey")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.\-%~]+\Z")
 # A value runs to the next "name=" pair, so a raw "#" or "&" inside a secret stays masked.
@@ -79,17 +81,22 @@ def is_secret_option(name: str) -> bool:
 
     True when the name contains ``pass`` (``password``, ``passwd``, ``passphrase``),
     ``pwd``, ``secret``, ``token``, ``credential`` or ``auth``, when one of its words is
-    ``pw``, or when one is a near miss of such a word (``pasword``, ``secert``): a misspelt
-    secret option still holds a secret.
+    ``pw``, when its last word is ``key`` or ``apikey`` (``api_key``, ``access_key``: a key
+    option names a key, where ``key_prefix`` only starts with one), or when a word is a near
+    miss of a secret word (``pasword``, ``secert``): a misspelt secret option still holds a
+    secret.
     """
     lowered = name.lower()
     if any(word in lowered for word in _SECRET_WORDS):
+        return True
+    parts = [part for part in _NAME_PARTS.split(lowered) if part]
+    if parts and parts[-1] in _KEY_WORDS:
         return True
     from difflib import get_close_matches  # only for names that are no secret word
 
     return any(
         part == "pw" or (len(part) > 3 and get_close_matches(part, _SECRET_NAMES, 1, 0.75))
-        for part in _NAME_PARTS.split(lowered)
+        for part in parts
     )
 
 
