@@ -6,6 +6,7 @@ Plugin distributions are written on ``sys.path`` (see ``plugin_dists``): real di
 from __future__ import annotations
 
 import pickle
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from test_plugins_review import Registers, site  # noqa: F401 - a directory on s
 from cacheplug import (
     ConfigurationError,
     FileSystemCache,
+    JSONSerializer,
     PickleSerializer,
     PluginError,
     PluginLoadWarning,
@@ -156,3 +158,30 @@ def test_the_value_of_an_api_key_option_is_never_shown(capsys: pytest.CaptureFix
     assert SECRET not in out + err
     for name in ("key_prefix", "ssl_keyfile", "keys"):
         assert not is_secret_option(name), name
+
+
+# -- the JSON serializer's NaN check --------------------------------------------------------------
+
+
+def _stack_depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1  # type: ignore[assignment]
+    return depth
+
+
+def test_json_checks_a_deep_value_holding_none_without_recursion() -> None:
+    # orjson writes up to 254 levels; the check for NaN walked them recursively, one Python
+    # frame per level, and raised RecursionError (no SerializationError) with little stack left
+    value: Any = [None, 1.5]
+    for _ in range(200):
+        value = [value, None]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(_stack_depth() + 60)
+    try:
+        data = JSONSerializer().dumps(value)
+        with pytest.raises(SerializationError, match="NaN or infinity"):
+            JSONSerializer().dumps([value, {"x": [None, float("nan")]}])
+    finally:
+        sys.setrecursionlimit(limit)
+    assert JSONSerializer().loads(data) == value
