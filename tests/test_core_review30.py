@@ -34,7 +34,7 @@ from cacheplug.cli import main
 from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import register_plugin
 from cacheplug.core.serializer import serializer_name
-from cacheplug.core.url import from_url, is_secret_option, parse_url
+from cacheplug.core.url import from_url, is_secret_option, parse_url, redact_text, redact_url
 
 SECRET = "review30-secret-Qw7"
 
@@ -185,3 +185,29 @@ def test_json_checks_a_deep_value_holding_none_without_recursion() -> None:
     finally:
         sys.setrecursionlimit(limit)
     assert JSONSerializer().loads(data) == value
+
+
+# -- a raw '@' in a secret option's value ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://cache:6379/0?password=ab@{SECRET}",
+        f"redis://cache:6379/0?secret=ab@{SECRET}&db=1",
+        f"redis://:pw?x=1@host?secret={SECRET}",
+    ],
+    ids=["password", "secret-then-option", "raw-question-mark-in-password"],
+)
+def test_a_raw_at_sign_in_a_secret_option_never_shows_its_tail(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigurationError, match="an '@' after the host") as raised:
+        from_url(url)
+    assert SECRET not in str(raised.value)
+    assert SECRET not in redact_url(url)
+    assert SECRET not in redact_text(f"the engine said: {url} is down")
+    assert main(["check", url]) == 2
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert "=***" in err

@@ -378,11 +378,13 @@ def _mask(url: str) -> str:
 
     Masks generously: everything between the first ':' of the authority and its last '@'
     (without '@', what :func:`_hide_credentials` masks), and the value of every option
-    :func:`is_secret_option` hides.
+    :func:`is_secret_option` hides, before that (a raw '@' in a secret's value would be
+    taken for the end of the user-info, and what follows it shown) and after.
     """
     head, sep, rest = url.partition("://")
     if not sep:
         head, rest = "", url
+    rest = _mask_options(rest)
     at = rest.rfind("@")
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
@@ -392,12 +394,18 @@ def _mask(url: str) -> str:
         end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
         hosts = ",".join(_hide_credentials(part) for part in rest[:end].split(","))
         rest = hosts + rest[end:]
+    # again: a '?' in a raw password hides the query's own start from the first pass
+    return head + sep + _mask_options(rest)
+
+
+def _mask_options(text: str) -> str:
+    """``text`` with the value of every ``name=value`` pair of a secret option masked."""
 
     def mask_pair(match: re.Match[str]) -> str:
         name = unquote(match.group(2))
         return match.group(0) if not is_secret_option(name) else f"{match[1]}{match[2]}={_MASK}"
 
-    return head + sep + _QUERY_PAIR.sub(mask_pair, rest)
+    return _QUERY_PAIR.sub(mask_pair, text)
 
 
 def coerce_option(name: str, text: str, kind: type) -> Any:
