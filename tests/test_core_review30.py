@@ -211,3 +211,46 @@ def test_a_raw_at_sign_in_a_secret_option_never_shows_its_tail(
     out, err = capsys.readouterr()
     assert SECRET not in out + err
     assert "=***" in err
+
+
+# -- a plugin's exception that cannot be printed --------------------------------------------------
+
+UNPRINTABLE = """
+class DriverError(Exception):
+    def __str__(self):
+        return self.message  # never set: a buggy exception of some driver
+{statement}
+"""
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "raise DriverError()",
+        "from cacheplug import hookimpl\n"
+        "@hookimpl\n"
+        "def cacheplug_register_backends(register):\n"
+        "    raise DriverError()",
+    ],
+    ids=["at-import", "in-hook"],
+)
+def test_a_plugin_failing_with_an_unprintable_exception_fails_alone(
+    site: Path,  # noqa: F811 - the fixture imported above
+    statement: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_distribution(
+        site,
+        "cacheplug-unprintable",
+        "1.0",
+        {"unprintable": "unprintable_plugin"},
+        {"unprintable_plugin": UNPRINTABLE.format(statement=statement)},
+    )
+    with pytest.warns(PluginLoadWarning, match=r"'unprintable'.*DriverError: <exception str"):
+        cache = from_url("simple://")
+    assert cache.set("k", 1)
+    with pytest.raises(PluginError, match="broken plugin") as raised:
+        from_url("unprintable://")
+    assert type(raised.value.__cause__).__name__ == "DriverError"
+    assert main(["plugins"]) == 0
+    assert "DriverError: <exception str() failed>" in capsys.readouterr().out

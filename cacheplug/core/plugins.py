@@ -432,8 +432,16 @@ class _Registry:
 
 
 def _describe(err: BaseException) -> str:
-    """``Type: message`` on one line (pluggy's validation errors span several)."""
-    return " ".join(f"{type(err).__name__}: {err}".split())
+    """``Type: message`` on one line (pluggy's validation errors span several).
+
+    A plugin's exception whose ``__str__`` fails is described as unprintable, as a traceback
+    does: its failure would otherwise escape the loading of every plugin, built-ins included.
+    """
+    try:
+        message = str(err)
+    except Exception:
+        message = "<exception str() failed>"
+    return " ".join(f"{type(err).__name__}: {message}".split())
 
 
 def _plugin_name(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
