@@ -254,3 +254,31 @@ def test_a_plugin_failing_with_an_unprintable_exception_fails_alone(
     assert type(raised.value.__cause__).__name__ == "DriverError"
     assert main(["plugins"]) == 0
     assert "DriverError: <exception str() failed>" in capsys.readouterr().out
+
+
+class _DriverError(Exception):
+    def __str__(self) -> str:
+        return self.message  # type: ignore[attr-defined, no-any-return] # never set: buggy
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise _DriverError
+
+
+class _Unrestorable:
+    def __init__(self) -> None:
+        self.state = 1
+
+    def __setstate__(self, state: Any) -> None:
+        raise _DriverError
+
+
+def test_pickle_failures_with_an_unprintable_exception_are_serialization_errors() -> None:
+    serializer = PickleSerializer()
+    with pytest.raises(SerializationError, match=r"exception str\(\) failed") as raised:
+        serializer.dumps(_Unpicklable())
+    assert isinstance(raised.value.__cause__, _DriverError)
+    data = pickle.dumps(_Unrestorable())
+    with pytest.raises(SerializationError, match=r"exception str\(\) failed"):
+        serializer.loads(data)

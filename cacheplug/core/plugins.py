@@ -26,6 +26,7 @@ import pluggy
 from cacheplug.core import hookspecs
 from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
+from cacheplug.core.serializer import error_text
 
 if TYPE_CHECKING:
     import importlib.metadata
@@ -434,14 +435,10 @@ class _Registry:
 def _describe(err: BaseException) -> str:
     """``Type: message`` on one line (pluggy's validation errors span several).
 
-    A plugin's exception whose ``__str__`` fails is described as unprintable, as a traceback
-    does: its failure would otherwise escape the loading of every plugin, built-ins included.
+    A plugin's exception whose ``__str__`` fails is described as unprintable: its failure
+    would otherwise escape the loading of every plugin, built-ins included.
     """
-    try:
-        message = str(err)
-    except Exception:
-        message = "<exception str() failed>"
-    return " ".join(f"{type(err).__name__}: {message}".split())
+    return " ".join(f"{type(err).__name__}: {error_text(err)}".split())
 
 
 def _plugin_name(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:

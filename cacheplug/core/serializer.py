@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from cacheplug.core.errors import ConfigurationError
 
-__all__ = ["Serializer", "SerializerLike", "resolve_serializer", "serializer_name"]
+__all__ = ["Serializer", "SerializerLike", "error_text", "resolve_serializer", "serializer_name"]
 
 
 @runtime_checkable
@@ -67,6 +67,18 @@ class Serializer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def error_text(err: BaseException) -> str:
+    """``str(err)``, or a placeholder when the exception's own ``__str__`` fails.
+
+    For messages that quote a foreign error (a driver's, a plugin's, one raised by an object's
+    ``__reduce__``): a failing ``__str__`` must not replace the error being reported.
+    """
+    try:
+        return str(err)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def serializer_name(serializer: object) -> str:

@@ -11,7 +11,7 @@ import orjson
 
 from cacheplug.core.errors import SerializationError
 from cacheplug.core.hookspecs import hookimpl
-from cacheplug.core.serializer import Serializer
+from cacheplug.core.serializer import Serializer, error_text
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
@@ -34,7 +34,7 @@ class JSONSerializer(Serializer):
             data = orjson.dumps(value)
         except (TypeError, orjson.JSONEncodeError) as err:
             raise SerializationError(
-                f"json cannot encode a value of type {type(value).__name__}: {err}"
+                f"json cannot encode a value of type {type(value).__name__}: {error_text(err)}"
             ) from err
         # orjson writes a non-finite float as null: only a payload with a null can hold one
         if b"null" in data and _holds_non_finite(value):
@@ -48,7 +48,7 @@ class JSONSerializer(Serializer):
         try:
             return orjson.loads(data)
         except (TypeError, orjson.JSONDecodeError) as err:
-            raise SerializationError(f"not a readable JSON payload: {err}") from err
+            raise SerializationError(f"not a readable JSON payload: {error_text(err)}") from err
 
 
 # types orjson writes as they are, never holding a float

@@ -8,7 +8,7 @@ import msgpack
 
 from cacheplug.core.errors import SerializationError
 from cacheplug.core.hookspecs import hookimpl
-from cacheplug.core.serializer import Serializer
+from cacheplug.core.serializer import Serializer, error_text
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
@@ -30,7 +30,7 @@ class MsgpackSerializer(Serializer):
             data: bytes = msgpack.packb(value, use_bin_type=True)
         except Exception as err:  # TypeError, OverflowError, ValueError (nesting)...
             raise SerializationError(
-                f"msgpack cannot encode a value of type {type(value).__name__}: {err}"
+                f"msgpack cannot encode a value of type {type(value).__name__}: {error_text(err)}"
             ) from err
         return data
 
@@ -43,7 +43,7 @@ class MsgpackSerializer(Serializer):
                     data, raw=False, strict_map_key=False, object_pairs_hook=_dict_of_pairs
                 )
         except Exception as err:  # msgpack raises ExtraData, ValueError, FormatError...
-            raise SerializationError(f"not a readable msgpack payload: {err}") from err
+            raise SerializationError(f"not a readable msgpack payload: {error_text(err)}") from err
 
 
 def _dict_of_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from cacheplug.core.errors import SerializationError
 from cacheplug.core.hookspecs import hookimpl
-from cacheplug.core.serializer import Serializer
+from cacheplug.core.serializer import Serializer, error_text
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
@@ -32,14 +32,14 @@ class PickleSerializer(Serializer):
             return pickle.dumps(value, self.protocol)
         except Exception as err:  # pickle raises TypeError, AttributeError, PicklingError...
             raise SerializationError(
-                f"pickle cannot encode a value of type {type(value).__name__}: {err}"
+                f"pickle cannot encode a value of type {type(value).__name__}: {error_text(err)}"
             ) from err
 
     def loads(self, data: bytes) -> Any:
         try:
             return pickle.loads(data)
         except Exception as err:
-            raise SerializationError(f"not a readable pickle payload: {err}") from err
+            raise SerializationError(f"not a readable pickle payload: {error_text(err)}") from err
 
 
 @hookimpl
