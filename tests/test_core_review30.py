@@ -282,3 +282,20 @@ def test_pickle_failures_with_an_unprintable_exception_are_serialization_errors(
     data = pickle.dumps(_Unrestorable())
     with pytest.raises(SerializationError, match=r"exception str\(\) failed"):
         serializer.loads(data)
+
+
+# -- masking URLs in a text with long words ------------------------------------------------------
+
+
+def test_check_with_a_long_key_prefix_masks_its_output_in_linear_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the URL pattern was tried at every letter of the repr's 100,000-character prefix and
+    # read the word to its end each time: 40 s (no assertion on time: the run would not end)
+    long = "a1" * 50_000
+    assert main(["check", f"simple://?key_prefix={long}&secret={SECRET}"]) == 0
+    out = capsys.readouterr().out
+    assert long in out
+    assert SECRET not in out
+    text = f"{long} at redis://:{SECRET}@h and '{long}redis://:{SECRET} @h' {long}"
+    assert redact_text(text) == f"{long} at redis://:***@h and '{long}redis://:***@h' {long}"

@@ -14,8 +14,9 @@ import ipaddress
 import math
 import os
 import re
+import string
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -66,6 +67,8 @@ _URL_IN_TEXT = re.compile(
     r'|(?<=")[A-Za-z][A-Za-z0-9+.\-]*://[^"\n]*'
     r"|[A-Za-z][A-Za-z0-9+.\-]*://\S*"
 )
+_LETTERS = frozenset(string.ascii_letters)
+_SCHEME_CHARS = _LETTERS | frozenset(string.digits + "+.-")
 # What may follow a host's ':' in an authority without '@': a port, or the grammar's word
 _PORT_LIKE = re.compile(r"(?:[0-9]*|port)\Z", re.IGNORECASE)
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -185,12 +188,38 @@ def redact_text(text: str, sources: Iterable[str] = ()) -> str:
         each is masked whole first, so a space or quote in its password cannot cut it short.
     """
     for source in sources:
-        start = _URL_IN_TEXT.search(source)
-        if start is not None:
-            url = source[start.start() :]
+        first = next(_urls_in(source), None)
+        if first is not None:
+            url = source[first.start() :]
             for shown in (url, repr(url)[1:-1]):  # as is, and as argparse's %r quotes it
                 text = text.replace(shown, _mask(shown))
-    return _URL_IN_TEXT.sub(lambda match: _mask(match[0]), text)
+    parts: list[str] = []
+    done = 0
+    for match in _urls_in(text):
+        parts += [text[done : match.start()], _mask(match[0])]
+        done = match.end()
+    return "".join(parts) + text[done:]
+
+
+def _urls_in(text: str) -> Iterator[re.Match[str]]:
+    """The matches of ``_URL_IN_TEXT`` in ``text``, as ``finditer`` finds them, in linear time.
+
+    The pattern is tried only where a scheme can end at a '://': tried at every letter, it
+    read each long word (a 100,000-character key prefix in a repr) to its end, in seconds.
+    """
+    done = 0
+    colon = text.find("://")
+    while colon >= 0:
+        start = colon
+        while start > done and text[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        while start < colon and text[start] not in _LETTERS:
+            start += 1
+        match = _URL_IN_TEXT.match(text, start) if start < colon else None
+        if match is not None:
+            yield match
+            done = match.end()
+        colon = text.find("://", max(done, colon + 1))
 
 
 def parse_url(url: str) -> CacheURL:
