@@ -1,0 +1,67 @@
+"""Figures the pages quote from elsewhere in the repository agree with their source.
+
+A regenerated benchmark report, or a changed rule in the code, fails here until the page that
+quotes it is brought up to date.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cacheplug import SimpleCache, hookimpl
+from cacheplug.core.errors import PluginError
+from cacheplug.core.plugins import register_plugin, reset_plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = (ROOT / "benchmarks" / "results" / "REPORT.md").read_text(encoding="utf-8")
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_readme_quotes_the_benchmark_reports_run_time_and_memory() -> None:
+    run = re.search(r"Run time: ([\d,]+) s; peak memory: ([\d,]+) MiB", REPORT)
+    assert run is not None
+    quoted = re.search(
+        r"\((\d+) s and ([\d.]+) GiB\s+in the report\)", (ROOT / "README.md").read_text()
+    )
+    assert quoted is not None
+    assert int(quoted[1]) == _number(run[1])
+    assert float(quoted[2]) == round(_number(run[2]) / 1024, 1)
+
+
+def test_security_quotes_the_reports_signing_cost() -> None:
+    added = [
+        _number(ns) / 1000
+        for ns in re.findall(r"UserRecord \(pickled\)\s*\|.*\| \+([\d,]+) ns", REPORT)
+    ]
+    assert len(set(added)) == 2  # get and set, each in the section and in the targets
+    quoted = re.search(
+        r"about ([\d.]+) µs for a\s+small pickled object", (ROOT / "docs/security.md").read_text()
+    )
+    assert quoted is not None
+    assert min(added) - 0.1 <= float(quoted[1]) <= max(added) + 0.1
+
+
+@pytest.mark.parametrize("name", ["_x", ".x", "-x"])
+def test_a_serializer_name_must_start_with_a_letter_or_digit_as_plugins_md_says(name: str) -> None:
+    assert (
+        "a serializer name is letters, digits, `_`, `.` or `-`, starting with a letter or digit"
+        in (" ".join((ROOT / "docs/plugins.md").read_text().split()))
+    )
+
+    class Plugin:
+        @hookimpl
+        def cacheplug_register_serializers(self, register: object) -> None:
+            register(name, "cacheplug.serializers.json:JSONSerializer")  # type: ignore[operator]
+
+    try:
+        with pytest.raises(PluginError, match="starting with a letter or digit"):
+            register_plugin(Plugin(), name="review30-serializer")
+    finally:
+        reset_plugins()
+    assert SimpleCache(serializer="json").serializer.name == "json"
