@@ -17,6 +17,7 @@ from cacheplug.core.plugins import register_plugin, reset_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = (ROOT / "benchmarks" / "results" / "REPORT.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def _number(text: str) -> float:
@@ -26,9 +27,7 @@ def _number(text: str) -> float:
 def test_readme_quotes_the_benchmark_reports_run_time_and_memory() -> None:
     run = re.search(r"Run time: ([\d,]+) s; peak memory: ([\d,]+) MiB", REPORT)
     assert run is not None
-    quoted = re.search(
-        r"\((\d+) s and ([\d.]+) GiB\s+in the report\)", (ROOT / "README.md").read_text()
-    )
+    quoted = re.search(r"\((\d+) s and ([\d.]+) GiB\s+in the report\)", README)
     assert quoted is not None
     assert int(quoted[1]) == _number(run[1])
     assert float(quoted[2]) == round(_number(run[2]) / 1024, 1)
@@ -65,3 +64,20 @@ def test_a_serializer_name_must_start_with_a_letter_or_digit_as_plugins_md_says(
     finally:
         reset_plugins()
     assert SimpleCache(serializer="json").serializer.name == "json"
+
+
+def test_readme_quotes_the_reports_range_of_engine_to_driver_ratios() -> None:
+    section = REPORT.split("## RedisCache and MemcachedCache vs raw drivers", 1)[1].split(
+        "\n## ", 1
+    )[0]
+    ratios = []
+    for table in re.split(r"\n### ", section)[1:]:
+        rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("|")]
+        column = [cell.strip() for cell in rows[0]].index(
+            "cacheplug/redis-py" if table.startswith("redis") else "cacheplug/pymemcache"
+        )
+        ratios += [float(row[column].strip().rstrip("x")) for row in rows[2:]]
+    assert len(ratios) == 8
+    quoted = re.search(r"engine backends take ([\d.]+)x to ([\d.]+)x the raw driver's time", README)
+    assert quoted is not None
+    assert (float(quoted[1]), float(quoted[2])) == (min(ratios), max(ratios))
