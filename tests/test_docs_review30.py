@@ -9,15 +9,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cachelib
 import pytest
+from servers import MemcachedServer, RedisServer
 
-from cacheplug import SimpleCache, hookimpl
+from cacheplug import MemcachedCache, RedisCache, SimpleCache, hookimpl
 from cacheplug.core.errors import PluginError
 from cacheplug.core.plugins import register_plugin, reset_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = (ROOT / "benchmarks" / "results" / "REPORT.md").read_text(encoding="utf-8")
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
 
 
 def _number(text: str) -> float:
@@ -81,3 +84,36 @@ def test_readme_quotes_the_reports_range_of_engine_to_driver_ratios() -> None:
     quoted = re.search(r"engine backends take ([\d.]+)x to ([\d.]+)x the raw driver's time", README)
     assert quoted is not None
     assert (float(quoted[1]), float(quoted[2])) == (min(ratios), max(ratios))
+
+
+def test_cachelib_and_cacheplug_on_one_store_read_each_other_as_the_pages_say(
+    redis_server: RedisServer, memcached_server: MemcachedServer
+) -> None:
+    row = next(line for line in CONFIGURATION.splitlines() if line.startswith("| moving from"))
+    assert "except Redis counters" in row and "raises `ValueError`" in row and "2**62 more" in row
+    redis_theirs = cachelib.RedisCache(host=redis_server.host, port=redis_server.port, db=14)
+    redis_ours = RedisCache(host=redis_server.host, port=redis_server.port, db=14)
+    redis_ours.clear()
+    redis_theirs.set("value", {"a": 1})
+    redis_theirs.inc("count")
+    assert (redis_ours.get("value"), redis_ours.get("count")) == (None, 1)
+    redis_ours.set("mine", {"b": 2})
+    redis_ours.inc("ours", 3)
+    assert isinstance(redis_theirs.get("mine"), bytes)
+    assert redis_theirs.get("ours") == 3
+    redis_ours.clear()
+
+    memcached_server.flush()
+    servers = [f"{memcached_server.host}:{memcached_server.port}"]
+    memcached_theirs = cachelib.MemcachedCache(servers)
+    memcached_ours = MemcachedCache(servers)
+    memcached_theirs.set("value", {"a": 1})
+    memcached_theirs.set("count", 5)
+    assert (memcached_ours.get("value"), memcached_ours.get("count")) == (None, None)
+    memcached_ours.set("mine", {"b": 2})
+    memcached_ours.inc("ours", 3)
+    with pytest.raises(ValueError, match="flags"):
+        memcached_theirs.get("mine")
+    assert memcached_theirs.get("ours") == 2**62 + 3
+    memcached_ours.close()
+    redis_ours.close()
