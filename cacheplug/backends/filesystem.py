@@ -128,8 +128,9 @@ class FileSystemCache(BaseCache):
     At most ``threshold`` entries per ``key_prefix``: a full cache drops expired entries, then the
     least recently written ones, until a tenth of ``threshold`` is free. The entry count lives in
     the prefix's lock file, kept under its ``flock`` by every writer, and a directory listing
-    corrects it every few hundred new entries and whenever it says full, so ``set`` never reads
-    the whole directory. Caches sharing a directory and a prefix should share ``threshold``.
+    corrects it once per an eighth of the directory's files plus 64 new entries and whenever
+    it says full, so ``set`` never reads the whole directory. Caches sharing a directory and a
+    prefix should share ``threshold``.
 
     A cache pickles (for a ``spawn`` child, say) as its options and directory: the copy shares
     the entries, with locks and ``stats`` of its own.
