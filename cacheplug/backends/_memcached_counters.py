@@ -279,6 +279,16 @@ def _swap_counter(
     return results[-1]
 
 
+def _cas_disabled(server: Server) -> RuntimeError:
+    # memcached -C answers every compare-and-swap EX (1.6.18), or, in older releases, stores
+    # it unchecked: retrying would never end, or lose other clients' updates
+    return RuntimeError(
+        f"memcached {server.name} runs with CAS disabled (-C), so this increment, which must "
+        f"compare-and-swap (integers beyond 2**62 in size, deltas beyond 2**32, numbers "
+        f"other clients stored), cannot be atomic there; start memcached without -C"
+    )
+
+
 def _swap(
     cache: MemcachedCache,
     server: Server,
@@ -289,7 +299,8 @@ def _swap(
     the read and the write, read again otherwise; ``change`` answers None to leave it. The entry
     keeps its expiry, to memcached's one-second resolution.
 
-    :returns: True replaced, False left, None gone, ``FAILED`` on an engine error (logged).
+    :returns: True replaced, False left, None gone, ``FAILED`` on an engine error or on a
+        server with CAS disabled, where no write can be checked (logged).
     """
     while True:
         entry = cache._run(server, "inc", wire.read_for_swap, name)
@@ -299,6 +310,9 @@ def _swap(
         item = change(flags, data)
         if item is None:
             return False
+        if not cas:  # CAS ids start at 1: this server never issues one
+            cache._backend_error("inc", _cas_disabled(server))
+            return FAILED  # type: ignore[no-any-return]
         swapped = cache._run(server, "inc", wire.swap, name, item, cas, left_to_live(ttl))
         if swapped is not False:
             return swapped  # type: ignore[no-any-return]
