@@ -1,10 +1,11 @@
 """MemcachedCache where the second review 30 found it wrong: ``inc`` on a memcached started
-with ``-C`` (CAS disabled)."""
+with ``-C`` (CAS disabled), a large ``get_many`` over a link slower than its size per timeout."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -12,6 +13,7 @@ from typing import TypeVar
 import pytest
 from servers import MemcachedServer
 from test_memcached import address
+from test_memcached_leftovers import TricklingRelay
 
 from cacheplug import MemcachedCache
 
@@ -100,3 +102,37 @@ def test_compare_and_swap_increments_lose_nothing_on_a_normal_server(
     assert counted == list(range(BIG + 1, BIG + THREADS * ROUNDS + 1))
     assert cache.inc(big, 2**40) == BIG + THREADS * ROUNDS + 2**40
     assert cache.stats()["errors"] == 0
+
+
+class PacedRelay(TricklingRelay):
+    """A relay that, once told to, passes replies 64 kB at a time with a pause before each: a
+    steady link well above 1 MB per timeout (the rate a ``set_many`` batch needs), far below
+    a large reply per timeout."""
+
+    PAUSE = 0.005
+
+    def _pass(self, client: socket.socket, data: bytes) -> None:
+        if not self.trickle:
+            client.sendall(data)
+            return
+        for start in range(0, len(data), 65536):
+            if self.stopped.wait(self.PAUSE):
+                return
+            client.sendall(data[start : start + 65536])
+
+
+def test_a_large_get_many_over_a_steady_slow_link_is_read_not_failed_as_a_timeout(
+    memcached_server: MemcachedServer,
+) -> None:
+    relay = PacedRelay(memcached_server.address, 0.0)
+    try:
+        # 9 MB: some 140 pauses, at least 0.7 s, over twice the timeout
+        cache = MemcachedCache([f"127.0.0.1:{relay.port}"], key_prefix="slow:", timeout=0.3)
+        values = {f"large{number}": bytes([number]) * 900_000 for number in range(10)}
+        assert cache.set_many(values) == list(values)
+        relay.trickle = True
+        assert cache.get_many(*values) == list(values.values())
+        assert cache.stats()["errors"] == 0
+    finally:
+        relay.stopped.set()
+        relay.close()

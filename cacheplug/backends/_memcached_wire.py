@@ -565,7 +565,8 @@ def _more(sock: Any, head: bytes, need: int) -> bytes:
 
     A reply's first read waits the socket's timeout; once part of it came, the rest must come
     within one timeout of that, however it trickles in (each read waiting a timeout of its own,
-    a server sending a byte now and then would hold the call for ever).
+    a server sending a byte now and then would hold the call for ever), plus one timeout per
+    ``_BATCH_BYTES`` that come: a large reply needs the rate a batch of writes needs, no more.
     """
     # the first read of a reply, the common case (an entry of another socket, even one left
     # idle in a pool after a reply that came in parts, must not slow every other call down)
@@ -596,6 +597,9 @@ def _rest(sock: Any, head: bytes, need: int, started: bool = False) -> bytes:
             _raise_closed()
         chunks.append(chunk)
         have += len(chunk)
+        if deadline is not None:  # a timeout more per _BATCH_BYTES come, as writes are sent
+            deadline += len(chunk) * sock.gettimeout() / _BATCH_BYTES
+            _LATE[sock] = deadline
         if have >= need:
             return b"".join(chunks)
         if deadline is None:
