@@ -280,8 +280,8 @@ def _swap_counter(
 
 
 def _cas_disabled(server: Server) -> RuntimeError:
-    # memcached -C answers every compare-and-swap EX (1.6.18), or, in older releases, stores
-    # it unchecked: retrying would never end, or lose other clients' updates
+    # memcached -C answers every compare-and-swap EX (1.6.18; older code stored it unchecked):
+    # retrying would never end, or lose other clients' updates
     return RuntimeError(
         f"memcached {server.name} runs with CAS disabled (-C), so this increment, which must "
         f"compare-and-swap (integers beyond 2**62 in size, deltas beyond 2**32, numbers "
