@@ -299,3 +299,14 @@ def test_check_with_a_long_key_prefix_masks_its_output_in_linear_time(
     assert SECRET not in out
     text = f"{long} at redis://:{SECRET}@h and '{long}redis://:{SECRET} @h' {long}"
     assert redact_text(text) == f"{long} at redis://:***@h and '{long}redis://:***@h' {long}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"), [(b"\x91" * 100_000, "StackError"), (b"\xc1", "FormatError")]
+)
+def test_a_msgpack_error_that_says_nothing_is_named_by_its_class(
+    payload: bytes, named: str
+) -> None:
+    with pytest.raises(SerializationError) as refused:
+        get_serializer("msgpack").loads(payload)
+    assert str(refused.value) == f"not a readable msgpack payload: {named}"

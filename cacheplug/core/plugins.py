@@ -438,7 +438,8 @@ def _describe(err: BaseException) -> str:
     A plugin's exception whose ``__str__`` fails is described as unprintable: its failure
     would otherwise escape the loading of every plugin, built-ins included.
     """
-    return " ".join(f"{type(err).__name__}: {error_text(err)}".split())
+    name, text = type(err).__name__, error_text(err)
+    return " ".join((name if text == name else f"{name}: {text}").split())
 
 
 def _plugin_name(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:

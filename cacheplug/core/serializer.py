@@ -70,13 +70,14 @@ class Serializer:
 
 
 def error_text(err: BaseException) -> str:
-    """``str(err)``, or a placeholder when the exception's own ``__str__`` fails.
+    """``str(err)``; its class name when that is empty (msgpack's stack and format errors
+    say nothing), or a placeholder when the exception's own ``__str__`` fails.
 
     For messages that quote a foreign error (a driver's, a plugin's, one raised by an object's
     ``__reduce__``): a failing ``__str__`` must not replace the error being reported.
     """
     try:
-        return str(err)
+        return str(err) or type(err).__name__
     except Exception:
         return "<exception str() failed>"
 
