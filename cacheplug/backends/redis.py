@@ -122,11 +122,14 @@ class RedisCache(BaseCache):
     _scripts_refused = False
     #: the passwords its log lines and errors mask (Redis may echo them)
     _secrets: tuple[str, ...] = ()
+    #: the client of the reads, when a subclass assigned one apart (``_read_client``)
+    _reader: Any = None
     #: The clients, their pools and what was learnt of the server: a pickled copy builds its
     #: own from :attr:`_recipe`.
     _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
         "_client",
         "_once_client",
+        "_reader",
         "_pending",
         "_direct",
         "_scripts_refused",
@@ -232,6 +235,7 @@ class RedisCache(BaseCache):
         self._pending: cluster.PendingCluster | None = None
         # Commands that must not run twice go through a client that never retries.
         self._once_client: Any = None
+        self._reader = None
         if recipe is None:
             self._client: Any = given
         elif recipe.nodes is not None:  # connects on first use
@@ -258,7 +262,8 @@ class RedisCache(BaseCache):
         if recipe is None:
             raise TypeError(
                 f"cannot pickle a RedisCache on a client passed in as host "
-                f"({type(self._write_client).__name__}): its connections belong to this process; "
+                f"({type(self._write_client).__name__}) or assigned to its _write_client or "
+                "_read_client: its connections belong to this process; "
                 "build the cache with host=, port=, db=, password= (or startup_nodes= for a "
                 "cluster, or from_url()) so that a copy connects on its own"
             )
@@ -394,8 +399,11 @@ class RedisCache(BaseCache):
             check_key(key)
         prefix = self.key_prefix  # once: a callable's next answer may differ
         name = prefix + key
+        reader = self._reader
         try:
-            if self._direct and (packed := wire.packed_one("GET", name, self._name_errors)):
+            if reader is not None:
+                payload = reader.get(self._wire(name))
+            elif self._direct and (packed := wire.packed_one("GET", name, self._name_errors)):
                 payload = wire.send(self._client, packed)
             else:
                 payload = self._client.get(self._wire(name))
@@ -403,7 +411,7 @@ class RedisCache(BaseCache):
             if isinstance(err, self._response_error) and str(err).startswith("WRONGTYPE"):
                 self._other_type(key, name)
                 return None
-            self._backend_error("get", err)
+            self._backend_error("get", err, reader is not None)
             return None
         if payload is None:
             self._misses += 1
@@ -477,10 +485,11 @@ class RedisCache(BaseCache):
 
     def has(self, key: str) -> bool:
         check_key(key)
+        reader = self._reader
         try:
-            return bool(self._client.exists(self._name(key)))
+            return bool((self._client if reader is None else reader).exists(self._name(key)))
         except self._failures as err:
-            self._backend_error("has", err)
+            self._backend_error("has", err, reader is not None)
             return False
 
     def clear(self) -> bool:
@@ -520,7 +529,8 @@ class RedisCache(BaseCache):
         if not keys:
             return []
         prefix = self.key_prefix
-        direct = self._direct
+        reader = self._reader
+        direct = self._direct and reader is None
         packed = None
         try:
             names = [prefix + key for key in keys] if prefix or not direct else keys
@@ -540,11 +550,11 @@ class RedisCache(BaseCache):
             elif packed is not None:
                 payloads = wire.send_mget(self._client, packed)
             elif len(sent) <= wire.MGET_PIECE:
-                payloads = self._client.mget(sent)
+                payloads = (self._client if reader is None else reader).mget(sent)
             else:
-                payloads = self._mget_pieces(sent)
+                payloads = self._mget_pieces(sent, reader)
         except self._failures as err:
-            self._backend_error("get_many", err)
+            self._backend_error("get_many", err, reader is not None)
             return [None] * len(keys)
         if self._signer is None and type(self.serializer) is PickleSerializer:
             # All hits and no counter: one pass. A miss (None) or a counter (a decimal, never
@@ -778,10 +788,11 @@ class RedisCache(BaseCache):
 
     # -- pipelines ------------------------------------------------------------------------------
 
-    def _mget_pieces(self, names: Sequence[str | bytes]) -> list[Any]:
-        """The payloads of ``names``, one ``MGET`` per ``MGET_PIECE`` names in one pipeline."""
+    def _mget_pieces(self, names: Sequence[str | bytes], client: Any = None) -> list[Any]:
+        """The payloads of ``names``, one ``MGET`` per ``MGET_PIECE`` names in one pipeline
+        (on ``client``, by default this cache's)."""
         commands = [("MGET", *piece) for piece in wire.mget_pieces(names)]
-        replies = self._pipeline(commands, None) or []
+        replies = self._pipeline(commands, None, client) or []
         return [payload for reply in replies for payload in reply]
 
     def _pipelined(
@@ -875,16 +886,28 @@ class RedisCache(BaseCache):
         """The client for commands that must not run twice (``inc``, ``add``, ``delete``)."""
         return self._once_client or self._client
 
-    def _backend_error(self, operation: str, err: Exception) -> None:
+    def _backend_error(self, operation: str, err: Exception, read: bool = False) -> None:
+        """Log and count ``err`` of ``operation``; an outage of a single server makes its
+        client (the separate ``_read_client`` when ``read``) stand aside for ``dead_timeout``."""
         if (
             self.dead_timeout
             and not self._cluster
             and isinstance(err, self._outage_errors)
             and not isinstance(err, ServerDown)
-            and not isinstance(self._client, DeadServer)
             and not pool_exhausted(err)
         ):
-            until = time.monotonic() + self.dead_timeout
+            self._stand_aside(read)
+        super()._backend_error(operation, masked(err, self._secrets))
+
+    def _stand_aside(self, read: bool) -> None:
+        """Put :class:`DeadServer` stand-ins in place of the clients of a server that failed."""
+        until = time.monotonic() + self.dead_timeout
+        if read:
+            reader = self._reader
+            if reader is not None and not isinstance(reader, DeadServer):
+                self._reader = DeadServer(self, "_reader", reader, until)
+            return
+        if not isinstance(self._client, DeadServer):
             self._client = DeadServer(self, "_client", self._client, until)
             once = self._once_client
             # still standing in since an outage only reads saw: a stand-in around it would
@@ -893,7 +916,6 @@ class RedisCache(BaseCache):
                 once.extend(until)
             elif once is not None:
                 self._once_client = DeadServer(self, "_once_client", once, until)
-        super()._backend_error(operation, masked(err, self._secrets))
 
     def _after_fork_in_child(self) -> None:
         """New locks for this cache's clients and their pools, a client passed in included
@@ -903,7 +925,7 @@ class RedisCache(BaseCache):
             return
         if self._pending is not None:
             self._pending.after_fork_in_child()
-        for client in (self._client, self._once_client):
+        for client in (self._client, self._once_client, self._reader):
             if isinstance(client, DeadServer):
                 client.after_fork_in_child()
         if self._cluster and self._client is not self._pending:
@@ -914,13 +936,13 @@ class RedisCache(BaseCache):
     def _pools(self, built: bool = False) -> list[Any]:
         """The redis-py connection pools of this cache's clients (none of a cluster not yet
         connected); with ``built``, only those a client built for itself, not a pool given as
-        ``connection_pool``."""
+        ``connection_pool`` (nor a ``_read_client`` assigned: the user's)."""
         if self._cluster:
             if self._client is self._pending:
                 return []
             clients = [node.redis_connection for node in self._client.get_nodes()]
         else:
-            clients = [self._client, self._once_client]
+            clients = [self._client, self._once_client, *([] if built else [self._reader])]
         reals = [client.real if isinstance(client, DeadServer) else client for client in clients]
         # a client passed in may be any object with redis-py's methods and no pool
         return [
@@ -932,12 +954,72 @@ class RedisCache(BaseCache):
 
     @property
     def _write_client(self) -> Any:
-        """The redis-py client, under the name cachelib's ``RedisCache`` gives it (and
-        ``_read_client``): code written for cachelib reaches the server through it."""
+        """The redis-py client, under the name cachelib's ``RedisCache`` gives it: code written
+        for cachelib reaches the server through it, and a subclass may assign its own client
+        (then used for every call but the reads of a separate ``_read_client``)."""
         client = self._client
         return client.real if isinstance(client, DeadServer) else client
 
-    _read_client = _write_client
+    @_write_client.setter
+    def _write_client(self, client: Any) -> None:
+        self._check_client("_write_client", client)
+        cluster_client = hasattr(client, "get_primaries")
+        self._refuse_split(cluster_client, self._reader)
+        self._recipe = None  # a client of the user's cannot travel
+        self._owns_client = False
+        self._client, self._once_client, self._pending = client, None, None
+        self._cluster = cluster_client
+        self._direct = not cluster_client and wire.direct_ok(client)
+        self._name_errors = "strict"  # its packer decides, as for a client passed in as host
+        self._scripts_refused = False
+        self._where = f"client {type(client).__name__}"
+        self._secrets = (*self._secrets, *secrets_of(None, {}, client))
+
+    @property
+    def _read_client(self) -> Any:
+        """The client of ``get``, ``get_many`` and ``has``, as cachelib's ``_read_client``: the
+        ``_write_client`` unless a subclass assigned another (a replica's), as cachelib's
+        subclasses for Redis Sentinel do."""
+        client = self._client if self._reader is None else self._reader
+        return client.real if isinstance(client, DeadServer) else client
+
+    @_read_client.setter
+    def _read_client(self, client: Any) -> None:
+        if client is self._write_client:
+            self._reader = None
+            return
+        self._check_client("_read_client", client)
+        self._refuse_split(self._cluster, client)
+        self._recipe = None
+        self._reader = client
+        self._secrets = (*self._secrets, *secrets_of(None, {}, client))
+
+    @staticmethod
+    def _check_client(attribute: str, client: Any) -> None:
+        """Refuse what is no redis-py client, or one decoding replies, assigned to ``attribute``.
+
+        :raises TypeError: no client.
+        :raises ConfigurationError: a client with ``decode_responses=True``.
+        """
+        if isinstance(client, str) or not callable(getattr(client, "execute_command", None)):
+            raise TypeError(
+                f"RedisCache.{attribute} takes a redis-py client, got {type(client).__name__}; "
+                "give a host name to the constructor instead"
+            )
+        refuse_decoding(client, {})
+
+    @staticmethod
+    def _refuse_split(cluster_writer: bool, reader: Any) -> None:
+        """Refuse a separate read client next to a cluster's, or a cluster's as one.
+
+        :raises TypeError: either is a ``RedisCluster``.
+        """
+        if reader is not None and (cluster_writer or hasattr(reader, "get_primaries")):
+            raise TypeError(
+                "RedisCache takes a separate _read_client only next to a single server's "
+                "_write_client; for a Redis Cluster, assign one RedisCluster to both (give it "
+                "read_from_replicas=True to read from replicas)"
+            )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
