@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from redis.backoff import NoBackoff
+from redis.credentials import UsernamePasswordCredentialProvider
 from redis.retry import Retry
 from servers import RedisCluster, RedisServer
 from test_redis_review import _messages
@@ -148,3 +149,34 @@ def test_what_cannot_be_assigned_is_refused_with_what_to_do(
     assert on_cluster.set("k", 1) is True and on_cluster.get("k") == 1
     assert cache.set("k", 2) is True and cache.get("k") == 2  # unchanged by the refusals
     clustered.close()
+
+
+def test_a_credential_providers_password_redis_echoes_never_shows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The cache masked only the passwords it was given: one from a credential_provider (on a
+    # client it built or one passed in) showed in full in every outage line and in
+    # check_connection's error, echoed by a server without HELLO.
+    password = "pw-Cr3dential-s3cret"
+    with RedisServer(password=password, extra_args=["--rename-command", "HELLO", ""]) as server:
+        host, port = server.address
+
+        def provider() -> UsernamePasswordCredentialProvider:
+            return UsernamePasswordCredentialProvider("default", password)
+
+        built = RedisCache(host, port, protocol=3, dead_timeout=0, credential_provider=provider())
+        given = RedisCache(redis.Redis(host, port, protocol=3, credential_provider=provider()))
+        with caplog.at_level(logging.WARNING, logger="cacheplug"):
+            assert built.set("k", "v") is False
+            assert given.get("k") is None
+        with pytest.raises(RuntimeError) as refused:
+            RedisCache(
+                host, port, protocol=3, credential_provider=provider(), check_connection=True
+            )
+        assert len(caplog.records) == 2
+        assert all("unknown command 'HELLO'" in record.getMessage() for record in caplog.records)
+        assert "ResponseError" in caplog.text
+        assert password[:6] not in caplog.text
+        assert "unknown command 'HELLO'" in str(refused.value)
+        assert password[:6] not in str(refused.value)
+        assert refused.value.__cause__ is None  # a traceback would print the cause

@@ -62,6 +62,19 @@ _CERT_REQS = ("none", "optional", "required")
 MAX_RETRIES = 10  # each retry of a refused connection or failed lookup adds its whole cost
 MAX_DB = 2**31  # SELECT's index is a C int on the server
 SHOWN_PART = 4  # the shortest beginning of a password masked where the rest was cut off
+# What a server that lacks HELLO (or has AUTH renamed) echoes of redis-py's login: its arguments
+# hold credentials the cache may never have seen (a credential_provider's, a client's given).
+# Kept: HELLO's version, AUTH and the user name, each quoted ('x' or `x`, with commas: Redis 5).
+_ECHOED_LOGIN = re.compile(
+    r"(unknown command ([`'])(?:HELLO\2, with args beginning with: \2[^`']*\2,? \2AUTH\2,? "
+    r"\2[^`']*\2,? |AUTH\2, with args beginning with: ))\2.*",
+    re.IGNORECASE | re.DOTALL,
+)
+# what else such a server echoes of them (a user name holding a quote)
+_ECHOED_ARGS = re.compile(
+    r"(unknown command [`']?(?:HELLO|AUTH)[`']?, with args beginning with:).*",
+    re.IGNORECASE | re.DOTALL,
+)
 _USER_INFO = re.compile(r"[^'\"]*@")  # "user:password@" in a host, or in its repr
 
 URL_OPTIONS: Mapping[str, type] = {
@@ -658,9 +671,12 @@ def masked(err: Exception, secrets: Iterable[str]) -> Exception:
     """``err``, or one of its class saying the same with ``secrets`` masked: Redis echoes the
     arguments of a command it does not know, so a server without ``HELLO`` (Redis before 6,
     a proxy) answers redis-py's ``HELLO 3 AUTH user password`` with the password in its
-    error."""
+    error. The arguments of an unknown ``HELLO`` or ``AUTH`` are masked whatever they hold: a
+    ``credential_provider``'s password is not known here (asking it again may block)."""
     text = str(err)
-    hidden = text
+    hidden = _ECHOED_LOGIN.sub(r"\1\2***\2", text)
+    if hidden == text:
+        hidden = _ECHOED_ARGS.sub(r"\1 ***", text)
     for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold a shorter
         hidden = hidden.replace(secret, "***")
         # Redis cuts the arguments it echoes at 128 characters: a long one's beginning shows,
