@@ -244,7 +244,7 @@ REFUSED: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("memcached", {"servers": [":11211"]}, ConfigurationError, "invalid memcached server"),
     ("memcached", {"servers": ["h:0"]}, ConfigurationError, "invalid memcached server"),
     ("memcached", {"servers": ["::1"]}, ConfigurationError, "'\\[ipv6\\]:port'"),
-    ("memcached", {"servers": {"h:1"}}, ConfigurationError, "got a set object"),
+    ("memcached", {"servers": 11211}, ConfigurationError, "got a int object"),
     ("memcached", {"max_pool_size": 0}, ConfigurationError, "max_pool_size must be an int"),
     ("memcached", {"max_pool_size": True}, ConfigurationError, "max_pool_size must be an int"),
     ("memcached", {"max_pool_size": "4"}, ConfigurationError, "max_pool_size must be an int"),

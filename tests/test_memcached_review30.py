@@ -104,3 +104,10 @@ def test_has_works_on_servers_that_refuse_a_meta_get_without_flags(
     assert cache.inc("counter") == 6  # its meta get has a flag: it always worked
     assert cache.stats()["errors"] == 0
     cache.close()
+
+
+@pytest.mark.parametrize("spec", ["/tmp/memcached\x00.sock", "unix:/tmp/m\x00"])
+def test_a_socket_path_holding_a_nul_byte_is_refused(spec: str) -> None:
+    # the kernel would connect to the path cut at the NUL: every call an outage
+    with pytest.raises(ConfigurationError, match="invalid memcached server"):
+        MemcachedCache([spec])

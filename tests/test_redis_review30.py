@@ -100,3 +100,21 @@ def test_masking_leaves_text_that_only_shares_a_passwords_beginning() -> None:
     shown = masked(echoed, [secret])
     assert type(shown) is redis.ResponseError
     assert str(shown).endswith("'default' '***'")
+
+
+@pytest.mark.parametrize(
+    ("url", "option"),
+    [
+        ("rediss://cache?ssl_ca_certs=%00", "ssl_ca_certs"),
+        ("rediss://cache?ssl_ca_path=/etc%00/ssl", "ssl_ca_path"),
+        ("rediss://cache?ssl_certfile=/tmp/c%00.pem", "ssl_certfile"),
+        ("redis+unix:///tmp/redis%00.sock", "unix_socket_path"),
+    ],
+)
+def test_a_path_holding_a_nul_byte_is_a_configuration_error(url: str, option: str) -> None:
+    # open() raised a bare ValueError for the TLS files; a socket path was cut at the NUL and
+    # every call answered as in an outage
+    from cacheplug import from_url
+
+    with pytest.raises(ConfigurationError, match=f"{option} .* contains a NUL byte"):
+        from_url(url)

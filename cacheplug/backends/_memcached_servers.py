@@ -310,7 +310,7 @@ def _parse_server(spec: object) -> tuple[tuple[str, int] | str, int]:
         text = spec.strip().removeprefix("inet6:").removeprefix("inet:")
         if text.startswith(("unix:", "/")):
             path = text.removeprefix("unix:")
-            if path:
+            if path and "\0" not in path:  # a NUL would cut the path the kernel connects to
                 return path, 1
         else:
             if text.startswith("["):

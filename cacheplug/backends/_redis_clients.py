@@ -261,6 +261,8 @@ def checked_server(
     path = kwargs.get("unix_socket_path")
     if path is not None and not isinstance(path, str):
         raise TypeError(f"unix_socket_path must be a str, got {type(path).__name__}")
+    if path is not None and "\0" in path:  # the kernel would connect to the path cut there
+        raise ConfigurationError(f"unix_socket_path {path!r} contains a NUL byte; give a path")
     return checked_host(host), checked_port(port), checked_db(db), path
 
 
@@ -442,6 +444,8 @@ def _check_readable(option: str, path: object, directory: bool) -> None:
     ``directory``)."""
     if not isinstance(path, str | bytes | os.PathLike):  # an int would open a descriptor
         raise ConfigurationError(f"{option} must be a path (str), got {path!r}")
+    if "\0" in os.fsdecode(path):  # open() would raise a bare ValueError
+        raise ConfigurationError(f"{option} {path!r} contains a NUL byte; give a path")
     if directory:
         if not os.path.isdir(path):
             raise ConfigurationError(f"{option} {path!r} is not a directory")
