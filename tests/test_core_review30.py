@@ -310,3 +310,12 @@ def test_a_msgpack_error_that_says_nothing_is_named_by_its_class(
     with pytest.raises(SerializationError) as refused:
         get_serializer("msgpack").loads(payload)
     assert str(refused.value) == f"not a readable msgpack payload: {named}"
+
+
+def test_secret_none_beside_a_urls_secret_is_refused_not_silently_unsigned() -> None:
+    url = "simple://?secret=url-secret-0123456789"
+    with pytest.raises(ConfigurationError, match=r"secret=None would drop the secret") as refused:
+        from_url(url, secret=None)
+    assert "url-secret" not in str(refused.value)
+    assert "signed=True" in repr(from_url(url, secret="keyword-secret-0123456789"))
+    assert "signed" not in repr(from_url("simple://", secret=None))  # nothing to drop

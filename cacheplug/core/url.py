@@ -584,6 +584,12 @@ def _build(
                         f"unknown keyword {name!r} for {parsed.scheme}:// ({cls.__name__}); "
                         f"accepted: {', '.join(sorted(known))}{did_you_mean(name, known)}"
                     )
+        if "secret" in overrides and overrides["secret"] is None and "secret" in options:
+            # a None from an unset setting would silently store unsigned pickles
+            raise ConfigurationError(
+                f"keyword secret=None would drop the secret of {parsed.redacted()!r} and store "
+                "unsigned entries; give the secret, or remove ?secret= from the URL to sign none"
+            )
         for name, value in overrides.items():
             kind = accepted.get(name)
             # text from a config file reads as it would in the query string
