@@ -14,6 +14,8 @@ from operator import itemgetter
 from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
+from cacheplug.core._memoize_elided import UnkeyableArgument, shortened, whole_text
+
 __all__ = [
     "ADDRESS_REPR",
     "BY_KEYWORD",
@@ -59,7 +61,7 @@ def address_shown(value: object, seen: set[int]) -> str | None:
     shown = repr(value)
     if ADDRESS_REPR.search(shown) is None:
         return None
-    return shown if len(shown) <= 120 else f"{shown[:60]}...{shown[-50:]}"
+    return shortened(shown)
 
 
 SHOWN_ITEM_BY_ITEM = frozenset({list, tuple, dict, set, frozenset})
@@ -102,7 +104,8 @@ def item_text(value: object, open_ids: set[int]) -> str:
     numpy arrays and compiled patterns abbreviate long contents (and numpy rounds floats), so
     two different values would share one text; an int past ``sys.get_int_max_str_digits``
     has no repr; dataclasses and named tuples with their generated repr show their fields as
-    ``stable_repr`` does, so a set inside them has one text in every process.
+    ``stable_repr`` does, so a set inside them has one text in every process. Any other value
+    whose repr leaves out part of it is shown by a digest of its pickle (``whole_text``).
     """
     kind = type(value)
     if kind in PLAIN:
@@ -120,7 +123,9 @@ def item_text(value: object, open_ids: set[int]) -> str:
             name = f"{kind.__module__}.{kind.__qualname__}"
         return f"{name}({value.shape!r}, {value.dtype.str!r}, {items})"
     fields = _generated_repr_fields(value)
-    if fields is None or id(value) in open_ids:
+    if fields is None:
+        return whole_text(value)
+    if id(value) in open_ids:  # inside itself: its "..." stands for what is being shown
         return repr(value)
     open_ids.add(id(value))
     try:
@@ -311,7 +316,11 @@ def function_name(func: object) -> str:
     """Module and qualified name, the same in every process; a lambda's code tells it apart,
     a ``functools.partial`` the arguments it binds (its repr shows an address)."""
     if isinstance(func, functools.partial):
-        bound = stable_repr((func.args, sorted(func.keywords.items())), set())
+        arguments = (func.args, sorted(func.keywords.items()))
+        try:
+            bound = stable_repr(arguments, set())
+        except UnkeyableArgument:  # a name, for messages: its repr will do
+            bound = repr(arguments)
         return f"{function_name(func.func)}{bound}"
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or repr(func)

@@ -10,6 +10,7 @@ from functools import wraps
 from types import CodeType, MethodType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
+from cacheplug.core._memoize_elided import UnkeyableArgument
 from cacheplug.core._memoize_keys import (
     ADDRESS_REPR,
     DEFAULT_SHOWN,
@@ -144,7 +145,8 @@ class Memoized(Generic[P, R]):
 
         :raises TypeError: an argument's repr shows a memory address (the default
             ``object.__repr__``, functions): a later object at that address would be served
-            this call's result, so there is no safe key.
+            this call's result, so there is no safe key; or it leaves out part of the
+            argument (``...``), which then cannot be pickled to key all of it.
         """
         return self._key(args, kwargs)
 
@@ -157,7 +159,10 @@ class Memoized(Generic[P, R]):
         values = binder.bind(args, kwargs)
         if values is None:
             arguments = (args, sorted(kwargs.items()))
-            text = stable_repr(arguments, set())
+            try:
+                text = stable_repr(arguments, set())
+            except UnkeyableArgument as err:
+                raise self._unkeyable("one of the arguments", err) from err.__cause__
             self._check_stable("the arguments", arguments, text)
         elif all_plain(map(type, values)):
             try:
@@ -188,18 +193,31 @@ class Memoized(Generic[P, R]):
                 return repr(value)
             except ValueError:  # an int too long for a repr
                 return item_text(value, set())
-        # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
-        if kind is list or kind is tuple or kind is dict:
-            part = plain_items_text(value) or stable_repr(value, set())  # type: ignore[arg-type]
-        elif kind in SHOWN_ITEM_BY_ITEM:
-            part = stable_repr(value, set())
-        else:
-            part = item_text(value, set())
+        try:
+            # dict items come out sorted: f(a=1, b=2) and f(b=2, a=1) into **kwargs are one call
+            if kind is list or kind is tuple or kind is dict:
+                part = plain_items_text(value) or stable_repr(value, set())  # type: ignore[arg-type]
+            elif kind in SHOWN_ITEM_BY_ITEM:
+                part = stable_repr(value, set())
+            else:
+                part = item_text(value, set())
+        except UnkeyableArgument as err:
+            raise self._unkeyable(what or f"argument {name!r}", err) from err.__cause__
         if " at 0x" in part and ADDRESS_REPR.search(part) is not None:
             if name in self._defaults and value is self._defaults[name]:
                 return DEFAULT_SHOWN
             self._check_stable(what or f"argument {name!r}", value, part)
         return part
+
+    def _unkeyable(self, what: str, err: UnkeyableArgument) -> TypeError:
+        """The error refusing a call where ``what`` holds a value that ``err`` names."""
+        return TypeError(
+            f"cannot memoize {function_name(self.uncached)}(): {what} holds {err.shown}, "
+            "whose repr leaves out part of it (an ellipsis, or an array library's summary), and "
+            f"it cannot be pickled to key all of it ({err.reason}); memoize a function "
+            "taking what identifies all of it instead (an id, a version or a digest of your "
+            "own), or give its class a __repr__ that shows all of it"
+        )
 
     def _check_stable(self, what: str, value: object, shown: str) -> None:
         if " at 0x" not in shown or ADDRESS_REPR.search(shown) is None:
