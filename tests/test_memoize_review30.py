@@ -238,3 +238,29 @@ def test_memoize_keys_self_references_by_repr_not_as_elisions() -> None:
     one.next, two.next = one, two
     assert (f(one), f(two)) == (1, 2)
     assert f.cache_key(one) != f.cache_key(two)
+
+
+class Quantity(np.ndarray):  # type: ignore[type-arg]
+    """An array with a unit, kept in an attribute as astropy's Quantity keeps it."""
+
+    unit: str | None
+
+    def __new__(cls, values: list[float], unit: str) -> Quantity:
+        made = np.asarray(values).view(cls)
+        made.unit = unit
+        return made
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.unit = getattr(obj, "unit", None)
+
+
+def test_memoize_tells_apart_numpy_subclasses_by_their_attributes() -> None:
+    cache = SimpleCache()
+
+    @cache.memoize()
+    def in_metres(q: Quantity) -> float:
+        return float(q.view(np.ndarray)[0]) * (1000 if q.unit == "km" else 1)
+
+    assert in_metres(Quantity([1.0], "m")) == 1.0
+    assert in_metres(Quantity([1.0], "km")) == 1000.0
+    assert in_metres.cache_key(Quantity([1.0], "m")) == in_metres.cache_key(Quantity([1.0], "m"))

@@ -118,10 +118,13 @@ def item_text(value: object, open_ids: set[int]) -> str:
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray):
         items = stable_repr(value.tolist(), open_ids)
-        name = "numpy.ndarray"
-        if kind is not numpy.ndarray:  # a subclass (numpy.matrix) computes otherwise
-            name = f"{kind.__module__}.{kind.__qualname__}"
-        return f"{name}({value.shape!r}, {value.dtype.str!r}, {items})"
+        if kind is numpy.ndarray:
+            return f"numpy.ndarray({value.shape!r}, {value.dtype.str!r}, {items})"
+        # a subclass computes otherwise (numpy.matrix) and may hold more than its items (a
+        # unit, a mask), in attributes tolist leaves out
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        attributes = stable_repr(getattr(value, "__dict__", {}), open_ids)
+        return f"{name}({value.shape!r}, {value.dtype.str!r}, {items}, {attributes})"
     fields = _generated_repr_fields(value)
     if fields is None:
         return whole_text(value)
