@@ -75,7 +75,9 @@ _ECHOED_ARGS = re.compile(
     r"(unknown command [`']?(?:HELLO|AUTH)[`']?, with args beginning with:).*",
     re.IGNORECASE | re.DOTALL,
 )
-_USER_INFO = re.compile(r"[^'\"]*@")  # "user:password@" in a host, or in its repr
+# "user:password@" in a host, or in its repr: from the start or a quote only, as a match
+# tried at every letter would read to the end each time (minutes for a long host)
+_USER_INFO = re.compile(r"(?:^|(?<=['\"]))[^'\"]*@")
 
 URL_OPTIONS: Mapping[str, type] = {
     "db": int,
@@ -677,11 +679,14 @@ def masked(err: Exception, secrets: Iterable[str]) -> Exception:
     a proxy) answers redis-py's ``HELLO 3 AUTH user password`` with the password in its
     error. The arguments of an unknown ``HELLO`` or ``AUTH`` are masked whatever they hold: a
     ``credential_provider``'s password is not known here (asking it again may block)."""
-    text = str(err)
-    hidden = _ECHOED_LOGIN.sub(r"\1\2***\2", text)
-    if hidden == text:
-        hidden = _ECHOED_ARGS.sub(r"\1 ***", text)
+    text = hidden = str(err)
+    if "COMMAND" in text.upper():  # the regular expressions cost an outage's calls otherwise
+        hidden = _ECHOED_LOGIN.sub(r"\1\2***\2", text)
+        if hidden == text:
+            hidden = _ECHOED_ARGS.sub(r"\1 ***", text)
     for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold a shorter
+        if secret[:SHOWN_PART] not in hidden:  # neither it nor a beginning cut off is there
+            continue
         hidden = hidden.replace(secret, "***")
         # Redis cuts the arguments it echoes at 128 characters: a long one's beginning shows,
         # closed by its quote (any other beginning, "local" of a host name, is left alone)
