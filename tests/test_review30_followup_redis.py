@@ -3,7 +3,10 @@ texts, and their new paths keep the contract."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import redis
 
 from cacheplug import ConfigurationError, RedisCache
 from cacheplug.backends._redis_clients import shown_host
@@ -31,3 +34,29 @@ def test_a_long_host_holding_a_slash_is_refused_at_once() -> None:
 )
 def test_a_hosts_user_info_is_still_masked(text: str, shown: str) -> None:
     assert shown_host(text) == shown
+
+
+class _Unprintable(redis.ConnectionError):
+    """A driver error whose ``str()`` fails (raised by a client subclass of the user's)."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+class _FailingClient(redis.Redis):
+    """A client that fails every read with an error that cannot be printed."""
+
+    def get(self, name: Any) -> Any:
+        raise _Unprintable()
+
+    def exists(self, *names: Any) -> Any:
+        raise _Unprintable()
+
+
+def test_an_unprintable_driver_error_is_still_an_outage_answer() -> None:
+    # masking the password read str(err) outside logging's own guard: the ValueError escaped
+    # get and has instead of their outage answers
+    cache = RedisCache(_FailingClient(port=1), dead_timeout=0)
+    assert cache.get("k") is None
+    assert cache.has("k") is False
+    assert cache.stats()["errors"] == 2

@@ -679,7 +679,10 @@ def masked(err: Exception, secrets: Iterable[str]) -> Exception:
     a proxy) answers redis-py's ``HELLO 3 AUTH user password`` with the password in its
     error. The arguments of an unknown ``HELLO`` or ``AUTH`` are masked whatever they hold: a
     ``credential_provider``'s password is not known here (asking it again may block)."""
-    text = hidden = str(err)
+    try:
+        text = hidden = str(err)
+    except Exception:  # the caller's outage answer must not fail with it: named instead
+        return RuntimeError(f"{type(err).__name__} (its str() fails)")
     if "COMMAND" in text.upper():  # the regular expressions cost an outage's calls otherwise
         hidden = _ECHOED_LOGIN.sub(r"\1\2***\2", text)
         if hidden == text:
