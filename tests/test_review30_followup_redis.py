@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import redis
+from servers import RedisServer
 
 from cacheplug import ConfigurationError, RedisCache
 from cacheplug.backends._redis_clients import shown_host
@@ -60,3 +61,15 @@ def test_an_unprintable_driver_error_is_still_an_outage_answer() -> None:
     assert cache.get("k") is None
     assert cache.has("k") is False
     assert cache.stats()["errors"] == 2
+
+
+def test_a_socket_path_given_as_host_too_still_connects(redis_server: RedisServer) -> None:
+    # redis-py ignores the host beside unix_socket_path, so such a configuration worked before
+    # hosts holding '/' were refused as URLs
+    path = redis_server.unix_socket
+    assert path is not None
+    cache = RedisCache(host=path, unix_socket_path=path, key_prefix="followup:")
+    assert cache.set("k", 1) is True
+    assert cache.get("k") == 1
+    with pytest.raises(ConfigurationError, match="unix_socket_path="):
+        RedisCache(host=path)

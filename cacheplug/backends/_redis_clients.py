@@ -265,7 +265,9 @@ def checked_server(
         raise TypeError(f"unix_socket_path must be a str, got {type(path).__name__}")
     if path is not None and "\0" in path:  # the kernel would connect to the path cut there
         raise ConfigurationError(f"unix_socket_path {path!r} contains a NUL byte; give a path")
-    return checked_host(host), checked_port(port), checked_db(db), path
+    # redis-py leaves the host alone beside a socket path: one given as both still connects
+    shown = check_host(host) if path is not None else checked_host(host)
+    return shown, checked_port(port), checked_db(db), path
 
 
 def checked_host(host: str) -> str:
@@ -277,9 +279,11 @@ def checked_host(host: str) -> str:
     :raises ConfigurationError: says so without the password, or what else is wrong.
     """
     if "/" in host or "@" in host:
+        socket = " (a unix socket's path as unix_socket_path=)" if host[0] == "/" else ""
         raise ConfigurationError(
             f"host {shown_host(host)!r} is not a host name or IP address; give a URL to "
             "from_url() (redis://:password@host:6379/0), or host=, port=, password= apart"
+            f"{socket}"
         )
     return check_host(host)
 
