@@ -73,3 +73,15 @@ def test_a_socket_path_given_as_host_too_still_connects(redis_server: RedisServe
     assert cache.get("k") == 1
     with pytest.raises(ConfigurationError, match="unix_socket_path="):
         RedisCache(host=path)
+
+
+def test_clients_assigned_again_and_again_keep_one_copy_of_each_password(
+    redis_server: RedisServer,
+) -> None:
+    # each assignment appended the client's password again: a subclass assigning on every
+    # failover grew the list each error is masked with, without end
+    cache = RedisCache(port=redis_server.port)
+    for _ in range(3):
+        cache._write_client = redis.Redis(port=redis_server.port, password="pw-one")
+        cache._read_client = redis.Redis(port=redis_server.port, password="pw-two")
+    assert sorted(cache._secrets) == ["pw-one", "pw-two"]

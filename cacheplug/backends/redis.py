@@ -973,7 +973,7 @@ class RedisCache(BaseCache):
         self._name_errors = "strict"  # its packer decides, as for a client passed in as host
         self._scripts_refused = False
         self._where = f"client {type(client).__name__}"
-        self._secrets = (*self._secrets, *secrets_of(None, {}, client))
+        self._learn_secrets(client)
 
     @property
     def _read_client(self) -> Any:
@@ -992,7 +992,12 @@ class RedisCache(BaseCache):
         self._refuse_split(self._cluster, client)
         self._recipe = None
         self._reader = client
-        self._secrets = (*self._secrets, *secrets_of(None, {}, client))
+        self._learn_secrets(client)
+
+    def _learn_secrets(self, client: Any) -> None:
+        """Add the passwords of ``client``, assigned by a subclass, to those masked; once each,
+        as a subclass may assign clients again and again (on each failover, say)."""
+        self._secrets = tuple(dict.fromkeys((*self._secrets, *secrets_of(None, {}, client))))
 
     @staticmethod
     def _check_client(attribute: str, client: Any) -> None:
