@@ -111,3 +111,15 @@ def test_a_socket_path_holding_a_nul_byte_is_refused(spec: str) -> None:
     # the kernel would connect to the path cut at the NUL: every call an outage
     with pytest.raises(ConfigurationError, match="invalid memcached server"):
         MemcachedCache([spec])
+
+
+def test_a_copy_pickled_before_check_connection_was_kept_reads_it_as_false(
+    memcached_server: MemcachedServer,
+) -> None:
+    import pickle
+
+    cache = MemcachedCache([address(memcached_server)])
+    del cache.__dict__["check_connection"]  # as a cache pickled by the previous release
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.check_connection is False
+    assert copy.set("k", 1) is True and copy.get("k") == 1

@@ -135,6 +135,8 @@ class MemcachedCache(BaseCache):
     """
 
     _servers: Sequence[Server] = ()  # until built: BaseCache sets key_prefix first
+    #: what the constructor was given; a default for copies pickled before it was kept
+    check_connection: bool = False
     #: The servers, their connections, health and namespace tokens, and the driver's errors:
     #: a pickled copy builds its own from ``_addresses`` and ``_connection_settings``.
     _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
