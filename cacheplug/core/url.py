@@ -413,26 +413,40 @@ def _mask(url: str) -> str:
     head, sep, rest = url.partition("://")
     if not sep:
         head, rest = "", url
-    rest = _mask_options(rest)
+    masked = _mask_options(rest)
+    if "@" not in masked and _hide_authority_credentials(masked) != masked:
+        # a password without its '@': it ran into a masked value holding it ('&auth=' in a raw
+        # password), so the user-info runs to that '@', not to the authority's end
+        masked = _mask_options(rest, keep_at=True)
+    rest = masked
     at = rest.rfind("@")
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
         if colon:
             rest = f"{user}:{_MASK}{rest[at:]}"
     else:
-        end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
-        hosts = ",".join(_hide_credentials(part) for part in rest[:end].split(","))
-        rest = hosts + rest[end:]
+        rest = _hide_authority_credentials(rest)
     # again: a '?' in a raw password hides the query's own start from the first pass
     return head + sep + _mask_options(rest)
 
 
-def _mask_options(text: str) -> str:
-    """``text`` with the value of every ``name=value`` pair of a secret option masked."""
+def _hide_authority_credentials(rest: str) -> str:
+    """``rest`` with :func:`_hide_credentials` applied to each host of the authority (no '@')
+    it starts with."""
+    end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
+    return ",".join(_hide_credentials(part) for part in rest[:end].split(",")) + rest[end:]
+
+
+def _mask_options(text: str, *, keep_at: bool = False) -> str:
+    """``text`` with the value of every ``name=value`` pair of a secret option masked;
+    ``keep_at``: a masked value holding an '@' is shown ending with one."""
 
     def mask_pair(match: re.Match[str]) -> str:
         name = unquote(match.group(2))
-        return match.group(0) if not is_secret_option(name) else f"{match[1]}{match[2]}={_MASK}"
+        if not is_secret_option(name):
+            return match.group(0)
+        at = "@" if keep_at and "@" in match[3] else ""
+        return f"{match[1]}{match[2]}={_MASK}{at}"
 
     return _QUERY_PAIR.sub(mask_pair, text)
 

@@ -1,0 +1,38 @@
+"""Review 30, follow-up: a second read of the day's changes to the core (base reviewer)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cacheplug.core.url import _URL_IN_TEXT, _urls_in, redact_text, redact_url
+
+SECRET = "f0llow-up-Secret-Zx3"
+
+
+# -- a raw password holding '&name=' of a secret option -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "password",
+    [f"a?b={SECRET}&auth=x", f"p#x={SECRET}&token=2"],
+    ids=["question-then-auth", "hash-then-token"],
+)
+def test_a_raw_password_holding_a_secret_option_is_masked_whole(password: str) -> None:
+    # the secret option's value runs over the user-info's '@': masking it first hid that '@'
+    url = f"redis://user:{password}@cache:6379/0"
+    assert SECRET not in redact_url(url)
+    assert SECRET not in redact_text(f"the engine said: {url} is down")
+
+
+# -- _urls_in finds what the pattern's finditer finds ---------------------------------------------
+
+_PIECES = [*"ab1+.-:/ '\"\n@?=[](){}<>", "://", "a://", "'x://", '"b+c.d-1://', "\u212a", "é"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join))
+def test_urls_in_matches_the_pattern_scanned_at_every_position(text: str) -> None:
+    expected = [(match.span(), match[0]) for match in _URL_IN_TEXT.finditer(text)]
+    assert [(match.span(), match[0]) for match in _urls_in(text)] == expected
