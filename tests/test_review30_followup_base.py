@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_plugins import fresh_registry  # noqa: F401 - autouse: a clean registry per test
 
-from cacheplug.core.url import _URL_IN_TEXT, _urls_in, redact_text, redact_url
+from cacheplug import SimpleCache, hookimpl
+from cacheplug.core.hookspecs import RegisterFn
+from cacheplug.core.plugins import register_plugin
+from cacheplug.core.url import _URL_IN_TEXT, _urls_in, from_url, redact_text, redact_url
 
 SECRET = "f0llow-up-Secret-Zx3"
 
@@ -36,3 +42,19 @@ _PIECES = [*"ab1+.-:/ '\"\n@?=[](){}<>", "://", "a://", "'x://", '"b+c.d-1://', 
 def test_urls_in_matches_the_pattern_scanned_at_every_position(text: str) -> None:
     expected = [(match.span(), match[0]) for match in _URL_IN_TEXT.finditer(text)]
     assert [(match.span(), match[0]) for match in _urls_in(text)] == expected
+
+
+# -- a hook that registers and returns what register() returned -----------------------------------
+
+
+class _RegistersInAComprehension:
+    @hookimpl
+    def cacheplug_register_backends(self, register: RegisterFn) -> Any:
+        return [register(name, SimpleCache) for name in ("listed-one", "listed-two")]
+
+
+def test_a_hook_that_registers_and_returns_a_list_still_registers() -> None:
+    # it registered every name before the answer was refused, and all of them were dropped
+    register_plugin(_RegistersInAComprehension(), "comprehension")
+    assert isinstance(from_url("listed-one://"), SimpleCache)
+    assert isinstance(from_url("listed-two://"), SimpleCache)

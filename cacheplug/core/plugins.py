@@ -350,7 +350,9 @@ class _Registry:
             for impl in hook.get_hookimpls():
                 if impl.plugin_name == origin.plugin:
                     answer = impl.function(*(arguments[arg] for arg in impl.argnames))
-                    if answer is not None:
+                    # one that registered works whatever it returns (a list comprehension
+                    # calling register): only a hook that registered nothing lost its names
+                    if answer is not None and not names:
                         raise _answer_error(answer, origin, table.hook)
         finally:
             returned = True
