@@ -14,7 +14,7 @@ from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import register_plugin
 from cacheplug.core.url import _URL_IN_TEXT, _urls_in, from_url, redact_text, redact_url
 
-SECRET = "f0llow-up-Secret-Zx3"
+SECRET = "f0llow-up-Secret-Zx3"  # holds "secret": a secret option's name too
 
 
 # -- a raw password holding '&name=' of a secret option -------------------------------------------
@@ -58,3 +58,9 @@ def test_a_hook_that_registers_and_returns_a_list_still_registers() -> None:
     register_plugin(_RegistersInAComprehension(), "comprehension")
     assert isinstance(from_url("listed-one://"), SimpleCache)
     assert isinstance(from_url("listed-two://"), SimpleCache)
+
+
+def test_a_raw_password_starting_a_query_is_masked_whole() -> None:
+    # the password opened a query ('?...secret...=') whose masked value held the '@'
+    url = f"redis://user:?{SECRET}x=@cache:6379/0"
+    assert SECRET not in redact_url(url)

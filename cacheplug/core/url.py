@@ -413,11 +413,14 @@ def _mask(url: str) -> str:
     head, sep, rest = url.partition("://")
     if not sep:
         head, rest = "", url
-    masked = _mask_options(rest)
-    if "@" not in masked and _hide_authority_credentials(masked) != masked:
-        # a password without its '@': it ran into a masked value holding it ('&auth=' in a raw
-        # password), so the user-info runs to that '@', not to the authority's end
-        masked = _mask_options(rest, keep_at=True)
+    masked, kept = _mask_options(rest), _mask_options(rest, keep_at=True)
+    # an '@' in a masked value may end a password that ran into it ('?token=' or '&auth=' in
+    # a raw password): so when no path starts before it, or a password shows without it
+    if kept != masked and (
+        _authority_end(kept[: kept.rfind("@")]) != "/"
+        or ("@" not in masked and _hide_authority_credentials(masked) != masked)
+    ):
+        masked = kept
     rest = masked
     at = rest.rfind("@")
     if at >= 0:
@@ -428,6 +431,11 @@ def _mask(url: str) -> str:
         rest = _hide_authority_credentials(rest)
     # again: a '?' in a raw password hides the query's own start from the first pass
     return head + sep + _mask_options(rest)
+
+
+def _authority_end(rest: str) -> str:
+    """The first '/', '?' or '#' of ``rest`` (which ends an authority), or ``""``."""
+    return next((char for char in rest if char in "/?#"), "")
 
 
 def _hide_authority_credentials(rest: str) -> str:
