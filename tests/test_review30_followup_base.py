@@ -64,3 +64,21 @@ def test_a_raw_password_starting_a_query_is_masked_whole() -> None:
     # the password opened a query ('?...secret...=') whose masked value held the '@'
     url = f"redis://user:?{SECRET}x=@cache:6379/0"
     assert SECRET not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:/?xsecretx=@host",
+        "redis://user:&@/QQSECRETQQ=@host",
+        "redis://:pw?x=1@host?secret=QQSECRETQQ",
+        "redis://user:a?b=c&auth=QQSECRETQQ@host:6379/0",
+    ],
+)
+def test_raw_passwords_and_secrets_overlapping_are_masked_together(url: str) -> None:
+    # the user-info and the secret options' values are found on the URL as given, so neither
+    # can end the other early and show a piece of it
+    secret = "QQSECRETQQ" if "QQSECRETQQ" in url else "xsecretx="
+    shown = redact_text(f"engine said: {url} is down")
+    assert secret not in shown
+    assert shown.startswith("engine said: redis://") and shown.endswith(" is down")

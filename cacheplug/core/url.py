@@ -407,35 +407,32 @@ def _mask(url: str) -> str:
 
     Masks generously: everything between the first ':' of the authority and its last '@'
     (without '@', what :func:`_hide_credentials` masks), and the value of every option
-    :func:`is_secret_option` hides, before that (a raw '@' in a secret's value would be
-    taken for the end of the user-info, and what follows it shown) and after.
+    :func:`is_secret_option` hides. Both are found on the URL as given and masked together
+    where they overlap: a raw '@', '?' or '&name=' in a password or a secret cannot make
+    one of them end early and show part of the other.
     """
     head, sep, rest = url.partition("://")
     if not sep:
         head, rest = "", url
-    masked, kept = _mask_options(rest), _mask_options(rest, keep_at=True)
-    # an '@' in a masked value may end a password that ran into it ('?token=' or '&auth=' in
-    # a raw password): so when no path starts before it, or a password shows without it
-    if kept != masked and (
-        _authority_end(kept[: kept.rfind("@")]) != "/"
-        or ("@" not in masked and _hide_authority_credentials(masked) != masked)
-    ):
-        masked = kept
-    rest = masked
+    # a pair at every separator, also inside another's value: '?x=1@host?secret=' holds one
+    pairs = (_QUERY_PAIR.match(rest, i) for i, char in enumerate(rest) if char in "?&;#")
+    spans = [pair.span(3) for pair in pairs if pair and is_secret_option(unquote(pair.group(2)))]
     at = rest.rfind("@")
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        if colon:
-            rest = f"{user}:{_MASK}{rest[at:]}"
-    else:
-        rest = _hide_authority_credentials(rest)
-    # again: a '?' in a raw password hides the query's own start from the first pass
-    return head + sep + _mask_options(rest)
-
-
-def _authority_end(rest: str) -> str:
-    """The first '/', '?' or '#' of ``rest`` (which ends an authority), or ``""``."""
-    return next((char for char in rest if char in "/?#"), "")
+    colon = rest.find(":", 0, at) if at >= 0 else -1
+    if colon >= 0:
+        spans.append((colon + 1, at))
+    shown: list[str] = []
+    done = 0
+    for begin, stop in sorted(spans):
+        if begin > done:
+            shown += [rest[done:begin], _MASK]
+        elif begin == done and not shown:
+            shown.append(_MASK)
+        done = max(done, stop)
+    masked = "".join(shown) + rest[done:]
+    if at < 0:
+        masked = _hide_authority_credentials(masked)
+    return head + sep + masked
 
 
 def _hide_authority_credentials(rest: str) -> str:
@@ -443,20 +440,6 @@ def _hide_authority_credentials(rest: str) -> str:
     it starts with."""
     end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
     return ",".join(_hide_credentials(part) for part in rest[:end].split(",")) + rest[end:]
-
-
-def _mask_options(text: str, *, keep_at: bool = False) -> str:
-    """``text`` with the value of every ``name=value`` pair of a secret option masked;
-    ``keep_at``: a masked value holding an '@' is shown ending with one."""
-
-    def mask_pair(match: re.Match[str]) -> str:
-        name = unquote(match.group(2))
-        if not is_secret_option(name):
-            return match.group(0)
-        at = "@" if keep_at and "@" in match[3] else ""
-        return f"{match[1]}{match[2]}={_MASK}{at}"
-
-    return _QUERY_PAIR.sub(mask_pair, text)
 
 
 def coerce_option(name: str, text: str, kind: type) -> Any:
