@@ -199,9 +199,7 @@ class RedisCache(BaseCache):
             kwargs.update(host=host, port=port, password=password, db=db)
             self._recipe = _Recipe(None, None, retries, kwargs)
         else:
-            self._where = f"client {type(host).__name__}"
-            self._owns_client = False
-            self._cluster = hasattr(host, "get_primaries")  # before _client: the fork reset
+            self._adopt(host)
         self._build_clients(host)
         # Lone surrogates (legal in a str) cannot be UTF-8: such names are sent encoded with
         # surrogatepass, distinct from every other name; hiredis' packer ignores encoding_errors.
@@ -235,7 +233,6 @@ class RedisCache(BaseCache):
         self._pending: cluster.PendingCluster | None = None
         # Commands that must not run twice go through a client that never retries.
         self._once_client: Any = None
-        self._reader = None
         if recipe is None:
             self._client: Any = given
         elif recipe.nodes is not None:  # connects on first use
@@ -963,17 +960,20 @@ class RedisCache(BaseCache):
     @_write_client.setter
     def _write_client(self, client: Any) -> None:
         self._check_client("_write_client", client)
-        cluster_client = hasattr(client, "get_primaries")
-        self._refuse_split(cluster_client, self._reader)
-        self._recipe = None  # a client of the user's cannot travel
-        self._owns_client = False
-        self._client, self._once_client, self._pending = client, None, None
-        self._cluster = cluster_client
-        self._direct = not cluster_client and wire.direct_ok(client)
+        self._refuse_split(hasattr(client, "get_primaries"), self._reader)
+        self._adopt(client)
+        self._build_clients(client)  # a separate _read_client stays
         self._name_errors = "strict"  # its packer decides, as for a client passed in as host
         self._scripts_refused = False
-        self._where = f"client {type(client).__name__}"
         self._learn_secrets(client)
+
+    def _adopt(self, client: Any) -> None:
+        """Take ``client``, the user's (passed in as ``host`` or assigned to ``_write_client``):
+        never closed by this cache, and no recipe, since it cannot travel in a pickle."""
+        self._recipe = None
+        self._where = f"client {type(client).__name__}"
+        self._owns_client = False
+        self._cluster = hasattr(client, "get_primaries")  # before _client: the fork reset
 
     @property
     def _read_client(self) -> Any:
