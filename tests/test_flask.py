@@ -129,9 +129,54 @@ def test_flask_cachings_engine_settings_without_a_url_are_warned_about(
     message = str(caught[0].message)
     assert all(name in message for name in settings) and "hunter2" not in message
     assert repr(app.extensions["cache"][cache]).startswith("SimpleCache(")
+
+
+@pytest.mark.parametrize(
+    ("settings", "way_out"),
+    [
+        ({"CACHE_REDIS_PASSWORD": "hunter2-flask"}, "CACHE_OPTIONS = {'password': ...}"),
+        ({"CACHE_REDIS_HOST": "cache.internal", "CACHE_REDIS_DB": 0}, "give the db in CACHE_URL"),
+        ({"CACHE_REDIS_URL": "redis://:hunter2-flask@cache.internal:6379/0"}, "as CACHE_URL"),
+        ({"CACHE_DIR": "/var/cache/app"}, "file:///abs/dir"),
+        ({"CACHE_MEMCACHED_PASSWORD": "hunter2-flask"}, "no SASL memcached backend"),
+    ],
+)
+def test_flask_cachings_engine_settings_beside_a_url_are_warned_about(
+    settings: dict[str, Any], way_out: str
+) -> None:
+    # a CACHE_REDIS_PASSWORD kept beside CACHE_URL is not used: the app would only see misses
+    url = "redis://127.0.0.1:6379/3"
+    with pytest.warns(UserWarning, match="not read") as caught:
+        app, cache = _app(CACHE_URL=url, **settings)
+    message = str(caught[0].message)
+    assert all(name in message for name in settings) and way_out in message
+    assert "hunter2" not in message and "cache.internal" not in message
+    assert repr(app.extensions["cache"][cache]) == (
+        "RedisCache(127.0.0.1:6379/3, default_timeout=300, key_prefix='flask_cache_', "
+        "serializer='pickle')"
+    )
+
+
+def test_a_password_moved_to_cache_options_reaches_the_server() -> None:
+    password = "hunter2-flask-options"
+    with RedisServer(password=password) as server:
+        url = f"redis://{server.host}:{server.port}/0"
+        with pytest.warns(UserWarning, match="CACHE_REDIS_PASSWORD"):
+            app, cache = _app(CACHE_URL=url, CACHE_REDIS_PASSWORD=password)
+        with app.app_context():
+            assert cache.set("k", 1) is False  # as the warning said: no password was used
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            app, cache = _app(CACHE_URL=url, CACHE_OPTIONS={"password": password})
+        with app.app_context():
+            assert (cache.set("k", 1), cache.get("k")) == (True, 1)
+
+
+def test_the_same_redis_url_said_twice_is_not_warned_about() -> None:
+    url = "redis://127.0.0.1:6379/3"
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the URL says where: the rest is moot
-        _app(CACHE_URL="simple://", **settings)
+        warnings.simplefilter("error")
+        _app(CACHE_URL=url, CACHE_REDIS_URL=url)
 
 
 def test_a_second_cache_of_an_app_whose_first_is_flask_cachings_own_still_starts(
@@ -147,6 +192,12 @@ def test_a_second_cache_of_an_app_whose_first_is_flask_cachings_own_still_starts
     with app.app_context():
         assert theirs.set("k", 1) and ours.set("k", 2)
         assert (theirs.get("k"), ours.get("k")) == (1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with its own URL, the app's settings are the other's
+        url = f"{redis_server.url.rsplit('/', 1)[0]}/1"
+        third = Cache(app, config={"CACHE_TYPE": "cacheplug.flask.cache_factory", "CACHE_URL": url})
+    with app.app_context():
+        assert (third.set("k", 3), theirs.get("k")) == (True, 1)
 
 
 def test_positional_cache_args_are_refused_with_the_way_out() -> None:
