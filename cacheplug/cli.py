@@ -269,7 +269,7 @@ def _demo(args: argparse.Namespace) -> int:
         ("hit ratio", f"{100 * (calls - executions) / calls:.1f}%"),
         ("cold", f"{cold_ms:.3f} ms per call (first round)"),
         ("warm", f"{warm_ms:.3f} ms per call (later rounds)" if warm else "n/a (one round)"),
-        ("speed-up", f"{cold_ms / warm_ms:.1f}x" if warm_ms > 0 else "n/a"),
+        ("speed-up", _speed_up(cold_ms, warm_ms, hits=calls - executions)),
     ]
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
@@ -277,6 +277,14 @@ def _demo(args: argparse.Namespace) -> int:
     if errors:
         print(f"warning: the cache reported {errors} backend errors during the demo")
     return 0
+
+
+def _speed_up(cold_ms: float, warm_ms: float, hits: int) -> str:
+    if warm_ms <= 0:
+        return "n/a"
+    if not hits:  # the warm calls ran the function too: their ratio is noise, not the cache's
+        return "none: no call was served from the cache"
+    return f"{cold_ms / warm_ms:.1f}x"
 
 
 def _count(number: int, noun: str) -> str:
