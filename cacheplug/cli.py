@@ -226,9 +226,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     from cacheplug.core.serializer import serializer_name
 
-    from_env = not args.url and bool(os.environ.get(ENV_URL))
-    url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
-    target = _Target(url, f"(from environment variable {ENV_URL})" if from_env else "")
+    url, origin = _url_of(args)
+    target = _Target(url, origin)
     delay = args.delay_ms / 1000
     executions = 0
     with target as cache:
@@ -287,6 +286,16 @@ def _speed_up(cold_ms: float, warm_ms: float, hits: int) -> str:
     return f"{cold_ms / warm_ms:.1f}x"
 
 
+def _url_of(args: argparse.Namespace) -> tuple[str, str]:
+    """The cache URL of the command line, else of ``$CACHE_URL``, else ``simple://``; and where
+    it came from, to end an error message with."""
+    if args.url:
+        return args.url, ""
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL], f"(from environment variable {ENV_URL})"
+    return DEFAULT_URL, ""
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
@@ -300,11 +309,14 @@ def _check(args: argparse.Namespace) -> int:
     from cacheplug.backends.null import NullCache
     from cacheplug.core.url import parse_url
 
+    if not args.url and not os.environ.get(ENV_URL):  # simple:// would check nothing deployed
+        args.usage_error(f"the following arguments are required: url (or set {ENV_URL})")
+    url, origin = _url_of(args)
     try:
-        outer = parse_url(args.url).query.get("key_prefix", "")
+        outer = parse_url(url).query.get("key_prefix", "")
     except ValueError as err:
-        raise _Problem(str(err), EXIT_USAGE) from err
-    target = _Target(args.url, key_prefix=f"{outer}cacheplug-check:{_token()}:")
+        raise _Problem(f"{err} {origin}".rstrip(), EXIT_USAGE) from err
+    target = _Target(url, origin, key_prefix=f"{outer}cacheplug-check:{_token()}:")
     print(f"checking {target.url.redacted()} ({target.scrub(repr(target.cache))})")
     failed: list[str] = []
     with target as cache:
@@ -476,8 +488,12 @@ def _parser(arguments: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str
         description="Run every cache method once under a fresh key prefix and report each "
         "result and its time; only keys under that prefix are written and cleared.",
     )
-    check.add_argument("url", help="cache URL, e.g. redis://localhost:6379/0")
-    check.set_defaults(handler=_check)
+    check.add_argument(
+        "url",
+        nargs="?",
+        help=f"cache URL, e.g. redis://localhost:6379/0 (default: ${ENV_URL}; one is required)",
+    )
+    check.set_defaults(handler=_check, usage_error=check.error)
 
     plugins = commands.add_parser(
         "plugins",

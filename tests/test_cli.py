@@ -155,6 +155,18 @@ def test_demo_says_a_bad_url_came_from_cache_url() -> None:
     )
 
 
+def test_check_takes_its_url_from_cache_url_as_demo_does() -> None:
+    # an operator checks the deployment's own CACHE_URL without copying it (and its password)
+    result = run("check", env={"CACHE_URL": "simple://"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("checking simple:// (SimpleCache(")
+    wrong = run("check", env={"CACHE_URL": "simpel://"})
+    assert wrong.returncode == 2
+    assert wrong.stderr.rstrip().endswith("(from environment variable CACHE_URL)")
+    given = run("check", "null://", env={"CACHE_URL": "simple://"})  # the command line wins
+    assert (given.returncode, given.stdout.split(" (")[0]) == (1, "checking null://")
+
+
 def test_demo_with_a_bad_url_exits_2_with_the_message() -> None:
     result = run("demo", f"simpel://?secret={SECRET}")
     assert result.returncode == 2
