@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from cacheplug.backends._redis_replacing import put_back
 from cacheplug.core._entering import entering
 from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError, did_you_mean
@@ -744,8 +745,9 @@ class DeadServer:
         self._until = max(self._until, until)
 
     def restore(self) -> Any:
-        """Put the real client back on the cache and return it."""
-        setattr(self._cache, self._attribute, self._real)
+        """Put the real client back on the cache, unless a client was assigned in this
+        stand-in's place meanwhile, and return it."""
+        put_back(self._cache, self._attribute, self, self._real)
         return self._real
 
     def __getattr__(self, name: str) -> Any:

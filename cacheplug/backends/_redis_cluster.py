@@ -18,6 +18,7 @@ from cacheplug.backends._redis_clients import (
     pool_exhausted,
     shown_host,
 )
+from cacheplug.backends._redis_replacing import put_back, retire
 from cacheplug.backends._redis_wire import mget_pieces
 from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError
@@ -152,8 +153,10 @@ class PendingCluster:
         with self._locked:
             client = self._cache._client
             if client is self:
-                client = self._cache._client = self._connect()
+                client = self._connect()
                 self.built[:] = [client]
+                if not put_back(self._cache, "_client", self, client):  # assigned meanwhile
+                    retire([client], self._cache._client)
         return getattr(client, name)
 
 

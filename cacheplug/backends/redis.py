@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import pickle
 import time
-from collections.abc import Callable, Mapping, MutableSet, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableSet, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from cacheplug.backends import _redis_cluster as cluster
@@ -53,7 +53,12 @@ from cacheplug.backends._redis_counters import (
     scripts_refused,
     unescaped,
 )
-from cacheplug.core._entering import entering
+from cacheplug.backends._redis_replacing import (
+    disconnect_dedicated,
+    pools_of,
+    retire,
+    swap_lock,
+)
 from cacheplug.core.base import (
     SIGNED_MARK,
     BaseCache,
@@ -133,6 +138,7 @@ class RedisCache(BaseCache):
         "_pending",
         "_direct",
         "_scripts_refused",
+        "_swapping",
     }
 
     def __init__(  # noqa: PLR0917 (cachelib's positional signature)
@@ -213,6 +219,11 @@ class RedisCache(BaseCache):
         )
         if check_connection:
             self._check_connection()
+
+    def _start_in_process(self) -> None:
+        super()._start_in_process()
+        #: held while a client takes another's place (see ``_redis_replacing``)
+        self._swapping = swap_lock()
 
     def _check_connection(self) -> None:
         """Ping the server, as cachelib's ``check_connection=True`` does.
@@ -899,13 +910,16 @@ class RedisCache(BaseCache):
     def _stand_aside(self, read: bool) -> None:
         """Put :class:`DeadServer` stand-ins in place of the clients of a server that failed."""
         until = time.monotonic() + self.dead_timeout
-        if read:
-            reader = self._reader
-            if reader is not None and not isinstance(reader, DeadServer):
-                self._reader = DeadServer(self, "_reader", reader, until)
-            return
-        if not isinstance(self._client, DeadServer):
-            self._client = DeadServer(self, "_client", self._client, until)
+        with self._swapping:  # a client assigned meanwhile is not replaced by the old one's
+            if read:
+                reader = self._reader
+                if reader is not None and not isinstance(reader, DeadServer):
+                    self._reader = DeadServer(self, "_reader", reader, until)
+                return
+            client = self._client
+            if isinstance(client, DeadServer):
+                return
+            self._client = DeadServer(self, "_client", client, until)
             once = self._once_client
             # still standing in since an outage only reads saw: a stand-in around it would
             # pile up one per outage, and close() would reach one that raises
@@ -918,6 +932,7 @@ class RedisCache(BaseCache):
         """New locks for this cache's clients and their pools, a client passed in included
         (redis-py renews none of a cluster's and resets a pool under its old lock)."""
         super()._after_fork_in_child()
+        self._swapping = swap_lock()
         if "_client" not in vars(self):  # forked while another thread was building it
             return
         if self._pending is not None:
@@ -937,17 +952,16 @@ class RedisCache(BaseCache):
         if self._cluster:
             if self._client is self._pending:
                 return []
-            clients = [node.redis_connection for node in self._client.get_nodes()]
+            clients = [self._client]
         else:
             clients = [self._client, self._once_client, *([] if built else [self._reader])]
-        reals = [client.real if isinstance(client, DeadServer) else client for client in clients]
-        # a client passed in may be any object with redis-py's methods and no pool
-        return [
-            client.connection_pool
-            for client in reals
-            if getattr(client, "connection_pool", None) is not None
-            and (not built or getattr(client, "auto_close_connection_pool", False))
-        ]
+        return [pool for client in self._reals(clients) for pool in pools_of(client, built)]
+
+    @staticmethod
+    def _reals(clients: Iterable[Any]) -> list[Any]:
+        """The clients of ``clients`` that are there, those standing aside included."""
+        reals = (client.real if isinstance(client, DeadServer) else client for client in clients)
+        return [client for client in reals if client is not None]
 
     @property
     def _write_client(self) -> Any:
@@ -960,12 +974,24 @@ class RedisCache(BaseCache):
     @_write_client.setter
     def _write_client(self, client: Any) -> None:
         self._check_client("_write_client", client)
-        self._refuse_split(hasattr(client, "get_primaries"), self._reader)
-        self._adopt(client)
-        self._build_clients(client)  # a separate _read_client stays
-        self._name_errors = "strict"  # its packer decides, as for a client passed in as host
-        self._scripts_refused = False
-        self._learn_secrets(client)
+        with self._swapping:
+            self._refuse_split(hasattr(client, "get_primaries"), self._reader)
+            # those this cache built: closed, as nothing else would until the collector
+            # came (a cluster still connecting closes its own, see PendingCluster)
+            built = self._built_clients()
+            self._adopt(client)
+            self._build_clients(client)  # a separate _read_client stays
+            self._name_errors = "strict"  # its packer decides, as for a client passed in as host
+            self._scripts_refused = False
+            self._learn_secrets(client)
+        retire([old for old in built if old is not client], client)
+
+    def _built_clients(self) -> list[Any]:
+        """The clients this cache built and uses (none it was given, nor a cluster's that
+        has not connected yet)."""
+        if not self._owns_client or self._client is self._pending:
+            return []
+        return self._reals([self._client, self._once_client])
 
     def _adopt(self, client: Any) -> None:
         """Take ``client``, the user's (passed in as ``host`` or assigned to ``_write_client``):
@@ -985,14 +1011,15 @@ class RedisCache(BaseCache):
 
     @_read_client.setter
     def _read_client(self, client: Any) -> None:
-        if client is self._write_client:
-            self._reader = None
-            return
-        self._check_client("_read_client", client)
-        self._refuse_split(self._cluster, client)
-        self._recipe = None
-        self._reader = client
-        self._learn_secrets(client)
+        with self._swapping:
+            if client is self._write_client:
+                self._reader = None
+                return
+            self._check_client("_read_client", client)
+            self._refuse_split(self._cluster, client)
+            self._recipe = None
+            self._reader = client
+            self._learn_secrets(client)
 
     def _learn_secrets(self, client: Any) -> None:
         """Add the passwords of ``client``, assigned by a subclass, to those masked; once each,
@@ -1041,13 +1068,8 @@ class RedisCache(BaseCache):
         self._drop_idle_connections(built=True)
         if self._cluster:  # asked for an attribute, a cluster client not yet built connects
             return
-        for client in (self._client, self._once_client):
-            real = client.real if isinstance(client, DeadServer) else client
-            dedicated = getattr(real, "connection", None)  # single_connection_client=True
-            lock = getattr(real, "single_connection_lock", None)
-            if dedicated is not None and lock is not None:
-                with entering(lock):  # each call holds it: none runs on the connection now
-                    dedicated.disconnect()
+        for client in self._reals([self._client, self._once_client]):
+            disconnect_dedicated(client)
 
     def _shown_key_prefix(self) -> str:
         # a callable key_prefix is shown, not called: it may raise outside the context it
