@@ -1,6 +1,6 @@
 """RedisCache review 31: clients a subclass assigns (as Flask-Caching's ``RedisSentinelCache``
 does) take the place of those the cache built, which close their connections, and win over a
-thread putting back a client it held from before."""
+thread putting back a client it held from before; cachelib's ``_get_prefix`` for subclasses."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCache
 from redis.credentials import CredentialProvider
 from servers import RedisCluster, RedisServer
 from waiting import paused_process, wait_until
@@ -170,3 +171,16 @@ def test_a_cluster_client_connecting_while_another_is_assigned_does_not_take_its
         WAIT,
     )
     mine.close()
+
+
+def test_flask_cachings_unlink_reaches_the_prefixed_keys(redis_server: RedisServer) -> None:
+    # Flask-Caching's RedisCache.unlink prefixes its keys with cachelib's private _get_prefix.
+    class Unlinking(RedisCache):
+        unlink = FlaskCachingRedisCache.unlink
+
+    for prefix in ("r31f:", lambda: "r31f:"):
+        cache = Unlinking(port=redis_server.port, key_prefix=prefix)
+        assert cache.set_many({"a": 1, "b": 2}) == ["a", "b"]
+        assert cache._get_prefix() == "r31f:"
+        assert cache.unlink("a", "b") == 2
+        assert cache.get_many("a", "b") == [None, None]

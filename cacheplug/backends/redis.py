@@ -311,6 +311,12 @@ class RedisCache(BaseCache):
             )
         self._key_prefix: str | Callable[[], str] = prefix or ""
 
+    def _get_prefix(self) -> str:
+        """The key prefix of the moment, a callable ``key_prefix`` asked for it: what
+        cachelib's ``RedisCache`` gives its subclasses under this name (Flask-Caching's
+        ``unlink`` prefixes its keys with it)."""
+        return self.key_prefix
+
     # -- building from a URL -----------------------------------------------------------------
 
     @classmethod
