@@ -14,7 +14,7 @@ from redis.credentials import CredentialProvider
 from servers import RedisCluster, RedisServer
 from waiting import paused_process, wait_until
 
-from cacheplug import RedisCache
+from cacheplug import ConfigurationError, RedisCache
 
 WAIT = 10.0  # seconds a step may take on a loaded machine before the test fails
 
@@ -184,3 +184,17 @@ def test_flask_cachings_unlink_reaches_the_prefixed_keys(redis_server: RedisServ
         assert cache._get_prefix() == "r31f:"
         assert cache.unlink("a", "b") == 2
         assert cache.get_many("a", "b") == [None, None]
+
+
+@pytest.mark.parametrize("keyword", ["connection_class", "connection_pool_class", "timeout"])
+def test_a_cluster_refuses_the_keywords_its_nodes_cannot_take(
+    keyword: str, redis_cluster: RedisCluster
+) -> None:
+    # redis-py's RedisCluster hands them to each node's redis.Redis, which takes none of them:
+    # the cache was built, and every call failed as an outage.
+    values = {"connection_class": redis.Connection, "connection_pool_class": redis.ConnectionPool}
+    with pytest.raises(ConfigurationError, match=f"unknown keyword '{keyword}'"):
+        RedisCache(startup_nodes=redis_cluster.nodes, **{keyword: values.get(keyword, 5)})
+    fitting = RedisCache(startup_nodes=redis_cluster.nodes, key_prefix="r31h:", client_name="ok")
+    assert fitting.set("k", 1) is True
+    fitting.close()

@@ -216,7 +216,10 @@ def driver_keywords(cluster: bool) -> tuple[type[Any], frozenset[str]]:
     if cluster:
         from redis.cluster import REDIS_ALLOWED_KEYS
 
-        takes |= frozenset(REDIS_ALLOWED_KEYS)
+        # what it hands on to each node's redis.Redis: the rest of REDIS_ALLOWED_KEYS
+        # (connection_class...) serves its from_url only, and fails every node's connect
+        node = frozenset(inspect.signature(redis.Redis.__init__).parameters)
+        takes |= frozenset(REDIS_ALLOWED_KEYS) & node
     return client, takes
 
 
