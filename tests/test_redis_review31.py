@@ -135,37 +135,55 @@ def test_a_client_assigned_while_the_old_one_stands_aside_is_not_undone(
     new.close()
 
 
+class _HeldLogin(CredentialProvider):
+    """Asked as each connection logs in: the first waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.connecting = threading.Event()
+        self.go = threading.Event()
+
+    def get_credentials(self) -> tuple[str, str]:
+        self.connecting.set()
+        self.go.wait(WAIT)
+        return ("default", "any")  # the default user takes any password
+
+
+@pytest.mark.parametrize("aside", [False, True], ids=["up", "standing-aside"])
 def test_a_cluster_client_connecting_while_another_is_assigned_does_not_take_its_place(
-    redis_cluster: RedisCluster, redis_server: RedisServer
+    aside: bool,
+    redis_cluster: RedisCluster,
+    redis_server: RedisServer,
+    fresh_redis_server: RedisServer,
 ) -> None:
     # The first call's thread built the cluster client and set it over the one assigned.
-    connecting = threading.Event()
-    go = threading.Event()
-
-    class HeldLogin(CredentialProvider):
-        """Asked as each connection logs in: the first waits until the test lets it go."""
-
-        def get_credentials(self) -> tuple[str, str]:
-            connecting.set()
-            go.wait(WAIT)
-            return ("default", "any")  # the default user takes any password
-
+    # standing-aside: the assigned client's server failed meanwhile; asked for its pools, its
+    # stand-in raised ServerDown into the first call, which failed as an outage.
+    login = _HeldLogin()
     cache = RedisCache(
         startup_nodes=redis_cluster.nodes,
         key_prefix="r31e:",
-        credential_provider=HeldLogin(),
+        credential_provider=login,
         client_name="r31-cluster",
+        dead_timeout=60,
     )
     first = threading.Thread(target=lambda: cache.get("k"))
     first.start()
-    assert connecting.wait(WAIT)
-    mine = redis.Redis(port=redis_server.port)
+    assert login.connecting.wait(WAIT)
+    server = fresh_redis_server if aside else redis_server
+    mine = redis.Redis(port=server.port, socket_timeout=0.3)
     cache._write_client = mine
-    go.set()
+    if aside:
+        assert server.pid is not None
+        with paused_process(server.pid):
+            assert cache.set("k", 0) is False  # its client stands aside
+    errors = cache.stats()["errors"]
+    login.go.set()
     first.join(WAIT)
     assert not first.is_alive()
+    assert cache.stats()["errors"] == errors  # the first call ran on the cluster client
     assert cache._write_client is mine
-    assert cache.set("k", 1) is True and mine.get("r31e:k") == b"1"
+    if not aside:
+        assert cache.set("k", 1) is True and mine.get("r31e:k") == b"1"
     wait_until(
         lambda: all("r31-cluster" not in client_names(node) for node in redis_cluster.servers),
         WAIT,

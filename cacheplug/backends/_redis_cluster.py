@@ -156,7 +156,7 @@ class PendingCluster:
                 client = self._connect()
                 self.built[:] = [client]
                 if not put_back(self._cache, "_client", self, client):  # assigned meanwhile
-                    retire([client], self._cache._client)
+                    retire([client], self._cache._write_client)
         return getattr(client, name)
 
 
