@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import hmac
 import inspect
 import logging
@@ -22,6 +21,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.serializer import SerializerLike, resolve_serializer, serializer_name
+from cacheplug.core.signing import (
+    SECRET_ENV,
+    SIGNATURE_SIZE,
+    SIGNED_HEAD,
+    SIGNED_MARK,
+    CacheSigner,
+    PayloadSigner,
+    entry_binding,
+    resolve_secret,
+    signing_context,
+)
 from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:
@@ -31,12 +41,19 @@ if TYPE_CHECKING:
     from cacheplug.core.url import CacheURL
 
 __all__ = [
+    "SECRET_ENV",
+    "SIGNATURE_SIZE",
+    "SIGNED_MARK",
     "BaseCache",
+    "CacheSigner",
     "Memoized",
+    "PayloadSigner",
     "Timeout",
     "check_default_timeout",
     "check_picklable",
+    "entry_binding",
     "normalize_timeout",
+    "signing_context",
 ]
 
 logger = logging.getLogger("cacheplug")
@@ -47,104 +64,7 @@ R = TypeVar("R")
 #: What a ``timeout`` argument accepts: seconds, a timedelta, or None for the default.
 Timeout = float | timedelta | None
 
-SECRET_ENV = "CACHEPLUG_SECRET"
-SIGNATURE_SIZE = 32  # HMAC-SHA256 digest length
-#: The first bytes of every signed payload. No pickle, JSON or msgpack document (nor CBOR)
-#: can start with them, so a cache without the secret reads a signed entry as a miss at its
-#: first byte, instead of feeding the MAC's random bytes to ``loads``.
-SIGNED_MARK = b"\xc1\xff"
-_SIGNED_HEAD = len(SIGNED_MARK) + SIGNATURE_SIZE
 _LOG_INTERVAL = 60.0  # seconds between two log lines of one kind from one cache
-
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
-class PayloadSigner:
-    """HMAC-SHA256 with the key schedule done once (RFC 2104).
-
-    Copying pre-keyed hash states costs about a third of ``hmac.digest`` per small payload;
-    the result is byte for byte the same.
-    """
-
-    def __init__(self, secret: bytes, context: bytes = b"") -> None:
-        block_size = hashlib.sha256().block_size
-        if len(secret) > block_size:
-            secret = hashlib.sha256(secret).digest()
-        block = secret.ljust(block_size, b"\0")
-        # every MAC covers ``context`` before the payload: HMAC(secret, context + data)
-        self._inner = hashlib.sha256(block.translate(_IPAD) + context)
-        self._outer = hashlib.sha256(block.translate(_OPAD))
-
-    def sign(self, data: bytes) -> bytes:
-        """The 32-byte HMAC-SHA256 of ``data``."""
-        inner = self._inner.copy()
-        inner.update(data)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-def signing_context(serializer: object) -> bytes:
-    """What a payload's MAC covers before its bytes: the serializer's name (nothing for pickle).
-
-    An entry signed through one serializer then never verifies for a cache reading with
-    another: the bytes of a msgpack value holding a user's text can be a pickle that runs code.
-    """
-    name = getattr(serializer, "name", None)
-    if not isinstance(name, str) or not name:
-        # two foreign classes may share a bare name (``Serializer``) but not module and class
-        kind = type(serializer)
-        name = f"{kind.__module__}.{kind.__qualname__}"
-    elif name == "pickle":
-        return b""
-    # its length first: a name may hold any character, a NUL included
-    encoded = name.encode("utf-8", "surrogatepass")
-    return b"cacheplug-serializer:%d:" % len(encoded) + encoded
-
-
-def entry_binding(key_prefix: str, key: str) -> bytes:
-    """What a MAC covers between the serializer's context and the payload: the entry's
-    ``key_prefix`` and key, each preceded by its length, so no two entries share it."""
-    prefix = key_prefix.encode("utf-8", "surrogatepass")
-    name = key.encode("utf-8", "surrogatepass")
-    return b"cacheplug-entry:%d:%d:" % (len(prefix), len(name)) + prefix + name
-
-
-class CacheSigner:
-    """The signer of one cache, keyed to the serializer each call names, as ``serializer`` is
-    reassignable: the caller names the one it encodes or decodes with, read once."""
-
-    __slots__ = ("_keyed", "_secret")
-
-    def __init__(self, secret: bytes, serializer: object) -> None:
-        self._secret = secret
-        # (serializer, its signer's hash states), replaced as one so threads never mix them
-        self._keyed = self._rekey(serializer)
-
-    def _rekey(self, serializer: object) -> tuple[object, Any, Any]:
-        signer = PayloadSigner(self._secret, signing_context(serializer))
-        # returned as built: another thread may replace self._keyed meanwhile
-        keyed = self._keyed = (serializer, signer._inner, signer._outer)
-        return keyed
-
-    def sign(self, data: bytes | memoryview, serializer: object, entry: bytes = b"") -> bytes:
-        """The 32-byte HMAC-SHA256 of ``serializer``'s context, ``entry`` and ``data``.
-
-        ``entry`` names the entry the payload belongs to (:func:`entry_binding`), so that a
-        genuine payload copied to another key does not verify there.
-        """
-        keyed, inner, outer = self._keyed
-        if keyed is not serializer:
-            keyed, inner, outer = self._rekey(serializer)
-        inner = inner.copy()
-        if entry:
-            inner.update(entry)
-        inner.update(data)
-        outer = outer.copy()
-        outer.update(inner.digest())
-        signature: bytes = outer.digest()
-        return signature
 
 
 #: The longest timeout in seconds (about 285 million years); a longer int counts as this
@@ -452,23 +372,8 @@ class BaseCache(ABC):
         self.key_prefix = key_prefix
         if serializer is not None:
             self.serializer = resolve_serializer(serializer)
-        if secret is None:
-            from_env = os.environ.get(SECRET_ENV)
-            # the variable's very bytes, even those that are not UTF-8 (kept as surrogates)
-            secret = os.fsencode(from_env) if from_env else None
-        if isinstance(secret, str):
-            try:
-                encoded: bytes | None = secret.encode()
-            except UnicodeEncodeError:
-                encoded = None
-            if encoded is None:  # raised here, not chained: the encoding error shows the secret
-                raise ConfigurationError(
-                    "secret must be text UTF-8 can encode (no lone surrogates) or bytes"
-                )
-            secret = encoded
-        if secret is not None and (not isinstance(secret, bytes) or not secret):
-            raise ConfigurationError("secret must be a non-empty str or bytes")
-        self._signer = CacheSigner(secret, self.serializer) if secret is not None else None
+        key = resolve_secret(secret)
+        self._signer = CacheSigner(key, self.serializer) if key is not None else None
         self._start_in_process()
 
     def _start_in_process(self) -> None:
@@ -866,9 +771,9 @@ class BaseCache(ABC):
         """
         serializer = self.serializer  # read once: the one verified is the one that loads
         if self._signer is not None:
-            data = payload[_SIGNED_HEAD:]
+            data = payload[SIGNED_HEAD:]
             expected = SIGNED_MARK + self._signer.sign(data, serializer, self._entry(key, prefix))
-            if not hmac.compare_digest(payload[:_SIGNED_HEAD], expected):
+            if not hmac.compare_digest(payload[:SIGNED_HEAD], expected):
                 raise SerializationError(
                     "stored payload has no valid signature for this secret, serializer and key"
                 )
@@ -898,9 +803,9 @@ class BaseCache(ABC):
         if type(serializer) is PickleSerializer:
             # the default, without the frames of _decode and the serializer
             signer = self._signer
-            data = payload if signer is None else payload[_SIGNED_HEAD:]
+            data = payload if signer is None else payload[SIGNED_HEAD:]
             if signer is None or hmac.compare_digest(
-                payload[:_SIGNED_HEAD],
+                payload[:SIGNED_HEAD],
                 SIGNED_MARK + signer.sign(data, serializer, self._entry(key, prefix)),
             ):
                 try:
