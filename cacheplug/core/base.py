@@ -6,10 +6,8 @@ import copy
 import hmac
 import inspect
 import logging
-import math
 import os
 import pickle
-import sys
 import threading
 import time
 import weakref
@@ -19,7 +17,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
 from cacheplug.core._entering import entering
+from cacheplug.core.arguments import check_delta, check_key, check_mapping, checked_counter
 from cacheplug.core.errors import ConfigurationError, SerializationError
+from cacheplug.core.options import (
+    LONGEST_SOCKET_TIMEOUT,
+    check_bool,
+    check_picklable,
+    check_seconds,
+)
 from cacheplug.core.serializer import SerializerLike, resolve_serializer, serializer_name
 from cacheplug.core.signing import (
     SECRET_ENV,
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
     from cacheplug.core.url import CacheURL
 
 __all__ = [
+    "LONGEST_SOCKET_TIMEOUT",
     "LONGEST_TIMEOUT",
     "SECRET_ENV",
     "SIGNATURE_SIZE",
@@ -56,8 +62,14 @@ __all__ = [
     "Memoized",
     "PayloadSigner",
     "Timeout",
+    "check_bool",
     "check_default_timeout",
+    "check_delta",
+    "check_key",
+    "check_mapping",
     "check_picklable",
+    "check_seconds",
+    "checked_counter",
     "entry_binding",
     "normalize_timeout",
     "signing_context",
@@ -69,19 +81,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _LOG_INTERVAL = 60.0  # seconds between two log lines of one kind from one cache
-
-
-def check_picklable(cache: str, option: str, value: object) -> None:
-    """Raise a :class:`TypeError` naming ``option`` of a ``cache`` (its class name) being
-    pickled unless ``value`` pickles."""
-    try:
-        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception as err:
-        raise TypeError(
-            f"cannot pickle a {cache} whose {option} ({type(value).__name__}) cannot be pickled "
-            f"({type(err).__name__}: {err}); give one that can (a registered name or a str, a "
-            "module-level function or class), or build the cache in the other process"
-        ) from err
 
 
 _NOT_GIVEN: Any = object()
@@ -106,59 +105,6 @@ class _ClassDefaultTimeout:
 
     def __set__(self, instance: object, value: object) -> None:
         self.inherited.__set__(instance, value)
-
-
-#: The longest socket timeout an option may give, in seconds (about 31 years): the socket
-#: module refuses a few times more.
-LONGEST_SOCKET_TIMEOUT = 1e9
-
-
-def check_seconds(
-    name: str,
-    value: object,
-    least: float = 0.0,
-    *,
-    above: bool = False,
-    most: float = math.inf,
-    none: str = "",
-) -> float:
-    """The option ``name`` as a float number of seconds, checked when the cache is built.
-
-    ``value`` must be an int or float, not a bool, at least ``least`` (more than it when
-    ``above``) and at most ``most``; NaN and infinity never pass. ``none`` says what ``None``
-    means for an option that takes it (the caller lets it through).
-
-    :raises ConfigurationError: says what was given and what is accepted.
-    """
-    # comparisons, not float(): an int too large for a float still fails them cleanly
-    if (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and (value > least if above else value >= least)
-        and value <= most
-        and value <= sys.float_info.max  # not infinity, nor an int no float can hold
-    ):
-        return float(value)
-    bounds = f"{'>' if above else '>='} {least:g}"
-    if most < math.inf:
-        bounds += f" and <= {most:g}"
-    alternative = f", or None {none}" if none else ""
-    raise ConfigurationError(
-        f"{name} must be a number of seconds {bounds}{alternative}, got {value!r}"
-    )
-
-
-def check_bool(name: str, value: object) -> bool:
-    """The option ``name``, once it is a bool: text such as ``"no"`` would read as true.
-
-    :raises TypeError: says what was given; ``from_url`` reads text (``?fsync=no``) itself.
-    """
-    if type(value) is not bool:
-        raise TypeError(
-            f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}; "
-            "text such as 'no' is read only in a URL"
-        )
-    return value
 
 
 #: What an engine failure's log line says before the engine's error (``cacheplug check`` reads it).
@@ -200,21 +146,6 @@ def _reset_each_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_locks_in_child)
-
-
-def check_key(key: object) -> None:
-    """Raise :class:`TypeError` unless ``key`` is a ``str``."""
-    if type(key) is not str and not isinstance(key, str):
-        raise TypeError(f"cache key must be str, got {type(key).__name__} {key!r}")
-
-
-def check_mapping(mapping: object) -> None:
-    """Raise :class:`TypeError` unless ``mapping`` has ``items()``, as a dict does."""
-    if not callable(getattr(mapping, "items", None)):
-        raise TypeError(
-            "set_many takes a mapping of str keys to values, such as a dict, got "
-            f"{type(mapping).__name__}; make one from (key, value) pairs with dict(pairs)"
-        )
 
 
 class _ThreadTally(threading.local):
@@ -967,19 +898,6 @@ def _refuse_awaitable(key: str, value: Any) -> None:
         f"get_or_set({key!r}) got a {type(value).__name__} from its factory, which cannot be "
         "cached: await it and set its result, or decorate the async function with memoize"
     )
-
-
-def check_delta(delta: object) -> None:
-    """Raise :class:`TypeError` unless ``delta`` is an int."""
-    if type(delta) is not int:
-        raise TypeError(f"delta must be int, got {type(delta).__name__} {delta!r}")
-
-
-def checked_counter(key: str, value: object) -> int:
-    """``value`` as a counter, or :class:`TypeError` when it is not an integer."""
-    if type(value) is int:
-        return value
-    raise TypeError(f"cannot increment {key!r}: it holds a {type(value).__name__}, not an int")
 
 
 def __getattr__(name: str) -> Any:
