@@ -6,17 +6,16 @@ import copy
 import hmac
 import inspect
 import logging
-import os
 import pickle
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
 from cacheplug.core._entering import entering
+from cacheplug.core.after_fork import live_caches
 from cacheplug.core.arguments import check_delta, check_key, check_mapping, checked_counter
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.options import (
@@ -109,43 +108,6 @@ class _ClassDefaultTimeout:
 
 #: What an engine failure's log line says before the engine's error (``cacheplug check`` reads it).
 CONTRACT_SAYS = "answering as the contract says: "
-
-#: Every cache of this process, so a forked child can re-create their locks; keyed by id,
-#: as a backend defining ``__eq__`` alone is unhashable.
-_live_caches: weakref.WeakValueDictionary[int, BaseCache] = weakref.WeakValueDictionary()
-
-
-def _reset_locks_in_child() -> None:
-    """In a forked child: new locks for every cache, as a lock held by another thread of the
-    parent stays held forever there (the logging module does the same for its handlers).
-
-    A cache whose reset fails is logged and the others are still reset: one failure must
-    not leave every later cache with locks no thread of the child will ever release. A signal
-    handler's exception (CPython prints it and goes on with the child) lands in a reset that
-    runs once more: each step does again what it did, in a child of one thread.
-    """
-    try:
-        _reset_each_in_child()
-    except BaseException:
-        _reset_each_in_child()
-        raise
-
-
-def _reset_each_in_child() -> None:
-    for cache in list(_live_caches.values()):
-        try:
-            cache._after_fork_in_child()
-        except Exception as err:
-            logger.warning(
-                "%s could not be reset in a forked child, its locks may be the parent's: %s: %s",
-                type(cache).__name__,
-                type(err).__name__,
-                err,
-            )
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 class _ThreadTally(threading.local):
@@ -271,7 +233,7 @@ class BaseCache(ABC):
         self._flights_locked = entering(self._flights_lock)
         self._last_logged: dict[str, float] = {}
         self._held_back: dict[str, int] = {}
-        _live_caches[id(self)] = self
+        live_caches[id(self)] = self
 
     def __bool__(self) -> bool:
         """Always true, even for an empty cache whose class defines ``__len__``: so
