@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 import inspect
 import logging
 import pickle
@@ -31,8 +32,9 @@ from cacheplug import (
     SerializationError,
     SimpleCache,
 )
-from cacheplug.core.base import PayloadSigner, Timeout, normalize_timeout
 from cacheplug.core.memoize import Memoized
+from cacheplug.core.signing import PayloadSigner
+from cacheplug.core.timeouts import Timeout, normalize_timeout
 from cacheplug.testing import CacheContract, CacheFactory
 
 
@@ -770,6 +772,36 @@ def test_memoized_is_still_exported_by_core_base() -> None:
     assert base.Memoized is Memoized
     with pytest.raises(AttributeError, match="no attribute 'Memoised'"):
         getattr(base, "Memoised")  # noqa: B009
+
+
+@pytest.mark.parametrize(
+    ("home", "names"),
+    [
+        ("arguments", ["check_delta", "check_key", "check_mapping", "checked_counter"]),
+        ("options", ["LONGEST_SOCKET_TIMEOUT", "check_bool", "check_picklable", "check_seconds"]),
+        (
+            "signing",
+            [
+                "SECRET_ENV",
+                "SIGNATURE_SIZE",
+                "SIGNED_MARK",
+                "CacheSigner",
+                "PayloadSigner",
+                "entry_binding",
+                "signing_context",
+            ],
+        ),
+        ("timeouts", ["LONGEST_TIMEOUT", "Timeout", "check_default_timeout", "normalize_timeout"]),
+    ],
+)
+def test_names_moved_out_of_core_base_are_still_exported_by_it(home: str, names: list[str]) -> None:
+    # backends and plugins import them from base, where they were defined before
+    from cacheplug.core import base
+
+    moved = importlib.import_module(f"cacheplug.core.{home}")
+    for name in names:
+        assert name in base.__all__, name
+        assert getattr(base, name) is getattr(moved, name), name
 
 
 def test_memoize_on_a_partial_names_it_the_same_in_every_process() -> None:

@@ -26,7 +26,8 @@ from cacheplug import (
     RedisCache,
     SimpleCache,
 )
-from cacheplug.core.base import Timeout, check_key, normalize_timeout
+from cacheplug.core.arguments import check_key
+from cacheplug.core.timeouts import Timeout, normalize_timeout
 
 Factory = Callable[..., Any]  # assigns a timedelta and worse, beyond the float it is typed
 

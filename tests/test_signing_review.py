@@ -45,7 +45,7 @@ from cacheplug.backends._memcached_counters import (
 )
 from cacheplug.backends._memcached_keys import memcached_key
 from cacheplug.backends._memcached_namespace import token_key
-from cacheplug.core.base import CacheSigner, entry_binding, signing_context
+from cacheplug.core.signing import CacheSigner, entry_binding, signing_context
 
 SECRET = "review-secret"
 ADMIN = {"role": "admin"}
