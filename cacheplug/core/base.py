@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-import inspect
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
@@ -32,7 +30,8 @@ from cacheplug.core.signing import (
     resolve_secret,
     signing_context,
 )
-from cacheplug.core.stats import CONTRACT_SAYS, CacheStats, ThreadTally
+from cacheplug.core.single_flight import NOT_HANDED, SingleFlight, handed_copy
+from cacheplug.core.stats import CONTRACT_SAYS, ThreadTally
 from cacheplug.core.timeouts import (
     LONGEST_TIMEOUT,
     Timeout,
@@ -51,6 +50,7 @@ __all__ = [
     "CONTRACT_SAYS",
     "LONGEST_SOCKET_TIMEOUT",
     "LONGEST_TIMEOUT",
+    "NOT_HANDED",
     "SECRET_ENV",
     "SIGNATURE_SIZE",
     "SIGNED_MARK",
@@ -68,6 +68,7 @@ __all__ = [
     "check_seconds",
     "checked_counter",
     "entry_binding",
+    "handed_copy",
     "normalize_timeout",
     "signing_context",
 ]
@@ -99,7 +100,7 @@ class _ClassDefaultTimeout:
         self.inherited.__set__(instance, value)
 
 
-class BaseCache(CacheStats, PayloadCodec, ABC):
+class BaseCache(SingleFlight, PayloadCodec, ABC):
     """The contract of a cacheplug cache, with cachelib-compatible semantics.
 
     Subclasses implement ``get``, ``set``, ``add``, ``delete``, ``has`` and ``clear``; the
@@ -352,65 +353,6 @@ class BaseCache(CacheStats, PayloadCodec, ABC):
 
     # -- beyond cachelib -----------------------------------------------------------------------
 
-    def get_or_set(self, key: str, factory: Callable[[], Any], timeout: Timeout = None) -> Any:
-        """The cached value, or ``factory()`` stored and returned on a miss.
-
-        Threads of this process missing the same key wait for one ``factory`` call. A
-        ``None`` result is returned but not told apart from a miss next time. A result the
-        cache did not keep (``None``, a failed write, a timeout below 0) is handed to the
-        threads that waited for it, each a deep copy of its own; after an exception, each of
-        them calls ``factory`` in turn. Each call counts one lookup in :meth:`stats`: a miss
-        when it runs ``factory`` or is handed a result, else a hit.
-        """
-        seq = self._error_seq  # one attribute: this is the hit path of every memoized call
-        value = self.get(key)
-        if value is not None:
-            return value
-        counted = self._lookup_errors(seq)
-        flight = self._single_flight(key)
-        try:
-            shared, seen = next(flight)
-            ended = shared[2] != seen  # a call this thread waited for ended meanwhile
-            if not ended or shared[4]:  # else its result is not in the cache: no use looking
-                self._take_back_lookup(counted)
-                value = self.get(key)  # counts this call: a hit when another thread's factory ran
-                if value is not None:
-                    return value
-            if ended:
-                # not kept (None, a failed write, NullCache) or gone: waiters must not call
-                # one after another
-                value = handed_copy(shared[3])
-                if value is not NOT_HANDED:
-                    return value
-            seconds = normalize_timeout(timeout, self.default_timeout)  # raises before factory
-            value = factory()
-            if inspect.isawaitable(value):
-                _refuse_awaitable(key, value)
-            kept = self._store_result(key, value, timeout, seconds)
-            shared[3], shared[4] = value, kept
-            shared[2] += 1  # after the result: a cut in between hands the waiters nothing
-            if value is not None and shared[1] > 1:
-                # waiters read a kept result from the cache (one evicted meanwhile: they call
-                # again); an unkept one is copied first, so the caller cannot change theirs
-                shared[3] = NOT_HANDED if kept else handed_copy(value)
-        finally:
-            next(flight, None)
-        return value
-
-    def _store_result(self, key: str, value: Any, timeout: Timeout, seconds: float) -> bool:
-        """Store the result of a call that others wait for; whether they can read it back.
-
-        ``seconds``: ``timeout`` normalized before the call. Below 0 (also a ``default_timeout``
-        reassigned so, to stop caching) the write keeps nothing: the waiters are handed the
-        result, instead of each missing in turn and calling again, one after another.
-        """
-        return (
-            value is not None
-            and self.set(key, value, timeout)
-            and self._keeps_entries
-            and seconds >= 0
-        )
-
     def memoize(
         self, timeout: Timeout = None, *, key_prefix: str | None = None
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
@@ -470,51 +412,6 @@ class BaseCache(CacheStats, PayloadCodec, ABC):
         self._flights_lock = threading.Lock()
         self._flights_locked = entering(self._flights_lock)
 
-    def _single_flight(self, key: str) -> Iterator[tuple[list[Any], int]]:
-        """Hold the per-key lock of this process for ``key`` from the first ``next`` until the
-        second.
-
-        The first ``next`` gives the flight, ``[lock, threads in it, calls ended, the last
-        result, whether the cache kept it]``, and how many of its calls had ended when this
-        thread joined: more by the time it holds the lock, and it waited for one of them.
-
-        Re-entrant: a factory that uses its own key again in the same thread must not hang.
-        Driven by hand, never by a ``with``: the caller takes both steps in its own try and
-        finally, as C calls, so a signal handler raising between them cannot leave the lock
-        held by a suspended generator, which only the garbage collector would close, in
-        whichever thread it runs (an RLock cannot be released there).
-        """
-        # A signal handler may raise as any call here returns (a lock's exit included): the
-        # count goes up inside the try, with no call between it and noting it in ``flight``,
-        # and the finally calls nothing between taking it back and dropping an unused flight.
-        flight: list[Any] | None = None
-        try:
-            with self._flights_locked:
-                found = self._flights.get(key)
-                if found is None:
-                    found = self._flights[key] = [entering(threading.RLock()), 0, 0, None, False]
-                found[1] += 1
-                flight = found
-                seen = found[2]
-            with flight[0]:
-                yield flight, seen
-        finally:
-            # A signal handler may also raise while this waits for the flights' lock (another
-            # thread holds it): then it waits again, and raises that exception once counted out.
-            cut: BaseException | None = None
-            while flight is not None:
-                try:
-                    with self._flights_locked:
-                        flight[1] -= 1
-                        flights = self._flights  # a fork drops flights: then it is not there
-                        if flight[1] == 0 and key in flights and flights[key] is flight:
-                            del flights[key]
-                        flight = None
-                except BaseException as err:  # raised below, once counted out
-                    cut = err
-            if cut is not None:
-                raise cut
-
     def _shown_key_prefix(self) -> str:
         """How :meth:`__repr__` shows ``key_prefix``."""
         return repr(self.key_prefix)
@@ -573,31 +470,6 @@ def _unshadow_default_timeout(cls: type) -> None:
         if "default_timeout" in vars(klass):  # the one instances see
             _keep_default_timeout_checked(klass)
             return
-
-
-#: What :func:`handed_copy` returns for a result it cannot copy.
-NOT_HANDED: Any = object()
-
-
-def handed_copy(value: Any) -> Any:
-    """A deep copy of a result that one call hands to the others waiting for it, so that none
-    gets another's object; :data:`NOT_HANDED` when it cannot be copied (they call themselves)."""
-    if value is None or value is NOT_HANDED:
-        return value
-    try:
-        return copy.deepcopy(value)
-    except Exception:
-        return NOT_HANDED
-
-
-def _refuse_awaitable(key: str, value: Any) -> None:
-    """Raise :class:`TypeError` for a factory result that is a coroutine or another awaitable."""
-    if inspect.iscoroutine(value):
-        value.close()  # never to be awaited: no "never awaited" warning on top of this error
-    raise TypeError(
-        f"get_or_set({key!r}) got a {type(value).__name__} from its factory, which cannot be "
-        "cached: await it and set its result, or decorate the async function with memoize"
-    )
 
 
 def __getattr__(name: str) -> Any:
