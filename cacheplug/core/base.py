@@ -1,4 +1,9 @@
-"""``BaseCache``: the contract every backend honours."""
+"""``BaseCache``: the contract every backend honours.
+
+Its payload, counting and ``get_or_set`` methods come from its base classes in ``payloads``,
+``stats`` and ``single_flight``. The helpers backends and plugins import from here live in
+``arguments``, ``options``, ``signing`` and ``timeouts``; this module re-exports them.
+"""
 
 from __future__ import annotations
 
