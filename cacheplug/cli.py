@@ -52,7 +52,7 @@ class _FirstFailure(logging.Filter):
     """
 
     def __init__(self) -> None:
-        from cacheplug.core.base import CONTRACT_SAYS
+        from cacheplug.core.stats import CONTRACT_SAYS
 
         super().__init__()
         self.cause = ""

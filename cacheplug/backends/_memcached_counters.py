@@ -23,7 +23,7 @@ from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS, FAILED
 from cacheplug.backends._memcached_keys import left_to_live
-from cacheplug.core.base import checked_counter
+from cacheplug.core.arguments import checked_counter
 from cacheplug.core.errors import SerializationError
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from cacheplug.backends._redis_replacing import put_back
 from cacheplug.core._entering import entering
-from cacheplug.core.base import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.errors import ConfigurationError, did_you_mean
+from cacheplug.core.options import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.url import check_host, coerce_option, port_number, redact_text
 
 if TYPE_CHECKING:

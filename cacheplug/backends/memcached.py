@@ -60,21 +60,17 @@ from cacheplug.backends._memcached_servers import (
     readable,
 )
 from cacheplug.backends._memcached_wire import Steps, finish
-from cacheplug.core.base import (
-    LONGEST_SOCKET_TIMEOUT,
-    BaseCache,
-    Timeout,
-    check_bool,
-    check_default_timeout,
-    check_delta,
-    check_key,
-    check_mapping,
-    check_picklable,
-    check_seconds,
-    normalize_timeout,
-)
+from cacheplug.core.arguments import check_delta, check_key, check_mapping
+from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.options import (
+    LONGEST_SOCKET_TIMEOUT,
+    check_bool,
+    check_picklable,
+    check_seconds,
+)
+from cacheplug.core.timeouts import Timeout, check_default_timeout, normalize_timeout
 from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:

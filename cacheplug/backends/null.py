@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cacheplug.core.base import BaseCache, Timeout, check_delta, check_key, normalize_timeout
+from cacheplug.core.arguments import check_delta, check_key
+from cacheplug.core.base import BaseCache
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.timeouts import Timeout, normalize_timeout
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn

@@ -59,18 +59,13 @@ from cacheplug.backends._redis_replacing import (
     retire,
     swap_lock,
 )
-from cacheplug.core.base import (
-    SIGNED_MARK,
-    BaseCache,
-    Timeout,
-    check_delta,
-    check_key,
-    check_mapping,
-    check_picklable,
-    normalize_timeout,
-)
+from cacheplug.core.arguments import check_delta, check_key, check_mapping
+from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.options import check_picklable
+from cacheplug.core.signing import SIGNED_MARK
+from cacheplug.core.timeouts import Timeout, normalize_timeout
 from cacheplug.core.url import host_port
 from cacheplug.serializers.pickle import PickleSerializer
 

@@ -12,20 +12,13 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cacheplug.core._entering import entering
-from cacheplug.core.base import (
-    LONGEST_TIMEOUT,
-    SIGNED_MARK,
-    BaseCache,
-    Timeout,
-    check_delta,
-    check_key,
-    check_mapping,
-    checked_counter,
-    normalize_timeout,
-)
+from cacheplug.core.arguments import check_delta, check_key, check_mapping, checked_counter
+from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.core.serializer import SerializerLike
+from cacheplug.core.signing import SIGNED_MARK
+from cacheplug.core.timeouts import LONGEST_TIMEOUT, Timeout, normalize_timeout
 from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:

@@ -32,13 +32,15 @@ from cacheplug.core._memoize_keys import (
     short_digest,
     stable_repr,
 )
-from cacheplug.core.base import NOT_HANDED, handed_copy, normalize_timeout
+from cacheplug.core.single_flight import NOT_HANDED, handed_copy
+from cacheplug.core.timeouts import normalize_timeout
 
 if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
 
-    from cacheplug.core.base import BaseCache, Timeout
+    from cacheplug.core.base import BaseCache
+    from cacheplug.core.timeouts import Timeout
 
 __all__ = ["AsyncMemoized", "Memoized", "memoized"]
 

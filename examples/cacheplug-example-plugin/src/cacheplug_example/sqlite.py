@@ -11,13 +11,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from cacheplug import BaseCache, ConfigurationError
-from cacheplug.core.base import (
-    Timeout,
-    check_delta,
-    check_key,
-    checked_counter,
-    normalize_timeout,
-)
+from cacheplug.core.arguments import check_delta, check_key, checked_counter
+from cacheplug.core.timeouts import Timeout, normalize_timeout
 
 if TYPE_CHECKING:
     from cacheplug.core.serializer import SerializerLike
