@@ -1,7 +1,8 @@
 """``MemcachedCache``: one or several memcached servers through pymemcache (scheme ``memcached``).
 
-Entries carry flags that say how their bytes are encoded, and integers under 2**62 in size are
-stored as memcached counters, so ``inc``/``dec`` are one native ``incr`` (``_memcached_counters``).
+Entries carry flags that say how their bytes are encoded (``_memcached_items``), and integers
+under 2**62 in size are stored as memcached counters, so ``inc``/``dec`` are one native ``incr``
+(``_memcached_counters``).
 Keys memcached would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over
 the servers by consistent hashing, with a pool of connections per server (``_memcached_servers``);
 the hot commands speak memcached's text protocol directly (``_memcached_wire``). A batch over
@@ -13,7 +14,6 @@ With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
 
 from __future__ import annotations
 
-import pickle
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -25,19 +25,12 @@ from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_calls import Call, ServerCalls
 from cacheplug.backends._memcached_commands import FAILED
 from cacheplug.backends._memcached_counters import (
-    BIASES,
-    COUNTER_BIAS,
-    FLAG_COUNTER,
-    FLAG_GUARDED,
-    FLAG_SERIALIZED,
     INT64_MAX,
     INT64_MIN,
-    NUMERIC_START,
-    WRAP,
-    counter_value,
     incr_step,
     increment,
 )
+from cacheplug.backends._memcached_items import FlaggedItems
 from cacheplug.backends._memcached_keys import (
     MAX_RELATIVE_EXPIRY,
     exptime_for,
@@ -66,7 +59,6 @@ from cacheplug.core.options import (
     check_seconds,
 )
 from cacheplug.core.timeouts import Timeout, check_default_timeout, normalize_timeout
-from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
@@ -94,7 +86,7 @@ def _driver() -> _Driver:
     return closing_client(Client), engine_errors, (OSError, MemcacheUnexpectedCloseError)
 
 
-class MemcachedCache(BaseCache, ServerCalls):
+class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
     """A cache on memcached, drop-in for cachelib's ``MemcachedCache``.
 
     Example::
@@ -257,45 +249,6 @@ class MemcachedCache(BaseCache, ServerCalls):
         if "servers" in options:
             return cls(**options)
         return cls(servers or None, **options)
-
-    # -- encoding ------------------------------------------------------------------------------
-
-    def _pack(self, value: Any, key: str) -> tuple[int, bytes]:
-        """``(flags, data)`` of ``key``'s ``value`` as stored: an integer that memcached's
-        ``incr`` may count is a counter, anything else serialized."""
-        if type(value) is int and -COUNTER_BIAS <= value < COUNTER_BIAS:
-            return FLAG_COUNTER, b"%d" % ((value + COUNTER_BIAS) % WRAP)
-        data = self._encode(value, key)
-        if data and data[0] in NUMERIC_START:
-            return FLAG_GUARDED, b"!" + data
-        return FLAG_SERIALIZED, data
-
-    def _unpack(self, key: str, item: tuple[int, bytes]) -> Any:
-        """The value of a fetched item, counted as a hit; unreadable or a stored ``None``,
-        which reads like a miss: ``None``, a miss."""
-        value = self._read_item(key, item)
-        if value is None:
-            self._misses += 1
-        else:
-            self._hits += 1
-        return value
-
-    def _read_item(self, key: str, item: tuple[int, bytes]) -> Any:
-        flags, data = item
-        if flags == FLAG_SERIALIZED:
-            return self._decode_or_miss(key, data)
-        if flags in BIASES:
-            try:
-                return counter_value(int(data), flags)
-            except ValueError:
-                pass
-        elif flags == FLAG_GUARDED:
-            return self._decode_or_miss(key, data[1:])
-        self._count_unreadable()
-        self._log(
-            "decode", "entry %r is not a cacheplug entry (flags %d), read as a miss", key, flags
-        )
-        return None
 
     @property
     def default_timeout(self) -> float:
@@ -481,37 +434,6 @@ class MemcachedCache(BaseCache, ServerCalls):
         if items is FAILED:
             return [None] * len(keys)
         return self._values(keys, [items.get(name) for name in line.split(b" ")])
-
-    def _values(
-        self, keys: Sequence[str], items: list[tuple[int, bytes] | None], unread: int = 0
-    ) -> list[Any]:
-        """The values of ``keys`` from their raw ``items`` (None: missing), counted.
-
-        ``unread`` of the missing items were on a server that failed: errors, not misses.
-        """
-        values: list[Any] | None = None
-        if self._signer is None and type(self.serializer) is PickleSerializer:
-            loads = pickle.loads
-            try:  # the default, without a call of _read_item per value
-                values = [
-                    None if item is None or item[0] != FLAG_SERIALIZED else loads(item[1])
-                    for item in items
-                ]
-            except Exception:
-                pass  # an unreadable entry: _read_item logs and counts it
-            else:
-                values = [
-                    self._read_item(key, item)
-                    if item is not None and item[0] != FLAG_SERIALIZED
-                    else value
-                    for key, item, value in zip(keys, items, values, strict=True)
-                ]
-        if values is None:
-            values = [
-                None if item is None else self._read_item(key, item)
-                for key, item in zip(keys, items, strict=True)
-            ]
-        return self._counted_reads(values, unread)
 
     def set_many(self, mapping: Mapping[str, Any], timeout: Timeout = None) -> list[str]:
         check_mapping(mapping)
