@@ -8,6 +8,7 @@ the servers by consistent hashing, with a pool of connections per server (``_mem
 the hot commands speak memcached's text protocol directly (``_memcached_wire``). A batch over
 several servers waits for the connections it opens at the same time and sends its requests to all of
 them before it reads any reply; a server that fails is skipped for a while (``_memcached_calls``).
+What the ``*_many`` calls share, such as grouping keys by server, is in ``_memcached_batches``.
 With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
 (``_memcached_namespace``).
 """
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
 from cacheplug.backends import _memcached_commands as commands
 from cacheplug.backends import _memcached_namespace as namespace
 from cacheplug.backends import _memcached_wire as wire
-from cacheplug.backends._memcached_calls import Call, ServerCalls
+from cacheplug.backends._memcached_batches import ServerBatches, store_many_at, store_many_in
+from cacheplug.backends._memcached_calls import Call
 from cacheplug.backends._memcached_commands import FAILED
 from cacheplug.backends._memcached_counters import (
     INT64_MAX,
@@ -47,7 +49,6 @@ from cacheplug.backends._memcached_servers import (
     make_servers,
     parse_servers,
 )
-from cacheplug.backends._memcached_wire import Steps
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
 from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError
@@ -86,7 +87,7 @@ def _driver() -> _Driver:
     return closing_client(Client), engine_errors, (OSError, MemcacheUnexpectedCloseError)
 
 
-class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
+class MemcachedCache(BaseCache, FlaggedItems, ServerBatches):
     """A cache on memcached, drop-in for cachelib's ``MemcachedCache``.
 
     Example::
@@ -270,30 +271,6 @@ class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
 
     # -- engine calls -----------------------------------------------------------------------------
 
-    def _fetch(self, keys: Iterable[str], operation: str) -> tuple[dict[str, Any], set[str]]:
-        """Raw items of the present ``keys``, one round trip per server involved, and the keys
-        whose server failed."""
-        found: dict[str, Any] = {}
-        lost: set[str] = set()
-        space = self._namespace
-        groups = self._by_server(keys, space)
-        if space is not None and len(groups) == 1:  # nothing to overlap: the plain call is leaner
-            ((server, group),) = groups.items()
-            items = self._run(server, operation, namespace.fetch, server, group, *space)
-            return ({}, set(group)) if items is FAILED else (items, lost)
-        calls: list[Call] = [
-            (server, _fetch_keys, (group,))
-            if space is None
-            else (server, namespace.fetch_steps, (server, group, *space))
-            for server, group in groups.items()
-        ]
-        for group, items in zip(groups.values(), self._run_each(operation, calls), strict=True):
-            if items is FAILED:
-                lost.update(group)
-            else:
-                found.update(items)
-        return found, lost
-
     def _fetch_one(self, key: str, operation: str, space: tuple[str, str]) -> Any:
         """The raw item of ``key`` in the namespace ``space``, None, or ``FAILED``."""
         server = self._server(key, space)
@@ -303,25 +280,6 @@ class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
     def _server(self, key: str, space: tuple[str, str] | None) -> Server:
         """The server of ``key``; in a namespace, placed by the prefixed key."""
         return self._only or self._ring(key if space is None else space[0] + key)
-
-    def _by_server(
-        self, keys: Iterable[str], space: tuple[str, str] | None
-    ) -> dict[Server, list[str]]:
-        groups: dict[Server, list[str]] = {}
-        only, ring = self._only, self._ring
-        prefix = "" if space is None else space[0]
-        try:
-            unique = dict.fromkeys(keys)
-        except TypeError:  # an unhashable key (a list given for *keys): say what keys must be
-            for key in keys:
-                check_key(key)
-            raise
-        for key in unique:
-            if type(key) is not str:
-                check_key(key)
-            server = only or ring(prefix + key)
-            groups.setdefault(server, []).append(key)
-        return groups
 
     def _call_one(
         self,
@@ -452,10 +410,10 @@ class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
         if space is not None and len(batches) == 1:  # nothing to overlap: the plain call is leaner
             ((server, items, dropped),) = batches
             args = (server, space, items, exptime, dropped)
-            answers = [self._run(server, "set_many", _store_many_at, *args)]
+            answers = [self._run(server, "set_many", store_many_at, *args)]
         else:
             calls: list[Call] = [
-                (server, _store_many_in, (server, space, items, exptime, dropped))
+                (server, store_many_in, (server, space, items, exptime, dropped))
                 if space is not None
                 else (
                     server,
@@ -471,42 +429,6 @@ class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
         self._sets += count  # no call between its read and write
         done = set(stored)
         return [key for key in packed if key in done]
-
-    def _stored(
-        self,
-        server: Server,
-        space: tuple[str, str] | None,
-        items: dict[str, tuple[int, bytes]],
-        exptime: int,
-        *,
-        done: Any,
-        dropped: list[namespace.TokenDroppedError],
-    ) -> list[str]:
-        """The keys of ``items`` stored on ``server`` in the namespace ``space``, ``done`` the
-        answer of their batch (``dropped``: its namespace token kept vanishing): key by key
-        when the server answered the batch with an error."""
-        # key by key, unless the server is down or the namespace token kept vanishing: every
-        # key would meet it again, 2 * CREATE_ATTEMPTS round trips each
-        if done is FAILED and len(items) > 1 and not server.down_until and not dropped:
-            done = [
-                self._call_one("set_many", space, key, namespace.store, wire.store, item, exptime)
-                is True
-                for key, item in items.items()
-            ]
-        if done is FAILED:
-            return []
-        refused = done.count(None)
-        if refused:  # one error for the call, as on Redis and for a batch that failed whole
-            from pymemcache.exceptions import MemcacheServerError
-
-            self._backend_error(
-                "set_many",
-                MemcacheServerError(
-                    f"memcached {server.name} refused {refused} of {len(items)} values "
-                    f"(too large for its item size limit, or out of memory)"
-                ),
-            )
-        return [key for key, ok in zip(items, done, strict=True) if ok]
 
     def delete_many(self, *keys: str) -> list[str]:
         deleted: set[str] = set()
@@ -578,55 +500,6 @@ class MemcachedCache(BaseCache, FlaggedItems, ServerCalls):
 
 #: The reply to ``flush_all``.
 _FLUSHED = {b"OK": True}
-
-
-def _fetch_keys(client: Any, keys: list[str]) -> Steps[dict[str, Any]]:
-    """Raw items of the present ``keys`` (no namespace), as steps."""
-    names = {memcached_key(key).encode("ascii"): key for key in keys}
-    items = yield from wire.fetch_steps(client, b" ".join(names))
-    return {names[name]: item for name, item in items.items()}
-
-
-def _store_many_in(  # noqa: PLR0917 (called through MemcachedCache._run_each, by position)
-    client: Any,
-    server: Server,
-    space: tuple[str, str],
-    items: Mapping[str, tuple[int, bytes]],
-    exptime: int,
-    dropped: list[namespace.TokenDroppedError],
-) -> Steps[list[bool | None]]:
-    """``namespace.store_many_steps``, its ``TokenDroppedError`` also kept in ``dropped``."""
-    with _Keeping(dropped):
-        return (yield from namespace.store_many_steps(client, server, space, items, exptime))
-
-
-def _store_many_at(  # noqa: PLR0917 (called through MemcachedCache._run, by position)
-    client: Any,
-    server: Server,
-    space: tuple[str, str],
-    items: Mapping[str, tuple[int, bytes]],
-    exptime: int,
-    dropped: list[namespace.TokenDroppedError],
-) -> list[bool | None]:
-    """``namespace.store_many``, its ``TokenDroppedError`` also kept in ``dropped``."""
-    with _Keeping(dropped):
-        return namespace.store_many(client, server, space, items, exptime)
-
-
-class _Keeping:
-    """Keeps a ``TokenDroppedError`` raised inside it in ``dropped``, and lets it through."""
-
-    __slots__ = ("dropped",)
-
-    def __init__(self, dropped: list[namespace.TokenDroppedError]) -> None:
-        self.dropped = dropped
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, err: BaseException | None, trace: object) -> None:
-        if isinstance(err, namespace.TokenDroppedError):
-            self.dropped.append(err)
 
 
 def _discard_idle(servers: Iterable[Server]) -> None:
