@@ -1,9 +1,8 @@
 """The memcached servers of a ``MemcachedCache`` and their connections.
 
-Server specs (``"host:port"``, ``(host, port)``, unix socket paths), one pool of pymemcache
-clients per server with its health and namespace token, consistent hashing of keys onto
-servers. pymemcache itself is never imported here: the backend passes its
-``Client`` class in.
+One pool of pymemcache clients per server (parsed from its spec by ``_memcached_server_specs``)
+with its health and namespace token, consistent hashing of keys onto servers. pymemcache itself
+is never imported here: the backend passes its ``Client`` class in.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import ipaddress
 import math
 import select
 import socket
@@ -22,13 +20,12 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from cacheplug.backends._memcached_server_specs import Address, server_identity
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import check_host, host_port, is_ipv6, port_number
+from cacheplug.core.url import host_port
 
 __all__ = [
-    "DEFAULT_PORT",
     "TIMEOUTS",
-    "Address",
     "Ring",
     "Server",
     "check_pool_size",
@@ -36,13 +33,10 @@ __all__ = [
     "connect_all",
     "idle_and_open",
     "make_servers",
-    "parse_servers",
     "readable",
 ]
 
-DEFAULT_PORT = 11211
 _RING_POINTS = 160
-_MOST_WEIGHT = 100  # a server's weight multiplies its points on the ring
 #: A reply that did not come in time: kernel socket timeouts raise BlockingIOError.
 TIMEOUTS = (BlockingIOError, TimeoutError)
 #: Seconds a batch's first try at a connection waits: a reachable server on a LAN answers in
@@ -183,51 +177,6 @@ class Server:
         return token
 
 
-#: A server's address, ``(host, port)`` or a unix socket path, and its weight.
-Address = tuple[tuple[str, int] | str, int]
-
-
-def parse_servers(servers: Iterable[str | tuple[str, int]] | str | None) -> list[Address]:
-    """The distinct addresses in ``servers`` (``MemcachedCache``'s argument) with their weights.
-
-    :raises ConfigurationError: ``servers`` is invalid.
-    """
-    if servers is None:
-        servers = [("127.0.0.1", DEFAULT_PORT)]
-    elif isinstance(servers, str):
-        servers = servers.split(",")
-    elif _is_addresses(servers):
-        # a set or a generator too: placement hashes each address, not its position
-        servers = list(servers)
-    else:
-        raise ConfigurationError(
-            f"servers must be a list of 'host:port' strings, (host, port) tuples or unix "
-            f"socket paths, got a {type(servers).__name__} object; MemcachedCache opens its "
-            f"own pymemcache connections and cannot use a ready client: pass the addresses "
-            f"that client connects to, e.g. MemcachedCache(['10.0.0.1:11211'])"
-        )
-    parsed = [_parse_server(spec) for spec in servers]
-    if not parsed:
-        raise ConfigurationError("servers must name at least one memcached server")
-    # however a server is spelled, the first spelling names it; listed twice, it weighs both
-    unique: dict[str, Address] = {}
-    for address, weight in parsed:
-        identity = server_identity(address)
-        first, before = unique.get(identity, (address, 0))
-        unique[identity] = first, before + weight
-    return list(unique.values())
-
-
-def _is_addresses(servers: object) -> bool:
-    """Whether ``servers`` is a collection of addresses, not a ready client (memcache's,
-    pylibmc's or pymemcache's, which have ``get`` and ``set``) nor bytes."""
-    if isinstance(servers, (list, tuple)):
-        return True
-    if hasattr(servers, "get") and hasattr(servers, "set"):
-        return False
-    return isinstance(servers, Iterable) and not isinstance(servers, (bytes, bytearray))
-
-
 def check_pool_size(max_pool_size: object) -> int:
     """``max_pool_size``, once it is an int >= 1.
 
@@ -269,80 +218,6 @@ def make_servers(
         )
         for address, weight in addresses
     ]
-
-
-def server_identity(address: tuple[str, int] | str) -> str:
-    """What tells servers apart and places keys: ``host:port`` with a host name in the form
-    the resolver looks up (IDNA, lower case) and an IP address in its standard spelling, so
-    clients that write one server differently agree where every key lives; a unix socket's
-    path as it is."""
-    if isinstance(address, str):
-        return address
-    host, port = address
-    try:
-        canonical = str(ipaddress.ip_address(host))
-    except ValueError:
-        # DNS ignores letter case; a non-ASCII name as the socket module looks it up (IDNA)
-        canonical = host.encode("idna").decode("ascii").lower()
-    return host_port(canonical, port)
-
-
-def _parse_server(spec: object) -> tuple[tuple[str, int] | str, int]:
-    """The address and weight of ``"host:port"``, ``"host"``, ``"[v6]:port"``, ``(host, port)``,
-    a unix socket path, or any of the strings with a weight, ``("host:port", weight)``, as
-    python-memcached (cachelib's client) takes them."""
-    if isinstance(spec, tuple) and len(spec) == 2:
-        host, port = spec
-        if isinstance(host, str) and type(port) is int and _names_a_server(host):
-            if 1 <= port <= _MOST_WEIGHT:  # python-memcached's ("host:port", weight)
-                return _parse_server(host)[0], port
-            raise ConfigurationError(
-                f"invalid memcached server {spec!r}: the weight of {host!r} must be an int "
-                f"from 1 to {_MOST_WEIGHT}, got {port!r}"
-            )
-        elif isinstance(host, str) and host and type(port) is int and port_number(port):
-            if host.startswith("[") and host.endswith("]") and is_ipv6(host[1:-1]):
-                host = host[1:-1]
-            if _could_be_host(host):
-                return (check_host(host), port), 1
-    elif isinstance(spec, str) and spec.strip():
-        # python-memcached's explicit families; the address reads the same without them
-        text = spec.strip().removeprefix("inet6:").removeprefix("inet:")
-        if text.startswith(("unix:", "/")):
-            path = text.removeprefix("unix:")
-            if path and "\0" not in path:  # a NUL would cut the path the kernel connects to
-                return path, 1
-        else:
-            if text.startswith("["):
-                host, _, rest = text[1:].partition("]")
-                port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
-            else:
-                host, _, port_text = text.partition(":")
-            if _could_be_host(host) and not port_text:
-                return (check_host(host), DEFAULT_PORT), 1
-            port = port_number(port_text) if _could_be_host(host) else None
-            if port is not None:
-                return (check_host(host), port), 1
-    raise ConfigurationError(
-        f"invalid memcached server {spec!r}: expected 'host:port', 'host' (port {DEFAULT_PORT}), "
-        f"'[ipv6]:port', (host, port), a unix socket path, or one of the strings with a weight "
-        f"as python-memcached takes it, ('host:port', 2)"
-    )
-
-
-def _could_be_host(host: str) -> bool:
-    """Whether ``host`` may be a host name or an IP address: no resolver looks up a name with
-    a blank, a bracket or a slash in it, so such a server would be down forever."""
-    return bool(host) and not any(c.isspace() or c in "[]/" for c in host)
-
-
-def _names_a_server(text: str) -> bool:
-    """Whether ``text`` is a whole server string (a port or a socket in it), not a bare host."""
-    if text.startswith(("/", "unix:", "inet:", "inet6:")):
-        return True
-    if text.startswith("["):  # "[v6]" alone is a host
-        return "]:" in text
-    return ":" in text and not is_ipv6(text)
 
 
 class Ring:

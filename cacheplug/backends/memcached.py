@@ -3,8 +3,9 @@
 Entries carry flags that say how their bytes are encoded (``_memcached_items``), and integers
 under 2**62 in size are stored as memcached counters, so ``inc``/``dec`` are one native ``incr``
 (``_memcached_counters``).
-Keys memcached would refuse are sent in a hashed form (``_memcached_keys``). Keys are spread over
-the servers by consistent hashing, with a pool of connections per server (``_memcached_servers``);
+Keys memcached would refuse are sent in a hashed form (``_memcached_keys``). The servers, given as
+specs (``_memcached_server_specs``), share the keys by consistent hashing, with a pool of
+connections per server (``_memcached_servers``);
 the hot commands speak memcached's text protocol directly (``_memcached_wire``). A batch over
 several servers waits for the connections it opens at the same time and sends its requests to all of
 them before it reads any reply; a server that fails is skipped for a while (``_memcached_calls``).
@@ -40,14 +41,13 @@ from cacheplug.backends._memcached_keys import (
     memcached_key,
     plain_line,
 )
+from cacheplug.backends._memcached_server_specs import parse_servers, url_servers
 from cacheplug.backends._memcached_servers import (
-    DEFAULT_PORT,
     Ring,
     Server,
     check_pool_size,
     closing_client,
     make_servers,
-    parse_servers,
 )
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
 from cacheplug.core.base import BaseCache
@@ -236,17 +236,7 @@ class MemcachedCache(BaseCache, FlaggedItems, ServerBatches):
                 f"memcached:// takes hosts and options only (no path, no credentials), "
                 f"got {url.redacted()!r}; write memcached://host1:11211,host2:11211?option=value"
             )
-        servers: list[str | tuple[str, int]] = []
-        for host, port in url.hosts:
-            if not host.startswith("/"):
-                servers.append((host, port or DEFAULT_PORT))
-            elif port is None:
-                servers.append(host)
-            else:
-                raise ConfigurationError(
-                    f"a unix socket path takes no port, got {host!r} with port {port} in "
-                    f"{url.redacted()!r}"
-                )
+        servers = url_servers(url)
         if "servers" in options:
             return cls(**options)
         return cls(servers or None, **options)
