@@ -2,16 +2,14 @@
 
 Entries carry flags that say how their bytes are encoded (``_memcached_items``), and integers
 under 2**62 in size are stored as memcached counters, so ``inc``/``dec`` are one native ``incr``
-(``_memcached_counters``).
-Keys memcached would refuse are sent in a hashed form (``_memcached_keys``). The servers, given as
-specs (``_memcached_server_specs``), share the keys by consistent hashing, with a pool of
-connections per server (``_memcached_servers``);
-the hot commands speak memcached's text protocol directly (``_memcached_wire``). A batch over
-several servers waits for the connections it opens at the same time and sends its requests to all of
-them before it reads any reply; a server that fails is skipped for a while (``_memcached_calls``).
-What the ``*_many`` calls share, such as grouping keys by server, is in ``_memcached_batches``.
-With a ``key_prefix``, every key lives in a namespace that ``clear`` replaces
-(``_memcached_namespace``).
+(``_memcached_counters``). Keys memcached would refuse are sent in a hashed form
+(``_memcached_keys``). The servers, given as specs (``_memcached_server_specs``), share the keys
+by consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
+commands speak memcached's text protocol directly (``_memcached_wire``). Calls run on the pools
+and skip a server that failed for a while (``_memcached_calls``); a batch over several servers
+waits for the connections it opens at the same time and sends its requests to all of them before
+it reads any reply, and what the ``*_many`` calls share is in ``_memcached_batches``. With a
+``key_prefix``, every key lives in a namespace that ``clear`` replaces (``_memcached_namespace``).
 """
 
 from __future__ import annotations
