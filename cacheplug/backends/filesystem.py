@@ -19,9 +19,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, Self, TypeVar
 
+from cacheplug.backends._filesystem_options import (
+    HashMethod,
+    checked_mode,
+    checked_threshold,
+    resolved_hash,
+    url_options,
+)
 from cacheplug.core._entering import entering
 from cacheplug.core.base import (
     BaseCache,
@@ -47,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSystemCache"]
 
-HashMethod = Callable[[bytes], Any]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -237,7 +242,7 @@ class FileSystemCache(BaseCache):
 
     @hash_method.setter
     def hash_method(self, method: HashMethod | str) -> None:
-        hashed = _resolved_hash(method)
+        hashed = resolved_hash(method)
         hex_len = len(hashed(b"").hexdigest())
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
@@ -263,7 +268,7 @@ class FileSystemCache(BaseCache):
 
     @threshold.setter
     def threshold(self, threshold: int) -> None:
-        checked = _checked_threshold(threshold)
+        checked = checked_threshold(threshold)
         if checked and not getattr(self, "_threshold", checked):
             self._uncounted = True  # no limit until now: its new entries went uncounted
         self._threshold = checked
@@ -277,7 +282,7 @@ class FileSystemCache(BaseCache):
 
     @mode.setter
     def mode(self, mode: int | None) -> None:
-        self._mode = _checked_mode(mode)
+        self._mode = checked_mode(mode)
 
     @property
     def lock_timeout(self) -> float | None:
@@ -342,19 +347,7 @@ class FileSystemCache(BaseCache):
         :raises ConfigurationError: a host, credentials or a relative path in the URL, or a
             ``mode`` that is not octal text.
         """
-        if url.hosts or url.username is not None or url.password is not None:
-            raise ConfigurationError(
-                f"file:// takes no host or credentials, got {url.redacted()!r}; write an absolute "
-                f"directory after three slashes, e.g. file:///var/cache/myapp"
-            )
-        if not url.path.startswith("/") and "cache_dir" not in options:
-            raise ConfigurationError(
-                f"file:// needs an absolute directory, got {url.redacted()!r}; "
-                f"write file:///var/cache/myapp (three slashes)"
-            )
-        mode = options.get("mode")
-        if isinstance(mode, str):
-            options = {**options, "mode": _parse_mode(mode)}
+        options = url_options(url, options)
         return cls(**options) if "cache_dir" in options else cls(url.path, **options)
 
     # -- the contract ---------------------------------------------------------------------------
@@ -515,7 +508,7 @@ class FileSystemCache(BaseCache):
         self._full_disk_until = 0.0
         self._namespace = None
         # a hash_method name resolves to a partial of hashlib.new, which pickle refuses
-        self._hash = _resolved_hash(self.hash_method)
+        self._hash = resolved_hash(self.hash_method)
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -1238,55 +1231,6 @@ def _replace(tmp: str, path: str) -> None:
 def _discard(path: str) -> None:
     with suppress(OSError):
         os.unlink(path)
-
-
-def _checked_threshold(threshold: object) -> int:
-    if type(threshold) is not int or threshold < 0:
-        raise ConfigurationError(f"threshold must be an int >= 0 (0 = no limit), got {threshold!r}")
-    return threshold
-
-
-def _checked_mode(mode: object) -> int:
-    if mode is None:
-        return 0o600
-    if type(mode) is not int or not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
-        shown = oct(mode) if type(mode) is int and mode >= 0 else repr(mode)  # 0o400, not 256
-        raise ConfigurationError(
-            f"mode must be file permission bits from 0o600 to 0o777 (no setuid, setgid or "
-            f"sticky bit) that let the owner read and write, got {shown}"
-        )
-    return mode
-
-
-def _parse_mode(text: str) -> int:
-    """Octal permission text from a URL: ``600``, ``0600`` and ``0o600`` all mean ``0o600``."""
-    digits = text.strip().lower().removeprefix("0o")
-    if not digits or set(digits) - set("01234567"):
-        raise ConfigurationError(
-            f"option 'mode' must be octal permissions such as 600, 0600 or 0o600, got {text!r}"
-        )
-    return int(digits, 8)
-
-
-def _resolved_hash(method: HashMethod | str) -> HashMethod:
-    if isinstance(method, str):
-        name = method.lower()
-        if name not in hashlib.algorithms_available:
-            raise ConfigurationError(
-                f"unknown hash_method {method!r}; use a hashlib name such as "
-                f"{', '.join(sorted(n for n in hashlib.algorithms_guaranteed if 'shake' not in n))}"
-            )
-        method = partial(hashlib.new, name)
-    try:
-        digest = method(b"cacheplug").hexdigest()
-    except Exception as err:  # not a hashlib constructor, or one needing a length (shake)
-        raise ConfigurationError(
-            f"hash_method must be a hashlib constructor such as hashlib.sha256 (or its name) "
-            f"whose hexdigest() takes no argument: {type(err).__name__}: {err}"
-        ) from err
-    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{16,128}", digest):
-        raise ConfigurationError("hash_method must give a hex digest of 16 to 128 digits")
-    return method
 
 
 def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int, int]:
