@@ -176,7 +176,7 @@ class Cases:
     def files_problems(self, cache: FileSystemCache, outcome: CutResult) -> list[str]:
         problems = []
         left = open_fds() - self.fds
-        if left > 0:  # also for a cut as os.open returns (filesystem._open)
+        if left > 0:  # also for a cut as os.open returns (_filesystem_files.open_fd)
             problems.append(f"{left} descriptor(s) left open")
         count, files = tally(cache), len(entry_files(cache))
         if 0 <= count < files:

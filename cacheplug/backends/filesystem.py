@@ -21,6 +21,25 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, Self, TypeVar
 
+from cacheplug.backends._filesystem_files import (
+    DISK_FULL,
+    ENTRY_FAULTS,
+    HEADER,
+    LOCK_FLAGS,
+    MAGIC,
+    NEVER,
+    O_CLOEXEC,
+    OUT_OF_RESOURCES,
+    READ_FLAGS,
+    TEMP_TOKEN_BYTES,
+    WRITE_FLAGS,
+    Entry,
+    discard,
+    open_fd,
+    read_rest,
+    replace_entry,
+    widen_to,
+)
 from cacheplug.backends._filesystem_options import (
     HashMethod,
     checked_mode,
@@ -57,34 +76,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-# Every entry file starts with magic + absolute expiry (0.0 = never), then the payload.
-_HEADER = struct.Struct("<4sd")
-_MAGIC = b"CPF1"
-_NEVER = 0.0
 _NS_HEX = 16  # hex digits of the key_prefix tag in file names
-_TEMP_TOKEN_BYTES = 6
 _STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
 _PREPARE_ATTEMPTS = 3  # times the constructor prepares a directory removed as it does so
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# NONBLOCK: a FIFO planted at an entry path must not hang a reader; NOFOLLOW: no symlinks.
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
-# What opening or reading an entry fails with when that file is at fault (gone, a symlink,
-# another's, no regular file): a missing or damaged entry. Any other error (EMFILE, ENFILE,
-# ENOMEM, EIO) is the file system failing, an outage: read as missing, it would let inc restart
-# a live counter, add overwrite a live entry and pruning drop live entries.
-_ENTRY_FAULTS = frozenset(
-    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENXIO}
-    # O_NOFOLLOW on a symlink: ELOOP (Linux, macOS), EMLINK (FreeBSD), EFTYPE (NetBSD)
-    | {errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", errno.ELOOP)}
-    | {errno.ENODEV, errno.EOVERFLOW}  # a device without a driver; a file too large to read
-)
-# Of those outages, the ones of this process, never of one file: pruning stops at them, where
-# one entry failing with EIO (a bad sector) beside others read fine is passed over.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 # A busy lock is tried again after pauses growing from about the time a writer holds it
 # (tens of microseconds) to half a millisecond, jittered so waiters do not retry in step:
 # longer ones leave a waiter behind the others for tens of milliseconds under contention.
@@ -98,9 +93,6 @@ _TALLY_CHECK = 0x3C5A_17C0_DE5A_17C0
 
 # options that were plain attributes, found so in older pickles
 _NOW_PROPERTIES = frozenset({"cache_dir", "mode", "hash_method", "fsync"})
-
-# (absolute expiry, payload, mtime) of an entry file
-_Entry = tuple[float, memoryview, float]
 
 
 class _Namespace(NamedTuple):
@@ -246,7 +238,7 @@ class FileSystemCache(BaseCache):
         hex_len = len(hashed(b"").hexdigest())
         entry = rf"cp-[0-9a-f]{{{_NS_HEX}}}-[0-9a-f]{{{hex_len}}}"
         self._entry_name = re.compile(entry)
-        self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+        self._temp_name = re.compile(rf"{entry}\.[0-9a-f]{{{2 * TEMP_TOKEN_BYTES}}}\.tmp")
         self._hash = hashed
         self._hash_method = method
         self._namespace = None
@@ -428,7 +420,7 @@ class FileSystemCache(BaseCache):
         try:
             live = self._is_live(path)
         except OSError as err:
-            if err.errno in _OUT_OF_RESOURCES:  # this process's want: retried, it may read
+            if err.errno in OUT_OF_RESOURCES:  # this process's want: retried, it may read
                 raise
             # The file fails reads (a bad sector), and would until replaced: removing it needs
             # no read. Whether it was live is unknown, so the answer is the damaged entry's.
@@ -528,12 +520,12 @@ class FileSystemCache(BaseCache):
         seconds = normalize_timeout(timeout, self._default_timeout)
         if seconds > 0:
             return self._clock() + seconds
-        return _NEVER if seconds == 0 else None
+        return NEVER if seconds == 0 else None
 
     def _expired(self, expires: float) -> bool:
-        return expires != _NEVER and expires <= self._clock()
+        return expires != NEVER and expires <= self._clock()
 
-    def _read(self, path: str, *, header_only: bool) -> _Entry | None:
+    def _read(self, path: str, *, header_only: bool) -> Entry | None:
         """``(expiry, payload, mtime)`` of the entry at ``path``; ``None`` if missing or unreadable.
 
         With ``header_only`` the payload is left unread (and empty).
@@ -542,11 +534,11 @@ class FileSystemCache(BaseCache):
             an I/O error): an outage, never to be taken for a missing entry.
         """
         try:
-            fd = _open(path, _READ_FLAGS)
+            fd = open_fd(path, READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as err:
-            if err.errno not in _ENTRY_FAULTS:
+            if err.errno not in ENTRY_FAULTS:
                 raise
             self._unreadable(path, err.strerror or str(err))
             return None
@@ -557,23 +549,23 @@ class FileSystemCache(BaseCache):
                 return None
             size = info.st_size
             if header_only:
-                data = os.read(fd, _HEADER.size)
+                data = os.read(fd, HEADER.size)
             else:
                 data = os.read(fd, size + 1)
                 if len(data) != size:
-                    data = _read_rest(fd, data, size)
+                    data = read_rest(fd, data, size)
         except OSError as err:
-            if err.errno not in _ENTRY_FAULTS:
+            if err.errno not in ENTRY_FAULTS:
                 raise
             self._unreadable(path, err.strerror or str(err))
             return None
         finally:
             os.close(fd)
-        if len(data) < _HEADER.size or data[:4] != _MAGIC:
+        if len(data) < HEADER.size or data[:4] != MAGIC:
             self._unreadable(path, "not a cacheplug entry (truncated or foreign)")
             return None
         # a view, not a slice: a large value is then held once, not twice, until decoded
-        return _HEADER.unpack_from(data)[1], memoryview(data)[_HEADER.size :], info.st_mtime
+        return HEADER.unpack_from(data)[1], memoryview(data)[HEADER.size :], info.st_mtime
 
     def _unreadable(self, path: str, reason: str) -> None:
         self._count_unreadable()
@@ -608,7 +600,7 @@ class FileSystemCache(BaseCache):
 
         :raises OSError: the file system refused.
         """
-        data = _HEADER.pack(_MAGIC, expires) + payload
+        data = HEADER.pack(MAGIC, expires) + payload
         if lock is not None:
             self._commit_new(lock, path, data)
             return
@@ -616,14 +608,14 @@ class FileSystemCache(BaseCache):
             tmp = self._write_temp(path, data)
         except OSError as err:
             # the directory is gone (taking the lock brings it back), or the disk is full
-            if not isinstance(err, FileNotFoundError) and err.errno not in _DISK_FULL:
+            if not isinstance(err, FileNotFoundError) and err.errno not in DISK_FULL:
                 raise
             _holding(self._locked(), self._commit_new, path, data)
             return
         try:
             _holding(self._locked(), self._commit, tmp, path)
         except BaseException:
-            _discard(tmp)  # the lock could not be taken
+            discard(tmp)  # the lock could not be taken
             raise
 
     def _commit_new(self, lock: int, path: str, data: bytes) -> None:
@@ -634,7 +626,7 @@ class FileSystemCache(BaseCache):
         """Move ``tmp`` over ``path``, making room first for a new entry; ``tmp`` never stays."""
         try:
             if not self._threshold or os.path.lexists(path):
-                _replace(tmp, path)
+                replace_entry(tmp, path)
             else:
                 count, added = _read_tally(lock)
                 # The tally drifts when a writer dies or files vanish: a listing repairs it. It
@@ -656,20 +648,20 @@ class FileSystemCache(BaseCache):
                 # beyond threshold).
                 _keep_tally(lock, count + 1, added + 1)
                 try:
-                    _replace(tmp, path)
+                    replace_entry(tmp, path)
                 except BaseException:
                     if os.path.lexists(tmp):  # else renamed, and a signal came after it
                         _keep_tally(lock, count, added)
                     raise
         except BaseException:
-            _discard(tmp)
+            discard(tmp)
             raise
         if self._fsync:  # the rename is durable only once the directory is on disk too
             self._sync_directory()
         self._sets += 1
 
     def _sync_directory(self) -> None:
-        fd = _open(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
+        fd = open_fd(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -680,7 +672,7 @@ class FileSystemCache(BaseCache):
         try:
             return self._write_temp(path, data)
         except OSError as err:
-            if err.errno not in _DISK_FULL or not self._drop_dead_entries(lock):
+            if err.errno not in DISK_FULL or not self._drop_dead_entries(lock):
                 raise
         return self._write_temp(path, data)
 
@@ -700,9 +692,9 @@ class FileSystemCache(BaseCache):
         return left < len(names)
 
     def _write_temp(self, path: str, data: bytes) -> str:
-        tmp = f"{path}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
+        tmp = f"{path}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
         mode = self._mode
-        fd = _open(tmp, _WRITE_FLAGS, mode)
+        fd = open_fd(tmp, WRITE_FLAGS, mode)
         try:
             if mode != self._mode_as_created:
                 os.fchmod(fd, mode)
@@ -713,7 +705,7 @@ class FileSystemCache(BaseCache):
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _discard(tmp)
+            discard(tmp)
             raise
         os.close(fd)
         return tmp
@@ -823,7 +815,7 @@ class FileSystemCache(BaseCache):
         if mode != self._mode_as_created:
             # The umask narrows a new lock file too; the users ``mode`` lets write must open it.
             try:
-                _widen_to(fd, mode)
+                widen_to(fd, mode)
             except BaseException:
                 os.close(fd)
                 raise
@@ -831,7 +823,7 @@ class FileSystemCache(BaseCache):
 
     def _open_lock_file(self, deadline: float | None) -> int:
         try:
-            return _open(self._lock_path, _LOCK_FLAGS, self.mode)
+            return open_fd(self._lock_path, LOCK_FLAGS, self.mode)
         except FileNotFoundError:  # the directory was removed under us: bring it back
             self._recreate_dir()
         except (PermissionError, IsADirectoryError):
@@ -839,7 +831,7 @@ class FileSystemCache(BaseCache):
         except OSError:
             if not self._drop_symlinked_lock(deadline):
                 raise
-        return _open(self._lock_path, _LOCK_FLAGS, self.mode)
+        return open_fd(self._lock_path, LOCK_FLAGS, self.mode)
 
     def _is_current_lock(self, fd: int) -> bool:
         """Whether the open lock file ``fd`` is still the one at the lock path.
@@ -878,7 +870,7 @@ class FileSystemCache(BaseCache):
 
         :raises TimeoutError: another repairer held it past ``deadline``.
         """
-        dir_fd = _open(self.cache_dir, os.O_RDONLY | _O_CLOEXEC)
+        dir_fd = open_fd(self.cache_dir, os.O_RDONLY | O_CLOEXEC)
         try:
             _flock_by(dir_fd, self.cache_dir, deadline, self._lock_timeout)
             yield
@@ -916,14 +908,14 @@ class FileSystemCache(BaseCache):
 
     def _replace_unusable_lock(self, _: None, deadline: float | None) -> None:
         try:
-            os.close(_open(self._lock_path, _LOCK_FLAGS & ~os.O_CREAT))
+            os.close(open_fd(self._lock_path, LOCK_FLAGS & ~os.O_CREAT))
             return  # another repairer was first
         except (PermissionError, IsADirectoryError):
             pass
         except FileNotFoundError:
             return
         try:
-            fd = _open(self._lock_path, _READ_FLAGS)
+            fd = open_fd(self._lock_path, READ_FLAGS)
         except PermissionError:
             self._remove_lock_path(os.lstat(self._lock_path).st_mode, "unreadable")
             return
@@ -951,7 +943,7 @@ class FileSystemCache(BaseCache):
     def _entry_names(self) -> list[str]:
         names: list[str] = []
         listed = 0
-        # opened as _open opens a file: no point between the open and the try where a signal
+        # opened as open_fd opens a file: no point between the open and the try where a signal
         # handler's exception could leave the listing to the garbage collector, unclosed
         (listing,) = map(os.scandir, (self.cache_dir,))
         try:
@@ -961,7 +953,7 @@ class FileSystemCache(BaseCache):
                 if name.startswith(self._ns_head) and self._entry_name.fullmatch(name):
                     names.append(name)
                 elif self._temp_name.fullmatch(name) and self._is_stale_temp(name, item.path):
-                    _discard(item.path)
+                    discard(item.path)
         finally:
             listing.close()
         self._listed = listed
@@ -996,7 +988,7 @@ class FileSystemCache(BaseCache):
             try:
                 entry = self._read(path, header_only=True)
             except OSError as err:
-                if err.errno in _OUT_OF_RESOURCES:
+                if err.errno in OUT_OF_RESOURCES:
                     raise
                 failures.append((path, err))
                 continue
@@ -1011,7 +1003,7 @@ class FileSystemCache(BaseCache):
         return kept, [path for path, _ in failures]
 
     def _evict(self, path: str) -> None:
-        _discard(path)
+        discard(path)
         self._evictions += 1
 
     def _is_stale_temp(self, name: str, path: str) -> bool:
@@ -1021,18 +1013,6 @@ class FileSystemCache(BaseCache):
             return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
         except OSError:
             return False
-
-
-def _read_rest(fd: int, start: bytes, size: int) -> bytes:
-    """The file ``fd`` to its end, of which ``start`` was read: one read stops short (Linux
-    reads at most 2 GiB at once), and a file may have grown since its ``size`` was taken (not by
-    cacheplug, which replaces files whole)."""
-    chunks = [start]
-    got = len(start)
-    while chunks[-1]:
-        chunks.append(os.read(fd, max(size + 1 - got, 1 << 20)))
-        got += len(chunks[-1])
-    return b"".join(chunks)
 
 
 def _read_tally(lock: int) -> tuple[int, int]:
@@ -1196,41 +1176,10 @@ def _holding(
         next(held, None)
 
 
-def _open(path: str, flags: int, mode: int = 0o777) -> int:
-    """``os.open(path, flags, mode)``: a descriptor that reaches the caller with no point in
-    between where a signal handler's exception can show up, so its try can close it."""
-    # A handler's exception shows up right after a call from Python code returns, which would
-    # lose the descriptor: here map calls it inside C, the unpacking is no call, and neither is
-    # the return of a Python function.
-    (fd,) = map(os.open, (path,), (flags,), (mode,))
-    return fd
-
-
 def _close_locked(fd: int) -> None:
     # unlocked first: a child forked meanwhile holds a copy of fd, which would keep the flock
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
-
-
-def _widen_to(fd: int, mode: int) -> None:
-    """Give the open file ``fd`` the bits of ``mode`` it lacks, when this process owns it."""
-    info = os.fstat(fd)
-    if mode & ~stat.S_IMODE(info.st_mode) and info.st_uid == os.geteuid():
-        os.fchmod(fd, mode)
-
-
-def _replace(tmp: str, path: str) -> None:
-    try:
-        os.replace(tmp, path)
-    except IsADirectoryError:
-        # A directory planted at the entry's name: take it away when empty and retry.
-        os.rmdir(path)
-        os.replace(tmp, path)
-
-
-def _discard(path: str) -> None:
-    with suppress(OSError):
-        os.unlink(path)
 
 
 def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int, int]:
@@ -1278,11 +1227,11 @@ def _probed_mode(path: str, mode: int) -> int:
 
     :raises OSError: no file can be created there.
     """
-    probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(_TEMP_TOKEN_BYTES)}")
+    probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(TEMP_TOKEN_BYTES)}")
     try:
-        fd = _open(probe, _WRITE_FLAGS, mode)
+        fd = open_fd(probe, WRITE_FLAGS, mode)
     except OSError as err:
-        if err.errno in _DISK_FULL:  # the check for a full disk comes after the permission's
+        if err.errno in DISK_FULL:  # the check for a full disk comes after the permission's
             return -1
         raise
     try:
