@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, Self, TypeVar
 
+from cacheplug.backends._filesystem_dirs import prepared_dir, recreate_dir
 from cacheplug.backends._filesystem_files import (
     DISK_FULL,
     ENTRY_FAULTS,
@@ -79,7 +80,6 @@ T = TypeVar("T")
 _NS_HEX = 16  # hex digits of the key_prefix tag in file names
 _STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
 _FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
-_PREPARE_ATTEMPTS = 3  # times the constructor prepares a directory removed as it does so
 # A busy lock is tried again after pauses growing from about the time a writer holds it
 # (tens of microseconds) to half a millisecond, jittered so waiters do not retry in step:
 # longer ones leave a waiter behind the others for tens of milliseconds under contention.
@@ -215,7 +215,7 @@ class FileSystemCache(BaseCache):
 
     @cache_dir.setter
     def cache_dir(self, cache_dir: str | os.PathLike[str]) -> None:
-        path, created_mode, self._dir_mode = _prepared_dir(cache_dir, self._mode)
+        path, created_mode, self._dir_mode = prepared_dir(cache_dir, self._mode)
         # A umask takes group and other bits as a rule and may change at any time, so such modes
         # get an fchmod on every write. No sane umask takes the owner's bits: an owner-only mode
         # that the probe file got exactly (no ACL or odd umask in the way) needs no fchmod.
@@ -825,7 +825,7 @@ class FileSystemCache(BaseCache):
         try:
             return open_fd(self._lock_path, LOCK_FLAGS, self.mode)
         except FileNotFoundError:  # the directory was removed under us: bring it back
-            self._recreate_dir()
+            recreate_dir(self.cache_dir, self.mode, self._dir_mode)
         except (PermissionError, IsADirectoryError):
             self._drop_unusable_lock(deadline)
         except OSError:
@@ -853,15 +853,6 @@ class FileSystemCache(BaseCache):
         except FileNotFoundError:
             return False
         return (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
-
-    def _recreate_dir(self) -> None:
-        """Create the removed ``cache_dir`` again, parents included, with its permissions of old."""
-        _make_dirs(os.path.dirname(self.cache_dir), _dir_mode_for(self.mode))
-        try:
-            os.mkdir(self.cache_dir, self._dir_mode)
-        except FileExistsError:  # another thread or process was first
-            return
-        os.chmod(self.cache_dir, self._dir_mode)  # the umask must not narrow it
 
     def _repairing(self, deadline: float | None) -> Iterator[None]:
         """Hold the directory's own ``flock`` from the first ``next`` until the second (run by
@@ -1180,87 +1171,6 @@ def _close_locked(fd: int) -> None:
     # unlocked first: a child forked meanwhile holds a copy of fd, which would keep the flock
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
-
-
-def _prepared_dir(cache_dir: str | os.PathLike[str], mode: int) -> tuple[str, int, int]:
-    """``cache_dir`` made absolute, created when missing and proven writable.
-
-    :returns: the path, the permission bits a file created there with ``mode`` gets (-1:
-        unknown, the disk is full), and the directory's own.
-    """
-    if not isinstance(cache_dir, (str, bytes, os.PathLike)):
-        raise TypeError(f"cache_dir must be a str or a path, got {type(cache_dir).__name__}")
-    if not os.fspath(cache_dir):
-        raise ConfigurationError("cache_dir is empty; give a directory path")
-    path = os.path.abspath(os.fsdecode(cache_dir))
-    try:
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        raise ConfigurationError(
-            f"cache_dir {path!r} cannot be a file name (a lone surrogate); give a directory path"
-        ) from None
-    if "\0" in path:
-        raise ConfigurationError(f"cache_dir {path!r} contains a NUL byte; give a directory path")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigurationError(
-            f"cache_dir {path!r} exists and is not a directory; give a directory path"
-        )
-    for _ in range(_PREPARE_ATTEMPTS):
-        try:
-            _make_dirs(path, _dir_mode_for(mode))
-            dir_mode = stat.S_IMODE(os.stat(path).st_mode)
-            return path, _probed_mode(path, mode), dir_mode
-        except FileNotFoundError as err:  # removed meanwhile (an operator's rm -rf): again
-            failure: OSError = err
-        except OSError as err:
-            failure = err
-            break
-    raise ConfigurationError(
-        f"cache_dir {path!r} cannot be created or written ({failure.strerror or failure}); give "
-        f"a directory this process may create files in"
-    ) from failure
-
-
-def _probed_mode(path: str, mode: int) -> int:
-    """The permission bits a file created in the directory ``path`` with ``mode`` gets; -1
-    when the disk (or quota) is full: an outage, which writes answer and make room for.
-
-    :raises OSError: no file can be created there.
-    """
-    probe = os.path.join(path, f".cacheplug-probe-{secrets.token_hex(TEMP_TOKEN_BYTES)}")
-    try:
-        fd = open_fd(probe, WRITE_FLAGS, mode)
-    except OSError as err:
-        if err.errno in DISK_FULL:  # the check for a full disk comes after the permission's
-            return -1
-        raise
-    try:
-        return stat.S_IMODE(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-        os.unlink(probe)
-
-
-def _dir_mode_for(mode: int) -> int:
-    """Permissions for a directory of entries with ``mode``: search for those who may read,
-    write and search for those who may write, nothing for the others (0o600 gives 0o700)."""
-    return (mode & 0o666) | (mode & 0o444) >> 2 | (mode & 0o222) >> 1
-
-
-def _make_dirs(path: str, mode: int) -> None:
-    """Create ``path`` and its missing parents with ``mode`` whatever the umask: with umask 0,
-    ``os.makedirs`` gives 0o777, and whoever may write the directory may plant entries there.
-
-    :raises OSError: a directory cannot be created.
-    """
-    parent = os.path.dirname(path)
-    if parent != path and not os.path.isdir(parent):
-        _make_dirs(parent, mode)
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        return  # there already (a file there is refused by the caller's own checks)
-    os.chmod(path, mode)
 
 
 _turns: dict[str, _Turn] = {}
