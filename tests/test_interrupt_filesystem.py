@@ -46,6 +46,7 @@ from test_interrupt_everywhere import (
 
 from cacheplug import FileSystemCache
 from cacheplug.backends import filesystem as fs
+from cacheplug.backends._filesystem_tally import read_tally
 
 ROOM = 24  # threshold: "full" fills it, so a new key lists the directory and evicts
 PROCESS_EVERY = 20  # every twentieth cut, a forked process writes too (a fork costs ~50 ms)
@@ -71,7 +72,7 @@ def tally(cache: FileSystemCache) -> int:
     except FileNotFoundError:
         return -1
     try:
-        return fs._read_tally(fd)[0]
+        return read_tally(fd)[0]
     finally:
         os.close(fd)
 

@@ -12,7 +12,6 @@ import random
 import re
 import secrets
 import stat
-import struct
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from cacheplug.backends._filesystem_options import (
     resolved_hash,
     url_options,
 )
+from cacheplug.backends._filesystem_tally import keep_tally, read_tally, write_tally
 from cacheplug.core._entering import entering
 from cacheplug.core.base import (
     BaseCache,
@@ -85,11 +85,6 @@ _FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
 # longer ones leave a waiter behind the others for tens of milliseconds under contention.
 _FIRST_PAUSE = 0.000025
 _LONGEST_PAUSE = 0.0005
-
-# A namespace's lock file holds its tally: entries (-1 = unknown), entries added since listing,
-# and a check word, so a zeroed or scribbled file reads as unknown, never as a low count.
-_TALLY = struct.Struct("<qqq")
-_TALLY_CHECK = 0x3C5A_17C0_DE5A_17C0
 
 # options that were plain attributes, found so in older pickles
 _NOW_PROPERTIES = frozenset({"cache_dir", "mode", "hash_method", "fsync"})
@@ -450,7 +445,7 @@ class FileSystemCache(BaseCache):
         try:
             os.unlink(self._lock_path)
         except OSError:
-            _write_tally(lock, -1, 0)
+            write_tally(lock, -1, 0)
         return ok
 
     def inc(self, key: str, delta: int = 1) -> int | None:
@@ -628,7 +623,7 @@ class FileSystemCache(BaseCache):
             if not self._threshold or os.path.lexists(path):
                 replace_entry(tmp, path)
             else:
-                count, added = _read_tally(lock)
+                count, added = read_tally(lock)
                 # The tally drifts when a writer dies or files vanish: a listing repairs it. It
                 # reads the whole directory, other prefixes' files too: once per an eighth of that.
                 listed = max(count, self._listed)
@@ -646,12 +641,12 @@ class FileSystemCache(BaseCache):
                 # Counted before the rename: a writer killed in between leaves the count one
                 # above the files (the next listing sooner), never below (the directory
                 # beyond threshold).
-                _keep_tally(lock, count + 1, added + 1)
+                keep_tally(lock, count + 1, added + 1)
                 try:
                     replace_entry(tmp, path)
                 except BaseException:
                     if os.path.lexists(tmp):  # else renamed, and a signal came after it
-                        _keep_tally(lock, count, added)
+                        keep_tally(lock, count, added)
                     raise
         except BaseException:
             discard(tmp)
@@ -688,7 +683,7 @@ class FileSystemCache(BaseCache):
         names = self._entry_names()
         kept, failing = self._drop_dead(names)
         left = len(kept) + len(failing)
-        _keep_tally(lock, left, 0)
+        keep_tally(lock, left, 0)
         return left < len(names)
 
     def _write_temp(self, path: str, data: bytes) -> str:
@@ -719,9 +714,9 @@ class FileSystemCache(BaseCache):
         except IsADirectoryError:
             os.rmdir(path)  # planted there, uncounted: taken away when empty, as a write does
             return False
-        count, added = _read_tally(lock)
+        count, added = read_tally(lock)
         if count > 0:
-            _keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
+            keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
         return True
 
     def _locked(self) -> Iterator[int]:
@@ -1004,32 +999,6 @@ class FileSystemCache(BaseCache):
             return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
         except OSError:
             return False
-
-
-def _read_tally(lock: int) -> tuple[int, int]:
-    try:
-        data = os.pread(lock, _TALLY.size, 0)
-    except OSError:
-        # A bad sector: unknown, as a scribbled count is (the next count written may remap it),
-        # never a failure of the write or delete it counts for.
-        return -1, 0
-    if len(data) < _TALLY.size:
-        return -1, 0
-    count, added, check = _TALLY.unpack(data)
-    if check != count ^ added ^ _TALLY_CHECK or count < 0 or added < 0:
-        return -1, 0
-    return int(count), int(added)
-
-
-def _write_tally(lock: int, count: int, added: int) -> None:
-    os.pwrite(lock, _TALLY.pack(count, added, count ^ added ^ _TALLY_CHECK), 0)
-
-
-def _keep_tally(lock: int, count: int, added: int) -> None:
-    """``_write_tally``, never failing the change it counts: a count the disk refuses (full,
-    EIO) stays as it was, and the listing that repairs a drifting count corrects it later."""
-    with suppress(OSError):
-        _write_tally(lock, count, added)
 
 
 def _join_turns(path: str) -> _Turn:
