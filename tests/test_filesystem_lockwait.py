@@ -23,7 +23,7 @@ from test_filesystem_faults import lock_file
 from waiting import process_state, wait_until
 
 from cacheplug import FileSystemCache, from_url
-from cacheplug.backends import filesystem
+from cacheplug.backends import _filesystem_locks
 from cacheplug.core.errors import ConfigurationError
 
 _HOLDER = """
@@ -256,7 +256,7 @@ def test_an_interrupted_wait_for_the_lock_leaves_nothing_held(tmp_path: Path, wh
             first = threading.Thread(target=lambda: answers.append(cache.set("k", "x")))
             first.start()
             wait_for(lambda: bool(cache._lock_fds), "the first thread polls the lock")
-            turn = filesystem._turns[str(lock_file(tmp_path))]
+            turn = _filesystem_locks.turns[str(lock_file(tmp_path))]
             waiting = lambda: len(turn._waiters) == 1  # noqa: E731
         else:
             waiting = lambda: bool(cache._lock_fds)  # noqa: E731

@@ -9,7 +9,7 @@ untouched, the tally in the lock file is never below the entry files, at most on
 left and a listing takes it once stale, and the next calls answer right.
 
 The line starts of ``call_cut_at`` miss two kinds of point a signal reaches: the return of a
-function right after a with-block's exit (``_Turn.acquire`` returning True), and a call whose
+function right after a with-block's exit (``Turn.acquire`` returning True), and a call whose
 result is kept under another handler than the next line's (``fd = os.open(...)`` in a
 ``try/except OSError``, then ``try/finally: os.close(fd)``). The sweep cuts with
 ``cut_at_instruction``: after every call of a C function, at each function's start and at each
@@ -45,7 +45,7 @@ from test_interrupt_everywhere import (
 )
 
 from cacheplug import FileSystemCache
-from cacheplug.backends import filesystem as fs
+from cacheplug.backends import _filesystem_locks as locks
 from cacheplug.backends._filesystem_tally import read_tally
 
 ROOM = 24  # threshold: "full" fills it, so a new key lists the directory and evicts
@@ -84,11 +84,11 @@ def flock_is_free(path: str) -> bool:
     except FileNotFoundError:
         return True
     try:
-        fs._flock_by(fd, path, time.monotonic(), 0.0)
+        locks.flock_by(fd, path, time.monotonic(), 0.0)
     except TimeoutError:
         return False
     finally:
-        fs._close_locked(fd)
+        locks.close_locked(fd)
     return True
 
 
@@ -125,7 +125,7 @@ class Cases:
         self.config = config
         self.made = 0
         self.fds = 0
-        self.turn: fs._Turn | None = None
+        self.turn: locks.Turn | None = None
         self.turn_path = ""
 
     def make(self) -> tuple[Any, FakeClock]:
@@ -143,7 +143,7 @@ class Cases:
             for i in range(ROOM - 4):
                 os.utime(cache._path(f"filler{i}"), (900.0 + i, 900.0 + i))
         self.turn_path = cache._lock_path
-        self.turn = fs._join_turns(cache._lock_path)
+        self.turn = locks.join_turns(cache._lock_path)
         self.fds = open_fds()
         return cache, clock
 
@@ -156,7 +156,7 @@ class Cases:
 
     def done(self) -> None:
         if self.turn is not None:
-            fs._leave_turns(self.turn_path, self.turn)
+            locks.leave_turns(self.turn_path, self.turn)
             self.turn = None
 
     def lock_problems(self, cache: FileSystemCache) -> list[str]:
@@ -166,10 +166,10 @@ class Cases:
         problems = []
         if turn._held or turn._waiters:
             problems.append("the turn stays held: this process's other writers wait and fail")
-        fs._leave_turns(path, turn)
-        # a cut in _join_turns or _leave_turns leaves a thread counted: the turn then stays
+        locks.leave_turns(path, turn)
+        # a cut in join_turns or leave_turns leaves a thread counted: the turn then stays
         # in memory, harmless unless it is also left held (reported above)
-        fs._turns.pop(path, None)
+        locks.turns.pop(path, None)
         if not flock_is_free(path):
             problems.append("the lock file stays flocked")
         return problems
@@ -222,7 +222,7 @@ class Contended(Cases):
 
     def make(self) -> tuple[Any, FakeClock]:
         cache, clock = super().make()
-        turn = fs._turns[cache._lock_path]
+        turn = locks.turns[cache._lock_path]
         self.release = threading.Event()
         held = threading.Event()
 
@@ -307,10 +307,10 @@ def test_filesystem_cache_cut_short_while_waiting_for_another_thread(
 
 def test_the_line_events_reach_fewer_points() -> None:
     """Why this file cuts after calls: ``call_cut_at`` never reaches the instruction after the
-    with-block exit in ``_Turn.acquire``, where a signal leaves the turn held."""
+    with-block exit in ``Turn.acquire``, where a signal leaves the turn held."""
 
     def acquire_and_release() -> None:
-        turn, me = fs._Turn(), threading.get_ident()
+        turn, me = locks.Turn(), threading.get_ident()
         if turn.acquire(-1, me):
             turn.release(me)
 
@@ -321,7 +321,7 @@ def test_the_line_events_reach_fewer_points() -> None:
             n += 1
         return points
 
-    code = fs._Turn.acquire.__code__
+    code = locks.Turn.acquire.__code__
     lines = {line for _, line in dis.findlinestarts(code)}
     by_lines = [p for p in where(call_cut_at) if int(p.rsplit(":", 1)[1]) in lines]
     by_calls = [p for p in where(cut_at_instruction) if f"({code.co_name}," in p]
@@ -336,11 +336,11 @@ def test_a_turn_handed_over_reaches_its_waiter_whatever_point_the_release_is_cut
     ``lock_timeout=None``)."""
     me, problems, n = threading.get_ident(), [], 1
     while True:
-        turn = fs._Turn()
+        turn = locks.Turn()
         assert turn.acquire(-1, me)
         got = threading.Event()
 
-        def wait_for_it(turn: fs._Turn = turn, got: threading.Event = got) -> None:
+        def wait_for_it(turn: locks.Turn = turn, got: threading.Event = got) -> None:
             other = threading.get_ident()
             if turn.acquire(WAIT, other):
                 got.set()

@@ -32,7 +32,7 @@ from cacheplug import (
     SimpleCache,
     from_url,
 )
-from cacheplug.backends import filesystem
+from cacheplug.backends import _filesystem_locks
 from cacheplug.backends._redis_clients import DeadServer
 from cacheplug.core._memoize_keys import REMEMBERED_KEYS
 
@@ -148,7 +148,7 @@ def test_short_lived_threads_on_an_engine_leave_pools_bounded(
     assert _sockets() <= sockets + 50
     assert _descriptors() <= descriptors + 50
     if engine == "file":
-        assert filesystem._turns == {}
+        assert _filesystem_locks.turns == {}
         assert isinstance(cache, FileSystemCache)
         assert not cache._lock_fds
         assert len(os.listdir(tmp_path)) <= 100 + 1  # the entries and the prefix's lock file
@@ -231,7 +231,7 @@ def test_filesystem_bookkeeping_stays_bounded_under_unique_keys(tmp_path: Path) 
         cache.add(f"add:{i}", i)
         cache.inc(f"count:{i % 10}")
     assert cache._flights == {}
-    assert filesystem._turns == {}
+    assert _filesystem_locks.turns == {}
     assert not cache._lock_fds
     assert _descriptors() == descriptors
     assert len(os.listdir(tmp_path)) <= 200 + 1  # the entries and the prefix's lock file

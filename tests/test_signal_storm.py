@@ -54,7 +54,7 @@ from test_interrupt_everywhere import in_thread, lock_is_free, next_calls_work
 from test_interrupt_filesystem import flock_is_free
 
 from cacheplug import BaseCache, FileSystemCache, MemcachedCache, RedisCache, SimpleCache
-from cacheplug.backends import filesystem as fs
+from cacheplug.backends import _filesystem_locks as locks
 from cacheplug.backends._redis_clients import DeadServer
 from cacheplug.core.url import host_port
 
@@ -564,7 +564,7 @@ def test_simple_cache_under_a_signal_storm(config: str) -> None:
 
 def filesystem_checks(cache: FileSystemCache, where: collections.Counter[str]) -> list[str]:
     problems = []
-    turn = fs._turns.get(cache._lock_path)
+    turn = locks.turns.get(cache._lock_path)
     if turn is not None and (turn._held or turn._waiters):
         problems.append("[ctx-exit] the turn stays held: other writers wait and fail")
     if not flock_is_free(cache._lock_path):

@@ -5,20 +5,17 @@ Scheme ``file`` (``file:///var/cache/myapp?threshold=10000``).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import random
 import re
 import secrets
 import stat
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from cacheplug.backends._filesystem_dirs import prepared_dir, recreate_dir
 from cacheplug.backends._filesystem_files import (
@@ -39,6 +36,14 @@ from cacheplug.backends._filesystem_files import (
     read_rest,
     replace_entry,
     widen_to,
+)
+from cacheplug.backends._filesystem_locks import (
+    close_locked,
+    flock_by,
+    holding,
+    join_turns,
+    leave_turns,
+    lock_timeout_error,
 )
 from cacheplug.backends._filesystem_options import (
     HashMethod,
@@ -73,19 +78,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSystemCache"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-T = TypeVar("T")
-
 _NS_HEX = 16  # hex digits of the key_prefix tag in file names
 _STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
 _FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
-# A busy lock is tried again after pauses growing from about the time a writer holds it
-# (tens of microseconds) to half a millisecond, jittered so waiters do not retry in step:
-# longer ones leave a waiter behind the others for tens of milliseconds under contention.
-_FIRST_PAUSE = 0.000025
-_LONGEST_PAUSE = 0.0005
-
 # options that were plain attributes, found so in older pickles
 _NOW_PROPERTIES = frozenset({"cache_dir", "mode", "hash_method", "fsync"})
 
@@ -373,7 +368,7 @@ class FileSystemCache(BaseCache):
         """Store (or, born expired, remove) one entry; False on a file-system error."""
         try:
             if expires is None:
-                _holding(self._locked(), self._remove, path)
+                holding(self._locked(), self._remove, path)
                 self._sets += 1  # born expired: a write, as on every backend
             else:
                 self._store(path, expires, payload)
@@ -385,7 +380,7 @@ class FileSystemCache(BaseCache):
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         path, expires, payload = self._prepare(key, value, timeout)
         try:
-            return _holding(self._locked(), self._add_locked, path, expires, payload)
+            return holding(self._locked(), self._add_locked, path, expires, payload)
         except OSError as err:
             self._backend_error("add", err)
             return False
@@ -404,7 +399,7 @@ class FileSystemCache(BaseCache):
         check_key(key)
         path = self._path(key)
         try:
-            deleted = _holding(self._locked(), self._delete_locked, path)
+            deleted = holding(self._locked(), self._delete_locked, path)
         except OSError as err:
             self._backend_error("delete", err)
             return False
@@ -433,7 +428,7 @@ class FileSystemCache(BaseCache):
 
     def clear(self) -> bool:
         try:
-            return _holding(self._locked(), self._clear_locked)
+            return holding(self._locked(), self._clear_locked)
         except OSError as err:
             self._backend_error("clear", err)
             return False
@@ -453,7 +448,7 @@ class FileSystemCache(BaseCache):
         check_delta(delta)
         path = self._path(key)
         try:
-            return _holding(self._locked(), self._inc_locked, key, path, delta)
+            return holding(self._locked(), self._inc_locked, key, path, delta)
         except OSError as err:
             self._backend_error("inc", err)
             return None
@@ -605,10 +600,10 @@ class FileSystemCache(BaseCache):
             # the directory is gone (taking the lock brings it back), or the disk is full
             if not isinstance(err, FileNotFoundError) and err.errno not in DISK_FULL:
                 raise
-            _holding(self._locked(), self._commit_new, path, data)
+            holding(self._locked(), self._commit_new, path, data)
             return
         try:
-            _holding(self._locked(), self._commit, tmp, path)
+            holding(self._locked(), self._commit, tmp, path)
         except BaseException:
             discard(tmp)  # the lock could not be taken
             raise
@@ -721,7 +716,7 @@ class FileSystemCache(BaseCache):
 
     def _locked(self) -> Iterator[int]:
         """Hold this prefix's lock file, exclusive across threads and processes, from the first
-        ``next`` (which gives its descriptor) until the second: run by :func:`_holding`.
+        ``next`` (which gives its descriptor) until the second: run by :func:`holding`.
 
         The threads of this process take turns first, in the order they came: each wakes as
         soon as the one before it is done, where polling the ``flock`` would leave some behind
@@ -733,14 +728,14 @@ class FileSystemCache(BaseCache):
         path = self._lock_path
         me = threading.get_ident()
         # plain calls, no nested context managers: every write pays for this
-        turn = _join_turns(path)
+        turn = join_turns(path)
         try:
             fd = -1
             try:
                 wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                 # inside the try: a signal handler raising as acquire returns leaves it held
                 if not turn.acquire(wait, me):
-                    raise _lock_timeout_error(path, self._lock_timeout)
+                    raise lock_timeout_error(path, self._lock_timeout)
                 fd = self._hold(deadline, me)
                 yield fd
             finally:
@@ -756,7 +751,7 @@ class FileSystemCache(BaseCache):
                     turn.release(me)
                     raise
         finally:
-            _leave_turns(path, turn)
+            leave_turns(path, turn)
 
     def _hold(self, deadline: float | None, me: int) -> int:
         """A descriptor of its own holding this prefix's lock file, waited for until
@@ -766,7 +761,7 @@ class FileSystemCache(BaseCache):
             try:
                 with self._lock_fds_guarded:
                     self._lock_fds[fd] = me
-                _flock_by(fd, self._lock_path, deadline, self._lock_timeout)
+                flock_by(fd, self._lock_path, deadline, self._lock_timeout)
                 if self._is_current_lock(fd):
                     return fd
             except BaseException:
@@ -851,17 +846,17 @@ class FileSystemCache(BaseCache):
 
     def _repairing(self, deadline: float | None) -> Iterator[None]:
         """Hold the directory's own ``flock`` from the first ``next`` until the second (run by
-        :func:`_holding`), which keeps two processes replacing a damaged lock file from
+        :func:`holding`), which keeps two processes replacing a damaged lock file from
         removing the one the other has just created.
 
         :raises TimeoutError: another repairer held it past ``deadline``.
         """
         dir_fd = open_fd(self.cache_dir, os.O_RDONLY | O_CLOEXEC)
         try:
-            _flock_by(dir_fd, self.cache_dir, deadline, self._lock_timeout)
+            flock_by(dir_fd, self.cache_dir, deadline, self._lock_timeout)
             yield
         finally:
-            _close_locked(dir_fd)
+            close_locked(dir_fd)
 
     def _drop_symlinked_lock(self, deadline: float | None) -> bool:
         """Unlink a symlink planted at the lock path, never its target; whether there was one.
@@ -870,7 +865,7 @@ class FileSystemCache(BaseCache):
         """
         if not os.path.islink(self._lock_path):
             return False
-        _holding(self._repairing(deadline), self._unlink_symlinked_lock)
+        holding(self._repairing(deadline), self._unlink_symlinked_lock)
         return True
 
     def _unlink_symlinked_lock(self, _: None) -> None:
@@ -890,7 +885,7 @@ class FileSystemCache(BaseCache):
         :raises OSError: it cannot be removed (a sticky directory, a directory with files).
         :raises TimeoutError: its holder or another repairer kept it past ``deadline``.
         """
-        _holding(self._repairing(deadline), self._replace_unusable_lock, deadline)
+        holding(self._repairing(deadline), self._replace_unusable_lock, deadline)
 
     def _replace_unusable_lock(self, _: None, deadline: float | None) -> None:
         try:
@@ -908,12 +903,12 @@ class FileSystemCache(BaseCache):
         except FileNotFoundError:
             return
         try:
-            _flock_by(fd, self._lock_path, deadline, self._lock_timeout)  # waits for its holder
+            flock_by(fd, self._lock_path, deadline, self._lock_timeout)  # waits for its holder
             held = os.fstat(fd)
             if self._is_at_lock_path(held):  # its holder may have been clear
                 self._remove_lock_path(held.st_mode, "not writable")
         finally:
-            _close_locked(fd)
+            close_locked(fd)
 
     def _remove_lock_path(self, mode: int, why: str) -> None:
         """Remove what is at the lock path, which holds no tally this cache can keep."""
@@ -999,154 +994,6 @@ class FileSystemCache(BaseCache):
             return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
         except OSError:
             return False
-
-
-def _join_turns(path: str) -> _Turn:
-    """The turns of this process's threads at the lock file ``path``, counting this thread
-    among their users until ``_leave_turns``."""
-    with _turns_guarded:
-        turn = _turns.get(path)
-        if turn is None:
-            turn = _turns[path] = _Turn()
-        turn.users += 1
-    return turn
-
-
-def _leave_turns(path: str, turn: _Turn) -> None:
-    """Count this thread out of ``turn``'s users; the last one drops it."""
-    with _turns_guarded:
-        turn.users -= 1
-        if not turn.users and _turns.get(path) is turn:
-            del _turns[path]
-
-
-def _forget_turns() -> None:
-    # in a forked child: the parent's threads that held or awaited turns are not there
-    global _turns_guard, _turns_guarded
-    _turns_guard = threading.Lock()
-    _turns_guarded = entering(_turns_guard)
-    _turns.clear()
-
-
-class _Turn:
-    """A lock given in the order it was asked for, with a bounded wait: a released
-    ``threading.Lock`` goes to the thread running, so a waiter may lose it again and again."""
-
-    def __init__(self) -> None:
-        self.users = 0  # threads holding or awaiting it, kept by _join_turns/_leave_turns
-        self._guard = threading.Lock()
-        self._guarded = entering(self._guard)
-        self._held = False
-        self._owner = 0  # the thread holding it (ident), or 0
-        self._waiters: deque[tuple[threading.Lock, int]] = deque()
-
-    def acquire(self, timeout: float, me: int) -> bool:
-        """Whether thread ``me`` (the caller) acquired it within ``timeout`` seconds (-1: as
-        long as it takes).
-
-        A signal handler raising in it may leave it held by this thread (as it returns, or as
-        it is handed over): the caller releases it in its ``finally``.
-        """
-        waiter = None
-        try:
-            with self._guarded:
-                if not self._held:
-                    self._held = True
-                    self._owner = me
-                    return True
-                waiter = threading.Lock()
-                waiter.acquire()
-                self._waiters.append((waiter, me))
-            if waiter.acquire(timeout=timeout):
-                return True
-        except BaseException:  # a signal handler raised: out of the queue, if still in it
-            if waiter is not None:
-                self._withdraw(waiter, me)
-            raise
-        return not self._withdraw(waiter, me)
-
-    def _withdraw(self, waiter: threading.Lock, me: int) -> bool:
-        """Take ``waiter`` out of the queue; whether it was there (else it was handed the turn)."""
-        with self._guarded:
-            if (waiter, me) in self._waiters:
-                self._waiters.remove((waiter, me))
-                return True
-        return False
-
-    def release(self, me: int) -> None:
-        """Hand it to the longest waiter, if any, when thread ``me`` holds it (else nothing)."""
-        with self._guarded:
-            if self._owner != me:
-                return
-            if self._waiters:
-                # no call before the waiter's release (a del is none): a signal handler's
-                # exception raised in between would leave it waiting out its timeout
-                waiter, self._owner = self._waiters[0]
-                del self._waiters[0]
-                waiter.release()
-            else:
-                self._held = False
-                self._owner = 0
-
-
-def _flock_by(fd: int, path: str, deadline: float | None, timeout: float | None) -> None:
-    """Lock ``fd``, the file at ``path``, exclusively, waiting for its holder until ``deadline``
-    (``time.monotonic``) or, without one, for as long as it holds it.
-
-    :param timeout: the seconds ``deadline`` stands for, for the error.
-    :raises TimeoutError: the holder kept it past ``deadline``.
-    """
-    if deadline is None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return
-    pause = _FIRST_PAUSE
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _lock_timeout_error(path, timeout)
-        # a blocking flock takes no deadline and no signal of ours may cut it short
-        time.sleep(min(left, pause * (0.5 + random.random())))
-        pause = min(2 * pause, _LONGEST_PAUSE)
-
-
-def _lock_timeout_error(path: str, timeout: float | None) -> TimeoutError:
-    return TimeoutError(
-        errno.ETIMEDOUT, f"lock held by another writer for over lock_timeout={timeout!r}s", path
-    )
-
-
-def _holding(
-    held: Iterator[T], call: Callable[Concatenate[T, P], R], *args: P.args, **kwargs: P.kwargs
-) -> R:
-    """``call(what, *args, **kwargs)`` between the first ``next`` of ``held``, which gives
-    ``what``, and the second, which lets it go (the generators of ``_locked`` and ``_repairing``).
-    """
-    # Both steps are C calls inside this try: a signal handler raising between them cannot leave
-    # the lock to the suspended generator. A with-block would: the __exit__ of a generator's
-    # context manager is Python code, cut at its start, and only the garbage collector would
-    # close the generator, late and in whichever thread it runs.
-    try:
-        return call(next(held), *args, **kwargs)
-    finally:
-        next(held, None)
-
-
-def _close_locked(fd: int) -> None:
-    # unlocked first: a child forked meanwhile holds a copy of fd, which would keep the flock
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-_turns: dict[str, _Turn] = {}
-_turns_guard = threading.Lock()
-_turns_guarded = entering(_turns_guard)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_turns)
 
 
 @hookimpl
