@@ -45,6 +45,7 @@ from test_interrupt_everywhere import (
 )
 
 from cacheplug import FileSystemCache
+from cacheplug.backends import _filesystem_lockfile as lockfile
 from cacheplug.backends import _filesystem_locks as locks
 from cacheplug.backends._filesystem_tally import read_tally
 
@@ -227,7 +228,7 @@ class Contended(Cases):
         held = threading.Event()
 
         def hold() -> None:
-            locked = cache._locked()
+            locked = lockfile.locked(cache)
             next(locked)
             held.set()
             deadline = time.monotonic() + WAIT
@@ -331,8 +332,8 @@ def test_the_line_events_reach_fewer_points() -> None:
 
 
 def test_a_turn_handed_over_reaches_its_waiter_whatever_point_the_release_is_cut_at() -> None:
-    """``_locked`` releases the turn again after a cut (each step does nothing once done); the
-    waiter it goes to must then wake, not wait out its timeout (for ever with
+    """``lockfile.locked`` releases the turn again after a cut (each step does nothing once
+    done); the waiter it goes to must then wake, not wait out its timeout (for ever with
     ``lock_timeout=None``)."""
     me, problems, n = threading.get_ident(), [], 1
     while True:

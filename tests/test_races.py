@@ -138,7 +138,7 @@ def test_a_lock_file_opened_as_another_thread_forks_does_not_stay_locked(
     cache = FileSystemCache(str(tmp_path))
 
     def opened(frame: FrameType, event: str, arg: Any) -> bool:
-        return event == "line" and frame.f_code.co_name == "_locked" and "fd" in frame.f_locals
+        return event == "line" and frame.f_code.co_name == "locked" and "fd" in frame.f_locals
 
     thread, go, _ = paused_in_thread(lambda: cache.set("a", 1), opened)
     leave, stay = os.pipe()

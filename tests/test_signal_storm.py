@@ -401,7 +401,7 @@ def hang_tag(frame: FrameType) -> str:
     names = {f.name for f in traceback.extract_stack(frame)}
     if "_single_flight" in names:
         return "[flight-hang] "
-    return "[ctx-exit] " if "_locked" in names else ""
+    return "[ctx-exit] " if "locked" in names else ""
 
 
 def counter_problems(cache: Any, ledger: Ledger) -> list[str]:

@@ -166,8 +166,8 @@ def holding(
     held: Iterator[T], call: Callable[Concatenate[T, P], R], *args: P.args, **kwargs: P.kwargs
 ) -> R:
     """``call(what, *args, **kwargs)`` between the first ``next`` of ``held``, which gives
-    ``what``, and the second, which lets it go (the generators of ``FileSystemCache._locked``
-    and ``_repairing``).
+    ``what``, and the second, which lets it go (the generators of ``_filesystem_lockfile``:
+    ``locked`` and ``_repairing``).
     """
     # Both steps are C calls inside this try: a signal handler raising between them cannot leave
     # the lock to the suspended generator. A with-block would: the __exit__ of a generator's

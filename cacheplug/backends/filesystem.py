@@ -13,19 +13,17 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
-from cacheplug.backends._filesystem_dirs import prepared_dir, recreate_dir
+from cacheplug.backends._filesystem_dirs import prepared_dir
 from cacheplug.backends._filesystem_files import (
     DISK_FULL,
     ENTRY_FAULTS,
     HEADER,
-    LOCK_FLAGS,
     MAGIC,
     NEVER,
-    O_CLOEXEC,
     OUT_OF_RESOURCES,
     READ_FLAGS,
     TEMP_TOKEN_BYTES,
@@ -35,16 +33,9 @@ from cacheplug.backends._filesystem_files import (
     open_fd,
     read_rest,
     replace_entry,
-    widen_to,
 )
-from cacheplug.backends._filesystem_locks import (
-    close_locked,
-    flock_by,
-    holding,
-    join_turns,
-    leave_turns,
-    lock_timeout_error,
-)
+from cacheplug.backends._filesystem_lockfile import locked
+from cacheplug.backends._filesystem_locks import holding
 from cacheplug.backends._filesystem_options import (
     HashMethod,
     checked_mode,
@@ -67,9 +58,6 @@ from cacheplug.core.base import (
 )
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
-
-if sys.platform != "win32":
-    import fcntl
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
@@ -368,7 +356,7 @@ class FileSystemCache(BaseCache):
         """Store (or, born expired, remove) one entry; False on a file-system error."""
         try:
             if expires is None:
-                holding(self._locked(), self._remove, path)
+                holding(locked(self), self._remove, path)
                 self._sets += 1  # born expired: a write, as on every backend
             else:
                 self._store(path, expires, payload)
@@ -380,7 +368,7 @@ class FileSystemCache(BaseCache):
     def add(self, key: str, value: Any, timeout: Timeout = None) -> bool:
         path, expires, payload = self._prepare(key, value, timeout)
         try:
-            return holding(self._locked(), self._add_locked, path, expires, payload)
+            return holding(locked(self), self._add_locked, path, expires, payload)
         except OSError as err:
             self._backend_error("add", err)
             return False
@@ -399,7 +387,7 @@ class FileSystemCache(BaseCache):
         check_key(key)
         path = self._path(key)
         try:
-            deleted = holding(self._locked(), self._delete_locked, path)
+            deleted = holding(locked(self), self._delete_locked, path)
         except OSError as err:
             self._backend_error("delete", err)
             return False
@@ -428,7 +416,7 @@ class FileSystemCache(BaseCache):
 
     def clear(self) -> bool:
         try:
-            return holding(self._locked(), self._clear_locked)
+            return holding(locked(self), self._clear_locked)
         except OSError as err:
             self._backend_error("clear", err)
             return False
@@ -436,7 +424,7 @@ class FileSystemCache(BaseCache):
     def _clear_locked(self, lock: int) -> bool:
         ok = self._unlink_own_files()
         # Unlinked by its holder, the lock file breaks no lock (waiters on it retry, see
-        # _locked), and a prefix used once (`cacheplug check`) leaves nothing behind.
+        # _filesystem_lockfile), and a prefix used once (`cacheplug check`) leaves nothing behind.
         try:
             os.unlink(self._lock_path)
         except OSError:
@@ -448,7 +436,7 @@ class FileSystemCache(BaseCache):
         check_delta(delta)
         path = self._path(key)
         try:
-            return holding(self._locked(), self._inc_locked, key, path, delta)
+            return holding(locked(self), self._inc_locked, key, path, delta)
         except OSError as err:
             self._backend_error("inc", err)
             return None
@@ -600,10 +588,10 @@ class FileSystemCache(BaseCache):
             # the directory is gone (taking the lock brings it back), or the disk is full
             if not isinstance(err, FileNotFoundError) and err.errno not in DISK_FULL:
                 raise
-            holding(self._locked(), self._commit_new, path, data)
+            holding(locked(self), self._commit_new, path, data)
             return
         try:
-            holding(self._locked(), self._commit, tmp, path)
+            holding(locked(self), self._commit, tmp, path)
         except BaseException:
             discard(tmp)  # the lock could not be taken
             raise
@@ -714,77 +702,6 @@ class FileSystemCache(BaseCache):
             keep_tally(lock, count - 1, added)  # the entry is gone whatever it says
         return True
 
-    def _locked(self) -> Iterator[int]:
-        """Hold this prefix's lock file, exclusive across threads and processes, from the first
-        ``next`` (which gives its descriptor) until the second: run by :func:`holding`.
-
-        The threads of this process take turns first, in the order they came: each wakes as
-        soon as the one before it is done, where polling the ``flock`` would leave some behind
-        and take the interpreter's lock from the holder.
-
-        :raises TimeoutError: another writer held it (or a repair of it) past ``lock_timeout``.
-        """
-        deadline = self._lock_deadline()
-        path = self._lock_path
-        me = threading.get_ident()
-        # plain calls, no nested context managers: every write pays for this
-        turn = join_turns(path)
-        try:
-            fd = -1
-            try:
-                wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                # inside the try: a signal handler raising as acquire returns leaves it held
-                if not turn.acquire(wait, me):
-                    raise lock_timeout_error(path, self._lock_timeout)
-                fd = self._hold(deadline, me)
-                yield fd
-            finally:
-                # each step does nothing once done, so a signal handler raising in one of them
-                # is followed by the rest, once more
-                try:
-                    if fd >= 0:
-                        self._close_lock(fd, me)
-                    turn.release(me)
-                except BaseException:
-                    if fd >= 0:
-                        self._close_lock(fd, me)
-                    turn.release(me)
-                    raise
-        finally:
-            leave_turns(path, turn)
-
-    def _hold(self, deadline: float | None, me: int) -> int:
-        """A descriptor of its own holding this prefix's lock file, waited for until
-        ``deadline``; ``me``: this thread's ident."""
-        while True:
-            fd = self._open_lock(deadline)
-            try:
-                with self._lock_fds_guarded:
-                    self._lock_fds[fd] = me
-                flock_by(fd, self._lock_path, deadline, self._lock_timeout)
-                if self._is_current_lock(fd):
-                    return fd
-            except BaseException:
-                if self._lock_fds.get(fd) == me:
-                    self._close_lock(fd, me)
-                else:  # cut short before it was noted (3.14: as the guard's with starts)
-                    os.close(fd)
-                raise
-            # The file was removed or replaced while we waited: a newcomer locks the new one.
-            self._close_lock(fd, me)
-
-    def _close_lock(self, fd: int, me: int) -> None:
-        # Only while thread ``me`` has it: done again after a signal, fd may be another's now.
-        # A child forked since the open may hold a copy of fd, which would keep the flock:
-        # unlock it first. Out of the map before it is closed, or a child forked in between
-        # would close the file another thread opens under the same number. The del is no
-        # call, so no signal is handled between it and the close: once out, fd is closed.
-        with self._lock_fds_guarded:
-            if self._lock_fds.get(fd) == me:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                del self._lock_fds[fd]
-                os.close(fd)
-
     def _after_fork_in_child(self) -> None:
         """Close the child's copies of lock files the parent's threads hold.
 
@@ -798,126 +715,6 @@ class FileSystemCache(BaseCache):
             with suppress(OSError):
                 os.close(fd)
         self._lock_fds = {}
-
-    def _open_lock(self, deadline: float | None) -> int:
-        fd = self._open_lock_file(deadline)
-        mode = self._mode
-        if mode != self._mode_as_created:
-            # The umask narrows a new lock file too; the users ``mode`` lets write must open it.
-            try:
-                widen_to(fd, mode)
-            except BaseException:
-                os.close(fd)
-                raise
-        return fd
-
-    def _open_lock_file(self, deadline: float | None) -> int:
-        try:
-            return open_fd(self._lock_path, LOCK_FLAGS, self.mode)
-        except FileNotFoundError:  # the directory was removed under us: bring it back
-            recreate_dir(self.cache_dir, self.mode, self._dir_mode)
-        except (PermissionError, IsADirectoryError):
-            self._drop_unusable_lock(deadline)
-        except OSError:
-            if not self._drop_symlinked_lock(deadline):
-                raise
-        return open_fd(self._lock_path, LOCK_FLAGS, self.mode)
-
-    def _is_current_lock(self, fd: int) -> bool:
-        """Whether the open lock file ``fd`` is still the one at the lock path.
-
-        One that is no regular file (a FIFO planted there) cannot keep the tally: its holder
-        removes it, so the next one to lock gets a proper one.
-        """
-        held = os.fstat(fd)
-        if not self._is_at_lock_path(held):
-            return False
-        if stat.S_ISREG(held.st_mode):
-            return True
-        self._remove_lock_path(held.st_mode, "no regular file")
-        return False
-
-    def _is_at_lock_path(self, held: os.stat_result) -> bool:
-        try:
-            current = os.stat(self._lock_path, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
-
-    def _repairing(self, deadline: float | None) -> Iterator[None]:
-        """Hold the directory's own ``flock`` from the first ``next`` until the second (run by
-        :func:`holding`), which keeps two processes replacing a damaged lock file from
-        removing the one the other has just created.
-
-        :raises TimeoutError: another repairer held it past ``deadline``.
-        """
-        dir_fd = open_fd(self.cache_dir, os.O_RDONLY | O_CLOEXEC)
-        try:
-            flock_by(dir_fd, self.cache_dir, deadline, self._lock_timeout)
-            yield
-        finally:
-            close_locked(dir_fd)
-
-    def _drop_symlinked_lock(self, deadline: float | None) -> bool:
-        """Unlink a symlink planted at the lock path, never its target; whether there was one.
-
-        No process can hold a lock through a symlink, so removing it breaks no lock.
-        """
-        if not os.path.islink(self._lock_path):
-            return False
-        holding(self._repairing(deadline), self._unlink_symlinked_lock)
-        return True
-
-    def _unlink_symlinked_lock(self, _: None) -> None:
-        if os.path.islink(self._lock_path):  # else another repairer was first
-            os.unlink(self._lock_path)
-            self._errors += 1
-            self._log("lock", "symlink at lock file %r removed, never followed", self._lock_path)
-
-    def _drop_unusable_lock(self, deadline: float | None) -> None:
-        """Remove a lock file this process may not write (another user's, or made read-only), or
-        a directory at the lock path, once its holder is done with it.
-
-        One it may not even read cannot be waited for and is removed as it stands: a writer of
-        its owner busy at that moment may overlap one of ours once, which a cache survives
-        better than refusing every write for good.
-
-        :raises OSError: it cannot be removed (a sticky directory, a directory with files).
-        :raises TimeoutError: its holder or another repairer kept it past ``deadline``.
-        """
-        holding(self._repairing(deadline), self._replace_unusable_lock, deadline)
-
-    def _replace_unusable_lock(self, _: None, deadline: float | None) -> None:
-        try:
-            os.close(open_fd(self._lock_path, LOCK_FLAGS & ~os.O_CREAT))
-            return  # another repairer was first
-        except (PermissionError, IsADirectoryError):
-            pass
-        except FileNotFoundError:
-            return
-        try:
-            fd = open_fd(self._lock_path, READ_FLAGS)
-        except PermissionError:
-            self._remove_lock_path(os.lstat(self._lock_path).st_mode, "unreadable")
-            return
-        except FileNotFoundError:
-            return
-        try:
-            flock_by(fd, self._lock_path, deadline, self._lock_timeout)  # waits for its holder
-            held = os.fstat(fd)
-            if self._is_at_lock_path(held):  # its holder may have been clear
-                self._remove_lock_path(held.st_mode, "not writable")
-        finally:
-            close_locked(fd)
-
-    def _remove_lock_path(self, mode: int, why: str) -> None:
-        """Remove what is at the lock path, which holds no tally this cache can keep."""
-        if stat.S_ISDIR(mode):
-            os.rmdir(self._lock_path)
-        else:
-            os.unlink(self._lock_path)
-        self._errors += 1
-        self._log("lock", "lock file %r replaced: %s", self._lock_path, why)
 
     # -- threshold --------------------------------------------------------------------------------
 
