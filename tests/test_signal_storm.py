@@ -742,7 +742,7 @@ def test_filesystem_listing_cut_as_it_opens_is_closed(tmp_path: Any) -> None:
     for n in itertools.count(1):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
-            cutting = storm_after_call("filesystem.py", "_entry_names", "os.scandir", n)
+            cutting = storm_after_call("_filesystem_listing.py", "entry_names", "os.scandir", n)
             with cutting as hit, contextlib.suppress(Storm):
                 cache.set(f"n{n}", 1)  # over the threshold: lists the directory to evict
             gc.collect()

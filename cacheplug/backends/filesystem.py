@@ -34,6 +34,12 @@ from cacheplug.backends._filesystem_files import (
     read_rest,
     replace_entry,
 )
+from cacheplug.backends._filesystem_listing import (
+    drop_dead_entries,
+    entry_names,
+    prune,
+    unlink_own_files,
+)
 from cacheplug.backends._filesystem_lockfile import locked
 from cacheplug.backends._filesystem_locks import holding
 from cacheplug.backends._filesystem_options import (
@@ -67,8 +73,6 @@ if TYPE_CHECKING:
 __all__ = ["FileSystemCache"]
 
 _NS_HEX = 16  # hex digits of the key_prefix tag in file names
-_STALE_TEMP_SECONDS = 600.0  # a temp file this old belongs to a writer that died
-_FULL_DISK_PAUSE = 10.0  # seconds between two listings for room on a full disk
 # options that were plain attributes, found so in older pickles
 _NOW_PROPERTIES = frozenset({"cache_dir", "mode", "hash_method", "fsync"})
 
@@ -422,7 +426,7 @@ class FileSystemCache(BaseCache):
             return False
 
     def _clear_locked(self, lock: int) -> bool:
-        ok = self._unlink_own_files()
+        ok = unlink_own_files(self)
         # Unlinked by its holder, the lock file breaks no lock (waiters on it retry, see
         # _filesystem_lockfile), and a prefix used once (`cacheplug check`) leaves nothing behind.
         try:
@@ -549,26 +553,6 @@ class FileSystemCache(BaseCache):
         self._count_unreadable()
         self._log("unreadable", "unreadable cache file %r read as a miss: %s", path, reason)
 
-    def _unlink_own_files(self) -> bool:
-        """Remove this cache's entries and stale temp files; whether every one went.
-
-        :raises OSError: the directory cannot be listed.
-        """
-        ok = True
-        for name in os.listdir(self.cache_dir):
-            if not name.startswith(self._own_head):
-                continue
-            path = os.path.join(self.cache_dir, name)
-            if self._entry_name.fullmatch(name) or self._is_stale_temp(name, path):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as err:
-                    self._backend_error("clear", err)
-                    ok = False
-        return ok
-
     def _is_live(self, path: str) -> bool:
         entry = self._read(path, header_only=True)
         return entry is not None and not self._expired(entry[0])
@@ -616,10 +600,10 @@ class FileSystemCache(BaseCache):
                     or added > listed // 8 + 64
                     or self._uncounted
                 ):
-                    names = self._entry_names()
+                    names = entry_names(self)
                     count, added = len(names), 0
                     if count >= self._threshold:
-                        count = self._prune(names)
+                        count = prune(self, names)
                     self._uncounted = False
                 # Counted before the rename: a writer killed in between leaves the count one
                 # above the files (the next listing sooner), never below (the directory
@@ -650,24 +634,9 @@ class FileSystemCache(BaseCache):
         try:
             return self._write_temp(path, data)
         except OSError as err:
-            if err.errno not in DISK_FULL or not self._drop_dead_entries(lock):
+            if err.errno not in DISK_FULL or not drop_dead_entries(self, lock):
                 raise
         return self._write_temp(path, data)
-
-    def _drop_dead_entries(self, lock: int) -> bool:
-        """Drop this prefix's expired and unreadable entries, never a live one, for a disk that
-        is full below ``threshold``; whether any went. It lists the directory, so at most once
-        per ``_FULL_DISK_PAUSE`` seconds.
-        """
-        now = self._clock()  # the clock of expiry: waiting on it lets entries expire
-        if now < self._full_disk_until:
-            return False
-        self._full_disk_until = now + _FULL_DISK_PAUSE
-        names = self._entry_names()
-        kept, failing = self._drop_dead(names)
-        left = len(kept) + len(failing)
-        keep_tally(lock, left, 0)
-        return left < len(names)
 
     def _write_temp(self, path: str, data: bytes) -> str:
         tmp = f"{path}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
@@ -715,82 +684,6 @@ class FileSystemCache(BaseCache):
             with suppress(OSError):
                 os.close(fd)
         self._lock_fds = {}
-
-    # -- threshold --------------------------------------------------------------------------------
-
-    def _entry_names(self) -> list[str]:
-        names: list[str] = []
-        listed = 0
-        # opened as open_fd opens a file: no point between the open and the try where a signal
-        # handler's exception could leave the listing to the garbage collector, unclosed
-        (listing,) = map(os.scandir, (self.cache_dir,))
-        try:
-            for item in listing:
-                listed += 1
-                name = item.name
-                if name.startswith(self._ns_head) and self._entry_name.fullmatch(name):
-                    names.append(name)
-                elif self._temp_name.fullmatch(name) and self._is_stale_temp(name, item.path):
-                    discard(item.path)
-        finally:
-            listing.close()
-        self._listed = listed
-        return names
-
-    def _prune(self, names: list[str]) -> int:
-        """Drop expired and unreadable entries, then those failing with an I/O error, then the
-        least recently written; entries left."""
-        threshold = self._threshold
-        target = threshold - max(1, threshold // 10)
-        kept, failing = self._drop_dead(names)
-        kept.sort()
-        # entries that cannot be read cannot be served: the first victims, never more than
-        # pruning would drop anyway, as their fault may pass
-        excess = max(0, len(kept) + len(failing) - target)
-        victims = failing[:excess] + [path for _, path in kept[: max(0, excess - len(failing))]]
-        for path in victims:
-            self._evict(path)
-        return min(len(kept) + len(failing), target)
-
-    def _drop_dead(self, names: list[str]) -> tuple[list[tuple[float, str]], list[str]]:
-        """Drop the expired and unreadable entries of ``names``; ``(written at, path)`` of the
-        others that could be read, and the paths of those that failed with an I/O error.
-
-        :raises OSError: the process ran out of descriptors or memory reading one, or every
-            read failed: the file system is failing, and the rest stay, live or not.
-        """
-        kept: list[tuple[float, str]] = []
-        failures: list[tuple[str, OSError]] = []
-        for name in names:
-            path = os.path.join(self.cache_dir, name)
-            try:
-                entry = self._read(path, header_only=True)
-            except OSError as err:
-                if err.errno in OUT_OF_RESOURCES:
-                    raise
-                failures.append((path, err))
-                continue
-            if entry is None or self._expired(entry[0]):
-                self._evict(path)
-            else:
-                kept.append((entry[2], path))
-        if failures and len(failures) == len(names):  # no read worked: not one file's fault
-            raise failures[0][1]
-        for path, failure in failures:  # the others read fine: these files are at fault
-            self._unreadable(path, f"{failure.strerror or failure} while pruning")
-        return kept, [path for path, _ in failures]
-
-    def _evict(self, path: str) -> None:
-        discard(path)
-        self._evictions += 1
-
-    def _is_stale_temp(self, name: str, path: str) -> bool:
-        if not self._temp_name.fullmatch(name):
-            return False
-        try:
-            return os.stat(path).st_mtime < time.time() - _STALE_TEMP_SECONDS
-        except OSError:
-            return False
 
 
 @hookimpl
