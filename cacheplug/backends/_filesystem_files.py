@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 import struct
 from contextlib import suppress
@@ -28,7 +29,9 @@ __all__ = [
     "open_fd",
     "read_rest",
     "replace_entry",
+    "sync_directory",
     "widen_to",
+    "write_temp",
 ]
 
 # Every entry file starts with magic + absolute expiry (0.0 = never), then the payload.
@@ -102,3 +105,34 @@ def replace_entry(tmp: str, path: str) -> None:
 def discard(path: str) -> None:
     with suppress(OSError):
         os.unlink(path)
+
+
+def write_temp(path: str, data: bytes, mode: int, mode_as_created: int, fsync: bool) -> str:
+    """A new temp file beside ``path`` holding ``data``, with ``mode`` (set again unless files
+    are created with exactly ``mode_as_created``), flushed to disk with ``fsync``; its path.
+    """
+    tmp = f"{path}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
+    fd = open_fd(tmp, WRITE_FLAGS, mode)
+    try:
+        if mode != mode_as_created:
+            os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        discard(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def sync_directory(path: str) -> None:
+    """Flush the directory ``path`` to disk: a rename in it is durable only then."""
+    fd = open_fd(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 import stat
 import sys
 import threading
@@ -27,12 +26,13 @@ from cacheplug.backends._filesystem_files import (
     OUT_OF_RESOURCES,
     READ_FLAGS,
     TEMP_TOKEN_BYTES,
-    WRITE_FLAGS,
     Entry,
     discard,
     open_fd,
     read_rest,
     replace_entry,
+    sync_directory,
+    write_temp,
 )
 from cacheplug.backends._filesystem_listing import (
     drop_dead_entries,
@@ -567,7 +567,7 @@ class FileSystemCache(BaseCache):
             self._commit_new(lock, path, data)
             return
         try:
-            tmp = self._write_temp(path, data)
+            tmp = write_temp(path, data, self._mode, self._mode_as_created, self._fsync)
         except OSError as err:
             # the directory is gone (taking the lock brings it back), or the disk is full
             if not isinstance(err, FileNotFoundError) and err.errno not in DISK_FULL:
@@ -619,43 +619,17 @@ class FileSystemCache(BaseCache):
             discard(tmp)
             raise
         if self._fsync:  # the rename is durable only once the directory is on disk too
-            self._sync_directory()
+            sync_directory(self.cache_dir)
         self._sets += 1
 
-    def _sync_directory(self) -> None:
-        fd = open_fd(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def _write_temp_making_room(self, lock: int, path: str, data: bytes) -> str:
-        """``_write_temp``, tried again on a full disk once this prefix's dead entries are gone."""
+        """``write_temp``, tried again on a full disk once this prefix's dead entries are gone."""
         try:
-            return self._write_temp(path, data)
+            return write_temp(path, data, self._mode, self._mode_as_created, self._fsync)
         except OSError as err:
             if err.errno not in DISK_FULL or not drop_dead_entries(self, lock):
                 raise
-        return self._write_temp(path, data)
-
-    def _write_temp(self, path: str, data: bytes) -> str:
-        tmp = f"{path}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
-        mode = self._mode
-        fd = open_fd(tmp, WRITE_FLAGS, mode)
-        try:
-            if mode != self._mode_as_created:
-                os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self._fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            discard(tmp)
-            raise
-        os.close(fd)
-        return tmp
+        return write_temp(path, data, self._mode, self._mode_as_created, self._fsync)
 
     def _remove(self, lock: int, path: str) -> bool:
         """Unlink an entry; whether there was one."""
