@@ -19,9 +19,9 @@ __all__ = [
     "HashMethod",
     "checked_mode",
     "checked_threshold",
+    "options_from_url",
     "parse_mode",
     "resolved_hash",
-    "url_options",
 ]
 
 HashMethod = Callable[[bytes], Any]
@@ -76,7 +76,7 @@ def resolved_hash(method: HashMethod | str) -> HashMethod:
     return method
 
 
-def url_options(url: CacheURL, options: dict[str, Any]) -> dict[str, Any]:
+def options_from_url(url: CacheURL, options: dict[str, Any]) -> dict[str, Any]:
     """The keywords of a ``file://`` URL (``options``) with a ``mode`` given as text made bits;
     the directory is the URL's path, unless a ``cache_dir`` keyword is among them.
 

@@ -1,6 +1,14 @@
 """``FileSystemCache``: one file per key in a directory shared by threads and processes.
 
 Scheme ``file`` (``file:///var/cache/myapp?threshold=10000``).
+
+This module holds the backend class (its options, the contract, reading and writing entries)
+and its plugin hook; next to it, ``_filesystem_options`` checks the options and the URL,
+``_filesystem_dirs`` prepares the directory, ``_filesystem_files`` holds the entry format and the
+system calls on files, ``_filesystem_locks`` the threads' turns and the ``flock`` waits,
+``_filesystem_lockfile`` a prefix's lock file (held, and repaired), ``_filesystem_tally`` the
+entry count kept in it, and ``_filesystem_listing`` what lists the directory (counting, pruning,
+``clear``).
 """
 
 from __future__ import annotations
@@ -46,8 +54,8 @@ from cacheplug.backends._filesystem_options import (
     HashMethod,
     checked_mode,
     checked_threshold,
+    options_from_url,
     resolved_hash,
-    url_options,
 )
 from cacheplug.backends._filesystem_tally import keep_tally, read_tally, write_tally
 from cacheplug.core._entering import entering
@@ -321,7 +329,7 @@ class FileSystemCache(BaseCache):
         :raises ConfigurationError: a host, credentials or a relative path in the URL, or a
             ``mode`` that is not octal text.
         """
-        options = url_options(url, options)
+        options = options_from_url(url, options)
         return cls(**options) if "cache_dir" in options else cls(url.path, **options)
 
     # -- the contract ---------------------------------------------------------------------------
