@@ -59,19 +59,12 @@ from cacheplug.backends._filesystem_options import (
 )
 from cacheplug.backends._filesystem_tally import keep_tally, read_tally, write_tally
 from cacheplug.core._entering import entering
-from cacheplug.core.base import (
-    BaseCache,
-    Timeout,
-    check_bool,
-    check_delta,
-    check_key,
-    check_mapping,
-    check_seconds,
-    checked_counter,
-    normalize_timeout,
-)
+from cacheplug.core.arguments import check_delta, check_key, check_mapping, checked_counter
+from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
+from cacheplug.core.options import check_bool, check_seconds
+from cacheplug.core.timeouts import Timeout, normalize_timeout
 
 if TYPE_CHECKING:
     from cacheplug.core.hookspecs import RegisterFn
