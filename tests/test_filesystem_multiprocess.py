@@ -343,9 +343,10 @@ def test_processes_racing_lose_no_increment_and_each_add_wins_once(
 # -- 4. operator actions --------------------------------------------------------------------------
 
 
-def _busy(directory: str, worker: int, stop: Event, out: Queue) -> None:
+def _busy(directory: str, worker: int, stop: Event, out: Queue, ready: Queue) -> None:
     """set/get/inc/add/delete until told to stop; any exception fails the worker."""
     cache = FileSystemCache(directory, threshold=THRESHOLD)
+    ready.put(worker)  # it has seen the directory and its modes
     answers: set[tuple[str, object]] = set()
     i = 0
     while not stop.is_set():
@@ -366,14 +367,22 @@ def test_a_directory_removed_under_running_processes_comes_back(tmp_path: Path) 
     directory = tmp_path / "cache"
     FileSystemCache(directory, mode=0o640)
     mode = stat.S_IMODE(directory.stat().st_mode)
-    stop, out = FORK.Event(), FORK.Queue()
-    workers = [FORK.Process(target=_busy, args=(str(directory), n, stop, out)) for n in range(3)]
+    stop, out, ready = FORK.Event(), FORK.Queue(), FORK.Queue()
+    workers = [
+        FORK.Process(target=_busy, args=(str(directory), n, stop, out, ready)) for n in range(3)
+    ]
     for worker in workers:
         worker.start()
+    # each cache learns the directory's modes when it is made: one made after a removal, on a
+    # loaded machine, would make the directory its own way (0o700), as it should
+    for _ in workers:
+        ready.get(timeout=WAIT)
     for _ in range(8):  # the operator's rm -rf, again and again
         threading.Event().wait(0.03)
         shutil.rmtree(directory, ignore_errors=True)
-    threading.Event().wait(0.05)
+    deadline = time.monotonic() + WAIT
+    while not directory.exists() and time.monotonic() < deadline:  # the workers made it again
+        threading.Event().wait(0.01)
     stop.set()
     results = [out.get(timeout=WAIT) for _ in workers]
     join_all(workers)
