@@ -18,7 +18,7 @@ from servers import MemcachedServer, RedisServer
 from waiting import wait_until
 
 from cacheplug import BaseCache, ConfigurationError, hookimpl
-from cacheplug.core.base import check_key
+from cacheplug.core.arguments import check_key
 from cacheplug.core.plugins import register_plugin, reset_plugins
 
 

@@ -26,7 +26,8 @@ from cutting import Cut, CutResult, call_cut_at, cut_at_instruction
 from test_interrupt_everywhere import MADE, NEW, lock_is_free, next_calls_work
 
 from cacheplug import BaseCache, NullCache, SimpleCache
-from cacheplug.core.base import Timeout, check_key
+from cacheplug.core.arguments import check_key
+from cacheplug.core.timeouts import Timeout
 
 HANG = 10.0  # bound on another thread's or task's call: only a hang reaches it
 MOST_CUTS = 1500

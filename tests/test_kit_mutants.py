@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import pytest
 
 from cacheplug import BaseCache
-from cacheplug.core.base import check_delta, check_key, checked_counter, normalize_timeout
+from cacheplug.core.arguments import check_delta, check_key, checked_counter
+from cacheplug.core.timeouts import normalize_timeout
 
 Timeout = float | timedelta | None
 

@@ -17,7 +17,9 @@ import pytest
 from servers import RedisServer
 
 from cacheplug import RedisCache, SimpleCache
-from cacheplug.core.base import BaseCache, Timeout, check_key
+from cacheplug.core.arguments import check_key
+from cacheplug.core.base import BaseCache
+from cacheplug.core.timeouts import Timeout
 
 
 class CountingSQLiteCache(BaseCache):

@@ -20,8 +20,9 @@ import pytest
 from plugin_dists import installed_in_place
 
 from cacheplug import BaseCache
-from cacheplug.core.base import check_delta, check_key, checked_counter, normalize_timeout
+from cacheplug.core.arguments import check_delta, check_key, checked_counter
 from cacheplug.core.plugins import register_plugin, reset_plugins
+from cacheplug.core.timeouts import normalize_timeout
 
 pytest_plugins = ["pytester"]
 
