@@ -24,7 +24,7 @@ from cacheplug.core._entering import entering
 from cacheplug.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from cacheplug.backends.redis import RedisCache
+    from cacheplug.backends._redis_assigned import AssignableClients
 
 __all__ = [
     "PendingCluster",
@@ -128,7 +128,7 @@ class PendingCluster:
 
     def __init__(
         self,
-        cache: RedisCache,
+        cache: AssignableClients,
         nodes: list[tuple[str, int]],
         password: str | None,
         kwargs: dict[str, Any],

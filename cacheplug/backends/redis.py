@@ -4,7 +4,8 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 ``redis+cluster://host:port,host:port``.
 
 This module holds the backend class and its plugin hook; next to it, ``_redis_clients`` builds
-the clients of one server and maps URLs, ``_redis_cluster`` holds the cluster support,
+the clients of one server and maps URLs, ``_redis_assigned`` holds which clients the cache uses
+and their assignment under cachelib's names, ``_redis_cluster`` the cluster support,
 ``_redis_counters`` the counters and ``_redis_wire`` the commands the hot calls send themselves.
 """
 
@@ -15,11 +16,12 @@ import contextlib
 import inspect
 import pickle
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableSet, Sequence
+from collections.abc import Callable, Mapping, MutableSet, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends import _redis_wire as wire
+from cacheplug.backends._redis_assigned import AssignableClients
 from cacheplug.backends._redis_clients import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEAD_TIMEOUT,
@@ -39,7 +41,6 @@ from cacheplug.backends._redis_clients import (
     refuse_decoding,
     refuse_unknown_keywords,
     secrets_of,
-    server_clients,
 )
 from cacheplug.backends._redis_counters import (
     INC_SCRIPT,
@@ -55,8 +56,6 @@ from cacheplug.backends._redis_counters import (
 )
 from cacheplug.backends._redis_replacing import (
     disconnect_dedicated,
-    pools_of,
-    retire,
     swap_lock,
 )
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
@@ -87,7 +86,7 @@ _GLOB_SPECIAL = frozenset("*?[]\\")
 LONE_VALUE = 2**20 - 2**16
 
 
-class RedisCache(BaseCache):
+class RedisCache(AssignableClients, BaseCache):
     """A cache on a Redis server or Redis Cluster, drop-in for cachelib's ``RedisCache``.
 
     Integers in the signed 64-bit range are stored as plain decimals so ``inc``/``dec`` use
@@ -120,10 +119,6 @@ class RedisCache(BaseCache):
     url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
     #: set once the server refused inc's script: inc then sends its steps without it
     _scripts_refused = False
-    #: the passwords its log lines and errors mask (Redis may echo them)
-    _secrets: tuple[str, ...] = ()
-    #: the client of the reads, when a subclass assigned one apart (``_read_client``)
-    _reader: Any = None
     #: The clients, their pools and what was learnt of the server: a pickled copy builds its
     #: own from :attr:`_recipe`.
     _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
@@ -231,25 +226,6 @@ class RedisCache(BaseCache):
             shown = masked(err, self._secrets)
             cause = err if shown is err else None  # a traceback would show it in full
             raise RuntimeError(f"could not connect to Redis at {self._where}: {shown}") from cause
-
-    def _build_clients(self, given: Any = None) -> None:
-        """Make this cache's clients from :attr:`_recipe`, or use the client ``given`` (the
-        ``host`` passed in) when there is none."""
-        recipe = self._recipe
-        self._pending: cluster.PendingCluster | None = None
-        # Commands that must not run twice go through a client that never retries.
-        self._once_client: Any = None
-        if recipe is None:
-            self._client: Any = given
-        elif recipe.nodes is not None:  # connects on first use
-            kwargs = dict(recipe.kwargs)
-            self._pending = cluster.PendingCluster(self, recipe.nodes, recipe.password, kwargs)
-            self._client = self._pending
-        else:
-            self._client, self._once_client = server_clients(recipe.retries, dict(recipe.kwargs))
-        # Whether get, set and get_many send their commands themselves on the client's pool
-        # (names in UTF-8 with self._name_errors; a name it cannot encode goes through the client).
-        self._direct = not self._cluster and wire.direct_ok(self._client)
 
     def __getstate__(self) -> dict[str, Any]:
         """The options, for a copy in another process (a ``spawn`` child) that connects on its
@@ -890,11 +866,6 @@ class RedisCache(BaseCache):
             with contextlib.suppress(*self._failures):
                 pool.disconnect(inuse_connections=False)
 
-    @property
-    def _once(self) -> Any:
-        """The client for commands that must not run twice (``inc``, ``add``, ``delete``)."""
-        return self._once_client or self._client
-
     def _backend_error(self, operation: str, err: Exception, read: bool = False) -> None:
         """Log and count ``err`` of ``operation``; an outage of a single server makes its
         client (the separate ``_read_client`` when ``read``) stand aside for ``dead_timeout``."""
@@ -945,114 +916,6 @@ class RedisCache(BaseCache):
             cluster.after_fork_in_child(self._client)
         for pool in self._pools():
             pool_after_fork_in_child(pool)
-
-    def _pools(self, built: bool = False) -> list[Any]:
-        """The redis-py connection pools of this cache's clients (none of a cluster not yet
-        connected); with ``built``, only those a client built for itself, not a pool given as
-        ``connection_pool`` (nor a ``_read_client`` assigned: the user's)."""
-        if self._cluster:
-            if self._client is self._pending:
-                return []
-            clients = [self._client]
-        else:
-            clients = [self._client, self._once_client, *([] if built else [self._reader])]
-        return [pool for client in self._reals(clients) for pool in pools_of(client, built)]
-
-    @staticmethod
-    def _reals(clients: Iterable[Any]) -> list[Any]:
-        """The clients of ``clients`` that are there, those standing aside included."""
-        reals = (client.real if isinstance(client, DeadServer) else client for client in clients)
-        return [client for client in reals if client is not None]
-
-    @property
-    def _write_client(self) -> Any:
-        """The redis-py client, under the name cachelib's ``RedisCache`` gives it: code written
-        for cachelib reaches the server through it, and a subclass may assign its own client
-        (then used for every call but the reads of a separate ``_read_client``)."""
-        client = self._client
-        return client.real if isinstance(client, DeadServer) else client
-
-    @_write_client.setter
-    def _write_client(self, client: Any) -> None:
-        self._check_client("_write_client", client)
-        with self._swapping:
-            self._refuse_split(hasattr(client, "get_primaries"), self._reader)
-            # those this cache built: closed, as nothing else would until the collector
-            # came (a cluster still connecting closes its own, see PendingCluster)
-            built = self._built_clients()
-            self._adopt(client)
-            self._build_clients(client)  # a separate _read_client stays
-            self._name_errors = "strict"  # its packer decides, as for a client passed in as host
-            self._scripts_refused = False
-            self._learn_secrets(client)
-        retire([old for old in built if old is not client], client)
-
-    def _built_clients(self) -> list[Any]:
-        """The clients this cache built and uses (none it was given, nor a cluster's that
-        has not connected yet)."""
-        if not self._owns_client or self._client is self._pending:
-            return []
-        return self._reals([self._client, self._once_client])
-
-    def _adopt(self, client: Any) -> None:
-        """Take ``client``, the user's (passed in as ``host`` or assigned to ``_write_client``):
-        never closed by this cache, and no recipe, since it cannot travel in a pickle."""
-        self._recipe = None
-        self._where = f"client {type(client).__name__}"
-        self._owns_client = False
-        self._cluster = hasattr(client, "get_primaries")  # before _client: the fork reset
-
-    @property
-    def _read_client(self) -> Any:
-        """The client of ``get``, ``get_many`` and ``has``, as cachelib's ``_read_client``: the
-        ``_write_client`` unless a subclass assigned another (a replica's), as cachelib's
-        subclasses for Redis Sentinel do."""
-        client = self._client if self._reader is None else self._reader
-        return client.real if isinstance(client, DeadServer) else client
-
-    @_read_client.setter
-    def _read_client(self, client: Any) -> None:
-        with self._swapping:
-            if client is self._write_client:
-                self._reader = None
-                return
-            self._check_client("_read_client", client)
-            self._refuse_split(self._cluster, client)
-            self._recipe = None
-            self._reader = client
-            self._learn_secrets(client)
-
-    def _learn_secrets(self, client: Any) -> None:
-        """Add the passwords of ``client``, assigned by a subclass, to those masked; once each,
-        as a subclass may assign clients again and again (on each failover, say)."""
-        self._secrets = tuple(dict.fromkeys((*self._secrets, *secrets_of(None, {}, client))))
-
-    @staticmethod
-    def _check_client(attribute: str, client: Any) -> None:
-        """Refuse what is no redis-py client, or one decoding replies, assigned to ``attribute``.
-
-        :raises TypeError: no client.
-        :raises ConfigurationError: a client with ``decode_responses=True``.
-        """
-        if isinstance(client, str) or not callable(getattr(client, "execute_command", None)):
-            raise TypeError(
-                f"RedisCache.{attribute} takes a redis-py client, got {type(client).__name__}; "
-                "give a host name to the constructor instead"
-            )
-        refuse_decoding(client, {})
-
-    @staticmethod
-    def _refuse_split(cluster_writer: bool, reader: Any) -> None:
-        """Refuse a separate read client next to a cluster's, or a cluster's as one.
-
-        :raises TypeError: either is a ``RedisCluster``.
-        """
-        if reader is not None and (cluster_writer or hasattr(reader, "get_primaries")):
-            raise TypeError(
-                "RedisCache takes a separate _read_client only next to a single server's "
-                "_write_client; for a Redis Cluster, assign one RedisCluster to both (give it "
-                "read_from_replicas=True to read from replicas)"
-            )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
