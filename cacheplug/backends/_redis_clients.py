@@ -24,7 +24,7 @@ from cacheplug.core.options import LONGEST_SOCKET_TIMEOUT, check_bool, check_sec
 from cacheplug.core.url import check_host, coerce_option, port_number, redact_text
 
 if TYPE_CHECKING:
-    from cacheplug.backends.redis import RedisCache
+    from cacheplug.backends._redis_outages import Outages
     from cacheplug.core.url import CacheURL
 
 __all__ = [
@@ -727,7 +727,7 @@ class DeadServer:
     as in an outage: a server that still hangs then costs one timeout, not one per thread.
     """
 
-    def __init__(self, cache: RedisCache, attribute: str, client: Any, until: float) -> None:
+    def __init__(self, cache: Outages, attribute: str, client: Any, until: float) -> None:
         self._cache = cache
         self._attribute = attribute
         self._real = client

@@ -5,23 +5,21 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 
 This module holds the backend class and its plugin hook; next to it, ``_redis_clients`` builds
 the clients of one server and maps URLs, ``_redis_assigned`` holds which clients the cache uses
-and their assignment under cachelib's names, ``_redis_cluster`` the cluster support,
-``_redis_counters`` the counters and ``_redis_wire`` the commands the hot calls send themselves.
+and their assignment under cachelib's names, ``_redis_outages`` what it does when a server
+fails, ``_redis_cluster`` the cluster support, ``_redis_counters`` the counters and
+``_redis_wire`` the commands the hot calls send themselves.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import inspect
 import pickle
-import time
 from collections.abc import Callable, Mapping, MutableSet, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends import _redis_wire as wire
-from cacheplug.backends._redis_assigned import AssignableClients
 from cacheplug.backends._redis_clients import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEAD_TIMEOUT,
@@ -30,14 +28,11 @@ from cacheplug.backends._redis_clients import (
     INSTALL_HINT,
     URL_OPTIONS,
     DeadServer,
-    ServerDown,
     checked_options,
     checked_server,
-    closes_connection,
     masked,
     options_from_url,
     pool_after_fork_in_child,
-    pool_exhausted,
     refuse_decoding,
     refuse_unknown_keywords,
     secrets_of,
@@ -54,10 +49,8 @@ from cacheplug.backends._redis_counters import (
     scripts_refused,
     unescaped,
 )
-from cacheplug.backends._redis_replacing import (
-    disconnect_dedicated,
-    swap_lock,
-)
+from cacheplug.backends._redis_outages import LONE_VALUE, Outages
+from cacheplug.backends._redis_replacing import disconnect_dedicated, swap_lock
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
 from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError, SerializationError
@@ -81,12 +74,9 @@ SCAN_BATCH = 1000
 # Redis refuses an expiry past 2**63 ms from now: longer timeouts get this (146 million years).
 MAX_TTL_SECONDS = 2**62 // 1000
 _GLOB_SPECIAL = frozenset("*?[]\\")
-# Values this long may pass Redis' lowest proto-max-bulk-len or client-query-buffer-limit (1 MB),
-# over which it closes the connection: set_many sends each alone, so one refusal loses no other.
-LONE_VALUE = 2**20 - 2**16
 
 
-class RedisCache(AssignableClients, BaseCache):
+class RedisCache(Outages):
     """A cache on a Redis server or Redis Cluster, drop-in for cachelib's ``RedisCache``.
 
     Integers in the signed 64-bit range are stored as plain decimals so ``inc``/``dec`` use
@@ -214,18 +204,6 @@ class RedisCache(AssignableClients, BaseCache):
         super()._start_in_process()
         #: held while a client takes another's place (see ``_redis_replacing``)
         self._swapping = swap_lock()
-
-    def _check_connection(self) -> None:
-        """Ping the server, as cachelib's ``check_connection=True`` does.
-
-        :raises RuntimeError: the server does not answer (its error shown without passwords).
-        """
-        try:
-            self._client.ping()
-        except self._failures as err:
-            shown = masked(err, self._secrets)
-            cause = err if shown is err else None  # a traceback would show it in full
-            raise RuntimeError(f"could not connect to Redis at {self._where}: {shown}") from cause
 
     def __getstate__(self) -> dict[str, Any]:
         """The options, for a copy in another process (a ``spawn`` child) that connects on its
@@ -815,40 +793,6 @@ class RedisCache(AssignableClients, BaseCache):
             self._backend_error(operation, failed)
         return results
 
-    # -- failures --------------------------------------------------------------------------------
-
-    def _write_failure(self, err: Exception, name: str | bytes, data: Any) -> Exception:
-        """``err``, or a ``ResponseError`` when Redis closed the connection on a value over its
-        limits (``proto-max-bulk-len``, ``client-query-buffer-limit``) and the server of
-        ``name`` answers still, or every pooled connection is in use (a busy client says
-        nothing of the server): a refused value, not a server down. A full pool that kept the
-        value from being sent at all stays what it is."""
-        from redis import ConnectionError as Closed  # not a TimeoutError: the server answered
-
-        if len(data) < LONE_VALUE or pool_exhausted(err):
-            return err
-        if isinstance(err, self._response_error):
-            if closes_connection(err):
-                self._drop_idle_connections()
-            return err
-        if not isinstance(err, Closed):
-            return err
-        try:
-            if self._cluster:  # the node of the name, not the client's default node
-                client = self._client
-                client.get_redis_connection(client.get_node_from_key(name)).ping()
-            else:
-                self._client.ping()
-        except self._failures as ping_err:
-            if not pool_exhausted(ping_err):  # a full pool says nothing of the server
-                return err
-        refused = self._response_error(
-            f"Redis closed the connection on a value of {len(data)} bytes, over its "
-            "proto-max-bulk-len or client-query-buffer-limit"
-        )
-        refused.__cause__ = err
-        return refused
-
     def _node_of(self, name: str | bytes) -> str:
         """The cluster node holding ``name`` (``""`` on a single server, or when unknown)."""
         if not self._cluster:
@@ -857,48 +801,6 @@ class RedisCache(AssignableClients, BaseCache):
             return str(self._client.get_node_from_key(name).name)
         except self._failures:
             return ""
-
-    def _drop_idle_connections(self, built: bool = False) -> None:
-        """Close the pooled connections no call is using, in the pools the clients built for
-        themselves only when ``built``. Also after a protocol error: Redis closes the connection
-        that carried it only after its reply was read, so the next command on it would fail."""
-        for pool in self._pools(built):
-            with contextlib.suppress(*self._failures):
-                pool.disconnect(inuse_connections=False)
-
-    def _backend_error(self, operation: str, err: Exception, read: bool = False) -> None:
-        """Log and count ``err`` of ``operation``; an outage of a single server makes its
-        client (the separate ``_read_client`` when ``read``) stand aside for ``dead_timeout``."""
-        if (
-            self.dead_timeout
-            and not self._cluster
-            and isinstance(err, self._outage_errors)
-            and not isinstance(err, ServerDown)
-            and not pool_exhausted(err)
-        ):
-            self._stand_aside(read)
-        super()._backend_error(operation, masked(err, self._secrets))
-
-    def _stand_aside(self, read: bool) -> None:
-        """Put :class:`DeadServer` stand-ins in place of the clients of a server that failed."""
-        until = time.monotonic() + self.dead_timeout
-        with self._swapping:  # a client assigned meanwhile is not replaced by the old one's
-            if read:
-                reader = self._reader
-                if reader is not None and not isinstance(reader, DeadServer):
-                    self._reader = DeadServer(self, "_reader", reader, until)
-                return
-            client = self._client
-            if isinstance(client, DeadServer):
-                return
-            self._client = DeadServer(self, "_client", client, until)
-            once = self._once_client
-            # still standing in since an outage only reads saw: a stand-in around it would
-            # pile up one per outage, and close() would reach one that raises
-            if isinstance(once, DeadServer):
-                once.extend(until)
-            elif once is not None:
-                self._once_client = DeadServer(self, "_once_client", once, until)
 
     def _after_fork_in_child(self) -> None:
         """New locks for this cache's clients and their pools, a client passed in included
