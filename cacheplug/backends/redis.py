@@ -6,8 +6,9 @@ Schemes: ``redis://``, ``rediss://`` (TLS), ``redis+unix:///path.sock`` and ``un
 This module holds the backend class and its plugin hook; next to it, ``_redis_clients`` builds
 the clients of one server and maps URLs, ``_redis_assigned`` holds which clients the cache uses
 and their assignment under cachelib's names, ``_redis_outages`` what it does when a server
-fails, ``_redis_cluster`` the cluster support, ``_redis_counters`` the counters and
-``_redis_wire`` the commands the hot calls send themselves.
+fails, ``_redis_processes`` its pickled and forked copies, ``_redis_cluster`` the cluster
+support, ``_redis_counters`` the counters and ``_redis_wire`` the commands the hot calls send
+themselves.
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ from cacheplug.backends._redis_clients import (
     DEFAULT_SOCKET_TIMEOUT,
     INSTALL_HINT,
     URL_OPTIONS,
-    DeadServer,
     checked_options,
     checked_server,
     masked,
     options_from_url,
-    pool_after_fork_in_child,
     refuse_decoding,
     refuse_unknown_keywords,
     secrets_of,
@@ -50,12 +49,11 @@ from cacheplug.backends._redis_counters import (
     unescaped,
 )
 from cacheplug.backends._redis_outages import LONE_VALUE, Outages
-from cacheplug.backends._redis_replacing import disconnect_dedicated, swap_lock
+from cacheplug.backends._redis_processes import ProcessCopies
+from cacheplug.backends._redis_replacing import disconnect_dedicated
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
-from cacheplug.core.base import BaseCache
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
-from cacheplug.core.options import check_picklable
 from cacheplug.core.signing import SIGNED_MARK
 from cacheplug.core.timeouts import Timeout, normalize_timeout
 from cacheplug.core.url import host_port
@@ -76,7 +74,7 @@ MAX_TTL_SECONDS = 2**62 // 1000
 _GLOB_SPECIAL = frozenset("*?[]\\")
 
 
-class RedisCache(Outages):
+class RedisCache(ProcessCopies, Outages):
     """A cache on a Redis server or Redis Cluster, drop-in for cachelib's ``RedisCache``.
 
     Integers in the signed 64-bit range are stored as plain decimals so ``inc``/``dec`` use
@@ -109,17 +107,6 @@ class RedisCache(Outages):
     url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
     #: set once the server refused inc's script: inc then sends its steps without it
     _scripts_refused = False
-    #: The clients, their pools and what was learnt of the server: a pickled copy builds its
-    #: own from :attr:`_recipe`.
-    _process_local: ClassVar[frozenset[str]] = BaseCache._process_local | {
-        "_client",
-        "_once_client",
-        "_reader",
-        "_pending",
-        "_direct",
-        "_scripts_refused",
-        "_swapping",
-    }
 
     def __init__(  # noqa: PLR0917 (cachelib's positional signature)
         self,
@@ -199,47 +186,6 @@ class RedisCache(Outages):
         )
         if check_connection:
             self._check_connection()
-
-    def _start_in_process(self) -> None:
-        super()._start_in_process()
-        #: held while a client takes another's place (see ``_redis_replacing``)
-        self._swapping = swap_lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """The options, for a copy in another process (a ``spawn`` child) that connects on its
-        own with the same settings; clients, pools and ``stats`` stay here.
-
-        The password and TLS passphrase travel in the pickle, as the secret does: send it to
-        processes of your own.
-
-        :raises TypeError: the cache uses a client or pool passed in (a ready object holds
-            this process' connections), or an option cannot be pickled.
-        """
-        recipe = self._recipe
-        if recipe is None:
-            raise TypeError(
-                f"cannot pickle a RedisCache on a client passed in as host "
-                f"({type(self._write_client).__name__}) or assigned to its _write_client or "
-                "_read_client: its connections belong to this process; "
-                "build the cache with host=, port=, db=, password= (or startup_nodes= for a "
-                "cluster, or from_url()) so that a copy connects on its own"
-            )
-        if recipe.kwargs.get("connection_pool") is not None:
-            raise TypeError(
-                "cannot pickle a RedisCache given connection_pool=: the pool's connections "
-                "belong to this process; give its settings as keywords instead (host=, port=, "
-                "db=, password=, max_connections= for its size...), so that a copy makes its own"
-            )
-        state = super().__getstate__()
-        options = [("key_prefix", self._key_prefix), ("serializer", state.get("serializer"))]
-        for name, value in [*options, *recipe.kwargs.items()]:
-            if not isinstance(value, _PLAIN):
-                check_picklable("RedisCache", name, value)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._build_clients()
 
     @property
     def key_prefix(self) -> str:
@@ -802,23 +748,6 @@ class RedisCache(Outages):
         except self._failures:
             return ""
 
-    def _after_fork_in_child(self) -> None:
-        """New locks for this cache's clients and their pools, a client passed in included
-        (redis-py renews none of a cluster's and resets a pool under its old lock)."""
-        super()._after_fork_in_child()
-        self._swapping = swap_lock()
-        if "_client" not in vars(self):  # forked while another thread was building it
-            return
-        if self._pending is not None:
-            self._pending.after_fork_in_child()
-        for client in (self._client, self._once_client, self._reader):
-            if isinstance(client, DeadServer):
-                client.after_fork_in_child()
-        if self._cluster and self._client is not self._pending:
-            cluster.after_fork_in_child(self._client)
-        for pool in self._pools():
-            pool_after_fork_in_child(pool)
-
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -852,8 +781,6 @@ class RedisCache(Outages):
 
 
 _OWN_KEYWORDS = tuple(inspect.signature(RedisCache.__init__).parameters)[1:-1]
-# option values that always pickle: the others are tried first, to name the one that fails
-_PLAIN = (str, bytes, int, float, type(None))
 
 
 class _Recipe(NamedTuple):
