@@ -1,11 +1,16 @@
 """Counters of ``RedisCache``: the range of ``INCRBY``, integers stored as plain decimals, the
-script that makes ``inc`` one atomic step, and what Redis' refusal of an ``INCRBY`` means.
+script that makes ``inc`` one atomic step, what Redis' refusal of an ``INCRBY`` means, and
+what ``inc`` does when its script fails: load it, do without it, or raise the refusal.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cacheplug.backends._redis_clients import masked
+from cacheplug.backends._redis_outages import Outages
 
 __all__ = [
     "INC_SCRIPT",
@@ -13,6 +18,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "UNREADABLE",
+    "Counters",
     "escaped",
     "is_decimal",
     "refusal",
@@ -122,3 +128,107 @@ def refusal(
     return OverflowError(
         f"cannot increment {key!r} by {delta}: Redis counters hold signed 64-bit integers"
     )
+
+
+class Counters(Outages):
+    """The ways of :class:`~cacheplug.backends.redis.RedisCache`'s ``inc`` around a script
+    that failed, and the look at a refused counter its error message takes."""
+
+    #: set once the server refused inc's script: inc then sends its steps without it
+    _scripts_refused: bool = False
+    _no_script_error: type[Exception]
+
+    if TYPE_CHECKING:
+
+        def _decoded(self, payload: bytes, key: str, prefix: str) -> Any: ...
+
+    def _inc_failed(
+        self, key: str, prefix: str, args: tuple[Any, ...], err: Exception
+    ) -> int | None:
+        """The count of an ``inc`` of ``key`` under ``prefix`` whose script, sent with
+        ``args``, failed with ``err``: loaded or done without, or ``None`` in an outage.
+
+        :raises TypeError: Redis refused the stored value (see :func:`refusal`).
+        :raises OverflowError: the count would leave the signed 64-bit range.
+        """
+        if isinstance(err, self._no_script_error):
+            try:  # first use on this server: EVAL also caches the script there
+                return int(self._once.eval(INC_SCRIPT, *args))
+            except self._failures as retry_err:
+                err = retry_err
+        if isinstance(err, self._response_error) and scripts_refused(str(err)):
+            try:
+                value = self._inc_without_script(args)
+            except self._failures as retry_err:
+                err = retry_err  # refused as well (a user without rights): not the scripts
+            else:
+                if not self._scripts_refused:  # other threads may have switched first
+                    self._scripts_refused = True
+                    self._log(
+                        "scripts",
+                        "Redis at %s refuses scripts (%s): inc and dec send SET NX and INCRBY "
+                        "instead",
+                        self._where,
+                        masked(err, self._secrets),
+                    )
+                return value
+        if isinstance(err, self._response_error):
+            refused = refusal(
+                key,
+                args[2],
+                str(err),
+                lambda: self._type(args[1]),
+                lambda: self._stored(args[1], key, prefix),
+            )
+            if refused is not None:
+                raise refused
+        self._backend_error("inc", err)
+        return None
+
+    def _inc_without_script(self, args: tuple[Any, ...]) -> int:
+        """:data:`INC_SCRIPT`'s work for a server refusing scripts, ``args`` as the script
+        takes them: ``SET NX`` (a new counter's expiry) and ``INCRBY`` in one round trip.
+
+        The count is as atomic as the script's; only a counter that another client deletes
+        between the two starts again without expiry. No MULTI: where Redis refuses that too,
+        the commands after it would still run, outside any transaction. A born-expired new
+        counter (a default_timeout reassigned below 0) is looked for with ``EXISTS`` first.
+
+        :raises redis.ResponseError: Redis' own reply to ``INCRBY``, as the script's.
+        """
+        _, name, delta, ttl = args
+        if ttl < 0:
+            if not self._once.exists(name):
+                return int(delta)
+            return int(self._once.execute_command("INCRBY", name, delta))
+        expiry = ("PX", ttl) if ttl != 0 else ()
+        pipe = self._once.pipeline(transaction=False)
+        pipe.execute_command("SET", name, "0", "NX", *expiry)
+        pipe.execute_command("INCRBY", name, delta)
+        # not raise_on_error: its exception would put "Command # 2 ..." before Redis' reply
+        created, count = pipe.execute(raise_on_error=False)
+        for reply in (created, count):
+            if isinstance(reply, Exception):
+                raise reply
+        return int(count)  # INCRBY's reply is exact: no Lua double on the way
+
+    def _stored(self, name: str | bytes, key: str, prefix: str) -> Any:
+        """The value ``name`` (``key`` under ``prefix``) holds, for the error of an ``inc``
+        that Redis refused: ``None`` when gone, ``UNREADABLE`` when it does not decode."""
+        try:
+            payload = self._client.get(name)
+        except self._failures:
+            return None  # Redis said it holds no integer: say that much
+        if payload is None:
+            return None
+        try:
+            return self._decoded(payload, key, prefix)
+        except Exception:
+            return UNREADABLE
+
+    def _type(self, name: str | bytes) -> str:
+        """The Redis type of ``name`` (``list``, ``hash``...), for error messages."""
+        try:
+            return bytes(self._client.type(name)).decode()
+        except self._failures:
+            return "value of another type"

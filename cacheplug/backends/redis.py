@@ -30,25 +30,21 @@ from cacheplug.backends._redis_clients import (
     URL_OPTIONS,
     checked_options,
     checked_server,
-    masked,
     options_from_url,
     refuse_decoding,
     refuse_unknown_keywords,
     secrets_of,
 )
 from cacheplug.backends._redis_counters import (
-    INC_SCRIPT,
     INC_SHA,
     INT64_MAX,
     INT64_MIN,
-    UNREADABLE,
+    Counters,
     escaped,
     is_decimal,
-    refusal,
-    scripts_refused,
     unescaped,
 )
-from cacheplug.backends._redis_outages import LONE_VALUE, Outages
+from cacheplug.backends._redis_outages import LONE_VALUE
 from cacheplug.backends._redis_processes import ProcessCopies
 from cacheplug.backends._redis_replacing import disconnect_dedicated
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
@@ -74,7 +70,7 @@ MAX_TTL_SECONDS = 2**62 // 1000
 _GLOB_SPECIAL = frozenset("*?[]\\")
 
 
-class RedisCache(ProcessCopies, Outages):
+class RedisCache(Counters, ProcessCopies):
     """A cache on a Redis server or Redis Cluster, drop-in for cachelib's ``RedisCache``.
 
     Integers in the signed 64-bit range are stored as plain decimals so ``inc``/``dec`` use
@@ -105,8 +101,6 @@ class RedisCache(ProcessCopies, Outages):
     """
 
     url_options: ClassVar[Mapping[str, type]] = URL_OPTIONS
-    #: set once the server refused inc's script: inc then sends its steps without it
-    _scripts_refused = False
 
     def __init__(  # noqa: PLR0917 (cachelib's positional signature)
         self,
@@ -609,91 +603,6 @@ class RedisCache(ProcessCopies, Outages):
         if value is not None:
             self._sets += 1  # a counter written, as on every backend
         return value
-
-    def _inc_failed(
-        self, key: str, prefix: str, args: tuple[Any, ...], err: Exception
-    ) -> int | None:
-        if isinstance(err, self._no_script_error):
-            try:  # first use on this server: EVAL also caches the script there
-                return int(self._once.eval(INC_SCRIPT, *args))
-            except self._failures as retry_err:
-                err = retry_err
-        if isinstance(err, self._response_error) and scripts_refused(str(err)):
-            try:
-                value = self._inc_without_script(args)
-            except self._failures as retry_err:
-                err = retry_err  # refused as well (a user without rights): not the scripts
-            else:
-                if not self._scripts_refused:  # other threads may have switched first
-                    self._scripts_refused = True
-                    self._log(
-                        "scripts",
-                        "Redis at %s refuses scripts (%s): inc and dec send SET NX and INCRBY "
-                        "instead",
-                        self._where,
-                        masked(err, self._secrets),
-                    )
-                return value
-        if isinstance(err, self._response_error):
-            refused = refusal(
-                key,
-                args[2],
-                str(err),
-                lambda: self._type(args[1]),
-                lambda: self._stored(args[1], key, prefix),
-            )
-            if refused is not None:
-                raise refused
-        self._backend_error("inc", err)
-        return None
-
-    def _inc_without_script(self, args: tuple[Any, ...]) -> int:
-        """:data:`INC_SCRIPT`'s work for a server refusing scripts, ``args`` as the script
-        takes them: ``SET NX`` (a new counter's expiry) and ``INCRBY`` in one round trip.
-
-        The count is as atomic as the script's; only a counter that another client deletes
-        between the two starts again without expiry. No MULTI: where Redis refuses that too,
-        the commands after it would still run, outside any transaction. A born-expired new
-        counter (a default_timeout reassigned below 0) is looked for with ``EXISTS`` first.
-
-        :raises redis.ResponseError: Redis' own reply to ``INCRBY``, as the script's.
-        """
-        _, name, delta, ttl = args
-        if ttl < 0:
-            if not self._once.exists(name):
-                return int(delta)
-            return int(self._once.execute_command("INCRBY", name, delta))
-        expiry = ("PX", ttl) if ttl != 0 else ()
-        pipe = self._once.pipeline(transaction=False)
-        pipe.execute_command("SET", name, "0", "NX", *expiry)
-        pipe.execute_command("INCRBY", name, delta)
-        # not raise_on_error: its exception would put "Command # 2 ..." before Redis' reply
-        created, count = pipe.execute(raise_on_error=False)
-        for reply in (created, count):
-            if isinstance(reply, Exception):
-                raise reply
-        return int(count)  # INCRBY's reply is exact: no Lua double on the way
-
-    def _stored(self, name: str | bytes, key: str, prefix: str) -> Any:
-        """The value ``name`` (``key`` under ``prefix``) holds, for the error of an ``inc``
-        that Redis refused: ``None`` when gone, ``UNREADABLE`` when it does not decode."""
-        try:
-            payload = self._client.get(name)
-        except self._failures:
-            return None  # Redis said it holds no integer: say that much
-        if payload is None:
-            return None
-        try:
-            return self._decoded(payload, key, prefix)
-        except Exception:
-            return UNREADABLE
-
-    def _type(self, name: str | bytes) -> str:
-        """The Redis type of ``name`` (``list``, ``hash``...), for error messages."""
-        try:
-            return bytes(self._client.type(name)).decode()
-        except self._failures:
-            return "value of another type"
 
     # -- pipelines ------------------------------------------------------------------------------
 
