@@ -89,7 +89,7 @@ def test_a_url_given_as_host_is_refused_without_its_password(host: str, shown: s
 
 
 def test_masking_leaves_text_that_only_shares_a_passwords_beginning() -> None:
-    from cacheplug.backends._redis_clients import masked
+    from cacheplug.backends._redis_masking import masked
 
     secret = "localhost-pass-1234"
     refused = redis.ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")

@@ -17,9 +17,9 @@ from cacheplug.backends import _redis_wire as wire
 from cacheplug.backends._redis_clients import (
     DeadServer,
     refuse_decoding,
-    secrets_of,
     server_clients,
 )
+from cacheplug.backends._redis_masking import secrets_of
 from cacheplug.backends._redis_replacing import pools_of, retire
 from cacheplug.core.base import BaseCache
 

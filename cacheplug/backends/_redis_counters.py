@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cacheplug.backends._redis_clients import masked
+from cacheplug.backends._redis_masking import masked
 from cacheplug.backends._redis_outages import Outages
 
 __all__ = [

@@ -14,9 +14,9 @@ from cacheplug.backends._redis_clients import (
     DeadServer,
     ServerDown,
     closes_connection,
-    masked,
     pool_exhausted,
 )
+from cacheplug.backends._redis_masking import masked
 
 __all__ = ["LONE_VALUE", "Outages"]
 

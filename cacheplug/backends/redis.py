@@ -35,7 +35,6 @@ from cacheplug.backends._redis_clients import (
     options_from_url,
     refuse_decoding,
     refuse_unknown_keywords,
-    secrets_of,
 )
 from cacheplug.backends._redis_counters import (
     INC_SHA,
@@ -46,6 +45,7 @@ from cacheplug.backends._redis_counters import (
     is_decimal,
     unescaped,
 )
+from cacheplug.backends._redis_masking import secrets_of
 from cacheplug.backends._redis_outages import LONE_VALUE
 from cacheplug.backends._redis_processes import ProcessCopies
 from cacheplug.backends._redis_replacing import disconnect_dedicated
