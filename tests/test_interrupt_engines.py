@@ -47,7 +47,7 @@ from test_memcached_connect import dropping  # noqa: F401 - a fixture: servers d
 
 from cacheplug import MemcachedCache, RedisCache
 from cacheplug.backends._memcached_servers import idle_and_open
-from cacheplug.backends._redis_clients import DeadServer
+from cacheplug.backends._redis_dead_server import DeadServer
 from cacheplug.core.url import host_port
 
 POOL = 2  # redis-py's max_connections: a connection never given back soon exhausts it

@@ -17,7 +17,7 @@ from waiting import wait_until
 
 from cacheplug import RedisCache
 from cacheplug.backends import _redis_cluster
-from cacheplug.backends._redis_clients import DeadServer
+from cacheplug.backends._redis_dead_server import DeadServer
 from cacheplug.backends.redis import LONE_VALUE
 
 BULK_LIMIT = 2**20  # proto-max-bulk-len of the limited nodes: a value one byte longer is refused

@@ -33,7 +33,7 @@ from cacheplug import (
     from_url,
 )
 from cacheplug.backends import _filesystem_locks
-from cacheplug.backends._redis_clients import DeadServer
+from cacheplug.backends._redis_dead_server import DeadServer
 from cacheplug.core._memoize_keys import REMEMBERED_KEYS
 
 PACKAGE_DIR = os.path.dirname(cacheplug.__file__)

@@ -55,7 +55,7 @@ from test_interrupt_filesystem import flock_is_free
 
 from cacheplug import BaseCache, FileSystemCache, MemcachedCache, RedisCache, SimpleCache
 from cacheplug.backends import _filesystem_locks as locks
-from cacheplug.backends._redis_clients import DeadServer
+from cacheplug.backends._redis_dead_server import DeadServer
 from cacheplug.core.url import host_port
 
 PACKAGE_DIR = os.path.dirname(sys.modules["cacheplug"].__file__ or "") + os.sep

@@ -14,11 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends import _redis_wire as wire
-from cacheplug.backends._redis_clients import (
-    DeadServer,
-    refuse_decoding,
-    server_clients,
-)
+from cacheplug.backends._redis_clients import refuse_decoding, server_clients
+from cacheplug.backends._redis_dead_server import DeadServer
 from cacheplug.backends._redis_masking import secrets_of
 from cacheplug.backends._redis_replacing import pools_of, retire
 from cacheplug.core.base import BaseCache

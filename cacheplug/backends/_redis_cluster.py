@@ -10,13 +10,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cacheplug.backends._redis_clients import (
-    checked_host,
-    checked_port,
+from cacheplug.backends._redis_clients import checked_host, checked_port, shown_host
+from cacheplug.backends._redis_pools import (
     close_when_cut_short,
     closes_connection,
     pool_exhausted,
-    shown_host,
 )
 from cacheplug.backends._redis_replacing import put_back, retire
 from cacheplug.backends._redis_wire import mget_pieces

@@ -10,13 +10,9 @@ import time
 from typing import Any
 
 from cacheplug.backends._redis_assigned import AssignableClients
-from cacheplug.backends._redis_clients import (
-    DeadServer,
-    ServerDown,
-    closes_connection,
-    pool_exhausted,
-)
+from cacheplug.backends._redis_dead_server import DeadServer, ServerDown
 from cacheplug.backends._redis_masking import masked
+from cacheplug.backends._redis_pools import closes_connection, pool_exhausted
 
 __all__ = ["LONE_VALUE", "Outages"]
 

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 from cacheplug.backends import _redis_cluster as cluster
 from cacheplug.backends._redis_assigned import AssignableClients
-from cacheplug.backends._redis_clients import DeadServer, pool_after_fork_in_child
+from cacheplug.backends._redis_dead_server import DeadServer
+from cacheplug.backends._redis_pools import pool_after_fork_in_child
 from cacheplug.backends._redis_replacing import swap_lock
 from cacheplug.core.base import BaseCache
 from cacheplug.core.options import check_picklable

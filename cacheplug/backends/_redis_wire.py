@@ -177,7 +177,7 @@ def direct_ok(client: Any) -> bool:
 
     import redis
 
-    from cacheplug.backends._redis_clients import int_free_packer
+    from cacheplug.backends._redis_pools import int_free_packer
 
     if type(client) is not redis.Redis or client.connection is not None:
         return False
