@@ -294,3 +294,11 @@ def test_a_cluster_copy_builds_its_own_cluster_client(redis_cluster: RedisCluste
     cache.clear()
     cache.close()
     clone.close()
+
+
+def test_a_pickle_naming_the_tls_passphrase_refusal_where_it_was_still_loads() -> None:
+    # a cache pickled with ssl_keyfile and no password holds this function by its module path
+    from cacheplug.backends import _redis_tls
+
+    old_path = b"ccacheplug.backends._redis_clients\n_no_passphrase\n."
+    assert pickle.loads(old_path) is _redis_tls._no_passphrase

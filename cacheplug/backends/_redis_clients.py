@@ -13,7 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cacheplug.backends._redis_pools import close_when_cut_short
-from cacheplug.backends._redis_tls import checked_cert_reqs, checked_tls, refuse_ignored_tls
+from cacheplug.backends._redis_tls import (
+    _no_passphrase,  # noqa: F401 (old pickles name it here)
+    checked_cert_reqs,
+    checked_tls,
+    refuse_ignored_tls,
+)
 from cacheplug.core.errors import ConfigurationError, did_you_mean
 from cacheplug.core.options import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.url import check_host, coerce_option, port_number, redact_text
