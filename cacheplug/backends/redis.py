@@ -8,8 +8,11 @@ class is built on bases next to it: ``_redis_assigned`` holds which clients the 
 their assignment under cachelib's names, ``_redis_outages`` what it does when a server fails,
 ``_redis_processes`` its pickled and forked copies, ``_redis_counters`` the counters and
 ``_redis_batches`` the commands sent together. ``_redis_clients`` builds the clients of one
-server and maps URLs, ``_redis_cluster`` holds the cluster support and ``_redis_wire`` the
-commands the hot calls send themselves.
+server and maps URLs (``_redis_tls`` checks the TLS options), ``_redis_cluster`` holds the
+cluster support, ``_redis_wire`` the commands the hot calls send themselves,
+``_redis_dead_server`` the stand-in for a failed server, ``_redis_pools`` the repair of
+connection pools after an interrupted call or a fork, ``_redis_replacing`` the closing of
+replaced clients, and ``_redis_masking`` the masking of passwords a server echoes.
 """
 
 from __future__ import annotations
