@@ -1,6 +1,7 @@
-"""The one-timeout deadline on the rest of a memcached reply (session 19's ``_LATE``), under
-threads, pools, several servers and caches, replies cut at random points, failed replies and
-reconnections, a fork mid-reply; and a reply whole in one read still costs no deadline work."""
+"""The one-timeout deadline on the rest of a memcached reply (``LATE`` in ``_memcached_replies``,
+session 19's ``_LATE``), under threads, pools, several servers and caches, replies cut at random
+points, failed replies and reconnections, a fork mid-reply; and a reply whole in one read still
+costs no deadline work."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from test_memcached_multi import cacheplug_lines
 from waiting import wait_until
 
 from cacheplug import MemcachedCache
-from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends import _memcached_replies as replies
 
 
 class CuttingRelay(TricklingRelay):
@@ -106,17 +107,17 @@ def two_more() -> Iterator[list[MemcachedServer]]:
 
 
 class Counting:
-    """Counts the calls of a function of the wire module, replaced for the block."""
+    """Counts the calls of a function of the replies module, replaced for the block."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         self.calls = 0
-        original: Callable[..., Any] = getattr(wire, name)
+        original: Callable[..., Any] = getattr(replies, name)
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(wire, name, counted)
+        monkeypatch.setattr(replies, name, counted)
 
 
 def pooled_sockets(caches: list[MemcachedCache]) -> set[socket.socket]:
@@ -130,8 +131,8 @@ def pooled_sockets(caches: list[MemcachedCache]) -> set[socket.socket]:
 
 
 def open_late() -> set[socket.socket]:
-    """The sockets in ``_LATE`` still open."""
-    return {sock for sock in list(wire._LATE) if sock.fileno() >= 0}
+    """The sockets in ``LATE`` still open."""
+    return {sock for sock in list(replies.LATE) if sock.fileno() >= 0}
 
 
 # -- 1. threads x caches x servers through a relay cutting replies at random --------------------
@@ -195,7 +196,7 @@ def test_threads_on_pooled_caches_through_cut_replies_get_every_answer_right(
             MemcachedCache(three, timeout=STRESS_TIMEOUT, max_pool_size=2),
             MemcachedCache(three, key_prefix="dl3:", timeout=STRESS_TIMEOUT),
         ]
-        before = set(wire._LATE)
+        before = set(replies.LATE)
         late = Counting(monkeypatch, "_late")
         problems: list[str] = []
         threads = [
@@ -225,8 +226,8 @@ def test_threads_on_pooled_caches_through_cut_replies_get_every_answer_right(
         relays[0].release.set()
         again = MemcachedCache(one, timeout=STRESS_TIMEOUT)
         assert again.set("after", "y" * 100) is True
-        assert set(wire._LATE) - before <= pooled_sockets([again])
-        assert len(wire._LATE) <= len(before) + 1
+        assert set(replies.LATE) - before <= pooled_sockets([again])
+        assert len(replies.LATE) <= len(before) + 1
     finally:
         for relay in relays:
             shut(relay)
@@ -246,17 +247,17 @@ def relay(memcached_server: MemcachedServer) -> Iterator[CuttingRelay]:
 
 
 def _past(sock: socket.socket) -> bool:
-    return time.monotonic() > wire._LATE[sock] + 0.01
+    return time.monotonic() > replies.LATE[sock] + 0.01
 
 
 def cut_in_two(relay: CuttingRelay, cache: MemcachedCache, keys: list[str]) -> socket.socket:
-    """``get_many`` of ``keys``, its reply in two parts: its pooled socket, left in ``_LATE``."""
+    """``get_many`` of ``keys``, its reply in two parts: its pooled socket, left in ``LATE``."""
     relay.hold.set()
     relay.release.set()
     assert cache.get_many(*keys) == ["v" * 300] * len(keys)
     (server,) = cache._servers
     (sock,) = [client.sock for client in server._idle]
-    assert sock in wire._LATE
+    assert sock in replies.LATE
     return sock  # type: ignore[no-any-return]
 
 
@@ -304,7 +305,7 @@ def test_a_deadline_never_fires_on_a_later_reply(
         assert cache.set(first, values[first]) is True
         (sock,) = [client.sock for client in mine._idle]
         assert sock.fileno() >= 0
-    wait_until(lambda: sock not in wire._LATE or _past(sock), timeout=5.0)
+    wait_until(lambda: sock not in replies.LATE or _past(sock), timeout=5.0)
     wait_until(lambda: _past(other_sock), timeout=5.0)
     errors = cache.stats()["errors"]
     # every call type, each reply's first byte late and its rest cut: none may time out
@@ -343,13 +344,13 @@ def test_a_child_forked_while_a_parent_thread_is_mid_reply_works_normally(
     try:
         assert relay.holding.wait(5.0)
         (server,) = cache._servers
-        # its socket is in _LATE
-        wait_until(lambda: any(c.sock in wire._LATE for c in list(server._clients)), 5.0)
+        # its socket is in LATE
+        wait_until(lambda: any(c.sock in replies.LATE for c in list(server._clients)), 5.0)
         release = threading.Event()
 
         def child() -> object:
             # the same cache and a new one, replies cut and each first byte late, while the
-            # parent's socket, mid-reply, is in the child's _LATE
+            # parent's socket, mid-reply, is in the child's LATE
             relay_child = MemcachedCache(
                 [f"127.0.0.1:{relay.port}"], key_prefix=key_prefix, timeout=2.0
             )
@@ -397,7 +398,7 @@ def test_a_reply_whole_in_one_read_does_no_deadline_work(
     other = MemcachedCache([f"127.0.0.1:{relay.port}"], timeout=2.0)
     many = [f"w{i}" for i in range(20)]
     assert cache.set_many(dict.fromkeys(many, "v")) == many
-    # an entry of another socket left in _LATE, and one of this cache's own socket: their last
+    # an entry of another socket left in LATE, and one of this cache's own socket: their last
     # replies came in two parts
     for made in (other, cache):
         relay.hold.set()

@@ -29,6 +29,7 @@ from pymemcache.exceptions import (
 from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
+from cacheplug.backends import _memcached_replies as replies
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
 from cacheplug.backends._memcached_counters import COUNTER_BIAS, FLAG_COUNTER, FLAG_SERIALIZED
@@ -382,9 +383,9 @@ def test_any_reply_cut_anywhere_parses_to_its_values(
 ) -> None:
     data = reply_of(items)
     sock = Pieces(data, cuts)
-    first = wire._more(sock, b"", 1)
-    whole = wire._split_values(first) if first.endswith(b"END\r\n") else None
-    assert (whole if whole is not None else wire._read_values(sock, first)) == items
+    first = replies.more(sock, b"", 1)
+    whole = replies._split_values(first) if first.endswith(b"END\r\n") else None
+    assert (whole if whole is not None else replies._read_values(sock, first)) == items
 
 
 #: Header lines a broken or hostile server might send: fields missing, extra, misplaced.
@@ -414,11 +415,11 @@ def test_the_whole_reply_parser_reads_what_the_record_parser_reads(
         lines[index % (len(lines) - 1) if len(lines) > 2 else 0] = line
     reply = b"\r\n".join(lines[:-2]) + (b"\r\n" if len(lines) > 2 else b"") + b"END\r\n"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(wire, "_FEW", 1)  # every reply checked all at once, however short
-        whole = wire._split_values(reply)
-    for fast in (whole, wire._split_values(reply)):
+        patch.setattr(replies, "_FEW", 1)  # every reply checked all at once, however short
+        whole = replies._split_values(reply)
+    for fast in (whole, replies._split_values(reply)):
         if fast is not None:
-            assert fast == wire._read_values(Pieces(reply, []), reply)
+            assert fast == replies._read_values(Pieces(reply, []), reply)
 
 
 def test_a_long_batch_with_counters_and_crlf_values_reads_back_exactly(
@@ -453,12 +454,12 @@ def test_a_damaged_reply_raises_a_memcache_error(
         MemcacheServerError,
         MemcacheUnknownCommandError,
     )
-    first = wire._more(sock, b"", 1)
-    parsed = wire._split_values(first) if first.endswith(b"END\r\n") else None
+    first = replies.more(sock, b"", 1)
+    parsed = replies._split_values(first) if first.endswith(b"END\r\n") else None
     if parsed is not None:
         return  # the garbage happened to complete a well-formed reply
     try:
-        result = wire._read_values(sock, first)
+        result = replies._read_values(sock, first)
     except errors:
         return
     # only possible when the damage still reads as a well-formed reply
@@ -502,7 +503,7 @@ def test_a_negative_value_length_is_an_error_not_an_endless_loop(size: int) -> N
     def parse() -> None:
         sock = Pieces(reply, [])
         try:
-            outcome.append(wire._read_values(sock, wire._more(sock, b"", 1)))
+            outcome.append(replies._read_values(sock, replies.more(sock, b"", 1)))
         except MemcacheUnknownError as err:
             outcome.append(err)
 
