@@ -169,7 +169,7 @@ def _workload(thread: int, caches: list[MemcachedCache], problems: list[str]) ->
                 check("get", cache.get(keys[-1]), values[keys[-1]])
                 counts[index] += 1
                 check("inc", cache.inc(f"{name}-n"), counts[index])
-                # pymemcache's own calls on the same pooled sockets, no _send of the wire's
+                # pymemcache's own calls on the same pooled sockets, no send_request of the wire's
                 check("add", cache.add(keys[0], "again"), False)
                 check("add new", cache.add(f"{name}-r{round_}-new", 1), True)
                 check("delete", cache.delete(f"{name}-r{round_}-new"), True)
@@ -285,7 +285,7 @@ def test_a_deadline_never_fires_on_a_later_reply(
     (mine,) = cache._servers
     first = keys[0]
     if between == "add":
-        assert cache.add(first, "no") is False  # pymemcache's own call: no _send
+        assert cache.add(first, "no") is False  # pymemcache's own call: no send_request
     elif between == "delete":
         assert cache.delete(first) is True
         assert cache.set(first, values[first]) is True

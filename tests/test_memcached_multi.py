@@ -20,6 +20,7 @@ from test_memcached import accepted_connections, address, raw_client
 from waiting import paused_process, process_state, wait_until
 
 from cacheplug import MemcachedCache
+from cacheplug.backends import _memcached_counter_wire as counter_wire
 from cacheplug.backends import _memcached_wire as wire
 
 PREFIXES = ["", "m:"]
@@ -54,10 +55,10 @@ def owners(servers: list[MemcachedServer], names: list[str]) -> dict[str, int]:
 
 @pytest.fixture
 def sends(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[int]:
-    """Requests the wire module sends, by server port: each is one round trip (a batch of
+    """Requests the wire modules send, by server port: each is one round trip (a batch of
     writes, a ``get`` of many keys, a ``has``, an ``incr``, each with its token read back)."""
     counted: collections.Counter[int] = collections.Counter()
-    send = wire._send
+    send = wire.send_request
 
     def counting(sock: Any, data: bytes) -> None:
         try:
@@ -66,7 +67,9 @@ def sends(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[int]:
             counted[0] += 1  # a connection the server already reset
         send(sock, data)
 
-    monkeypatch.setattr(wire, "_send", counting)
+    # each module that sends looks the function up in its own namespace
+    for module in (wire, counter_wire):
+        monkeypatch.setattr(module, "send_request", counting)
     return counted
 
 

@@ -29,6 +29,7 @@ from pymemcache.exceptions import (
 from servers import MemcachedServer
 
 from cacheplug import MemcachedCache
+from cacheplug.backends import _memcached_counter_wire as counter_wire
 from cacheplug.backends import _memcached_replies as replies
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
@@ -336,8 +337,8 @@ class PiecesClient:
 def test_read_for_swap_parses_a_reply_cut_anywhere(data: bytes, cuts: list[int]) -> None:
     reply = b"VA %d f%d c9 t-1\r\n%s\r\n" % (len(data), FLAG_COUNTER, data)
     client = PiecesClient(reply, cuts)
-    assert wire.read_for_swap(client, "k") == (FLAG_COUNTER, data, 9, -1)
-    assert wire.read_for_swap(PiecesClient(b"EN\r\n", cuts), "k") is None
+    assert counter_wire.read_for_swap(client, "k") == (FLAG_COUNTER, data, 9, -1)
+    assert counter_wire.read_for_swap(PiecesClient(b"EN\r\n", cuts), "k") is None
 
 
 # -- the parser, fed in pieces ------------------------------------------------------------------
@@ -555,7 +556,10 @@ def test_a_count_with_the_token_read_back_parses_a_reply_cut_anywhere(
 ) -> None:
     lines, counted = reply
     seen = b"END\r\n" if token is None else b"VALUE t 0 %d\r\n%s\r\nEND\r\n" % (len(token), token)
-    assert wire.count_seeing(PiecesClient(lines + seen, cuts), "n", 1, "t") == (counted, token)
+    assert counter_wire.count_seeing(PiecesClient(lines + seen, cuts), "n", 1, "t") == (
+        counted,
+        token,
+    )
 
 
 @pytest.mark.parametrize(

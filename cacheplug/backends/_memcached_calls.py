@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from cacheplug.backends import _memcached_commands as commands
+from cacheplug.backends import _memcached_counter_wire as counter_wire
 from cacheplug.backends import _memcached_namespace as namespace
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import FAILED
@@ -200,8 +201,8 @@ class ServerCalls:
 #: would answer wrongly.
 _SENT_ONCE = frozenset(
     {
-        wire.count,
-        wire.swap,
+        counter_wire.count,
+        counter_wire.swap,
         commands.add,
         commands.delete,
         wire.delete_many_steps,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cacheplug.backends import _memcached_commands as commands
-from cacheplug.backends import _memcached_wire as wire
+from cacheplug.backends import _memcached_counter_wire as counter_wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS, FAILED
 from cacheplug.backends._memcached_keys import left_to_live
 from cacheplug.core.arguments import checked_counter
@@ -122,8 +122,9 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
     """``cache.inc(key, delta)`` on the entry ``name`` of ``server``, ``delta`` a signed 64-bit
     int: the new value, or None on engine errors and when other clients keep creating and
     removing the counter (logged by ``cache``). ``counted``: the answer of an ``incr`` by
-    ``delta`` already made (``wire.count``'s), to go on from; ignored for a delta larger than
-    ``NATIVE_DELTA`` (counted by compare-and-swap, whose ``incr`` by 0 only named the entry).
+    ``delta`` already made (``counter_wire.count``'s), to go on from; ignored for a delta
+    larger than ``NATIVE_DELTA`` (counted by compare-and-swap, whose ``incr`` by 0 only named
+    the entry).
 
     :raises TypeError: the stored value is not an integer, or not one cacheplug wrote (it
         stays).
@@ -135,7 +136,7 @@ def increment(  # noqa: PLR0917 (internal, called in one place)
         if step is None:
             counted = _NOT_COUNTED
         elif counted is None:
-            counted = cache._run(server, "inc", wire.count, name, step)
+            counted = cache._run(server, "inc", counter_wire.count, name, step)
             if counted is FAILED:
                 return None
         flags, number, numeric = counted
@@ -175,7 +176,7 @@ def incr_step(delta: int) -> int | None:
     return delta % WRAP if -NATIVE_DELTA <= delta <= NATIVE_DELTA else None
 
 
-#: ``wire.count``'s answer for a delta that memcached's ``incr`` is not asked to count.
+#: ``counter_wire.count``'s answer for a delta that memcached's ``incr`` is not asked to count.
 _NOT_COUNTED: tuple[int | None, int | None, bool] = (None, None, False)
 
 
@@ -303,7 +304,7 @@ def _swap(
         server with CAS disabled, where no write can be checked (logged).
     """
     while True:
-        entry = cache._run(server, "inc", wire.read_for_swap, name)
+        entry = cache._run(server, "inc", counter_wire.read_for_swap, name)
         if entry is FAILED or entry is None:
             return entry
         flags, data, cas, ttl = entry
@@ -313,6 +314,6 @@ def _swap(
         if not cas:  # CAS ids start at 1: this server never issues one
             cache._backend_error("inc", _cas_disabled(server))
             return FAILED  # type: ignore[no-any-return]
-        swapped = cache._run(server, "inc", wire.swap, name, item, cas, left_to_live(ttl))
+        swapped = cache._run(server, "inc", counter_wire.swap, name, item, cas, left_to_live(ttl))
         if swapped is not False:
             return swapped  # type: ignore[no-any-return]

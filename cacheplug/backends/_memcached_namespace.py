@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cacheplug.backends import _memcached_counter_wire as counter_wire
 from cacheplug.backends import _memcached_wire as wire
 from cacheplug.backends._memcached_commands import CREATE_ATTEMPTS
 from cacheplug.backends._memcached_keys import memcached_key
@@ -235,12 +236,12 @@ def count(
     client: Any, server: Server, space: tuple[str, str], key: str, step: int
 ) -> tuple[str, tuple[int | None, int | None, bool]]:
     """``incr`` of ``key`` in the namespace by ``step``, the token read back with it
-    (``_seeing``): the memcached key it counted and ``wire.count``'s answer."""
+    (``_seeing``): the memcached key it counted and ``counter_wire.count``'s answer."""
     key_prefix, token_key = space
 
     def attempt(token: str) -> tuple[tuple[str, Any], bytes | None]:
         name = memcached_key(f"{key_prefix}{token}:{key}")
-        counted, seen = wire.count_seeing(client, name, step, token_key)
+        counted, seen = counter_wire.count_seeing(client, name, step, token_key)
         return (name, counted), seen
 
     return _seeing(client, server, token_key, attempt)

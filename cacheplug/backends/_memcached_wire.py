@@ -1,6 +1,7 @@
-"""memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``, ``incr``),
-for batches of writes (``set_many``, ``delete_many``, writes that read a namespace token back),
-for ``has`` in a namespace and for the compare-and-swap of counters (meta ``mg``/``ms``).
+"""memcached's text protocol for the hot calls (``get`` of one or many keys, ``set``), for
+batches of writes (``set_many``, ``delete_many``, writes that read a namespace token back) and
+for ``has`` in a namespace; counters (``incr`` and the compare-and-swap of meta ``mg``/``ms``)
+are in ``_memcached_counter_wire``, which sends the same way.
 
 They run on the socket of a connected pymemcache ``Client``, which keeps doing everything else
 (connecting, pooling, the other commands). pymemcache reads a multi-key reply a line at a time
@@ -26,13 +27,11 @@ from cacheplug.backends._memcached_replies import (
     BATCH_BYTES,
     LATE,
     REFUSED,
-    more,
     raise_reply,
     read_answers,
     read_fetched,
     read_line,
     seen_value,
-    take_lines,
 )
 
 __all__ = [
@@ -40,8 +39,7 @@ __all__ = [
     "EXISTS",
     "STORED",
     "STORED_OR_REFUSED",
-    "count",
-    "count_seeing",
+    "ask",
     "delete_many_steps",
     "delete_request",
     "exists_request",
@@ -49,11 +47,11 @@ __all__ = [
     "fetch",
     "fetch_steps",
     "finish",
-    "read_for_swap",
+    "send_request",
+    "socket_of",
     "storage_request",
     "store",
     "store_many_steps",
-    "swap",
     "write",
     "write_steps",
 ]
@@ -70,7 +68,7 @@ Steps = Generator[None, None, _Result]
 _WRITE_FIRST = os.name == "posix"
 
 
-def _send(sock: Any, data: bytes) -> None:
+def send_request(sock: Any, data: bytes) -> None:
     """``sock.sendall(data)`` in one system call when the socket buffer takes it all.
 
     With a timeout, Python polls the socket before every send, a system call as costly as the
@@ -91,7 +89,7 @@ def _send(sock: Any, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
-def _socket(client: Any) -> Any:
+def socket_of(client: Any) -> Any:
     if client.sock is None:
         client._connect()
     return client.sock
@@ -110,9 +108,9 @@ def fetch(client: Any, names: bytes) -> dict[bytes, tuple[int, bytes]]:
     """``get`` of the space-separated ``names``: ``{name: (flags, data)}`` (``fetch_steps``)."""
     if len(names) > _GET_BYTES:
         return finish(fetch_steps(client, names))
-    sock = _socket(client)
+    sock = socket_of(client)
     try:
-        _send(sock, b"get " + names + b"\r\n")
+        send_request(sock, b"get " + names + b"\r\n")
         return read_fetched(sock)
     except BaseException:
         client.close()
@@ -123,7 +121,7 @@ def fetch_steps(client: Any, names: bytes) -> Steps[dict[bytes, tuple[int, bytes
     """``fetch`` as steps. One round trip per ``_GET_BYTES`` of names: memcached answers a long
     ``get`` while it still reads it and stops reading while its replies wait unread, so a
     longer one sent at once would leave both sides waiting on each other."""
-    sock = _socket(client)
+    sock = socket_of(client)
     try:
         found: dict[bytes, tuple[int, bytes]] = {}
         start = 0
@@ -131,7 +129,7 @@ def fetch_steps(client: Any, names: bytes) -> Steps[dict[bytes, tuple[int, bytes
             end = len(names)
             if end - start > _GET_BYTES:  # cut at a space: a name is at most 250 bytes
                 end = names.rindex(b" ", start, start + _GET_BYTES)
-            _send(sock, b"get " + names[start:end] + b"\r\n")
+            send_request(sock, b"get " + names[start:end] + b"\r\n")
             yield
             found.update(read_fetched(sock))
             start = end + 1
@@ -143,7 +141,7 @@ def fetch_steps(client: Any, names: bytes) -> Steps[dict[bytes, tuple[int, bytes
 
 def store(client: Any, name: str, item: tuple[int, bytes], exptime: int) -> bool:
     """``set`` of one entry; whether memcached stored it."""
-    return _ask(client, storage_request(b"set", name, item, exptime), STORED) is True
+    return ask(client, storage_request(b"set", name, item, exptime), STORED) is True
 
 
 def storage_request(command: bytes, name: str, item: tuple[int, bytes], exptime: int) -> bytes:
@@ -176,10 +174,10 @@ def write(
     if seen_key is None or (len(requests) != 1 and len(_batches(requests)) != 1):
         return finish(write_steps(client, requests, answers, seen_key))
     # one batch and its token read back, the common case, without the cost of steps
-    sock = _socket(client)
+    sock = socket_of(client)
     try:
         writes = requests[0] if len(requests) == 1 else b"".join(requests)
-        _send(sock, b"%sget %s\r\n" % (writes, seen_key.encode("ascii")))
+        send_request(sock, b"%sget %s\r\n" % (writes, seen_key.encode("ascii")))
         done: list[_Answer] = []
         rest = read_answers(sock, requests, answers, done)
         return done, seen_value(sock, rest, seen_key)
@@ -202,19 +200,19 @@ def write_steps(
     ``BATCH_BYTES``: the timeout bounds each send, which must not carry more than the link
     delivers in that time.
     """
-    sock = _socket(client)
+    sock = socket_of(client)
     try:
         done: list[_Answer] = []
         batches = _batches(requests)
         for batch in batches[:-1] if seen_key else batches:
             if batch:
-                _send(sock, b"".join(batch))
+                send_request(sock, b"".join(batch))
                 yield
                 if read_answers(sock, batch, answers, done):
                     raise_reply(b"more reply lines than commands")
         if seen_key is None:
             return done, None
-        _send(sock, b"%sget %s\r\n" % (b"".join(batches[-1]), seen_key.encode("ascii")))
+        send_request(sock, b"%sget %s\r\n" % (b"".join(batches[-1]), seen_key.encode("ascii")))
         yield
         rest = read_answers(sock, batches[-1], answers, done)
         return done, seen_value(sock, rest, seen_key)
@@ -255,39 +253,6 @@ def delete_many_steps(client: Any, names: list[str]) -> Steps[list[bool]]:
     return (yield from write_steps(client, [delete_request(name) for name in names], DELETED))[0]
 
 
-def count(client: Any, name: str, step: int) -> tuple[int | None, int | None, bool]:
-    """``incr`` by ``step`` with the entry's flags, one round trip.
-
-    :returns: ``(flags, new value, numeric)``: flags None and new value None when the key is
-        missing; ``numeric`` False (nothing changed) when memcached called the value non-numeric.
-    """
-    sock = _socket(client)
-    try:
-        _send(sock, _count_request(name, step))
-        lines, rest = take_lines(sock, 2)
-        if rest:
-            raise_reply(b"more reply lines than commands")
-        return _counted(*lines)
-    except BaseException:
-        client.close()
-        raise
-
-
-def count_seeing(
-    client: Any, name: str, step: int, seen_key: str
-) -> tuple[tuple[int | None, int | None, bool], bytes | None]:
-    """``count``, then ``get`` of ``seen_key``, in one round trip: ``(count's answer, the value
-    of seen_key right after, None when missing)``."""
-    sock = _socket(client)
-    try:
-        _send(sock, b"%sget %s\r\n" % (_count_request(name, step), seen_key.encode("ascii")))
-        lines, rest = take_lines(sock, 2)
-        return _counted(*lines), seen_value(sock, rest, seen_key)
-    except BaseException:
-        client.close()
-        raise
-
-
 def exists_seeing(client: Any, name: str, seen_key: str) -> tuple[bool, bytes | None]:
     """Whether ``name`` is stored, by a meta get that asks for no value back, then ``get`` of
     ``seen_key``, in one round trip: ``(stored, the value of seen_key right after, None when
@@ -305,76 +270,21 @@ def exists_request(name: bytes) -> bytes:
     return b"mg %s O1\r\n" % name
 
 
-def _count_request(name: str, step: int) -> bytes:
-    # Flags change only when the entry is rewritten: these are the ones incr meets unless
-    # another client replaces the entry between the two commands.
-    encoded = name.encode("ascii")
-    return b"mg %s f\r\nincr %s %d\r\n" % (encoded, encoded, step)
-
-
-def _counted(head: bytes, reply: bytes) -> tuple[int | None, int | None, bool]:
-    """``count``'s answer from the replies to its meta get and its ``incr``."""
-    flags = None if head == b"EN" else _meta_flag(head, b"HD", b"f")
-    if reply == b"NOT_FOUND":
-        return flags, None, True
-    if reply.isdigit():
-        return flags, int(reply), True
-    if reply.startswith(b"CLIENT_ERROR") and b"non-numeric" in reply:
-        return flags, None, False
-    raise_reply(reply)
-
-
-def read_for_swap(client: Any, name: str) -> tuple[int, bytes, int, int] | None:
-    """``(flags, data, cas, seconds left or -1 for never)`` of an entry; None when missing."""
-    sock = _socket(client)
-    try:
-        _send(sock, b"mg %s f c t v\r\n" % name.encode("ascii"))
-        buf = more(sock, b"", 1)
-        eol = buf.find(b"\r\n")
-        while eol < 0:
-            buf = more(sock, buf, len(buf) + 1)
-            eol = buf.find(b"\r\n")
-        head = buf[:eol]
-        if head == b"EN" and eol + 2 == len(buf):
-            return None
-        size = int(_meta_flag(head, b"VA", b""))
-        stop = eol + 2 + size
-        if len(buf) < stop + 2:
-            buf = more(sock, buf, stop + 2)
-        if len(buf) != stop + 2 or buf[stop:] != b"\r\n":
-            raise_reply(head)
-        flags, cas, ttl = (_meta_flag(head, b"VA", tag) for tag in (b"f", b"c", b"t"))
-        return flags, buf[eol + 2 : stop], cas, ttl
-    except BaseException:
-        client.close()
-        raise
-
-
-def swap(client: Any, name: str, item: tuple[int, bytes], cas: int, exptime: int) -> bool | None:
-    """Store ``item`` if the entry's CAS is still ``cas``: True stored, False changed meanwhile,
-    None deleted meanwhile."""
-    flags, data = item
-    head = b"ms %s %d F%d C%d T%d" % (name.encode("ascii"), len(data), flags, cas, exptime)
-    request = b"%s\r\n%s\r\n" % (head, data)
-    return _ask(client, request, _SWAPPED)
-
-
 #: What the reply line of a storage command, or of ``delete``, says was done.
 STORED = {b"STORED": True, b"NOT_STORED": False}
 #: The same, with None for a write memcached refused (SERVER_ERROR), where a batch goes on.
 STORED_OR_REFUSED: Mapping[bytes, bool | None] = {**STORED, REFUSED: None}
 DELETED = {b"DELETED": True, b"NOT_FOUND": False}
-_SWAPPED = {b"HD": True, b"EX": False, b"NF": None}
 #: What the reply to ``exists_request`` says: stored or not (a miss echoes the flag on newer
 #: servers only; a server that echoes none is understood too).
 EXISTS = {b"HD O1": True, b"HD": True, b"EN O1": False, b"EN": False}
 
 
-def _ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> bool | None:
+def ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> bool | None:
     """Send ``request`` and give the answer its one reply line maps to (other lines raise)."""
-    sock = _socket(client)
+    sock = socket_of(client)
     try:
-        _send(sock, request)
+        send_request(sock, request)
         line = read_line(sock)
         if line in answers:
             return answers[line]
@@ -382,14 +292,3 @@ def _ask(client: Any, request: bytes, answers: Mapping[bytes, bool | None]) -> b
     except BaseException:
         client.close()
         raise
-
-
-def _meta_flag(head: bytes, status: bytes, tag: bytes) -> int:
-    """The number of the ``tag`` flag in a meta reply line that must start with ``status``
-    (``tag`` empty: the first number after it, a value's size)."""
-    fields = head.split(b" ")
-    if fields[0] == status:
-        for field in fields[1:]:
-            if field.startswith(tag) and field[len(tag) :].lstrip(b"-").isdigit():
-                return int(field[len(tag) :])
-    raise_reply(head)
