@@ -5,7 +5,9 @@ under 2**62 in size are stored as memcached counters, so ``inc``/``dec`` are one
 (``_memcached_counters``). Keys memcached would refuse are sent in a hashed form
 (``_memcached_keys``). The servers, given as specs (``_memcached_server_specs``), share the keys
 by consistent hashing, with a pool of connections per server (``_memcached_servers``); the hot
-commands speak memcached's text protocol directly (``_memcached_wire``). Calls run on the pools
+commands speak memcached's text protocol directly (``_memcached_wire`` sends them,
+``_memcached_replies`` reads the answers, ``_memcached_counter_wire`` holds the counters'
+commands). Calls run on the pools
 and skip a server that failed for a while (``_memcached_calls``); a batch over several servers
 waits for the connections it opens at the same time and sends its requests to all of them before
 it reads any reply, and what the ``*_many`` calls share is in ``_memcached_batches``. With a
