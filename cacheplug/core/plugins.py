@@ -17,7 +17,6 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,16 @@ import pluggy
 
 from cacheplug.core import hookspecs
 from cacheplug.core._entering import entering
+from cacheplug.core._plugins_records import (
+    BUILTIN_PLUGINS,
+    DISABLE_ENV,
+    ENTRY_POINT_GROUP,
+    STRICT_ENV,
+    Broken,
+    Entry,
+    Origin,
+    Table,
+)
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
 from cacheplug.core.serializer import error_text
 
@@ -48,75 +57,10 @@ __all__ = [
     "serializer_names",
 ]
 
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "cacheplug.backends.simple",
-    "cacheplug.backends.null",
-    "cacheplug.backends.filesystem",
-    "cacheplug.backends.redis",
-    "cacheplug.backends.memcached",
-    "cacheplug.serializers.pickle",
-    "cacheplug.serializers.json",
-    "cacheplug.serializers.msgpack",
-)
-
-ENTRY_POINT_GROUP = "cacheplug"
-STRICT_ENV = "CACHEPLUG_STRICT_PLUGINS"
-DISABLE_ENV = "CACHEPLUG_DISABLE_PLUGINS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _HOOKS = ("cacheplug_register_backends", "cacheplug_register_serializers")
 _HOOK_PREFIX = "cacheplug_register"
 _RUNTIME = "registered at runtime"
-
-
-@dataclass(frozen=True)
-class _Origin:
-    """Where a plugin comes from: its plugin name and its distribution."""
-
-    plugin: str
-    distribution: str
-    version: str
-
-    @property
-    def builtin(self) -> bool:
-        return self.plugin in BUILTIN_PLUGINS
-
-    def __str__(self) -> str:
-        where = f"{self.distribution} {self.version}" if self.version else self.distribution
-        return f"plugin {self.plugin!r} ({where})"
-
-
-@dataclass
-class _Entry:
-    """One registered name: what it points to and who registered it."""
-
-    name: str
-    target: type[Any] | str
-    origin: _Origin
-    clashes: list[_Origin] = field(default_factory=list)
-    loaded: type[Any] | None = None
-
-
-@dataclass
-class _Broken:
-    origin: _Origin
-    error: BaseException
-
-
-@dataclass
-class _Table:
-    """The names of one kind (backend schemes or serializers) and how to word them."""
-
-    kind: str
-    hook: str
-    #: the names usable where this kind is named (a URL scheme, a query value)
-    valid: re.Pattern[str]
-    rule: str
-    #: by name in lowercase: schemes and serializer names are case-insensitive
-    entries: dict[str, _Entry] = field(default_factory=dict)
-
-    def names(self) -> list[str]:
-        """Every registered name, as registered, sorted."""
-        return sorted(entry.name for entry in self.entries.values())
 
 
 class _Registry:
@@ -125,15 +69,15 @@ class _Registry:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
-        self.origins: dict[str, _Origin] = {}
-        self.broken: list[_Broken] = []
-        self.backends = _Table(
+        self.origins: dict[str, Origin] = {}
+        self.broken: list[Broken] = []
+        self.backends = Table(
             "cache scheme",
             "cacheplug_register_backends",
             re.compile(r"[a-z][a-z0-9+.\-]*\Z"),
             "a URL scheme: a lowercase letter, then lowercase letters, digits, '+', '-' or '.'",
         )
-        self.serializers = _Table(
+        self.serializers = Table(
             "serializer",
             "cacheplug_register_serializers",
             # no '+': a query string reads it as a space (?serializer=a+b is 'a b')
@@ -156,7 +100,7 @@ class _Registry:
 
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
-            self.add(module, _Origin(module_name, "cacheplug", __version__))
+            self.add(module, Origin(module_name, "cacheplug", __version__))
         self.strict = os.environ.get(STRICT_ENV, "").strip().lower() in _TRUE
         self._load_entry_points()
         if self.strict:
@@ -190,7 +134,7 @@ class _Registry:
             if name in disabled or qualified in disabled:
                 continue
             dist = ep.dist
-            origin = _Origin(
+            origin = Origin(
                 qualified if name in shared else name,
                 dist.name if dist is not None else "unknown distribution",
                 dist.version if dist is not None else "unknown version",
@@ -211,7 +155,7 @@ class _Registry:
                 if self.strict:
                     raise PluginError(message) from err
                 warnings.warn(message, PluginLoadWarning, stacklevel=_caller_stacklevel())
-                self.broken.append(_Broken(origin, err))
+                self.broken.append(Broken(origin, err))
 
     def warn_unknown_disabled(self) -> None:
         """Warn, once, of the names in DISABLE_ENV no plugin has: an operator's typo would
@@ -227,7 +171,7 @@ class _Registry:
                 stacklevel=_caller_stacklevel(),
             )
 
-    def add(self, plugin: object, origin: _Origin, *, exclusive: bool = False) -> None:
+    def add(self, plugin: object, origin: Origin, *, exclusive: bool = False) -> None:
         """Register ``plugin`` and the names its hooks register, or nothing if any step fails.
 
         :param exclusive: a name another plugin already holds raises instead of clashing on use.
@@ -264,14 +208,14 @@ class _Registry:
             for name, target in names.items():
                 existing = table.entries.get(name.lower())
                 if existing is None:
-                    table.entries[name.lower()] = _Entry(name, target, origin)
+                    table.entries[name.lower()] = Entry(name, target, origin)
                 else:
                     existing.clashes.append(origin)
 
-    def _tables(self) -> tuple[_Table, _Table]:
+    def _tables(self) -> tuple[Table, Table]:
         return self.backends, self.serializers
 
-    def _check_hooks(self, plugin: object, origin: _Origin) -> None:
+    def _check_hooks(self, plugin: object, origin: Origin) -> None:
         for name in dir(plugin):
             if (
                 name.startswith(_HOOK_PREFIX)
@@ -307,7 +251,7 @@ class _Registry:
                     f"cacheplug's hooks are: {', '.join(_HOOKS)}"
                 )
 
-    def _call_hooks(self, table: _Table, origin: _Origin) -> dict[str, type[Any] | str]:
+    def _call_hooks(self, table: Table, origin: Origin) -> dict[str, type[Any] | str]:
         """The names ``origin``'s implementation of ``table.hook`` registers."""
         names: dict[str, type[Any] | str] = {}
         returned = False
@@ -358,7 +302,7 @@ class _Registry:
             returned = True
         return names
 
-    def resolve(self, entry: _Entry, kind: str, check: Callable[[Any], str | None]) -> type[Any]:
+    def resolve(self, entry: Entry, kind: str, check: Callable[[Any], str | None]) -> type[Any]:
         if entry.clashes:
             raise _clash_error(entry, kind)
         loaded = entry.loaded
@@ -391,7 +335,7 @@ class _Registry:
                 entry.loaded = value
             return entry.loaded
 
-    def unknown(self, name: str, table: _Table, plural: str) -> Exception:
+    def unknown(self, name: str, table: Table, plural: str) -> Exception:
         known = table.names()
         hint = did_you_mean(name, known)
         message = f"unknown {table.kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
@@ -465,7 +409,7 @@ def _is_target(target: object) -> bool:
     return bool(colon and module_name and attr)
 
 
-def _answer_error(answer: object, origin: _Origin, hook: str) -> PluginError:
+def _answer_error(answer: object, origin: Origin, hook: str) -> PluginError:
     """The error for a hook that returned ``answer`` instead of calling ``register``: what it
     meant to register (a dict of names, an ``async def``'s or a generator's body) is lost."""
     if inspect.iscoroutine(answer) or inspect.isgenerator(answer):
@@ -476,7 +420,7 @@ def _answer_error(answer: object, origin: _Origin, hook: str) -> PluginError:
     )
 
 
-def _clash_error(entry: _Entry, kind: str) -> PluginError:
+def _clash_error(entry: Entry, kind: str) -> PluginError:
     claimants = [entry.origin, *entry.clashes]
     options = " or ".join(f"{DISABLE_ENV}={o.plugin}" for o in claimants if not o.builtin)
     return PluginError(
@@ -626,7 +570,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
             )
         previous, registry.holder = registry.holder, threading.current_thread()
         try:
-            registry.add(plugin, _Origin(plugin_name, _RUNTIME, ""), exclusive=True)
+            registry.add(plugin, Origin(plugin_name, _RUNTIME, ""), exclusive=True)
         except PluginError:
             raise
         except BaseException as err:  # pluggy's validation errors, a hook that fails or exits
@@ -761,7 +705,7 @@ def get_plugins() -> list[dict[str, Any]]:
 
 
 def _plugin_info(
-    origin: _Origin,
+    origin: Origin,
     *,
     hooks: list[str] | None = None,
     schemes: list[str] | None = None,
@@ -779,11 +723,11 @@ def _plugin_info(
     }
 
 
-def _names_from(table: _Table, plugin: str) -> list[str]:
+def _names_from(table: Table, plugin: str) -> list[str]:
     return sorted(entry.name for entry in _entries_of(table, plugin))
 
 
-def _entries_of(table: _Table, plugin: str) -> list[_Entry]:
+def _entries_of(table: Table, plugin: str) -> list[Entry]:
     return [
         entry
         for entry in table.entries.values()
