@@ -24,6 +24,13 @@ import pluggy
 
 from cacheplug.core import hookspecs
 from cacheplug.core._entering import entering
+from cacheplug.core._plugins_errors import (
+    answer_error,
+    caller_stacklevel,
+    clash_error,
+    describe,
+    reraise_interrupt,
+)
 from cacheplug.core._plugins_records import (
     BUILTIN_PLUGINS,
     DISABLE_ENV,
@@ -35,12 +42,10 @@ from cacheplug.core._plugins_records import (
     Table,
 )
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
-from cacheplug.core.serializer import error_text
 
 if TYPE_CHECKING:
     import importlib.metadata
     from collections.abc import Callable
-    from types import FrameType
 
     from cacheplug.core.base import BaseCache
     from cacheplug.core.serializer import SerializerLike
@@ -107,7 +112,7 @@ class _Registry:
             for table in (self.backends, self.serializers):
                 for entry in table.entries.values():
                     if entry.clashes:
-                        raise _clash_error(entry, table.kind)
+                        raise clash_error(entry, table.kind)
 
     def _load_entry_points(self) -> None:
         disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
@@ -147,14 +152,14 @@ class _Registry:
             # SystemExit and the like too: a plugin calling sys.exit() (argparse at import...)
             # must not end the program that merely asked for a cache.
             except BaseException as err:
-                _reraise_interrupt(err)
+                reraise_interrupt(err)
                 message = (
                     f"cacheplug {origin} failed to load from {ep.value!r}: "
-                    f"{_describe(err)}; set {DISABLE_ENV}={origin.plugin} to skip it"
+                    f"{describe(err)}; set {DISABLE_ENV}={origin.plugin} to skip it"
                 )
                 if self.strict:
                     raise PluginError(message) from err
-                warnings.warn(message, PluginLoadWarning, stacklevel=_caller_stacklevel())
+                warnings.warn(message, PluginLoadWarning, stacklevel=caller_stacklevel())
                 self.broken.append(Broken(origin, err))
 
     def warn_unknown_disabled(self) -> None:
@@ -168,7 +173,7 @@ class _Registry:
                 f"installed plugin has (entry-point names, case-sensitive: {self.installed}; "
                 "cacheplug's own backends and serializers cannot be disabled)",
                 PluginLoadWarning,
-                stacklevel=_caller_stacklevel(),
+                stacklevel=caller_stacklevel(),
             )
 
     def add(self, plugin: object, origin: Origin, *, exclusive: bool = False) -> None:
@@ -297,14 +302,14 @@ class _Registry:
                     # one that registered works whatever it returns (a list comprehension
                     # calling register): only a hook that registered nothing lost its names
                     if answer is not None and not names:
-                        raise _answer_error(answer, origin, table.hook)
+                        raise answer_error(answer, origin, table.hook)
         finally:
             returned = True
         return names
 
     def resolve(self, entry: Entry, kind: str, check: Callable[[Any], str | None]) -> type[Any]:
         if entry.clashes:
-            raise _clash_error(entry, kind)
+            raise clash_error(entry, kind)
         loaded = entry.loaded
         if loaded is not None:
             return loaded
@@ -320,10 +325,10 @@ class _Registry:
                         for part in attr.split("."):
                             value = getattr(value, part)
                     except BaseException as err:
-                        _reraise_interrupt(err)
+                        reraise_interrupt(err)
                         raise PluginError(
                             f"{kind} {entry.name!r} from {entry.origin} cannot be imported "
-                            f"from {target!r}: {_describe(err)}"
+                            f"from {target!r}: {describe(err)}"
                         ) from err
                     finally:
                         self.holder = previous
@@ -342,7 +347,7 @@ class _Registry:
         message += self._misplaced_entry_points()
         if not self.broken:
             return ConfigurationError(message)
-        failed = "; ".join(f"{b.origin} failed to load ({_describe(b.error)})" for b in self.broken)
+        failed = "; ".join(f"{b.origin} failed to load ({describe(b.error)})" for b in self.broken)
         # The broken plugin named like the missing name is the likeliest provider.
         suspect = next(
             (b for b in self.broken if name in (b.origin.plugin, b.origin.distribution)),
@@ -378,26 +383,10 @@ class _Registry:
         )
 
 
-def _describe(err: BaseException) -> str:
-    """``Type: message`` on one line (pluggy's validation errors span several).
-
-    A plugin's exception whose ``__str__`` fails is described as unprintable: its failure
-    would otherwise escape the loading of every plugin, built-ins included.
-    """
-    name, text = type(err).__name__, error_text(err)
-    return " ".join((name if text == name else f"{name}: {text}").split())
-
-
 def _plugin_name(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
     """An entry point's name, and that name qualified by its distribution's."""
     dist = ep.dist
     return ep.name, f"{dist.name if dist is not None else 'unknown distribution'}:{ep.name}"
-
-
-def _reraise_interrupt(err: BaseException) -> None:
-    """Raise ``err`` again if it is Ctrl-C: the one exception a plugin's failure must not hide."""
-    if isinstance(err, KeyboardInterrupt):
-        raise err
 
 
 def _is_target(target: object) -> bool:
@@ -407,40 +396,6 @@ def _is_target(target: object) -> bool:
         return False
     module_name, colon, attr = target.partition(":")
     return bool(colon and module_name and attr)
-
-
-def _answer_error(answer: object, origin: Origin, hook: str) -> PluginError:
-    """The error for a hook that returned ``answer`` instead of calling ``register``: what it
-    meant to register (a dict of names, an ``async def``'s or a generator's body) is lost."""
-    if inspect.iscoroutine(answer) or inspect.isgenerator(answer):
-        answer.close()  # never run: no "coroutine was never awaited" warning on top
-    return PluginError(
-        f"{origin}'s {hook}() returned a {type(answer).__name__} instead of None; a cacheplug "
-        "hook is a plain function that registers by calling register(name, target)"
-    )
-
-
-def _clash_error(entry: Entry, kind: str) -> PluginError:
-    claimants = [entry.origin, *entry.clashes]
-    options = " or ".join(f"{DISABLE_ENV}={o.plugin}" for o in claimants if not o.builtin)
-    return PluginError(
-        f"{kind} {entry.name!r} is claimed by "
-        + " and by ".join(str(o) for o in claimants)
-        + f"; disable one of them with {options}"
-    )
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside cacheplug."""
-    frame: FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module != "cacheplug" and not module.startswith("cacheplug."):
-            return level
-        frame = frame.f_back
-        level += 1
-    return 1
 
 
 _registry: _Registry | None = None
@@ -574,9 +529,9 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         except PluginError:
             raise
         except BaseException as err:  # pluggy's validation errors, a hook that fails or exits
-            _reraise_interrupt(err)
+            reraise_interrupt(err)
             raise PluginError(
-                f"plugin {plugin_name!r} cannot be registered: {_describe(err)}"
+                f"plugin {plugin_name!r} cannot be registered: {describe(err)}"
             ) from err
         finally:
             registry.holder = previous
@@ -666,10 +621,10 @@ def get_serializer(name: str) -> SerializerLike:
             try:
                 instance = cls()
             except BaseException as err:
-                _reraise_interrupt(err)
+                reraise_interrupt(err)
                 raise PluginError(
                     f"serializer {name!r} from {entry.origin} cannot be created as {cls.__name__}()"
-                    f": {_describe(err)}; cacheplug creates serializers with no "
+                    f": {describe(err)}; cacheplug creates serializers with no "
                     f"arguments, so every parameter needs a default"
                 ) from err
             finally:
@@ -700,7 +655,7 @@ def get_plugins() -> list[dict[str, Any]]:
             )
         )
     for broken in registry.broken:
-        plugins.append(_plugin_info(broken.origin, error=_describe(broken.error)))
+        plugins.append(_plugin_info(broken.origin, error=describe(broken.error)))
     return plugins
 
 
@@ -738,7 +693,7 @@ def _entries_of(table: Table, plugin: str) -> list[Entry]:
 def _clashes_of(registry: _Registry, plugin: str) -> list[str]:
     """Why each name ``plugin`` claims together with another plugin cannot be used."""
     return [
-        str(_clash_error(entry, table.kind))
+        str(clash_error(entry, table.kind))
         for table in (registry.backends, registry.serializers)
         for entry in _entries_of(table, plugin)
         if entry.clashes
