@@ -237,7 +237,7 @@ def test_a_thread_left_waiting_for_plugin_loading_logs_where_the_loader_is(
         {"waiter": "waiter_plugin"},
         {"waiter_plugin": _plugin_starting_a_thread("waiter", wait)},
     )
-    monkeypatch.setattr("cacheplug.core.plugins._PATIENCE", 0.1)
+    monkeypatch.setattr("cacheplug.core._plugins_waiting.PATIENCE", 0.1)
     with caplog.at_level("WARNING", logger="cacheplug"):
         assert get_backend_class("waiter") is SimpleCache
     import waiter_plugin

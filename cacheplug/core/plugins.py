@@ -12,7 +12,6 @@ import importlib
 import inspect
 import os
 import re
-import sys
 import threading
 import warnings
 from collections import Counter
@@ -41,6 +40,7 @@ from cacheplug.core._plugins_records import (
     Origin,
     Table,
 )
+from cacheplug.core._plugins_waiting import await_loader
 from cacheplug.core.errors import ConfigurationError, PluginError, PluginLoadWarning, did_you_mean
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class _Registry:
         loaded = entry.loaded
         if loaded is not None:
             return loaded
-        _await_loader(self.lock, lambda: self.holder)
+        await_loader(self.lock, lambda: self.holder)
         with self.locked:
             if entry.loaded is None:
                 target = entry.target
@@ -404,42 +404,6 @@ _registry_lock = threading.RLock()
 _registry_locked = entering(_registry_lock)
 #: the thread building the registry, while it does
 _building: threading.Thread | None = None
-#: seconds a thread waits for another thread's plugin loading before it logs where that one is
-_PATIENCE = 10.0
-
-
-def _await_loader(lock: Any, loader: Callable[[], threading.Thread | None]) -> None:
-    """Wait until no other thread holds ``lock`` (taken while plugins load or register); past
-    ``_PATIENCE`` seconds, log where the one holding it, ``loader()``, is and return.
-
-    A plugin whose import or hook waits for a thread that uses cacheplug never finishes loading
-    (that thread waits for it): the log names the place, where a silent hang would not.
-    """
-    if lock._is_owned():
-        return
-    try:
-        if lock.acquire(timeout=_PATIENCE):
-            lock.release()
-            return
-    except BaseException:  # a signal handler raised: not left taken
-        if lock._is_owned():
-            lock.release()
-        raise
-    import logging
-    import traceback
-
-    holder = loader()
-    frame = sys._current_frames().get(holder.ident or -1) if holder is not None else None
-    where = "".join(traceback.format_stack(frame)).rstrip("\n") if frame else "(unknown)"
-    logging.getLogger("cacheplug").warning(
-        "thread %r has been loading cacheplug's plugins for over %g s, and thread %r waits "
-        "for it; if a plugin, while it loads or inside a hook, waits for a thread that uses "
-        "cacheplug, both wait forever. The loading thread is at:\n%s",
-        holder.name if holder is not None else "?",
-        _PATIENCE,
-        threading.current_thread().name,
-        where,
-    )
 
 
 def _get_registry() -> _Registry:
@@ -447,7 +411,7 @@ def _get_registry() -> _Registry:
     registry = _registry
     if registry is not None:
         return registry
-    _await_loader(_registry_lock, lambda: _building)
+    await_loader(_registry_lock, lambda: _building)
     with _registry_locked:
         if _registry is None:
             if _building is threading.current_thread():  # the lock is re-entrant
@@ -511,7 +475,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         implements an unknown hook, or its hooks fail; nothing is registered then.
     """
     registry = _get_registry()
-    _await_loader(registry.lock, lambda: registry.holder)
+    await_loader(registry.lock, lambda: registry.holder)
     with registry.locked:
         plugin_name = name or registry.pm.get_canonical_name(plugin)
         taken = registry.origins.get(plugin_name)
@@ -613,7 +577,7 @@ def get_serializer(name: str) -> SerializerLike:
     if entry is None:
         raise registry.unknown(name, registry.serializers, "serializers")
     cls = registry.resolve(entry, registry.serializers.kind, _check_serializer)
-    _await_loader(registry.lock, lambda: registry.holder)
+    await_loader(registry.lock, lambda: registry.holder)
     with registry.locked:
         instance = registry.serializer_instances.get(folded)
         if instance is None:
