@@ -26,6 +26,7 @@ from cacheplug.core._plugins_errors import (
     describe,
     reraise_interrupt,
 )
+from cacheplug.core._plugins_listing import plugin_listing
 from cacheplug.core._plugins_records import (
     BUILTIN_PLUGINS,
     DISABLE_ENV,
@@ -364,61 +365,4 @@ def get_plugins() -> list[dict[str, Any]]:
     ``schemes``, ``serializers`` and ``error``: ``None``, or why the plugin failed to load or
     which of its names another plugin also claims (those names cannot be used).
     """
-    registry = _registry_to_look_up()
-    plugins: list[dict[str, Any]] = []
-    for name, origin in registry.origins.items():
-        plugin = registry.pm.get_plugin(name)
-        callers = registry.pm.get_hookcallers(plugin) or [] if plugin is not None else []
-        plugins.append(
-            _plugin_info(
-                origin,
-                hooks=sorted(caller.name for caller in callers),
-                schemes=_names_from(registry.backends, name),
-                serializers=_names_from(registry.serializers, name),
-                error="; ".join(_clashes_of(registry, name)) or None,
-            )
-        )
-    for broken in registry.broken:
-        plugins.append(_plugin_info(broken.origin, error=describe(broken.error)))
-    return plugins
-
-
-def _plugin_info(
-    origin: Origin,
-    *,
-    hooks: list[str] | None = None,
-    schemes: list[str] | None = None,
-    serializers: list[str] | None = None,
-    error: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "name": origin.plugin,
-        "distribution": origin.distribution,
-        "version": origin.version,
-        "hooks": hooks or [],
-        "schemes": schemes or [],
-        "serializers": serializers or [],
-        "error": error,
-    }
-
-
-def _names_from(table: Table, plugin: str) -> list[str]:
-    return sorted(entry.name for entry in _entries_of(table, plugin))
-
-
-def _entries_of(table: Table, plugin: str) -> list[Entry]:
-    return [
-        entry
-        for entry in table.entries.values()
-        if entry.origin.plugin == plugin or any(o.plugin == plugin for o in entry.clashes)
-    ]
-
-
-def _clashes_of(registry: _Registry, plugin: str) -> list[str]:
-    """Why each name ``plugin`` claims together with another plugin cannot be used."""
-    return [
-        str(clash_error(entry, table.kind))
-        for table in (registry.backends, registry.serializers)
-        for entry in _entries_of(table, plugin)
-        if entry.clashes
-    ]
+    return plugin_listing(_registry_to_look_up())
