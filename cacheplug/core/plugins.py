@@ -1,48 +1,35 @@
-"""The plugin manager and the registries of backends and serializers it fills.
+"""The process-wide plugin manager and the public functions that look up its backends and
+serializers.
 
 The manager is built on first need, once per process: built-in plugin modules are registered
 with the same ``pm.register`` call as third-party ones, then the ``cacheplug`` entry points are
-loaded. Only ``_plugins_hooks``, where a plugin's hooks are checked and called, calls
-``pm.hook``.
+loaded. Its parts live beside this module: the registry one manager fills in
+``_plugins_registry``, taking in a plugin and calling its hooks in ``_plugins_hooks`` (the only
+module that calls ``pm.hook``), loading the entry points in ``_plugins_entry_points`` (the only
+one importing ``importlib.metadata``), what the registry records in ``_plugins_records``, the
+wording of a plugin's failures in ``_plugins_errors``, the guard against waiting forever for a
+loading thread in ``_plugins_waiting`` and what :func:`get_plugins` lists in
+``_plugins_listing``.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import re
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from cacheplug.core import hookspecs
 from cacheplug.core._entering import entering
-from cacheplug.core._plugins_entry_points import EntryPoints
-from cacheplug.core._plugins_errors import (
-    clash_error,
-    describe,
-    reraise_interrupt,
-)
+from cacheplug.core._plugins_errors import describe, reraise_interrupt
 from cacheplug.core._plugins_listing import plugin_listing
-from cacheplug.core._plugins_records import (
-    BUILTIN_PLUGINS,
-    DISABLE_ENV,
-    ENTRY_POINT_GROUP,
-    STRICT_ENV,
-    Broken,
-    Entry,
-    Origin,
-    Table,
-)
+from cacheplug.core._plugins_records import BUILTIN_PLUGINS, DISABLE_ENV, Origin
+from cacheplug.core._plugins_registry import Registry
 from cacheplug.core._plugins_waiting import await_loader
-from cacheplug.core.errors import ConfigurationError, PluginError, did_you_mean
+from cacheplug.core.errors import ConfigurationError, PluginError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from cacheplug.core.base import BaseCache
     from cacheplug.core.serializer import SerializerLike
 
@@ -58,108 +45,9 @@ __all__ = [
     "serializer_names",
 ]
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
 _RUNTIME = "registered at runtime"
 
-
-class _Registry(EntryPoints):
-    """Backends and serializers known to one plugin manager."""
-
-    def __init__(self) -> None:
-        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
-        self.pm.add_hookspecs(hookspecs)
-        self.origins: dict[str, Origin] = {}
-        self.broken: list[Broken] = []
-        self.backends = Table(
-            "cache scheme",
-            "cacheplug_register_backends",
-            re.compile(r"[a-z][a-z0-9+.\-]*\Z"),
-            "a URL scheme: a lowercase letter, then lowercase letters, digits, '+', '-' or '.'",
-        )
-        self.serializers = Table(
-            "serializer",
-            "cacheplug_register_serializers",
-            # no '+': a query string reads it as a space (?serializer=a+b is 'a b')
-            re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z"),
-            "letters, digits, '_', '.' or '-', starting with a letter or digit",
-        )
-        self.serializer_instances: dict[str, SerializerLike] = {}
-        self.lock = threading.RLock()
-        self.locked = entering(self.lock)  # for with statements
-        #: the thread holding ``lock`` while it registers or imports a plugin's class
-        self.holder: threading.Thread | None = None
-        self.strict = False
-        self.entry_points_read = False
-        #: names in DISABLE_ENV that no entry point has, and the names that were installed
-        self.unknown_disabled: set[str] = set()
-        self.installed = ""
-
-    def load(self) -> None:
-        from cacheplug import __version__
-
-        for module_name in BUILTIN_PLUGINS:
-            module = importlib.import_module(module_name)
-            self.add(module, Origin(module_name, "cacheplug", __version__))
-        self.strict = os.environ.get(STRICT_ENV, "").strip().lower() in _TRUE
-        self._load_entry_points()
-        if self.strict:
-            for table in (self.backends, self.serializers):
-                for entry in table.entries.values():
-                    if entry.clashes:
-                        raise clash_error(entry, table.kind)
-
-    def resolve(self, entry: Entry, kind: str, check: Callable[[Any], str | None]) -> type[Any]:
-        if entry.clashes:
-            raise clash_error(entry, kind)
-        loaded = entry.loaded
-        if loaded is not None:
-            return loaded
-        await_loader(self.lock, lambda: self.holder)
-        with self.locked:
-            if entry.loaded is None:
-                target = entry.target
-                if isinstance(target, str):
-                    module_name, _, attr = target.partition(":")
-                    previous, self.holder = self.holder, threading.current_thread()
-                    try:
-                        value: Any = importlib.import_module(module_name)
-                        for part in attr.split("."):
-                            value = getattr(value, part)
-                    except BaseException as err:
-                        reraise_interrupt(err)
-                        raise PluginError(
-                            f"{kind} {entry.name!r} from {entry.origin} cannot be imported "
-                            f"from {target!r}: {describe(err)}"
-                        ) from err
-                    finally:
-                        self.holder = previous
-                else:
-                    value = target
-                problem = check(value)
-                if problem:
-                    raise PluginError(f"{kind} {entry.name!r} from {entry.origin} {problem}")
-                entry.loaded = value
-            return entry.loaded
-
-    def unknown(self, name: str, table: Table, plural: str) -> Exception:
-        known = table.names()
-        hint = did_you_mean(name, known)
-        message = f"unknown {table.kind} {name!r}; known {plural}: {', '.join(known)}{hint}"
-        message += self._misplaced_entry_points()
-        if not self.broken:
-            return ConfigurationError(message)
-        failed = "; ".join(f"{b.origin} failed to load ({describe(b.error)})" for b in self.broken)
-        # The broken plugin named like the missing name is the likeliest provider.
-        suspect = next(
-            (b for b in self.broken if name in (b.origin.plugin, b.origin.distribution)),
-            next((b for b in self.broken if name in b.origin.distribution), self.broken[0]),
-        )
-        error = PluginError(f"{message}; it may come from a broken plugin: {failed}")
-        error.__cause__ = suspect.error
-        return error
-
-
-_registry: _Registry | None = None
+_registry: Registry | None = None
 # Re-entrant so a plugin that uses the registry while it is being built gets an error, not a hang.
 _registry_lock = threading.RLock()
 _registry_locked = entering(_registry_lock)
@@ -167,7 +55,7 @@ _registry_locked = entering(_registry_lock)
 _building: threading.Thread | None = None
 
 
-def _get_registry() -> _Registry:
+def _get_registry() -> Registry:
     global _registry, _building
     registry = _registry
     if registry is not None:
@@ -182,7 +70,7 @@ def _get_registry() -> _Registry:
                 )
             _building = threading.current_thread()
             try:
-                fresh = _Registry()
+                fresh = Registry()
                 fresh.load()
                 _registry = fresh
             finally:
@@ -190,7 +78,7 @@ def _get_registry() -> _Registry:
         return _registry
 
 
-def _registry_to_look_up() -> _Registry:
+def _registry_to_look_up() -> Registry:
     """The registry, for a lookup: the first one warns of names disabled in vain."""
     registry = _get_registry()
     if registry.unknown_disabled:
