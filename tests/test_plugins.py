@@ -428,7 +428,8 @@ _MODULES = """
 import json, sys
 def heavy():
     prefixes = ("importlib.metadata", "pluggy", "msgpack", "orjson", "redis", "pymemcache",
-                "cacheplug.core.plugins", "cacheplug.backends", "cacheplug.serializers")
+                "cacheplug.core.plugins", "cacheplug.core._plugins", "cacheplug.backends",
+                "cacheplug.serializers")
     return sorted(m for m in sys.modules if m.startswith(prefixes))
 import cacheplug
 after_import = heavy()
