@@ -8,213 +8,23 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from cacheplug import __version__
+from cacheplug._cli_problem import EXIT_FAILED, EXIT_USAGE, Problem
+from cacheplug._cli_target import DEFAULT_URL, ENV_URL, Target, token, url_of
 from cacheplug.core.errors import did_you_mean
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from types import TracebackType
 
     from cacheplug.core.base import BaseCache
-    from cacheplug.core.url import CacheURL
 
 __all__ = ["main"]
 
-DEFAULT_URL = "simple://"
-ENV_URL = "CACHE_URL"
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-_MASK = "***"
 _MAX_DELAY_MS = 3_600_000.0  # an hour per call: more is surely a typo
-#: The shortest secret masked wherever an engine's error holds it: a shorter one turns up in
-#: ordinary text by chance ('1' in '127.0.0.1', 'password' in redis-py's 'invalid
-#: username-password pair'), and the mask would show it by where it lands.
-_MIN_SCRUBBED = 12
-
-
-class _Problem(Exception):
-    """A failure to report on stderr, with the exit status to return."""
-
-    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _FirstFailure(logging.Filter):
-    """Keeps the engine error behind the first failure the cache logs, and lets it through.
-
-    A filter, not a handler: the line still reaches stderr as before.
-    """
-
-    def __init__(self) -> None:
-        from cacheplug.core.stats import CONTRACT_SAYS
-
-        super().__init__()
-        self.cause = ""
-        self._said = CONTRACT_SAYS
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        _, said, cause = record.getMessage().partition(self._said)
-        if said and not self.cause:
-            self.cause = cause
-        return True
-
-
-class _Target:
-    """A cache built from a URL, with what is needed to talk about it without leaking secrets.
-
-    Used as a context manager: it closes the cache and remembers why the engine failed.
-    """
-
-    def __init__(self, url: str, origin: str = "", **overrides: Any) -> None:
-        from cacheplug.core.errors import CacheplugError
-        from cacheplug.core.url import from_url, is_secret_option, is_secret_value, parse_url
-
-        try:
-            self.url: CacheURL = parse_url(url)
-            self.cache: BaseCache = from_url(url, **overrides)
-        except (CacheplugError, ValueError) as err:
-            raise _Problem(f"{err} {origin}".rstrip(), EXIT_USAGE) from err
-        query = self.url.query.items()
-        self._secrets = [self.url.password or ""] + [v for n, v in query if is_secret_option(n)]
-        # a whole value hiding a secret ('app;secret=...'): a repr may show it (key_prefix)
-        self._hiding = [v for n, v in query if is_secret_value(n, v) and not is_secret_option(n)]
-        self._failure = _FirstFailure()
-
-    def __enter__(self) -> BaseCache:
-        logging.getLogger("cacheplug").addFilter(self._failure)
-        return self.cache.__enter__()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        logging.getLogger("cacheplug").removeFilter(self._failure)
-        self.cache.__exit__(kind, error, traceback)
-
-    def scrub(self, text: str) -> str:
-        """``text`` (an engine's error, the cache's repr) with the URL's secrets masked.
-
-        Every URL in it is masked by its structure, whatever its password, and so is a value
-        hiding a secret option; a secret standing alone is masked only when it is long enough
-        (``_MIN_SCRUBBED``) not to be there by chance.
-        """
-        from cacheplug.core.url import redact_text
-
-        text = redact_text(text)
-        for value in self._hiding:  # holds 'name=': never there by chance
-            text = text.replace(value, _MASK)
-        for secret in self._secrets:
-            if len(secret) >= _MIN_SCRUBBED:
-                text = text.replace(secret, _MASK)
-        return text
-
-    def unreachable(self) -> str:
-        from cacheplug.backends.filesystem import FileSystemCache
-
-        shown = self.scrub(repr(self.cache))
-        url = self.url.redacted()
-        cause = self.scrub(self._failure.cause)
-        # redis-py's cluster client gives only the text of the last node's error
-        _, cluster, answer = cause.partition(_CLUSTER_UNREACHABLE)
-        # redis-py's names for a refused login and for a command the ACL forbids
-        tls = self.url.scheme == "rediss" or self.url.query.get("ssl", "").lower() in _TRUE
-        login_refused = cause.startswith("Authentication") or (
-            bool(cluster) and answer.startswith(_LOGIN_REFUSED)
-        )
-        if login_refused and not (self.url.password or self.url.query.get("password")):
-            message = (
-                f"the server at {url} asks for a password and the URL gives none: put "
-                "':password@' before the host (or 'user:password@' for an ACL user)"
-            )
-        elif login_refused:  # also AuthenticationWrongNumberOfArgsError
-            message = (
-                f"the server at {url} refused the login: are the user name and password right?"
-            )
-        elif cause.startswith("NoPermissionError"):
-            message = f"the server at {url} refused a command: may this user (ACL) run it?"
-        elif cluster and answer.startswith("Cluster mode is not enabled"):
-            message = (
-                f"the server at {url} answered, but is not a Redis Cluster node (cluster mode "
-                "is not enabled): for a single Redis server write redis://host:port/0"
-            )
-        elif cause.startswith(_FOREIGN_REPLY) or (cluster and answer.startswith("Protocol error")):
-            message = (
-                f"the server at {url} answered, but not as {self.url.scheme}:// expects: "
-                "is another kind of server (Redis, memcached, ...) listening on that port?"
-            )
-        elif _CERTIFICATE_REFUSED in cause:
-            message = (
-                f"the server at {url} speaks TLS, but its certificate was refused: give the CA "
-                "that signed it as ?ssl_ca_certs=/path/to/ca.pem, and connect by a host name "
-                "the certificate names"
-            )
-        elif not tls and self.url.scheme in _TLS_SCHEMES and cause.endswith(_HUNG_UP):
-            message = (
-                f"the server at {url} accepted the connection and closed it without a reply: "
-                "if that port speaks only TLS, write rediss:// (or add ?ssl=true); otherwise, "
-                "is a Redis server listening there?"
-            )
-        elif cause.startswith("ResponseError: DB index is out of range"):
-            message = (
-                f"the server at {url} has no database of that number: Redis numbers them from 0 "
-                "to its 'databases' setting minus one (0 to 15 by default)"
-            )
-        elif cause.startswith("ReadOnlyError"):
-            message = f"the server at {url} is a read-only replica: point the URL at its primary"
-        elif cause.startswith("OutOfMemoryError"):
-            message = (
-                f"the server at {url} is full (maxmemory) and refuses writes: raise its "
-                "maxmemory, or give it an eviction policy such as maxmemory-policy allkeys-lru"
-            )
-        elif cause.startswith("ResponseError"):  # MISCONF, a renamed command, ...
-            message = f"the server at {url} answered the write with an error"
-        elif isinstance(self.cache, FileSystemCache):  # no server: the directory refused
-            message = (
-                f"cannot write to the cache at {url}: may this process write there, "
-                "and is the disk not full?"
-            )
-        else:
-            message = (
-                f"cannot reach the cache at {url}: is the server running and reachable from here?"
-            )
-            if tls:
-                message += " Does it speak TLS on that port?"
-        return f"{message} ({shown})" + (f"\n  the error: {cause}" if cause else "")
-
-    def probe(self, key: str) -> None:
-        """Raise a :class:`_Problem` unless the cache stores and forgets a key."""
-        if not self.cache.set(key, 1, 60):
-            raise _Problem(self.unreachable())
-        self.cache.delete(key)
-
-
-#: How redis-py and pymemcache name a reply in another protocol (a port of another server).
-_FOREIGN_REPLY = ("InvalidResponse", "MemcacheUnknownError")
-_TRUE = ("true", "1", "yes", "on")
-_CLUSTER_UNREACHABLE = (
-    "Redis Cluster cannot be connected. Please provide at least one reachable node: "
-)
-#: How redis-py says a server hung up on the first command (a TLS-only port hears plain text).
-_HUNG_UP = ("Connection reset by peer')", "Connection closed by server.")
-_TLS_SCHEMES = ("redis", "redis+cluster")  # plain-text URLs that ?ssl=true turns to TLS
-#: How OpenSSL says it did not trust the server's certificate (self-signed, other host name).
-_CERTIFICATE_REFUSED = "CERTIFICATE_VERIFY_FAILED"
-#: How Redis words a refused login (no password given, a wrong one, a HELLO before AUTH).
-_LOGIN_REFUSED = ("NOAUTH", "Authentication required", "invalid username-password", "HELLO must")
-
-
-def _token() -> str:
-    import secrets
-
-    return secrets.token_hex(4)
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -226,14 +36,14 @@ def _demo(args: argparse.Namespace) -> int:
 
     from cacheplug.core.serializer import serializer_name
 
-    url, origin = _url_of(args)
-    target = _Target(url, origin)
+    url, origin = url_of(args)
+    target = Target(url, origin)
     delay = args.delay_ms / 1000
     executions = 0
     with target as cache:
-        target.probe(f"cacheplug-demo:{_token()}:probe")
+        target.probe(f"cacheplug-demo:{token()}:probe")
 
-        @cache.memoize(timeout=60, key_prefix=f"cacheplug-demo:{_token()}")
+        @cache.memoize(timeout=60, key_prefix=f"cacheplug-demo:{token()}")
         def slow_sum(n: int) -> int:
             nonlocal executions
             executions += 1
@@ -286,16 +96,6 @@ def _speed_up(cold_ms: float, warm_ms: float, hits: int) -> str:
     return f"{cold_ms / warm_ms:.1f}x"
 
 
-def _url_of(args: argparse.Namespace) -> tuple[str, str]:
-    """The cache URL of the command line, else of ``$CACHE_URL``, else ``simple://``; and where
-    it came from, to end an error message with."""
-    if args.url:
-        return args.url, ""
-    if os.environ.get(ENV_URL):
-        return os.environ[ENV_URL], f"(from environment variable {ENV_URL})"
-    return DEFAULT_URL, ""
-
-
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
@@ -311,12 +111,12 @@ def _check(args: argparse.Namespace) -> int:
 
     if not args.url and not os.environ.get(ENV_URL):  # simple:// would check nothing deployed
         args.usage_error(f"the following arguments are required: url (or set {ENV_URL})")
-    url, origin = _url_of(args)
+    url, origin = url_of(args)
     try:
         outer = parse_url(url).query.get("key_prefix", "")
     except ValueError as err:
-        raise _Problem(f"{err} {origin}".rstrip(), EXIT_USAGE) from err
-    target = _Target(url, origin, key_prefix=f"{outer}cacheplug-check:{_token()}:")
+        raise Problem(f"{err} {origin}".rstrip(), EXIT_USAGE) from err
+    target = Target(url, origin, key_prefix=f"{outer}cacheplug-check:{token()}:")
     print(f"checking {target.url.redacted()} ({target.scrub(repr(target.cache))})")
     failed: list[str] = []
     with target as cache:
@@ -345,14 +145,14 @@ def _check(args: argparse.Namespace) -> int:
         print(f"all {len(_STEPS)} methods ok")
         return 0
     if errors:
-        raise _Problem(target.unreachable())
+        raise Problem(target.unreachable())
     message = f"{len(failed)} of {len(_STEPS)} methods failed: {', '.join(failed)}"
     if isinstance(cache, NullCache):
         message += (
             f"; {target.url.scheme}:// (NullCache) stores nothing by design, so every read "
             "misses: check the cache you mean to deploy instead"
         )
-    raise _Problem(message)
+    raise Problem(message)
 
 
 _STEPS = (
@@ -416,7 +216,7 @@ def _plugins(args: argparse.Namespace) -> int:
     try:
         plugins = get_plugins()
     except CacheplugError as err:
-        raise _Problem(str(err)) from err
+        raise Problem(str(err)) from err
     if args.json:
         import json
 
@@ -572,7 +372,7 @@ def _run(argv: Sequence[str] | None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except _Problem as problem:
+    except Problem as problem:
         print(f"cacheplug {args.command}: error: {problem}", file=sys.stderr)
         return problem.status
     except KeyboardInterrupt:
