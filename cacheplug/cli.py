@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 from cacheplug import __version__
 from cacheplug._cli_check import run_check
 from cacheplug._cli_demo import run_demo
+from cacheplug._cli_plugins import run_plugins
 from cacheplug._cli_problem import EXIT_FAILED, Problem
 from cacheplug._cli_target import DEFAULT_URL, ENV_URL
 from cacheplug.core.errors import did_you_mean
@@ -25,49 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _MAX_DELAY_MS = 3_600_000.0  # an hour per call: more is surely a typo
-
-
-# -- plugins -----------------------------------------------------------------------------------
-
-_COLUMNS = ("name", "distribution", "version", "schemes", "serializers", "error")
-
-
-def _plugins(args: argparse.Namespace) -> int:
-    from cacheplug.core.errors import CacheplugError
-    from cacheplug.core.plugins import get_plugins
-
-    try:
-        plugins = get_plugins()
-    except CacheplugError as err:
-        raise Problem(str(err)) from err
-    if args.json:
-        import json
-
-        print(json.dumps(plugins, indent=2, sort_keys=True))
-        return 0
-    rows = [[_cell(plugin.get(column)) for column in _COLUMNS] for plugin in plugins]
-    widths = [max(len(text) for text in column) for column in zip(_COLUMNS, *rows, strict=True)]
-    for row in [list(_COLUMNS), *rows]:
-        print(
-            "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
-        )
-    return 0
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, (list, tuple)):
-        text = ",".join(str(item) for item in value) or "-"
-    else:
-        text = str(value)
-    if text.isprintable():
-        return text
-    # a plugin's error text is foreign: escape sequences must not drive the terminal
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
-# -- entry point -------------------------------------------------------------------------------
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,7 +83,7 @@ def _parser(arguments: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str
         "distribution, version, URL schemes and serializers, and any error loading them.",
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    plugins.set_defaults(handler=_plugins)
+    plugins.set_defaults(handler=run_plugins)
     for each in (parser, *commands.choices.values()):
         each.arguments = arguments
     return parser, list(commands.choices)
