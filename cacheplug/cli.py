@@ -2,6 +2,11 @@
 
 Exit status: 0 on success, 1 when the cache misbehaves or its server cannot be reached,
 2 for a bad command line or cache URL.
+
+This module holds the command line's parser, :func:`main` and the dispatch to a command. Each
+command lives in its own module: ``_cli_demo``, ``_cli_check`` and ``_cli_plugins``; the cache
+a command works on and the masking of its secrets in ``_cli_target``; the failure a command
+reports, with its exit status, in ``_cli_problem``.
 """
 
 from __future__ import annotations
