@@ -429,7 +429,7 @@ import json, sys
 def heavy():
     prefixes = ("importlib.metadata", "pluggy", "msgpack", "orjson", "redis", "pymemcache",
                 "cacheplug.core.plugins", "cacheplug.core._plugins", "cacheplug.backends",
-                "cacheplug.serializers")
+                "cacheplug.serializers", "cacheplug.cli", "cacheplug._cli", "cacheplug.flask")
     return sorted(m for m in sys.modules if m.startswith(prefixes))
 import cacheplug
 after_import = heavy()
