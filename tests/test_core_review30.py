@@ -304,10 +304,10 @@ def test_check_with_a_long_key_prefix_masks_its_output_in_linear_time(
 ) -> None:
     # the URL pattern was tried at every letter of the repr's 100,000-character prefix and
     # read the word to its end each time (40 s): now only where a '://' may end a scheme
-    import cacheplug.core.url as url_module
+    import cacheplug.core.redaction as redaction
 
-    counted = _CountedPattern(url_module._URL_IN_TEXT)
-    monkeypatch.setattr(url_module, "_URL_IN_TEXT", counted)
+    counted = _CountedPattern(redaction._URL_IN_TEXT)
+    monkeypatch.setattr(redaction, "_URL_IN_TEXT", counted)
     long = "a1" * 50_000
     assert main(["check", f"simple://?key_prefix={long}&secret={SECRET}"]) == 0
     out = capsys.readouterr().out

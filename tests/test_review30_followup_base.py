@@ -12,7 +12,8 @@ from test_plugins import fresh_registry  # noqa: F401 - autouse: a clean registr
 from cacheplug import SimpleCache, hookimpl
 from cacheplug.core.hookspecs import RegisterFn
 from cacheplug.core.plugins import register_plugin
-from cacheplug.core.url import _URL_IN_TEXT, _urls_in, from_url, redact_text, redact_url
+from cacheplug.core.redaction import _URL_IN_TEXT, _urls_in, redact_text
+from cacheplug.core.url import from_url, redact_url
 
 SECRET = "f0llow-up-Secret-Zx3"  # holds "secret": a secret option's name too
 

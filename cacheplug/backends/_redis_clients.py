@@ -21,7 +21,8 @@ from cacheplug.backends._redis_tls import (
 )
 from cacheplug.core.errors import ConfigurationError, did_you_mean
 from cacheplug.core.options import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
-from cacheplug.core.url import check_host, coerce_option, port_number, redact_text
+from cacheplug.core.redaction import redact_text
+from cacheplug.core.url import check_host, coerce_option, port_number
 
 if TYPE_CHECKING:
     from cacheplug.core.url import CacheURL

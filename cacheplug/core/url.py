@@ -4,6 +4,9 @@
 
 Passwords and secret options (see :func:`is_secret_option`; a misspelt ``?pasword=`` too)
 never show their value in a ``repr``, ``str`` or error message.
+
+Which options hold a secret, and the masking of raw URLs and texts, live in
+:mod:`cacheplug.core.redaction`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,15 +17,22 @@ import ipaddress
 import math
 import os
 import re
-import string
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote
 
 from cacheplug.core.errors import ConfigurationError, PluginError, did_you_mean
+from cacheplug.core.redaction import (
+    MASK,
+    hide_credentials,
+    is_secret_option,
+    is_secret_value,
+    mask_url,
+    redact_text,
+)
 
 if TYPE_CHECKING:
     from cacheplug.core.base import BaseCache
@@ -50,70 +60,13 @@ T = TypeVar("T")
 SHARED_OPTIONS: Mapping[str, type] = MappingProxyType(
     {"serializer": str, "default_timeout": float, "key_prefix": str, "secret": str}
 )
-_SECRET_WORDS = ("pass", "pwd", "secret", "token", "credential", "auth")
-# whole words a misspelt secret option is near; a name's words are split at _ - and .
-_SECRET_NAMES = ("password", "passwd", "passphrase", "secret", "token", "credential")
-_NAME_PARTS = re.compile(r"[_.\-]+")
-# the last word of an option naming a key: api_key, apikey, access_key, private_key
-_KEY_WORDS = ("key", "apikey")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.\-%~]+\Z")
-# A value runs to the next "name=" pair, so a raw "#" or "&" inside a secret stays masked.
-_QUERY_PAIR = re.compile(r"([?&;#])([^=&;#?]*)=(.*?)(?=[&;#][^=&;#]*=|\Z)", re.DOTALL)
-_EMBEDDED_NAME = re.compile(r"[&;]([^=&;]*)=")
-# A URL in free text: inside quotes it runs to the closing quote, elsewhere to a space.
-_URL_IN_TEXT = re.compile(
-    r"(?<=')[A-Za-z][A-Za-z0-9+.\-]*://[^'\n]*"
-    r'|(?<=")[A-Za-z][A-Za-z0-9+.\-]*://[^"\n]*'
-    r"|[A-Za-z][A-Za-z0-9+.\-]*://\S*"
-)
-_LETTERS = frozenset(string.ascii_letters)
-_SCHEME_CHARS = _LETTERS | frozenset(string.digits + "+.-")
-# What may follow a host's ':' in an authority without '@': a port, or the grammar's word
-_PORT_LIKE = re.compile(r"(?:[0-9]*|port)\Z", re.IGNORECASE)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
-_MASK = "***"
 # TypeError's words for a keyword given twice: by the URL and as an override
 _TWICE = re.compile(r"got multiple values for (?:keyword )?argument '(\w+)'")
 _ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a password as %2F, %3F, %23 and %40"
-
-
-def is_secret_option(name: str) -> bool:
-    """Whether the value of URL option ``name`` must never be shown.
-
-    True when the name contains ``pass`` (``password``, ``passwd``, ``passphrase``),
-    ``pwd``, ``secret``, ``token``, ``credential`` or ``auth``, when one of its words is
-    ``pw``, when its last word is ``key`` or ``apikey`` (``api_key``, ``access_key``: a key
-    option names a key, where ``key_prefix`` only starts with one), or when a word is a near
-    miss of a secret word (``pasword``, ``secert``): a misspelt secret option still holds a
-    secret.
-    """
-    lowered = name.lower()
-    if any(word in lowered for word in _SECRET_WORDS):
-        return True
-    parts = [part for part in _NAME_PARTS.split(lowered) if part]
-    if parts and parts[-1] in _KEY_WORDS:
-        return True
-    from difflib import get_close_matches  # only for names that are no secret word
-
-    return any(
-        part == "pw" or (len(part) > 3 and get_close_matches(part, _SECRET_NAMES, 1, 0.75))
-        for part in parts
-    )
-
-
-def is_secret_value(name: str, value: str) -> bool:
-    """Whether the value of URL option ``name`` must never be shown.
-
-    Besides :func:`is_secret_option`, a value that reads like ``1;secret=…`` hides one: ``;``
-    was a query separator once, so such a URL was meant to carry a secret option.
-    """
-    return is_secret_option(name) or _hides_secret(value)
-
-
-def _hides_secret(value: str) -> bool:
-    return any(is_secret_option(unquote(embedded)) for embedded in _EMBEDDED_NAME.findall(value))
 
 
 @dataclass(frozen=True)
@@ -147,7 +100,7 @@ class CacheURL:
         if self.username is not None or self.password is not None:
             userinfo = quote(self.username or "", safe="")
             if self.password is not None:
-                userinfo += ":" + _MASK
+                userinfo += ":" + MASK
             userinfo += "@"
         # an IPv6 address keeps its colons, so host_port brackets it; any other host is
         # quoted whole
@@ -156,7 +109,7 @@ class CacheURL:
         )
         query = "&".join(
             f"{quote(k, safe='')}="
-            f"{_MASK if k == hiding or is_secret_value(k, v) else quote(v, safe='')}"
+            f"{MASK if k == hiding or is_secret_value(k, v) else quote(v, safe='')}"
             for k, v in self.query.items()
         )
         return f"{self.scheme}://{userinfo}{hosts}{quote(self.path)}" + (
@@ -175,51 +128,7 @@ def redact_url(url: str) -> str:
     try:
         return parse_url(url).redacted()
     except ConfigurationError:
-        return _mask(url)
-
-
-def redact_text(text: str, sources: Iterable[str] = ()) -> str:
-    """``text`` (a message, an engine's error) with every URL in it masked; the rest unchanged.
-
-    A ``scheme://...`` runs to the next space, or to its closing quote when quoted, and is
-    masked as generously as :func:`redact_url` masks a malformed URL.
-
-    :param sources: strings the text may quote (a command line's arguments): the URL ending
-        each is masked whole first, so a space or quote in its password cannot cut it short.
-    """
-    for source in sources:
-        first = next(_urls_in(source), None)
-        if first is not None:
-            url = source[first.start() :]
-            for shown in (url, repr(url)[1:-1]):  # as is, and as argparse's %r quotes it
-                text = text.replace(shown, _mask(shown))
-    parts: list[str] = []
-    done = 0
-    for match in _urls_in(text):
-        parts += [text[done : match.start()], _mask(match[0])]
-        done = match.end()
-    return "".join(parts) + text[done:]
-
-
-def _urls_in(text: str) -> Iterator[re.Match[str]]:
-    """The matches of ``_URL_IN_TEXT`` in ``text``, as ``finditer`` finds them, in linear time.
-
-    The pattern is tried only where a scheme can end at a '://': tried at every letter, it
-    read each long word (a 100,000-character key prefix in a repr) to its end, in seconds.
-    """
-    done = 0
-    colon = text.find("://")
-    while colon >= 0:
-        start = colon
-        while start > done and text[start - 1] in _SCHEME_CHARS:
-            start -= 1
-        while start < colon and text[start] not in _LETTERS:
-            start += 1
-        match = _URL_IN_TEXT.match(text, start) if start < colon else None
-        if match is not None:
-            yield match
-            done = match.end()
-        colon = text.find("://", max(done, colon + 1))
+        return mask_url(url)
 
 
 def parse_url(url: str) -> CacheURL:
@@ -237,12 +146,12 @@ def _parse(url: str) -> CacheURL:
     scheme, sep, rest = url.partition("://")
     if not sep or not _SCHEME.match(scheme):
         raise ConfigurationError(
-            f"malformed cache URL {_mask(url)!r}: expected 'scheme://...', "
+            f"malformed cache URL {mask_url(url)!r}: expected 'scheme://...', "
             f"for example 'simple://' or 'redis://localhost:6379/0'"
         )
     if "#" in rest:
         raise ConfigurationError(
-            f"malformed cache URL {_mask(url)!r}: fragments ('#...') are not supported; "
+            f"malformed cache URL {mask_url(url)!r}: fragments ('#...') are not supported; "
             f"{_ENCODE_HINT}"
         )
     rest, _, query_text = rest.partition("?")
@@ -252,7 +161,7 @@ def _parse(url: str) -> CacheURL:
     misplaced_at = "@" not in netloc and "@" in path + query_text
     if misplaced_at and ":" in netloc:
         raise ConfigurationError(
-            f"malformed cache URL {_mask(url)!r}: an '@' after the host; {_ENCODE_HINT}, "
+            f"malformed cache URL {mask_url(url)!r}: an '@' after the host; {_ENCODE_HINT}, "
             "and '@' in an option's value as %40"
         )
     userinfo, at, hostlist = netloc.rpartition("@")
@@ -270,7 +179,7 @@ def _parse(url: str) -> CacheURL:
     except ConfigurationError:
         if misplaced_at:
             raise ConfigurationError(
-                f"malformed cache URL {_mask(url)!r}: {_ENCODE_HINT}"
+                f"malformed cache URL {mask_url(url)!r}: {_ENCODE_HINT}"
             ) from None
         raise
     return CacheURL(
@@ -291,14 +200,14 @@ def _parse_query(text: str, url: str) -> dict[str, str]:
         pairs = None
     if pairs is None:  # raised out here: urllib's error, even as context, shows the bad field
         raise ConfigurationError(
-            f"malformed query in cache URL {_mask(url)!r}: expected 'option=value&...'; "
+            f"malformed query in cache URL {mask_url(url)!r}: expected 'option=value&...'; "
             "percent-encode '&' and '=' inside a value as %26 and %3D"
         )
     query: dict[str, str] = {}
     for name, value in pairs:
         if name in query:
             raise ConfigurationError(
-                f"option {name!r} appears twice in cache URL {_mask(url)!r}; give it once"
+                f"option {name!r} appears twice in cache URL {mask_url(url)!r}; give it once"
             )
         query[name] = value
     return query
@@ -307,14 +216,14 @@ def _parse_query(text: str, url: str) -> dict[str, str]:
 def _parse_host(part: str, url: str, after_at: bool) -> tuple[str, int | None]:
     """One ``host[:port]`` of the authority; ``after_at``: the authority has user-info."""
     # without '@', 'user:password' reads as host and port: never show such a "port"
-    shown_part = part if after_at else _hide_credentials(part)
+    shown_part = part if after_at else hide_credentials(part)
     hint = "" if shown_part == part else "; a password goes before the host: 'user:password@host'"
     if part.startswith("["):
         address, bracket, tail = part[1:].partition("]")
         host = unquote(address)
         if not bracket or (tail and not tail.startswith(":")) or not is_ipv6(host):
             raise ConfigurationError(
-                f"malformed IPv6 host {shown_part!r} in cache URL {_mask(url)!r}: "
+                f"malformed IPv6 host {shown_part!r} in cache URL {mask_url(url)!r}: "
                 f"expected '[address]' or '[address]:port', e.g. '[::1]:6379'{hint}"
             )
         port_text = tail[1:] if tail else None
@@ -323,7 +232,7 @@ def _parse_host(part: str, url: str, after_at: bool) -> tuple[str, int | None]:
         port_text = port_raw if colon else None
         if not raw or not _HOST.match(raw):
             raise ConfigurationError(
-                f"malformed host {shown_part!r} in cache URL {_mask(url)!r}: expected 'host', "
+                f"malformed host {shown_part!r} in cache URL {mask_url(url)!r}: expected 'host', "
                 f"'host:port' or '[ipv6]:port', several separated by commas{hint}"
             )
         host = unquote(raw)
@@ -332,33 +241,16 @@ def _parse_host(part: str, url: str, after_at: bool) -> tuple[str, int | None]:
     if not port_text:
         file_hint = " (a directory goes after three slashes: file:///var/cache/app)"
         raise ConfigurationError(
-            f"no port after {part!r} in cache URL {_mask(url)!r}: give one from 1 to 65535 or "
+            f"no port after {part!r} in cache URL {mask_url(url)!r}: give one from 1 to 65535 or "
             f"drop the ':'{file_hint if url.lower().startswith('file:') else ''}"
         )
     port = port_number(port_text)
     if port is None:
         raise ConfigurationError(
-            f"invalid port {_MASK if hint else port_text!r} in cache URL {_mask(url)!r}: "
+            f"invalid port {MASK if hint else port_text!r} in cache URL {mask_url(url)!r}: "
             f"expected a number from 1 to 65535{hint}"
         )
     return host, port
-
-
-def _hide_credentials(part: str) -> str:
-    """``part``, one host of an authority without '@', with what may be a password masked.
-
-    A ``user:password`` whose ``@host`` was forgotten reads as host and port: an empty host
-    before the ':', or a "port" that is no number, may well be one.
-    """
-    if part.startswith("["):
-        address, bracket, tail = part.partition("]")
-        if bracket and tail.startswith(":") and not _PORT_LIKE.match(tail[1:]):
-            return f"{address}]:{_MASK}"
-        return part
-    host, colon, port = part.partition(":")
-    if colon and (not host or not _PORT_LIKE.match(port)):
-        return f"{host}:{_MASK}"
-    return part
 
 
 def port_number(port: object) -> int | None:
@@ -402,46 +294,6 @@ def is_ipv6(text: str) -> bool:
     return True
 
 
-def _mask(url: str) -> str:
-    """A masked copy of a raw, possibly malformed ``url``, for error messages.
-
-    Masks generously: everything between the first ':' of the authority and its last '@'
-    (without '@', what :func:`_hide_credentials` masks), and the value of every option
-    :func:`is_secret_option` hides. Both are found on the URL as given and masked together
-    where they overlap: a raw '@', '?' or '&name=' in a password or a secret cannot make
-    one of them end early and show part of the other.
-    """
-    head, sep, rest = url.partition("://")
-    if not sep:
-        head, rest = "", url
-    # a pair at every separator, also inside another's value: '?x=1@host?secret=' holds one
-    pairs = (_QUERY_PAIR.match(rest, i) for i, char in enumerate(rest) if char in "?&;#")
-    spans = [pair.span(3) for pair in pairs if pair and is_secret_option(unquote(pair.group(2)))]
-    at = rest.rfind("@")
-    colon = rest.find(":", 0, at) if at >= 0 else -1
-    if colon >= 0:
-        spans.append((colon + 1, at))
-    shown: list[str] = []
-    done = 0
-    for begin, stop in sorted(spans):
-        if begin > done:
-            shown += [rest[done:begin], _MASK]
-        elif begin == done and not shown:
-            shown.append(_MASK)
-        done = max(done, stop)
-    masked = "".join(shown) + rest[done:]
-    if at < 0:
-        masked = _hide_authority_credentials(masked)
-    return head + sep + masked
-
-
-def _hide_authority_credentials(rest: str) -> str:
-    """``rest`` with :func:`_hide_credentials` applied to each host of the authority (no '@')
-    it starts with."""
-    end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
-    return ",".join(_hide_credentials(part) for part in rest[:end].split(",")) + rest[end:]
-
-
 def coerce_option(name: str, text: str, kind: type) -> Any:
     """Turn a query-string value into the option's declared type.
 
@@ -449,7 +301,7 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
 
     :raises ConfigurationError: the text is not a value of that type (shown unless secret).
     """
-    shown = _MASK if is_secret_value(name, text) else repr(text)
+    shown = MASK if is_secret_value(name, text) else repr(text)
     if kind is str:
         return text
     if kind is bool:
@@ -485,7 +337,7 @@ def coerce_option(name: str, text: str, kind: type) -> Any:
     try:
         return kind(text)
     except (TypeError, ValueError) as err:
-        if shown != _MASK:
+        if shown != MASK:
             raise ConfigurationError(
                 f"option {name!r} must be a {kind.__name__}, got {shown}"
             ) from err
