@@ -61,8 +61,9 @@ def cache_factory(
 
     :raises ConfigurationError: ``CACHE_ARGS`` is not empty, or the URL or an option is wrong.
     """
+    from cacheplug.core.cache_url import parse_url
     from cacheplug.core.plugins import get_backend_class
-    from cacheplug.core.url import from_url, parse_url
+    from cacheplug.core.url import from_url
 
     if args:
         raise ConfigurationError(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cacheplug.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from cacheplug.core.url import CacheURL
+    from cacheplug.core.cache_url import CacheURL
 
 __all__ = [
     "HashMethod",

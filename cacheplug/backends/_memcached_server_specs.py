@@ -9,11 +9,11 @@ import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from cacheplug.core.cache_url import check_host, host_port, is_ipv6, port_number
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import check_host, host_port, is_ipv6, port_number
 
 if TYPE_CHECKING:
-    from cacheplug.core.url import CacheURL
+    from cacheplug.core.cache_url import CacheURL
 
 __all__ = ["DEFAULT_PORT", "Address", "parse_servers", "server_identity", "url_servers"]
 

@@ -21,8 +21,8 @@ from functools import partial
 from typing import Any
 
 from cacheplug.backends._memcached_server_specs import Address, server_identity
+from cacheplug.core.cache_url import host_port
 from cacheplug.core.errors import ConfigurationError
-from cacheplug.core.url import host_port
 
 __all__ = [
     "TIMEOUTS",

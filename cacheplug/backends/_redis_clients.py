@@ -19,13 +19,14 @@ from cacheplug.backends._redis_tls import (
     checked_tls,
     refuse_ignored_tls,
 )
+from cacheplug.core.cache_url import check_host, port_number
 from cacheplug.core.errors import ConfigurationError, did_you_mean
 from cacheplug.core.options import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.redaction import redact_text
-from cacheplug.core.url import check_host, coerce_option, port_number
+from cacheplug.core.url import coerce_option
 
 if TYPE_CHECKING:
-    from cacheplug.core.url import CacheURL
+    from cacheplug.core.cache_url import CacheURL
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

@@ -67,9 +67,9 @@ from cacheplug.core.options import check_bool, check_seconds
 from cacheplug.core.timeouts import Timeout, normalize_timeout
 
 if TYPE_CHECKING:
+    from cacheplug.core.cache_url import CacheURL
     from cacheplug.core.hookspecs import RegisterFn
     from cacheplug.core.serializer import SerializerLike
-    from cacheplug.core.url import CacheURL
 
 __all__ = ["FileSystemCache"]
 

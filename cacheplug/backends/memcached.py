@@ -62,9 +62,9 @@ from cacheplug.core.options import (
 from cacheplug.core.timeouts import Timeout, check_default_timeout, normalize_timeout
 
 if TYPE_CHECKING:
+    from cacheplug.core.cache_url import CacheURL
     from cacheplug.core.hookspecs import RegisterFn
     from cacheplug.core.serializer import SerializerLike
-    from cacheplug.core.url import CacheURL
 
 __all__ = ["MemcachedCache"]
 

@@ -53,19 +53,19 @@ from cacheplug.backends._redis_outages import LONE_VALUE
 from cacheplug.backends._redis_processes import ProcessCopies
 from cacheplug.backends._redis_replacing import disconnect_dedicated
 from cacheplug.core.arguments import check_delta, check_key, check_mapping
+from cacheplug.core.cache_url import host_port
 from cacheplug.core.errors import ConfigurationError, SerializationError
 from cacheplug.core.hookspecs import hookimpl
 from cacheplug.core.signing import SIGNED_MARK
 from cacheplug.core.timeouts import Timeout, normalize_timeout
-from cacheplug.core.url import host_port
 from cacheplug.serializers.pickle import PickleSerializer
 
 if TYPE_CHECKING:
     from redis.cluster import ClusterNode
 
+    from cacheplug.core.cache_url import CacheURL
     from cacheplug.core.hookspecs import RegisterFn
     from cacheplug.core.serializer import SerializerLike
-    from cacheplug.core.url import CacheURL
 
 __all__ = ["RedisCache"]
 

@@ -48,8 +48,8 @@ from cacheplug.serializers.pickle import PickleSerializer
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from cacheplug.core.cache_url import CacheURL
     from cacheplug.core.memoize import Memoized
-    from cacheplug.core.url import CacheURL
 
 __all__ = [
     "CONTRACT_SAYS",
