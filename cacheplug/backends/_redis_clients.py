@@ -23,7 +23,7 @@ from cacheplug.core.cache_url import check_host, port_number
 from cacheplug.core.errors import ConfigurationError, did_you_mean
 from cacheplug.core.options import LONGEST_SOCKET_TIMEOUT, check_bool, check_seconds
 from cacheplug.core.redaction import redact_text
-from cacheplug.core.url import coerce_option
+from cacheplug.core.url_options import coerce_option
 
 if TYPE_CHECKING:
     from cacheplug.core.cache_url import CacheURL

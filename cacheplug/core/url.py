@@ -1,4 +1,4 @@
-"""Configuration by URL: parse, check and coerce options, build the cache.
+"""Configuration by URL: build the cache a URL names (:func:`from_url`, :func:`from_env`).
 
 ``scheme://[user[:password]@]host[:port][,host[:port]...]/path?option=value&...``
 
@@ -9,6 +9,8 @@ Where each part lives (this module re-exports their public names):
 
 - :mod:`cacheplug.core.cache_url`: :class:`CacheURL`, :func:`parse_url`, the host and port
   checks backends share, and :func:`redact_url`;
+- :mod:`cacheplug.core.url_options`: the options every backend takes, and the reading of an
+  option's text as its type;
 - :mod:`cacheplug.core.redaction`: which options hold a secret, and the masking of raw URLs
   and texts.
 """
@@ -16,7 +18,6 @@ Where each part lives (this module re-exports their public names):
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import re
 import weakref
@@ -34,7 +35,8 @@ from cacheplug.core.cache_url import (
     redact_url,
 )
 from cacheplug.core.errors import ConfigurationError, PluginError, did_you_mean
-from cacheplug.core.redaction import MASK, is_secret_option, is_secret_value, redact_text
+from cacheplug.core.redaction import is_secret_option, is_secret_value, redact_text
+from cacheplug.core.url_options import SHARED_OPTIONS, coerce_option
 
 if TYPE_CHECKING:
     from cacheplug.core.base import BaseCache
@@ -58,64 +60,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Options every backend takes, with their types.
-SHARED_OPTIONS: Mapping[str, type] = MappingProxyType(
-    {"serializer": str, "default_timeout": float, "key_prefix": str, "secret": str}
-)
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
 # TypeError's words for a keyword given twice: by the URL and as an override
 _TWICE = re.compile(r"got multiple values for (?:keyword )?argument '(\w+)'")
-
-
-def coerce_option(name: str, text: str, kind: type) -> Any:
-    """Turn a query-string value into the option's declared type.
-
-    ``bool`` takes true/false/1/0/yes/no/on/off; ``float`` keeps integers as ``int``.
-
-    :raises ConfigurationError: the text is not a value of that type (shown unless secret).
-    """
-    shown = MASK if is_secret_value(name, text) else repr(text)
-    if kind is str:
-        return text
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ConfigurationError(
-            f"option {name!r} must be a bool (true/false, 1/0, yes/no, on/off), got {shown}"
-        )
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            pass
-        # out of the except block: the ValueError, kept as context, would show the text
-        raise ConfigurationError(f"option {name!r} must be an int, got {shown}")
-    if kind is float:
-        try:
-            return int(text)
-        except ValueError:
-            pass
-        try:
-            number: float | None = float(text)
-        except ValueError:
-            number = None
-        if number is None:
-            raise ConfigurationError(f"option {name!r} must be a number, got {shown}")
-        if not math.isfinite(number):
-            raise ConfigurationError(f"option {name!r} must be a finite number, got {shown}")
-        return number
-    try:
-        return kind(text)
-    except (TypeError, ValueError) as err:
-        if shown != MASK:
-            raise ConfigurationError(
-                f"option {name!r} must be a {kind.__name__}, got {shown}"
-            ) from err
-    raise ConfigurationError(f"option {name!r} must be a {kind.__name__}, got {shown}")
 
 
 def _per_class(compute: Callable[[type[BaseCache]], T]) -> Callable[[type[BaseCache]], T]:
