@@ -23,7 +23,7 @@ def run_check(args: argparse.Namespace) -> int:
     import time
 
     from cacheplug.backends.null import NullCache
-    from cacheplug.core.url import parse_url
+    from cacheplug.core.cache_url import parse_url
 
     if not args.url and not os.environ.get(ENV_URL):  # simple:// would check nothing deployed
         args.usage_error(f"the following arguments are required: url (or set {ENV_URL})")

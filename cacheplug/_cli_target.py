@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from cacheplug.core.base import BaseCache
-    from cacheplug.core.url import CacheURL
+    from cacheplug.core.cache_url import CacheURL
 
 __all__ = ["DEFAULT_URL", "ENV_URL", "FirstFailure", "Target", "token", "url_of"]
 
@@ -56,8 +56,10 @@ class Target:
     """
 
     def __init__(self, url: str, origin: str = "", **overrides: Any) -> None:
+        from cacheplug.core.cache_url import parse_url
         from cacheplug.core.errors import CacheplugError
-        from cacheplug.core.url import from_url, is_secret_option, is_secret_value, parse_url
+        from cacheplug.core.redaction import is_secret_option, is_secret_value
+        from cacheplug.core.url import from_url
 
         try:
             self.url: CacheURL = parse_url(url)
@@ -90,7 +92,7 @@ class Target:
         hiding a secret option; a secret standing alone is masked only when it is long enough
         (``_MIN_SCRUBBED``) not to be there by chance.
         """
-        from cacheplug.core.url import redact_text
+        from cacheplug.core.redaction import redact_text
 
         text = redact_text(text)
         for value in self._hiding:  # holds 'name=': never there by chance

@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     arguments: Sequence[str] = ()
 
     def error(self, message: str) -> NoReturn:
-        from cacheplug.core.url import redact_text
+        from cacheplug.core.redaction import redact_text
 
         super().error(redact_text(message, self.arguments))
 
