@@ -55,9 +55,11 @@ class Outages(AssignableClients):
         if len(data) < LONE_VALUE or pool_exhausted(err):
             return err
         if isinstance(err, self._response_error):
-            if closes_connection(err):
-                self._drop_idle_connections()
-            return err
+            if not closes_connection(err):
+                return err
+            self._drop_idle_connections()
+            # the whole value fitted in the socket's buffers, so Redis' reply came first
+            return self._refused(data, err)
         if not isinstance(err, Closed):
             return err
         try:
@@ -69,9 +71,13 @@ class Outages(AssignableClients):
         except self._failures as ping_err:
             if not pool_exhausted(ping_err):  # a full pool says nothing of the server
                 return err
+        return self._refused(data, err)
+
+    def _refused(self, data: Any, err: Exception) -> Exception:
+        """The error of a value Redis refused for its size, ``err`` its cause."""
         refused = self._response_error(
-            f"Redis closed the connection on a value of {len(data)} bytes, over its "
-            "proto-max-bulk-len or client-query-buffer-limit"
+            f"Redis refused a value of {len(data)} bytes, over its proto-max-bulk-len or "
+            f"client-query-buffer-limit ({type(err).__name__}: {err})"
         )
         refused.__cause__ = err
         return refused
